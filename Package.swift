@@ -1,0 +1,45 @@
+// swift-tools-version: 6.0
+// Cairn: distributed LoRA fine-tuning for llama-family models. The module map is in Docs/ARCHITECTURE.md;
+// dependencies point downward only: CLI → Llama/Tokenizer/ModelFormats → TensorKernels → CBLAS.
+import PackageDescription
+
+let package = Package(
+    name: "Cairn",
+    products: [
+        .executable(name: "cairn", targets: ["CairnCLI"]),
+        .executable(name: "cairn-bench", targets: ["CairnBench"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2")
+    ],
+    targets: [
+        // System libraries from Debian: libopenblas-dev (cblas + LAPACK) and libzmq3-dev.
+        .systemLibrary(
+            name: "CBLAS", path: "Sources/CBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
+        .systemLibrary(
+            name: "CZeroMQ", path: "Sources/CZeroMQ", pkgConfig: "libzmq", providers: [.apt(["libzmq3-dev"])]),
+
+        .target(name: "TensorKernels", dependencies: ["CBLAS"]),
+        .target(name: "ModelFormats", dependencies: ["TensorKernels"]),
+        .target(name: "Tokenizer", dependencies: ["ModelFormats"]),
+        .target(name: "Llama", dependencies: ["TensorKernels", "ModelFormats", "Tokenizer"]),
+        .target(name: "Transport", dependencies: ["CZeroMQ"]),
+        .executableTarget(
+            name: "CairnCLI",
+            dependencies: [
+                "TensorKernels", "ModelFormats", "Tokenizer", "Llama", "Transport",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]),
+        .executableTarget(name: "CairnBench", dependencies: ["TensorKernels", "ModelFormats", "Llama"]),
+
+        // Shared test helpers: fixture paths, tensor comparison with named tolerances, tiny models.
+        .target(name: "TestSupport", dependencies: ["TensorKernels", "ModelFormats"], path: "Tests/TestSupport"),
+        .testTarget(name: "TensorKernelsTests", dependencies: ["TensorKernels", "TestSupport"]),
+        .testTarget(name: "ModelFormatsTests", dependencies: ["ModelFormats", "TestSupport"]),
+        .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer", "ModelFormats", "TestSupport"]),
+        .testTarget(name: "LlamaTests", dependencies: ["Llama", "Tokenizer", "ModelFormats", "TestSupport"]),
+        .testTarget(name: "TransportTests", dependencies: ["Transport"]),
+        // Checks on the real model (SmolLM2-135M); enabled when CAIRN_REAL_MODEL names the GGUF file.
+        .testTarget(name: "RealModelTests", dependencies: ["Llama", "Tokenizer", "ModelFormats", "TestSupport"]),
+    ]
+)

@@ -1,0 +1,230 @@
+// Attention: causal scaled-dot-product attention with grouped-query heads (GQA), for training (all queries at
+// once) and for cached generation (new queries against a key/value cache).
+//
+// Dims:
+//   B   = sequences in the batch
+//   T   = query rows per sequence; query t sits at position `start + t`
+//   S   = key/value capacity per sequence (the cache length); keys 0..<start+T are valid
+//   NH  = query heads, NKV = key/value heads (NH % NKV == 0); query head h reads kv head h / (NH/NKV)
+//   HS  = head size; scale = 1/sqrt(HS)
+// Layouts (row-major): q, out (B, T, NH, HS); k, v (B, S, NKV, HS); lse (B, NH, T).
+// Query t attends to keys s ≤ start + t (causal; formats.md §9).
+//
+// Forward per (b, h) and tile of queries: scores = scale·Q·Kᵀ (sgemm), masked softmax, out = P·V (sgemm).
+// It saves only lse = log Σ exp(scores) per query row; the backward recomputes P = exp(scores − lse)
+// (FlashAttention's recomputation, Dao et al. 2022), so memory stays O(T) per head rather than O(T²):
+//   dV += Pᵀ·dO     dP = dO·Vᵀ     D_t = Σ dO_t ⊙ O_t     dS = P ⊙ (dP − D)
+//   dQ += scale·dS·K     dK += scale·dSᵀ·Q
+
+import Foundation
+
+/// Shape of an attention call.
+public struct AttentionShape: Sendable, Equatable {
+    /// B, sequences.
+    public var batch: Int
+    /// T, query rows per sequence.
+    public var queries: Int
+    /// S, key/value rows stored per sequence (≥ start + T).
+    public var keyCapacity: Int
+    /// Position of the first query; keys before it come from the cache.
+    public var start: Int
+    /// NH, query heads.
+    public var heads: Int
+    /// NKV, key/value heads; divides `heads`.
+    public var kvHeads: Int
+    /// HS, head size.
+    public var headDim: Int
+
+    /// Describes an attention call; see the file header for the layouts.
+    public init(batch: Int, queries: Int, keyCapacity: Int, start: Int, heads: Int, kvHeads: Int, headDim: Int) {
+        precondition(batch >= 0 && queries >= 0 && start >= 0 && heads > 0 && kvHeads > 0 && headDim > 0)
+        precondition(heads % kvHeads == 0, "attention: \(heads) heads not divisible by \(kvHeads) kv heads")
+        precondition(start + queries <= keyCapacity, "attention: start \(start) + T \(queries) > capacity \(keyCapacity)")
+        self.batch = batch
+        self.queries = queries
+        self.keyCapacity = keyCapacity
+        self.start = start
+        self.heads = heads
+        self.kvHeads = kvHeads
+        self.headDim = headDim
+    }
+
+    var scale: Float { 1 / Float(headDim).squareRoot() }
+    var qRowStride: Int { heads * headDim }
+    var kvRowStride: Int { kvHeads * headDim }
+    var groupSize: Int { heads / kvHeads }
+}
+
+private let queryTile = 64
+
+/// Attention forward.
+///
+/// - Parameters:
+///   - out: (B, T, NH, HS), overwritten.
+///   - lse: (B, NH, T) receives the log-sum-exp of each query's scores, or nil when no backward follows.
+///   - q: (B, T, NH, HS), rotary embedding already applied.
+///   - k: (B, S, NKV, HS), rows `0..<start+T` valid.
+///   - v: (B, S, NKV, HS).
+///   - shape: The dimensions.
+public func attentionForward(
+    out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>?, q: UnsafePointer<Float>,
+    k: UnsafePointer<Float>, v: UnsafePointer<Float>, shape: AttentionShape
+) {
+    let (B, T, S, NH, HS) = (shape.batch, shape.queries, shape.keyCapacity, shape.heads, shape.headDim)
+    guard B > 0, T > 0 else { return }
+    let start = shape.start
+    let tiles = (T + queryTile - 1) / queryTile
+    _ = BLAS.configured
+    Parallel.forEach(B * NH * tiles) { task in
+        let tile = task % tiles
+        let h = (task / tiles) % NH
+        let b = task / (tiles * NH)
+        let g = h / shape.groupSize
+        let t0 = tile * queryTile
+        let t1 = min(T, t0 + queryTile)
+        let rows = t1 - t0
+        let keys = start + t1  // keys visible to the last row of the tile
+        let qTile = q + (b * T + t0) * shape.qRowStride + h * HS
+        let kHead = k + b * S * shape.kvRowStride + g * HS
+        let vHead = v + b * S * shape.kvRowStride + g * HS
+        let scores = UnsafeMutablePointer<Float>.allocate(capacity: rows * keys)
+        defer { scores.deallocate() }
+        BLAS.sgemm(
+            transA: false, transB: true, m: rows, n: keys, k: HS, alpha: shape.scale,
+            a: qTile, lda: shape.qRowStride, b: kHead, ldb: shape.kvRowStride, beta: 0, c: scores, ldc: keys)
+        for r in 0..<rows {
+            let row = scores + r * keys
+            let visible = start + t0 + r + 1
+            let m = maxValue(row, visible)
+            let sum = expShiftedInPlace(row, visible, shift: m)
+            let inverse = 1 / sum
+            for s in 0..<visible { row[s] *= inverse }
+            if visible < keys { (row + visible).update(repeating: 0, count: keys - visible) }
+            lse?[(b * NH + h) * T + t0 + r] = m + Foundation.log(sum)
+        }
+        BLAS.sgemm(
+            transA: false, transB: false, m: rows, n: HS, k: keys, alpha: 1,
+            a: scores, lda: keys, b: vHead, ldb: shape.kvRowStride, beta: 0,
+            c: out + (b * T + t0) * shape.qRowStride + h * HS, ldc: shape.qRowStride)
+    }
+}
+
+/// Attention backward; `dQ`, `dK` and `dV` accumulate.
+///
+/// - Parameters:
+///   - dQ: (B, T, NH, HS) `+=`.
+///   - dK: (B, S, NKV, HS) `+=` (rows `0..<start+T`).
+///   - dV: (B, S, NKV, HS) `+=`.
+///   - dOut: (B, T, NH, HS).
+///   - q, k, v: The forward inputs.
+///   - out: (B, T, NH, HS), the forward output.
+///   - lse: (B, NH, T), saved by the forward.
+///   - shape: The dimensions.
+public func attentionBackward(
+    dQ: UnsafeMutablePointer<Float>, dK: UnsafeMutablePointer<Float>, dV: UnsafeMutablePointer<Float>,
+    dOut: UnsafePointer<Float>, q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
+    out: UnsafePointer<Float>, lse: UnsafePointer<Float>, shape: AttentionShape
+) {
+    let (B, T, S, NH, HS) = (shape.batch, shape.queries, shape.keyCapacity, shape.heads, shape.headDim)
+    guard B > 0, T > 0 else { return }
+    let NKV = shape.kvHeads
+    let start = shape.start
+    let scale = shape.scale
+    let (qs, kvs) = (shape.qRowStride, shape.kvRowStride)
+    _ = BLAS.configured
+    // One task per (sequence, kv head): it owns dK/dV of that head and dQ of the query heads in its group.
+    Parallel.forEach(B * NKV) { task in
+        let g = task % NKV
+        let b = task / NKV
+        let kHead = k + b * S * kvs + g * HS
+        let vHead = v + b * S * kvs + g * HS
+        let dKHead = dK + b * S * kvs + g * HS
+        let dVHead = dV + b * S * kvs + g * HS
+        let p = UnsafeMutablePointer<Float>.allocate(capacity: queryTile * (start + T))
+        let dP = UnsafeMutablePointer<Float>.allocate(capacity: queryTile * (start + T))
+        defer {
+            p.deallocate()
+            dP.deallocate()
+        }
+        for h in g * shape.groupSize..<(g + 1) * shape.groupSize {
+            var t0 = 0
+            while t0 < T {
+                let t1 = min(T, t0 + queryTile)
+                let rows = t1 - t0
+                let keys = start + t1
+                let rowOffset = (b * T + t0) * qs + h * HS
+                // P = exp(scale·Q·Kᵀ − lse), causally masked.
+                BLAS.sgemm(
+                    transA: false, transB: true, m: rows, n: keys, k: HS, alpha: scale,
+                    a: q + rowOffset, lda: qs, b: kHead, ldb: kvs, beta: 0, c: p, ldc: keys)
+                // dP = dO·Vᵀ
+                BLAS.sgemm(
+                    transA: false, transB: true, m: rows, n: keys, k: HS, alpha: 1,
+                    a: dOut + rowOffset, lda: qs, b: vHead, ldb: kvs, beta: 0, c: dP, ldc: keys)
+                for r in 0..<rows {
+                    let visible = start + t0 + r + 1
+                    let rowLSE = lse[(b * NH + h) * T + t0 + r]
+                    let pRow = p + r * keys
+                    let dPRow = dP + r * keys
+                    let d = dot(dOut + rowOffset + r * qs, out + rowOffset + r * qs, HS)
+                    for s in 0..<visible {
+                        let ps = Foundation.exp(pRow[s] - rowLSE)
+                        pRow[s] = ps
+                        dPRow[s] = ps * (dPRow[s] - d)  // dS
+                    }
+                    for s in visible..<keys {
+                        pRow[s] = 0
+                        dPRow[s] = 0
+                    }
+                }
+                // dV += Pᵀ·dO
+                BLAS.sgemm(
+                    transA: true, transB: false, m: keys, n: HS, k: rows, alpha: 1,
+                    a: p, lda: keys, b: dOut + rowOffset, ldb: qs, beta: 1, c: dVHead, ldc: kvs)
+                // dQ += scale·dS·K
+                BLAS.sgemm(
+                    transA: false, transB: false, m: rows, n: HS, k: keys, alpha: scale,
+                    a: dP, lda: keys, b: kHead, ldb: kvs, beta: 1, c: dQ + rowOffset, ldc: qs)
+                // dK += scale·dSᵀ·Q
+                BLAS.sgemm(
+                    transA: true, transB: false, m: keys, n: HS, k: rows, alpha: scale,
+                    a: dP, lda: keys, b: q + rowOffset, ldb: qs, beta: 1, c: dKHead, ldc: kvs)
+                t0 = t1
+            }
+        }
+    }
+}
+
+/// The reference for `attentionForward`: explicit loops in Double, one query at a time.
+public func attentionForwardNaive(
+    out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>?, q: UnsafePointer<Float>,
+    k: UnsafePointer<Float>, v: UnsafePointer<Float>, shape: AttentionShape
+) {
+    let (B, T, S, NH, HS) = (shape.batch, shape.queries, shape.keyCapacity, shape.heads, shape.headDim)
+    let (qs, kvs) = (shape.qRowStride, shape.kvRowStride)
+    for b in 0..<B {
+        for t in 0..<T {
+            for h in 0..<NH {
+                let g = h / shape.groupSize
+                let qRow = q + (b * T + t) * qs + h * HS
+                let visible = shape.start + t + 1
+                var scores = [Double](repeating: 0, count: visible)
+                for s in 0..<visible {
+                    let kRow = k + (b * S + s) * kvs + g * HS
+                    var sum = 0.0
+                    for i in 0..<HS { sum += Double(qRow[i]) * Double(kRow[i]) }
+                    scores[s] = sum / Double(HS).squareRoot()
+                }
+                let m = scores.max()!
+                let z = scores.reduce(0) { $0 + Foundation.exp($1 - m) }
+                lse?[(b * NH + h) * T + t] = Float(m + Foundation.log(z))
+                let o = out + (b * T + t) * qs + h * HS
+                for i in 0..<HS {
+                    var acc = 0.0
+                    for s in 0..<visible { acc += Foundation.exp(scores[s] - m) / z * Double(v[(b * S + s) * kvs + g * HS + i]) }
+                    o[i] = Float(acc)
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,92 @@
+// GGMLType: ggml's element types as numbered in GGUF files (formats.md §1.6), with block sizes, so a GGUF
+// reader can validate every tensor's byte size, and the subset Cairn can dequantize.
+
+/// An element type of ggml, numbered as in GGUF tensor infos.
+public enum GGMLType: UInt32, Sendable, CaseIterable, CustomStringConvertible {
+    case f32 = 0, f16 = 1, q4_0 = 2, q4_1 = 3, q5_0 = 6, q5_1 = 7, q8_0 = 8, q8_1 = 9
+    case q2_K = 10, q3_K = 11, q4_K = 12, q5_K = 13, q6_K = 14, q8_K = 15
+    case iq2_XXS = 16, iq2_XS = 17, iq3_XXS = 18, iq1_S = 19, iq4_NL = 20, iq3_S = 21, iq2_S = 22, iq4_XS = 23
+    case i8 = 24, i16 = 25, i32 = 26, i64 = 27, f64 = 28, iq1_M = 29, bf16 = 30
+    case tq1_0 = 34, tq2_0 = 35, mxfp4 = 39, nvfp4 = 40, q1_0 = 41
+
+    /// Elements per block (1 for plain types).
+    public var blockSize: Int {
+        switch self {
+        case .f32, .f16, .bf16, .i8, .i16, .i32, .i64, .f64: 1
+        case .q4_0, .q4_1, .q5_0, .q5_1, .q8_0, .q8_1, .iq4_NL, .mxfp4: 32
+        case .nvfp4: 64
+        case .q1_0: 128
+        case .q2_K, .q3_K, .q4_K, .q5_K, .q6_K, .q8_K, .iq2_XXS, .iq2_XS, .iq3_XXS, .iq1_S, .iq3_S, .iq2_S, .iq4_XS,
+            .iq1_M, .tq1_0, .tq2_0:
+            256
+        }
+    }
+
+    /// Bytes per block (gguf-py `GGML_QUANT_SIZES`, ggml `type_traits`).
+    public var blockBytes: Int {
+        switch self {
+        case .f32: 4
+        case .f16, .bf16: 2
+        case .q4_0: 18
+        case .q4_1: 20
+        case .q5_0: 22
+        case .q5_1: 24
+        case .q8_0: 34
+        case .q8_1: 40
+        case .q2_K: 84
+        case .q3_K: 110
+        case .q4_K: 144
+        case .q5_K: 176
+        case .q6_K: 210
+        case .q8_K: 292
+        case .iq2_XXS: 66
+        case .iq2_XS: 74
+        case .iq3_XXS: 98
+        case .iq1_S: 50
+        case .iq4_NL: 18
+        case .iq3_S: 110
+        case .iq2_S: 82
+        case .iq4_XS: 136
+        case .i8: 1
+        case .i16: 2
+        case .i32: 4
+        case .i64, .f64: 8
+        case .iq1_M: 56
+        case .tq1_0: 54
+        case .tq2_0: 66
+        case .mxfp4: 17
+        case .nvfp4: 36
+        case .q1_0: 18
+        }
+    }
+
+    /// Whether `dequantize` converts this type to Float.
+    public var isDequantizable: Bool {
+        switch self {
+        case .f32, .f16, .bf16, .q4_0, .q4_1, .q5_0, .q5_1, .q8_0, .q4_K, .q5_K, .q6_K: true
+        default: false
+        }
+    }
+
+    /// The name ggml and llama.cpp print, e.g. `Q4_K`.
+    public var description: String {
+        switch self {
+        case .f32: "F32"
+        case .f16: "F16"
+        case .bf16: "BF16"
+        case .f64: "F64"
+        case .i8: "I8"
+        case .i16: "I16"
+        case .i32: "I32"
+        case .i64: "I64"
+        default: String(describing: self).uppercased()
+        }
+    }
+
+    /// Bytes needed for `count` elements, or nil when `count` is not a whole number of blocks or overflows.
+    public func byteCount(elements count: Int) -> Int? {
+        guard count >= 0, count % blockSize == 0 else { return nil }
+        let (bytes, overflow) = (count / blockSize).multipliedReportingOverflow(by: blockBytes)
+        return overflow ? nil : bytes
+    }
+}

@@ -1,0 +1,67 @@
+import Testing
+import TensorKernels
+import TestSupport
+
+@Suite struct AttentionTests {
+    /// B=2 sequences, NH=4 query heads over NKV=2 kv heads, HS=8.
+    static func shape(queries: Int, start: Int, capacity: Int) -> AttentionShape {
+        AttentionShape(batch: 2, queries: queries, keyCapacity: capacity, start: start, heads: 4, kvHeads: 2, headDim: 8)
+    }
+
+    @Test(arguments: [(5, 0, 5), (3, 4, 9), (1, 7, 12), (70, 0, 70), (66, 10, 80)])
+    func forwardMatchesNaive(queries: Int, start: Int, capacity: Int) {
+        let s = Self.shape(queries: queries, start: start, capacity: capacity)
+        let q = randomBuffer(2 * queries * 4 * 8, seed: 1, in: -2...2)
+        let k = randomBuffer(2 * capacity * 2 * 8, seed: 2, in: -2...2)
+        let v = randomBuffer(2 * capacity * 2 * 8, seed: 3)
+        let (fast, naive) = (FloatBuffer(count: q.count), FloatBuffer(count: q.count))
+        let (lseFast, lseNaive) = (FloatBuffer(count: 2 * 4 * queries), FloatBuffer(count: 2 * 4 * queries))
+        attentionForward(out: fast.pointer, lse: lseFast.pointer, q: q.pointer, k: k.pointer, v: v.pointer, shape: s)
+        attentionForwardNaive(out: naive.pointer, lse: lseNaive.pointer, q: q.pointer, k: k.pointer, v: v.pointer, shape: s)
+        expectClose(fast, naive, tolerance: Tolerance.fastVersusNaive, "out")
+        expectClose(lseFast, lseNaive, tolerance: Tolerance.fastVersusNaive, "lse")
+    }
+
+    /// Keys past `start + T` (stale cache rows) must not influence anything.
+    @Test func ignoresKeysBeyondTheCausalHorizon() {
+        let s = Self.shape(queries: 3, start: 2, capacity: 8)
+        let q = randomBuffer(2 * 3 * 4 * 8, seed: 4)
+        let k = randomBuffer(2 * 8 * 2 * 8, seed: 5)
+        let v = randomBuffer(2 * 8 * 2 * 8, seed: 6)
+        let first = FloatBuffer(count: q.count)
+        attentionForward(out: first.pointer, lse: nil, q: q.pointer, k: k.pointer, v: v.pointer, shape: s)
+        for b in 0..<2 {
+            for row in 5..<8 {
+                for i in 0..<16 {
+                    k[(b * 8 + row) * 16 + i] = 1e6
+                    v[(b * 8 + row) * 16 + i] = .nan
+                }
+            }
+        }
+        let second = FloatBuffer(count: q.count)
+        attentionForward(out: second.pointer, lse: nil, q: q.pointer, k: k.pointer, v: v.pointer, shape: s)
+        #expect(first.array == second.array)
+    }
+
+    @Test(arguments: [(4, 0, 4), (3, 2, 6)])
+    func backwardMatchesFiniteDifferences(queries: Int, start: Int, capacity: Int) {
+        let s = Self.shape(queries: queries, start: start, capacity: capacity)
+        let q = randomBuffer(2 * queries * 4 * 8, seed: 7)
+        let k = randomBuffer(2 * capacity * 2 * 8, seed: 8)
+        let v = randomBuffer(2 * capacity * 2 * 8, seed: 9)
+        let r = randomBuffer(q.count, seed: 10)
+        let out = FloatBuffer(count: q.count)
+        let lse = FloatBuffer(count: 2 * 4 * queries)
+        func loss() -> Double {
+            attentionForward(out: out.pointer, lse: lse.pointer, q: q.pointer, k: k.pointer, v: v.pointer, shape: s)
+            return projection(out, r)
+        }
+        _ = loss()
+        let (dq, dk, dv) = (FloatBuffer(count: q.count), FloatBuffer(count: k.count), FloatBuffer(count: v.count))
+        attentionBackward(dQ: dq.pointer, dK: dk.pointer, dV: dv.pointer, dOut: r.pointer, q: q.pointer, k: k.pointer,
+                          v: v.pointer, out: out.pointer, lse: lse.pointer, shape: s)
+        expectGradient(dq.array, numericGradient(of: q, step: 1e-3, loss: loss), "dQ")
+        expectGradient(dk.array, numericGradient(of: k, step: 1e-3, loss: loss), "dK")
+        expectGradient(dv.array, numericGradient(of: v, step: 1e-3, loss: loss), "dV")
+    }
+}
