@@ -56,11 +56,12 @@ public enum JSONValue: Sendable, Equatable {
     }
 }
 
-/// A JSON object: keys in file order, looked up by hash.
+/// A JSON object: keys in file order, looked up by hash. Keys are distinct when their bytes differ (two
+/// canonically equivalent spellings are two keys, as in Python).
 public struct JSONObject: Sendable, Equatable {
     /// The members in order.
     public private(set) var members: [(key: String, value: JSONValue)] = []
-    private var index: [String: Int] = [:]
+    private var index: [ExactString: Int] = [:]
 
     /// An empty object.
     public init() {}
@@ -72,12 +73,12 @@ public struct JSONObject: Sendable, Equatable {
 
     /// The value of `key`, or nil. Setting appends a new key or replaces an existing one in place.
     public subscript(key: String) -> JSONValue? {
-        get { index[key].map { members[$0].value } }
+        get { index[ExactString(key)].map { members[$0].value } }
         set {
-            if let i = index[key] {
+            if let i = index[ExactString(key)] {
                 if let newValue { members[i].value = newValue } else { remove(key) }
             } else if let newValue {
-                index[key] = members.count
+                index[ExactString(key)] = members.count
                 members.append((key, newValue))
             }
         }
@@ -89,21 +90,22 @@ public struct JSONObject: Sendable, Equatable {
     public var count: Int { members.count }
 
     fileprivate mutating func insertNew(_ key: String, _ value: JSONValue) -> Bool {
-        guard index[key] == nil else { return false }
-        index[key] = members.count
+        guard index[ExactString(key)] == nil else { return false }
+        index[ExactString(key)] = members.count
         members.append((key, value))
         return true
     }
 
     private mutating func remove(_ key: String) {
-        guard let i = index[key] else { return }
+        guard let i = index[ExactString(key)] else { return }
         members.remove(at: i)
         index = [:]
-        for (j, m) in members.enumerated() { index[m.key] = j }
+        for (j, m) in members.enumerated() { index[ExactString(m.key)] = j }
     }
 
     public static func == (a: JSONObject, b: JSONObject) -> Bool {
-        a.members.count == b.members.count && zip(a.members, b.members).allSatisfy { $0.key == $1.key && $0.value == $1.value }
+        a.members.count == b.members.count
+            && zip(a.members, b.members).allSatisfy { ExactString($0.key) == ExactString($1.key) && $0.value == $1.value }
     }
 }
 

@@ -32,6 +32,14 @@ import Testing
         }
     }
 
+    /// U+2000 and U+2002 are canonically equivalent, so Swift's `==` calls them equal; as JSON keys (and
+    /// vocabulary entries) they are different bytes and must stay two keys.
+    @Test func canonicallyEquivalentKeysAreDistinct() throws {
+        let o = try #require(try JSONValue.parse("{\"a\u{2000}\": 1, \"a\u{2002}\": 2}").objectValue)
+        #expect(o.count == 2)
+        #expect(o["a\u{2000}"] == .integer(1) && o["a\u{2002}"] == .integer(2))
+    }
+
     @Test func reportsTheLineOfAnErrorAndBoundsNesting() {
         #expect(throws: JSONError.self) { try JSONValue.parse(String(repeating: "[", count: 200) + String(repeating: "]", count: 200)) }
         do {

@@ -1,0 +1,166 @@
+import Foundation
+import Testing
+import ModelFormats
+import TestSupport
+@testable import Tokenizer
+
+enum TokenizerFixtures {
+    static func json(_ path: String) -> JSONValue { try! HFModelDirectory.readJSON(Fixtures.path("tokenizer/" + path)) }
+    static let corpus: [String] = json("corpus.json").arrayValue!.map { $0.stringValue! }
+    static func ids(_ value: JSONValue) -> [[Int32]] { value.arrayValue!.map { $0.arrayValue!.map { Int32($0.intValue!) } } }
+}
+
+@Suite struct PreTokenizerTests {
+    /// HF `tokenizers`' pre-tokenizers on the whole corpus (pieces in the byte-level alphabet).
+    @Test(arguments: PreTokenizer.allCases)
+    func matchesHuggingFaceOnTheCorpus(pre: PreTokenizer) throws {
+        let expected = try #require(TokenizerFixtures.json("pretokenized.json").objectValue?[pre.rawValue]?.arrayValue)
+        #expect(expected.count == TokenizerFixtures.corpus.count)
+        var mismatches: [String] = []
+        for (text, pieces) in zip(TokenizerFixtures.corpus, expected) {
+            let ours = pre.split(text).map { ByteLevel.encode($0) }
+            let theirs = pieces.arrayValue!.map { $0.stringValue! }
+            if ours != theirs { mismatches.append("\(text.debugDescription): \(ours) vs \(theirs)") }
+            #expect(pre.split(text).joined() == text)
+        }
+        #expect(mismatches.isEmpty, "\(mismatches.count) mismatches, first: \(mismatches.prefix(3))")
+    }
+
+    @Test func splitsDigitsOneByOneForSmolLM() {
+        #expect(PreTokenizer.smollm.split(" 12345 apples") == [" ", "1", "2", "3", "4", "5", " apples"])
+        #expect(PreTokenizer.llama3.split("12345") == ["123", "45"])
+    }
+}
+
+@Suite struct HFTokenizerJSONTests {
+    @Test(arguments: ["tiny-llama3", "tiny-qwen2"])
+    func encodesAndDecodesLikeHuggingFace(name: String) throws {
+        let tokenizer = try BPETokenizer(tokenizerJSON: Fixtures.path("tokenizer/\(name)/tokenizer.json"))
+        let fixture = TokenizerFixtures.json("\(name)/ids.json").objectValue!
+        let expected = TokenizerFixtures.ids(fixture["ids"]!)
+        let decoded = fixture["decoded"]!.arrayValue!.map { $0.stringValue! }
+        var mismatches: [String] = []
+        for (i, text) in TokenizerFixtures.corpus.enumerated() {
+            let ids = tokenizer.encode(text, addSpecialTokens: true)
+            if ids != expected[i] { mismatches.append("\(text.debugDescription): \(ids) vs \(expected[i])") }
+            #expect(tokenizer.decode(ids, renderSpecial: true) == decoded[i], "decode \(text.debugDescription)")
+        }
+        #expect(mismatches.isEmpty, "\(mismatches.count) mismatches, first: \(mismatches.prefix(3))")
+        #expect(tokenizer.preTokenizer == (name == "tiny-llama3" ? .llama3 : .qwen2))
+        #expect(tokenizer.addsBOS == (name == "tiny-llama3"))
+        #expect(tokenizer.normalizesNFC == (name == "tiny-qwen2"))
+    }
+
+    /// The same vocabulary written into GGUF metadata (as llama.cpp's converter does) tokenizes the same.
+    @Test func ggufMetadataGivesTheSameIdsAsTokenizerJSON() throws {
+        let hf = try BPETokenizer(tokenizerJSON: Fixtures.path("tokenizer/tiny-llama3/tokenizer.json"))
+        let json = TokenizerFixtures.json("tiny-llama3/tokenizer.json").objectValue!
+        let merges = json["model"]!.objectValue!["merges"]!.arrayValue!.map { m -> GGUFValue in
+            if let s = m.stringValue { return .string(s) }
+            return .string(m.arrayValue!.map { $0.stringValue! }.joined(separator: " "))
+        }
+        var w = GGUFWriter()
+        w.set("general.architecture", .string("llama"))
+        w.set("tokenizer.ggml.model", .string("gpt2"))
+        w.set("tokenizer.ggml.pre", .string("llama-bpe"))
+        w.set("tokenizer.ggml.tokens", .array(.string, hf.tokens.map(GGUFValue.string)))
+        w.set("tokenizer.ggml.token_type", .array(.int32, hf.tokens.indices.map { .int32(hf.controlIds.contains(Int32($0)) ? 3 : 1) }))
+        w.set("tokenizer.ggml.merges", .array(.string, merges))
+        w.set("tokenizer.ggml.bos_token_id", .uint32(UInt32(hf.bosId!)))
+        let path = Fixtures.temporaryDirectory().appendingPathComponent("tok.gguf").path
+        try w.write(to: path)
+        let gguf = try BPETokenizer(gguf: try GGUFFile(path: path).metadata)
+        #expect(gguf.ignoresMerges && gguf.addsBOS)
+        for text in TokenizerFixtures.corpus {
+            #expect(gguf.encode(text, addSpecialTokens: true) == hf.encode(text, addSpecialTokens: true), "\(text.debugDescription)")
+        }
+    }
+
+    @Test func rejectsUnsupportedTokenizersWithTheFieldNamed() throws {
+        let dir = Fixtures.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let cases: [(String, String)] = [
+            (#"{"model": {"type": "Unigram", "vocab": []}}"#, "model.type"),
+            (#"{"model": {"type": "BPE", "vocab": {"a": 0}, "merges": [], "byte_fallback": true}}"#, "model.byte_fallback"),
+            (#"{"model": {"type": "BPE", "vocab": {"a": 0, "b": 2}, "merges": []}, "pre_tokenizer": {"type": "ByteLevel"}}"#, "model.vocab"),
+            (#"{"model": {"type": "BPE", "vocab": {"a": 0, "b": 1}, "merges": ["a c"]}, "pre_tokenizer": {"type": "ByteLevel"}}"#, "merges[0]"),
+            (#"{"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}, "pre_tokenizer": {"type": "Metaspace"}}"#, "pre_tokenizer"),
+            (#"{"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}, "pre_tokenizer": {"type": "ByteLevel"}, "normalizer": {"type": "NFKC"}}"#, "normalizer"),
+        ]
+        for (i, (text, field)) in cases.enumerated() {
+            let path = dir.appendingPathComponent("\(i).json").path
+            try Data(text.utf8).write(to: URL(fileURLWithPath: path))
+            #expect { try BPETokenizer(tokenizerJSON: path) } throws: { ($0 as? FormatError)?.field == field }
+        }
+    }
+}
+
+@Suite struct BPEBehaviourTests {
+    static let tokenizer = try! BPETokenizer(tokenizerJSON: Fixtures.path("tokenizer/tiny-qwen2/tokenizer.json"))
+
+    @Test func specialTokensParseOnlyWhenAskedAndHideOnDecode() throws {
+        let t = Self.tokenizer
+        let imStart = try #require(t.id(of: "<|im_start|>"))
+        let parsed = t.encode("<|im_start|>user", parseSpecial: true)
+        #expect(parsed.first == imStart)
+        #expect(!t.encode("<|im_start|>user", parseSpecial: false).contains(imStart))
+        #expect(t.decode(parsed) == "user")
+        #expect(t.decode(parsed, renderSpecial: true) == "<|im_start|>user")
+    }
+
+    @Test func streamingDecoderHoldsBackIncompleteCharacters() {
+        let t = Self.tokenizer
+        let text = "héllo 日本 😀👍🏽 done"
+        var decoder = StreamingDecoder(tokenizer: t)
+        var streamed = ""
+        for id in t.encode(text) {
+            let piece = decoder.push(id)
+            #expect(!piece.contains("\u{FFFD}"))
+            streamed += piece
+        }
+        streamed += decoder.finish()
+        #expect(streamed == text)
+    }
+
+    @Test func longPiecesMergeInBoundedTime() {
+        let text = String(repeating: "ab", count: 20_000) + String(repeating: " ", count: 10_000)
+        let ids = Self.tokenizer.encode(text)
+        #expect(Self.tokenizer.decode(ids) == text)
+    }
+}
+
+@Suite struct ChatTemplateTests {
+    /// Each template's renderings by jinja2 (as transformers renders them), and recognition from its text.
+    @Test func rendersLikeJinja() throws {
+        let cases = TokenizerFixtures.json("chat-templates.json").arrayValue!
+        #expect(cases.count == 4)
+        for c in cases.map({ $0.objectValue! }) {
+            let template = try ChatTemplate(jinja: c["template"]!.stringValue!)
+            #expect(template.family.rawValue == c["family"]!.stringValue!)
+            #expect(template.defaultSystemPrompt == c["default_system"]!.stringValue)
+            let isMistral = template.family == .mistral
+            for r in c["renders"]!.arrayValue!.map({ $0.objectValue! }) {
+                let messages = r["messages"]!.arrayValue!.map {
+                    ChatMessage(role: $0.objectValue!["role"]!.stringValue!, content: $0.objectValue!["content"]!.stringValue!)
+                }
+                let text = try template.render(
+                    messages, addGenerationPrompt: r["add_generation_prompt"]!.boolValue!,
+                    bosText: isMistral ? "<s>" : "<|begin_of_text|>", eosText: isMistral ? "</s>" : "<|eot_id|>")
+                #expect(text == r["text"]!.stringValue!, "\(c["name"]!.stringValue!)")
+            }
+        }
+    }
+
+    @Test func unknownTemplatesAndImpossibleConversationsAreClearErrors() {
+        #expect(throws: ChatTemplateError.self) { try ChatTemplate(jinja: "{{ messages[0].content }}") }
+        do {
+            _ = try ChatTemplate(jinja: "<|start_header_id|> Cutting Knowledge Date <|eot_id|>")
+        } catch {
+            #expect(error.description.contains("--chat-template"))
+        }
+        #expect(throws: ChatTemplateError.self) {
+            try ChatTemplate(family: .mistral).render([ChatMessage(role: "system", content: "x")], addGenerationPrompt: true)
+        }
+        #expect(ChatTemplate(name: "smollm2")?.defaultSystemPrompt?.hasPrefix("You are a helpful AI assistant") == true)
+    }
+}
