@@ -1,0 +1,168 @@
+// LanguageModel: what `--model` names, resolved and loaded: the network, its tokenizer and chat template.
+//
+// `--model` takes a GGUF file, a Hugging Face model directory (config.json + safetensors, sharded or not),
+// or the short name of a model in the cache: `$CAIRN_HOME/models/<name>.gguf` or `<name>/`, with
+// CAIRN_HOME defaulting to ~/.cache/cairn. Scripts/setup fills the cache (smollm2-135m).
+
+import Foundation
+import ModelFormats
+import Tokenizer
+
+/// Where a model's files are.
+public enum ModelSource: Sendable, Equatable, CustomStringConvertible {
+    /// A GGUF file.
+    case gguf(String)
+    /// A Hugging Face model directory.
+    case huggingFace(String)
+
+    /// The file or directory.
+    public var path: String {
+        switch self {
+        case .gguf(let p), .huggingFace(let p): p
+        }
+    }
+
+    public var description: String { path }
+
+    /// Cairn's data directory: `$CAIRN_HOME`, else `~/.cache/cairn`.
+    public static var home: String {
+        if let h = ProcessInfo.processInfo.environment["CAIRN_HOME"], !h.isEmpty { return h }
+        return (NSHomeDirectory() as NSString).appendingPathComponent(".cache/cairn")
+    }
+
+    /// The model cache directory.
+    public static var cacheDirectory: String { (home as NSString).appendingPathComponent("models") }
+
+    /// Names of the models in the cache.
+    public static func cachedNames() -> [String] {
+        let entries = (try? FileManager.default.contentsOfDirectory(atPath: cacheDirectory)) ?? []
+        return entries.compactMap { e in
+            if e.hasSuffix(".gguf") { return String(e.dropLast(5)) }
+            var isDirectory: ObjCBool = false
+            let p = (cacheDirectory as NSString).appendingPathComponent(e)
+            return FileManager.default.fileExists(atPath: p, isDirectory: &isDirectory) && isDirectory.boolValue ? e : nil
+        }.sorted()
+    }
+
+    /// Resolves a `--model` argument.
+    ///
+    /// - Throws: `FormatError` `.notFound` saying what was looked for and what the cache holds.
+    public static func resolve(_ spec: String) throws(FormatError) -> ModelSource {
+        let fm = FileManager.default
+        var isDirectory: ObjCBool = false
+        if fm.fileExists(atPath: spec, isDirectory: &isDirectory) {
+            if isDirectory.boolValue {
+                guard fm.fileExists(atPath: (spec as NSString).appendingPathComponent("config.json")) else {
+                    throw FormatError(.missing, path: spec, "is a directory without config.json; expected a Hugging Face model directory")
+                }
+                return .huggingFace(spec)
+            }
+            if spec.hasSuffix(".safetensors") {
+                throw FormatError(.unsupported, path: spec, "pass the model's directory (with config.json), not one safetensors file")
+            }
+            return .gguf(spec)
+        }
+        if !spec.contains("/") {
+            let base = (cacheDirectory as NSString).appendingPathComponent(spec)
+            if fm.fileExists(atPath: base + ".gguf") { return .gguf(base + ".gguf") }
+            if fm.fileExists(atPath: (base as NSString).appendingPathComponent("config.json")) { return .huggingFace(base) }
+        }
+        let cached = cachedNames()
+        throw FormatError(
+            .notFound, path: spec,
+            "no such file or directory, and no model of that name in \(cacheDirectory) "
+                + (cached.isEmpty ? "(the cache is empty; Scripts/setup fetches smollm2-135m)" : "(cached: \(cached.joined(separator: ", ")))"))
+    }
+}
+
+/// A model ready to run: network, tokenizer, chat template.
+public final class LanguageModel: @unchecked Sendable {
+    /// Where it was loaded from.
+    public let source: ModelSource
+    /// The network.
+    public let model: LlamaModel
+    /// The tokenizer, when the model has one.
+    public let tokenizer: BPETokenizer?
+    /// Why the tokenizer could not be loaded, when it could not.
+    public let tokenizerProblem: FormatError?
+    /// The model's Jinja chat template, if it ships one.
+    public let chatTemplateSource: String?
+
+    init(source: ModelSource, model: LlamaModel, tokenizer: Result<BPETokenizer, FormatError>, chatTemplateSource: String?) {
+        self.source = source
+        self.model = model
+        switch tokenizer {
+        case .success(let t):
+            self.tokenizer = t
+            tokenizerProblem = nil
+        case .failure(let e):
+            self.tokenizer = nil
+            tokenizerProblem = e
+        }
+        self.chatTemplateSource = chatTemplateSource
+    }
+
+    /// Resolves and loads `--model`.
+    ///
+    /// - Throws: `FormatError` for a missing, invalid or unsupported model.
+    public static func load(_ spec: String) throws(FormatError) -> LanguageModel {
+        try load(ModelSource.resolve(spec))
+    }
+
+    /// Loads a model from its files.
+    public static func load(_ source: ModelSource) throws(FormatError) -> LanguageModel {
+        switch source {
+        case .gguf(let path):
+            let file = try GGUFFile(path: path)
+            let config = try LlamaConfig(gguf: file)
+            let permuted = LlamaConfig.permutedArchitectures.contains(config.architecture)
+            let weights = try LlamaWeights.load(from: file, config: config, naming: .gguf(permutedQK: permuted))
+            let tokenizer: Result<BPETokenizer, FormatError>
+            do throws(FormatError) {
+                tokenizer = .success(try BPETokenizer(gguf: file.metadata))
+            } catch {
+                tokenizer = .failure(error)
+            }
+            let template = try file.metadata.string("tokenizer.chat_template")
+            return LanguageModel(source: source, model: LlamaModel(weights: weights), tokenizer: tokenizer, chatTemplateSource: template)
+        case .huggingFace(let path):
+            let directory = try HFModelDirectory(path: path)
+            let config = try LlamaConfig(huggingFace: directory.config, path: (path as NSString).appendingPathComponent("config.json"))
+            let weights = try LlamaWeights.load(from: directory, config: config, naming: .huggingFace)
+            let tokenizer: Result<BPETokenizer, FormatError>
+            if let json = directory.sideFile("tokenizer.json") {
+                do throws(FormatError) {
+                    tokenizer = .success(
+                        try BPETokenizer(tokenizerJSON: json, tokenizerConfig: directory.tokenizerConfig, generationConfig: directory.generationConfig))
+                } catch {
+                    tokenizer = .failure(error)
+                }
+            } else {
+                tokenizer = .failure(FormatError(.missing, path: path, "has no tokenizer.json; text commands need one (token ids still work)"))
+            }
+            var template = directory.tokenizerConfig?["chat_template"]?.stringValue
+            if template == nil, let file = directory.sideFile("chat_template.jinja") {
+                template = try? String(contentsOfFile: file, encoding: .utf8)
+            }
+            return LanguageModel(source: source, model: LlamaModel(weights: weights), tokenizer: tokenizer, chatTemplateSource: template)
+        }
+    }
+
+    /// The tokenizer, or the reason there is none.
+    public func requireTokenizer() throws(FormatError) -> BPETokenizer {
+        if let tokenizer { return tokenizer }
+        throw tokenizerProblem ?? FormatError(.missing, path: source.path, "has no tokenizer")
+    }
+
+    /// The chat template: `override` when given (a name from `ChatTemplate.names`), else the model's own.
+    ///
+    /// - Throws: `ChatTemplateError` when there is none or it is not recognised.
+    public func chatTemplate(override: String? = nil) throws(ChatTemplateError) -> ChatTemplate {
+        if let override {
+            guard let t = ChatTemplate(name: override) else { throw .unrecognised("\"\(override)\" (not a template name)") }
+            return t
+        }
+        guard let source = chatTemplateSource else { throw .unrecognised("missing (the model ships no chat template)") }
+        return try ChatTemplate(jinja: source)
+    }
+}

@@ -1,0 +1,202 @@
+// LlamaWeights: all weights of the frozen base model in one Float buffer with named regions (llm.c's
+// malloc_and_point_parameters), and the table of tensors a config implies, with their names in Hugging Face
+// checkpoints and in GGUF files (formats.md §3).
+//
+// Layout convention: Hugging Face's. Projection weights are row-major (out, in); Q and K rows are in HF's
+// half-split order, so RoPE is applied with RoPEStyle.halfSplit. GGUF llama files store Q/K rows
+// interleaved; the loader un-permutes them (formats.md §4), which is exact: only rows move.
+
+import ModelFormats
+import TensorKernels
+
+/// Pointers to one transformer block's weights inside `LlamaWeights.storage`.
+public struct LayerWeights: @unchecked Sendable {
+    /// (dim) input RMSNorm weight.
+    public var attentionNorm: UnsafeMutablePointer<Float>
+    /// (qDim, dim)
+    public var q: UnsafeMutablePointer<Float>
+    /// (kvDim, dim)
+    public var k: UnsafeMutablePointer<Float>
+    /// (kvDim, dim)
+    public var v: UnsafeMutablePointer<Float>
+    /// (dim, qDim)
+    public var o: UnsafeMutablePointer<Float>
+    /// (qDim), (kvDim), (kvDim) when the model has q/k/v biases.
+    public var qBias, kBias, vBias: UnsafeMutablePointer<Float>?
+    /// (dim) when the model has an attention output bias.
+    public var oBias: UnsafeMutablePointer<Float>?
+    /// (dim) post-attention RMSNorm weight.
+    public var ffnNorm: UnsafeMutablePointer<Float>
+    /// (ffnDim, dim)
+    public var gate: UnsafeMutablePointer<Float>
+    /// (ffnDim, dim)
+    public var up: UnsafeMutablePointer<Float>
+    /// (dim, ffnDim)
+    public var down: UnsafeMutablePointer<Float>
+}
+
+/// One tensor the model needs: its names in each format and its row-major shape.
+public struct LlamaTensorSpec: Sendable, Equatable {
+    /// Name in Hugging Face checkpoints (and the region name in the flat buffer).
+    public var name: String
+    /// Name in GGUF files.
+    public var ggufName: String
+    /// Row-major shape.
+    public var shape: [Int]
+    /// For Q and K weights and biases: the head count for the GGUF row permutation.
+    public var permutationHeads: Int?
+}
+
+/// The frozen base weights, in one buffer.
+public final class LlamaWeights: @unchecked Sendable {
+    /// The configuration the layout follows.
+    public let config: LlamaConfig
+    /// The named regions.
+    public let layout: BufferLayout
+    /// The storage.
+    public let storage: FloatBuffer
+    /// (vocabSize, dim) token embeddings.
+    public let embedding: UnsafeMutablePointer<Float>
+    /// (dim) final RMSNorm weight.
+    public let outputNorm: UnsafeMutablePointer<Float>
+    /// (vocabSize, dim) output projection; the embedding table when tied.
+    public let output: UnsafeMutablePointer<Float>
+    /// Per-block weights.
+    public let layers: [LayerWeights]
+
+    /// The tensors a configuration needs, in storage order.
+    public static func tensorTable(_ c: LlamaConfig) -> [LlamaTensorSpec] {
+        var t: [LlamaTensorSpec] = [
+            LlamaTensorSpec(name: "model.embed_tokens.weight", ggufName: "token_embd.weight", shape: [c.vocabSize, c.dim])
+        ]
+        for l in 0..<c.layers {
+            let hf = "model.layers.\(l)."
+            let gg = "blk.\(l)."
+            t.append(LlamaTensorSpec(name: hf + "input_layernorm.weight", ggufName: gg + "attn_norm.weight", shape: [c.dim]))
+            t.append(LlamaTensorSpec(name: hf + "self_attn.q_proj.weight", ggufName: gg + "attn_q.weight", shape: [c.qDim, c.dim], permutationHeads: c.heads))
+            t.append(LlamaTensorSpec(name: hf + "self_attn.k_proj.weight", ggufName: gg + "attn_k.weight", shape: [c.kvDim, c.dim], permutationHeads: c.kvHeads))
+            t.append(LlamaTensorSpec(name: hf + "self_attn.v_proj.weight", ggufName: gg + "attn_v.weight", shape: [c.kvDim, c.dim]))
+            t.append(LlamaTensorSpec(name: hf + "self_attn.o_proj.weight", ggufName: gg + "attn_output.weight", shape: [c.dim, c.qDim]))
+            if c.qkvBias {
+                t.append(LlamaTensorSpec(name: hf + "self_attn.q_proj.bias", ggufName: gg + "attn_q.bias", shape: [c.qDim], permutationHeads: c.heads))
+                t.append(LlamaTensorSpec(name: hf + "self_attn.k_proj.bias", ggufName: gg + "attn_k.bias", shape: [c.kvDim], permutationHeads: c.kvHeads))
+                t.append(LlamaTensorSpec(name: hf + "self_attn.v_proj.bias", ggufName: gg + "attn_v.bias", shape: [c.kvDim]))
+            }
+            if c.outputBias {
+                t.append(LlamaTensorSpec(name: hf + "self_attn.o_proj.bias", ggufName: gg + "attn_output.bias", shape: [c.dim]))
+            }
+            t.append(LlamaTensorSpec(name: hf + "post_attention_layernorm.weight", ggufName: gg + "ffn_norm.weight", shape: [c.dim]))
+            t.append(LlamaTensorSpec(name: hf + "mlp.gate_proj.weight", ggufName: gg + "ffn_gate.weight", shape: [c.ffnDim, c.dim]))
+            t.append(LlamaTensorSpec(name: hf + "mlp.up_proj.weight", ggufName: gg + "ffn_up.weight", shape: [c.ffnDim, c.dim]))
+            t.append(LlamaTensorSpec(name: hf + "mlp.down_proj.weight", ggufName: gg + "ffn_down.weight", shape: [c.dim, c.ffnDim]))
+        }
+        t.append(LlamaTensorSpec(name: "model.norm.weight", ggufName: "output_norm.weight", shape: [c.dim]))
+        if !c.tiedEmbeddings {
+            t.append(LlamaTensorSpec(name: "lm_head.weight", ggufName: "output.weight", shape: [c.vocabSize, c.dim]))
+        }
+        return t
+    }
+
+    /// Zeroed weights for a configuration (tests fill them; loaders overwrite them).
+    public init(config c: LlamaConfig) {
+        config = c
+        var layout = BufferLayout()
+        for spec in Self.tensorTable(c) { layout.add(spec.name, spec.shape) }
+        self.layout = layout
+        storage = FloatBuffer(count: layout.totalCount)
+        let base = storage.pointer
+        func at(_ name: String) -> UnsafeMutablePointer<Float> { base + layout[name]!.offset }
+        func maybe(_ name: String) -> UnsafeMutablePointer<Float>? { layout[name].map { base + $0.offset } }
+        embedding = at("model.embed_tokens.weight")
+        outputNorm = at("model.norm.weight")
+        output = c.tiedEmbeddings ? embedding : at("lm_head.weight")
+        layers = (0..<c.layers).map { l in
+            let p = "model.layers.\(l)."
+            return LayerWeights(
+                attentionNorm: at(p + "input_layernorm.weight"), q: at(p + "self_attn.q_proj.weight"),
+                k: at(p + "self_attn.k_proj.weight"), v: at(p + "self_attn.v_proj.weight"),
+                o: at(p + "self_attn.o_proj.weight"), qBias: maybe(p + "self_attn.q_proj.bias"),
+                kBias: maybe(p + "self_attn.k_proj.bias"), vBias: maybe(p + "self_attn.v_proj.bias"),
+                oBias: maybe(p + "self_attn.o_proj.bias"), ffnNorm: at(p + "post_attention_layernorm.weight"),
+                gate: at(p + "mlp.gate_proj.weight"), up: at(p + "mlp.up_proj.weight"), down: at(p + "mlp.down_proj.weight"))
+        }
+    }
+
+    /// A named region as a pointer, or nil.
+    public func pointer(_ name: String) -> UnsafeMutablePointer<Float>? { layout[name].map { storage.pointer + $0.offset } }
+}
+
+/// The tensor naming of a checkpoint.
+public enum TensorNaming: Sendable {
+    /// `model.layers.N.self_attn.q_proj.weight`: HF layout, half-split Q/K rows.
+    case huggingFace
+    /// `blk.N.attn_q.weight`; `permutedQK` when Q/K rows are interleaved (GGUF llama).
+    case gguf(permutedQK: Bool)
+}
+
+extension LlamaWeights {
+    /// Loads and dequantizes every weight the configuration needs from a tensor store.
+    ///
+    /// - Throws: `FormatError` listing every missing tensor, wrong shape and unsupported type at once.
+    public static func load(from store: TensorStore, config: LlamaConfig, naming: TensorNaming) throws(FormatError) -> LlamaWeights {
+        let weights = LlamaWeights(config: config)
+        var problems: [String] = []
+        var work: [(LlamaTensorSpec, StoredTensor)] = []
+        for spec in tensorTable(config) {
+            let name: String
+            switch naming {
+            case .huggingFace: name = spec.name
+            case .gguf: name = spec.ggufName
+            }
+            guard let stored = store.storedTensor(named: name) else {
+                if let hf = store as? HFModelDirectory, let info = hf.tensorInfo(named: name) {
+                    problems.append("\(name): dtype \(info.dtype.rawValue) is not supported (F32, F16, BF16)")
+                } else {
+                    problems.append("\(name): missing")
+                }
+                continue
+            }
+            guard stored.shape == spec.shape || (stored.shape.count == 2 && spec.shape.count == 1 && stored.shape == [1, spec.shape[0]]) else {
+                problems.append("\(name): shape \(stored.shape), expected \(spec.shape)")
+                continue
+            }
+            guard stored.type.isDequantizable else {
+                problems.append("\(name): type \(stored.type) is not supported (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K)")
+                continue
+            }
+            work.append((spec, stored))
+        }
+        if !problems.isEmpty {
+            let shown = problems.prefix(8).joined(separator: "; ")
+            throw FormatError(
+                .invalidValue, path: store.sourceDescription,
+                "does not match a \(config.layers)-layer \(config.architecture) model of width \(config.dim): \(shown)"
+                    + (problems.count > 8 ? "; and \(problems.count - 8) more" : ""))
+        }
+        for (spec, stored) in work {
+            let destination = weights.pointer(spec.name)!
+            stored.dequantize(into: destination)
+            if case .gguf(permutedQK: true) = naming, let heads = spec.permutationHeads {
+                unpermuteRows(destination, heads: heads, rows: spec.shape[0], columns: spec.shape.count == 2 ? spec.shape[1] : 1)
+            }
+        }
+        return weights
+    }
+
+    /// GGUF → HF row order inside each head: `hf[h*hd + t*(hd/2) + i] = gguf[h*hd + 2*i + t]` (formats.md §4).
+    static func unpermuteRows(_ w: UnsafeMutablePointer<Float>, heads: Int, rows: Int, columns: Int) {
+        let headDim = rows / heads
+        let half = headDim / 2
+        let scratch = UnsafeMutablePointer<Float>.allocate(capacity: headDim * columns)
+        defer { scratch.deallocate() }
+        for h in 0..<heads {
+            let head = w + h * headDim * columns
+            scratch.update(from: head, count: headDim * columns)
+            for i in 0..<half {
+                for t in 0..<2 {
+                    (head + (t * half + i) * columns).update(from: scratch + (2 * i + t) * columns, count: columns)
+                }
+            }
+        }
+    }
+}
