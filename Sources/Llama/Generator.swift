@@ -142,27 +142,19 @@ extension LlamaModel {
         result.promptTokens = prompt.count
         result.promptSeconds = (clock.now - started).seconds
         started = clock.now
-        defer { result.generationSeconds = (clock.now - started).seconds }
+        func finish(_ reason: StopReason) -> GenerationResult {
+            result.stopReason = reason
+            result.generationSeconds = (clock.now - started).seconds
+            return result
+        }
         while true {
             self.logits(hidden: hidden + last * config.dim, rows: 1, into: logits.pointer)
             let next = sampler.sample(UnsafeBufferPointer(logits.buffer))
-            if stopIds.contains(next) {
-                result.stopReason = .endOfGeneration
-                return result
-            }
+            if stopIds.contains(next) { return finish(.endOfGeneration) }
             result.tokens.append(next)
-            if !onToken(next) {
-                result.stopReason = .stopped
-                return result
-            }
-            if result.tokens.count >= maxTokens {
-                result.stopReason = .maxTokens
-                return result
-            }
-            if state.length >= state.capacity {
-                result.stopReason = .contextFull
-                return result
-            }
+            if !onToken(next) { return finish(.stopped) }
+            if result.tokens.count >= maxTokens { return finish(.maxTokens) }
+            if state.length >= state.capacity { return finish(.contextFull) }
             var token = next
             hidden = forward(tokens: &token, count: 1, state: state)
             last = 0

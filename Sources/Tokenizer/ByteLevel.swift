@@ -3,7 +3,7 @@
 // (space → U+0120 'Ġ', newline → U+010A 'Ċ'). BPE runs on the mapped text, so every byte is a symbol.
 
 /// The byte ↔ scalar tables of byte-level BPE.
-enum ByteLevel {
+public enum ByteLevel {
     /// `scalarForByte[b]` is the scalar that stands for byte `b`.
     static let scalarForByte: [Unicode.Scalar] = {
         var table = [Unicode.Scalar](repeating: " ", count: 256)
@@ -27,15 +27,15 @@ enum ByteLevel {
         return map
     }()
 
-    /// Maps the UTF-8 bytes of `text` to the byte-level alphabet.
-    static func encode<S: StringProtocol>(_ text: S) -> String {
+    /// Maps the UTF-8 bytes of `text` to the byte-level alphabet (how token strings of normal tokens look).
+    public static func encode<S: StringProtocol>(_ text: S) -> String {
         var out = String.UnicodeScalarView()
         for b in text.utf8 { out.append(scalarForByte[Int(b)]) }
         return String(out)
     }
 
     /// Appends the bytes a byte-level token string stands for; scalars outside the table keep their UTF-8.
-    static func decode(_ token: String, into bytes: inout [UInt8]) {
+    public static func decode(_ token: String, into bytes: inout [UInt8]) {
         for s in token.unicodeScalars {
             if let b = byteForScalar[s.value] {
                 bytes.append(b)

@@ -3,7 +3,7 @@ import Testing
 import ModelFormats
 import TensorKernels
 import TestSupport
-@testable import Llama
+import Llama
 
 /// transformers' outputs for the tiny models (Scripts/fixtures/tiny_llama.py).
 struct TinyReference {

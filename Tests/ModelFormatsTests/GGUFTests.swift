@@ -2,7 +2,7 @@ import Foundation
 import Testing
 import TensorKernels
 import TestSupport
-@testable import ModelFormats
+import ModelFormats
 
 /// Writes raw, possibly invalid, GGUF bytes field by field.
 struct RawGGUF {

@@ -1,5 +1,5 @@
 import Testing
-@testable import ModelFormats
+import ModelFormats
 
 @Suite struct JSONTests {
     @Test func parsesEveryKindAndKeepsKeyOrderAndExactIntegers() throws {

@@ -2,7 +2,7 @@ import Foundation
 import Testing
 import TensorKernels
 import TestSupport
-@testable import ModelFormats
+import ModelFormats
 
 func rawSafetensors(_ header: String, data: Int, paddingTo: Int = 1) -> [UInt8] {
     var h = Array(header.utf8)

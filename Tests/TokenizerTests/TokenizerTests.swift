@@ -2,7 +2,7 @@ import Foundation
 import Testing
 import ModelFormats
 import TestSupport
-@testable import Tokenizer
+import Tokenizer
 
 enum TokenizerFixtures {
     static func json(_ path: String) -> JSONValue { try! HFModelDirectory.readJSON(Fixtures.path("tokenizer/" + path)) }

@@ -1,0 +1,26 @@
+// The `cairn` executable: the only place that parses arguments, prints and exits.
+
+import ArgumentParser
+
+@main
+struct Cairn: ParsableCommand {
+    static let version = "0.1.0"
+
+    static let configuration = CommandConfiguration(
+        commandName: "cairn",
+        abstract: "Fine-tune, run and merge LoRA adapters for llama-family models, on one machine or many.",
+        discussion: """
+            Models: --model takes a GGUF file, a Hugging Face model directory (config.json + safetensors), or the \
+            name of a model in the cache ($CAIRN_HOME/models, default ~/.cache/cairn/models). Scripts/setup \
+            fetches the default model, smollm2-135m (SmolLM2-135M-Instruct, Q4_1 GGUF).
+
+            Examples:
+              cairn generate --prompt "What is the capital of France?"
+              cairn eval --text-file notes.txt --json
+              cairn tokenize --text "Hello world" --json
+              cairn inspect ~/.cache/cairn/models/smollm2-135m.gguf
+            """,
+        version: version,
+        subcommands: [Generate.self, Eval.self, Tokenize.self, Inspect.self]
+    )
+}

@@ -1,0 +1,51 @@
+// Options shared by the commands that run a model.
+
+import ArgumentParser
+import Llama
+import ModelFormats
+import TensorKernels
+
+struct ModelOptions: ParsableArguments {
+    @Option(name: .shortAndLong, help: "A GGUF file, a Hugging Face model directory, or a cached model name.")
+    var model = "smollm2-135m"
+
+    @Option(help: "Threads for the kernels (default: all cores).")
+    var threads: Int?
+
+    func validate() throws {
+        if let threads, threads < 1 || threads > 1024 { throw ValidationError("--threads must be between 1 and 1024") }
+    }
+
+    /// Applies the thread count and loads the model, mapping load errors to a clean exit.
+    func load() throws -> LanguageModel {
+        if let threads { Parallel.threadCount = threads }
+        do {
+            return try LanguageModel.load(model)
+        } catch {
+            throw CLIError(error.description)
+        }
+    }
+}
+
+/// An error the CLI reports as one line on stderr, exiting with status 1.
+struct CLIError: Error, CustomStringConvertible {
+    let description: String
+    init(_ message: String) { description = message }
+}
+
+/// Reads a text argument given inline or as a file (`-` for standard input).
+func readText(inline: String?, file: String?, what: String) throws -> String {
+    switch (inline, file) {
+    case (let text?, nil): return text
+    case (nil, let path?):
+        if path == "-" { return String(decoding: Terminal.readStandardInput(), as: UTF8.self) }
+        do {
+            let mapped = try MappedFile(path: path)
+            return String(decoding: mapped.bytes, as: UTF8.self)
+        } catch {
+            throw CLIError(error.description)
+        }
+    case (nil, nil): throw ValidationError("give the \(what) with --text or --text-file")
+    case (.some, .some): throw ValidationError("give either --text or --text-file, not both")
+    }
+}

@@ -1,0 +1,54 @@
+// cairn tokenize: text to token ids with the model's tokenizer.
+
+import ArgumentParser
+import Llama
+import ModelFormats
+import Tokenizer
+
+struct Tokenize: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Turn text into the model's token ids.",
+        discussion: """
+            Special-token text such as <|im_start|> becomes its id unless --no-special. The model's BOS token is \
+            added only with --add-bos (and only if the tokenizer has one).
+
+            Example: cairn tokenize --text "Hello world" --json   →  {"ids":[19556,905]}
+            """)
+
+    @OptionGroup var modelOptions: ModelOptions
+
+    @Option(help: "The text to tokenize.")
+    var text: String?
+
+    @Option(help: "A file with the text (- for standard input).")
+    var textFile: String?
+
+    @Flag(help: "Tokenize special-token text as plain text.")
+    var noSpecial = false
+
+    @Flag(help: "Prepend the BOS token when the tokenizer uses one.")
+    var addBos = false
+
+    @Flag(help: "Print {\"ids\": [...]} as JSON.")
+    var json = false
+
+    @Flag(help: "Print each token's id and text, one per line.")
+    var verbose = false
+
+    func run() throws {
+        let input = try readText(inline: text, file: textFile, what: "text to tokenize")
+        let lm = try modelOptions.load()
+        let tokenizer: BPETokenizer
+        do { tokenizer = try lm.requireTokenizer() } catch { throw CLIError(error.description) }
+        let ids = tokenizer.encode(input, parseSpecial: !noSpecial, addSpecialTokens: addBos)
+        if json {
+            Terminal.printJSON(["ids": .array(ids.map { .integer(Int64($0)) })])
+        } else if verbose {
+            for id in ids {
+                Terminal.write("\(id)\t\(JSONValue.string(tokenizer.decode([id], renderSpecial: true)).serialized())\n")
+            }
+        } else {
+            Terminal.write(ids.map(String.init).joined(separator: " ") + "\n")
+        }
+    }
+}
