@@ -39,6 +39,8 @@ let package = Package(
         .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer", "ModelFormats", "TestSupport"]),
         .testTarget(name: "LlamaTests", dependencies: ["Llama", "Tokenizer", "ModelFormats", "TestSupport"]),
         .testTarget(name: "TransportTests", dependencies: ["Transport"]),
+        // Runs the built `cairn` binary as a user would (tiny fixtures; the real model when CAIRN_REAL_MODEL is set).
+        .testTarget(name: "CLITests", dependencies: ["TestSupport", "ModelFormats"]),
         // Checks on the real model (SmolLM2-135M); enabled when CAIRN_REAL_MODEL names the GGUF file.
         .testTarget(name: "RealModelTests", dependencies: ["Llama", "Tokenizer", "ModelFormats", "TestSupport"]),
     ]
