@@ -1,1 +1,129 @@
-print("bench")
+// cairn-bench: throughput against the machine's own ceiling, measured in the same run.
+//
+//   ceiling   sgemm GFLOP/s on this machine: Cairn's matmul (OpenBLAS panels on every core) on a square
+//             2048³ product and on the model's largest projection shape, best of several runs.
+//   forward   the real model (default smollm2-135m) on batch × sequence new tokens, logits for every position
+//             included: tokens/s, achieved GFLOP/s (the matrix products counted by LlamaModel.forwardFLOPs) and
+//             the ratio to the ceiling.
+// Usage: cairn-bench [--model NAME|PATH] [--batch 4] [--sequence 256] [--repeats 3] [--threads N] [--json]
+
+import Foundation
+import Llama
+import ModelFormats
+import TensorKernels
+
+struct Arguments {
+    var model = "smollm2-135m"
+    var batch = 4
+    var sequence = 256
+    var repeats = 3
+    var threads: Int?
+    var json = false
+
+    init(_ argv: [String]) throws {
+        var i = 1
+        func value() throws -> String {
+            i += 1
+            guard i < argv.count else { throw BenchError("\(argv[i - 1]) needs a value") }
+            return argv[i]
+        }
+        while i < argv.count {
+            switch argv[i] {
+            case "--model": model = try value()
+            case "--batch": batch = Int(try value()) ?? 0
+            case "--sequence": sequence = Int(try value()) ?? 0
+            case "--repeats": repeats = Int(try value()) ?? 0
+            case "--threads": threads = Int(try value())
+            case "--json": json = true
+            case "--help", "-h":
+                print("usage: cairn-bench [--model NAME|PATH] [--batch 4] [--sequence 256] [--repeats 3] [--threads N] [--json]")
+                exit(0)
+            default: throw BenchError("unknown argument \(argv[i]); see --help")
+            }
+            i += 1
+        }
+        guard batch > 0, sequence > 1, repeats > 0 else { throw BenchError("--batch, --sequence and --repeats must be positive") }
+    }
+}
+
+struct BenchError: Error, CustomStringConvertible {
+    let description: String
+    init(_ d: String) { description = d }
+}
+
+let clock = ContinuousClock()
+
+/// Best wall time of `repeats` runs after one warm-up.
+func best(_ repeats: Int, _ body: () -> Void) -> Double {
+    body()
+    var fastest = Double.infinity
+    for _ in 0..<repeats {
+        let start = clock.now
+        body()
+        fastest = min(fastest, (clock.now - start).seconds)
+    }
+    return fastest
+}
+
+func sgemmGFLOPs(M: Int, N: Int, K: Int, repeats: Int) -> Double {
+    let a = FloatBuffer(count: M * K)
+    let b = FloatBuffer(count: N * K)
+    let c = FloatBuffer(count: M * N)
+    var rng = SeededGenerator(seed: 1)
+    for i in 0..<a.count { a[i] = rng.nextUnitFloat() - 0.5 }
+    for i in 0..<b.count { b[i] = rng.nextUnitFloat() - 0.5 }
+    let t = best(repeats) { matmul(c.pointer, a.pointer, b.pointer, M: M, N: N, K: K, transB: true) }
+    return 2 * Double(M) * Double(N) * Double(K) / t / 1e9
+}
+
+func run() throws {
+    let args = try Arguments(CommandLine.arguments)
+    if let threads = args.threads { Parallel.threadCount = threads }
+    let threads = Parallel.threadCount
+
+    let square = sgemmGFLOPs(M: 2048, N: 2048, K: 2048, repeats: max(3, args.repeats))
+    let lm = try LanguageModel.load(args.model)
+    let model = lm.model
+    let c = model.config
+    let rows = args.batch * args.sequence
+    let projection = sgemmGFLOPs(M: rows, N: c.ffnDim, K: c.dim, repeats: max(3, args.repeats))
+    let ceiling = max(square, projection)
+
+    let state = InferenceState(config: c, batch: args.batch, capacity: args.sequence, maxChunk: args.sequence)
+    let logits = FloatBuffer(count: rows * c.vocabSize)
+    var rng = SeededGenerator(seed: 2)
+    let tokens = (0..<rows).map { _ in Int32(rng.next() % UInt64(c.vocabSize)) }
+    let seconds = best(args.repeats) {
+        state.reset()
+        let hidden = tokens.withUnsafeBufferPointer { model.forward(tokens: $0.baseAddress!, count: args.sequence, state: state) }
+        model.logits(hidden: hidden, rows: rows, into: logits.pointer)
+    }
+    let flops = Double(args.batch) * model.forwardFLOPs(tokens: args.sequence, logitRows: args.sequence)
+    let achieved = flops / seconds / 1e9
+    let tokensPerSecond = Double(rows) / seconds
+
+    if args.json {
+        let report: JSONValue = [
+            "threads": .integer(Int64(threads)), "sgemm_gflops_square_2048": .number(square),
+            "sgemm_gflops_projection": .number(projection), "ceiling_gflops": .number(ceiling),
+            "model": .string(lm.source.path), "batch": .integer(Int64(args.batch)), "sequence": .integer(Int64(args.sequence)),
+            "forward_seconds": .number(seconds), "forward_tokens_per_second": .number(tokensPerSecond),
+            "forward_gflop_per_token": .number(flops / Double(rows) / 1e9), "forward_gflops": .number(achieved),
+            "forward_ratio_to_ceiling": .number(achieved / ceiling),
+        ]
+        print(report.serialized())
+        return
+    }
+    print("machine: \(threads) threads")
+    print(String(format: "ceiling: sgemm %.1f GFLOP/s (2048³), %.1f GFLOP/s (%d×%d×%d, the model's largest projection)", square, projection, rows, c.ffnDim, c.dim))
+    print("model: \(lm.source.path) (\(c.layers) layers, dim \(c.dim), \(c.parameterCount / 1_000_000)M parameters, fp32 weights)")
+    print(String(format: "forward %d×%d tokens with all logits: %.3f s · %.0f tokens/s · %.3f GFLOP/token · %.1f GFLOP/s", args.batch, args.sequence, seconds, tokensPerSecond, flops / Double(rows) / 1e9, achieved))
+    print(String(format: "forward / ceiling: %.1f%%", 100 * achieved / ceiling))
+}
+
+do {
+    try run()
+} catch {
+    FileHandle.standardError.write(Data("cairn-bench: \(error)\n".utf8))
+    exit(1)
+}
