@@ -62,6 +62,40 @@ let tinyModel = Fixtures.path("tiny-llama/a.gguf")
         #expect(st.stdout.contains("q_proj.lora_A") && st.stdout.contains("format: pt") == false && st.stdout.contains("\"pt\""))
     }
 
+    /// Adapters: a PEFT directory and a GGUF LoRA file (as llama.cpp's converter writes them).
+    @Test func inspectDescribesAdapters() throws {
+        let dir = Fixtures.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let peft = dir.appendingPathComponent("peft")
+        try FileManager.default.createDirectory(at: peft, withIntermediateDirectories: true)
+        let config: JSONValue = [
+            "peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"],
+            "base_model_name_or_path": "HuggingFaceTB/SmolLM2-135M-Instruct",
+        ]
+        try Data(config.serialized(pretty: true).utf8).write(to: peft.appendingPathComponent("adapter_config.json"))
+        var st = SafetensorsWriter()
+        st.metadata = ["format": "pt"]
+        st.add("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight", shape: [4, 32], floats: [Float](repeating: 0.5, count: 128))
+        st.add("base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight", shape: [32, 4], floats: [Float](repeating: 0, count: 128))
+        try st.write(to: peft.appendingPathComponent("adapter_model.safetensors").path)
+        let p = try cairn("inspect", peft.path)
+        #expect(p.status == 0, "\(p.stderr)")
+        #expect(p.stdout.contains("PEFT adapter directory") && p.stdout.contains("r: 4") && p.stdout.contains("lora_alpha: 8"))
+        #expect(p.stdout.contains("q_proj.lora_A.weight"))
+
+        var gguf = GGUFWriter()
+        gguf.set("general.architecture", .string("llama"))
+        gguf.set("general.type", .string("adapter"))
+        gguf.set("adapter.type", .string("lora"))
+        gguf.set("adapter.lora.alpha", .float32(16))
+        gguf.addTensor(name: "blk.0.attn_q.weight.lora_a", ne: [32, 8], floats: [Float](repeating: 0, count: 256))
+        gguf.addTensor(name: "blk.0.attn_q.weight.lora_b", ne: [8, 32], floats: [Float](repeating: 0, count: 256))
+        let lora = dir.appendingPathComponent("lora.gguf").path
+        try gguf.write(to: lora)
+        let g = try JSONValue.parse(try cairn("inspect", lora, "--json").stdout).objectValue!["summary"]!.objectValue!
+        #expect(g["adapter"] == "lora" && g["lora alpha"] == .number(16) && g["ranks"] == [8])
+    }
+
     @Test func badInputIsOneClearLineAndAFailingStatus() throws {
         let dir = Fixtures.temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: dir) }

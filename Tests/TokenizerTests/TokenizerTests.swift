@@ -164,3 +164,46 @@ enum TokenizerFixtures {
         #expect(ChatTemplate(name: "smollm2")?.defaultSystemPrompt?.hasPrefix("You are a helpful AI assistant") == true)
     }
 }
+
+@Suite struct HostileTokenizerTests {
+    /// tokenizer.json cut short anywhere is a FormatError, never a crash.
+    @Test func truncatedTokenizerJSONIsAnError() throws {
+        let full = try Data(contentsOf: URL(fileURLWithPath: Fixtures.path("tokenizer/tiny-llama3/tokenizer.json")))
+        let dir = Fixtures.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        for cut in stride(from: 0, to: full.count, by: max(1, full.count / 97)) {
+            let path = dir.appendingPathComponent("t\(cut).json").path
+            try full.prefix(cut).write(to: URL(fileURLWithPath: path))
+            #expect(throws: FormatError.self, "cut at \(cut)") { try BPETokenizer(tokenizerJSON: path) }
+        }
+    }
+
+    /// GGUF tokenizer metadata that lies about its own vocabulary is refused, naming the key.
+    @Test func inconsistentGGUFMetadataNamesTheKey() throws {
+        func load(_ edit: (inout GGUFWriter) -> Void) throws -> FormatError? {
+            var w = GGUFWriter()
+            w.set("tokenizer.ggml.model", .string("gpt2"))
+            w.set("tokenizer.ggml.pre", .string("gpt-2"))
+            w.set("tokenizer.ggml.tokens", .array(.string, ["a", "b", "ab"].map(GGUFValue.string)))
+            w.set("tokenizer.ggml.merges", .array(.string, [.string("a b")]))
+            edit(&w)
+            let path = Fixtures.temporaryDirectory().appendingPathComponent("t.gguf").path
+            try w.write(to: path)
+            do {
+                let t = try BPETokenizer(gguf: try GGUFFile(path: path).metadata)
+                #expect(t.encode("ab") == [2])
+                return nil
+            } catch {
+                return error
+            }
+        }
+        #expect(try load { _ in } == nil, "the baseline is valid")
+        #expect(try load { $0.set("tokenizer.ggml.model", .string("llama")) }?.field == "tokenizer.ggml.model")
+        #expect(try load { $0.set("tokenizer.ggml.pre", .string("mystery")) }?.field == "tokenizer.ggml.pre")
+        #expect(try load { $0.set("tokenizer.ggml.bos_token_id", .uint32(99)) }?.field == "tokenizer.ggml.bos_token_id")
+        #expect(try load { $0.set("tokenizer.ggml.token_type", .array(.int32, [.int32(1)])) }?.field == "tokenizer.ggml.token_type")
+        #expect(try load { $0.set("tokenizer.ggml.merges", .array(.string, [.string("a c")])) }?.field == "merges[0]")
+        #expect(try load { $0.set("tokenizer.ggml.merges", .array(.string, [.string("ab")])) }?.field == "tokenizer.ggml.merges[0]")
+        #expect(try load { $0.set("tokenizer.ggml.tokens", .array(.string, [])) }?.field == "tokens")
+    }
+}
