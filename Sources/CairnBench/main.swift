@@ -36,13 +36,17 @@ struct Arguments {
             case "--threads": threads = Int(try value())
             case "--json": json = true
             case "--help", "-h":
-                print("usage: cairn-bench [--model NAME|PATH] [--batch 4] [--sequence 256] [--repeats 3] [--threads N] [--json]")
+                print(
+                    "usage: cairn-bench [--model NAME|PATH] [--batch 4] [--sequence 256] [--repeats 3] [--threads N] [--json]"
+                )
                 exit(0)
             default: throw BenchError("unknown argument \(argv[i]); see --help")
             }
             i += 1
         }
-        guard batch > 0, sequence > 1, repeats > 0 else { throw BenchError("--batch, --sequence and --repeats must be positive") }
+        guard batch > 0, sequence > 1, repeats > 0 else {
+            throw BenchError("--batch, --sequence and --repeats must be positive")
+        }
     }
 }
 
@@ -95,7 +99,9 @@ func run() throws {
     let tokens = (0..<rows).map { _ in Int32(rng.next() % UInt64(c.vocabSize)) }
     let seconds = best(args.repeats) {
         state.reset()
-        let hidden = tokens.withUnsafeBufferPointer { model.forward(tokens: $0.baseAddress!, count: args.sequence, state: state) }
+        let hidden = tokens.withUnsafeBufferPointer {
+            model.forward(tokens: $0.baseAddress!, count: args.sequence, state: state)
+        }
         model.logits(hidden: hidden, rows: rows, into: logits.pointer)
     }
     let flops = Double(args.batch) * model.forwardFLOPs(tokens: args.sequence, logitRows: args.sequence)
@@ -106,7 +112,8 @@ func run() throws {
         let report: JSONValue = [
             "threads": .integer(Int64(threads)), "sgemm_gflops_square_2048": .number(square),
             "sgemm_gflops_projection": .number(projection), "ceiling_gflops": .number(ceiling),
-            "model": .string(lm.source.path), "batch": .integer(Int64(args.batch)), "sequence": .integer(Int64(args.sequence)),
+            "model": .string(lm.source.path), "batch": .integer(Int64(args.batch)),
+            "sequence": .integer(Int64(args.sequence)),
             "forward_seconds": .number(seconds), "forward_tokens_per_second": .number(tokensPerSecond),
             "forward_gflop_per_token": .number(flops / Double(rows) / 1e9), "forward_gflops": .number(achieved),
             "forward_ratio_to_ceiling": .number(achieved / ceiling),
@@ -115,9 +122,17 @@ func run() throws {
         return
     }
     print("machine: \(threads) threads")
-    print(String(format: "ceiling: sgemm %.1f GFLOP/s (2048³), %.1f GFLOP/s (%d×%d×%d, the model's largest projection)", square, projection, rows, c.ffnDim, c.dim))
-    print("model: \(lm.source.path) (\(c.layers) layers, dim \(c.dim), \(c.parameterCount / 1_000_000)M parameters, fp32 weights)")
-    print(String(format: "forward %d×%d tokens with all logits: %.3f s · %.0f tokens/s · %.3f GFLOP/token · %.1f GFLOP/s", args.batch, args.sequence, seconds, tokensPerSecond, flops / Double(rows) / 1e9, achieved))
+    print(
+        String(
+            format: "ceiling: sgemm %.1f GFLOP/s (2048³), %.1f GFLOP/s (%d×%d×%d, the model's largest projection)",
+            square, projection, rows, c.ffnDim, c.dim))
+    print(
+        "model: \(lm.source.path) (\(c.layers) layers, dim \(c.dim), \(c.parameterCount / 1_000_000)M parameters, fp32 weights)"
+    )
+    print(
+        String(
+            format: "forward %d×%d tokens with all logits: %.3f s · %.0f tokens/s · %.3f GFLOP/token · %.1f GFLOP/s",
+            args.batch, args.sequence, seconds, tokensPerSecond, flops / Double(rows) / 1e9, achieved))
     print(String(format: "forward / ceiling: %.1f%%", 100 * achieved / ceiling))
 }
 

@@ -40,16 +40,21 @@ struct Eval: ParsableCommand {
         let tokenizer: BPETokenizer
         do { tokenizer = try lm.requireTokenizer() } catch { throw CLIError(error.description) }
         let tokens = tokenizer.encode(input, parseSpecial: true, addSpecialTokens: true)
-        guard tokens.count >= 2 else { throw CLIError("the text has \(tokens.count) token(s); scoring needs at least 2") }
+        guard tokens.count >= 2 else {
+            throw CLIError("the text has \(tokens.count) token(s); scoring needs at least 2")
+        }
         let progress = ProgressLine("scoring", total: tokens.count)
         let total = lm.model.loss(tokens: tokens, window: window) { progress.update($0) }
         progress.finish()
         if json {
             Terminal.printJSON([
-                "loss": .number(total.mean), "tokens": .integer(Int64(total.count)), "perplexity": .number(total.perplexity),
+                "loss": .number(total.mean), "tokens": .integer(Int64(total.count)),
+                "perplexity": .number(total.perplexity),
             ])
         } else {
-            Terminal.write("loss \(String(format: "%.4f", total.mean)) nats/token · perplexity \(String(format: "%.3f", total.perplexity)) · \(total.count) tokens predicted\n")
+            Terminal.write(
+                "loss \(String(format: "%.4f", total.mean)) nats/token · perplexity \(String(format: "%.3f", total.perplexity)) · \(total.count) tokens predicted\n"
+            )
         }
     }
 }

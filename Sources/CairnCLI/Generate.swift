@@ -55,7 +55,8 @@ struct Generate: ParsableCommand {
         guard topP > 0, topP <= 1 else { throw ValidationError("--top-p must be in (0, 1]") }
         if raw, system != nil { throw ValidationError("--system needs the chat template; drop --raw") }
         if let chatTemplate, ChatTemplate(name: chatTemplate) == nil {
-            throw ValidationError("unknown --chat-template \"\(chatTemplate)\"; use one of \(ChatTemplate.names.joined(separator: ", "))")
+            throw ValidationError(
+                "unknown --chat-template \"\(chatTemplate)\"; use one of \(ChatTemplate.names.joined(separator: ", "))")
         }
     }
 
@@ -74,7 +75,8 @@ struct Generate: ParsableCommand {
             do {
                 let template = try lm.chatTemplate(override: chatTemplate)
                 text = try template.render(
-                    messages, addGenerationPrompt: true, bosText: tokenizer.bosId.map { tokenizer.tokens[Int($0)] } ?? "",
+                    messages, addGenerationPrompt: true,
+                    bosText: tokenizer.bosId.map { tokenizer.tokens[Int($0)] } ?? "",
                     eosText: tokenizer.eosId.map { tokenizer.tokens[Int($0)] } ?? "")
             } catch {
                 throw CLIError(error.description)
@@ -83,7 +85,8 @@ struct Generate: ParsableCommand {
         }
         guard !promptIds.isEmpty else { throw CLIError("the prompt is empty after tokenization") }
         guard promptIds.count < lm.model.config.contextLength else {
-            throw CLIError("the prompt is \(promptIds.count) tokens; the model's context is \(lm.model.config.contextLength)")
+            throw CLIError(
+                "the prompt is \(promptIds.count) tokens; the model's context is \(lm.model.config.contextLength)")
         }
         var decoder = StreamingDecoder(tokenizer: tokenizer)
         var text = ""
@@ -101,15 +104,18 @@ struct Generate: ParsableCommand {
         if json {
             Terminal.printJSON([
                 "text": .string(text), "tokens": .array(result.tokens.map { .integer(Int64($0)) }),
-                "stop_reason": .string(result.stopReason.rawValue), "prompt_tokens": .integer(Int64(result.promptTokens)),
-                "prompt_seconds": .number(result.promptSeconds), "generation_seconds": .number(result.generationSeconds),
+                "stop_reason": .string(result.stopReason.rawValue),
+                "prompt_tokens": .integer(Int64(result.promptTokens)),
+                "prompt_seconds": .number(result.promptSeconds),
+                "generation_seconds": .number(result.generationSeconds),
             ])
         } else {
             Terminal.write(rest + "\n")
             let rate = result.generationSeconds > 0 ? Double(result.tokens.count) / result.generationSeconds : 0
             if Terminal.stderrIsTTY {
                 Terminal.note(
-                    "[\(result.promptTokens) prompt tokens, \(result.tokens.count) generated at \(String(format: "%.1f", rate)) tokens/s, stop: \(result.stopReason.rawValue)]")
+                    "[\(result.promptTokens) prompt tokens, \(result.tokens.count) generated at \(String(format: "%.1f", rate)) tokens/s, stop: \(result.stopReason.rawValue)]"
+                )
             }
         }
     }

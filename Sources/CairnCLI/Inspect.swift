@@ -16,7 +16,10 @@ struct Inspect: ParsableCommand {
             Example: cairn inspect ~/.cache/cairn/models/smollm2-135m.gguf
             """)
 
-    @Argument(help: "A GGUF or safetensors file, a Hugging Face model directory, a PEFT adapter directory, or a cached model name.")
+    @Argument(
+        help:
+            "A GGUF or safetensors file, a Hugging Face model directory, a PEFT adapter directory, or a cached model name."
+    )
     var path: String
 
     @Flag(help: "Print one JSON object instead of text.")
@@ -53,13 +56,19 @@ struct Inspect: ParsableCommand {
             throw CLIError(error.description)
         }
         if json {
-            var object: JSONObject = ["path": .string(target), "format": .string(report.format), "bytes": .integer(Int64(report.size))]
+            var object: JSONObject = [
+                "path": .string(target), "format": .string(report.format), "bytes": .integer(Int64(report.size)),
+            ]
             object["summary"] = .object(JSONObject(report.summary))
             object["metadata"] = .object(JSONObject(report.metadata))
             if !noTensors {
-                object["tensors"] = .array(report.tensors.map {
-                    ["name": .string($0.name), "type": .string($0.type), "shape": .array($0.shape.map { .integer(Int64($0)) }), "bytes": .integer(Int64($0.bytes))]
-                })
+                object["tensors"] = .array(
+                    report.tensors.map {
+                        [
+                            "name": .string($0.name), "type": .string($0.type),
+                            "shape": .array($0.shape.map { .integer(Int64($0)) }), "bytes": .integer(Int64($0.bytes)),
+                        ]
+                    })
             }
             if !report.notes.isEmpty { object["notes"] = .array(report.notes.map(JSONValue.string)) }
             Terminal.printJSON(.object(object), pretty: true)
@@ -67,9 +76,14 @@ struct Inspect: ParsableCommand {
         }
         var out = "\(target)\n  format: \(report.format), \(formatBytes(report.size))\n"
         for (k, v) in report.summary { out += "  \(k): \(render(v))\n" }
-        let byType = Dictionary(grouping: report.tensors, by: \.type).map { ($0.key, $0.value.count, $0.value.reduce(0) { $0 + $1.bytes }) }
+        let byType = Dictionary(grouping: report.tensors, by: \.type).map {
+            ($0.key, $0.value.count, $0.value.reduce(0) { $0 + $1.bytes })
+        }
         if !byType.isEmpty {
-            out += "  tensors: \(report.tensors.count) · " + byType.sorted { $0.2 > $1.2 }.map { "\($0.0) ×\($0.1) (\(formatBytes($0.2)))" }.joined(separator: ", ") + "\n"
+            out +=
+                "  tensors: \(report.tensors.count) · "
+                + byType.sorted { $0.2 > $1.2 }.map { "\($0.0) ×\($0.1) (\(formatBytes($0.2)))" }.joined(
+                    separator: ", ") + "\n"
         }
         for note in report.notes { out += "  note: \(note)\n" }
         if !report.metadata.isEmpty {
@@ -82,7 +96,8 @@ struct Inspect: ParsableCommand {
             for t in report.tensors {
                 let name = t.name.padding(toLength: max(width, t.name.count), withPad: " ", startingAt: 0)
                 let shape = "[" + t.shape.map(String.init).joined(separator: ", ") + "]"
-                out += "  \(name)  \(t.type.padding(toLength: 5, withPad: " ", startingAt: 0))  \(shape.padding(toLength: 14, withPad: " ", startingAt: 0))  \(formatBytes(t.bytes))\n"
+                out +=
+                    "  \(name)  \(t.type.padding(toLength: 5, withPad: " ", startingAt: 0))  \(shape.padding(toLength: 14, withPad: " ", startingAt: 0))  \(formatBytes(t.bytes))\n"
             }
         }
         Terminal.write(out)
@@ -116,12 +131,17 @@ struct Inspect: ParsableCommand {
     func describeGGUF(_ f: GGUFFile) throws -> Report {
         var r = Report(format: "GGUF v\(f.version) (alignment \(f.alignment))", size: f.fileSize)
         r.metadata = f.metadata.entries.map { ($0.key, json($0.value)) }
-        r.tensors = f.tensors.map { TensorRow(name: $0.name, type: $0.type.description, shape: $0.rowMajorShape, bytes: $0.byteCount) }
+        r.tensors = f.tensors.map {
+            TensorRow(name: $0.name, type: $0.type.description, shape: $0.rowMajorShape, bytes: $0.byteCount)
+        }
         let kind = (try? f.metadata.string("general.type")) ?? nil
         if kind == "adapter" {
             r.summary.append(("adapter", .string((try? f.metadata.string("adapter.type")) ?? nil ?? "?")))
-            r.summary.append(("base architecture", .string((try? f.metadata.string("general.architecture")) ?? nil ?? "?")))
-            if let alpha = try? f.metadata.double("adapter.lora.alpha") { r.summary.append(("lora alpha", .number(alpha))) }
+            r.summary.append(
+                ("base architecture", .string((try? f.metadata.string("general.architecture")) ?? nil ?? "?")))
+            if let alpha = try? f.metadata.double("adapter.lora.alpha") {
+                r.summary.append(("lora alpha", .number(alpha)))
+            }
             let ranks = Set(f.tensors.filter { $0.name.hasSuffix(".lora_b") }.map { $0.ne[0] })
             r.summary.append(("ranks", .array(ranks.sorted().map { .integer(Int64($0)) })))
         } else {
@@ -138,19 +158,26 @@ struct Inspect: ParsableCommand {
     func describeSafetensors(_ f: SafetensorsFile, format: String) -> Report {
         var r = Report(format: format, size: f.fileSize)
         r.metadata = f.metadata.sorted { $0.key < $1.key }.map { ($0.key, .string($0.value)) }
-        r.tensors = f.tensors.map { TensorRow(name: $0.name, type: $0.dtype.rawValue, shape: $0.shape, bytes: $0.end - $0.begin) }
+        r.tensors = f.tensors.map {
+            TensorRow(name: $0.name, type: $0.dtype.rawValue, shape: $0.shape, bytes: $0.end - $0.begin)
+        }
         return r
     }
 
     func describeHF(_ path: String) throws -> Report {
         let d = try HFModelDirectory(path: path)
-        var r = Report(format: "Hugging Face model directory (\(d.files.count) safetensors file\(d.files.count == 1 ? "" : "s"))", size: d.files.reduce(0) { $0 + $1.fileSize })
+        var r = Report(
+            format: "Hugging Face model directory (\(d.files.count) safetensors file\(d.files.count == 1 ? "" : "s"))",
+            size: d.files.reduce(0) { $0 + $1.fileSize })
         r.metadata = d.config.members.map { ($0.key, $0.value) }
         for f in d.files {
-            r.tensors += f.tensors.map { TensorRow(name: $0.name, type: $0.dtype.rawValue, shape: $0.shape, bytes: $0.end - $0.begin) }
+            r.tensors += f.tensors.map {
+                TensorRow(name: $0.name, type: $0.dtype.rawValue, shape: $0.shape, bytes: $0.end - $0.begin)
+            }
         }
         do {
-            r.summary += summary(try LlamaConfig(huggingFace: d.config, path: (path as NSString).appendingPathComponent("config.json")))
+            r.summary += summary(
+                try LlamaConfig(huggingFace: d.config, path: (path as NSString).appendingPathComponent("config.json")))
         } catch {
             r.notes.append("not runnable by Cairn: \(error.message)")
         }
@@ -162,7 +189,9 @@ struct Inspect: ParsableCommand {
         let config = try HFModelDirectory.readJSON(configPath).objectValue ?? JSONObject()
         let weights = (path as NSString).appendingPathComponent("adapter_model.safetensors")
         var r = describeSafetensors(try SafetensorsFile(path: weights), format: "PEFT adapter directory")
-        for key in ["peft_type", "base_model_name_or_path", "r", "lora_alpha", "use_rslora", "target_modules", "lora_dropout"] {
+        for key in [
+            "peft_type", "base_model_name_or_path", "r", "lora_alpha", "use_rslora", "target_modules", "lora_dropout",
+        ] {
             if let v = config[key] { r.summary.append((key, v)) }
         }
         r.metadata = config.members.map { ($0.key, $0.value) } + r.metadata.map { ("safetensors.\($0.0)", $0.1) }
@@ -171,8 +200,10 @@ struct Inspect: ParsableCommand {
 
     func summary(_ c: LlamaConfig) -> [(String, JSONValue)] {
         [
-            ("architecture", .string(c.architecture)), ("layers", .integer(Int64(c.layers))), ("dim", .integer(Int64(c.dim))),
-            ("heads", .integer(Int64(c.heads))), ("kv heads", .integer(Int64(c.kvHeads))), ("head dim", .integer(Int64(c.headDim))),
+            ("architecture", .string(c.architecture)), ("layers", .integer(Int64(c.layers))),
+            ("dim", .integer(Int64(c.dim))),
+            ("heads", .integer(Int64(c.heads))), ("kv heads", .integer(Int64(c.kvHeads))),
+            ("head dim", .integer(Int64(c.headDim))),
             ("ffn dim", .integer(Int64(c.ffnDim))), ("vocabulary", .integer(Int64(c.vocabSize))),
             ("context", .integer(Int64(c.contextLength))), ("rope theta", .number(c.ropeTheta)),
             ("tied embeddings", .bool(c.tiedEmbeddings)), ("parameters", .integer(Int64(c.parameterCount))),
@@ -188,7 +219,10 @@ struct Inspect: ParsableCommand {
         case .uint64(let u): return Int64(exactly: u).map(JSONValue.integer) ?? .number(Double(u))
         case .array(let t, let items):
             if !full, items.count > 16 {
-                return ["type": .string("\(t)"), "count": .integer(Int64(items.count)), "first": .array(items.prefix(8).map(json))]
+                return [
+                    "type": .string("\(t)"), "count": .integer(Int64(items.count)),
+                    "first": .array(items.prefix(8).map(json)),
+                ]
             }
             return .array(items.map(json))
         default: return .integer(Int64(v.intValue ?? 0))
@@ -197,7 +231,8 @@ struct Inspect: ParsableCommand {
 
     func render(_ v: JSONValue) -> String {
         if let o = v.objectValue, let count = o["count"]?.intValue, let first = o["first"]?.arrayValue {
-            return "[\(o["type"]?.stringValue ?? "")] × \(count): " + first.map { $0.serialized() }.joined(separator: ", ") + ", ..."
+            return "[\(o["type"]?.stringValue ?? "")] × \(count): "
+                + first.map { $0.serialized() }.joined(separator: ", ") + ", ..."
         }
         let s = v.serialized()
         return s.count > 200 ? String(s.prefix(197)) + "..." : s

@@ -56,7 +56,10 @@ final class ProgressLine {
         var text = "\(label): \(done)"
         if let total, total > 0 {
             text += "/\(total) \(unit) (\(Int(100 * Double(done) / Double(total)))%)"
-            if rate > 0 { text += " · \(String(format: "%.0f", rate)) \(unit)/s · eta \(formatDuration(Double(total - done) / rate))" }
+            if rate > 0 {
+                text +=
+                    " · \(String(format: "%.0f", rate)) \(unit)/s · eta \(formatDuration(Double(total - done) / rate))"
+            }
         } else {
             text += " \(unit) · \(String(format: "%.0f", rate)) \(unit)/s"
         }

@@ -50,7 +50,9 @@ public struct Sampler: Sendable {
         }
         var candidates = (0..<logits.count).map { (id: Int32($0), logit: logits[$0] / settings.temperature) }
         candidates.sort { $0.logit != $1.logit ? $0.logit > $1.logit : $0.id < $1.id }
-        if settings.topK > 0, settings.topK < candidates.count { candidates.removeLast(candidates.count - settings.topK) }
+        if settings.topK > 0, settings.topK < candidates.count {
+            candidates.removeLast(candidates.count - settings.topK)
+        }
         let m = candidates[0].logit
         var probabilities = candidates.map { Double(Foundation.exp($0.logit - m)) }
         let z = probabilities.reduce(0, +)
@@ -135,7 +137,9 @@ extension LlamaModel {
         var position = 0
         while position < prompt.count {
             let n = min(state.maxChunk, prompt.count - position)
-            hidden = prompt.withUnsafeBufferPointer { forward(tokens: $0.baseAddress! + position, count: n, state: state) }
+            hidden = prompt.withUnsafeBufferPointer {
+                forward(tokens: $0.baseAddress! + position, count: n, state: state)
+            }
             last = n - 1
             position += n
         }

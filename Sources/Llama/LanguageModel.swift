@@ -40,7 +40,8 @@ public enum ModelSource: Sendable, Equatable, CustomStringConvertible {
             if e.hasSuffix(".gguf") { return String(e.dropLast(5)) }
             var isDirectory: ObjCBool = false
             let p = (cacheDirectory as NSString).appendingPathComponent(e)
-            return FileManager.default.fileExists(atPath: p, isDirectory: &isDirectory) && isDirectory.boolValue ? e : nil
+            return FileManager.default.fileExists(atPath: p, isDirectory: &isDirectory) && isDirectory.boolValue
+                ? e : nil
         }.sorted()
     }
 
@@ -53,25 +54,32 @@ public enum ModelSource: Sendable, Equatable, CustomStringConvertible {
         if fm.fileExists(atPath: spec, isDirectory: &isDirectory) {
             if isDirectory.boolValue {
                 guard fm.fileExists(atPath: (spec as NSString).appendingPathComponent("config.json")) else {
-                    throw FormatError(.missing, path: spec, "is a directory without config.json; expected a Hugging Face model directory")
+                    throw FormatError(
+                        .missing, path: spec,
+                        "is a directory without config.json; expected a Hugging Face model directory")
                 }
                 return .huggingFace(spec)
             }
             if spec.hasSuffix(".safetensors") {
-                throw FormatError(.unsupported, path: spec, "pass the model's directory (with config.json), not one safetensors file")
+                throw FormatError(
+                    .unsupported, path: spec, "pass the model's directory (with config.json), not one safetensors file")
             }
             return .gguf(spec)
         }
         if !spec.contains("/") {
             let base = (cacheDirectory as NSString).appendingPathComponent(spec)
             if fm.fileExists(atPath: base + ".gguf") { return .gguf(base + ".gguf") }
-            if fm.fileExists(atPath: (base as NSString).appendingPathComponent("config.json")) { return .huggingFace(base) }
+            if fm.fileExists(atPath: (base as NSString).appendingPathComponent("config.json")) {
+                return .huggingFace(base)
+            }
         }
         let cached = cachedNames()
         throw FormatError(
             .notFound, path: spec,
             "no such file or directory, and no model of that name in \(cacheDirectory) "
-                + (cached.isEmpty ? "(the cache is empty; Scripts/setup fetches smollm2-135m)" : "(cached: \(cached.joined(separator: ", ")))"))
+                + (cached.isEmpty
+                    ? "(the cache is empty; Scripts/setup fetches smollm2-135m)"
+                    : "(cached: \(cached.joined(separator: ", ")))"))
     }
 }
 
@@ -88,7 +96,10 @@ public final class LanguageModel: @unchecked Sendable {
     /// The model's Jinja chat template, if it ships one.
     public let chatTemplateSource: String?
 
-    init(source: ModelSource, model: LlamaModel, tokenizer: Result<BPETokenizer, FormatError>, chatTemplateSource: String?) {
+    init(
+        source: ModelSource, model: LlamaModel, tokenizer: Result<BPETokenizer, FormatError>,
+        chatTemplateSource: String?
+    ) {
         self.source = source
         self.model = model
         switch tokenizer {
@@ -124,27 +135,34 @@ public final class LanguageModel: @unchecked Sendable {
                 tokenizer = .failure(error)
             }
             let template = try file.metadata.string("tokenizer.chat_template")
-            return LanguageModel(source: source, model: LlamaModel(weights: weights), tokenizer: tokenizer, chatTemplateSource: template)
+            return LanguageModel(
+                source: source, model: LlamaModel(weights: weights), tokenizer: tokenizer, chatTemplateSource: template)
         case .huggingFace(let path):
             let directory = try HFModelDirectory(path: path)
-            let config = try LlamaConfig(huggingFace: directory.config, path: (path as NSString).appendingPathComponent("config.json"))
+            let config = try LlamaConfig(
+                huggingFace: directory.config, path: (path as NSString).appendingPathComponent("config.json"))
             let weights = try LlamaWeights.load(from: directory, config: config, naming: .huggingFace)
             let tokenizer: Result<BPETokenizer, FormatError>
             if let json = directory.sideFile("tokenizer.json") {
                 do throws(FormatError) {
                     tokenizer = .success(
-                        try BPETokenizer(tokenizerJSON: json, tokenizerConfig: directory.tokenizerConfig, generationConfig: directory.generationConfig))
+                        try BPETokenizer(
+                            tokenizerJSON: json, tokenizerConfig: directory.tokenizerConfig,
+                            generationConfig: directory.generationConfig))
                 } catch {
                     tokenizer = .failure(error)
                 }
             } else {
-                tokenizer = .failure(FormatError(.missing, path: path, "has no tokenizer.json; text commands need one (token ids still work)"))
+                tokenizer = .failure(
+                    FormatError(
+                        .missing, path: path, "has no tokenizer.json; text commands need one (token ids still work)"))
             }
             var template = directory.tokenizerConfig?["chat_template"]?.stringValue
             if template == nil, let file = directory.sideFile("chat_template.jinja") {
                 template = try? String(contentsOfFile: file, encoding: .utf8)
             }
-            return LanguageModel(source: source, model: LlamaModel(weights: weights), tokenizer: tokenizer, chatTemplateSource: template)
+            return LanguageModel(
+                source: source, model: LlamaModel(weights: weights), tokenizer: tokenizer, chatTemplateSource: template)
         }
     }
 
@@ -159,7 +177,9 @@ public final class LanguageModel: @unchecked Sendable {
     /// - Throws: `ChatTemplateError` when there is none or it is not recognised.
     public func chatTemplate(override: String? = nil) throws(ChatTemplateError) -> ChatTemplate {
         if let override {
-            guard let t = ChatTemplate(name: override) else { throw .unrecognised("\"\(override)\" (not a template name)") }
+            guard let t = ChatTemplate(name: override) else {
+                throw .unrecognised("\"\(override)\" (not a template name)")
+            }
             return t
         }
         guard let source = chatTemplateSource else { throw .unrecognised("missing (the model ships no chat template)") }

@@ -65,12 +65,16 @@ public struct LlamaConfig: Sendable, Equatable {
     /// Problems with the dimensions, empty when consistent.
     func inconsistencies() -> [String] {
         var problems: [String] = []
-        for (name, v) in [("dim", dim), ("layers", layers), ("heads", heads), ("kv heads", kvHeads), ("head size", headDim),
-            ("ffn width", ffnDim), ("vocabulary", vocabSize), ("context length", contextLength)]
+        for (name, v) in [
+            ("dim", dim), ("layers", layers), ("heads", heads), ("kv heads", kvHeads), ("head size", headDim),
+            ("ffn width", ffnDim), ("vocabulary", vocabSize), ("context length", contextLength),
+        ]
         where v <= 0 || v > 1 << 24 {
             problems.append("\(name) = \(v) is out of range")
         }
-        if heads > 0, kvHeads > 0, heads % kvHeads != 0 { problems.append("\(heads) heads are not a multiple of \(kvHeads) kv heads") }
+        if heads > 0, kvHeads > 0, heads % kvHeads != 0 {
+            problems.append("\(heads) heads are not a multiple of \(kvHeads) kv heads")
+        }
         if headDim % 2 != 0 { problems.append("head size \(headDim) is odd; RoPE needs pairs") }
         if !(rmsEps > 0 && rmsEps < 1) { problems.append("rms epsilon \(rmsEps) is out of range") }
         if !(ropeTheta > 1) { problems.append("rope theta \(ropeTheta) is out of range") }
@@ -79,7 +83,8 @@ public struct LlamaConfig: Sendable, Equatable {
 
     /// Parameters of the frozen base model.
     public var parameterCount: Int {
-        let attention = dim * qDim + 2 * dim * kvDim + qDim * dim + (qkvBias ? qDim + 2 * kvDim : 0) + (outputBias ? dim : 0)
+        let attention =
+            dim * qDim + 2 * dim * kvDim + qDim * dim + (qkvBias ? qDim + 2 * kvDim : 0) + (outputBias ? dim : 0)
         let perLayer = attention + 3 * dim * ffnDim + 2 * dim
         return vocabSize * dim * (tiedEmbeddings ? 1 : 2) + layers * perLayer + dim
     }
@@ -99,7 +104,8 @@ extension LlamaConfig {
         guard ["llama", "qwen2"].contains(arch) else {
             throw FormatError(
                 .unsupported, path: path, field: "general.architecture",
-                "\"\(arch)\" is not supported; Cairn runs llama-family models (llama, mistral, smollm: \"llama\"; \"qwen2\")")
+                "\"\(arch)\" is not supported; Cairn runs llama-family models (llama, mistral, smollm: \"llama\"; \"qwen2\")"
+            )
         }
         func int(_ key: String) throws(FormatError) -> Int? {
             let full = "\(arch).\(key)"
@@ -108,7 +114,8 @@ extension LlamaConfig {
                 // Per-layer arrays: Cairn needs every layer alike.
                 let ints = items.compactMap(\.intValue)
                 guard ints.count == items.count, let first = ints.first, ints.allSatisfy({ $0 == first }) else {
-                    throw FormatError(.unsupported, path: path, field: full, "per-layer values that differ are not supported")
+                    throw FormatError(
+                        .unsupported, path: path, field: full, "per-layer values that differ are not supported")
                 }
                 return first
             }
@@ -123,16 +130,22 @@ extension LlamaConfig {
         if let type = try m.string("\(arch).rope.scaling.type"), type != "none",
             let factor = try m.double("\(arch).rope.scaling.factor"), factor != 1
         {
-            throw FormatError(.unsupported, path: path, field: "\(arch).rope.scaling.type", "RoPE scaling \"\(type)\" × \(factor) is not supported yet")
+            throw FormatError(
+                .unsupported, path: path, field: "\(arch).rope.scaling.type",
+                "RoPE scaling \"\(type)\" × \(factor) is not supported yet")
         }
         if file.tensor(named: "rope_freqs.weight") != nil {
-            throw FormatError(.unsupported, path: path, field: "tensor 'rope_freqs.weight'", "Llama 3.1-style RoPE frequency scaling is not supported yet")
+            throw FormatError(
+                .unsupported, path: path, field: "tensor 'rope_freqs.weight'",
+                "Llama 3.1-style RoPE frequency scaling is not supported yet")
         }
         let dim = try required("embedding_length")
         let heads = try required("attention.head_count")
         let headDim = try int("attention.key_length") ?? (heads > 0 ? dim / heads : 0)
         if let rot = try int("rope.dimension_count"), rot != headDim {
-            throw FormatError(.unsupported, path: path, field: "\(arch).rope.dimension_count", "partial rotary embeddings (\(rot) of \(headDim)) are not supported")
+            throw FormatError(
+                .unsupported, path: path, field: "\(arch).rope.dimension_count",
+                "partial rotary embeddings (\(rot) of \(headDim)) are not supported")
         }
         let embedding = file.tensor(named: "token_embd.weight")
         var vocab = try int("vocab_size") ?? 0
@@ -166,25 +179,33 @@ extension LlamaConfig {
         }
         func int(_ key: String) throws(FormatError) -> Int? {
             guard let v = c[key], !v.isNull else { return nil }
-            guard let i = v.intValue else { throw FormatError(.invalidValue, path: path, field: key, "expected an integer, found \(v.kindDescription)") }
+            guard let i = v.intValue else {
+                throw FormatError(
+                    .invalidValue, path: path, field: key, "expected an integer, found \(v.kindDescription)")
+            }
             return i
         }
         func required(_ key: String) throws(FormatError) -> Int {
-            guard let v = try int(key) else { throw FormatError(.missing, path: path, field: key, "required key is absent") }
+            guard let v = try int(key) else {
+                throw FormatError(.missing, path: path, field: key, "required key is absent")
+            }
             return v
         }
         if let act = c["hidden_act"]?.stringValue, act != "silu" {
             throw FormatError(.unsupported, path: path, field: "hidden_act", "\"\(act)\" is not supported (only silu)")
         }
         if c["mlp_bias"]?.boolValue == true {
-            throw FormatError(.unsupported, path: path, field: "mlp_bias", "biases on the feed-forward projections are not supported")
+            throw FormatError(
+                .unsupported, path: path, field: "mlp_bias", "biases on the feed-forward projections are not supported")
         }
         var theta = c["rope_theta"]?.doubleValue
         let scaling = c["rope_parameters"]?.objectValue ?? c["rope_scaling"]?.objectValue
         if let scaling {
             let type = scaling["rope_type"]?.stringValue ?? scaling["type"]?.stringValue ?? "default"
             guard type == "default" else {
-                throw FormatError(.unsupported, path: path, field: c["rope_parameters"] != nil ? "rope_parameters" : "rope_scaling", "RoPE scaling \"\(type)\" is not supported yet")
+                throw FormatError(
+                    .unsupported, path: path, field: c["rope_parameters"] != nil ? "rope_parameters" : "rope_scaling",
+                    "RoPE scaling \"\(type)\" is not supported yet")
             }
             theta = scaling["rope_theta"]?.doubleValue ?? theta
         }
@@ -196,7 +217,8 @@ extension LlamaConfig {
         if modelType == "mistral", let window = try int("sliding_window") { context = min(context, window) }
         self.init(
             architecture: modelType == "qwen2" ? "qwen2" : "llama", dim: dim, layers: try required("num_hidden_layers"),
-            heads: heads, kvHeads: try int("num_key_value_heads") ?? heads, headDim: try int("head_dim") ?? (heads > 0 ? dim / heads : 0),
+            heads: heads, kvHeads: try int("num_key_value_heads") ?? heads,
+            headDim: try int("head_dim") ?? (heads > 0 ? dim / heads : 0),
             ffnDim: try required("intermediate_size"), vocabSize: try required("vocab_size"), contextLength: context,
             ropeTheta: theta ?? 10000, rmsEps: Float(c["rms_norm_eps"]?.doubleValue ?? 1e-6),
             tiedEmbeddings: c["tie_word_embeddings"]?.boolValue ?? false,

@@ -43,7 +43,9 @@ extension LlamaModel {
             var position = windowStart
             while position < windowEnd {
                 let n = min(state.maxChunk, windowEnd - position)
-                let hidden = tokens.withUnsafeBufferPointer { forward(tokens: $0.baseAddress! + position, count: n, state: state) }
+                let hidden = tokens.withUnsafeBufferPointer {
+                    forward(tokens: $0.baseAddress! + position, count: n, state: state)
+                }
                 for i in 0..<n { targets[i] = position + i + 1 < windowEnd ? tokens[position + i + 1] : -1 }
                 self.logits(hidden: hidden, rows: n, into: logits.pointer)
                 crossEntropyForward(

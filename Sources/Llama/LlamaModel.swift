@@ -38,11 +38,13 @@ public final class LlamaModel: @unchecked Sendable {
         let B = state.batch
         let N = B * T
         let start = state.length
-        precondition(T > 0 && T <= state.maxChunk, "forward: \(T) tokens per sequence, at most \(state.maxChunk) per call")
+        precondition(
+            T > 0 && T <= state.maxChunk, "forward: \(T) tokens per sequence, at most \(state.maxChunk) per call")
         precondition(start + T <= state.capacity, "forward: cache full (\(start) + \(T) > \(state.capacity))")
         precondition(start + T <= c.contextLength, "forward: beyond the context length \(c.contextLength)")
         for i in 0..<N {
-            precondition(tokens[i] >= 0 && Int(tokens[i]) < c.vocabSize, "forward: token id \(tokens[i]) outside the vocabulary")
+            precondition(
+                tokens[i] >= 0 && Int(tokens[i]) < c.vocabSize, "forward: token id \(tokens[i]) outside the vocabulary")
         }
         for b in 0..<B {
             for t in 0..<T { state.positions[b * T + t] = Int32(start + t) }
@@ -64,8 +66,10 @@ public final class LlamaModel: @unchecked Sendable {
         for (l, w) in weights.layers.enumerated() {
             rmsNormForward(out: h, rstd: nil, input: x, weight: w.attentionNorm, rows: N, dim: c.dim, eps: c.rmsEps)
             linearForward(out: q, input: h, weight: w.q, bias: w.qBias, rows: N, inFeatures: c.dim, outFeatures: c.qDim)
-            linearForward(out: k, input: h, weight: w.k, bias: w.kBias, rows: N, inFeatures: c.dim, outFeatures: c.kvDim)
-            linearForward(out: v, input: h, weight: w.v, bias: w.vBias, rows: N, inFeatures: c.dim, outFeatures: c.kvDim)
+            linearForward(
+                out: k, input: h, weight: w.k, bias: w.kBias, rows: N, inFeatures: c.dim, outFeatures: c.kvDim)
+            linearForward(
+                out: v, input: h, weight: w.v, bias: w.vBias, rows: N, inFeatures: c.dim, outFeatures: c.kvDim)
             ropeForward(q, positions: state.positions, rows: N, heads: c.heads, table: rope, style: .halfSplit)
             ropeForward(k, positions: state.positions, rows: N, heads: c.kvHeads, table: rope, style: .halfSplit)
             // Append this chunk's keys and values to the cache: sequence b, positions start..<start+T.
@@ -83,7 +87,8 @@ public final class LlamaModel: @unchecked Sendable {
                 for r in 0..<N { for i in 0..<c.dim { x[r * c.dim + i] += bias[i] } }
             }
             rmsNormForward(out: h, rstd: nil, input: x, weight: w.ffnNorm, rows: N, dim: c.dim, eps: c.rmsEps)
-            linearForward(out: gate, input: h, weight: w.gate, bias: nil, rows: N, inFeatures: c.dim, outFeatures: c.ffnDim)
+            linearForward(
+                out: gate, input: h, weight: w.gate, bias: nil, rows: N, inFeatures: c.dim, outFeatures: c.ffnDim)
             linearForward(out: up, input: h, weight: w.up, bias: nil, rows: N, inFeatures: c.dim, outFeatures: c.ffnDim)
             swigluForward(out: gate, gate: gate, up: up, count: N * c.ffnDim)
             matmul(x, gate, w.down, M: N, N: c.dim, K: c.ffnDim, transB: true, beta: 1)
@@ -99,7 +104,9 @@ public final class LlamaModel: @unchecked Sendable {
     ///   - hidden: (rows, dim), as returned by `forward`.
     ///   - rowStride: Distance between consecutive rows of `hidden`, in floats (dim when contiguous).
     ///   - logits: (rows, vocabSize), overwritten.
-    public func logits(hidden: UnsafePointer<Float>, rows: Int, rowStride: Int? = nil, into logits: UnsafeMutablePointer<Float>) {
+    public func logits(
+        hidden: UnsafePointer<Float>, rows: Int, rowStride: Int? = nil, into logits: UnsafeMutablePointer<Float>
+    ) {
         matmul(
             logits, hidden, weights.output, M: rows, N: config.vocabSize, K: config.dim, transB: true,
             lda: rowStride ?? config.dim)
@@ -113,6 +120,7 @@ public final class LlamaModel: @unchecked Sendable {
         // Query t attends to past + t + 1 keys: QKᵀ and P·V, each 2·headDim per head and key.
         let keys = Double(tokens) * Double(past) + Double(tokens) * Double(tokens + 1) / 2
         let attention = 4.0 * Double(c.heads * c.headDim) * keys
-        return Double(c.layers) * (projections * Double(tokens) + attention) + 2.0 * Double(c.dim * c.vocabSize) * Double(logitRows)
+        return Double(c.layers) * (projections * Double(tokens) + attention) + 2.0 * Double(c.dim * c.vocabSize)
+            * Double(logitRows)
     }
 }

@@ -67,28 +67,57 @@ public final class LlamaWeights: @unchecked Sendable {
     /// The tensors a configuration needs, in storage order.
     public static func tensorTable(_ c: LlamaConfig) -> [LlamaTensorSpec] {
         var t: [LlamaTensorSpec] = [
-            LlamaTensorSpec(name: "model.embed_tokens.weight", ggufName: "token_embd.weight", shape: [c.vocabSize, c.dim])
+            LlamaTensorSpec(
+                name: "model.embed_tokens.weight", ggufName: "token_embd.weight", shape: [c.vocabSize, c.dim])
         ]
         for l in 0..<c.layers {
             let hf = "model.layers.\(l)."
             let gg = "blk.\(l)."
-            t.append(LlamaTensorSpec(name: hf + "input_layernorm.weight", ggufName: gg + "attn_norm.weight", shape: [c.dim]))
-            t.append(LlamaTensorSpec(name: hf + "self_attn.q_proj.weight", ggufName: gg + "attn_q.weight", shape: [c.qDim, c.dim], permutationHeads: c.heads))
-            t.append(LlamaTensorSpec(name: hf + "self_attn.k_proj.weight", ggufName: gg + "attn_k.weight", shape: [c.kvDim, c.dim], permutationHeads: c.kvHeads))
-            t.append(LlamaTensorSpec(name: hf + "self_attn.v_proj.weight", ggufName: gg + "attn_v.weight", shape: [c.kvDim, c.dim]))
-            t.append(LlamaTensorSpec(name: hf + "self_attn.o_proj.weight", ggufName: gg + "attn_output.weight", shape: [c.dim, c.qDim]))
+            t.append(
+                LlamaTensorSpec(name: hf + "input_layernorm.weight", ggufName: gg + "attn_norm.weight", shape: [c.dim]))
+            t.append(
+                LlamaTensorSpec(
+                    name: hf + "self_attn.q_proj.weight", ggufName: gg + "attn_q.weight", shape: [c.qDim, c.dim],
+                    permutationHeads: c.heads))
+            t.append(
+                LlamaTensorSpec(
+                    name: hf + "self_attn.k_proj.weight", ggufName: gg + "attn_k.weight", shape: [c.kvDim, c.dim],
+                    permutationHeads: c.kvHeads))
+            t.append(
+                LlamaTensorSpec(
+                    name: hf + "self_attn.v_proj.weight", ggufName: gg + "attn_v.weight", shape: [c.kvDim, c.dim]))
+            t.append(
+                LlamaTensorSpec(
+                    name: hf + "self_attn.o_proj.weight", ggufName: gg + "attn_output.weight", shape: [c.dim, c.qDim]))
             if c.qkvBias {
-                t.append(LlamaTensorSpec(name: hf + "self_attn.q_proj.bias", ggufName: gg + "attn_q.bias", shape: [c.qDim], permutationHeads: c.heads))
-                t.append(LlamaTensorSpec(name: hf + "self_attn.k_proj.bias", ggufName: gg + "attn_k.bias", shape: [c.kvDim], permutationHeads: c.kvHeads))
-                t.append(LlamaTensorSpec(name: hf + "self_attn.v_proj.bias", ggufName: gg + "attn_v.bias", shape: [c.kvDim]))
+                t.append(
+                    LlamaTensorSpec(
+                        name: hf + "self_attn.q_proj.bias", ggufName: gg + "attn_q.bias", shape: [c.qDim],
+                        permutationHeads: c.heads))
+                t.append(
+                    LlamaTensorSpec(
+                        name: hf + "self_attn.k_proj.bias", ggufName: gg + "attn_k.bias", shape: [c.kvDim],
+                        permutationHeads: c.kvHeads))
+                t.append(
+                    LlamaTensorSpec(name: hf + "self_attn.v_proj.bias", ggufName: gg + "attn_v.bias", shape: [c.kvDim]))
             }
             if c.outputBias {
-                t.append(LlamaTensorSpec(name: hf + "self_attn.o_proj.bias", ggufName: gg + "attn_output.bias", shape: [c.dim]))
+                t.append(
+                    LlamaTensorSpec(
+                        name: hf + "self_attn.o_proj.bias", ggufName: gg + "attn_output.bias", shape: [c.dim]))
             }
-            t.append(LlamaTensorSpec(name: hf + "post_attention_layernorm.weight", ggufName: gg + "ffn_norm.weight", shape: [c.dim]))
-            t.append(LlamaTensorSpec(name: hf + "mlp.gate_proj.weight", ggufName: gg + "ffn_gate.weight", shape: [c.ffnDim, c.dim]))
-            t.append(LlamaTensorSpec(name: hf + "mlp.up_proj.weight", ggufName: gg + "ffn_up.weight", shape: [c.ffnDim, c.dim]))
-            t.append(LlamaTensorSpec(name: hf + "mlp.down_proj.weight", ggufName: gg + "ffn_down.weight", shape: [c.dim, c.ffnDim]))
+            t.append(
+                LlamaTensorSpec(
+                    name: hf + "post_attention_layernorm.weight", ggufName: gg + "ffn_norm.weight", shape: [c.dim]))
+            t.append(
+                LlamaTensorSpec(
+                    name: hf + "mlp.gate_proj.weight", ggufName: gg + "ffn_gate.weight", shape: [c.ffnDim, c.dim]))
+            t.append(
+                LlamaTensorSpec(
+                    name: hf + "mlp.up_proj.weight", ggufName: gg + "ffn_up.weight", shape: [c.ffnDim, c.dim]))
+            t.append(
+                LlamaTensorSpec(
+                    name: hf + "mlp.down_proj.weight", ggufName: gg + "ffn_down.weight", shape: [c.dim, c.ffnDim]))
         }
         t.append(LlamaTensorSpec(name: "model.norm.weight", ggufName: "output_norm.weight", shape: [c.dim]))
         if !c.tiedEmbeddings {
@@ -118,12 +147,15 @@ public final class LlamaWeights: @unchecked Sendable {
                 o: at(p + "self_attn.o_proj.weight"), qBias: maybe(p + "self_attn.q_proj.bias"),
                 kBias: maybe(p + "self_attn.k_proj.bias"), vBias: maybe(p + "self_attn.v_proj.bias"),
                 oBias: maybe(p + "self_attn.o_proj.bias"), ffnNorm: at(p + "post_attention_layernorm.weight"),
-                gate: at(p + "mlp.gate_proj.weight"), up: at(p + "mlp.up_proj.weight"), down: at(p + "mlp.down_proj.weight"))
+                gate: at(p + "mlp.gate_proj.weight"), up: at(p + "mlp.up_proj.weight"),
+                down: at(p + "mlp.down_proj.weight"))
         }
     }
 
     /// A named region as a pointer, or nil.
-    public func pointer(_ name: String) -> UnsafeMutablePointer<Float>? { layout[name].map { storage.pointer + $0.offset } }
+    public func pointer(_ name: String) -> UnsafeMutablePointer<Float>? {
+        layout[name].map { storage.pointer + $0.offset }
+    }
 }
 
 /// The tensor naming of a checkpoint.
@@ -138,7 +170,9 @@ extension LlamaWeights {
     /// Loads and dequantizes every weight the configuration needs from a tensor store.
     ///
     /// - Throws: `FormatError` listing every missing tensor, wrong shape and unsupported type at once.
-    public static func load(from store: TensorStore, config: LlamaConfig, naming: TensorNaming) throws(FormatError) -> LlamaWeights {
+    public static func load(from store: TensorStore, config: LlamaConfig, naming: TensorNaming) throws(FormatError)
+        -> LlamaWeights
+    {
         let weights = LlamaWeights(config: config)
         var problems: [String] = []
         var work: [(LlamaTensorSpec, StoredTensor)] = []
@@ -156,12 +190,17 @@ extension LlamaWeights {
                 }
                 continue
             }
-            guard stored.shape == spec.shape || (stored.shape.count == 2 && spec.shape.count == 1 && stored.shape == [1, spec.shape[0]]) else {
+            guard
+                stored.shape == spec.shape
+                    || (stored.shape.count == 2 && spec.shape.count == 1 && stored.shape == [1, spec.shape[0]])
+            else {
                 problems.append("\(name): shape \(stored.shape), expected \(spec.shape)")
                 continue
             }
             guard stored.type.isDequantizable else {
-                problems.append("\(name): type \(stored.type) is not supported (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K)")
+                problems.append(
+                    "\(name): type \(stored.type) is not supported (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K)"
+                )
                 continue
             }
             work.append((spec, stored))
@@ -177,7 +216,8 @@ extension LlamaWeights {
             let destination = weights.pointer(spec.name)!
             stored.dequantize(into: destination)
             if case .gguf(permutedQK: true) = naming, let heads = spec.permutationHeads {
-                unpermuteRows(destination, heads: heads, rows: spec.shape[0], columns: spec.shape.count == 2 ? spec.shape[1] : 1)
+                unpermuteRows(
+                    destination, heads: heads, rows: spec.shape[0], columns: spec.shape.count == 2 ? spec.shape[1] : 1)
             }
         }
         return weights

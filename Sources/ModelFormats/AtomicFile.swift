@@ -71,7 +71,9 @@ public final class AtomicFileWriter {
 
     /// Flushes the data to disk and renames the file into place.
     public func commit() throws(FormatError) {
-        guard fsync(fd) == 0 else { throw FormatError(.io, path: path, "fsync failed: \(String(cString: strerror(errno)))") }
+        guard fsync(fd) == 0 else {
+            throw FormatError(.io, path: path, "fsync failed: \(String(cString: strerror(errno)))")
+        }
         close(fd)
         fd = -1
         guard rename(temporaryPath, path) == 0 else {

@@ -18,7 +18,8 @@ struct ByteReader {
     func truncated(_ field: String, _ need: Int) -> FormatError {
         FormatError(
             .truncated, path: path, field: field,
-            "needs \(need) bytes at offset \(offset) but the file has only \(remaining) left; the file is truncated or corrupt")
+            "needs \(need) bytes at offset \(offset) but the file has only \(remaining) left; the file is truncated or corrupt"
+        )
     }
 
     mutating func require(_ count: Int, _ field: String) throws(FormatError) {

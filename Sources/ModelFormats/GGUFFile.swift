@@ -73,19 +73,24 @@ public final class GGUFFile: Sendable {
         guard version == 2 || version == 3 else {
             throw FormatError(
                 .unsupportedVersion, path: path, field: "version",
-                "GGUF version \(version) is not supported (expected 2 or 3); re-convert the model with a current llama.cpp")
+                "GGUF version \(version) is not supported (expected 2 or 3); re-convert the model with a current llama.cpp"
+            )
         }
         self.version = version
         let tensorCount = try Self.count(try r.read(UInt64.self, "tensor_count"), "tensor_count", minimumBytes: 28, r)
-        let kvCount = try Self.count(try r.read(UInt64.self, "metadata_kv_count"), "metadata_kv_count", minimumBytes: 13, r)
+        let kvCount = try Self.count(
+            try r.read(UInt64.self, "metadata_kv_count"), "metadata_kv_count", minimumBytes: 13, r)
 
         var metadata = GGUFMetadata(path: path)
         for i in 0..<kvCount {
             let key = try Self.readString(&r, "metadata key #\(i)")
-            guard !key.isEmpty else { throw FormatError(.invalidValue, path: path, field: "metadata key #\(i)", "empty key") }
+            guard !key.isEmpty else {
+                throw FormatError(.invalidValue, path: path, field: "metadata key #\(i)", "empty key")
+            }
             let rawType = try r.read(UInt32.self, key)
             guard let type = GGUFValueType(rawValue: rawType) else {
-                throw FormatError(.invalidValue, path: path, field: key, "unknown value type \(rawType) (expected 0...12)")
+                throw FormatError(
+                    .invalidValue, path: path, field: key, "unknown value type \(rawType) (expected 0...12)")
             }
             let value = try Self.readValue(&r, type, key, nested: false)
             guard metadata.append(key, value) else {
@@ -96,7 +101,8 @@ public final class GGUFFile: Sendable {
         if let a = metadata["general.alignment"] {
             guard case .uint32(let v) = a, v > 0, v & (v - 1) == 0 else {
                 throw FormatError(
-                    .invalidValue, path: path, field: "general.alignment", "must be a u32 power of two, found \(a.summary)")
+                    .invalidValue, path: path, field: "general.alignment",
+                    "must be a u32 power of two, found \(a.summary)")
             }
             alignment = Int(v)
         }
@@ -110,9 +116,12 @@ public final class GGUFFile: Sendable {
             let name = try Self.readString(&r, "tensor #\(i) name")
             let field = "tensor '\(name)'"
             guard name.utf8.count < Self.maxNameBytes else {
-                throw FormatError(.invalidValue, path: path, field: field, "name is \(name.utf8.count) bytes, the limit is 63")
+                throw FormatError(
+                    .invalidValue, path: path, field: field, "name is \(name.utf8.count) bytes, the limit is 63")
             }
-            guard index[name] == nil else { throw FormatError(.conflict, path: path, field: field, "duplicate tensor name") }
+            guard index[name] == nil else {
+                throw FormatError(.conflict, path: path, field: field, "duplicate tensor name")
+            }
             let dims = Int(try r.read(UInt32.self, "\(field) n_dims"))
             guard dims >= 1, dims <= 4 else {
                 throw FormatError(.invalidValue, path: path, field: field, "has \(dims) dimensions (expected 1 to 4)")
@@ -121,7 +130,8 @@ public final class GGUFFile: Sendable {
             for d in 0..<dims {
                 let v = try r.read(Int64.self, "\(field) ne[\(d)]")
                 guard v >= 0, v < Int64(1) << 48 else {
-                    throw FormatError(.outOfBounds, path: path, field: field, "dimension ne[\(d)] = \(v) is out of range")
+                    throw FormatError(
+                        .outOfBounds, path: path, field: field, "dimension ne[\(d)] = \(v) is out of range")
                 }
                 ne.append(Int(v))
             }
@@ -132,7 +142,8 @@ public final class GGUFFile: Sendable {
                     "unknown ggml type \(rawType); the file may need a newer reader")
             }
             guard type != .q8_1, type != .q8_K else {
-                throw FormatError(.invalidValue, path: path, field: field, "type \(type) is for activations, not stored weights")
+                throw FormatError(
+                    .invalidValue, path: path, field: field, "type \(type) is for activations, not stored weights")
             }
             guard ne[0] % type.blockSize == 0 else {
                 throw FormatError(
@@ -165,18 +176,21 @@ public final class GGUFFile: Sendable {
         for t in tensors {
             let field = "tensor '\(t.name)'"
             guard t.offset % alignment == 0 else {
-                throw FormatError(.invalidValue, path: path, field: field, "offset \(t.offset) is not a multiple of \(alignment)")
+                throw FormatError(
+                    .invalidValue, path: path, field: field, "offset \(t.offset) is not a multiple of \(alignment)")
             }
             guard t.offset == expected else {
                 throw FormatError(
                     .conflict, path: path, field: field,
-                    "data offset \(t.offset) should be \(expected): tensor data must be contiguous in tensor-info order (overlapping or out-of-order tensors)")
+                    "data offset \(t.offset) should be \(expected): tensor data must be contiguous in tensor-info order (overlapping or out-of-order tensors)"
+                )
             }
             let end = dataOffset + t.offset + t.byteCount
             guard end <= file.count else {
                 throw FormatError(
                     .truncated, path: path, field: field,
-                    "data ends at byte \(end) but the file has \(file.count) bytes; the file is truncated (re-download it)")
+                    "data ends at byte \(end) but the file has \(file.count) bytes; the file is truncated (re-download it)"
+                )
             }
             expected = t.offset + (t.byteCount + alignment - 1) / alignment * alignment
         }
@@ -185,7 +199,9 @@ public final class GGUFFile: Sendable {
     }
 
     /// Bounds a declared count by the bytes left, given the smallest size of one item.
-    private static func count(_ value: UInt64, _ field: String, minimumBytes: Int, _ r: ByteReader) throws(FormatError) -> Int {
+    private static func count(_ value: UInt64, _ field: String, minimumBytes: Int, _ r: ByteReader) throws(FormatError)
+        -> Int
+    {
         guard value <= UInt64(r.remaining / minimumBytes) else {
             throw FormatError(
                 .outOfBounds, path: r.path, field: field,
@@ -223,14 +239,16 @@ public final class GGUFFile: Sendable {
         case .string: return .string(try readString(&r, key))
         case .array:
             guard !nested else {
-                throw FormatError(.invalidValue, path: r.path, field: key, "nested arrays are not allowed in GGUF metadata")
+                throw FormatError(
+                    .invalidValue, path: r.path, field: key, "nested arrays are not allowed in GGUF metadata")
             }
             let rawType = try r.read(UInt32.self, "\(key) element type")
             guard let elementType = GGUFValueType(rawValue: rawType) else {
                 throw FormatError(.invalidValue, path: r.path, field: key, "unknown array element type \(rawType)")
             }
             guard elementType != .array else {
-                throw FormatError(.invalidValue, path: r.path, field: key, "nested arrays are not allowed in GGUF metadata")
+                throw FormatError(
+                    .invalidValue, path: r.path, field: key, "nested arrays are not allowed in GGUF metadata")
             }
             let n = try r.read(UInt64.self, "\(key) count")
             guard n <= UInt64(maxLength), n <= UInt64(r.remaining / elementType.minimumSize) else {

@@ -47,7 +47,8 @@ public struct GGUFWriter {
         precondition(name.utf8.count < GGUFFile.maxNameBytes, "GGUF tensor name too long: \(name)")
         precondition(!tensors.contains { $0.name == name }, "duplicate GGUF tensor \(name)")
         precondition(ne.count >= 1 && ne.count <= 4, "GGUF tensors have 1 to 4 dimensions")
-        precondition(type.byteCount(elements: ne.reduce(1, *)) == bytes.count, "GGUF tensor \(name): byte count mismatch")
+        precondition(
+            type.byteCount(elements: ne.reduce(1, *)) == bytes.count, "GGUF tensor \(name): byte count mismatch")
         tensors.append(Tensor(name: name, ne: ne, type: type, bytes: bytes))
     }
 
@@ -55,7 +56,9 @@ public struct GGUFWriter {
     public mutating func addTensor(name: String, ne: [Int], floats: [Float]) {
         var bytes = [UInt8](repeating: 0, count: floats.count * 4)
         bytes.withUnsafeMutableBytes { raw in
-            for (i, f) in floats.enumerated() { raw.storeBytes(of: f.bitPattern.littleEndian, toByteOffset: 4 * i, as: UInt32.self) }
+            for (i, f) in floats.enumerated() {
+                raw.storeBytes(of: f.bitPattern.littleEndian, toByteOffset: 4 * i, as: UInt32.self)
+            }
         }
         addTensor(name: name, ne: ne, type: .f32, bytes: bytes)
     }
@@ -115,7 +118,8 @@ public struct GGUFWriter {
         for (i, t) in tensors.enumerated() {
             out.append(contentsOf: t.bytes)
             if i < tensors.count - 1 {
-                out.append(contentsOf: [UInt8](repeating: 0, count: (alignment - t.bytes.count % alignment) % alignment))
+                out.append(
+                    contentsOf: [UInt8](repeating: 0, count: (alignment - t.bytes.count % alignment) % alignment))
             }
         }
         return out

@@ -37,9 +37,11 @@ public final class HFModelDirectory: TensorStore {
             throw FormatError(.invalidValue, path: file("config.json"), "must be a JSON object")
         }
         self.config = config
-        tokenizerConfig = fm.fileExists(atPath: file("tokenizer_config.json"))
+        tokenizerConfig =
+            fm.fileExists(atPath: file("tokenizer_config.json"))
             ? try Self.readJSON(file("tokenizer_config.json")).objectValue : nil
-        generationConfig = fm.fileExists(atPath: file("generation_config.json"))
+        generationConfig =
+            fm.fileExists(atPath: file("generation_config.json"))
             ? try Self.readJSON(file("generation_config.json")).objectValue : nil
 
         var shardNames: [String] = []
@@ -47,10 +49,12 @@ public final class HFModelDirectory: TensorStore {
         let indexPath = file("model.safetensors.index.json")
         if fm.fileExists(atPath: indexPath) {
             guard let map = try Self.readJSON(indexPath).objectValue?["weight_map"]?.objectValue else {
-                throw FormatError(.missing, path: indexPath, field: "weight_map", "missing or not an object of tensor → file")
+                throw FormatError(
+                    .missing, path: indexPath, field: "weight_map", "missing or not an object of tensor → file")
             }
             for (tensor, value) in map.members {
-                guard let shard = value.stringValue, !shard.isEmpty, !shard.contains("/"), shard != "..", shard != "." else {
+                guard let shard = value.stringValue, !shard.isEmpty, !shard.contains("/"), shard != "..", shard != "."
+                else {
                     throw FormatError(
                         .invalidValue, path: indexPath, field: "weight_map.\(tensor)",
                         "must name a file inside the model directory")
@@ -77,7 +81,8 @@ public final class HFModelDirectory: TensorStore {
             let f = try SafetensorsFile(path: file(shard))
             for t in f.tensors {
                 guard location[t.name] == nil else {
-                    throw FormatError(.conflict, path: f.path, field: "tensor '\(t.name)'", "also present in another shard")
+                    throw FormatError(
+                        .conflict, path: f.path, field: "tensor '\(t.name)'", "also present in another shard")
                 }
                 location[t.name] = files.count
                 names.append(t.name)
@@ -86,7 +91,8 @@ public final class HFModelDirectory: TensorStore {
         }
         for (tensor, shard) in declared.sorted(by: { $0.key < $1.key }) {
             guard let i = location[tensor], files[i].path == file(shard) else {
-                throw FormatError(.missing, path: indexPath, field: "weight_map.\(tensor)", "tensor not found in \(shard)")
+                throw FormatError(
+                    .missing, path: indexPath, field: "weight_map.\(tensor)", "tensor not found in \(shard)")
             }
         }
         self.files = files
@@ -100,7 +106,8 @@ public final class HFModelDirectory: TensorStore {
     public static func readJSON(_ path: String, maxBytes: Int = maxJSONBytes) throws(FormatError) -> JSONValue {
         let file = try MappedFile(path: path)
         guard file.count <= maxBytes else {
-            throw FormatError(.outOfBounds, path: path, "is \(file.count) bytes; the limit for this file is \(maxBytes)")
+            throw FormatError(
+                .outOfBounds, path: path, "is \(file.count) bytes; the limit for this file is \(maxBytes)")
         }
         do {
             return try JSONValue.parse(file.bytes)

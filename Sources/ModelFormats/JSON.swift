@@ -105,7 +105,9 @@ public struct JSONObject: Sendable, Equatable {
 
     public static func == (a: JSONObject, b: JSONObject) -> Bool {
         a.members.count == b.members.count
-            && zip(a.members, b.members).allSatisfy { ExactString($0.key) == ExactString($1.key) && $0.value == $1.value }
+            && zip(a.members, b.members).allSatisfy {
+                ExactString($0.key) == ExactString($1.key) && $0.value == $1.value
+            }
     }
 }
 
@@ -127,7 +129,9 @@ extension JSONValue {
     ///   - bytes: UTF-8 text.
     ///   - maxDepth: The deepest nesting of arrays and objects accepted.
     /// - Throws: `JSONError` naming the line and column of the first problem.
-    public static func parse<Bytes: Collection<UInt8>>(_ bytes: Bytes, maxDepth: Int = 128) throws(JSONError) -> JSONValue {
+    public static func parse<Bytes: Collection<UInt8>>(_ bytes: Bytes, maxDepth: Int = 128) throws(JSONError)
+        -> JSONValue
+    {
         let array = Array(bytes)
         return try array.withUnsafeBufferPointer { (buffer) throws(JSONError) -> JSONValue in
             var parser = JSONParser(bytes: buffer, maxDepth: maxDepth)
@@ -194,11 +198,15 @@ private struct JSONParser {
         }
     }
 
-    func printable(_ b: UInt8) -> String { b >= 0x20 && b < 0x7F ? String(UnicodeScalar(b)) : "\\x\(String(b, radix: 16))" }
+    func printable(_ b: UInt8) -> String {
+        b >= 0x20 && b < 0x7F ? String(UnicodeScalar(b)) : "\\x\(String(b, radix: 16))"
+    }
 
     mutating func expectLiteral(_ word: String) throws(JSONError) {
         for c in word.utf8 {
-            guard position < bytes.count, bytes[position] == c else { throw error("invalid literal, expected '\(word)'") }
+            guard position < bytes.count, bytes[position] == c else {
+                throw error("invalid literal, expected '\(word)'")
+            }
             position += 1
         }
     }
@@ -220,11 +228,15 @@ private struct JSONParser {
         }
         while true {
             skipWhitespace()
-            guard position < bytes.count, bytes[position] == UInt8(ascii: "\"") else { throw error("expected a string key") }
+            guard position < bytes.count, bytes[position] == UInt8(ascii: "\"") else {
+                throw error("expected a string key")
+            }
             let keyStart = position
             let key = try parseString()
             skipWhitespace()
-            guard position < bytes.count, bytes[position] == UInt8(ascii: ":") else { throw error("expected ':' after key") }
+            guard position < bytes.count, bytes[position] == UInt8(ascii: ":") else {
+                throw error("expected ':' after key")
+            }
             position += 1
             skipWhitespace()
             let value = try parseValue()
@@ -274,7 +286,8 @@ private struct JSONParser {
         while scan < bytes.count {
             let b = bytes[scan]
             if b == UInt8(ascii: "\"") {
-                guard let s = String(validating: UnsafeBufferPointer(rebasing: bytes[position..<scan]), as: UTF8.self) else {
+                guard let s = String(validating: UnsafeBufferPointer(rebasing: bytes[position..<scan]), as: UTF8.self)
+                else {
                     throw error("string is not valid UTF-8", at: start)
                 }
                 position = scan + 1
@@ -290,7 +303,9 @@ private struct JSONParser {
             let b = bytes[position]
             if b == UInt8(ascii: "\"") {
                 position += 1
-                guard let s = String(validating: out, as: UTF8.self) else { throw error("string is not valid UTF-8", at: start) }
+                guard let s = String(validating: out, as: UTF8.self) else {
+                    throw error("string is not valid UTF-8", at: start)
+                }
                 return s
             }
             if b < 0x20 { throw error("control character in a string (escape it as \\u00\(String(b, radix: 16)))") }
@@ -374,7 +389,9 @@ private struct JSONParser {
             if position < bytes.count, bytes[position] == UInt8(ascii: "+") || bytes[position] == UInt8(ascii: "-") {
                 position += 1
             }
-            guard position < bytes.count, isDigit(bytes[position]) else { throw error("expected a digit in the exponent") }
+            guard position < bytes.count, isDigit(bytes[position]) else {
+                throw error("expected a digit in the exponent")
+            }
             while position < bytes.count, isDigit(bytes[position]) { position += 1 }
         }
         let text = String(decoding: UnsafeBufferPointer(rebasing: bytes[start..<position]), as: UTF8.self)
@@ -427,7 +444,10 @@ extension JSONValue {
                 out += "{}"
                 return
             }
-            let members = sortedKeys ? object.members.sorted { Array($0.key.utf8).lexicographicallyPrecedes(Array($1.key.utf8)) } : object.members
+            let members =
+                sortedKeys
+                ? object.members.sorted { Array($0.key.utf8).lexicographicallyPrecedes(Array($1.key.utf8)) }
+                : object.members
             out += "{"
             for (i, member) in members.enumerated() {
                 if i > 0 { out += "," }

@@ -81,10 +81,14 @@ public final class SafetensorsFile: Sendable {
         var r = ByteReader(file.bytes, path: path)
         let n = try r.read(UInt64.self, "header length")
         guard n <= UInt64(Self.maxHeaderBytes) else {
-            throw FormatError(.outOfBounds, path: path, field: "header length", "\(n) bytes exceeds the 100 MB limit; not a safetensors file?")
+            throw FormatError(
+                .outOfBounds, path: path, field: "header length",
+                "\(n) bytes exceeds the 100 MB limit; not a safetensors file?")
         }
         guard n <= UInt64(r.remaining) else {
-            throw FormatError(.truncated, path: path, field: "header length", "declares \(n) header bytes but the file has \(r.remaining) after the length; truncated")
+            throw FormatError(
+                .truncated, path: path, field: "header length",
+                "declares \(n) header bytes but the file has \(r.remaining) after the length; truncated")
         }
         let headerBytes = try r.readBytes(Int(n), "header")
         dataStart = 8 + Int(n)
@@ -95,7 +99,8 @@ public final class SafetensorsFile: Sendable {
             throw FormatError(.badMagic, path: path, field: "header", "is not valid JSON (\(error))")
         }
         guard let object = header.objectValue else {
-            throw FormatError(.badMagic, path: path, field: "header", "must be a JSON object, found \(header.kindDescription)")
+            throw FormatError(
+                .badMagic, path: path, field: "header", "must be a JSON object, found \(header.kindDescription)")
         }
         var metadata: [String: String] = [:]
         var tensors: [SafetensorsTensorInfo] = []
@@ -106,7 +111,9 @@ public final class SafetensorsFile: Sendable {
                 }
                 for (k, v) in m.members {
                     guard let s = v.stringValue else {
-                        throw FormatError(.invalidValue, path: path, field: "__metadata__.\(k)", "must be a string, found \(v.kindDescription)")
+                        throw FormatError(
+                            .invalidValue, path: path, field: "__metadata__.\(k)",
+                            "must be a string, found \(v.kindDescription)")
                     }
                     metadata[k] = s
                 }
@@ -139,10 +146,13 @@ public final class SafetensorsFile: Sendable {
         self.index = index
     }
 
-    private static func parseEntry(_ name: String, _ entry: JSONValue, path: String) throws(FormatError) -> SafetensorsTensorInfo {
+    private static func parseEntry(_ name: String, _ entry: JSONValue, path: String) throws(FormatError)
+        -> SafetensorsTensorInfo
+    {
         let field = "tensor '\(name)'"
         guard let o = entry.objectValue else {
-            throw FormatError(.invalidValue, path: path, field: field, "must be an object with dtype, shape and data_offsets")
+            throw FormatError(
+                .invalidValue, path: path, field: field, "must be an object with dtype, shape and data_offsets")
         }
         guard let dtypeName = o["dtype"]?.stringValue else {
             throw FormatError(.missing, path: path, field: "\(field).dtype", "missing or not a string")
@@ -157,7 +167,8 @@ public final class SafetensorsFile: Sendable {
         var elements = 1
         for v in shapeValues {
             guard case .integer(let d) = v, d >= 0, d < Int64(1) << 48 else {
-                throw FormatError(.invalidValue, path: path, field: "\(field).shape", "dimensions must be non-negative integers")
+                throw FormatError(
+                    .invalidValue, path: path, field: "\(field).shape", "dimensions must be non-negative integers")
             }
             shape.append(Int(d))
             let (p, overflow) = elements.multipliedReportingOverflow(by: Int(d))
@@ -169,11 +180,14 @@ public final class SafetensorsFile: Sendable {
         guard let offsets = o["data_offsets"]?.arrayValue, offsets.count == 2,
             case .integer(let begin) = offsets[0], case .integer(let end) = offsets[1], begin >= 0, end >= begin
         else {
-            throw FormatError(.invalidValue, path: path, field: "\(field).data_offsets", "must be [begin, end] with 0 ≤ begin ≤ end")
+            throw FormatError(
+                .invalidValue, path: path, field: "\(field).data_offsets", "must be [begin, end] with 0 ≤ begin ≤ end")
         }
         let bits = elements * dtype.bits
         guard bits % 8 == 0 else {
-            throw FormatError(.invalidValue, path: path, field: field, "\(elements) × \(dtype.bits) bits is not a whole number of bytes")
+            throw FormatError(
+                .invalidValue, path: path, field: field,
+                "\(elements) × \(dtype.bits) bits is not a whole number of bytes")
         }
         guard Int64(bits / 8) == end - begin else {
             throw FormatError(
@@ -206,8 +220,11 @@ public struct SafetensorsWriter {
 
     /// Adds a tensor from raw little-endian bytes.
     public mutating func add(_ name: String, dtype: SafetensorsDType, shape: [Int], bytes: [UInt8]) {
-        precondition(!entries.contains { $0.info.name == name } && name != "__metadata__", "duplicate safetensors tensor \(name)")
-        precondition(shape.reduce(1, *) * dtype.bits == bytes.count * 8, "safetensors tensor \(name): byte count mismatch")
+        precondition(
+            !entries.contains { $0.info.name == name } && name != "__metadata__", "duplicate safetensors tensor \(name)"
+        )
+        precondition(
+            shape.reduce(1, *) * dtype.bits == bytes.count * 8, "safetensors tensor \(name): byte count mismatch")
         entries.append((SafetensorsTensorInfo(name: name, dtype: dtype, shape: shape, begin: 0, end: 0), bytes))
     }
 
@@ -215,7 +232,9 @@ public struct SafetensorsWriter {
     public mutating func add(_ name: String, shape: [Int], floats: [Float]) {
         var bytes = [UInt8](repeating: 0, count: floats.count * 4)
         bytes.withUnsafeMutableBytes { raw in
-            for (i, f) in floats.enumerated() { raw.storeBytes(of: f.bitPattern.littleEndian, toByteOffset: 4 * i, as: UInt32.self) }
+            for (i, f) in floats.enumerated() {
+                raw.storeBytes(of: f.bitPattern.littleEndian, toByteOffset: 4 * i, as: UInt32.self)
+            }
         }
         add(name, dtype: .F32, shape: shape, bytes: bytes)
     }
@@ -229,7 +248,8 @@ public struct SafetensorsWriter {
         }
         var header = JSONObject()
         if !metadata.isEmpty {
-            header["__metadata__"] = .object(JSONObject(metadata.sorted { $0.key < $1.key }.map { ($0.key, .string($0.value)) }))
+            header["__metadata__"] = .object(
+                JSONObject(metadata.sorted { $0.key < $1.key }.map { ($0.key, .string($0.value)) }))
         }
         var offset = 0
         for e in ordered {

@@ -39,7 +39,8 @@ public struct AttentionShape: Sendable, Equatable {
     public init(batch: Int, queries: Int, keyCapacity: Int, start: Int, heads: Int, kvHeads: Int, headDim: Int) {
         precondition(batch >= 0 && queries >= 0 && start >= 0 && heads > 0 && kvHeads > 0 && headDim > 0)
         precondition(heads % kvHeads == 0, "attention: \(heads) heads not divisible by \(kvHeads) kv heads")
-        precondition(start + queries <= keyCapacity, "attention: start \(start) + T \(queries) > capacity \(keyCapacity)")
+        precondition(
+            start + queries <= keyCapacity, "attention: start \(start) + T \(queries) > capacity \(keyCapacity)")
         self.batch = batch
         self.queries = queries
         self.keyCapacity = keyCapacity
@@ -221,7 +222,9 @@ public func attentionForwardNaive(
                 let o = out + (b * T + t) * qs + h * HS
                 for i in 0..<HS {
                     var acc = 0.0
-                    for s in 0..<visible { acc += Foundation.exp(scores[s] - m) / z * Double(v[(b * S + s) * kvs + g * HS + i]) }
+                    for s in 0..<visible {
+                        acc += Foundation.exp(scores[s] - m) / z * Double(v[(b * S + s) * kvs + g * HS + i])
+                    }
                     o[i] = Float(acc)
                 }
             }

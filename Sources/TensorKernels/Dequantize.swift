@@ -13,7 +13,9 @@
 ///   - source: `type.byteCount(elements: count)` bytes; any alignment.
 ///   - destination: `count` floats.
 ///   - count: A multiple of `type.blockSize`.
-public func dequantize(_ type: GGMLType, from source: UnsafeRawPointer, to destination: UnsafeMutablePointer<Float>, count: Int) {
+public func dequantize(
+    _ type: GGMLType, from source: UnsafeRawPointer, to destination: UnsafeMutablePointer<Float>, count: Int
+) {
     precondition(type.isDequantizable, "dequantize: \(type) is not supported")
     precondition(count % type.blockSize == 0, "dequantize: \(count) elements is not a whole number of \(type) blocks")
     let blocks = count / type.blockSize

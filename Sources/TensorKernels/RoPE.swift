@@ -95,7 +95,8 @@ private func ropeRotate(
     Parallel.forRanges(N, grain: 16) { range in
         for n in range {
             let p = Int(positions[n])
-            precondition(p >= 0 && p < table.positions, "rope: position \(p) outside the table (0..<\(table.positions))")
+            precondition(
+                p >= 0 && p < table.positions, "rope: position \(p) outside the table (0..<\(table.positions))")
             let c = cosTable + p * half
             let s = sinTable + p * half
             for h in 0..<NH {

@@ -8,7 +8,8 @@ func dot(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ n: Int) -> Floa
     var acc = SIMD8<Float>(repeating: 0)
     var i = 0
     while i + 8 <= n {
-        acc += UnsafeRawPointer(a + i).loadUnaligned(as: SIMD8<Float>.self)
+        acc +=
+            UnsafeRawPointer(a + i).loadUnaligned(as: SIMD8<Float>.self)
             * UnsafeRawPointer(b + i).loadUnaligned(as: SIMD8<Float>.self)
         i += 8
     }

@@ -53,7 +53,8 @@ extension BPETokenizer {
             // Split at the first space after the first character (formats.md §8).
             let chars = Array(m)
             guard chars.count >= 3, let space = chars.dropFirst().firstIndex(of: " ") else {
-                throw FormatError(.invalidValue, path: path, field: "tokenizer.ggml.merges[\(i)]", "\"\(m)\" is not \"left right\"")
+                throw FormatError(
+                    .invalidValue, path: path, field: "tokenizer.ggml.merges[\(i)]", "\"\(m)\" is not \"left right\"")
             }
             merges.append((String(chars[..<space]), String(chars[(space + 1)...])))
         }
@@ -77,19 +78,22 @@ extension BPETokenizer {
         func id(_ key: String) throws(FormatError) -> Int32? {
             guard let v = try metadata.int(key) else { return nil }
             guard v >= 0, v < tokens.count else {
-                throw FormatError(.outOfBounds, path: path, field: key, "token id \(v) is outside the vocabulary (\(tokens.count))")
+                throw FormatError(
+                    .outOfBounds, path: path, field: key, "token id \(v) is outside the vocabulary (\(tokens.count))")
             }
             return Int32(v)
         }
         let bos = try id("tokenizer.ggml.bos_token_id")
         let eos = try id("tokenizer.ggml.eos_token_id")
-        var endOfGeneration = Set([eos, try id("tokenizer.ggml.eot_token_id"), try id("tokenizer.ggml.eom_token_id")].compactMap { $0 })
+        var endOfGeneration = Set(
+            [eos, try id("tokenizer.ggml.eot_token_id"), try id("tokenizer.ggml.eom_token_id")].compactMap { $0 })
         for i in control where Self.endOfTurnTexts.contains(tokens[Int(i)]) { endOfGeneration.insert(i) }
         // llama.cpp's defaults for Llama 3 vocabularies: whole-word lookup before merging, and a BOS token
         // (metadata may override the latter).
         let isLlama3 = pre == .llama3
         try self.init(
-            tokens: tokens, merges: merges, preTokenizer: pre, addedIds: added, controlIds: control, bosId: bos, eosId: eos,
+            tokens: tokens, merges: merges, preTokenizer: pre, addedIds: added, controlIds: control, bosId: bos,
+            eosId: eos,
             addsBOS: try metadata.bool("tokenizer.ggml.add_bos_token") ?? isLlama3, endOfGenerationIds: endOfGeneration,
             ignoresMerges: isLlama3, source: path)
     }

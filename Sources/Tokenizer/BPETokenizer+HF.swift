@@ -32,7 +32,8 @@ extension BPETokenizer {
         }
         let type = model["type"]?.stringValue ?? "BPE"
         guard type == "BPE" else {
-            throw FormatError(.unsupported, path: path, field: "model.type", "\"\(type)\" is not supported (only byte-level BPE)")
+            throw FormatError(
+                .unsupported, path: path, field: "model.type", "\"\(type)\" is not supported (only byte-level BPE)")
         }
         if model["byte_fallback"]?.boolValue == true {
             throw FormatError(
@@ -45,7 +46,8 @@ extension BPETokenizer {
         var byId: [Int: String] = [:]
         for (token, value) in vocab.members {
             guard let id = value.intValue, id >= 0, id < 10_000_000 else {
-                throw FormatError(.invalidValue, path: path, field: "model.vocab[\"\(token)\"]", "id must be a non-negative integer")
+                throw FormatError(
+                    .invalidValue, path: path, field: "model.vocab[\"\(token)\"]", "id must be a non-negative integer")
             }
             guard byId[id] == nil else {
                 throw FormatError(.conflict, path: path, field: "model.vocab", "id \(id) is used by two tokens")
@@ -58,10 +60,12 @@ extension BPETokenizer {
             guard let o = entry.objectValue, let id = o["id"]?.intValue, id >= 0, id < 10_000_000,
                 let content = o["content"]?.stringValue
             else {
-                throw FormatError(.invalidValue, path: path, field: "added_tokens[\(i)]", "needs an integer id and a string content")
+                throw FormatError(
+                    .invalidValue, path: path, field: "added_tokens[\(i)]", "needs an integer id and a string content")
             }
             if let existing = byId[id], ExactString(existing) != ExactString(content) {
-                throw FormatError(.conflict, path: path, field: "added_tokens[\(i)]", "id \(id) is \"\(existing)\" in the vocabulary")
+                throw FormatError(
+                    .conflict, path: path, field: "added_tokens[\(i)]", "id \(id) is \"\(existing)\" in the vocabulary")
             }
             byId[id] = content
             added.insert(Int32(id))
@@ -69,7 +73,9 @@ extension BPETokenizer {
         }
         let count = (byId.keys.max() ?? -1) + 1
         guard byId.count == count else {
-            throw FormatError(.invalidValue, path: path, field: "model.vocab", "ids are not contiguous: \(byId.count) tokens for ids up to \(count - 1)")
+            throw FormatError(
+                .invalidValue, path: path, field: "model.vocab",
+                "ids are not contiguous: \(byId.count) tokens for ids up to \(count - 1)")
         }
         let tokens = (0..<count).map { byId[$0]! }
 
@@ -78,13 +84,16 @@ extension BPETokenizer {
             if let s = m.stringValue {
                 let chars = Array(s)
                 guard chars.count >= 3, let space = chars.dropFirst().firstIndex(of: " ") else {
-                    throw FormatError(.invalidValue, path: path, field: "model.merges[\(i)]", "\"\(s)\" is not \"left right\"")
+                    throw FormatError(
+                        .invalidValue, path: path, field: "model.merges[\(i)]", "\"\(s)\" is not \"left right\"")
                 }
                 merges.append((String(chars[..<space]), String(chars[(space + 1)...])))
-            } else if let pair = m.arrayValue, pair.count == 2, let a = pair[0].stringValue, let b = pair[1].stringValue {
+            } else if let pair = m.arrayValue, pair.count == 2, let a = pair[0].stringValue, let b = pair[1].stringValue
+            {
                 merges.append((a, b))
             } else {
-                throw FormatError(.invalidValue, path: path, field: "model.merges[\(i)]", "must be \"left right\" or [left, right]")
+                throw FormatError(
+                    .invalidValue, path: path, field: "model.merges[\(i)]", "must be \"left right\" or [left, right]")
             }
         }
 
@@ -96,7 +105,8 @@ extension BPETokenizer {
         case let other:
             throw FormatError(
                 .unsupported, path: path, field: "normalizer",
-                "\(other.objectValue?["type"]?.stringValue ?? other.kindDescription) is not supported (only none or NFC)")
+                "\(other.objectValue?["type"]?.stringValue ?? other.kindDescription) is not supported (only none or NFC)"
+            )
         }
         if let decoder = root["decoder"]?.objectValue, decoder["type"]?.stringValue != "ByteLevel" {
             throw FormatError(
@@ -104,7 +114,8 @@ extension BPETokenizer {
                 "\(decoder["type"]?.stringValue ?? "?") is not supported (only ByteLevel)")
         }
 
-        let ids = Dictionary(tokens.enumerated().map { (ExactString($0.element), Int32($0.offset)) }, uniquingKeysWith: { a, _ in a })
+        let ids = Dictionary(
+            tokens.enumerated().map { (ExactString($0.element), Int32($0.offset)) }, uniquingKeysWith: { a, _ in a })
         func tokenId(_ value: JSONValue?) -> Int32? {
             switch value {
             case .string(let s): ids[ExactString(s)]
@@ -116,7 +127,9 @@ extension BPETokenizer {
         var bos: Int32? = tokenId(tokenizerConfig?["bos_token"])
         var addsBOS = tokenizerConfig?["add_bos_token"]?.boolValue ?? false
         if let post = root["post_processor"]?.objectValue {
-            let processors = post["type"]?.stringValue == "Sequence" ? (post["processors"]?.arrayValue ?? []).compactMap(\.objectValue) : [post]
+            let processors =
+                post["type"]?.stringValue == "Sequence"
+                ? (post["processors"]?.arrayValue ?? []).compactMap(\.objectValue) : [post]
             for p in processors where p["type"]?.stringValue == "TemplateProcessing" {
                 if let first = p["single"]?.arrayValue?.first?.objectValue?["SpecialToken"]?.objectValue,
                     let id = first["id"]?.stringValue.flatMap({ ids[ExactString($0)] })
@@ -130,7 +143,8 @@ extension BPETokenizer {
         var endOfGeneration = Set([eos].compactMap { $0 })
         switch generationConfig?["eos_token_id"] {
         case .integer(let i): endOfGeneration.insert(Int32(truncatingIfNeeded: i))
-        case .array(let items): for item in items { if let i = item.intValue { endOfGeneration.insert(Int32(truncatingIfNeeded: i)) } }
+        case .array(let items):
+            for item in items { if let i = item.intValue { endOfGeneration.insert(Int32(truncatingIfNeeded: i)) } }
         default: break
         }
         for i in control where Self.endOfTurnTexts.contains(tokens[Int(i)]) { endOfGeneration.insert(i) }
@@ -145,14 +159,17 @@ extension BPETokenizer {
         func unsupported(_ why: String) -> FormatError {
             FormatError(
                 .unsupported, path: path, field: "pre_tokenizer",
-                "\(why); supported: ByteLevel (gpt2), Digits+ByteLevel (smollm), Split(llama3 or qwen2 regex)+ByteLevel")
+                "\(why); supported: ByteLevel (gpt2), Digits+ByteLevel (smollm), Split(llama3 or qwen2 regex)+ByteLevel"
+            )
         }
         guard let o = value.objectValue else { throw unsupported("missing") }
         if type(o) == "ByteLevel" {
             guard o["add_prefix_space"]?.boolValue != true else { throw unsupported("ByteLevel with add_prefix_space") }
             return .gpt2
         }
-        guard type(o) == "Sequence", let steps = o["pretokenizers"]?.arrayValue?.compactMap(\.objectValue), steps.count == 2 else {
+        guard type(o) == "Sequence", let steps = o["pretokenizers"]?.arrayValue?.compactMap(\.objectValue),
+            steps.count == 2
+        else {
             throw unsupported("\(type(o) ?? "unknown") is not recognised")
         }
         guard type(steps[1]) == "ByteLevel", steps[1]["add_prefix_space"]?.boolValue != true else {

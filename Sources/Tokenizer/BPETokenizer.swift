@@ -65,7 +65,8 @@ public final class BPETokenizer: Sendable {
         var table: [UInt64: (rank: Int32, merged: Int32)] = [:]
         table.reserveCapacity(merges.count)
         for (rank, (a, b)) in merges.enumerated() {
-            guard let left = ids[ExactString(a)], let right = ids[ExactString(b)], let merged = ids[ExactString(a + b)] else {
+            guard let left = ids[ExactString(a)], let right = ids[ExactString(b)], let merged = ids[ExactString(a + b)]
+            else {
                 throw FormatError(
                     .invalidValue, path: source, field: "merges[\(rank)]",
                     "merge \"\(a) \(b)\" uses a token that is not in the vocabulary")
@@ -75,7 +76,9 @@ public final class BPETokenizer: Sendable {
         }
         for id in addedIds.union(controlIds) + [bosId, eosId].compactMap({ $0 }) + Array(endOfGenerationIds) {
             guard id >= 0, Int(id) < tokens.count else {
-                throw FormatError(.outOfBounds, path: source, field: "special tokens", "id \(id) is outside the vocabulary (\(tokens.count) tokens)")
+                throw FormatError(
+                    .outOfBounds, path: source, field: "special tokens",
+                    "id \(id) is outside the vocabulary (\(tokens.count) tokens)")
             }
         }
         var specials: [UInt32: [(text: [Unicode.Scalar], id: Int32)]] = [:]
@@ -127,7 +130,9 @@ public final class BPETokenizer: Sendable {
                     i + c.text.count <= scalars.count && scalars[i..<i + c.text.count].elementsEqual(c.text)
                 })
             {
-                if i > segmentStart { encodeOrdinary(String(String.UnicodeScalarView(scalars[segmentStart..<i])), into: &out) }
+                if i > segmentStart {
+                    encodeOrdinary(String(String.UnicodeScalarView(scalars[segmentStart..<i])), into: &out)
+                }
                 out.append(match.id)
                 i += match.text.count
                 segmentStart = i
@@ -175,7 +180,10 @@ public final class BPETokenizer: Sendable {
             let right = next[left]
             guard right < n, symbols[left] >= 0, symbols[right] >= 0 else { return }
             let key = UInt64(UInt32(symbols[left])) << 32 | UInt64(UInt32(symbols[right]))
-            if let m = merges[key] { heap.push(PairHeap.Entry(rank: m.rank, left: Int32(left), leftId: symbols[left], rightId: symbols[right])) }
+            if let m = merges[key] {
+                heap.push(
+                    PairHeap.Entry(rank: m.rank, left: Int32(left), leftId: symbols[left], rightId: symbols[right]))
+            }
         }
         for i in 0..<n - 1 { push(i) }
         while let e = heap.pop() {

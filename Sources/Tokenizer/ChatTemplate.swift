@@ -69,7 +69,9 @@ public struct ChatTemplate: Sendable, Equatable {
         case "llama3", "llama-3": self.init(family: .llama3)
         case "mistral": self.init(family: .mistral)
         case "smollm2", "smollm":
-            self.init(family: .chatml, defaultSystemPrompt: "You are a helpful AI assistant named SmolLM, trained by Hugging Face")
+            self.init(
+                family: .chatml,
+                defaultSystemPrompt: "You are a helpful AI assistant named SmolLM, trained by Hugging Face")
         default: return nil
         }
     }
@@ -80,7 +82,8 @@ public struct ChatTemplate: Sendable, Equatable {
     /// The system text a ChatML template writes when the first message is not a system message: the string
     /// literal `<|im_start|>system\n…<|im_end|>` inside an `!= 'system'` or `else` branch.
     static func injectedSystemPrompt(in source: String) -> String? {
-        guard source.contains("!= 'system'") || source.contains("!= \"system\"") || source.contains("== 'system'") else {
+        guard source.contains("!= 'system'") || source.contains("!= \"system\"") || source.contains("== 'system'")
+        else {
             return nil
         }
         for opener in ["<|im_start|>system\n", "<|im_start|>system\\n"] {
@@ -127,12 +130,14 @@ public struct ChatTemplate: Sendable, Equatable {
             out += bosText
             for (i, m) in messages.enumerated() {
                 guard (m.role == "user") == (i % 2 == 0) else {
-                    throw .invalidConversation("Mistral's template needs user and assistant turns alternating, starting with user")
+                    throw .invalidConversation(
+                        "Mistral's template needs user and assistant turns alternating, starting with user")
                 }
                 switch m.role {
                 case "user": out += "[INST] \(m.content) [/INST]"
                 case "assistant": out += m.content + eosText
-                default: throw .invalidConversation("Mistral's template has no \"\(m.role)\" role (only user and assistant)")
+                default:
+                    throw .invalidConversation("Mistral's template has no \"\(m.role)\" role (only user and assistant)")
                 }
             }
         }

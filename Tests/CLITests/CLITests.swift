@@ -38,7 +38,8 @@ let tinyModel = Fixtures.path("tiny-llama/a.gguf")
         #expect(o["tokens"]?.arrayValue?.count == 5 && o["stop_reason"] == "length")
         let streamed = try cairn("generate", "--model", tinyModel, "--prompt", "hello", "--max-tokens", "5")
         #expect(streamed.stdout == o["text"]!.stringValue! + "\n")
-        let raw = try cairn("generate", "--model", tinyModel, "--prompt", "hello", "--max-tokens", "5", "--raw", "--json")
+        let raw = try cairn(
+            "generate", "--model", tinyModel, "--prompt", "hello", "--max-tokens", "5", "--raw", "--json")
         #expect(try JSONValue.parse(raw.stdout).objectValue?["prompt_tokens"] == 5)
     }
 
@@ -57,9 +58,13 @@ let tinyModel = Fixtures.path("tiny-llama/a.gguf")
         #expect(gguf["tensors"]?.arrayValue?.count == 1 + 2 * 9 + 1)
         #expect(gguf["summary"]?.objectValue?["layers"] == 2)
         let hf = try cairn("inspect", Fixtures.path("tiny-llama/b-hf"))
-        #expect(hf.status == 0 && hf.stdout.contains("Hugging Face model directory") && hf.stdout.contains("lm_head.weight"))
+        #expect(
+            hf.status == 0 && hf.stdout.contains("Hugging Face model directory") && hf.stdout.contains("lm_head.weight")
+        )
         let st = try cairn("inspect", Fixtures.path("safetensors/reference.safetensors"))
-        #expect(st.stdout.contains("q_proj.lora_A") && st.stdout.contains("format: pt") == false && st.stdout.contains("\"pt\""))
+        #expect(
+            st.stdout.contains("q_proj.lora_A") && st.stdout.contains("format: pt") == false
+                && st.stdout.contains("\"pt\""))
     }
 
     /// Adapters: a PEFT directory and a GGUF LoRA file (as llama.cpp's converter writes them).
@@ -75,12 +80,18 @@ let tinyModel = Fixtures.path("tiny-llama/a.gguf")
         try Data(config.serialized(pretty: true).utf8).write(to: peft.appendingPathComponent("adapter_config.json"))
         var st = SafetensorsWriter()
         st.metadata = ["format": "pt"]
-        st.add("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight", shape: [4, 32], floats: [Float](repeating: 0.5, count: 128))
-        st.add("base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight", shape: [32, 4], floats: [Float](repeating: 0, count: 128))
+        st.add(
+            "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight", shape: [4, 32],
+            floats: [Float](repeating: 0.5, count: 128))
+        st.add(
+            "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight", shape: [32, 4],
+            floats: [Float](repeating: 0, count: 128))
         try st.write(to: peft.appendingPathComponent("adapter_model.safetensors").path)
         let p = try cairn("inspect", peft.path)
         #expect(p.status == 0, "\(p.stderr)")
-        #expect(p.stdout.contains("PEFT adapter directory") && p.stdout.contains("r: 4") && p.stdout.contains("lora_alpha: 8"))
+        #expect(
+            p.stdout.contains("PEFT adapter directory") && p.stdout.contains("r: 4")
+                && p.stdout.contains("lora_alpha: 8"))
         #expect(p.stdout.contains("q_proj.lora_A.weight"))
 
         var gguf = GGUFWriter()
@@ -121,7 +132,9 @@ let tinyModel = Fixtures.path("tiny-llama/a.gguf")
 }
 
 /// The README's main job on the real model; runs in release from Scripts/test.
-@Suite(.enabled(if: ProcessInfo.processInfo.environment["CAIRN_REAL_MODEL"] != nil, "set CAIRN_REAL_MODEL (Scripts/test does)"))
+@Suite(
+    .enabled(
+        if: ProcessInfo.processInfo.environment["CAIRN_REAL_MODEL"] != nil, "set CAIRN_REAL_MODEL (Scripts/test does)"))
 struct RealModelCLITests {
     @Test func answersTheFranceQuestion() throws {
         let r = try cairn("generate", "--prompt", "What is the capital of France?")
@@ -132,7 +145,8 @@ struct RealModelCLITests {
     @Test func tokenizesAndEvaluates() throws {
         #expect(try cairn("tokenize", "--text", "Hello world", "--json").stdout == "{\"ids\":[19556,905]}\n")
         let r = try cairn("eval", "--text-file", Fixtures.path("smollm2/eval-text.txt"), "--json")
-        let reference = try HFModelDirectory.readJSON(Fixtures.path("smollm2/reference.json")).objectValue!["eval"]!.objectValue!
+        let reference = try HFModelDirectory.readJSON(Fixtures.path("smollm2/reference.json")).objectValue!["eval"]!
+            .objectValue!
         let loss = try #require(try JSONValue.parse(r.stdout).objectValue?["loss"]?.doubleValue)
         #expect(abs(loss - reference["loss"]!.doubleValue!) <= 1e-4 * loss)
     }

@@ -34,7 +34,8 @@ func runFull(_ model: LlamaModel, _ tokens: [Int32], batch: Int, length: Int) ->
     /// Every way of storing the tiny models gives transformers' logits: HF safetensors (single and sharded),
     /// GGUF F32 with llama.cpp's Q/K permutation, GGUF Q8_0, and a model with biases and an untied head.
     @Test(arguments: [
-        ("a-hf", "a"), ("a-hf-sharded", "a"), ("a.gguf", "a"), ("a-q8_0.gguf", "a-q8_0"), ("b-hf", "b"), ("b.gguf", "b"),
+        ("a-hf", "a"), ("a-hf-sharded", "a"), ("a.gguf", "a"), ("a-q8_0.gguf", "a-q8_0"), ("b-hf", "b"),
+        ("b.gguf", "b"),
     ])
     func logitsMatchTransformers(file: String, reference: String) throws {
         let lm = try LanguageModel.load(Fixtures.path("tiny-llama/\(file)"))
@@ -46,9 +47,12 @@ func runFull(_ model: LlamaModel, _ tokens: [Int32], batch: Int, length: Int) ->
     @Test func configurationsAreReadFromBothFormats() throws {
         let hf = try LanguageModel.load(Fixtures.path("tiny-llama/b-hf")).model.config
         let gguf = try LanguageModel.load(Fixtures.path("tiny-llama/b.gguf")).model.config
-        #expect(hf.dim == 32 && hf.layers == 2 && hf.heads == 4 && hf.kvHeads == 2 && hf.headDim == 8 && hf.ffnDim == 64)
+        #expect(
+            hf.dim == 32 && hf.layers == 2 && hf.heads == 4 && hf.kvHeads == 2 && hf.headDim == 8 && hf.ffnDim == 64)
         #expect(!hf.tiedEmbeddings && hf.qkvBias && hf.outputBias)
-        #expect(gguf.dim == hf.dim && gguf.kvHeads == hf.kvHeads && gguf.tiedEmbeddings == hf.tiedEmbeddings && gguf.qkvBias)
+        #expect(
+            gguf.dim == hf.dim && gguf.kvHeads == hf.kvHeads && gguf.tiedEmbeddings == hf.tiedEmbeddings && gguf.qkvBias
+        )
         let a = try LanguageModel.load(Fixtures.path("tiny-llama/a.gguf")).model
         #expect(a.config.tiedEmbeddings && a.weights.output == a.weights.embedding)
         // Exact parameter count of model a: embeddings 64·32, per layer q 32·32, k,v 16·32, o 32·32,
@@ -83,7 +87,9 @@ func runFull(_ model: LlamaModel, _ tokens: [Int32], batch: Int, length: Int) ->
             var position = 0
             while position < 12 {
                 let n = min(chunk, 12 - position)
-                let hidden = sequence.withUnsafeBufferPointer { model.forward(tokens: $0.baseAddress! + position, count: n, state: state) }
+                let hidden = sequence.withUnsafeBufferPointer {
+                    model.forward(tokens: $0.baseAddress! + position, count: n, state: state)
+                }
                 let out = FloatBuffer(count: n * 64)
                 model.logits(hidden: hidden, rows: n, into: out.pointer)
                 logits += out.array
@@ -107,7 +113,8 @@ func runFull(_ model: LlamaModel, _ tokens: [Int32], batch: Int, length: Int) ->
     func directory(config: (inout JSONObject) -> Void) throws -> String {
         let dir = Fixtures.temporaryDirectory()
         let source = Fixtures.directory.appendingPathComponent("tiny-llama/a-hf")
-        try FileManager.default.copyItem(at: source.appendingPathComponent("model.safetensors"), to: dir.appendingPathComponent("model.safetensors"))
+        try FileManager.default.copyItem(
+            at: source.appendingPathComponent("model.safetensors"), to: dir.appendingPathComponent("model.safetensors"))
         var object = try HFModelDirectory.readJSON(source.appendingPathComponent("config.json").path).objectValue!
         config(&object)
         try Data(JSONValue.object(object).serialized().utf8).write(to: dir.appendingPathComponent("config.json"))
@@ -133,7 +140,10 @@ func runFull(_ model: LlamaModel, _ tokens: [Int32], batch: Int, length: Int) ->
     @Test func refusesWhatItWouldComputeWrongly() throws {
         let cases: [(String, (inout JSONObject) -> Void)] = [
             ("model_type", { $0["model_type"] = "gpt2" }),
-            ("rope_parameters", { $0["rope_parameters"] = ["rope_type": "llama3", "factor": 8.0, "rope_theta": 500000.0] }),
+            (
+                "rope_parameters",
+                { $0["rope_parameters"] = ["rope_type": "llama3", "factor": 8.0, "rope_theta": 500000.0] }
+            ),
             ("hidden_act", { $0["hidden_act"] = "gelu" }),
             ("mlp_bias", { $0["mlp_bias"] = true }),
         ]
@@ -146,13 +156,16 @@ func runFull(_ model: LlamaModel, _ tokens: [Int32], batch: Int, length: Int) ->
 
     @Test func resolvesCacheNamesAndExplainsMisses() throws {
         let home = Fixtures.temporaryDirectory()
-        try FileManager.default.createDirectory(at: home.appendingPathComponent("models"), withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(
+            at: home.appendingPathComponent("models"), withIntermediateDirectories: true)
         try FileManager.default.copyItem(
-            at: Fixtures.directory.appendingPathComponent("tiny-llama/a.gguf"), to: home.appendingPathComponent("models/tiny.gguf"))
+            at: Fixtures.directory.appendingPathComponent("tiny-llama/a.gguf"),
+            to: home.appendingPathComponent("models/tiny.gguf"))
         setenv("CAIRN_HOME", home.path, 1)
         defer { unsetenv("CAIRN_HOME") }
         #expect(try ModelSource.resolve("tiny") == .gguf(home.appendingPathComponent("models/tiny.gguf").path))
-        #expect(try ModelSource.resolve(Fixtures.path("tiny-llama/a-hf")) == .huggingFace(Fixtures.path("tiny-llama/a-hf")))
+        #expect(
+            try ModelSource.resolve(Fixtures.path("tiny-llama/a-hf")) == .huggingFace(Fixtures.path("tiny-llama/a-hf")))
         #expect { try ModelSource.resolve("nonexistent") } throws: {
             ($0 as? FormatError)?.code == .notFound && ($0 as? FormatError)?.message.contains("cached: tiny") == true
         }
@@ -186,12 +199,16 @@ func runFull(_ model: LlamaModel, _ tokens: [Int32], batch: Int, length: Int) ->
 
     @Test func samplingIsSeededAndTopKOneIsGreedy() {
         let prompt: [Int32] = [3, 4, 5]
-        let a = Self.model.generate(prompt: prompt, maxTokens: 8, stopIds: [], sampling: SamplingSettings(temperature: 1.5, seed: 9))
-        let b = Self.model.generate(prompt: prompt, maxTokens: 8, stopIds: [], sampling: SamplingSettings(temperature: 1.5, seed: 9))
-        let c = Self.model.generate(prompt: prompt, maxTokens: 8, stopIds: [], sampling: SamplingSettings(temperature: 1.5, seed: 10))
+        let a = Self.model.generate(
+            prompt: prompt, maxTokens: 8, stopIds: [], sampling: SamplingSettings(temperature: 1.5, seed: 9))
+        let b = Self.model.generate(
+            prompt: prompt, maxTokens: 8, stopIds: [], sampling: SamplingSettings(temperature: 1.5, seed: 9))
+        let c = Self.model.generate(
+            prompt: prompt, maxTokens: 8, stopIds: [], sampling: SamplingSettings(temperature: 1.5, seed: 10))
         #expect(a.tokens == b.tokens && a.tokens != c.tokens)
         let greedy = Self.model.generate(prompt: prompt, maxTokens: 8, stopIds: [])
-        let topOne = Self.model.generate(prompt: prompt, maxTokens: 8, stopIds: [], sampling: SamplingSettings(temperature: 0.7, topK: 1, seed: 1))
+        let topOne = Self.model.generate(
+            prompt: prompt, maxTokens: 8, stopIds: [], sampling: SamplingSettings(temperature: 0.7, topK: 1, seed: 1))
         #expect(greedy.tokens == topOne.tokens)
     }
 

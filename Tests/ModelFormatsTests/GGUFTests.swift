@@ -26,7 +26,9 @@ struct RawGGUF {
         u32(type)
         u64(offset)
     }
-    mutating func pad(to alignment: Int = 32) { bytes += [UInt8](repeating: 0, count: (alignment - bytes.count % alignment) % alignment) }
+    mutating func pad(to alignment: Int = 32) {
+        bytes += [UInt8](repeating: 0, count: (alignment - bytes.count % alignment) % alignment)
+    }
 }
 
 /// One scratch directory for this test process; each file gets a unique name.
@@ -59,7 +61,9 @@ func ggufError(_ bytes: [UInt8]) -> FormatError? {
         w.set("flags", .array(.int32, [.int32(-1), .int32(2)]))
         w.set("ok", .bool(true))
         w.addTensor(name: "w", ne: [3, 2], floats: [1, 2, 3, 4, 5, 6])
-        w.addTensor(name: "half", ne: [5], type: .f16, bytes: (0..<5).flatMap { i in withUnsafeBytes(of: floatToHalf(Float(i)).littleEndian) { Array($0) } })
+        w.addTensor(
+            name: "half", ne: [5], type: .f16,
+            bytes: (0..<5).flatMap { i in withUnsafeBytes(of: floatToHalf(Float(i)).littleEndian) { Array($0) } })
         w.addTensor(name: "last", ne: [1], floats: [7])
         return w
     }
@@ -119,7 +123,10 @@ func ggufError(_ bytes: [UInt8]) -> FormatError? {
 
     @Test func rejectsWrongMagicAndVersions() {
         #expect(ggufError(Array("GGML".utf8) + [UInt8](repeating: 0, count: 20))?.code == .badMagic)
-        for (version, code) in [(UInt32(1), FormatError.Code.unsupportedVersion), (4, .unsupportedVersion), (0x0300_0000, .unsupportedVersion)] {
+        for (version, code) in [
+            (UInt32(1), FormatError.Code.unsupportedVersion), (4, .unsupportedVersion),
+            (0x0300_0000, .unsupportedVersion),
+        ] {
             var r = RawGGUF()
             r.header(version: version, tensors: 0, kvs: 0)
             let e = ggufError(r.bytes)
@@ -200,7 +207,9 @@ func ggufError(_ bytes: [UInt8]) -> FormatError? {
     }
 
     @Test func rejectsBadTensorInfos() {
-        func oneTensor(name: String = "t", ne: [UInt64] = [32], type: UInt32 = 0, offset: UInt64 = 0, dataBytes: Int = 128) -> FormatError? {
+        func oneTensor(
+            name: String = "t", ne: [UInt64] = [32], type: UInt32 = 0, offset: UInt64 = 0, dataBytes: Int = 128
+        ) -> FormatError? {
             var r = RawGGUF()
             r.header(tensors: 1, kvs: 0)
             r.tensorInfo(name, ne: ne, type: type, offset: offset)

@@ -3,7 +3,8 @@ import ModelFormats
 
 @Suite struct JSONTests {
     @Test func parsesEveryKindAndKeepsKeyOrderAndExactIntegers() throws {
-        let v = try JSONValue.parse(#" {"b": [1, -2.5e3, true, null, "x\u00e9\ud83d\ude00\n"], "a": 9007199254740993, "c": {}} "#)
+        let v = try JSONValue.parse(
+            #" {"b": [1, -2.5e3, true, null, "x\u00e9\ud83d\ude00\n"], "a": 9007199254740993, "c": {}} "#)
         let o = try #require(v.objectValue)
         #expect(o.keys == ["b", "a", "c"])
         #expect(o["a"] == .integer(9_007_199_254_740_993))
@@ -41,7 +42,9 @@ import ModelFormats
     }
 
     @Test func reportsTheLineOfAnErrorAndBoundsNesting() {
-        #expect(throws: JSONError.self) { try JSONValue.parse(String(repeating: "[", count: 200) + String(repeating: "]", count: 200)) }
+        #expect(throws: JSONError.self) {
+            try JSONValue.parse(String(repeating: "[", count: 200) + String(repeating: "]", count: 200))
+        }
         do {
             _ = try JSONValue.parse("{\n  \"a\": 1,\n  \"b\": tru\n}")
             Issue.record("expected an error")

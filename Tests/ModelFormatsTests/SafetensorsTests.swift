@@ -45,7 +45,9 @@ func safetensorsError(_ bytes: [UInt8]) -> FormatError? {
         var w = SafetensorsWriter()
         w.metadata = ["note": "made by safetensors 0.8.0", "format": "pt"]
         w.add("q_proj.lora_B", shape: [4, 1], floats: [-1.5, -0.5, 0.5, 1.5])
-        w.add("bias", dtype: .F16, shape: [2], bytes: [floatToHalf(1), floatToHalf(-1)].flatMap { h in withUnsafeBytes(of: h.littleEndian) { Array($0) } })
+        w.add(
+            "bias", dtype: .F16, shape: [2],
+            bytes: [floatToHalf(1), floatToHalf(-1)].flatMap { h in withUnsafeBytes(of: h.littleEndian) { Array($0) } })
         w.add("q_proj.lora_A", shape: [2, 3], floats: [0, 0.25, 0.5, 0.75, 1, 1.25])
         w.add("empty", shape: [0, 5], floats: [])
         w.add("step", dtype: .I64, shape: [1], bytes: withUnsafeBytes(of: Int64(3).littleEndian) { Array($0) })
@@ -54,15 +56,28 @@ func safetensorsError(_ bytes: [UInt8]) -> FormatError? {
     }
 
     @Test func acceptsWhatTheReferenceAccepts() {
-        #expect(safetensorsError(rawSafetensors(#"{"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]},"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#, data: 8)) == nil, "any key order")
-        #expect(safetensorsError(rawSafetensors(#"  {"s":{"dtype":"F32","shape":[],"data_offsets":[0,4],"extra":1}}"#, data: 4)) == nil, "leading space, scalar, extra field")
+        #expect(
+            safetensorsError(
+                rawSafetensors(
+                    #"{"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]},"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#,
+                    data: 8)) == nil, "any key order")
+        #expect(
+            safetensorsError(
+                rawSafetensors(#"  {"s":{"dtype":"F32","shape":[],"data_offsets":[0,4],"extra":1}}"#, data: 4)) == nil,
+            "leading space, scalar, extra field")
         #expect(safetensorsError(rawSafetensors(#"{}"#, data: 0)) == nil, "no tensors")
     }
 
     @Test(arguments: [
         (#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#, 8, FormatError.Code.conflict, "hole at the start"),
-        (#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#, 8, .conflict, "overlap"),
-        (#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[1],"data_offsets":[8,12]}}"#, 12, .conflict, "hole"),
+        (
+            #"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#,
+            8, .conflict, "overlap"
+        ),
+        (
+            #"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[1],"data_offsets":[8,12]}}"#,
+            12, .conflict, "hole"
+        ),
         (#"{"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#, 8, .invalidValue, "size mismatch"),
         (#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#, 6, .invalidValue, "trailing bytes"),
         (#"{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#, 8, .truncated, "short buffer"),
@@ -72,7 +87,10 @@ func safetensorsError(_ bytes: [UInt8]) -> FormatError? {
         (#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[4,0]}}"#, 4, .invalidValue, "end before begin"),
         (#"[1,2]"#, 0, .badMagic, "not an object"),
         (#"{"a":1,"a":2}"#, 0, .badMagic, "duplicate key"),
-        (#"{"a":{"dtype":"F32","shape":[4294967296,4294967296,4294967296],"data_offsets":[0,4]}}"#, 4, .outOfBounds, "overflowing shape"),
+        (
+            #"{"a":{"dtype":"F32","shape":[4294967296,4294967296,4294967296],"data_offsets":[0,4]}}"#, 4, .outOfBounds,
+            "overflowing shape"
+        ),
     ])
     func rejectsWhatTheReferenceRejects(header: String, data: Int, code: FormatError.Code, label: String) {
         #expect(safetensorsError(rawSafetensors(header, data: data))?.code == code, "\(label)")
@@ -87,7 +105,9 @@ func safetensorsError(_ bytes: [UInt8]) -> FormatError? {
         #expect(safetensorsError(short + Array("{}".utf8))?.code == .truncated)
         #expect(safetensorsError([1, 2, 3])?.code == .truncated)
         let valid = rawSafetensors(#"{"a":{"dtype":"F16","shape":[2],"data_offsets":[0,4]}}"#, data: 4, paddingTo: 8)
-        for length in 0..<valid.count { #expect(safetensorsError(Array(valid[0..<length])) != nil, "truncated to \(length)") }
+        for length in 0..<valid.count {
+            #expect(safetensorsError(Array(valid[0..<length])) != nil, "truncated to \(length)")
+        }
     }
 }
 
@@ -117,7 +137,8 @@ func safetensorsError(_ bytes: [UInt8]) -> FormatError? {
         } catch {
             #expect(error.code == .unsupported && error.message.contains("safe_serialization"))
         }
-        try Data(#"{"weight_map": {"x": "../../etc/passwd"}}"#.utf8).write(to: dir.appendingPathComponent("model.safetensors.index.json"))
+        try Data(#"{"weight_map": {"x": "../../etc/passwd"}}"#.utf8).write(
+            to: dir.appendingPathComponent("model.safetensors.index.json"))
         #expect { try HFModelDirectory(path: dir.path) } throws: { ($0 as? FormatError)?.field == "weight_map.x" }
     }
 
@@ -125,8 +146,10 @@ func safetensorsError(_ bytes: [UInt8]) -> FormatError? {
         let dir = Fixtures.temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: dir) }
         let source = Fixtures.directory.appendingPathComponent("tiny-llama/a-hf")
-        try FileManager.default.copyItem(at: source.appendingPathComponent("config.json"), to: dir.appendingPathComponent("config.json"))
-        try FileManager.default.copyItem(at: source.appendingPathComponent("model.safetensors"), to: dir.appendingPathComponent("model.safetensors"))
+        try FileManager.default.copyItem(
+            at: source.appendingPathComponent("config.json"), to: dir.appendingPathComponent("config.json"))
+        try FileManager.default.copyItem(
+            at: source.appendingPathComponent("model.safetensors"), to: dir.appendingPathComponent("model.safetensors"))
         try Data(#"{"weight_map": {"model.norm.weight": "model.safetensors", "ghost": "model.safetensors"}}"#.utf8)
             .write(to: dir.appendingPathComponent("model.safetensors.index.json"))
         #expect { try HFModelDirectory(path: dir.path) } throws: { ($0 as? FormatError)?.field == "weight_map.ghost" }

@@ -23,7 +23,9 @@ struct RealModelTests {
     /// SmolLM2 pre-tokenizer) on the 389-string corpus, and decoding gives the text back.
     @Test func tokenizerMatchesHuggingFaceOnTheCorpus() throws {
         let tokenizer = try #require(Self.lm.tokenizer)
-        let corpus = try HFModelDirectory.readJSON(Fixtures.path("tokenizer/corpus.json")).arrayValue!.map { $0.stringValue! }
+        let corpus = try HFModelDirectory.readJSON(Fixtures.path("tokenizer/corpus.json")).arrayValue!.map {
+            $0.stringValue!
+        }
         let fixture = try HFModelDirectory.readJSON(Fixtures.path("tokenizer/smollm2-ids.json")).objectValue!
         let expected = fixture["ids"]!.arrayValue!.map { Self.ids($0) }
         let decoded = fixture["decoded"]!.arrayValue!.map { $0.stringValue! }
@@ -57,14 +59,17 @@ struct RealModelTests {
         let france = Self.reference["france"]!.objectValue!
         let tokenizer = try #require(Self.lm.tokenizer)
         let template = try Self.lm.chatTemplate()
-        let prompt = try template.render([ChatMessage(role: "user", content: "What is the capital of France?")], addGenerationPrompt: true)
+        let prompt = try template.render(
+            [ChatMessage(role: "user", content: "What is the capital of France?")], addGenerationPrompt: true)
         #expect(prompt == france["prompt"]!.stringValue!)
         let promptIds = tokenizer.encode(prompt)
         #expect(promptIds == Self.ids(france["prompt_ids"]))
 
         let model = Self.lm.model
         let state = InferenceState(config: model.config, batch: 1, capacity: promptIds.count, maxChunk: promptIds.count)
-        let hidden = promptIds.withUnsafeBufferPointer { model.forward(tokens: $0.baseAddress!, count: promptIds.count, state: state) }
+        let hidden = promptIds.withUnsafeBufferPointer {
+            model.forward(tokens: $0.baseAddress!, count: promptIds.count, state: state)
+        }
         let logits = FloatBuffer(count: model.config.vocabSize)
         model.logits(hidden: hidden + (promptIds.count - 1) * model.config.dim, rows: 1, into: logits.pointer)
         let topIds = Self.ids(france["top_ids"])
@@ -79,7 +84,9 @@ struct RealModelTests {
 
     @Test func configurationIsSmolLM2() {
         let c = Self.lm.model.config
-        #expect(c.dim == 576 && c.layers == 30 && c.heads == 9 && c.kvHeads == 3 && c.ffnDim == 1536 && c.vocabSize == 49152)
+        #expect(
+            c.dim == 576 && c.layers == 30 && c.heads == 9 && c.kvHeads == 3 && c.ffnDim == 1536 && c.vocabSize == 49152
+        )
         #expect(c.tiedEmbeddings && c.ropeTheta == 100000 && c.contextLength == 8192)
     }
 }

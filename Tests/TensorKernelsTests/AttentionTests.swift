@@ -5,7 +5,8 @@ import TestSupport
 @Suite struct AttentionTests {
     /// B=2 sequences, NH=4 query heads over NKV=2 kv heads, HS=8.
     static func shape(queries: Int, start: Int, capacity: Int) -> AttentionShape {
-        AttentionShape(batch: 2, queries: queries, keyCapacity: capacity, start: start, heads: 4, kvHeads: 2, headDim: 8)
+        AttentionShape(
+            batch: 2, queries: queries, keyCapacity: capacity, start: start, heads: 4, kvHeads: 2, headDim: 8)
     }
 
     @Test(arguments: [(5, 0, 5), (3, 4, 9), (1, 7, 12), (70, 0, 70), (66, 10, 80)])
@@ -17,7 +18,8 @@ import TestSupport
         let (fast, naive) = (FloatBuffer(count: q.count), FloatBuffer(count: q.count))
         let (lseFast, lseNaive) = (FloatBuffer(count: 2 * 4 * queries), FloatBuffer(count: 2 * 4 * queries))
         attentionForward(out: fast.pointer, lse: lseFast.pointer, q: q.pointer, k: k.pointer, v: v.pointer, shape: s)
-        attentionForwardNaive(out: naive.pointer, lse: lseNaive.pointer, q: q.pointer, k: k.pointer, v: v.pointer, shape: s)
+        attentionForwardNaive(
+            out: naive.pointer, lse: lseNaive.pointer, q: q.pointer, k: k.pointer, v: v.pointer, shape: s)
         expectClose(fast, naive, tolerance: Tolerance.fastVersusNaive, "out")
         expectClose(lseFast, lseNaive, tolerance: Tolerance.fastVersusNaive, "lse")
     }
@@ -58,8 +60,9 @@ import TestSupport
         }
         _ = loss()
         let (dq, dk, dv) = (FloatBuffer(count: q.count), FloatBuffer(count: k.count), FloatBuffer(count: v.count))
-        attentionBackward(dQ: dq.pointer, dK: dk.pointer, dV: dv.pointer, dOut: r.pointer, q: q.pointer, k: k.pointer,
-                          v: v.pointer, out: out.pointer, lse: lse.pointer, shape: s)
+        attentionBackward(
+            dQ: dq.pointer, dK: dk.pointer, dV: dv.pointer, dOut: r.pointer, q: q.pointer, k: k.pointer,
+            v: v.pointer, out: out.pointer, lse: lse.pointer, shape: s)
         expectGradient(dq.array, numericGradient(of: q, step: 1e-3, loss: loss), "dQ")
         expectGradient(dk.array, numericGradient(of: k, step: 1e-3, loss: loss), "dK")
         expectGradient(dv.array, numericGradient(of: v, step: 1e-3, loss: loss), "dV")

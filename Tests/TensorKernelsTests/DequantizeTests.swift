@@ -61,7 +61,9 @@ import TestSupport
         let settings = AdamWSettings(learningRate: 1e-2, beta1: 0.9, beta2: 0.999, epsilon: 1e-8, weightDecay: 0.1)
         for step in 1...3 {
             let g = FloatBuffer(try tensor("grad\(step)"))
-            adamWUpdate(parameters: p.pointer, gradients: g.pointer, m: m.pointer, v: v.pointer, count: p.count, step: step, settings: settings)
+            adamWUpdate(
+                parameters: p.pointer, gradients: g.pointer, m: m.pointer, v: v.pointer, count: p.count, step: step,
+                settings: settings)
             expectClose(p.array, try tensor("after\(step)"), tolerance: 1e-6, "step \(step)")
         }
     }

@@ -10,17 +10,21 @@ import TestSupport
         let tokens: [Int32] = [3, 0, 6, 3, 3]
         let fast = FloatBuffer(count: tokens.count * C)
         let naive = FloatBuffer(count: tokens.count * C)
-        embeddingForward(out: fast.pointer, tokens: tokens, table: table.pointer, count: tokens.count, vocabSize: V, dim: C)
-        embeddingForwardNaive(out: naive.pointer, tokens: tokens, table: table.pointer, count: tokens.count, vocabSize: V, dim: C)
+        embeddingForward(
+            out: fast.pointer, tokens: tokens, table: table.pointer, count: tokens.count, vocabSize: V, dim: C)
+        embeddingForwardNaive(
+            out: naive.pointer, tokens: tokens, table: table.pointer, count: tokens.count, vocabSize: V, dim: C)
         #expect(fast.array == naive.array)
 
         let r = randomBuffer(tokens.count * C, seed: 2)
         func loss() -> Double {
-            embeddingForward(out: fast.pointer, tokens: tokens, table: table.pointer, count: tokens.count, vocabSize: V, dim: C)
+            embeddingForward(
+                out: fast.pointer, tokens: tokens, table: table.pointer, count: tokens.count, vocabSize: V, dim: C)
             return projection(fast, r)
         }
         let dTable = FloatBuffer(count: V * C)
-        embeddingBackward(dTable: dTable.pointer, dOut: r.pointer, tokens: tokens, count: tokens.count, vocabSize: V, dim: C)
+        embeddingBackward(
+            dTable: dTable.pointer, dOut: r.pointer, tokens: tokens, count: tokens.count, vocabSize: V, dim: C)
         expectGradient(dTable.array, numericGradient(of: table, loss: loss), "dTable")
     }
 }
@@ -32,8 +36,10 @@ import TestSupport
         let w = randomBuffer(C, seed: 2)
         let (fast, naive) = (FloatBuffer(count: N * C), FloatBuffer(count: N * C))
         let (rFast, rNaive) = (FloatBuffer(count: N), FloatBuffer(count: N))
-        rmsNormForward(out: fast.pointer, rstd: rFast.pointer, input: x.pointer, weight: w.pointer, rows: N, dim: C, eps: 1e-5)
-        rmsNormForwardNaive(out: naive.pointer, rstd: rNaive.pointer, input: x.pointer, weight: w.pointer, rows: N, dim: C, eps: 1e-5)
+        rmsNormForward(
+            out: fast.pointer, rstd: rFast.pointer, input: x.pointer, weight: w.pointer, rows: N, dim: C, eps: 1e-5)
+        rmsNormForwardNaive(
+            out: naive.pointer, rstd: rNaive.pointer, input: x.pointer, weight: w.pointer, rows: N, dim: C, eps: 1e-5)
         expectClose(fast, naive, tolerance: Tolerance.fastVersusNaive, "out")
         expectClose(rFast, rNaive, tolerance: Tolerance.fastVersusNaive, "rstd")
     }
@@ -46,14 +52,16 @@ import TestSupport
         let out = FloatBuffer(count: N * C)
         let rstd = FloatBuffer(count: N)
         func loss() -> Double {
-            rmsNormForward(out: out.pointer, rstd: rstd.pointer, input: x.pointer, weight: w.pointer, rows: N, dim: C, eps: 1e-5)
+            rmsNormForward(
+                out: out.pointer, rstd: rstd.pointer, input: x.pointer, weight: w.pointer, rows: N, dim: C, eps: 1e-5)
             return projection(out, r)
         }
         _ = loss()
         let dx = FloatBuffer(count: N * C)
         let dw = FloatBuffer(count: C)
-        rmsNormBackward(dInput: dx.pointer, dWeight: dw.pointer, dOut: r.pointer, input: x.pointer, weight: w.pointer,
-                        rstd: rstd.pointer, rows: N, dim: C)
+        rmsNormBackward(
+            dInput: dx.pointer, dWeight: dw.pointer, dOut: r.pointer, input: x.pointer, weight: w.pointer,
+            rstd: rstd.pointer, rows: N, dim: C)
         expectGradient(dx.array, numericGradient(of: x, step: 1e-3, loss: loss), "dInput")
         expectGradient(dw.array, numericGradient(of: w, step: 1e-3, loss: loss), "dWeight")
     }
@@ -69,7 +77,9 @@ import TestSupport
         let fast = randomBuffer(Self.N * Self.NH * Self.HS, seed: 1)
         let naive = FloatBuffer(fast.array)
         ropeForward(fast.pointer, positions: positions, rows: Self.N, heads: Self.NH, table: table, style: style)
-        ropeForwardNaive(naive.pointer, positions: positions, rows: Self.N, heads: Self.NH, headDim: Self.HS, base: 10000, style: style)
+        ropeForwardNaive(
+            naive.pointer, positions: positions, rows: Self.N, heads: Self.NH, headDim: Self.HS, base: 10000,
+            style: style)
         expectClose(fast, naive, tolerance: Tolerance.fastVersusNaive)
     }
 
@@ -129,7 +139,8 @@ import TestSupport
         }
         let dGate = FloatBuffer(count: n)
         let dUp = FloatBuffer(count: n)
-        swigluBackward(dGate: dGate.pointer, dUp: dUp.pointer, dOut: r.pointer, gate: gate.pointer, up: up.pointer, count: n)
+        swigluBackward(
+            dGate: dGate.pointer, dUp: dUp.pointer, dOut: r.pointer, gate: gate.pointer, up: up.pointer, count: n)
         expectGradient(dGate.array, numericGradient(of: gate, step: 1e-3, loss: loss), "dGate")
         expectGradient(dUp.array, numericGradient(of: up, step: 1e-3, loss: loss), "dUp")
     }
@@ -142,8 +153,12 @@ import TestSupport
         let targets: [Int32] = [0, 49, 3, -1, 7, 7, -100, 20, 1]
         let (fast, naive) = (FloatBuffer(count: N), FloatBuffer(count: N))
         let (lFast, lNaive) = (FloatBuffer(count: N), FloatBuffer(count: N))
-        crossEntropyForward(losses: fast.pointer, logSumExp: lFast.pointer, logits: logits.pointer, targets: targets, rows: N, vocabSize: V)
-        crossEntropyForwardNaive(losses: naive.pointer, logSumExp: lNaive.pointer, logits: logits.pointer, targets: targets, rows: N, vocabSize: V)
+        crossEntropyForward(
+            losses: fast.pointer, logSumExp: lFast.pointer, logits: logits.pointer, targets: targets, rows: N,
+            vocabSize: V)
+        crossEntropyForwardNaive(
+            losses: naive.pointer, logSumExp: lNaive.pointer, logits: logits.pointer, targets: targets, rows: N,
+            vocabSize: V)
         expectClose(fast, naive, tolerance: Tolerance.fastVersusNaive, "loss")
         expectClose(lFast, lNaive, tolerance: Tolerance.fastVersusNaive, "lse")
         #expect(fast[3] == 0 && fast[6] == 0)
@@ -158,14 +173,17 @@ import TestSupport
         let losses = FloatBuffer(count: N)
         let lse = FloatBuffer(count: N)
         func loss() -> Double {
-            crossEntropyForward(losses: losses.pointer, logSumExp: lse.pointer, logits: logits.pointer, targets: targets, rows: N, vocabSize: V)
+            crossEntropyForward(
+                losses: losses.pointer, logSumExp: lse.pointer, logits: logits.pointer, targets: targets, rows: N,
+                vocabSize: V)
             return projection(losses, weights)
         }
         _ = loss()
         let numeric = numericGradient(of: logits, step: 1e-3, loss: loss)
         let inPlace = FloatBuffer(logits.array)
-        crossEntropyBackward(dLogits: inPlace.pointer, logits: inPlace.pointer, logSumExp: lse.pointer, targets: targets,
-                             dLosses: weights.pointer, rows: N, vocabSize: V)
+        crossEntropyBackward(
+            dLogits: inPlace.pointer, logits: inPlace.pointer, logSumExp: lse.pointer, targets: targets,
+            dLosses: weights.pointer, rows: N, vocabSize: V)
         expectGradient(inPlace.array, numeric, "dLogits")
         #expect(inPlace.array[V..<2 * V].allSatisfy { $0 == 0 }, "the masked row has no gradient")
     }
@@ -179,8 +197,12 @@ import TestSupport
         let (p2, m2, v2) = (FloatBuffer(p1.array), FloatBuffer(count: n), FloatBuffer(count: n))
         for step in 1...3 {
             let g = randomBuffer(n, seed: UInt64(10 + step))
-            adamWUpdate(parameters: p1.pointer, gradients: g.pointer, m: m1.pointer, v: v1.pointer, count: n, step: step, settings: settings)
-            adamWUpdateNaive(parameters: p2.pointer, gradients: g.pointer, m: m2.pointer, v: v2.pointer, count: n, step: step, settings: settings)
+            adamWUpdate(
+                parameters: p1.pointer, gradients: g.pointer, m: m1.pointer, v: v1.pointer, count: n, step: step,
+                settings: settings)
+            adamWUpdateNaive(
+                parameters: p2.pointer, gradients: g.pointer, m: m2.pointer, v: v2.pointer, count: n, step: step,
+                settings: settings)
         }
         expectClose(p1, p2, tolerance: Tolerance.fastVersusNaive, "parameters")
         expectClose(v1, v2, tolerance: Tolerance.fastVersusNaive, "second moment")

@@ -14,11 +14,14 @@ import TestSupport
             let b = randomBuffer((transB ? N : K) * ldb, seed: 2)
             let fast = randomBuffer(M * ldc, seed: 3)
             let naive = FloatBuffer(fast.array)
-            matmul(fast.pointer, a.pointer, b.pointer, M: M, N: N, K: K, transA: transA, transB: transB,
-                   alpha: 0.5, beta: 0.25, lda: lda, ldb: ldb, ldc: ldc)
-            matmulNaive(naive.pointer, a.pointer, b.pointer, M: M, N: N, K: K, transA: transA, transB: transB,
-                        alpha: 0.5, beta: 0.25, lda: lda, ldb: ldb, ldc: ldc)
-            expectClose(fast, naive, tolerance: Tolerance.fastVersusNaive, "matmul \(M)x\(N)x\(K) tA=\(transA) tB=\(transB)")
+            matmul(
+                fast.pointer, a.pointer, b.pointer, M: M, N: N, K: K, transA: transA, transB: transB,
+                alpha: 0.5, beta: 0.25, lda: lda, ldb: ldb, ldc: ldc)
+            matmulNaive(
+                naive.pointer, a.pointer, b.pointer, M: M, N: N, K: K, transA: transA, transB: transB,
+                alpha: 0.5, beta: 0.25, lda: lda, ldb: ldb, ldc: ldc)
+            expectClose(
+                fast, naive, tolerance: Tolerance.fastVersusNaive, "matmul \(M)x\(N)x\(K) tA=\(transA) tB=\(transB)")
         }
     }
 
@@ -41,15 +44,17 @@ import TestSupport
         let r = randomBuffer(rows * outF, seed: 13)
         let out = FloatBuffer(count: rows * outF)
         func loss() -> Double {
-            linearForward(out: out.pointer, input: x.pointer, weight: w.pointer, bias: bias.pointer,
-                          rows: rows, inFeatures: inF, outFeatures: outF)
+            linearForward(
+                out: out.pointer, input: x.pointer, weight: w.pointer, bias: bias.pointer,
+                rows: rows, inFeatures: inF, outFeatures: outF)
             return projection(out, r)
         }
         let dx = FloatBuffer(count: rows * inF)
         let dw = FloatBuffer(count: outF * inF)
         let db = FloatBuffer(count: outF)
-        linearBackward(dInput: dx.pointer, dWeight: dw.pointer, dBias: db.pointer, dOut: r.pointer, input: x.pointer,
-                       weight: w.pointer, rows: rows, inFeatures: inF, outFeatures: outF)
+        linearBackward(
+            dInput: dx.pointer, dWeight: dw.pointer, dBias: db.pointer, dOut: r.pointer, input: x.pointer,
+            weight: w.pointer, rows: rows, inFeatures: inF, outFeatures: outF)
         expectGradient(dx.array, numericGradient(of: x, loss: loss), "dInput")
         expectGradient(dw.array, numericGradient(of: w, loss: loss), "dWeight")
         expectGradient(db.array, numericGradient(of: bias, loss: loss), "dBias")
@@ -61,11 +66,13 @@ import TestSupport
         let dOut = randomBuffer(2 * 4, seed: 22)
         let once = FloatBuffer(count: 6)
         let twice = FloatBuffer(count: 6)
-        linearBackward(dInput: once.pointer, dWeight: nil, dBias: nil, dOut: dOut.pointer, input: x.pointer,
-                       weight: w.pointer, rows: 2, inFeatures: 3, outFeatures: 4)
+        linearBackward(
+            dInput: once.pointer, dWeight: nil, dBias: nil, dOut: dOut.pointer, input: x.pointer,
+            weight: w.pointer, rows: 2, inFeatures: 3, outFeatures: 4)
         for _ in 0..<2 {
-            linearBackward(dInput: twice.pointer, dWeight: nil, dBias: nil, dOut: dOut.pointer, input: x.pointer,
-                           weight: w.pointer, rows: 2, inFeatures: 3, outFeatures: 4)
+            linearBackward(
+                dInput: twice.pointer, dWeight: nil, dBias: nil, dOut: dOut.pointer, input: x.pointer,
+                weight: w.pointer, rows: 2, inFeatures: 3, outFeatures: 4)
         }
         expectClose(twice.array, once.array.map { 2 * $0 }, tolerance: Tolerance.reordered)
     }

@@ -50,7 +50,9 @@ public func expectClose(
     _ actual: [Float], _ expected: [Float], tolerance: Float, _ label: String = "",
     sourceLocation: SourceLocation = #_sourceLocation
 ) {
-    #expect(actual.count == expected.count, "\(label): \(actual.count) vs \(expected.count) elements", sourceLocation: sourceLocation)
+    #expect(
+        actual.count == expected.count, "\(label): \(actual.count) vs \(expected.count) elements",
+        sourceLocation: sourceLocation)
     guard actual.count == expected.count else { return }
     let d = actual.withUnsafeBufferPointer { a in expected.withUnsafeBufferPointer { difference(a, $0) } }
     let scale = max(1, expected.reduce(Float(0)) { max($0, abs($1)) })

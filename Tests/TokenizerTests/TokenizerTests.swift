@@ -7,7 +7,9 @@ import Tokenizer
 enum TokenizerFixtures {
     static func json(_ path: String) -> JSONValue { try! HFModelDirectory.readJSON(Fixtures.path("tokenizer/" + path)) }
     static let corpus: [String] = json("corpus.json").arrayValue!.map { $0.stringValue! }
-    static func ids(_ value: JSONValue) -> [[Int32]] { value.arrayValue!.map { $0.arrayValue!.map { Int32($0.intValue!) } } }
+    static func ids(_ value: JSONValue) -> [[Int32]] {
+        value.arrayValue!.map { $0.arrayValue!.map { Int32($0.intValue!) } }
+    }
 }
 
 @Suite struct PreTokenizerTests {
@@ -64,7 +66,9 @@ enum TokenizerFixtures {
         w.set("tokenizer.ggml.model", .string("gpt2"))
         w.set("tokenizer.ggml.pre", .string("llama-bpe"))
         w.set("tokenizer.ggml.tokens", .array(.string, hf.tokens.map(GGUFValue.string)))
-        w.set("tokenizer.ggml.token_type", .array(.int32, hf.tokens.indices.map { .int32(hf.controlIds.contains(Int32($0)) ? 3 : 1) }))
+        w.set(
+            "tokenizer.ggml.token_type",
+            .array(.int32, hf.tokens.indices.map { .int32(hf.controlIds.contains(Int32($0)) ? 3 : 1) }))
         w.set("tokenizer.ggml.merges", .array(.string, merges))
         w.set("tokenizer.ggml.bos_token_id", .uint32(UInt32(hf.bosId!)))
         let path = Fixtures.temporaryDirectory().appendingPathComponent("tok.gguf").path
@@ -72,7 +76,9 @@ enum TokenizerFixtures {
         let gguf = try BPETokenizer(gguf: try GGUFFile(path: path).metadata)
         #expect(gguf.ignoresMerges && gguf.addsBOS)
         for text in TokenizerFixtures.corpus {
-            #expect(gguf.encode(text, addSpecialTokens: true) == hf.encode(text, addSpecialTokens: true), "\(text.debugDescription)")
+            #expect(
+                gguf.encode(text, addSpecialTokens: true) == hf.encode(text, addSpecialTokens: true),
+                "\(text.debugDescription)")
         }
     }
 
@@ -81,11 +87,26 @@ enum TokenizerFixtures {
         defer { try? FileManager.default.removeItem(at: dir) }
         let cases: [(String, String)] = [
             (#"{"model": {"type": "Unigram", "vocab": []}}"#, "model.type"),
-            (#"{"model": {"type": "BPE", "vocab": {"a": 0}, "merges": [], "byte_fallback": true}}"#, "model.byte_fallback"),
-            (#"{"model": {"type": "BPE", "vocab": {"a": 0, "b": 2}, "merges": []}, "pre_tokenizer": {"type": "ByteLevel"}}"#, "model.vocab"),
-            (#"{"model": {"type": "BPE", "vocab": {"a": 0, "b": 1}, "merges": ["a c"]}, "pre_tokenizer": {"type": "ByteLevel"}}"#, "merges[0]"),
-            (#"{"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}, "pre_tokenizer": {"type": "Metaspace"}}"#, "pre_tokenizer"),
-            (#"{"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}, "pre_tokenizer": {"type": "ByteLevel"}, "normalizer": {"type": "NFKC"}}"#, "normalizer"),
+            (
+                #"{"model": {"type": "BPE", "vocab": {"a": 0}, "merges": [], "byte_fallback": true}}"#,
+                "model.byte_fallback"
+            ),
+            (
+                #"{"model": {"type": "BPE", "vocab": {"a": 0, "b": 2}, "merges": []}, "pre_tokenizer": {"type": "ByteLevel"}}"#,
+                "model.vocab"
+            ),
+            (
+                #"{"model": {"type": "BPE", "vocab": {"a": 0, "b": 1}, "merges": ["a c"]}, "pre_tokenizer": {"type": "ByteLevel"}}"#,
+                "merges[0]"
+            ),
+            (
+                #"{"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}, "pre_tokenizer": {"type": "Metaspace"}}"#,
+                "pre_tokenizer"
+            ),
+            (
+                #"{"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}, "pre_tokenizer": {"type": "ByteLevel"}, "normalizer": {"type": "NFKC"}}"#,
+                "normalizer"
+            ),
         ]
         for (i, (text, field)) in cases.enumerated() {
             let path = dir.appendingPathComponent("\(i).json").path
@@ -141,7 +162,8 @@ enum TokenizerFixtures {
             let isMistral = template.family == .mistral
             for r in c["renders"]!.arrayValue!.map({ $0.objectValue! }) {
                 let messages = r["messages"]!.arrayValue!.map {
-                    ChatMessage(role: $0.objectValue!["role"]!.stringValue!, content: $0.objectValue!["content"]!.stringValue!)
+                    ChatMessage(
+                        role: $0.objectValue!["role"]!.stringValue!, content: $0.objectValue!["content"]!.stringValue!)
                 }
                 let text = try template.render(
                     messages, addGenerationPrompt: r["add_generation_prompt"]!.boolValue!,
@@ -159,7 +181,8 @@ enum TokenizerFixtures {
             #expect(error.description.contains("--chat-template"))
         }
         #expect(throws: ChatTemplateError.self) {
-            try ChatTemplate(family: .mistral).render([ChatMessage(role: "system", content: "x")], addGenerationPrompt: true)
+            try ChatTemplate(family: .mistral).render(
+                [ChatMessage(role: "system", content: "x")], addGenerationPrompt: true)
         }
         #expect(ChatTemplate(name: "smollm2")?.defaultSystemPrompt?.hasPrefix("You are a helpful AI assistant") == true)
     }
@@ -201,9 +224,13 @@ enum TokenizerFixtures {
         #expect(try load { $0.set("tokenizer.ggml.model", .string("llama")) }?.field == "tokenizer.ggml.model")
         #expect(try load { $0.set("tokenizer.ggml.pre", .string("mystery")) }?.field == "tokenizer.ggml.pre")
         #expect(try load { $0.set("tokenizer.ggml.bos_token_id", .uint32(99)) }?.field == "tokenizer.ggml.bos_token_id")
-        #expect(try load { $0.set("tokenizer.ggml.token_type", .array(.int32, [.int32(1)])) }?.field == "tokenizer.ggml.token_type")
+        #expect(
+            try load { $0.set("tokenizer.ggml.token_type", .array(.int32, [.int32(1)])) }?.field
+                == "tokenizer.ggml.token_type")
         #expect(try load { $0.set("tokenizer.ggml.merges", .array(.string, [.string("a c")])) }?.field == "merges[0]")
-        #expect(try load { $0.set("tokenizer.ggml.merges", .array(.string, [.string("ab")])) }?.field == "tokenizer.ggml.merges[0]")
+        #expect(
+            try load { $0.set("tokenizer.ggml.merges", .array(.string, [.string("ab")])) }?.field
+                == "tokenizer.ggml.merges[0]")
         #expect(try load { $0.set("tokenizer.ggml.tokens", .array(.string, [])) }?.field == "tokens")
     }
 }
