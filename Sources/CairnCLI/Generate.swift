@@ -84,9 +84,9 @@ struct Generate: ParsableCommand {
             promptIds = tokenizer.encode(text, parseSpecial: true, addSpecialTokens: false)
         }
         guard !promptIds.isEmpty else { throw CLIError("the prompt is empty after tokenization") }
-        guard promptIds.count < lm.model.config.contextLength else {
+        guard promptIds.count < lm.model.maxPositions else {
             throw CLIError(
-                "the prompt is \(promptIds.count) tokens; the model's context is \(lm.model.config.contextLength)")
+                "the prompt is \(promptIds.count) tokens; the model's context is \(lm.model.maxPositions)")
         }
         var decoder = StreamingDecoder(tokenizer: tokenizer)
         var text = ""

@@ -122,8 +122,8 @@ extension LlamaModel {
     ) -> GenerationResult {
         precondition(!prompt.isEmpty, "generate: empty prompt")
         var result = GenerationResult()
-        let capacity = min(config.contextLength, prompt.count + max(1, maxTokens))
-        guard prompt.count < config.contextLength else {
+        let capacity = min(maxPositions, prompt.count + max(1, maxTokens))
+        guard prompt.count < maxPositions else {
             result.stopReason = .contextFull
             return result
         }

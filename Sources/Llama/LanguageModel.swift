@@ -102,6 +102,15 @@ public final class LanguageModel: @unchecked Sendable {
     ) {
         self.source = source
         self.model = model
+        var tokenizer = tokenizer
+        if case .success(let t) = tokenizer, t.vocabularySize > model.config.vocabSize {
+            // Ids past the embedding table would index outside it: refuse the pair rather than run it.
+            tokenizer = .failure(
+                FormatError(
+                    .invalidValue, path: source.path, field: "tokenizer",
+                    "has \(t.vocabularySize) tokens but the model's embedding has \(model.config.vocabSize) rows; "
+                        + "the tokenizer belongs to another model"))
+        }
         switch tokenizer {
         case .success(let t):
             self.tokenizer = t

@@ -81,12 +81,13 @@ public struct LlamaConfig: Sendable, Equatable {
         return problems
     }
 
-    /// Parameters of the frozen base model.
+    /// Parameters of the frozen base model (saturating: hostile metadata cannot overflow it).
     public var parameterCount: Int {
-        let attention =
-            dim * qDim + 2 * dim * kvDim + qDim * dim + (qkvBias ? qDim + 2 * kvDim : 0) + (outputBias ? dim : 0)
-        let perLayer = attention + 3 * dim * ffnDim + 2 * dim
-        return vocabSize * dim * (tiedEmbeddings ? 1 : 2) + layers * perLayer + dim
+        let (d, q, kv, f) = (Double(dim), Double(qDim), Double(kvDim), Double(ffnDim))
+        let attention = d * q + 2 * d * kv + q * d + (qkvBias ? q + 2 * kv : 0) + (outputBias ? d : 0)
+        let perLayer = attention + 3 * d * f + 2 * d
+        let total = Double(vocabSize) * d * (tiedEmbeddings ? 1 : 2) + Double(layers) * perLayer + d
+        return total < 0x1p62 ? Int(total) : Int(0x1p62)
     }
 }
 

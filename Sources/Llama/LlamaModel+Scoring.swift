@@ -30,7 +30,7 @@ extension LlamaModel {
     ///   - progress: Called after each chunk with the tokens done so far.
     /// - Returns: Summed loss and count of predicted tokens.
     public func loss(tokens: [Int32], window: Int, chunk: Int = 256, progress: ((Int) -> Void)? = nil) -> LossTotal {
-        let window = max(2, min(window, config.contextLength))
+        let window = max(2, min(window, maxPositions))
         let state = InferenceState(config: config, batch: 1, capacity: window, maxChunk: chunk)
         let logits = FloatBuffer(count: state.maxChunk * config.vocabSize)
         let losses = FloatBuffer(count: state.maxChunk)

@@ -15,14 +15,20 @@ public final class LlamaModel: @unchecked Sendable {
     public let config: LlamaConfig
     /// The frozen weights (Hugging Face layout).
     public let weights: LlamaWeights
-    /// cos/sin for every position of the context.
+    /// cos/sin for every usable position.
     public let rope: RoPETable
+    /// Positions this model runs: the context length, capped at `positionLimit`.
+    public let maxPositions: Int
+
+    /// The most positions Cairn prepares RoPE tables for (a 64k-position table of head size 128 is 32 MiB).
+    public static let positionLimit = 1 << 16
 
     /// Wraps loaded weights.
     public init(weights: LlamaWeights) {
         self.weights = weights
         config = weights.config
-        rope = RoPETable(headDim: config.headDim, positions: config.contextLength, base: config.ropeTheta)
+        maxPositions = min(config.contextLength, Self.positionLimit)
+        rope = RoPETable(headDim: config.headDim, positions: maxPositions, base: config.ropeTheta)
     }
 
     /// Runs `T` new tokens of each of the state's B sequences through the model, after the positions already
@@ -41,7 +47,7 @@ public final class LlamaModel: @unchecked Sendable {
         precondition(
             T > 0 && T <= state.maxChunk, "forward: \(T) tokens per sequence, at most \(state.maxChunk) per call")
         precondition(start + T <= state.capacity, "forward: cache full (\(start) + \(T) > \(state.capacity))")
-        precondition(start + T <= c.contextLength, "forward: beyond the context length \(c.contextLength)")
+        precondition(start + T <= maxPositions, "forward: beyond the usable context \(maxPositions)")
         for i in 0..<N {
             precondition(
                 tokens[i] >= 0 && Int(tokens[i]) < c.vocabSize, "forward: token id \(tokens[i]) outside the vocabulary")

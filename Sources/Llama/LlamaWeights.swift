@@ -66,64 +66,72 @@ public final class LlamaWeights: @unchecked Sendable {
 
     /// The tensors a configuration needs, in storage order.
     public static func tensorTable(_ c: LlamaConfig) -> [LlamaTensorSpec] {
-        var t: [LlamaTensorSpec] = [
-            LlamaTensorSpec(
-                name: "model.embed_tokens.weight", ggufName: "token_embd.weight", shape: [c.vocabSize, c.dim])
-        ]
+        var table: [LlamaTensorSpec] = []
+        forEachTensor(c) {
+            table.append($0)
+            return true
+        }
+        return table
+    }
+
+    /// Visits the tensors a configuration needs, in storage order, until `visit` returns false; a loader
+    /// checking a file with absurd metadata stops early instead of listing millions of layers.
+    public static func forEachTensor(_ c: LlamaConfig, _ visit: (LlamaTensorSpec) -> Bool) {
+        guard
+            visit(
+                LlamaTensorSpec(
+                    name: "model.embed_tokens.weight", ggufName: "token_embd.weight", shape: [c.vocabSize, c.dim]))
+        else { return }
         for l in 0..<c.layers {
             let hf = "model.layers.\(l)."
             let gg = "blk.\(l)."
-            t.append(
-                LlamaTensorSpec(name: hf + "input_layernorm.weight", ggufName: gg + "attn_norm.weight", shape: [c.dim]))
-            t.append(
+            var layer = [
+                LlamaTensorSpec(name: hf + "input_layernorm.weight", ggufName: gg + "attn_norm.weight", shape: [c.dim]),
                 LlamaTensorSpec(
                     name: hf + "self_attn.q_proj.weight", ggufName: gg + "attn_q.weight", shape: [c.qDim, c.dim],
-                    permutationHeads: c.heads))
-            t.append(
+                    permutationHeads: c.heads),
                 LlamaTensorSpec(
                     name: hf + "self_attn.k_proj.weight", ggufName: gg + "attn_k.weight", shape: [c.kvDim, c.dim],
-                    permutationHeads: c.kvHeads))
-            t.append(
+                    permutationHeads: c.kvHeads),
                 LlamaTensorSpec(
-                    name: hf + "self_attn.v_proj.weight", ggufName: gg + "attn_v.weight", shape: [c.kvDim, c.dim]))
-            t.append(
+                    name: hf + "self_attn.v_proj.weight", ggufName: gg + "attn_v.weight", shape: [c.kvDim, c.dim]),
                 LlamaTensorSpec(
-                    name: hf + "self_attn.o_proj.weight", ggufName: gg + "attn_output.weight", shape: [c.dim, c.qDim]))
+                    name: hf + "self_attn.o_proj.weight", ggufName: gg + "attn_output.weight", shape: [c.dim, c.qDim]),
+            ]
             if c.qkvBias {
-                t.append(
+                layer += [
                     LlamaTensorSpec(
                         name: hf + "self_attn.q_proj.bias", ggufName: gg + "attn_q.bias", shape: [c.qDim],
-                        permutationHeads: c.heads))
-                t.append(
+                        permutationHeads: c.heads),
                     LlamaTensorSpec(
                         name: hf + "self_attn.k_proj.bias", ggufName: gg + "attn_k.bias", shape: [c.kvDim],
-                        permutationHeads: c.kvHeads))
-                t.append(
-                    LlamaTensorSpec(name: hf + "self_attn.v_proj.bias", ggufName: gg + "attn_v.bias", shape: [c.kvDim]))
+                        permutationHeads: c.kvHeads),
+                    LlamaTensorSpec(name: hf + "self_attn.v_proj.bias", ggufName: gg + "attn_v.bias", shape: [c.kvDim]),
+                ]
             }
             if c.outputBias {
-                t.append(
+                layer.append(
                     LlamaTensorSpec(
                         name: hf + "self_attn.o_proj.bias", ggufName: gg + "attn_output.bias", shape: [c.dim]))
             }
-            t.append(
+            layer += [
                 LlamaTensorSpec(
-                    name: hf + "post_attention_layernorm.weight", ggufName: gg + "ffn_norm.weight", shape: [c.dim]))
-            t.append(
+                    name: hf + "post_attention_layernorm.weight", ggufName: gg + "ffn_norm.weight", shape: [c.dim]),
                 LlamaTensorSpec(
-                    name: hf + "mlp.gate_proj.weight", ggufName: gg + "ffn_gate.weight", shape: [c.ffnDim, c.dim]))
-            t.append(
+                    name: hf + "mlp.gate_proj.weight", ggufName: gg + "ffn_gate.weight", shape: [c.ffnDim, c.dim]),
                 LlamaTensorSpec(
-                    name: hf + "mlp.up_proj.weight", ggufName: gg + "ffn_up.weight", shape: [c.ffnDim, c.dim]))
-            t.append(
+                    name: hf + "mlp.up_proj.weight", ggufName: gg + "ffn_up.weight", shape: [c.ffnDim, c.dim]),
                 LlamaTensorSpec(
-                    name: hf + "mlp.down_proj.weight", ggufName: gg + "ffn_down.weight", shape: [c.dim, c.ffnDim]))
+                    name: hf + "mlp.down_proj.weight", ggufName: gg + "ffn_down.weight", shape: [c.dim, c.ffnDim]),
+            ]
+            for spec in layer where !visit(spec) { return }
         }
-        t.append(LlamaTensorSpec(name: "model.norm.weight", ggufName: "output_norm.weight", shape: [c.dim]))
+        guard visit(LlamaTensorSpec(name: "model.norm.weight", ggufName: "output_norm.weight", shape: [c.dim])) else {
+            return
+        }
         if !c.tiedEmbeddings {
-            t.append(LlamaTensorSpec(name: "lm_head.weight", ggufName: "output.weight", shape: [c.vocabSize, c.dim]))
+            _ = visit(LlamaTensorSpec(name: "lm_head.weight", ggufName: "output.weight", shape: [c.vocabSize, c.dim]))
         }
-        return t
     }
 
     /// Zeroed weights for a configuration (tests fill them; loaders overwrite them).
@@ -170,13 +178,14 @@ extension LlamaWeights {
     /// Loads and dequantizes every weight the configuration needs from a tensor store.
     ///
     /// - Throws: `FormatError` listing every missing tensor, wrong shape and unsupported type at once.
-    public static func load(from store: TensorStore, config: LlamaConfig, naming: TensorNaming) throws(FormatError)
-        -> LlamaWeights
-    {
-        let weights = LlamaWeights(config: config)
+    public static func load(
+        from store: TensorStore, config: LlamaConfig, naming: TensorNaming
+    ) throws(FormatError) -> LlamaWeights {
+        // Check every tensor against the file before allocating anything: the allocation is then bounded by
+        // what the file really holds, whatever its metadata claims.
         var problems: [String] = []
         var work: [(LlamaTensorSpec, StoredTensor)] = []
-        for spec in tensorTable(config) {
+        forEachTensor(config) { spec in
             let name: String
             switch naming {
             case .huggingFace: name = spec.name
@@ -188,30 +197,34 @@ extension LlamaWeights {
                 } else {
                     problems.append("\(name): missing")
                 }
-                continue
+                return problems.count <= 64
             }
             guard
                 stored.shape == spec.shape
                     || (stored.shape.count == 2 && spec.shape.count == 1 && stored.shape == [1, spec.shape[0]])
             else {
                 problems.append("\(name): shape \(stored.shape), expected \(spec.shape)")
-                continue
+                return problems.count <= 64
             }
             guard stored.type.isDequantizable else {
                 problems.append(
                     "\(name): type \(stored.type) is not supported (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K)"
                 )
-                continue
+                return problems.count <= 64
             }
             work.append((spec, stored))
+            return true
         }
         if !problems.isEmpty {
             let shown = problems.prefix(8).joined(separator: "; ")
+            let more =
+                problems.count > 64 ? "; and many more" : problems.count > 8 ? "; and \(problems.count - 8) more" : ""
             throw FormatError(
                 .invalidValue, path: store.sourceDescription,
-                "does not match a \(config.layers)-layer \(config.architecture) model of width \(config.dim): \(shown)"
-                    + (problems.count > 8 ? "; and \(problems.count - 8) more" : ""))
+                "does not match a \(config.layers)-layer \(config.architecture) model of width \(config.dim): \(shown)\(more)"
+            )
         }
+        let weights = LlamaWeights(config: config)
         for (spec, stored) in work {
             let destination = weights.pointer(spec.name)!
             stored.dequantize(into: destination)

@@ -222,3 +222,45 @@ func runFull(_ model: LlamaModel, _ tokens: [Int32], batch: Int, length: Int) ->
         #expect(abs(Double(zeros) / 4000 - 0.5) < 0.04, "\(zeros) of 4000")
     }
 }
+
+@Suite struct HostileModelTests {
+    /// Metadata claiming a huge model over a small file is refused before any allocation the file cannot back.
+    @Test func metadataCannotForceAHugeAllocation() throws {
+        var w = GGUFWriter()
+        w.set("general.architecture", .string("llama"))
+        w.set("llama.embedding_length", .uint32(1 << 20))
+        w.set("llama.block_count", .uint32(1 << 20))
+        w.set("llama.feed_forward_length", .uint32(1 << 22))
+        w.set("llama.attention.head_count", .uint32(1 << 10))
+        w.set("llama.context_length", .uint32(1 << 24))
+        w.set("llama.vocab_size", .uint32(1 << 22))
+        w.addTensor(name: "token_embd.weight", ne: [4, 2], floats: [Float](repeating: 0, count: 8))
+        let path = Fixtures.temporaryDirectory().appendingPathComponent("huge.gguf").path
+        try w.write(to: path)
+        let file = try GGUFFile(path: path)
+        let config = try LlamaConfig(gguf: file)
+        #expect(config.parameterCount > 1 << 50, "counted without overflow")
+        #expect {
+            try LlamaWeights.load(from: file, config: config, naming: .gguf(permutedQK: true))
+        } throws: { error in
+            (error as? FormatError)?.message.contains("token_embd.weight: shape [2, 4], expected") == true
+        }
+    }
+
+    /// A tokenizer with more tokens than the embedding has rows would index past it; it is refused.
+    @Test func tokenizerLargerThanTheEmbeddingIsRefused() throws {
+        let dir = Fixtures.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        for file in ["config.json", "model.safetensors"] {
+            try FileManager.default.copyItem(
+                at: Fixtures.directory.appendingPathComponent("tiny-llama/a-hf/\(file)"), to: dir.appendingPathComponent(file))
+        }
+        try FileManager.default.copyItem(
+            at: Fixtures.directory.appendingPathComponent("tokenizer/tiny-llama3/tokenizer.json"),
+            to: dir.appendingPathComponent("tokenizer.json"))
+        let lm = try LanguageModel.load(dir.path)
+        #expect(lm.tokenizer == nil)
+        #expect(lm.tokenizerProblem?.message.contains("belongs to another model") == true)
+        #expect(lm.model.maxPositions == 128)
+    }
+}
