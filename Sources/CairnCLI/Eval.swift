@@ -18,11 +18,7 @@ struct Eval: ParsableCommand {
 
     @OptionGroup var modelOptions: ModelOptions
 
-    @Option(help: "The text to score.")
-    var text: String?
-
-    @Option(help: "A file with the text to score (- for standard input).")
-    var textFile: String?
+    @OptionGroup var input: TextInput
 
     @Option(help: "Tokens per window (at most the model's context length).")
     var window = 1024
@@ -35,11 +31,11 @@ struct Eval: ParsableCommand {
     }
 
     func run() throws {
-        let input = try readText(inline: text, file: textFile, what: "text to score")
+        let text = try input.read(what: "text to score")
         let lm = try modelOptions.load()
         let tokenizer: BPETokenizer
         do { tokenizer = try lm.requireTokenizer() } catch { throw CLIError(error.description) }
-        let tokens = tokenizer.encode(input, parseSpecial: true, addSpecialTokens: true)
+        let tokens = tokenizer.encode(text, parseSpecial: true, addSpecialTokens: true)
         guard tokens.count >= 2 else {
             throw CLIError("the text has \(tokens.count) token(s); scoring needs at least 2")
         }

@@ -33,19 +33,27 @@ struct CLIError: Error, CustomStringConvertible {
     init(_ message: String) { description = message }
 }
 
-/// Reads a text argument given inline or as a file (`-` for standard input).
-func readText(inline: String?, file: String?, what: String) throws -> String {
-    switch (inline, file) {
-    case (let text?, nil): return text
-    case (nil, let path?):
-        if path == "-" { return String(decoding: Terminal.readStandardInput(), as: UTF8.self) }
+/// A text given inline (`--text`) or as a file (`--text-file`, `-` for standard input).
+struct TextInput: ParsableArguments {
+    @Option(help: "The text.")
+    var text: String?
+
+    @Option(help: "A file with the text (- for standard input).")
+    var textFile: String?
+
+    func validate() throws {
+        if text != nil, textFile != nil { throw ValidationError("give either --text or --text-file, not both") }
+    }
+
+    /// The text; `what` names it in the error when neither option is given.
+    func read(what: String) throws -> String {
+        if let text { return text }
+        guard let textFile else { throw ValidationError("give the \(what) with --text or --text-file") }
+        if textFile == "-" { return String(decoding: Terminal.readStandardInput(), as: UTF8.self) }
         do {
-            let mapped = try MappedFile(path: path)
-            return String(decoding: mapped.bytes, as: UTF8.self)
+            return String(decoding: try MappedFile(path: textFile).bytes, as: UTF8.self)
         } catch {
             throw CLIError(error.description)
         }
-    case (nil, nil): throw ValidationError("give the \(what) with --text or --text-file")
-    case (.some, .some): throw ValidationError("give either --text or --text-file, not both")
     }
 }

@@ -17,11 +17,7 @@ struct Tokenize: ParsableCommand {
 
     @OptionGroup var modelOptions: ModelOptions
 
-    @Option(help: "The text to tokenize.")
-    var text: String?
-
-    @Option(help: "A file with the text (- for standard input).")
-    var textFile: String?
+    @OptionGroup var input: TextInput
 
     @Flag(help: "Tokenize special-token text as plain text.")
     var noSpecial = false
@@ -36,11 +32,11 @@ struct Tokenize: ParsableCommand {
     var verbose = false
 
     func run() throws {
-        let input = try readText(inline: text, file: textFile, what: "text to tokenize")
+        let text = try input.read(what: "text to tokenize")
         let lm = try modelOptions.load()
         let tokenizer: BPETokenizer
         do { tokenizer = try lm.requireTokenizer() } catch { throw CLIError(error.description) }
-        let ids = tokenizer.encode(input, parseSpecial: !noSpecial, addSpecialTokens: addBos)
+        let ids = tokenizer.encode(text, parseSpecial: !noSpecial, addSpecialTokens: addBos)
         if json {
             Terminal.printJSON(["ids": .array(ids.map { .integer(Int64($0)) })])
         } else if verbose {

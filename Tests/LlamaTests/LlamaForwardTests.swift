@@ -253,7 +253,8 @@ func runFull(_ model: LlamaModel, _ tokens: [Int32], batch: Int, length: Int) ->
         defer { try? FileManager.default.removeItem(at: dir) }
         for file in ["config.json", "model.safetensors"] {
             try FileManager.default.copyItem(
-                at: Fixtures.directory.appendingPathComponent("tiny-llama/a-hf/\(file)"), to: dir.appendingPathComponent(file))
+                at: Fixtures.directory.appendingPathComponent("tiny-llama/a-hf/\(file)"),
+                to: dir.appendingPathComponent(file))
         }
         try FileManager.default.copyItem(
             at: Fixtures.directory.appendingPathComponent("tokenizer/tiny-llama3/tokenizer.json"),
