@@ -166,7 +166,16 @@ public final class LanguageModel: @unchecked Sendable {
                     FormatError(
                         .missing, path: path, "has no tokenizer.json; text commands need one (token ids still work)"))
             }
-            var template = directory.tokenizerConfig?["chat_template"]?.stringValue
+            // A string, or (newer tokenizer_config.json) a list of {name, template} with a "default" entry.
+            var template: String?
+            switch directory.tokenizerConfig?["chat_template"] {
+            case .string(let text): template = text
+            case .array(let items):
+                template =
+                    items.compactMap(\.objectValue).first { $0["name"]?.stringValue == "default" }?["template"]?
+                    .stringValue
+            default: template = nil
+            }
             if template == nil, let file = directory.sideFile("chat_template.jinja") {
                 template = try? String(contentsOfFile: file, encoding: .utf8)
             }

@@ -265,3 +265,27 @@ func runFull(_ model: LlamaModel, _ tokens: [Int32], batch: Int, length: Int) ->
         #expect(lm.model.maxPositions == 128)
     }
 }
+
+@Suite struct HFDirectoryExtrasTests {
+    /// tokenizer_config.json's chat_template may be a string or a list with a "default" entry.
+    @Test(arguments: [false, true])
+    func chatTemplateIsReadInEitherForm(asList: Bool) throws {
+        let dir = Fixtures.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        for file in ["config.json", "model.safetensors"] {
+            try FileManager.default.copyItem(
+                at: Fixtures.directory.appendingPathComponent("tiny-llama/a-hf/\(file)"),
+                to: dir.appendingPathComponent(file))
+        }
+        let chatml = "{% for message in messages %}<|im_start|>{{ message['role'] }}{% endfor %}"
+        let value: JSONValue =
+            asList
+            ? [["name": "tool_use", "template": "x"], ["name": "default", "template": .string(chatml)]]
+            : .string(chatml)
+        let config: JSONValue = ["chat_template": value]
+        try Data(config.serialized().utf8).write(to: dir.appendingPathComponent("tokenizer_config.json"))
+        let lm = try LanguageModel.load(dir.path)
+        #expect(lm.chatTemplateSource == chatml)
+        #expect(try lm.chatTemplate().family == .chatml)
+    }
+}
