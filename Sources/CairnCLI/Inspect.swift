@@ -122,7 +122,7 @@ struct Inspect: ParsableCommand {
             return try describeHF(target)
         }
         let file = try MappedFile(path: target)
-        if file.count >= 4, file.bytes.loadUnaligned(as: UInt32.self) == 0x4655_4747 {
+        if file.withUnsafeBytes({ $0.count >= 4 && $0.loadUnaligned(as: UInt32.self) == 0x4655_4747 }) {
             return try describeGGUF(GGUFFile(file: file))
         }
         return describeSafetensors(try SafetensorsFile(file: file), format: "safetensors")

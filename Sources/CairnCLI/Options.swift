@@ -51,7 +51,7 @@ struct TextInput: ParsableArguments {
         guard let textFile else { throw ValidationError("give the \(what) with --text or --text-file") }
         if textFile == "-" { return String(decoding: Terminal.readStandardInput(), as: UTF8.self) }
         do {
-            return String(decoding: try MappedFile(path: textFile).bytes, as: UTF8.self)
+            return try MappedFile(path: textFile).withUnsafeBytes { String(decoding: $0, as: UTF8.self) }
         } catch {
             throw CLIError(error.description)
         }

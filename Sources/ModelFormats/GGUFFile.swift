@@ -266,7 +266,8 @@ public final class GGUFFile: Sendable {
     /// The tensor called `name`, or nil.
     public func tensor(named name: String) -> GGUFTensorInfo? { tensorIndex[name].map { tensors[$0] } }
 
-    /// The raw bytes of a tensor of this file.
+    /// The raw bytes of a tensor of this file, valid while this object lives (`storedTensor(named:)` gives a
+    /// view that keeps it alive).
     public func data(for tensor: GGUFTensorInfo) -> UnsafeRawBufferPointer {
         let start = dataOffset + tensor.offset
         return UnsafeRawBufferPointer(rebasing: file.bytes[start..<start + tensor.byteCount])

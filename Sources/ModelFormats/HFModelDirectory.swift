@@ -110,7 +110,7 @@ public final class HFModelDirectory: TensorStore {
                 .outOfBounds, path: path, "is \(file.count) bytes; the limit for this file is \(maxBytes)")
         }
         do {
-            return try JSONValue.parse(file.bytes)
+            return try file.withUnsafeBytes { (bytes) throws(JSONError) in try JSONValue.parse(bytes) }
         } catch {
             throw FormatError(.invalidValue, path: path, "invalid JSON at \(error)")
         }

@@ -13,8 +13,9 @@
 public final class MappedFile: @unchecked Sendable {
     /// The path it was opened from.
     public let path: String
-    /// The file's bytes.
-    public let bytes: UnsafeRawBufferPointer
+    /// The file's bytes, valid while this object lives. Internal: types that store their `MappedFile` may
+    /// hand out views of it; everyone else goes through `withUnsafeBytes`, which keeps the mapping alive.
+    let bytes: UnsafeRawBufferPointer
 
     /// Maps `path` read-only.
     ///
@@ -51,4 +52,10 @@ public final class MappedFile: @unchecked Sendable {
 
     /// The file size in bytes.
     public var count: Int { bytes.count }
+
+    /// Calls `body` with the file's bytes, keeping the mapping alive until it returns.
+    public func withUnsafeBytes<R, E: Error>(_ body: (UnsafeRawBufferPointer) throws(E) -> R) throws(E) -> R {
+        defer { withExtendedLifetime(self) {} }
+        return try body(bytes)
+    }
 }

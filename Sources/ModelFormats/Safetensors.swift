@@ -200,7 +200,8 @@ public final class SafetensorsFile: Sendable {
     /// The tensor called `name`, or nil.
     public func tensor(named name: String) -> SafetensorsTensorInfo? { index[name].map { tensors[$0] } }
 
-    /// The raw bytes of a tensor of this file.
+    /// The raw bytes of a tensor of this file, valid while this object lives (`storedTensor(named:)` gives a
+    /// view that keeps it alive).
     public func data(for tensor: SafetensorsTensorInfo) -> UnsafeRawBufferPointer {
         UnsafeRawBufferPointer(rebasing: file.bytes[dataStart + tensor.begin..<dataStart + tensor.end])
     }

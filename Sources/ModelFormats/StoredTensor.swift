@@ -3,7 +3,8 @@
 
 import TensorKernels
 
-/// A tensor's bytes as stored in a mapped file. Valid while the file object that produced it is alive.
+/// A tensor's bytes as stored in a mapped file. It keeps the file that owns the bytes alive, so the bytes
+/// stay valid as long as the tensor value exists.
 public struct StoredTensor: @unchecked Sendable {
     /// The name in its file.
     public var name: String
@@ -13,13 +14,26 @@ public struct StoredTensor: @unchecked Sendable {
     public var shape: [Int]
     /// The raw bytes.
     public var bytes: UnsafeRawBufferPointer
+    /// The object whose lifetime keeps `bytes` valid (the mapped file).
+    let owner: AnyObject
+
+    /// A tensor over bytes owned by `owner`.
+    public init(name: String, type: GGMLType, shape: [Int], bytes: UnsafeRawBufferPointer, owner: AnyObject) {
+        self.name = name
+        self.type = type
+        self.shape = shape
+        self.bytes = bytes
+        self.owner = owner
+    }
 
     /// Elements in the tensor.
     public var elementCount: Int { shape.reduce(1, *) }
 
     /// Converts the tensor to Float into `destination` (elementCount floats).
     public func dequantize(into destination: UnsafeMutablePointer<Float>) {
-        TensorKernels.dequantize(type, from: bytes.baseAddress!, to: destination, count: elementCount)
+        withExtendedLifetime(owner) {
+            TensorKernels.dequantize(type, from: bytes.baseAddress!, to: destination, count: elementCount)
+        }
     }
 
     /// The tensor as a Float array.
@@ -46,7 +60,7 @@ extension GGUFFile: TensorStore {
     public var tensorNames: [String] { tensors.map(\.name) }
     public func storedTensor(named name: String) -> StoredTensor? {
         guard let t = tensor(named: name) else { return nil }
-        return StoredTensor(name: name, type: t.type, shape: t.rowMajorShape, bytes: data(for: t))
+        return StoredTensor(name: name, type: t.type, shape: t.rowMajorShape, bytes: data(for: t), owner: self)
     }
 }
 
@@ -57,6 +71,6 @@ extension SafetensorsFile: TensorStore {
     /// `tensor(named:)` to tell the two apart.
     public func storedTensor(named name: String) -> StoredTensor? {
         guard let t = tensor(named: name), let type = t.dtype.ggmlType else { return nil }
-        return StoredTensor(name: name, type: type, shape: t.shape, bytes: data(for: t))
+        return StoredTensor(name: name, type: type, shape: t.shape, bytes: data(for: t), owner: self)
     }
 }
