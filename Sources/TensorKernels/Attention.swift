@@ -8,7 +8,8 @@
 //   NH  = query heads, NKV = key/value heads (NH % NKV == 0); query head h reads kv head h / (NH/NKV)
 //   HS  = head size; scale = 1/sqrt(HS)
 // Layouts (row-major): q, out (B, T, NH, HS); k, v (B, S, NKV, HS); lse (B, NH, T).
-// Query t attends to keys s ≤ start + t (causal; formats.md §9).
+// Query t attends to keys s ≤ start + t (causal; formats.md §9). With `keyStarts` (B, T), query t of sequence b
+// also ignores keys before keyStarts[b, t]: several documents packed into one row never attend to each other.
 //
 // Forward per (b, h) and tile of queries: scores = scale·Q·Kᵀ (sgemm), masked softmax, out = P·V (sgemm).
 // It saves only lse = log Σ exp(scores) per query row; the backward recomputes P = exp(scores − lse)
@@ -67,9 +68,10 @@ private let queryTile = 64
 ///   - k: (B, S, NKV, HS), rows `0..<start+T` valid.
 ///   - v: (B, S, NKV, HS).
 ///   - shape: The dimensions.
+///   - keyStarts: (B, T) the first key position each query may see (its document's start), or nil for 0.
 public func attentionForward(
     out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>?, q: UnsafePointer<Float>,
-    k: UnsafePointer<Float>, v: UnsafePointer<Float>, shape: AttentionShape
+    k: UnsafePointer<Float>, v: UnsafePointer<Float>, shape: AttentionShape, keyStarts: UnsafePointer<Int32>? = nil
 ) {
     let (B, T, S, NH, HS) = (shape.batch, shape.queries, shape.keyCapacity, shape.heads, shape.headDim)
     guard B > 0, T > 0 else { return }
@@ -96,10 +98,12 @@ public func attentionForward(
         for r in 0..<rows {
             let row = scores + r * keys
             let visible = start + t0 + r + 1
-            let m = maxValue(row, visible)
-            let sum = expShiftedInPlace(row, visible, shift: m)
+            let first = firstKey(keyStarts, b * T + t0 + r, visible)
+            let m = maxValue(row + first, visible - first)
+            let sum = expShiftedInPlace(row + first, visible - first, shift: m)
             let inverse = 1 / sum
-            for s in 0..<visible { row[s] *= inverse }
+            for s in first..<visible { row[s] *= inverse }
+            if first > 0 { row.update(repeating: 0, count: first) }
             if visible < keys { (row + visible).update(repeating: 0, count: keys - visible) }
             lse?[(b * NH + h) * T + t0 + r] = m + Foundation.log(sum)
         }
@@ -121,10 +125,11 @@ public func attentionForward(
 ///   - out: (B, T, NH, HS), the forward output.
 ///   - lse: (B, NH, T), saved by the forward.
 ///   - shape: The dimensions.
+///   - keyStarts: As in the forward.
 public func attentionBackward(
     dQ: UnsafeMutablePointer<Float>, dK: UnsafeMutablePointer<Float>, dV: UnsafeMutablePointer<Float>,
     dOut: UnsafePointer<Float>, q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
-    out: UnsafePointer<Float>, lse: UnsafePointer<Float>, shape: AttentionShape
+    out: UnsafePointer<Float>, lse: UnsafePointer<Float>, shape: AttentionShape, keyStarts: UnsafePointer<Int32>? = nil
 ) {
     let (B, T, S, NH, HS) = (shape.batch, shape.queries, shape.keyCapacity, shape.heads, shape.headDim)
     guard B > 0, T > 0 else { return }
@@ -164,14 +169,19 @@ public func attentionBackward(
                     a: dOut + rowOffset, lda: qs, b: vHead, ldb: kvs, beta: 0, c: dP, ldc: keys)
                 for r in 0..<rows {
                     let visible = start + t0 + r + 1
+                    let first = firstKey(keyStarts, b * T + t0 + r, visible)
                     let rowLSE = lse[(b * NH + h) * T + t0 + r]
                     let pRow = p + r * keys
                     let dPRow = dP + r * keys
                     let d = dot(dOut + rowOffset + r * qs, out + rowOffset + r * qs, HS)
-                    for s in 0..<visible {
+                    for s in first..<visible {
                         let ps = Foundation.exp(pRow[s] - rowLSE)
                         pRow[s] = ps
                         dPRow[s] = ps * (dPRow[s] - d)  // dS
+                    }
+                    for s in 0..<first {
+                        pRow[s] = 0
+                        dPRow[s] = 0
                     }
                     for s in visible..<keys {
                         pRow[s] = 0
@@ -199,7 +209,7 @@ public func attentionBackward(
 /// The reference for `attentionForward`: explicit loops in Double, one query at a time.
 public func attentionForwardNaive(
     out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>?, q: UnsafePointer<Float>,
-    k: UnsafePointer<Float>, v: UnsafePointer<Float>, shape: AttentionShape
+    k: UnsafePointer<Float>, v: UnsafePointer<Float>, shape: AttentionShape, keyStarts: UnsafePointer<Int32>? = nil
 ) {
     let (B, T, S, NH, HS) = (shape.batch, shape.queries, shape.keyCapacity, shape.heads, shape.headDim)
     let (qs, kvs) = (shape.qRowStride, shape.kvRowStride)
@@ -209,8 +219,9 @@ public func attentionForwardNaive(
                 let g = h / shape.groupSize
                 let qRow = q + (b * T + t) * qs + h * HS
                 let visible = shape.start + t + 1
-                var scores = [Double](repeating: 0, count: visible)
-                for s in 0..<visible {
+                let first = keyStarts.map { Int($0[b * T + t]) } ?? 0
+                var scores = [Double](repeating: -.infinity, count: visible)
+                for s in first..<visible {
                     let kRow = k + (b * S + s) * kvs + g * HS
                     var sum = 0.0
                     for i in 0..<HS { sum += Double(qRow[i]) * Double(kRow[i]) }
@@ -222,7 +233,7 @@ public func attentionForwardNaive(
                 let o = out + (b * T + t) * qs + h * HS
                 for i in 0..<HS {
                     var acc = 0.0
-                    for s in 0..<visible {
+                    for s in first..<visible {
                         acc += Foundation.exp(scores[s] - m) / z * Double(v[(b * S + s) * kvs + g * HS + i])
                     }
                     o[i] = Float(acc)
@@ -230,4 +241,13 @@ public func attentionForwardNaive(
             }
         }
     }
+}
+
+/// The first key a query row may see: its document's start, clamped to the causal horizon.
+@inline(__always)
+private func firstKey(_ keyStarts: UnsafePointer<Int32>?, _ row: Int, _ visible: Int) -> Int {
+    guard let keyStarts else { return 0 }
+    let first = Int(keyStarts[row])
+    precondition(first >= 0 && first < visible, "attention: key start \(first) outside 0..<\(visible)")
+    return first
 }

@@ -68,3 +68,60 @@ import TestSupport
         expectGradient(dv.array, numericGradient(of: v, step: 1e-3, loss: loss), "dV")
     }
 }
+
+/// Packed documents: with key starts, each query sees only its own document, exactly as if the documents
+/// were run separately.
+@Suite struct PackedAttentionTests {
+    // One row of 9 positions holding three documents: [0, 4), [4, 6), [6, 9).
+    static let starts: [Int32] = [0, 0, 0, 0, 4, 4, 6, 6, 6]
+    static let shape = AttentionShape(batch: 1, queries: 9, keyCapacity: 9, start: 0, heads: 4, kvHeads: 2, headDim: 8)
+
+    @Test func packedEqualsSeparateAndMatchesNaive() {
+        let q = randomBuffer(9 * 32, seed: 21)
+        let k = randomBuffer(9 * 16, seed: 22)
+        let v = randomBuffer(9 * 16, seed: 23)
+        let packed = FloatBuffer(count: q.count)
+        let naive = FloatBuffer(count: q.count)
+        attentionForward(
+            out: packed.pointer, lse: nil, q: q.pointer, k: k.pointer, v: v.pointer, shape: Self.shape,
+            keyStarts: Self.starts)
+        attentionForwardNaive(
+            out: naive.pointer, lse: nil, q: q.pointer, k: k.pointer, v: v.pointer, shape: Self.shape,
+            keyStarts: Self.starts)
+        expectClose(packed, naive, tolerance: Tolerance.fastVersusNaive, "packed vs naive")
+        for (lo, hi) in [(0, 4), (4, 6), (6, 9)] {
+            let n = hi - lo
+            let alone = FloatBuffer(count: n * 32)
+            let s = AttentionShape(batch: 1, queries: n, keyCapacity: n, start: 0, heads: 4, kvHeads: 2, headDim: 8)
+            attentionForward(
+                out: alone.pointer, lse: nil, q: q.pointer + lo * 32, k: k.pointer + lo * 16, v: v.pointer + lo * 16,
+                shape: s)
+            expectClose(
+                Array(packed.array[lo * 32..<hi * 32]), alone.array, tolerance: Tolerance.reordered,
+                "document \(lo)..<\(hi)")
+        }
+    }
+
+    @Test func packedBackwardMatchesFiniteDifferences() {
+        let q = randomBuffer(9 * 32, seed: 24)
+        let k = randomBuffer(9 * 16, seed: 25)
+        let v = randomBuffer(9 * 16, seed: 26)
+        let r = randomBuffer(q.count, seed: 27)
+        let out = FloatBuffer(count: q.count)
+        let lse = FloatBuffer(count: 4 * 9)
+        func loss() -> Double {
+            attentionForward(
+                out: out.pointer, lse: lse.pointer, q: q.pointer, k: k.pointer, v: v.pointer, shape: Self.shape,
+                keyStarts: Self.starts)
+            return projection(out, r)
+        }
+        _ = loss()
+        let (dq, dk, dv) = (FloatBuffer(count: q.count), FloatBuffer(count: k.count), FloatBuffer(count: v.count))
+        attentionBackward(
+            dQ: dq.pointer, dK: dk.pointer, dV: dv.pointer, dOut: r.pointer, q: q.pointer, k: k.pointer,
+            v: v.pointer, out: out.pointer, lse: lse.pointer, shape: Self.shape, keyStarts: Self.starts)
+        expectGradient(dq.array, numericGradient(of: q, step: 1e-3, loss: loss), "dQ")
+        expectGradient(dk.array, numericGradient(of: k, step: 1e-3, loss: loss), "dK")
+        expectGradient(dv.array, numericGradient(of: v, step: 1e-3, loss: loss), "dV")
+    }
+}
