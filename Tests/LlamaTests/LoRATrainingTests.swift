@@ -1,0 +1,116 @@
+import Foundation
+import Testing
+import ModelFormats
+import TensorKernels
+import TestSupport
+import Llama
+
+enum TinyTraining {
+    static let model = try! LanguageModel.load(Fixtures.path("tiny-llama/a.gguf")).model
+
+    /// An adapter of rank 2 on every projection with random A and B, so every gradient is non-zero.
+    static func adapter(seed: UInt64 = 5, rank: Int = 2) -> LoRAAdapter {
+        let a = LoRAAdapter(model: model.config, config: LoRAConfig(rank: rank, alpha: 4), seed: seed)
+        var rng = SeededGenerator(seed: seed + 1)
+        for m in a.modules {
+            for i in 0..<m.outFeatures * m.rank { a.parameters[m.bOffset + i] = (rng.nextUnitFloat() - 0.5) * 0.5 }
+        }
+        return a
+    }
+
+    /// Two rows of 12: the first packs two documents ([0, 5) and [5, 12)), with prompt tokens masked.
+    static let packed: TrainingBatch = {
+        let tokens: [Int32] = [1, 5, 9, 33, 2, 7, 63, 0, 14, 14, 40, 3, 62, 61, 60, 2, 2, 9, 31, 32, 8, 4, 5, 6]
+        var targets = [Int32](repeating: -1, count: 24)
+        for i in [1, 2, 3] { targets[i] = tokens[i + 1] }  // document 1 predicts up to its last token only
+        for i in 7..<11 { targets[i] = tokens[i + 1] }  // document 2, prompt 5...6 masked
+        for i in 12..<23 { targets[i] = tokens[i + 1] }
+        let positions: [Int32] = [0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 5, 6] + (0..<12).map(Int32.init)
+        let starts: [Int32] = [0, 0, 0, 0, 0, 5, 5, 5, 5, 5, 5, 5] + [Int32](repeating: 0, count: 12)
+        return TrainingBatch(
+            batch: 2, length: 12, tokens: tokens, targets: targets, positions: positions, documentStarts: starts)
+    }()
+
+    static func step(
+        _ batch: TrainingBatch, _ adapter: LoRAAdapter, recompute: Bool = false, dropout: DropoutPlan? = nil,
+        gradients: FloatBuffer? = nil
+    ) -> StepLoss {
+        let ws = TrainingWorkspace(
+            model: model.config, adapter: adapter, batch: batch.batch, length: batch.length, recompute: recompute,
+            dropout: dropout != nil)
+        return model.trainingStep(batch: batch, adapter: adapter, gradients: gradients, dropout: dropout, workspace: ws)
+    }
+}
+
+@Suite struct LoRATrainingTests {
+    @Test(arguments: [false, true])
+    func gradientsMatchFiniteDifferences(withDropout: Bool) {
+        let adapter = TinyTraining.adapter()
+        let dropout = withDropout ? DropoutPlan(probability: 0.3, seed: 77) : nil
+        let gradients = FloatBuffer(count: adapter.parameters.count)
+        _ = TinyTraining.step(TinyTraining.packed, adapter, dropout: dropout, gradients: gradients)
+        let numeric = numericGradient(of: adapter.parameters, step: 1e-2) {
+            TinyTraining.step(TinyTraining.packed, adapter, dropout: dropout).sum
+        }
+        expectGradient(gradients.array, numeric, "LoRA gradients\(withDropout ? " with dropout" : "")")
+    }
+
+    @Test func recomputingBlocksGivesIdenticalGradients() {
+        let adapter = TinyTraining.adapter()
+        let kept = FloatBuffer(count: adapter.parameters.count)
+        let recomputed = FloatBuffer(count: adapter.parameters.count)
+        let a = TinyTraining.step(TinyTraining.packed, adapter, recompute: false, gradients: kept)
+        let b = TinyTraining.step(TinyTraining.packed, adapter, recompute: true, gradients: recomputed)
+        #expect(a == b)
+        #expect(kept.array == recomputed.array)
+    }
+
+    /// A fresh adapter (B = 0) leaves the model unchanged: the training forward's loss is the base loss.
+    @Test func freshAdapterIsANoOp() {
+        let model = TinyTraining.model
+        let adapter = LoRAAdapter(model: model.config, config: LoRAConfig(rank: 4, alpha: 8), seed: 1)
+        let rows: [[Int32]] = [[1, 5, 9, 33, 2, 7, 63, 0, 14, 14, 40, 3]]
+        let loss = TinyTraining.step(TrainingBatch(rows: rows), adapter)
+        let base = model.loss(tokens: rows[0], window: 12)
+        #expect(loss.tokens == base.count)
+        #expect(abs(loss.sum - base.sum) <= 1e-4 * base.sum)
+    }
+
+    /// Two documents packed into one row give exactly what they give in rows of their own.
+    @Test func packedDocumentsEqualSeparateRows() {
+        let adapter = TinyTraining.adapter()
+        let first: [Int32] = [1, 5, 9, 33, 2]
+        let second: [Int32] = [7, 63, 0, 14, 14, 40, 3]
+        var packed = TrainingBatch(rows: [first + second])
+        packed.targets[4] = -1  // no prediction across the boundary
+        packed.positions = (0..<5).map(Int32.init) + (0..<7).map(Int32.init)
+        packed.documentStarts = [Int32](repeating: 0, count: 5) + [Int32](repeating: 5, count: 7)
+        let gPacked = FloatBuffer(count: adapter.parameters.count)
+        let lPacked = TinyTraining.step(packed, adapter, gradients: gPacked)
+        let gSeparate = FloatBuffer(count: adapter.parameters.count)
+        let l1 = TinyTraining.step(TrainingBatch(rows: [first]), adapter, gradients: gSeparate)
+        let l2 = TinyTraining.step(TrainingBatch(rows: [second]), adapter, gradients: gSeparate)
+        #expect(lPacked.tokens == l1.tokens + l2.tokens)
+        #expect(abs(lPacked.sum - (l1.sum + l2.sum)) <= 1e-5 * lPacked.sum)
+        expectClose(gPacked.array, gSeparate.array, tolerance: Tolerance.reordered * 10, "gradients")
+    }
+
+    @Test func targetsParseAndConfigurationsValidate() throws {
+        #expect(try LoRATarget.parse(["all-linear"]).get() == LoRATarget.allCases)
+        #expect(try LoRATarget.parse(["v_proj", "q", "mlp"]).get() == [.q, .v, .gate, .up, .down])
+        #expect(throws: LoRAConfigError.self) { try LoRATarget.parse(["lm_head"]).get() }
+        let c = TinyTraining.model.config
+        #expect(throws: LoRAConfigError.self) { try LoRAConfig(rank: 0).validate(for: c) }
+        #expect(throws: LoRAConfigError.self) { try LoRAConfig(layers: [5]).validate(for: c) }
+        #expect(LoRAConfig(rank: 16, alpha: 8, useRSLoRA: true).scale == 2)
+        let adapter = LoRAAdapter(
+            model: c, config: LoRAConfig(rank: 4, alpha: 8, targets: [.q, .down], layers: [1]), seed: 3)
+        #expect(adapter.modules.map(\.target) == [.q, .down] && adapter.modules.allSatisfy { $0.layer == 1 })
+        #expect(adapter.parameterCount == 4 * (32 + 32) + 4 * (64 + 32))
+        let bound = 1 / Float(32).squareRoot()
+        let a = adapter.module(layer: 1, target: .q)!
+        let values = (0..<4 * 32).map { adapter.parameters[a.aOffset + $0] }
+        #expect(values.allSatisfy { abs($0) <= bound } && Set(values).count > 100)
+        #expect((0..<4 * 32).allSatisfy { adapter.parameters[a.bOffset + $0] == 0 })
+    }
+}
