@@ -1,6 +1,6 @@
 // swift-tools-version: 6.0
 // Cairn: distributed LoRA fine-tuning for llama-family models. The module map is in Docs/ARCHITECTURE.md;
-// dependencies point downward only: CLI → Llama/Tokenizer/ModelFormats → TensorKernels → CBLAS.
+// dependencies point downward only: CLI → Training → Llama → Tokenizer → ModelFormats → TensorKernels → CBLAS.
 import PackageDescription
 
 let package = Package(
@@ -10,7 +10,9 @@ let package = Package(
         .executable(name: "cairn-bench", targets: ["CairnBench"]),
     ],
     dependencies: [
-        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2")
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
     ],
     targets: [
         // System libraries from Debian: libopenblas-dev (cblas + LAPACK) and libzmq3-dev.
@@ -20,17 +22,21 @@ let package = Package(
             name: "CZeroMQ", path: "Sources/CZeroMQ", pkgConfig: "libzmq", providers: [.apt(["libzmq3-dev"])]),
 
         .target(name: "TensorKernels", dependencies: ["CBLAS"]),
-        .target(name: "ModelFormats", dependencies: ["TensorKernels"]),
+        .target(
+            name: "ModelFormats", dependencies: ["TensorKernels", .product(name: "Crypto", package: "swift-crypto")]),
         .target(name: "Tokenizer", dependencies: ["ModelFormats"]),
         .target(name: "Llama", dependencies: ["TensorKernels", "ModelFormats", "Tokenizer"]),
+        .target(
+            name: "Training",
+            dependencies: ["TensorKernels", "ModelFormats", "Tokenizer", "Llama", .product(name: "Yams", package: "Yams")]),
         .target(name: "Transport", dependencies: ["CZeroMQ"]),
         .executableTarget(
             name: "CairnCLI",
             dependencies: [
-                "TensorKernels", "ModelFormats", "Tokenizer", "Llama", "Transport",
+                "TensorKernels", "ModelFormats", "Tokenizer", "Llama", "Training", "Transport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
-        .executableTarget(name: "CairnBench", dependencies: ["TensorKernels", "ModelFormats", "Llama"]),
+        .executableTarget(name: "CairnBench", dependencies: ["TensorKernels", "ModelFormats", "Llama", "Training"]),
 
         // Shared test helpers: fixture paths, tensor comparison with named tolerances, tiny models.
         .target(name: "TestSupport", dependencies: ["TensorKernels", "ModelFormats"], path: "Tests/TestSupport"),
@@ -38,10 +44,12 @@ let package = Package(
         .testTarget(name: "ModelFormatsTests", dependencies: ["ModelFormats", "TestSupport"]),
         .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer", "ModelFormats", "TestSupport"]),
         .testTarget(name: "LlamaTests", dependencies: ["Llama", "Tokenizer", "ModelFormats", "TestSupport"]),
+        .testTarget(name: "TrainingTests", dependencies: ["Training", "Llama", "Tokenizer", "ModelFormats", "TestSupport"]),
         .testTarget(name: "TransportTests", dependencies: ["Transport"]),
         // Runs the built `cairn` binary as a user would (tiny fixtures; the real model when CAIRN_REAL_MODEL is set).
         .testTarget(name: "CLITests", dependencies: ["TestSupport", "ModelFormats"]),
         // Checks on the real model (SmolLM2-135M); enabled when CAIRN_REAL_MODEL names the GGUF file.
-        .testTarget(name: "RealModelTests", dependencies: ["Llama", "Tokenizer", "ModelFormats", "TestSupport"]),
+        .testTarget(
+            name: "RealModelTests", dependencies: ["Llama", "Tokenizer", "ModelFormats", "Training", "TestSupport"]),
     ]
 )

@@ -95,6 +95,8 @@ public final class LanguageModel: @unchecked Sendable {
     public let tokenizerProblem: FormatError?
     /// The model's Jinja chat template, if it ships one.
     public let chatTemplateSource: String?
+    /// Notes about the adapters applied (a different base model, say), for the CLI to show.
+    public internal(set) var adapterWarnings: [String] = []
 
     init(
         source: ModelSource, model: LlamaModel, tokenizer: Result<BPETokenizer, FormatError>,
@@ -122,15 +124,42 @@ public final class LanguageModel: @unchecked Sendable {
         self.chatTemplateSource = chatTemplateSource
     }
 
-    /// Resolves and loads `--model`.
+    /// Resolves and loads `--model`, with adapters merged into its weights.
     ///
-    /// - Throws: `FormatError` for a missing, invalid or unsupported model.
-    public static func load(_ spec: String) throws(FormatError) -> LanguageModel {
-        try load(ModelSource.resolve(spec))
+    /// - Parameter adapters: PEFT directories or GGUF LoRA files, applied in order.
+    /// - Throws: `FormatError` for a missing, invalid or unsupported model or adapter.
+    public static func load(_ spec: String, adapters: [String] = []) throws(FormatError) -> LanguageModel {
+        try load(ModelSource.resolve(spec), adapters: adapters)
     }
 
-    /// Loads a model from its files.
-    public static func load(_ source: ModelSource) throws(FormatError) -> LanguageModel {
+    /// Loads a model from its files, with adapters merged into its weights.
+    public static func load(_ source: ModelSource, adapters: [String] = []) throws(FormatError) -> LanguageModel {
+        let base = try loadBase(source)
+        var warnings: [String] = []
+        var identity: String?
+        for path in adapters {
+            let (adapter, provenance) = try LoRAAdapter.load(path: path, model: base.weights.config)
+            if let expected = provenance.baseModelHash {
+                if identity == nil { identity = try FileHash.modelIdentity(path: source.path) }
+                if expected != identity {
+                    warnings.append(
+                        "\(path) was trained on another base (\(provenance.baseModelName ?? "sha256 " + expected.prefix(12))); "
+                            + "its shapes fit, so it is applied anyway")
+                }
+            }
+            adapter.merge(into: base.weights)
+        }
+        let lm = LanguageModel(
+            source: source, model: LlamaModel(weights: base.weights), tokenizer: base.tokenizer,
+            chatTemplateSource: base.template)
+        lm.adapterWarnings = warnings
+        return lm
+    }
+
+    /// The weights, tokenizer and chat template of a model's files.
+    static func loadBase(_ source: ModelSource) throws(FormatError) -> (
+        weights: LlamaWeights, tokenizer: Result<BPETokenizer, FormatError>, template: String?
+    ) {
         switch source {
         case .gguf(let path):
             let file = try GGUFFile(path: path)
@@ -144,8 +173,7 @@ public final class LanguageModel: @unchecked Sendable {
                 tokenizer = .failure(error)
             }
             let template = try file.metadata.string("tokenizer.chat_template")
-            return LanguageModel(
-                source: source, model: LlamaModel(weights: weights), tokenizer: tokenizer, chatTemplateSource: template)
+            return (weights, tokenizer, template)
         case .huggingFace(let path):
             let directory = try HFModelDirectory(path: path)
             let config = try LlamaConfig(
@@ -179,8 +207,7 @@ public final class LanguageModel: @unchecked Sendable {
             if template == nil, let file = directory.sideFile("chat_template.jinja") {
                 template = try? String(contentsOfFile: file, encoding: .utf8)
             }
-            return LanguageModel(
-                source: source, model: LlamaModel(weights: weights), tokenizer: tokenizer, chatTemplateSource: template)
+            return (weights, tokenizer, template)
         }
     }
 

@@ -47,6 +47,18 @@ public struct StepLoss: Sendable, Equatable {
     public var tokens: Int
     /// Mean loss per target.
     public var mean: Double { tokens > 0 ? sum / Double(tokens) : .nan }
+
+    /// A total.
+    public init(sum: Double = 0, tokens: Int = 0) {
+        self.sum = sum
+        self.tokens = tokens
+    }
+
+    /// Adds another total.
+    public static func += (a: inout StepLoss, b: StepLoss) {
+        a.sum += b.sum
+        a.tokens += b.tokens
+    }
 }
 
 extension LlamaModel {

@@ -112,37 +112,78 @@ public struct ChatTemplate: Sendable, Equatable {
     public func render(
         _ messages: [ChatMessage], addGenerationPrompt: Bool, bosText: String = "", eosText: String = ""
     ) throws(ChatTemplateError) -> String {
-        var out = ""
+        try segments(messages, addGenerationPrompt: addGenerationPrompt, bosText: bosText, eosText: eosText)
+            .map(\.text).joined()
+    }
+
+    /// The rendered conversation as segments: template markup (which may contain special tokens) and message
+    /// content (plain text, where `<|im_end|>` typed by a user is not a token), each marked as trained or not.
+    /// An assistant turn trains on its content and the markup that ends it (the end-of-turn token), so the
+    /// model learns to stop. Concatenated, the segments are `render`'s text.
+    public func segments(
+        _ messages: [ChatMessage], addGenerationPrompt: Bool, bosText: String = "", eosText: String = ""
+    ) throws(ChatTemplateError) -> [ChatSegment] {
+        var out: [ChatSegment] = []
+        func markup(_ text: String, trained: Bool = false) {
+            out.append(ChatSegment(text: text, isContent: false, isTrained: trained))
+        }
+        func content(_ text: String, trained: Bool) {
+            out.append(ChatSegment(text: text, isContent: true, isTrained: trained))
+        }
         switch family {
         case .chatml:
             if let system = defaultSystemPrompt, messages.first?.role != "system" {
-                out += "<|im_start|>system\n\(system)<|im_end|>\n"
+                markup("<|im_start|>system\n\(system)<|im_end|>\n")
             }
-            for m in messages { out += "<|im_start|>\(m.role)\n\(m.content)<|im_end|>\n" }
-            if addGenerationPrompt { out += "<|im_start|>assistant\n" }
-        case .llama3:
-            out += bosText
             for m in messages {
-                out += "<|start_header_id|>\(m.role)<|end_header_id|>\n\n\(m.content.jinjaTrimmed)<|eot_id|>"
+                let assistant = m.role == "assistant"
+                markup("<|im_start|>\(m.role)\n")
+                content(m.content, trained: assistant)
+                markup("<|im_end|>", trained: assistant)
+                markup("\n")
             }
-            if addGenerationPrompt { out += "<|start_header_id|>assistant<|end_header_id|>\n\n" }
+            if addGenerationPrompt { markup("<|im_start|>assistant\n") }
+        case .llama3:
+            markup(bosText)
+            for m in messages {
+                let assistant = m.role == "assistant"
+                markup("<|start_header_id|>\(m.role)<|end_header_id|>\n\n")
+                content(m.content.jinjaTrimmed, trained: assistant)
+                markup("<|eot_id|>", trained: assistant)
+            }
+            if addGenerationPrompt { markup("<|start_header_id|>assistant<|end_header_id|>\n\n") }
         case .mistral:
-            out += bosText
+            markup(bosText)
             for (i, m) in messages.enumerated() {
                 guard (m.role == "user") == (i % 2 == 0) else {
                     throw .invalidConversation(
                         "Mistral's template needs user and assistant turns alternating, starting with user")
                 }
                 switch m.role {
-                case "user": out += "[INST] \(m.content) [/INST]"
-                case "assistant": out += m.content + eosText
+                case "user":
+                    markup("[INST] ")
+                    content(m.content, trained: false)
+                    markup(" [/INST]")
+                case "assistant":
+                    content(m.content, trained: true)
+                    markup(eosText, trained: true)
                 default:
                     throw .invalidConversation("Mistral's template has no \"\(m.role)\" role (only user and assistant)")
                 }
             }
         }
-        return out
+        return out.filter { !$0.text.isEmpty }
     }
+}
+
+/// A piece of a rendered conversation.
+public struct ChatSegment: Sendable, Equatable {
+    /// The text.
+    public var text: String
+    /// Message content (tokenized as plain text) rather than template markup (special tokens parsed).
+    public var isContent: Bool
+    /// Whether training takes its loss on these tokens (assistant content and end of turn).
+    public var isTrained: Bool
 }
 
 /// Why a chat template could not be used.

@@ -1,0 +1,154 @@
+// TrainingConfig: everything a LoRA training job needs: base model, data, LoRA, optimizer, schedule, batching,
+// stopping rule, evaluation and checkpoints. `cairn train` fills it from flags or a YAML job file (flags win);
+// the cluster's job files use the same fields. Field names in YAML are the snake_case names in `Key`.
+
+import Llama
+import ModelFormats
+
+/// How batches are built from examples.
+public enum BatchMode: String, Sendable, Codable, CaseIterable {
+    /// Examples concatenated into full rows; documents never attend to each other.
+    case pack
+    /// One example per row, padded to the sequence length.
+    case pad
+}
+
+/// Which tokens carry the loss.
+public enum LossOn: String, Sendable, Codable, CaseIterable {
+    /// Completions and assistant turns for prompt/completion, chat and instruction data; everything for text.
+    case auto
+    /// Every token.
+    case all
+}
+
+/// The learning-rate schedule after warmup.
+public enum ScheduleKind: String, Sendable, Codable, CaseIterable {
+    case cosine, linear, constant
+}
+
+/// Whether to keep every layer's activations or recompute blocks in the backward.
+public enum RecomputeMode: String, Sendable, Codable, CaseIterable {
+    /// Recompute when keeping would exceed `TrainingConfig.activationBudgetBytes`.
+    case auto
+    case always, never
+}
+
+/// A LoRA training job.
+public struct TrainingConfig: Sendable, Equatable {
+    /// `--model`: a GGUF file, HF directory or cached model name.
+    public var model = "smollm2-135m"
+    /// Training data, JSONL.
+    public var data = ""
+    /// A held-out JSONL file for evaluation.
+    public var validationData: String?
+    /// The fraction of the training examples held out for evaluation when no validation file is given.
+    public var validationSplit = 0.0
+    /// The run directory (checkpoint, adapter, metrics).
+    public var output = ""
+    /// An adapter to start from instead of a fresh one (PEFT directory or GGUF LoRA).
+    public var initAdapter: String?
+
+    public var lora = LoRAConfig()
+    public var learningRate = 2e-4
+    public var schedule = ScheduleKind.cosine
+    public var warmupSteps = 0
+    /// Final learning rate as a fraction of the peak (cosine and linear).
+    public var minLearningRateRatio = 0.0
+    public var weightDecay = 0.0
+    public var beta1 = 0.9
+    public var beta2 = 0.999
+    public var epsilon = 1e-8
+    /// Clip the global gradient norm to this (0: no clipping).
+    public var maxGradNorm = 1.0
+
+    /// Rows per micro-batch.
+    public var batchSize = 4
+    /// Micro-batches per optimizer step.
+    public var gradientAccumulation = 1
+    /// Tokens per row.
+    public var sequenceLength = 256
+    /// Optimizer steps; when 0, `epochs` decides.
+    public var steps = 0
+    /// Passes over the data when `steps` is 0.
+    public var epochs = 1.0
+    public var batchMode = BatchMode.pack
+    public var lossOn = LossOn.auto
+    /// Evaluate every this many steps (0: only at the end, when there is validation data).
+    public var evalEvery = 0
+    /// Write a checkpoint every this many steps (0: only at the end and on interruption).
+    public var saveEvery = 50
+    public var seed: UInt64 = 0
+    /// Skip (and count) malformed records instead of failing on the first.
+    public var skipBadRecords = false
+    /// A chat template name overriding the model's.
+    public var chatTemplate: String?
+    public var recompute = RecomputeMode.auto
+    /// Kernel threads (nil: all cores).
+    public var threads: Int?
+
+    /// Activations above this trigger recomputation in `auto` mode.
+    public static let activationBudgetBytes = 1 << 30
+
+    /// Defaults.
+    public init() {}
+
+    /// Problems with the settings, each naming its field; empty when valid.
+    public func problems() -> [String] {
+        var p: [String] = []
+        if model.isEmpty { p.append("model: required") }
+        if data.isEmpty { p.append("data: required (a JSONL file)") }
+        if !(validationSplit >= 0 && validationSplit < 1) { p.append("validation_split: must be in [0, 1)") }
+        if validationData != nil, validationSplit > 0 {
+            p.append("validation_split: give it or validation_data, not both")
+        }
+        if !(learningRate > 0 && learningRate < 1) { p.append("learning_rate: must be in (0, 1)") }
+        if warmupSteps < 0 { p.append("warmup_steps: must be 0 or more") }
+        if !(minLearningRateRatio >= 0 && minLearningRateRatio <= 1) { p.append("min_lr_ratio: must be in [0, 1]") }
+        if !(weightDecay >= 0 && weightDecay < 1) { p.append("weight_decay: must be in [0, 1)") }
+        if !(beta1 >= 0 && beta1 < 1) { p.append("beta1: must be in [0, 1)") }
+        if !(beta2 >= 0 && beta2 < 1) { p.append("beta2: must be in [0, 1)") }
+        if !(epsilon > 0) { p.append("epsilon: must be positive") }
+        if !(maxGradNorm >= 0) { p.append("max_grad_norm: must be 0 (off) or positive") }
+        if batchSize < 1 || batchSize > 4096 { p.append("batch_size: must be between 1 and 4096") }
+        if gradientAccumulation < 1 || gradientAccumulation > 4096 {
+            p.append("grad_accum: must be between 1 and 4096")
+        }
+        if sequenceLength < 2 || sequenceLength > 1 << 16 { p.append("seq_len: must be between 2 and 65536") }
+        if steps < 0 { p.append("steps: must be 0 (use epochs) or more") }
+        if steps == 0, !(epochs > 0 && epochs <= 10_000) { p.append("epochs: must be positive") }
+        if evalEvery < 0 { p.append("eval_every: must be 0 or more") }
+        if saveEvery < 0 { p.append("save_every: must be 0 or more") }
+        if let threads, threads < 1 || threads > 1024 { p.append("threads: must be between 1 and 1024") }
+        if lora.rank < 1 || lora.rank > 4096 { p.append("rank: must be between 1 and 4096") }
+        if !(lora.alpha > 0) { p.append("alpha: must be positive") }
+        if !(lora.dropout >= 0 && lora.dropout < 1) { p.append("dropout: must be in [0, 1)") }
+        if lora.targets.isEmpty { p.append("targets: at least one") }
+        return p
+    }
+}
+
+/// A job file or flag that cannot be used, with where it is.
+public struct ConfigError: Error, Sendable, CustomStringConvertible {
+    /// The file, or "flags".
+    public var source: String
+    /// 1-based line in the file, if known.
+    public var line: Int?
+    /// The key.
+    public var key: String?
+    /// What is wrong and what is expected.
+    public var message: String
+
+    public init(source: String, line: Int? = nil, key: String? = nil, _ message: String) {
+        self.source = source
+        self.line = line
+        self.key = key
+        self.message = message
+    }
+
+    public var description: String {
+        var s = source
+        if let line { s += ":\(line)" }
+        if let key { s += ": \(key)" }
+        return s + ": " + message
+    }
+}
