@@ -376,3 +376,22 @@ extension LlamaModel {
         }
     }
 }
+
+extension LlamaModel {
+    /// FLOPs of one training row of `tokens` tokens: the forward's matrix products, the backward's
+    /// activation gradients (the same products again), the LoRA products of both passes and the attention
+    /// backward's extra products. Frozen-weight gradients are not computed and not counted.
+    public func trainingFLOPs(tokens: Int, adapter: LoRAAdapter) -> Double {
+        let forward = forwardFLOPs(tokens: tokens, logitRows: tokens)
+        // Attention backward: 4 products of the forward's 2 (P recomputed, dP, dV, dQ, dK).
+        let c = config
+        let keys = Double(tokens) * Double(tokens + 1) / 2
+        let attentionForward = 4.0 * Double(c.heads * c.headDim) * keys * Double(c.layers)
+        let backward = (forward - attentionForward) + 2.5 * attentionForward
+        // LoRA: forward A·x and B·(Ax); backward dB, dy·B, dA, dx: 6 products of rank r per module.
+        let lora = adapter.modules.reduce(0.0) {
+            $0 + 2.0 * Double(tokens) * Double($1.rank) * Double($1.inFeatures + $1.outFeatures) * 3
+        }
+        return forward + backward + lora
+    }
+}

@@ -29,10 +29,11 @@ public enum Parallel {
     ///
     /// - Parameters:
     ///   - count: The number of work items.
+    ///   - threads: Workers to use (default `threadCount`).
     ///   - body: Called once per item, possibly concurrently; items must not write the same memory.
-    public static func forEach(_ count: Int, _ body: (Int) -> Void) {
+    public static func forEach(_ count: Int, threads: Int? = nil, _ body: (Int) -> Void) {
         guard count > 0 else { return }
-        let workers = min(threadCount, count)
+        let workers = min(max(1, threads ?? threadCount), count)
         if workers == 1 {
             for i in 0..<count { body(i) }
             return

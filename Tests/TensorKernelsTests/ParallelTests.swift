@@ -14,13 +14,12 @@ import TensorKernels
         #expect((0..<count).allSatisfy { hits[$0] == 1 })
     }
 
+    /// With one worker, no two items run at once. (The count is passed explicitly: changing the global
+    /// `threadCount` would change how other suites, running in parallel, split their products.)
     @Test func honoursTheThreadCount() {
-        let saved = Parallel.threadCount
-        defer { Parallel.threadCount = saved }
-        Parallel.threadCount = 1
         let running = Atomic<Int>(0)
         let peak = Atomic<Int>(0)
-        Parallel.forEach(64) { _ in
+        Parallel.forEach(64, threads: 1) { _ in
             let now = running.wrappingAdd(1, ordering: .relaxed).newValue
             _ = peak.max(now, ordering: .relaxed)
             running.wrappingSubtract(1, ordering: .relaxed)

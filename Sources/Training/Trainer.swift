@@ -1,0 +1,416 @@
+// Trainer: a whole training run: configuration → model, data, adapter → steps → evaluations, checkpoints,
+// the final adapter. Progress is reported as values to a callback that can stop the run (the CLI turns them
+// into a progress line; a cluster worker into messages); the library never prints.
+//
+// Run directory (`output`):
+//   job.yaml                    the resolved settings (what --resume reads)
+//   checkpoint.safetensors      parameters, AdamW moments, step, data cursor (written every save_every steps,
+//                               at the end and when stopped)
+//   adapter_config.json, adapter_model.safetensors   the adapter as of the checkpoint, in PEFT format
+//   metrics.jsonl               one line per step and per evaluation
+
+import Foundation
+import Llama
+import ModelFormats
+import TensorKernels
+import Tokenizer
+
+/// Why a run could not start or continue.
+public enum TrainingError: Error, Sendable, CustomStringConvertible {
+    case config([String])
+    case data(DataError)
+    case file(FormatError)
+    case template(ChatTemplateError)
+    case run(String)
+
+    public var description: String {
+        switch self {
+        case .config(let problems): "invalid settings: " + problems.joined(separator: "; ")
+        case .data(let e): e.description
+        case .file(let e): e.description
+        case .template(let e): e.description
+        case .run(let why): why
+        }
+    }
+}
+
+/// What the run will do, reported before the first step.
+public struct TrainingPlan: Sendable {
+    public var examples: Int
+    public var skippedRecords: Int
+    public var truncatedExamples: Int
+    public var emptyExamples: Int
+    public var validationExamples: Int
+    public var rowsPerEpoch: Int
+    public var trainedTokensPerEpoch: Int
+    public var totalSteps: Int
+    public var startStep: Int
+    public var tokensPerStep: Int
+    public var trainableParameters: Int
+    public var recompute: Bool
+    public var workspaceBytes: Int
+    /// FLOPs of one optimizer step's forward and backward, counting matrix products (see `trainingFLOPs`).
+    public var flopsPerStep: Double
+}
+
+/// Progress of a run.
+public enum TrainingEvent: Sendable {
+    case planned(TrainingPlan)
+    case step(StepResult, totalSteps: Int, tokens: Int, seconds: Double)
+    case evaluation(step: Int, loss: StepLoss)
+    case checkpoint(step: Int, directory: String)
+}
+
+/// The callback's answer.
+public enum TrainingDisposition: Sendable {
+    case proceed, stop
+}
+
+/// How a run ended.
+public struct TrainingSummary: Sendable {
+    public var steps: Int
+    public var stopped: Bool
+    public var lastLoss: Double?
+    public var lastEvalLoss: Double?
+    public var directory: String
+}
+
+/// Runs LoRA training from a configuration.
+public final class Trainer {
+    /// The settings (for a resumed run: those of its job.yaml).
+    public private(set) var config: TrainingConfig
+    private let resuming: Bool
+
+    /// A trainer for a new run.
+    public init(config: TrainingConfig) {
+        self.config = config
+        resuming = false
+    }
+
+    /// A trainer that continues the run in `directory` from its last checkpoint.
+    ///
+    /// - Throws: `TrainingError` when the directory holds no run.
+    public init(resuming directory: String) throws(TrainingError) {
+        let job = (directory as NSString).appendingPathComponent("job.yaml")
+        guard FileManager.default.fileExists(atPath: job) else {
+            throw .run("\(directory) has no job.yaml; it is not a run directory")
+        }
+        var c = TrainingConfig()
+        do { try c.apply(yamlFile: job) } catch { throw .config([error.description]) }
+        c.output = directory
+        config = c
+        resuming = true
+    }
+
+    static func path(_ dir: String, _ name: String) -> String { (dir as NSString).appendingPathComponent(name) }
+
+    /// Runs the job to its end, or until `onEvent` returns `.stop` (a checkpoint is written either way).
+    public func run(onEvent: (TrainingEvent) -> TrainingDisposition) throws(TrainingError) -> TrainingSummary {
+        let problems = config.problems() + (config.output.isEmpty ? ["output: required (the run directory)"] : [])
+        guard problems.isEmpty else { throw .config(problems) }
+        let dir = config.output
+        let checkpointPath = Self.path(dir, "checkpoint.safetensors")
+        if !resuming { try prepareDirectory(dir) }
+        if let threads = config.threads { Parallel.threadCount = threads }
+
+        // Model, tokenizer, template.
+        let lm: LanguageModel
+        let baseHash: String
+        do {
+            lm = try LanguageModel.load(config.model)
+            baseHash = try FileHash.modelIdentity(path: lm.source.path)
+        } catch { throw .file(error) }
+        let model = lm.model
+        do { try config.lora.validate(for: model.config) } catch { throw .config([error.description]) }
+        let tokenizer: BPETokenizer
+        do { tokenizer = try lm.requireTokenizer() } catch { throw .file(error) }
+        let template = try? lm.chatTemplate(override: config.chatTemplate)
+
+        // Data.
+        let (train, validation, skipped) = try loadExamples(tokenizer: tokenizer, template: template, lm: lm)
+        let dataHash = Self.hash(train)
+        let padId = tokenizer.eosId ?? 0
+        let plan = RowPlan(
+            examples: train, length: config.sequenceLength, mode: config.batchMode, padId: padId, seed: config.seed)
+        guard plan.exampleCount > 0 else { throw .run("no example has a trained token (check loss_on and the data)") }
+        let validationPlan =
+            validation.isEmpty
+            ? nil
+            : RowPlan(
+                examples: validation, length: config.sequenceLength, mode: config.batchMode, padId: padId, seed: nil)
+        let rowsPerStep = config.batchSize * config.gradientAccumulation
+        let totalSteps =
+            config.steps > 0
+            ? config.steps
+            : max(1, Int((Double(plan.rowCount(epoch: 0)) * config.epochs / Double(rowsPerStep)).rounded(.up)))
+
+        // Adapter and optimizer state.
+        let adapter: LoRAAdapter
+        if let initial = config.initAdapter {
+            do { adapter = try LoRAAdapter.load(path: initial, model: model.config).0 } catch { throw .file(error) }
+        } else {
+            adapter = LoRAAdapter(model: model.config, config: config.lora, seed: config.seed)
+        }
+        let recompute: Bool
+        switch config.recompute {
+        case .always: recompute = true
+        case .never: recompute = false
+        case .auto:
+            recompute =
+                TrainingWorkspace.estimatedBytes(
+                    model: model.config, adapter: adapter, batch: config.batchSize, length: config.sequenceLength,
+                    recompute: false) > TrainingConfig.activationBudgetBytes
+        }
+        let session = TrainingSession(
+            model: model, adapter: adapter,
+            schedule: LearningRateSchedule(
+                peak: config.learningRate, warmupSteps: config.warmupSteps, totalSteps: totalSteps,
+                kind: config.schedule, minRatio: config.minLearningRateRatio),
+            weightDecay: config.weightDecay, beta1: config.beta1, beta2: config.beta2, epsilon: config.epsilon,
+            maxGradNorm: config.maxGradNorm, dropout: config.lora.dropout, seed: config.seed, recompute: recompute)
+        var cursor = 0
+        if resuming {
+            let c: Checkpoint
+            do { c = try Checkpoint.read(from: checkpointPath) } catch { throw .file(error) }
+            guard c.dataHash == dataHash else {
+                throw .run(
+                    "the training data changed since the checkpoint (its SHA-256 differs); resume needs the same data, or start a new run"
+                )
+            }
+            guard c.baseModelHash == baseHash else {
+                throw .run("the base model changed since the checkpoint; resume needs the same model")
+            }
+            guard c.modules.count == adapter.modules.count,
+                zip(c.modules, adapter.modules).allSatisfy({
+                    $0.0.layer == $0.1.layer && $0.0.target == $0.1.target && $0.0.rank == $0.1.rank
+                }),
+                c.parameters.count == adapter.parameters.count
+            else { throw .run("the checkpoint's adapter does not match the job's LoRA settings") }
+            adapter.parameters.pointer.update(from: c.parameters, count: c.parameters.count)
+            session.optimizer.m.pointer.update(from: c.firstMoment, count: c.firstMoment.count)
+            session.optimizer.v.pointer.update(from: c.secondMoment, count: c.secondMoment.count)
+            session.optimizer.stepCount = c.step
+            cursor = c.cursor
+            try trimMetrics(after: c.step)
+        }
+
+        let workspaceBytes = TrainingWorkspace.estimatedBytes(
+            model: model.config, adapter: adapter, batch: config.batchSize, length: config.sequenceLength,
+            recompute: recompute)
+        let flops = model.trainingFLOPs(tokens: config.sequenceLength, adapter: adapter) * Double(rowsPerStep)
+        _ = onEvent(
+            .planned(
+                TrainingPlan(
+                    examples: plan.exampleCount, skippedRecords: skipped, truncatedExamples: plan.truncatedCount,
+                    emptyExamples: plan.emptyCount,
+                    validationExamples: validation.count, rowsPerEpoch: plan.rowCount(epoch: 0),
+                    trainedTokensPerEpoch: plan.trainedTokensPerEpoch,
+                    totalSteps: totalSteps, startStep: session.stepCount,
+                    tokensPerStep: rowsPerStep * config.sequenceLength,
+                    trainableParameters: adapter.parameterCount, recompute: recompute, workspaceBytes: workspaceBytes,
+                    flopsPerStep: flops)))
+
+        var provenance = AdapterProvenance()
+        provenance.baseModelHash = baseHash
+        provenance.baseModelName = (lm.source.path as NSString).lastPathComponent
+        provenance.dataHash = dataHash
+        provenance.recipe = try? JSONValue.parse(Self.recipeJSON(config))
+        func save() throws(TrainingError) {
+            provenance.steps = session.stepCount
+            let c = Checkpoint(
+                step: session.stepCount, cursor: cursor, dataHash: dataHash, baseModelHash: baseHash,
+                modules: adapter.modules.map { ($0.layer, $0.target, $0.rank, $0.scale) },
+                parameters: adapter.parameters.array,
+                firstMoment: session.optimizer.m.array, secondMoment: session.optimizer.v.array)
+            do {
+                try c.write(to: checkpointPath)
+                try adapter.savePEFT(
+                    directory: dir, provenance: provenance, recipe: config.initAdapter == nil ? config.lora : nil)
+            } catch { throw .file(error) }
+        }
+
+        let metrics = MetricsLog(path: Self.path(dir, "metrics.jsonl"))
+        var summary = TrainingSummary(steps: session.stepCount, stopped: false, directory: dir)
+        var evaluatedAt = -1
+        func evaluate() -> Bool {
+            guard let validationPlan else { return true }
+            let rows = (0..<validationPlan.rowCount(epoch: 0)).map { validationPlan.row(at: $0).row }
+            var loss = StepLoss()
+            var i = 0
+            while i < rows.count {
+                let group = Array(rows[i..<min(rows.count, i + config.batchSize)])
+                loss += session.evaluate([
+                    TrainingBatch(
+                        batch: group.count, length: config.sequenceLength, tokens: group.flatMap(\.tokens),
+                        targets: group.flatMap(\.targets), positions: group.flatMap(\.positions),
+                        documentStarts: group.flatMap(\.documentStarts))
+                ])
+                i += config.batchSize
+            }
+            evaluatedAt = session.stepCount
+            summary.lastEvalLoss = loss.mean
+            metrics.append([
+                "step": .integer(Int64(session.stepCount)), "eval_loss": .number(loss.mean),
+                "eval_tokens": .integer(Int64(loss.tokens)),
+            ])
+            return onEvent(.evaluation(step: session.stepCount, loss: loss)) == .proceed
+        }
+
+        let clock = ContinuousClock()
+        while session.stepCount < totalSteps {
+            let started = clock.now
+            let micro = (0..<config.gradientAccumulation).map { i in
+                plan.batch(from: cursor + i * config.batchSize, count: config.batchSize)
+            }
+            cursor += rowsPerStep
+            let result = session.step(micro)
+            let seconds = (clock.now - started).seconds
+            summary.steps = session.stepCount
+            summary.lastLoss = result.loss.mean
+            metrics.append([
+                "step": .integer(Int64(result.step)), "loss": .number(result.loss.mean),
+                "trained_tokens": .integer(Int64(result.loss.tokens)),
+                "lr": .number(result.learningRate), "grad_norm": .number(result.gradientNorm),
+                "seconds": .number(seconds),
+            ])
+            var proceed =
+                onEvent(
+                    .step(result, totalSteps: totalSteps, tokens: rowsPerStep * config.sequenceLength, seconds: seconds)
+                ) == .proceed
+            if proceed, config.evalEvery > 0, session.stepCount % config.evalEvery == 0 { proceed = evaluate() }
+            let due = config.saveEvery > 0 && session.stepCount % config.saveEvery == 0
+            if due || !proceed || session.stepCount == totalSteps {
+                try save()
+                _ = onEvent(.checkpoint(step: session.stepCount, directory: dir))
+            }
+            if !proceed {
+                summary.stopped = true
+                return summary
+            }
+        }
+        if evaluatedAt != session.stepCount { _ = evaluate() }
+        return summary
+    }
+
+    private func prepareDirectory(_ dir: String) throws(TrainingError) {
+        let fm = FileManager.default
+        var isDirectory: ObjCBool = false
+        if fm.fileExists(atPath: dir, isDirectory: &isDirectory) {
+            guard isDirectory.boolValue else { throw .run("\(dir) exists and is not a directory") }
+            let contents = (try? fm.contentsOfDirectory(atPath: dir)) ?? []
+            guard contents.isEmpty else {
+                throw .run("\(dir) already holds a run; continue it with --resume \(dir), or choose another --output")
+            }
+        }
+        do {
+            try fm.createDirectory(atPath: dir, withIntermediateDirectories: true)
+            try writeFileAtomically(Self.path(dir, "job.yaml"), Array(config.yaml().utf8))
+        } catch let e as FormatError {
+            throw .file(e)
+        } catch {
+            throw .run("cannot create \(dir): \(error.localizedDescription)")
+        }
+    }
+
+    private func loadExamples(tokenizer: BPETokenizer, template: ChatTemplate?, lm: LanguageModel) throws(TrainingError)
+        -> (train: [Example], validation: [Example], skipped: Int)
+    {
+        let builder = ExampleBuilder(tokenizer: tokenizer, template: template, lossOn: config.lossOn)
+        func examples(_ path: String) throws(TrainingError) -> ([Example], Int) {
+            let dataset: Dataset
+            do { dataset = try Dataset(path: path, skipBadRecords: config.skipBadRecords) } catch { throw .data(error) }
+            var out: [Example] = []
+            for (line, record) in dataset.records {
+                do {
+                    out.append(try builder.example(record))
+                } catch {
+                    if case .chat = record, template == nil {
+                        do { _ = try lm.chatTemplate(override: config.chatTemplate) } catch { throw .template(error) }
+                    }
+                    throw .data(DataError(path: path, line: line, error.description))
+                }
+            }
+            return (out, dataset.skipped.count)
+        }
+        var (train, skipped) = try examples(config.data)
+        var validation: [Example] = []
+        if let v = config.validationData {
+            let (examples, s) = try examples(v)
+            validation = examples
+            skipped += s
+        } else if config.validationSplit > 0 {
+            // A seeded choice of examples, the same on every run with the same seed and data.
+            var order = Array(train.indices)
+            var rng = SeededGenerator(seed: config.seed ^ 0x5EED_0F_DA7A)
+            for i in stride(from: order.count - 1, to: 0, by: -1) { order.swapAt(i, Int(rng.next() % UInt64(i + 1))) }
+            let count = max(1, Int(Double(train.count) * config.validationSplit))
+            guard count < train.count else {
+                throw .run("validation_split \(config.validationSplit) leaves no training examples")
+            }
+            let held = Set(order.prefix(count))
+            validation = order.prefix(count).sorted().map { train[$0] }
+            train = train.indices.filter { !held.contains($0) }.map { train[$0] }
+        }
+        return (train, validation, skipped)
+    }
+
+    /// SHA-256 of tokenized examples (ids and masks): the data's identity for resume and provenance.
+    static func hash(_ examples: [Example]) -> String {
+        var bytes: [UInt8] = []
+        for e in examples {
+            withUnsafeBytes(of: UInt32(e.tokens.count).littleEndian) { bytes += $0 }
+            for (t, m) in zip(e.tokens, e.trained) {
+                withUnsafeBytes(of: t.littleEndian) { bytes += $0 }
+                bytes.append(m ? 1 : 0)
+            }
+        }
+        return FileHash.sha256(bytes)
+    }
+
+    static func recipeJSON(_ c: TrainingConfig) -> String {
+        let o: JSONValue = [
+            "rank": .integer(Int64(c.lora.rank)), "alpha": .number(c.lora.alpha), "rslora": .bool(c.lora.useRSLoRA),
+            "dropout": .number(c.lora.dropout), "targets": .array(c.lora.targets.map { .string($0.rawValue) }),
+            "learning_rate": .number(c.learningRate), "schedule": .string(c.schedule.rawValue),
+            "warmup_steps": .integer(Int64(c.warmupSteps)),
+            "batch_size": .integer(Int64(c.batchSize)), "grad_accum": .integer(Int64(c.gradientAccumulation)),
+            "seq_len": .integer(Int64(c.sequenceLength)), "seed": .integer(Int64(bitPattern: c.seed)),
+            "weight_decay": .number(c.weightDecay), "max_grad_norm": .number(c.maxGradNorm),
+            "batch_mode": .string(c.batchMode.rawValue),
+            "loss_on": .string(c.lossOn.rawValue),
+        ]
+        return o.serialized(sortedKeys: true)
+    }
+
+    /// Drops metric lines of steps after the checkpoint (work lost when the run was interrupted).
+    private func trimMetrics(after step: Int) throws(TrainingError) {
+        let path = Self.path(config.output, "metrics.jsonl")
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { return }
+        let kept = text.split(separator: "\n").filter { line in
+            (try? JSONValue.parse(String(line)).objectValue?["step"]?.intValue).flatMap { $0 }.map { $0 <= step }
+                ?? false
+        }
+        do {
+            try writeFileAtomically(path, Array((kept.joined(separator: "\n") + (kept.isEmpty ? "" : "\n")).utf8))
+        } catch { throw .file(error) }
+    }
+}
+
+/// Appends JSON lines to a metrics file.
+final class MetricsLog {
+    private let handle: FileHandle?
+
+    init(path: String) {
+        if !FileManager.default.fileExists(atPath: path) {
+            _ = FileManager.default.createFile(atPath: path, contents: nil)
+        }
+        handle = FileHandle(forWritingAtPath: path)
+        handle?.seekToEndOfFile()
+    }
+
+    deinit { try? handle?.close() }
+
+    func append(_ object: JSONObject) {
+        handle?.write(Data((JSONValue.object(object).serialized() + "\n").utf8))
+    }
+}
