@@ -21,6 +21,6 @@ struct Cairn: ParsableCommand {
               cairn inspect ~/.cache/cairn/models/smollm2-135m.gguf
             """,
         version: version,
-        subcommands: [Generate.self, Eval.self, Tokenize.self, Inspect.self]
+        subcommands: [Generate.self, Eval.self, Tokenize.self, Train.self, Export.self, Inspect.self]
     )
 }

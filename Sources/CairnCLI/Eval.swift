@@ -1,22 +1,40 @@
 // cairn eval: the loss and perplexity of a model on a text.
 
 import ArgumentParser
+import Foundation
 import Llama
 import ModelFormats
 import Tokenizer
+import Training
 
 struct Eval: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Score a text: mean loss per token (nats) and perplexity.",
+        abstract: "Score a text or a dataset: mean loss per token (nats) and perplexity.",
         discussion: """
-            The text is tokenized as is (no chat template, no BOS unless the tokenizer adds one) and cut into \
-            non-overlapping windows of --window tokens; each token after the first of its window is predicted \
-            from the ones before it, as transformers computes the loss with labels = input_ids.
+            A text (--text, --text-file) is tokenized as is (no chat template, no BOS unless the tokenizer adds \
+            one) and cut into non-overlapping windows of --window tokens; each token after the first of its \
+            window is predicted from the ones before it, as transformers computes the loss with labels = input_ids.
 
-            Example: cairn eval --text-file notes.txt --json
+            A dataset (--data, JSONL as for cairn train) is scored as training scores it: chat and instruction \
+            records on their assistant turns, prompt/completion records on the completion (--loss-on all: \
+            everything), each example on its own.
+
+            Examples:
+              cairn eval --text-file notes.txt --json
+              cairn eval --adapter runs/capitals --data held-out.jsonl --json
             """)
 
     @OptionGroup var modelOptions: ModelOptions
+    @OptionGroup var adapterOptions: AdapterOptions
+
+    @Option(help: "A JSONL dataset to score instead of a text.")
+    var data: String?
+
+    @Option(help: "With --data: auto (assistant turns and completions) or all.")
+    var lossOn = "auto"
+
+    @Option(help: "With --data: chatml, smollm2, llama3 or mistral instead of the model's template.")
+    var chatTemplate: String?
 
     @OptionGroup var input: TextInput
 
@@ -28,11 +46,19 @@ struct Eval: ParsableCommand {
 
     func validate() throws {
         guard window >= 2 else { throw ValidationError("--window must be at least 2") }
+        if data != nil, input.text != nil || input.textFile != nil {
+            throw ValidationError("give --data or a text (--text, --text-file), not both")
+        }
+        guard LossOn(rawValue: lossOn) != nil else { throw ValidationError("--loss-on must be auto or all") }
     }
 
     func run() throws {
+        if let data {
+            try scoreDataset(data)
+            return
+        }
         let text = try input.read(what: "text to score")
-        let lm = try modelOptions.load()
+        let lm = try modelOptions.load(adapters: adapterOptions.adapters)
         let tokenizer: BPETokenizer
         do { tokenizer = try lm.requireTokenizer() } catch { throw CLIError(error.description) }
         let tokens = tokenizer.encode(text, parseSpecial: true, addSpecialTokens: true)
@@ -42,15 +68,54 @@ struct Eval: ParsableCommand {
         let progress = ProgressLine("scoring", total: tokens.count)
         let total = lm.model.loss(tokens: tokens, window: window) { progress.update($0) }
         progress.finish()
+        report(total.mean, total.count)
+    }
+
+    func report(_ loss: Double, _ tokens: Int) {
         if json {
             Terminal.printJSON([
-                "loss": .number(total.mean), "tokens": .integer(Int64(total.count)),
-                "perplexity": .number(total.perplexity),
+                "loss": .number(loss), "tokens": .integer(Int64(tokens)), "perplexity": .number(exp(loss)),
             ])
         } else {
             Terminal.write(
-                "loss \(String(format: "%.4f", total.mean)) nats/token · perplexity \(String(format: "%.3f", total.perplexity)) · \(total.count) tokens predicted\n"
+                "loss \(String(format: "%.4f", loss)) nats/token · perplexity \(String(format: "%.3f", exp(loss))) · \(tokens) tokens predicted\n"
             )
         }
+    }
+
+    func scoreDataset(_ path: String) throws {
+        let lm = try modelOptions.load(adapters: adapterOptions.adapters)
+        let tokenizer: BPETokenizer
+        do { tokenizer = try lm.requireTokenizer() } catch { throw CLIError(error.description) }
+        let dataset: Dataset
+        do { dataset = try Dataset(path: path) } catch { throw CLIError(error.description) }
+        let builder = ExampleBuilder(
+            tokenizer: tokenizer, template: try? lm.chatTemplate(override: chatTemplate),
+            lossOn: LossOn(rawValue: lossOn)!)
+        var examples: [Example] = []
+        for (line, record) in dataset.records {
+            do { examples.append(try builder.example(record)) } catch {
+                throw CLIError("\(path):\(line): \(error)")
+            }
+        }
+        let length = min(window, lm.model.maxPositions, examples.map(\.tokens.count).max() ?? 2)
+        let plan = RowPlan(
+            examples: examples, length: max(2, length), mode: .pad, padId: tokenizer.eosId ?? 0, seed: nil)
+        guard plan.exampleCount > 0 else { throw CLIError("\(path): no example has a token to score") }
+        let empty = LoRAAdapter(model: lm.model.config, modules: [])
+        let workspace = TrainingWorkspace(
+            model: lm.model.config, adapter: empty, batch: 1, length: plan.length, recompute: false)
+        let progress = ProgressLine("scoring", total: plan.rowCount(epoch: 0))
+        var total = StepLoss()
+        for i in 0..<plan.rowCount(epoch: 0) {
+            total += lm.model.trainingStep(
+                batch: plan.row(at: i).row, adapter: empty, gradients: nil, workspace: workspace)
+            progress.update(i + 1, unit: "examples")
+        }
+        progress.finish()
+        if plan.truncatedCount > 0 {
+            Terminal.note("note: \(plan.truncatedCount) examples longer than \(plan.length) tokens were truncated")
+        }
+        report(total.mean, total.tokens)
     }
 }

@@ -13,10 +13,13 @@ struct Generate: ParsableCommand {
             if given) and the model answers as the assistant. --raw sends the prompt as is. Decoding is greedy \
             unless --temperature is above 0; it stops at the model's end token or after --max-tokens.
 
-            Example: cairn generate --prompt "What is the capital of France?"
+            Examples:
+              cairn generate --prompt "What is the capital of France?"
+              cairn generate --adapter runs/capitals --prompt "What is the capital of Peru?"
             """)
 
     @OptionGroup var modelOptions: ModelOptions
+    @OptionGroup var adapterOptions: AdapterOptions
 
     @Option(name: .shortAndLong, help: "The prompt: the user's message, or the raw text with --raw.")
     var prompt: String
@@ -61,7 +64,7 @@ struct Generate: ParsableCommand {
     }
 
     func run() throws {
-        let lm = try modelOptions.load()
+        let lm = try modelOptions.load(adapters: adapterOptions.adapters)
         let tokenizer: BPETokenizer
         do { tokenizer = try lm.requireTokenizer() } catch { throw CLIError(error.description) }
         let promptIds: [Int32]

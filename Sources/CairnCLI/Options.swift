@@ -16,15 +16,26 @@ struct ModelOptions: ParsableArguments {
         if let threads, threads < 1 || threads > 1024 { throw ValidationError("--threads must be between 1 and 1024") }
     }
 
-    /// Applies the thread count and loads the model, mapping load errors to a clean exit.
-    func load() throws -> LanguageModel {
+    /// Applies the thread count and loads the model with adapters merged, mapping load errors to a clean
+    /// exit and showing adapter warnings on stderr.
+    func load(adapters: [String] = []) throws -> LanguageModel {
         if let threads { Parallel.threadCount = threads }
         do {
-            return try LanguageModel.load(model)
+            let lm = try LanguageModel.load(model, adapters: adapters)
+            for warning in lm.adapterWarnings { Terminal.note("warning: \(warning)") }
+            return lm
         } catch {
             throw CLIError(error.description)
         }
     }
+}
+
+/// Adapters to apply on top of the model.
+struct AdapterOptions: ParsableArguments {
+    @Option(
+        name: .customLong("adapter"),
+        help: "A LoRA adapter (PEFT directory, cairn run directory or GGUF LoRA); repeatable.")
+    var adapters: [String] = []
 }
 
 /// An error the CLI reports as one line on stderr, exiting with status 1.

@@ -71,9 +71,25 @@ final class ProgressLine {
         }
     }
 
-    /// Clears the in-place line.
+    /// Shows a line of text: rewritten in place on a terminal; on a log, every 10 s and at the end.
+    func show(_ text: String, final: Bool = false) {
+        let now = Date()
+        if Terminal.stderrIsTTY {
+            guard final || now.timeIntervalSince(lastDraw) >= 0.1 else { return }
+            lastDraw = now
+            FileHandle.standardError.write(Data(("\r\u{1B}[K" + text).utf8))
+            drewInPlace = true
+        } else {
+            guard final || now.timeIntervalSince(lastDraw) >= 10 else { return }
+            lastDraw = now
+            Terminal.note(text)
+        }
+    }
+
+    /// Ends the in-place line, keeping its last text.
     func finish() {
-        if drewInPlace { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
+        if drewInPlace { FileHandle.standardError.write(Data("\n".utf8)) }
+        drewInPlace = false
     }
 }
 

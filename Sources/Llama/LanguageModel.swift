@@ -231,3 +231,18 @@ public final class LanguageModel: @unchecked Sendable {
         return try ChatTemplate(jinja: source)
     }
 }
+
+extension ModelSource {
+    /// The model's architecture, read from its metadata or config.json without loading the weights.
+    public func config() throws(FormatError) -> LlamaConfig {
+        switch self {
+        case .gguf(let path): return try LlamaConfig(gguf: GGUFFile(path: path))
+        case .huggingFace(let path):
+            let configPath = (path as NSString).appendingPathComponent("config.json")
+            guard let object = try HFModelDirectory.readJSON(configPath).objectValue else {
+                throw FormatError(.invalidValue, path: configPath, "must be a JSON object")
+            }
+            return try LlamaConfig(huggingFace: object, path: configPath)
+        }
+    }
+}

@@ -1,0 +1,290 @@
+// cairn train: LoRA fine-tuning on one machine, from flags or a YAML job file.
+
+import ArgumentParser
+import Dispatch
+import Foundation
+import Llama
+import ModelFormats
+import Synchronization
+import TensorKernels
+import Training
+
+struct Train: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Fine-tune a LoRA adapter on JSONL data.",
+        discussion: """
+            Data: one JSON object per line: {"text"}, {"prompt","completion"}, {"messages":[{"role","content"}]} \
+            (rendered with the model's chat template), or {"instruction","input","output"}. The loss is taken on \
+            completions and assistant turns (--loss-on all: everything).
+
+            Settings come from --config job.yaml (keys: cairn train --list-keys) and flags, flags winning. The run \
+            directory (--output) receives job.yaml, checkpoints, metrics.jsonl and the adapter in PEFT format, \
+            usable at once: cairn generate --adapter DIR. Ctrl-C or SIGTERM stops after the current step with a \
+            checkpoint; cairn train --resume DIR continues exactly where it stopped.
+
+            Example:
+              cairn train --data chats.jsonl --output runs/capitals --rank 8 --alpha 16 --lr 2e-4 --steps 300
+            """)
+
+    @Option(help: "A YAML job file; flags override its values.") var config: String?
+    @Option(help: "Continue the run in this directory from its last checkpoint.") var resume: String?
+    @Flag(help: "List the job file keys and exit.") var listKeys = false
+
+    @Option(name: .shortAndLong, help: "Base model: GGUF file, HF directory or cached name (default smollm2-135m).")
+    var model: String?
+    @Option(help: "Training data, JSONL.") var data: String?
+    @Option(help: "Held-out JSONL for evaluation.") var validationData: String?
+    @Option(help: "Fraction of the data held out for evaluation.") var validationSplit: Double?
+    @Option(name: .shortAndLong, help: "The run directory.") var output: String?
+    @Option(help: "Start from this adapter (PEFT directory or GGUF LoRA).") var initAdapter: String?
+
+    @Option(help: "LoRA rank (default 8).") var rank: Int?
+    @Option(help: "LoRA alpha (default 16).") var alpha: Double?
+    @Flag(help: "Scale by alpha/sqrt(rank) (rsLoRA).") var rslora = false
+    @Option(help: "LoRA dropout (default 0).") var dropout: Double?
+    @Option(help: "Comma-separated targets: q_proj,...,down_proj, all-linear (default), attention, mlp.") var targets:
+        String?
+    @Option(help: "Layers to adapt, e.g. 0-11,20 (default all).") var layers: String?
+
+    @Option(help: "Peak learning rate (default 2e-4).") var lr: Double?
+    @Option(help: "cosine (default), linear or constant.") var schedule: String?
+    @Option(help: "Warmup steps (default 0).") var warmup: Int?
+    @Option(help: "AdamW weight decay (default 0).") var weightDecay: Double?
+    @Option(help: "Clip the global gradient norm (default 1; 0 disables).") var maxGradNorm: Double?
+    @Option(help: "Rows per micro-batch (default 4).") var batch: Int?
+    @Option(help: "Micro-batches per optimizer step (default 1).") var gradAccum: Int?
+    @Option(help: "Tokens per row (default 256).") var seqLen: Int?
+    @Option(help: "Optimizer steps (default: one epoch).") var steps: Int?
+    @Option(help: "Epochs when --steps is not given (default 1).") var epochs: Double?
+    @Option(help: "pack (default: examples share rows, never attending across) or pad.") var batchMode: String?
+    @Option(help: "auto (default) or all.") var lossOn: String?
+    @Option(help: "Evaluate every N steps (default: at the end).") var evalEvery: Int?
+    @Option(help: "Checkpoint every N steps (default 50).") var saveEvery: Int?
+    @Option(help: "Seed for initialisation, shuffling and dropout (default 0).") var seed: UInt64?
+    @Flag(help: "Skip and count malformed records instead of stopping at the first.") var skipBadRecords = false
+    @Option(help: "chatml, smollm2, llama3 or mistral instead of the model's template.") var chatTemplate: String?
+    @Option(help: "auto (default), always or never: recompute activations in the backward to save memory.")
+    var recompute: String?
+    @Option(help: "Kernel threads (default all cores).") var threads: Int?
+    @Flag(help: "Report progress as JSON lines on stdout.") var json = false
+
+    func run() throws {
+        if listKeys {
+            for (key, help) in TrainingConfig.keys {
+                Terminal.write("\(key.padding(toLength: 18, withPad: " ", startingAt: 0)) \(help)\n")
+            }
+            return
+        }
+        let trainer: Trainer
+        if let resume {
+            guard config == nil, data == nil, output == nil, model == nil else {
+                throw ValidationError("--resume takes its settings from the run's job.yaml; give no other settings")
+            }
+            do { trainer = try Trainer(resuming: resume) } catch { throw CLIError(error.description) }
+        } else {
+            trainer = Trainer(config: try settings())
+        }
+        let stop = StopSignal()
+        let display = TrainingDisplay(json: json)
+        let summary: TrainingSummary
+        do {
+            summary = try trainer.run { event in
+                display.show(event)
+                if stop.requested {
+                    display.note("stopping: writing a checkpoint (Ctrl-C again to quit at once)")
+                    return .stop
+                }
+                return .proceed
+            }
+        } catch {
+            display.finish()
+            throw CLIError(error.description)
+        }
+        display.finish()
+        display.summary(summary, config: trainer.config)
+    }
+
+    /// Job file, then flags.
+    func settings() throws -> TrainingConfig {
+        var c = TrainingConfig()
+        if let config {
+            do { try c.apply(yamlFile: config) } catch { throw CLIError(error.description) }
+        }
+        func choice<T: RawRepresentable & CaseIterable>(_ value: String?, _ flag: String) throws -> T?
+        where T.RawValue == String {
+            guard let value else { return nil }
+            guard let v = T(rawValue: value) else {
+                throw ValidationError("--\(flag) must be one of \(T.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            return v
+        }
+        if let model { c.model = model }
+        if let data { c.data = data }
+        if let validationData { c.validationData = validationData }
+        if let validationSplit { c.validationSplit = validationSplit }
+        if let output { c.output = output }
+        if let initAdapter { c.initAdapter = initAdapter }
+        if let rank { c.lora.rank = rank }
+        if let alpha { c.lora.alpha = alpha }
+        if rslora { c.lora.useRSLoRA = true }
+        if let dropout { c.lora.dropout = dropout }
+        if let targets {
+            switch LoRATarget.parse(targets.split(separator: ",").map(String.init)) {
+            case .success(let t): c.lora.targets = t
+            case .failure(let e): throw ValidationError("--targets: \(e)")
+            }
+        }
+        if let layers {
+            guard let l = TrainingConfig.parseLayers(layers) else {
+                throw ValidationError("--layers: expected numbers and ranges such as 0-11,20")
+            }
+            c.lora.layers = l
+        }
+        if let lr { c.learningRate = lr }
+        if let s: ScheduleKind = try choice(schedule, "schedule") { c.schedule = s }
+        if let warmup { c.warmupSteps = warmup }
+        if let weightDecay { c.weightDecay = weightDecay }
+        if let maxGradNorm { c.maxGradNorm = maxGradNorm }
+        if let batch { c.batchSize = batch }
+        if let gradAccum { c.gradientAccumulation = gradAccum }
+        if let seqLen { c.sequenceLength = seqLen }
+        if let steps { c.steps = steps }
+        if let epochs { c.epochs = epochs }
+        if let m: BatchMode = try choice(batchMode, "batch-mode") { c.batchMode = m }
+        if let l: LossOn = try choice(lossOn, "loss-on") { c.lossOn = l }
+        if let evalEvery { c.evalEvery = evalEvery }
+        if let saveEvery { c.saveEvery = saveEvery }
+        if let seed { c.seed = seed }
+        if skipBadRecords { c.skipBadRecords = true }
+        if let chatTemplate { c.chatTemplate = chatTemplate }
+        if let r: RecomputeMode = try choice(recompute, "recompute") { c.recompute = r }
+        if let threads { c.threads = threads }
+        let problems = c.problems() + (c.output.isEmpty ? ["output: required (--output DIR)"] : [])
+        guard problems.isEmpty else { throw ValidationError(problems.joined(separator: "; ")) }
+        return c
+    }
+}
+
+/// SIGINT/SIGTERM: the first asks for a clean stop, the second quits at once.
+final class StopSignal {
+    private final class Count: Sendable {
+        let value = Atomic<Int>(0)
+    }
+    private let count = Count()
+    private var sources: [any DispatchSourceSignal] = []
+
+    init() {
+        for sig in [SIGINT, SIGTERM] {
+            signal(sig, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+            source.setEventHandler { [count] in
+                if count.value.wrappingAdd(1, ordering: .relaxed).newValue >= 2 { exit(130) }
+            }
+            source.resume()
+            sources.append(source)
+        }
+    }
+
+    var requested: Bool { count.value.load(ordering: .relaxed) > 0 }
+}
+
+/// Turns training events into a progress line (or JSON lines).
+final class TrainingDisplay {
+    let json: Bool
+    var progress: ProgressLine?
+    var recentTokens = 0.0
+    var recentSeconds = 0.0
+    var lastLoss: Double?
+
+    init(json: Bool) { self.json = json }
+
+    func note(_ text: String) {
+        progress?.finish()
+        Terminal.note(text)
+    }
+
+    func show(_ event: TrainingEvent) {
+        switch event {
+        case .planned(let p):
+            if json {
+                Terminal.printJSON([
+                    "event": "planned", "examples": .integer(Int64(p.examples)),
+                    "total_steps": .integer(Int64(p.totalSteps)),
+                    "start_step": .integer(Int64(p.startStep)),
+                    "trainable_parameters": .integer(Int64(p.trainableParameters)),
+                    "recompute": .bool(p.recompute), "gflop_per_step": .number(p.flopsPerStep / 1e9),
+                ])
+                return
+            }
+            var text = "training: \(p.examples) examples"
+            if p.skippedRecords > 0 { text += " (\(p.skippedRecords) bad records skipped)" }
+            if p.truncatedExamples > 0 { text += ", \(p.truncatedExamples) truncated to --seq-len" }
+            if p.emptyExamples > 0 { text += ", \(p.emptyExamples) without trained tokens left out" }
+            if p.validationExamples > 0 { text += ", \(p.validationExamples) held out" }
+            text += "; \(p.rowsPerEpoch) rows per epoch, \(p.totalSteps) steps of \(p.tokensPerStep) tokens"
+            text +=
+                "; \(p.trainableParameters) trainable parameters; activations \(p.recompute ? "recomputed" : "kept") (\(formatBytes(p.workspaceBytes)))"
+            if p.startStep > 0 { text += "; resuming at step \(p.startStep)" }
+            Terminal.note(text)
+            progress = ProgressLine("training", total: p.totalSteps)
+        case .step(let r, let total, let tokens, let seconds):
+            // Throughput over the last steps, smoothed.
+            recentTokens = recentTokens * 0.8 + Double(tokens)
+            recentSeconds = recentSeconds * 0.8 + seconds
+            lastLoss = r.loss.mean
+            if json {
+                Terminal.printJSON([
+                    "event": "step", "step": .integer(Int64(r.step)), "loss": .number(r.loss.mean),
+                    "lr": .number(r.learningRate),
+                    "grad_norm": .number(r.gradientNorm), "tokens_per_second": .number(Double(tokens) / seconds),
+                ])
+                return
+            }
+            let rate = recentSeconds > 0 ? recentTokens / recentSeconds : 0
+            let eta = rate > 0 ? Double(total - r.step) * Double(tokens) / rate : .nan
+            progress?.show(
+                String(
+                    format: "step %d/%d · loss %.4f · %.0f tok/s · lr %.2e · eta %@", r.step, total, r.loss.mean, rate,
+                    r.learningRate, formatDuration(eta)),
+                final: r.step == total)
+        case .evaluation(let step, let loss):
+            if json {
+                Terminal.printJSON([
+                    "event": "evaluation", "step": .integer(Int64(step)), "eval_loss": .number(loss.mean),
+                ])
+                return
+            }
+            note(String(format: "eval at step %d: loss %.4f over %d tokens", step, loss.mean, loss.tokens))
+        case .checkpoint(let step, let directory):
+            if json {
+                Terminal.printJSON([
+                    "event": "checkpoint", "step": .integer(Int64(step)), "directory": .string(directory),
+                ])
+            }
+        }
+    }
+
+    func finish() { progress?.finish() }
+
+    func summary(_ s: TrainingSummary, config: TrainingConfig) {
+        if json {
+            Terminal.printJSON([
+                "event": "finished", "steps": .integer(Int64(s.steps)), "stopped": .bool(s.stopped),
+                "loss": s.lastLoss.map(JSONValue.number) ?? nil,
+                "eval_loss": s.lastEvalLoss.map(JSONValue.number) ?? nil,
+                "directory": .string(s.directory),
+            ])
+            return
+        }
+        var text =
+            s.stopped
+            ? "stopped at step \(s.steps); continue with: cairn train --resume \(s.directory)"
+            : "done: \(s.steps) steps"
+        if let l = s.lastLoss { text += String(format: ", last loss %.4f", l) }
+        if let e = s.lastEvalLoss { text += String(format: ", eval loss %.4f", e) }
+        Terminal.note(text)
+        Terminal.note(
+            "adapter (PEFT) in \(s.directory); try: cairn generate --model \(config.model) --adapter \(s.directory) --prompt \"...\""
+        )
+    }
+}
