@@ -110,7 +110,7 @@ public final class Trainer {
         guard problems.isEmpty else { throw .config(problems) }
         let dir = config.output
         let checkpointPath = Self.path(dir, "checkpoint.safetensors")
-        if !resuming { try prepareDirectory(dir) }
+        if !resuming { try checkDirectoryIsFree(dir) }
         if let threads = config.threads { Parallel.threadCount = threads }
 
         // Model, tokenizer, template.
@@ -122,6 +122,9 @@ public final class Trainer {
         } catch { throw .file(error) }
         let model = lm.model
         do { try config.lora.validate(for: model.config) } catch { throw .config([error.description]) }
+        guard config.sequenceLength <= model.maxPositions else {
+            throw .config(["seq_len: \(config.sequenceLength) is longer than the model's context (\(model.maxPositions) tokens)"])
+        }
         let tokenizer: BPETokenizer
         do { tokenizer = try lm.requireTokenizer() } catch { throw .file(error) }
         let template = try? lm.chatTemplate(override: config.chatTemplate)
@@ -194,6 +197,9 @@ public final class Trainer {
             try trimMetrics(after: c.step)
         }
 
+        // Everything loaded: only now does the run directory come into being, so a bad setting or record
+        // leaves nothing behind to clear up.
+        if !resuming { try createDirectory(dir) }
         let workspaceBytes = TrainingWorkspace.estimatedBytes(
             model: model.config, adapter: adapter, batch: config.batchSize, length: config.sequenceLength,
             recompute: recompute)
@@ -292,18 +298,18 @@ public final class Trainer {
         return summary
     }
 
-    private func prepareDirectory(_ dir: String) throws(TrainingError) {
-        let fm = FileManager.default
+    private func checkDirectoryIsFree(_ dir: String) throws(TrainingError) {
         var isDirectory: ObjCBool = false
-        if fm.fileExists(atPath: dir, isDirectory: &isDirectory) {
-            guard isDirectory.boolValue else { throw .run("\(dir) exists and is not a directory") }
-            let contents = (try? fm.contentsOfDirectory(atPath: dir)) ?? []
-            guard contents.isEmpty else {
-                throw .run("\(dir) already holds a run; continue it with --resume \(dir), or choose another --output")
-            }
+        guard FileManager.default.fileExists(atPath: dir, isDirectory: &isDirectory) else { return }
+        guard isDirectory.boolValue else { throw .run("\(dir) exists and is not a directory") }
+        guard ((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []).isEmpty else {
+            throw .run("\(dir) already holds a run; continue it with --resume \(dir), or choose another --output")
         }
+    }
+
+    private func createDirectory(_ dir: String) throws(TrainingError) {
         do {
-            try fm.createDirectory(atPath: dir, withIntermediateDirectories: true)
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
             try writeFileAtomically(Self.path(dir, "job.yaml"), Array(config.yaml().utf8))
         } catch let e as FormatError {
             throw .file(e)
