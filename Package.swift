@@ -28,7 +28,9 @@ let package = Package(
         .target(name: "Llama", dependencies: ["TensorKernels", "ModelFormats", "Tokenizer"]),
         .target(
             name: "Training",
-            dependencies: ["TensorKernels", "ModelFormats", "Tokenizer", "Llama", .product(name: "Yams", package: "Yams")]),
+            dependencies: [
+                "TensorKernels", "ModelFormats", "Tokenizer", "Llama", .product(name: "Yams", package: "Yams"),
+            ]),
         .target(name: "Transport", dependencies: ["CZeroMQ"]),
         .executableTarget(
             name: "CairnCLI",
@@ -44,7 +46,8 @@ let package = Package(
         .testTarget(name: "ModelFormatsTests", dependencies: ["ModelFormats", "TestSupport"]),
         .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer", "ModelFormats", "TestSupport"]),
         .testTarget(name: "LlamaTests", dependencies: ["Llama", "Tokenizer", "ModelFormats", "TestSupport"]),
-        .testTarget(name: "TrainingTests", dependencies: ["Training", "Llama", "Tokenizer", "ModelFormats", "TestSupport"]),
+        .testTarget(
+            name: "TrainingTests", dependencies: ["Training", "Llama", "Tokenizer", "ModelFormats", "TestSupport"]),
         .testTarget(name: "TransportTests", dependencies: ["Transport"]),
         // Runs the built `cairn` binary as a user would (tiny fixtures; the real model when CAIRN_REAL_MODEL is set).
         .testTarget(name: "CLITests", dependencies: ["TestSupport", "ModelFormats"]),

@@ -123,7 +123,9 @@ public final class Trainer {
         let model = lm.model
         do { try config.lora.validate(for: model.config) } catch { throw .config([error.description]) }
         guard config.sequenceLength <= model.maxPositions else {
-            throw .config(["seq_len: \(config.sequenceLength) is longer than the model's context (\(model.maxPositions) tokens)"])
+            throw .config([
+                "seq_len: \(config.sequenceLength) is longer than the model's context (\(model.maxPositions) tokens)"
+            ])
         }
         let tokenizer: BPETokenizer
         do { tokenizer = try lm.requireTokenizer() } catch { throw .file(error) }
