@@ -5,14 +5,21 @@
 //   forward   the real model (default smollm2-135m) on batch × sequence new tokens, logits for every position
 //             included: tokens/s, achieved GFLOP/s (the matrix products counted by LlamaModel.forwardFLOPs) and
 //             the ratio to the ceiling.
-// Usage: cairn-bench [--model NAME|PATH] [--batch 4] [--sequence 256] [--repeats 3] [--threads N] [--json]
+//   train     LoRA training steps (r 8 on all seven projections, fp32) on batch × sequence tokens: tokens/s,
+//             GFLOP per token counted from the shapes (LlamaModel.trainingFLOPs), the ratio to the ceiling, and
+//             the process's peak RSS. Run it in its own process so the RSS is training's alone.
+// Usage: cairn-bench [forward|train] [--model NAME|PATH] [--batch 4] [--sequence 256] [--repeats 3] [--rank 8]
+//                    [--threads N] [--json]
 
 import Foundation
 import Llama
 import ModelFormats
 import TensorKernels
+import Training
 
 struct Arguments {
+    var mode = "forward"
+    var rank = 8
     var model = "smollm2-135m"
     var batch = 4
     var sequence = 256
@@ -22,6 +29,10 @@ struct Arguments {
 
     init(_ argv: [String]) throws {
         var i = 1
+        if argv.count > 1, ["forward", "train"].contains(argv[1]) {
+            mode = argv[1]
+            i = 2
+        }
         func value() throws -> String {
             i += 1
             guard i < argv.count else { throw BenchError("\(argv[i - 1]) needs a value") }
@@ -34,6 +45,7 @@ struct Arguments {
             case "--sequence": sequence = Int(try value()) ?? 0
             case "--repeats": repeats = Int(try value()) ?? 0
             case "--threads": threads = Int(try value())
+            case "--rank": rank = Int(try value()) ?? 0
             case "--json": json = true
             case "--help", "-h":
                 print(
@@ -80,6 +92,57 @@ func sgemmGFLOPs(M: Int, N: Int, K: Int, repeats: Int) -> Double {
     return 2 * Double(M) * Double(N) * Double(K) / t / 1e9
 }
 
+/// Peak resident set size of this process, in bytes.
+func peakRSS() -> Int {
+    var usage = rusage()
+    getrusage(RUSAGE_SELF.rawValue, &usage)
+    return Int(usage.ru_maxrss) * 1024
+}
+
+func runTrain(_ args: Arguments, ceiling: (square: Double, projection: Double), lm: LanguageModel) {
+    let model = lm.model
+    let c = model.config
+    let adapter = LoRAAdapter(model: c, config: LoRAConfig(rank: args.rank, alpha: Double(2 * args.rank)), seed: 1)
+    let session = TrainingSession(
+        model: model, adapter: adapter,
+        schedule: LearningRateSchedule(peak: 1e-4, warmupSteps: 0, totalSteps: 1000, kind: .constant))
+    var rng = SeededGenerator(seed: 3)
+    let rows = (0..<args.batch).map { _ in (0..<args.sequence).map { _ in Int32(rng.next() % UInt64(c.vocabSize)) } }
+    let batch = TrainingBatch(rows: rows)
+    let seconds = best(args.repeats) { _ = session.step([batch]) }
+    let tokens = args.batch * args.sequence
+    let flops = Double(args.batch) * model.trainingFLOPs(tokens: args.sequence, adapter: adapter)
+    let achieved = flops / seconds / 1e9
+    let ceilingValue = max(ceiling.square, ceiling.projection)
+    let rss = peakRSS()
+    if args.json {
+        let report: JSONValue = [
+            "mode": "train", "threads": .integer(Int64(Parallel.threadCount)), "ceiling_gflops": .number(ceilingValue),
+            "model": .string(lm.source.path), "batch": .integer(Int64(args.batch)),
+            "sequence": .integer(Int64(args.sequence)),
+            "rank": .integer(Int64(args.rank)), "trainable_parameters": .integer(Int64(adapter.parameterCount)),
+            "step_seconds": .number(seconds), "tokens_per_second": .number(Double(tokens) / seconds),
+            "gflop_per_token": .number(flops / Double(tokens) / 1e9), "gflops": .number(achieved),
+            "ratio_to_ceiling": .number(achieved / ceilingValue), "peak_rss_bytes": .integer(Int64(rss)),
+        ]
+        print(report.serialized())
+        return
+    }
+    print(
+        String(
+            format: "train: LoRA r=%d on all seven projections (%d parameters), fp32, %d×%d tokens per step", args.rank,
+            adapter.parameterCount, args.batch, args.sequence))
+    print(
+        String(
+            format:
+                "train step: %.3f s · %.0f tokens/s · %.3f GFLOP/token (forward + activation gradients + LoRA, from the shapes) · %.1f GFLOP/s",
+            seconds, Double(tokens) / seconds, flops / Double(tokens) / 1e9, achieved))
+    print(
+        String(
+            format: "train / ceiling: %.1f%% · peak RSS %.2f GiB", 100 * achieved / ceilingValue,
+            Double(rss) / Double(1 << 30)))
+}
+
 func run() throws {
     let args = try Arguments(CommandLine.arguments)
     if let threads = args.threads { Parallel.threadCount = threads }
@@ -92,6 +155,17 @@ func run() throws {
     let rows = args.batch * args.sequence
     let projection = sgemmGFLOPs(M: rows, N: c.ffnDim, K: c.dim, repeats: max(3, args.repeats))
     let ceiling = max(square, projection)
+    if args.mode == "train" {
+        if !args.json {
+            print("machine: \(threads) threads")
+            print(
+                String(
+                    format: "ceiling: sgemm %.1f GFLOP/s (2048³), %.1f GFLOP/s (%d×%d×%d)", square, projection, rows,
+                    c.ffnDim, c.dim))
+        }
+        runTrain(args, ceiling: (square, projection), lm: lm)
+        return
+    }
 
     let state = InferenceState(config: c, batch: args.batch, capacity: args.sequence, maxChunk: args.sequence)
     let logits = FloatBuffer(count: rows * c.vocabSize)

@@ -8,6 +8,7 @@ import ModelFormats
 import TensorKernels
 import TestSupport
 import Tokenizer
+import Training
 import Llama
 
 let realModelPath = ProcessInfo.processInfo.environment["CAIRN_REAL_MODEL"]
@@ -80,6 +81,31 @@ struct RealModelTests {
         #expect(result.tokens == Self.ids(france["greedy_ids"]))
         #expect(tokenizer.decode(result.tokens) == "The capital of France is Paris.")
         #expect(result.stopReason == .endOfGeneration)
+    }
+
+    /// Training tokenizes a conversation segment by segment (to know which tokens carry the loss); that must
+    /// give exactly the ids of tokenizing the whole rendered text, which is what generation sees.
+    @Test func segmentTokenizationEqualsWholeTextTokenization() throws {
+        let tokenizer = try #require(Self.lm.tokenizer)
+        let template = try Self.lm.chatTemplate()
+        let builder = ExampleBuilder(tokenizer: tokenizer, template: template, lossOn: .auto)
+        let dataset = try Dataset(path: Fixtures.path("smollm2/capitals-train.jsonl"))
+        let extra: [Record] = [
+            .chat([
+                ChatMessage(role: "system", content: "Be brief."),
+                ChatMessage(role: "user", content: "Hi!  \n\nHow are   you?"),
+                ChatMessage(role: "assistant", content: " Fine, 123 ok.\n"),
+            ]),
+            .chat([
+                ChatMessage(role: "user", content: "日本語 😀"), ChatMessage(role: "assistant", content: "ok"),
+                ChatMessage(role: "user", content: "x"), ChatMessage(role: "assistant", content: "y"),
+            ]),
+        ]
+        for record in dataset.records.map(\.record) + extra {
+            guard case .chat(let messages) = record else { continue }
+            let whole = tokenizer.encode(try template.render(messages, addGenerationPrompt: false))
+            #expect(try builder.example(record).tokens == whole)
+        }
     }
 
     @Test func configurationIsSmolLM2() {
