@@ -26,6 +26,22 @@ public struct Checkpoint: Sendable {
 
     static let metadataKey = "cairn.checkpoint"
 
+    /// A checkpoint of the given state.
+    public init(
+        step: Int, cursor: Int, dataHash: String, baseModelHash: String,
+        modules: [(layer: Int, target: LoRATarget, rank: Int, scale: Float)], parameters: [Float], firstMoment: [Float],
+        secondMoment: [Float]
+    ) {
+        self.step = step
+        self.cursor = cursor
+        self.dataHash = dataHash
+        self.baseModelHash = baseModelHash
+        self.modules = modules
+        self.parameters = parameters
+        self.firstMoment = firstMoment
+        self.secondMoment = secondMoment
+    }
+
     /// Writes the checkpoint atomically.
     public func write(to path: String) throws(FormatError) {
         var w = SafetensorsWriter()

@@ -127,4 +127,62 @@ import Training
             #expect { try LoRAAdapter.load(path: path, model: config) } throws: { "\($0)".contains(message) }
         }
     }
+
+    @Test func refusesGGUFLoRAFilesThatDoNotFit() throws {
+        let config = try ModelSource.resolve(Self.ggufModel).config()
+        let dir = Fixtures.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        func gguf(_ edit: (inout GGUFWriter) -> Void) throws -> String {
+            var w = GGUFWriter()
+            w.set("general.architecture", .string("llama"))
+            w.set("general.type", .string("adapter"))
+            w.set("adapter.type", .string("lora"))
+            w.set("adapter.lora.alpha", .float32(8))
+            edit(&w)
+            let path = dir.appendingPathComponent(UUID().uuidString + ".gguf").path
+            try w.write(to: path)
+            return path
+        }
+        let a = [Float](repeating: 0, count: 4 * 32)
+        let cases: [((inout GGUFWriter) -> Void, String)] = [
+            ({ $0.set("general.type", .string("model")) }, "not a LoRA adapter"),
+            ({ $0.set("general.architecture", .string("qwen2")) }, "the adapter is for \"qwen2\""),
+            ({ $0.addTensor(name: "blk.0.attn_q.weight.lora_a", ne: [32, 4], floats: a) }, "no matching"),
+            (
+                {
+                    $0.addTensor(name: "blk.0.attn_q.weight.lora_a", ne: [32, 4], floats: a)
+                    $0.addTensor(
+                        name: "blk.0.attn_q.weight.lora_b", ne: [4, 16], floats: [Float](repeating: 0, count: 64))
+                }, "do not fit"
+            ),
+            ({ $0.addTensor(name: "output.weight.lora_a", ne: [32, 4], floats: a) }, "not a LoRA weight"),
+            ({ _ in }, "has no LoRA tensors"),
+        ]
+        for (edit, message) in cases {
+            let path = try gguf(edit)
+            #expect { try LoRAAdapter.load(path: path, model: config) } throws: { "\($0)".contains(message) }
+        }
+    }
+}
+
+@Suite struct CheckpointTests {
+    @Test func roundTripsAndRejectsDamage() throws {
+        let dir = Fixtures.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let path = dir.appendingPathComponent("checkpoint.safetensors").path
+        let c = Checkpoint(
+            step: 7, cursor: 28, dataHash: "d", baseModelHash: "b", modules: [(1, .q, 4, 2)], parameters: [1, 2, 3],
+            firstMoment: [4, 5, 6], secondMoment: [7, 8, 9])
+        try c.write(to: path)
+        let back = try Checkpoint.read(from: path)
+        #expect(back.step == 7 && back.cursor == 28 && back.parameters == [1, 2, 3] && back.secondMoment == [7, 8, 9])
+        #expect(back.modules.count == 1 && back.modules[0].target == .q && back.modules[0].rank == 4)
+        let bytes = try Data(contentsOf: URL(fileURLWithPath: path))
+        try bytes.prefix(bytes.count - 5).write(to: URL(fileURLWithPath: path))
+        #expect(throws: FormatError.self) { try Checkpoint.read(from: path) }
+        var plain = SafetensorsWriter()
+        plain.add("parameters", shape: [1], floats: [0])
+        try plain.write(to: path)
+        #expect { try Checkpoint.read(from: path) } throws: { "\($0)".contains("not a Cairn checkpoint") }
+    }
 }
