@@ -17,13 +17,13 @@ public enum Record: Sendable, Equatable {
     case chat([ChatMessage])
 }
 
-/// A data file problem: file, line, field, and what was expected.
-public struct DataError: Error, Sendable, CustomStringConvertible {
-    /// The file.
+/// A problem in a data file or a job file: the file, the line, the field, and what was expected.
+public struct InputError: Error, Sendable, CustomStringConvertible {
+    /// The file ("flags" for command-line settings).
     public var path: String
     /// 1-based line, when the problem is one record.
     public var line: Int?
-    /// The field (`messages[2].role`).
+    /// The field or key (`messages[2].role`, `learning_rate`).
     public var field: String?
     /// What is wrong.
     public var message: String
@@ -53,23 +53,23 @@ public struct Dataset: Sendable {
     /// The records, with the line each came from.
     public private(set) var records: [(line: Int, record: Record)] = []
     /// Malformed records skipped (with `skipBadRecords`), with their errors.
-    public private(set) var skipped: [DataError] = []
+    public private(set) var skipped: [InputError] = []
 
     /// Reads a JSONL file.
     ///
     /// - Parameter skipBadRecords: Skip and count malformed records instead of failing on the first.
-    /// - Throws: `DataError` for an unreadable file, a malformed record (unless skipped) or no records at all.
-    public init(path: String, skipBadRecords: Bool = false) throws(DataError) {
+    /// - Throws: `InputError` for an unreadable file, a malformed record (unless skipped) or no records at all.
+    public init(path: String, skipBadRecords: Bool = false) throws(InputError) {
         self.path = path
         let file: MappedFile
         do {
             file = try MappedFile(path: path)
         } catch {
-            throw DataError(path: path, error.code == .notFound ? "no such file" : error.message)
+            throw InputError(path: path, error.code == .notFound ? "no such file" : error.message)
         }
         var records: [(Int, Record)] = []
-        var skipped: [DataError] = []
-        try file.withUnsafeBytes { (bytes) throws(DataError) in
+        var skipped: [InputError] = []
+        try file.withUnsafeBytes { (bytes) throws(InputError) in
             var lineStart = 0
             var lineNumber = 0
             while lineStart < bytes.count {
@@ -80,9 +80,9 @@ public struct Dataset: Sendable {
                 var content = UnsafeRawBufferPointer(rebasing: bytes[lineStart..<end])
                 if content.last == 0x0D { content = UnsafeRawBufferPointer(rebasing: content.dropLast()) }
                 if content.allSatisfy({ $0 == 0x20 || $0 == 0x09 }) { continue }
-                do throws(DataError) {
+                do throws(InputError) {
                     guard content.count <= Self.maxLineBytes else {
-                        throw DataError(
+                        throw InputError(
                             path: path, line: lineNumber,
                             "the line is \(content.count) bytes; the limit is \(Self.maxLineBytes)")
                     }
@@ -94,7 +94,7 @@ public struct Dataset: Sendable {
             }
         }
         guard !records.isEmpty else {
-            throw DataError(
+            throw InputError(
                 path: path,
                 skipped.isEmpty
                     ? "has no records (expected one JSON object per line)"
@@ -111,49 +111,49 @@ public struct Dataset: Sendable {
     }
 
     /// Parses one JSONL line.
-    static func parse(_ bytes: UnsafeRawBufferPointer, path: String, line: Int) throws(DataError) -> Record {
+    static func parse(_ bytes: UnsafeRawBufferPointer, path: String, line: Int) throws(InputError) -> Record {
         let value: JSONValue
         do {
             value = try JSONValue.parse(bytes, maxDepth: 16)
         } catch {
-            throw DataError(path: path, line: line, "invalid JSON (column \(error.column)): \(error.message)")
+            throw InputError(path: path, line: line, "invalid JSON (column \(error.column)): \(error.message)")
         }
         guard let o = value.objectValue else {
-            throw DataError(path: path, line: line, "expected a JSON object, found \(value.kindDescription)")
+            throw InputError(path: path, line: line, "expected a JSON object, found \(value.kindDescription)")
         }
-        func string(_ key: String) throws(DataError) -> String {
-            guard let v = o[key] else { throw DataError(path: path, line: line, field: key, "missing") }
+        func string(_ key: String) throws(InputError) -> String {
+            guard let v = o[key] else { throw InputError(path: path, line: line, field: key, "missing") }
             guard let s = v.stringValue else {
-                throw DataError(path: path, line: line, field: key, "expected a string, found \(v.kindDescription)")
+                throw InputError(path: path, line: line, field: key, "expected a string, found \(v.kindDescription)")
             }
             return s
         }
         if let messages = o["messages"] {
             guard let items = messages.arrayValue, !items.isEmpty else {
-                throw DataError(
+                throw InputError(
                     path: path, line: line, field: "messages", "expected a non-empty array of {role, content}")
             }
             var chat: [ChatMessage] = []
             for (i, item) in items.enumerated() {
                 let field = "messages[\(i)]"
                 guard let m = item.objectValue else {
-                    throw DataError(path: path, line: line, field: field, "expected an object with role and content")
+                    throw InputError(path: path, line: line, field: field, "expected an object with role and content")
                 }
                 guard let role = m["role"]?.stringValue, ["system", "user", "assistant"].contains(role) else {
-                    throw DataError(
+                    throw InputError(
                         path: path, line: line, field: field + ".role",
                         "expected \"system\", \"user\" or \"assistant\", found \(m["role"]?.serialized() ?? "nothing")")
                 }
                 guard let content = m["content"]?.stringValue else {
-                    throw DataError(path: path, line: line, field: field + ".content", "expected a string")
+                    throw InputError(path: path, line: line, field: field + ".content", "expected a string")
                 }
                 if role == "system", i != 0 {
-                    throw DataError(path: path, line: line, field: field + ".role", "a system message must come first")
+                    throw InputError(path: path, line: line, field: field + ".role", "a system message must come first")
                 }
                 chat.append(ChatMessage(role: role, content: content))
             }
             guard chat.contains(where: { $0.role == "assistant" }) else {
-                throw DataError(
+                throw InputError(
                     path: path, line: line, field: "messages", "has no assistant message, so nothing to learn")
             }
             return .chat(chat)
@@ -171,7 +171,7 @@ public struct Dataset: Sendable {
                 ChatMessage(role: "assistant", content: output),
             ])
         }
-        throw DataError(
+        throw InputError(
             path: path, line: line,
             "unrecognised record with keys \(o.keys.sorted().joined(separator: ", ")); expected text, prompt+completion, messages, or instruction+output"
         )

@@ -18,7 +18,7 @@ import Tokenizer
 /// Why a run could not start or continue.
 public enum TrainingError: Error, Sendable, CustomStringConvertible {
     case config([String])
-    case data(DataError)
+    case data(InputError)
     case file(FormatError)
     case template(ChatTemplateError)
     case run(String)
@@ -242,18 +242,26 @@ public final class Trainer {
         var evaluatedAt = -1
         func evaluate() -> Bool {
             guard let validationPlan else { return true }
-            let rows = (0..<validationPlan.rowCount(epoch: 0)).map { validationPlan.row(at: $0).row }
+            // Batches of the training shape (the last one filled with empty rows), so evaluation reuses the
+            // training workspace instead of allocating one for a new shape.
+            let count = validationPlan.rowCount(epoch: 0)
+            let empty = TrainingBatch(
+                batch: 1, length: config.sequenceLength,
+                tokens: [Int32](repeating: padId, count: config.sequenceLength),
+                targets: [Int32](repeating: -1, count: config.sequenceLength),
+                positions: (0..<config.sequenceLength).map(Int32.init),
+                documentStarts: [Int32](repeating: 0, count: config.sequenceLength))
             var loss = StepLoss()
-            var i = 0
-            while i < rows.count {
-                let group = Array(rows[i..<min(rows.count, i + config.batchSize)])
+            for first in stride(from: 0, to: count, by: config.batchSize) {
+                let rows = (0..<config.batchSize).map { i in
+                    first + i < count ? validationPlan.row(at: first + i).row : empty
+                }
                 loss += session.evaluate([
                     TrainingBatch(
-                        batch: group.count, length: config.sequenceLength, tokens: group.flatMap(\.tokens),
-                        targets: group.flatMap(\.targets), positions: group.flatMap(\.positions),
-                        documentStarts: group.flatMap(\.documentStarts))
+                        batch: rows.count, length: config.sequenceLength, tokens: rows.flatMap(\.tokens),
+                        targets: rows.flatMap(\.targets), positions: rows.flatMap(\.positions),
+                        documentStarts: rows.flatMap(\.documentStarts))
                 ])
-                i += config.batchSize
             }
             evaluatedAt = session.stepCount
             summary.lastEvalLoss = loss.mean
@@ -335,7 +343,7 @@ public final class Trainer {
                     if case .chat = record, template == nil {
                         do { _ = try lm.chatTemplate(override: config.chatTemplate) } catch { throw .template(error) }
                     }
-                    throw .data(DataError(path: path, line: line, error.description))
+                    throw .data(InputError(path: path, line: line, error.description))
                 }
             }
             return (out, dataset.skipped.count)

@@ -41,71 +41,71 @@ extension TrainingConfig {
 
     /// Reads a YAML job file over the current values.
     ///
-    /// - Throws: `ConfigError` with the file, line and key.
-    public mutating func apply(yamlFile path: String) throws(ConfigError) {
+    /// - Throws: `InputError` with the file, line and key.
+    public mutating func apply(yamlFile path: String) throws(InputError) {
         let text: String
         do {
             text = try String(contentsOfFile: path, encoding: .utf8)
         } catch {
-            throw ConfigError(source: path, "cannot read: \(error.localizedDescription)")
+            throw InputError(path: path, "cannot read: \(error.localizedDescription)")
         }
         try apply(yaml: text, source: path)
     }
 
     /// Reads YAML text over the current values (the directory of `source` anchors relative paths).
-    public mutating func apply(yaml text: String, source: String) throws(ConfigError) {
+    public mutating func apply(yaml text: String, source: String) throws(InputError) {
         let root: Node?
         do {
             root = try Yams.compose(yaml: text)
         } catch let error as YamlError {
-            throw ConfigError(source: source, "invalid YAML: \(error)")
+            throw InputError(path: source, "invalid YAML: \(error)")
         } catch {
-            throw ConfigError(source: source, "invalid YAML: \(error)")
+            throw InputError(path: source, "invalid YAML: \(error)")
         }
         guard let root else { return }
         guard let mapping = root.mapping else {
-            throw ConfigError(source: source, line: root.mark.map { $0.line }, "a job file is a mapping of key: value")
+            throw InputError(path: source, line: root.mark.map { $0.line }, "a job file is a mapping of key: value")
         }
         let known = Set(Self.keys.map(\.key))
         let base = (source as NSString).deletingLastPathComponent
         for (keyNode, value) in mapping {
             guard let key = keyNode.string else {
-                throw ConfigError(source: source, line: keyNode.mark.map { $0.line }, "keys must be strings")
+                throw InputError(path: source, line: keyNode.mark.map { $0.line }, "keys must be strings")
             }
             let line = keyNode.mark.map { $0.line }
-            func fail(_ message: String) -> ConfigError { ConfigError(source: source, line: line, key: key, message) }
+            func fail(_ message: String) -> InputError { InputError(path: source, line: line, field: key, message) }
             guard known.contains(key) else {
                 let close = known.filter { $0.hasPrefix(String(key.prefix(3))) }.sorted()
                 throw fail("unknown key" + (close.isEmpty ? "" : "; did you mean \(close.joined(separator: " or "))?"))
             }
-            func string() throws(ConfigError) -> String {
+            func string() throws(InputError) -> String {
                 guard let s = value.string, value.scalar != nil else { throw fail("expected a string") }
                 return s
             }
-            func path() throws(ConfigError) -> String {
+            func path() throws(InputError) -> String {
                 let s = try string()
                 return s.hasPrefix("/") || base.isEmpty ? s : (base as NSString).appendingPathComponent(s)
             }
-            func int() throws(ConfigError) -> Int {
+            func int() throws(InputError) -> Int {
                 guard let s = value.scalar?.string, let i = Int(s) else {
                     throw fail("expected an integer, found \(value.string ?? "a collection")")
                 }
                 return i
             }
-            func double() throws(ConfigError) -> Double {
+            func double() throws(InputError) -> Double {
                 guard let s = value.scalar?.string, let d = Double(s) else {
                     throw fail("expected a number, found \(value.string ?? "a collection")")
                 }
                 return d
             }
-            func bool() throws(ConfigError) -> Bool {
+            func bool() throws(InputError) -> Bool {
                 switch value.scalar?.string.lowercased() {
                 case "true", "yes", "on": return true
                 case "false", "no", "off": return false
                 default: throw fail("expected true or false")
                 }
             }
-            func choice<T: RawRepresentable & CaseIterable>(_: T.Type) throws(ConfigError) -> T
+            func choice<T: RawRepresentable & CaseIterable>(_: T.Type) throws(InputError) -> T
             where T.RawValue == String {
                 let s = try string()
                 guard let v = T(rawValue: s) else {
@@ -113,7 +113,7 @@ extension TrainingConfig {
                 }
                 return v
             }
-            func list() throws(ConfigError) -> [String] {
+            func list() throws(InputError) -> [String] {
                 if let items = value.sequence { return items.compactMap { $0.string } }
                 return try string().split(whereSeparator: { $0 == "," || $0 == " " }).map(String.init)
             }

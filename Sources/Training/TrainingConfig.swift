@@ -126,29 +126,3 @@ public struct TrainingConfig: Sendable, Equatable {
         return p
     }
 }
-
-/// A job file or flag that cannot be used, with where it is.
-public struct ConfigError: Error, Sendable, CustomStringConvertible {
-    /// The file, or "flags".
-    public var source: String
-    /// 1-based line in the file, if known.
-    public var line: Int?
-    /// The key.
-    public var key: String?
-    /// What is wrong and what is expected.
-    public var message: String
-
-    public init(source: String, line: Int? = nil, key: String? = nil, _ message: String) {
-        self.source = source
-        self.line = line
-        self.key = key
-        self.message = message
-    }
-
-    public var description: String {
-        var s = source
-        if let line { s += ":\(line)" }
-        if let key { s += ": \(key)" }
-        return s + ": " + message
-    }
-}

@@ -62,12 +62,14 @@ public final class TrainingSession: @unchecked Sendable {
     /// Optimizer steps taken so far.
     public var stepCount: Int { optimizer.stepCount }
 
-    private func workspace(for batch: TrainingBatch, dropout: Bool) -> TrainingWorkspace {
+    /// One workspace per batch shape, shared by training and evaluation (so it has dropout scratch whenever
+    /// the session uses dropout, whichever comes first).
+    private func workspace(for batch: TrainingBatch) -> TrainingWorkspace {
         let key = "\(batch.batch)x\(batch.length)"
         if let ws = workspaces[key] { return ws }
         let ws = TrainingWorkspace(
             model: model.config, adapter: adapter, batch: batch.batch, length: batch.length, recompute: recompute,
-            dropout: dropout)
+            dropout: dropout > 0)
         workspaces[key] = ws
         return ws
     }
@@ -87,7 +89,7 @@ public final class TrainingSession: @unchecked Sendable {
                 : nil
             let loss = model.trainingStep(
                 batch: batch, adapter: adapter, gradients: gradients, lossScale: scale, dropout: plan,
-                workspace: workspace(for: batch, dropout: plan != nil))
+                workspace: workspace(for: batch))
             total += loss
         }
         return total
@@ -119,7 +121,7 @@ public final class TrainingSession: @unchecked Sendable {
         var total = StepLoss(sum: 0, tokens: 0)
         for batch in batches {
             let loss = model.trainingStep(
-                batch: batch, adapter: adapter, gradients: nil, workspace: workspace(for: batch, dropout: false))
+                batch: batch, adapter: adapter, gradients: nil, workspace: workspace(for: batch))
             total += loss
         }
         return total

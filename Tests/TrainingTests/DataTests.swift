@@ -193,7 +193,7 @@ func jsonl(_ lines: [String]) throws -> String {
             try c.apply(yaml: "data: d.jsonl\n" + line + "\n", source: "job.yaml")
             Issue.record("expected an error")
         } catch {
-            #expect(error.line == number && error.key == key && error.message.contains(message), "\(error)")
+            #expect(error.line == number && error.field == key && error.message.contains(message), "\(error)")
             #expect(error.description.hasPrefix("job.yaml:\(number): \(key): "))
         }
     }
