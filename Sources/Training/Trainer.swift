@@ -320,7 +320,7 @@ public final class Trainer {
     private func createDirectory(_ dir: String) throws(TrainingError) {
         do {
             try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-            try writeFileAtomically(Self.path(dir, "job.yaml"), Array(config.yaml().utf8))
+            try writeFileAtomically(Self.path(dir, "job.yaml"), Array(config.withAbsolutePaths().yaml().utf8))
         } catch let e as FormatError {
             throw .file(e)
         } catch {

@@ -185,6 +185,21 @@ extension TrainingConfig {
         return layers.isEmpty ? nil : Array(Set(layers)).sorted()
     }
 
+    /// The same settings with file paths made absolute (from the current directory), so a job file written into
+    /// the run directory means the same files wherever it is read from (`--resume` from elsewhere).
+    public func withAbsolutePaths() -> TrainingConfig {
+        func absolute(_ p: String) -> String {
+            p.hasPrefix("/") ? p : (FileManager.default.currentDirectoryPath as NSString).appendingPathComponent(p)
+        }
+        var c = self
+        if c.model.contains("/") { c.model = absolute(c.model) }
+        c.data = absolute(c.data)
+        c.validationData = c.validationData.map(absolute)
+        c.initAdapter = c.initAdapter.map(absolute)
+        if !c.output.isEmpty { c.output = absolute(c.output) }
+        return c
+    }
+
     /// The settings as a YAML job file (what `cairn train` writes into the run directory).
     public func yaml() -> String {
         func q(_ s: String) -> String { JSONValue.string(s).serialized() }

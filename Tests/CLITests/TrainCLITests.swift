@@ -107,6 +107,32 @@ enum TrainData {
         #expect(steps.map { $0["step"]!.intValue! } == [stopped + 1, stopped + 2])
     }
 
+    /// Relative paths given at the start still point to the same files when resuming from elsewhere.
+    @Test func resumesFromAnotherDirectoryWithRelativePaths() throws {
+        let dir = Fixtures.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        _ = try TrainData.write(dir)
+        let first = Process()
+        first.executableURL = URL(fileURLWithPath: cairnExecutable)
+        first.currentDirectoryURL = dir
+        first.arguments = [
+            "train", "--model", tinyModel, "--data", "data.jsonl", "--output", "runs/x", "--steps", "2", "--seq-len",
+            "32",
+        ]
+        first.standardError = Pipe()
+        try first.run()
+        first.waitUntilExit()
+        #expect(first.terminationStatus == 0)
+        let run = dir.appendingPathComponent("runs/x").path
+        var job = try String(contentsOfFile: run + "/job.yaml", encoding: .utf8)
+        #expect(job.contains("data: \"\(dir.path)/data.jsonl\""), "\(job)")
+        job = job.replacingOccurrences(of: "steps: 2", with: "steps: 3")
+        try Data(job.utf8).write(to: URL(fileURLWithPath: run + "/job.yaml"))
+        let resumed = try cairn("train", "--resume", run, "--json")
+        #expect(resumed.status == 0, "\(resumed.stderr)")
+        #expect(resumed.stdout.contains("\"step\":3"))
+    }
+
     @Test func badDataAndSettingsAreOneLineErrors() throws {
         let dir = Fixtures.temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: dir) }
