@@ -112,10 +112,8 @@ func runFull(_ model: LlamaModel, _ tokens: [Int32], batch: Int, length: Int) ->
 @Suite struct ModelLoadingErrorTests {
     func directory(config: (inout JSONObject) -> Void) throws -> String {
         let dir = Fixtures.temporaryDirectory()
-        let source = Fixtures.directory.appendingPathComponent("tiny-llama/a-hf")
-        try FileManager.default.copyItem(
-            at: source.appendingPathComponent("model.safetensors"), to: dir.appendingPathComponent("model.safetensors"))
-        var object = try HFModelDirectory.readJSON(source.appendingPathComponent("config.json").path).objectValue!
+        try Fixtures.copy(["tiny-llama/a-hf/model.safetensors"], to: dir)
+        var object = try HFModelDirectory.readJSON(Fixtures.path("tiny-llama/a-hf/config.json")).objectValue!
         config(&object)
         try Data(JSONValue.object(object).serialized().utf8).write(to: dir.appendingPathComponent("config.json"))
         return dir.path
@@ -158,9 +156,7 @@ func runFull(_ model: LlamaModel, _ tokens: [Int32], batch: Int, length: Int) ->
         let home = Fixtures.temporaryDirectory()
         try FileManager.default.createDirectory(
             at: home.appendingPathComponent("models"), withIntermediateDirectories: true)
-        try FileManager.default.copyItem(
-            at: Fixtures.directory.appendingPathComponent("tiny-llama/a.gguf"),
-            to: home.appendingPathComponent("models/tiny.gguf"))
+        try Fixtures.copy(["tiny-llama/a.gguf"], to: home.appendingPathComponent("models"), as: "tiny.gguf")
         setenv("CAIRN_HOME", home.path, 1)
         defer { unsetenv("CAIRN_HOME") }
         #expect(try ModelSource.resolve("tiny") == .gguf(home.appendingPathComponent("models/tiny.gguf").path))
@@ -251,14 +247,8 @@ func runFull(_ model: LlamaModel, _ tokens: [Int32], batch: Int, length: Int) ->
     @Test func tokenizerLargerThanTheEmbeddingIsRefused() throws {
         let dir = Fixtures.temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: dir) }
-        for file in ["config.json", "model.safetensors"] {
-            try FileManager.default.copyItem(
-                at: Fixtures.directory.appendingPathComponent("tiny-llama/a-hf/\(file)"),
-                to: dir.appendingPathComponent(file))
-        }
-        try FileManager.default.copyItem(
-            at: Fixtures.directory.appendingPathComponent("tokenizer/tiny-llama3/tokenizer.json"),
-            to: dir.appendingPathComponent("tokenizer.json"))
+        try Fixtures.copy(["tiny-llama/a-hf/config.json", "tiny-llama/a-hf/model.safetensors"], to: dir)
+        try Fixtures.copy(["tokenizer/tiny-llama3/tokenizer.json"], to: dir)
         let lm = try LanguageModel.load(dir.path)
         #expect(lm.tokenizer == nil)
         #expect(lm.tokenizerProblem?.message.contains("belongs to another model") == true)
@@ -272,11 +262,7 @@ func runFull(_ model: LlamaModel, _ tokens: [Int32], batch: Int, length: Int) ->
     func chatTemplateIsReadInEitherForm(asList: Bool) throws {
         let dir = Fixtures.temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: dir) }
-        for file in ["config.json", "model.safetensors"] {
-            try FileManager.default.copyItem(
-                at: Fixtures.directory.appendingPathComponent("tiny-llama/a-hf/\(file)"),
-                to: dir.appendingPathComponent(file))
-        }
+        try Fixtures.copy(["tiny-llama/a-hf/config.json", "tiny-llama/a-hf/model.safetensors"], to: dir)
         let chatml = "{% for message in messages %}<|im_start|>{{ message['role'] }}{% endfor %}"
         let value: JSONValue =
             asList

@@ -145,11 +145,7 @@ func safetensorsError(_ bytes: [UInt8]) -> FormatError? {
     @Test func rejectsAnIndexThatNamesATensorItsShardLacks() throws {
         let dir = Fixtures.temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: dir) }
-        let source = Fixtures.directory.appendingPathComponent("tiny-llama/a-hf")
-        try FileManager.default.copyItem(
-            at: source.appendingPathComponent("config.json"), to: dir.appendingPathComponent("config.json"))
-        try FileManager.default.copyItem(
-            at: source.appendingPathComponent("model.safetensors"), to: dir.appendingPathComponent("model.safetensors"))
+        try Fixtures.copy(["tiny-llama/a-hf/config.json", "tiny-llama/a-hf/model.safetensors"], to: dir)
         try Data(#"{"weight_map": {"model.norm.weight": "model.safetensors", "ghost": "model.safetensors"}}"#.utf8)
             .write(to: dir.appendingPathComponent("model.safetensors.index.json"))
         #expect { try HFModelDirectory(path: dir.path) } throws: { ($0 as? FormatError)?.field == "weight_map.ghost" }
