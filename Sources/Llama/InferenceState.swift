@@ -61,9 +61,4 @@ public final class InferenceState: @unchecked Sendable {
 
     /// Forgets the cached positions.
     public func reset() { length = 0 }
-
-    /// Bytes held by the cache and the scratch.
-    public var byteCount: Int {
-        [keys, values, x, normed, q, k, v, attention, gate, up].reduce(0) { $0 + $1.count * 4 } + batch * maxChunk * 4
-    }
 }

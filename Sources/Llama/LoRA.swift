@@ -222,11 +222,4 @@ public final class LoRAAdapter: @unchecked Sendable {
 
     /// Number of trainable parameters.
     public var parameterCount: Int { parameters.count }
-
-    /// A copy with the same modules and values.
-    public func copy() -> LoRAAdapter {
-        let c = LoRAAdapter(model: modelConfig, modules: modules.map { ($0.layer, $0.target, $0.rank, $0.scale) })
-        c.parameters.pointer.update(from: parameters.pointer, count: parameters.count)
-        return c
-    }
 }

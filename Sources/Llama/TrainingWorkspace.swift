@@ -44,10 +44,6 @@ struct BlockBuffers {
         loraOffsets = offsets
         lora = FloatBuffer(count: total)
     }
-
-    var byteCount: Int {
-        [rstd1, q, k, v, attention, lse, x2, rstd2, gate, up, lora].reduce(0) { $0 + $1.count * 4 }
-    }
 }
 
 /// Activations and scratch for training steps of a fixed batch shape.
@@ -138,15 +134,6 @@ public final class TrainingWorkspace: @unchecked Sendable {
     }
 
     func block(_ layer: Int) -> BlockBuffers { blocks[recompute ? 0 : layer] }
-
-    /// Bytes held by the workspace.
-    public var byteCount: Int {
-        let fixed = [
-            residuals, rstdFinal, normedFinal, logits, losses, logSumExp, dLosses, dx, dNormed, normedScratch, dq, dk,
-            dv, dAttention, hidden, dHidden, dGate, dUp, loraScratch, dropped, blockOutput,
-        ].reduce(0) { $0 + $1.count * 4 }
-        return fixed + blocks.reduce(0) { $0 + $1.byteCount }
-    }
 
     /// Bytes a workspace would hold, to choose between keeping and recomputing activations.
     public static func estimatedBytes(
