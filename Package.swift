@@ -1,6 +1,7 @@
 // swift-tools-version: 6.0
 // Cairn: distributed LoRA fine-tuning for llama-family models. The module map is in Docs/ARCHITECTURE.md;
-// dependencies point downward only: CLI → Training → Llama → Tokenizer → ModelFormats → TensorKernels → CBLAS.
+// dependencies point downward only: CLI → Coordinator/Worker → Training/Wire/Transport → Llama → Tokenizer →
+// ModelFormats → TensorKernels → CBLAS. Coordinator and Worker share only Wire.
 import PackageDescription
 
 let package = Package(
@@ -13,6 +14,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
+        .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
     ],
     targets: [
         // System libraries from Debian: libopenblas-dev (cblas + LAPACK) and libzmq3-dev.
@@ -31,12 +33,21 @@ let package = Package(
             dependencies: [
                 "TensorKernels", "ModelFormats", "Tokenizer", "Llama", .product(name: "Yams", package: "Yams"),
             ]),
-        .target(name: "Transport", dependencies: ["CZeroMQ"]),
+        .target(name: "Wire", dependencies: ["ModelFormats"]),
+        .target(
+            name: "Transport", dependencies: ["CZeroMQ", "ModelFormats", .product(name: "Crypto", package: "swift-crypto")]),
+        .target(
+            name: "Coordinator",
+            dependencies: [
+                "Wire", "Transport", "Training", "Llama", "Tokenizer", "ModelFormats", "TensorKernels",
+                .product(name: "GRDB", package: "GRDB.swift"),
+            ]),
+        .target(name: "Worker", dependencies: ["Wire", "Transport", "Training", "Llama", "ModelFormats", "TensorKernels"]),
         .executableTarget(
             name: "CairnCLI",
             dependencies: [
-                "TensorKernels", "ModelFormats", "Tokenizer", "Llama", "Training", "Transport",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                "TensorKernels", "ModelFormats", "Tokenizer", "Llama", "Training", "Transport", "Wire", "Coordinator",
+                "Worker", .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
         .executableTarget(name: "CairnBench", dependencies: ["TensorKernels", "ModelFormats", "Llama", "Training"]),
 
@@ -48,7 +59,13 @@ let package = Package(
         .testTarget(name: "LlamaTests", dependencies: ["Llama", "Tokenizer", "ModelFormats", "TestSupport"]),
         .testTarget(
             name: "TrainingTests", dependencies: ["Training", "Llama", "Tokenizer", "ModelFormats", "TestSupport"]),
+        .testTarget(name: "WireTests", dependencies: ["Wire", "ModelFormats"]),
         .testTarget(name: "TransportTests", dependencies: ["Transport"]),
+        .testTarget(
+            name: "CoordinatorTests",
+            dependencies: ["Coordinator", "Wire", "Training", "Llama", "ModelFormats", "TestSupport"]),
+        // Real processes and real sockets on loopback: a coordinator and workers started from the built binary.
+        .testTarget(name: "ClusterTests", dependencies: ["TestSupport", "ModelFormats", "Transport", "Wire"]),
         // Runs the built `cairn` binary as a user would (tiny fixtures; the real model when CAIRN_REAL_MODEL is set).
         .testTarget(name: "CLITests", dependencies: ["TestSupport", "ModelFormats"]),
         // Checks on the real model (SmolLM2-135M); enabled when CAIRN_REAL_MODEL names the GGUF file.

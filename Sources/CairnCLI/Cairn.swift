@@ -19,8 +19,17 @@ struct Cairn: ParsableCommand {
               cairn eval --text-file notes.txt --json
               cairn tokenize --text "Hello world" --json
               cairn inspect ~/.cache/cairn/models/smollm2-135m.gguf
+
+            A cluster (see `cairn coordinator --help`):
+              cairn cluster up --workers 2 --state /tmp/cairn     # coordinator + 2 local workers
+              cairn submit --state /tmp/cairn Cluster/examples/capitals.yaml
+              cairn status --state /tmp/cairn --watch
             """,
         version: version,
-        subcommands: [Generate.self, Eval.self, Tokenize.self, Train.self, Export.self, Inspect.self]
+        subcommands: [
+            Generate.self, Eval.self, Tokenize.self, Train.self, Export.self, Inspect.self, CoordinatorCommand.self,
+            WorkerCommand.self, ClientCommand.self, Submit.self, Status.self, Workers.self, Cancel.self, Pull.self,
+            ClusterCommand.self,
+        ]
     )
 }

@@ -173,12 +173,15 @@ final class StopSignal {
     private let count = Count()
     private var sources: [any DispatchSourceSignal] = []
 
-    init() {
+    /// - Parameter onFirst: called (on a background queue) when the first signal arrives.
+    init(onFirst: (@Sendable () -> Void)? = nil) {
         for sig in [SIGINT, SIGTERM] {
             signal(sig, SIG_IGN)
             let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
             source.setEventHandler { [count] in
-                if count.value.wrappingAdd(1, ordering: .relaxed).newValue >= 2 { exit(130) }
+                let n = count.value.wrappingAdd(1, ordering: .relaxed).newValue
+                if n >= 2 { exit(130) }
+                onFirst?()
             }
             source.resume()
             sources.append(source)

@@ -221,6 +221,13 @@ public final class LanguageModel: @unchecked Sendable {
     ///
     /// - Throws: `ChatTemplateError` when there is none or it is not recognised.
     public func chatTemplate(override: String? = nil) throws(ChatTemplateError) -> ChatTemplate {
+        try Self.chatTemplate(override: override, source: chatTemplateSource)
+    }
+
+    /// The chat template named by `override`, else the one recognised in a model's Jinja `source`.
+    public static func chatTemplate(override: String?, source chatTemplateSource: String?) throws(ChatTemplateError)
+        -> ChatTemplate
+    {
         if let override {
             guard let t = ChatTemplate(name: override) else {
                 throw .unrecognised("\"\(override)\" (not a template name)")
@@ -233,6 +240,22 @@ public final class LanguageModel: @unchecked Sendable {
 }
 
 extension ModelSource {
+    /// The tokenizer and chat template (Jinja source, if any), without loading the weights.
+    public func tokenizer() throws(FormatError) -> (tokenizer: BPETokenizer, chatTemplate: String?) {
+        switch self {
+        case .gguf(let path):
+            let file = try GGUFFile(path: path)
+            let tokenizer = try BPETokenizer(gguf: file.metadata)
+            guard tokenizer.vocabularySize <= (try LlamaConfig(gguf: file)).vocabSize else {
+                throw FormatError(.invalidValue, path: path, field: "tokenizer", "has more tokens than the model's embedding")
+            }
+            return (tokenizer, try file.metadata.string("tokenizer.chat_template"))
+        case .huggingFace:
+            let lm = try LanguageModel.load(self)
+            return (try lm.requireTokenizer(), lm.chatTemplateSource)
+        }
+    }
+
     /// The model's architecture, read from its metadata or config.json without loading the weights.
     public func config() throws(FormatError) -> LlamaConfig {
         switch self {

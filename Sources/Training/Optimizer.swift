@@ -42,7 +42,7 @@ public final class AdamWOptimizer: @unchecked Sendable {
     /// Second moments.
     public let v: FloatBuffer
     /// Updates applied so far.
-    public internal(set) var stepCount = 0
+    public var stepCount = 0
     public let beta1: Float
     public let beta2: Float
     public let epsilon: Float

@@ -129,11 +129,14 @@ public final class Trainer {
         }
         let tokenizer: BPETokenizer
         do { tokenizer = try lm.requireTokenizer() } catch { throw .file(error) }
-        let template = try? lm.chatTemplate(override: config.chatTemplate)
+        let template: Result<ChatTemplate, ChatTemplateError>
+        do throws(ChatTemplateError) { template = .success(try lm.chatTemplate(override: config.chatTemplate)) } catch {
+            template = .failure(error)
+        }
 
         // Data.
-        let (train, validation, skipped) = try loadExamples(tokenizer: tokenizer, template: template, lm: lm)
-        let dataHash = Self.hash(train)
+        let data = try TrainingData.load(config: config, tokenizer: tokenizer, template: template)
+        let (train, validation, skipped, dataHash) = (data.train, data.validation, data.skipped, data.hash)
         let padId = tokenizer.eosId ?? 0
         let plan = RowPlan(
             examples: train, length: config.sequenceLength, mode: config.batchMode, padId: padId, seed: config.seed)
@@ -328,50 +331,8 @@ public final class Trainer {
         }
     }
 
-    private func loadExamples(tokenizer: BPETokenizer, template: ChatTemplate?, lm: LanguageModel) throws(TrainingError)
-        -> (train: [Example], validation: [Example], skipped: Int)
-    {
-        let builder = ExampleBuilder(tokenizer: tokenizer, template: template, lossOn: config.lossOn)
-        func examples(_ path: String) throws(TrainingError) -> ([Example], Int) {
-            let dataset: Dataset
-            do { dataset = try Dataset(path: path, skipBadRecords: config.skipBadRecords) } catch { throw .data(error) }
-            var out: [Example] = []
-            for (line, record) in dataset.records {
-                do {
-                    out.append(try builder.example(record))
-                } catch {
-                    if case .chat = record, template == nil {
-                        do { _ = try lm.chatTemplate(override: config.chatTemplate) } catch { throw .template(error) }
-                    }
-                    throw .data(InputError(path: path, line: line, error.description))
-                }
-            }
-            return (out, dataset.skipped.count)
-        }
-        var (train, skipped) = try examples(config.data)
-        var validation: [Example] = []
-        if let v = config.validationData {
-            let (examples, s) = try examples(v)
-            validation = examples
-            skipped += s
-        } else if config.validationSplit > 0 {
-            // A seeded choice of examples, the same on every run with the same seed and data.
-            var order = Array(train.indices)
-            var rng = SeededGenerator(seed: config.seed ^ 0x5EED_0F_DA7A)
-            for i in stride(from: order.count - 1, to: 0, by: -1) { order.swapAt(i, Int(rng.next() % UInt64(i + 1))) }
-            let count = max(1, Int(Double(train.count) * config.validationSplit))
-            guard count < train.count else {
-                throw .run("validation_split \(config.validationSplit) leaves no training examples")
-            }
-            let held = Set(order.prefix(count))
-            validation = order.prefix(count).sorted().map { train[$0] }
-            train = train.indices.filter { !held.contains($0) }.map { train[$0] }
-        }
-        return (train, validation, skipped)
-    }
-
     /// SHA-256 of tokenized examples (ids and masks): the data's identity for resume and provenance.
-    static func hash(_ examples: [Example]) -> String {
+    public static func hash(_ examples: [Example]) -> String {
         var bytes: [UInt8] = []
         for e in examples {
             withUnsafeBytes(of: UInt32(e.tokens.count).littleEndian) { bytes += $0 }
@@ -383,7 +344,7 @@ public final class Trainer {
         return FileHash.sha256(bytes)
     }
 
-    static func recipeJSON(_ c: TrainingConfig) -> String {
+    public static func recipeJSON(_ c: TrainingConfig) -> String {
         let o: JSONValue = [
             "rank": .integer(Int64(c.lora.rank)), "alpha": .number(c.lora.alpha), "rslora": .bool(c.lora.useRSLoRA),
             "dropout": .number(c.lora.dropout), "targets": .array(c.lora.targets.map { .string($0.rawValue) }),

@@ -37,6 +37,8 @@ extension TrainingConfig {
         ("chat_template", "chatml, smollm2, llama3 or mistral instead of the model's"),
         ("recompute", "auto (default), always or never: recompute activations in the backward"),
         ("threads", "kernel threads (default all cores)"),
+        ("mode", "cluster jobs (cairn submit): how workers share the job; sync (default): every step's batch split "
+            + "across workers, gradients averaged"),
     ]
 
     /// Reads a YAML job file over the current values.
@@ -167,6 +169,7 @@ extension TrainingConfig {
             case "chat_template": chatTemplate = try string()
             case "recompute": recompute = try choice(RecomputeMode.self)
             case "threads": threads = try int()
+            case "mode": mode = try choice(DistributionMode.self)
             default: throw fail("unknown key")
             }
         }
@@ -226,6 +229,7 @@ extension TrainingConfig {
         ]
         if let t = chatTemplate { lines.append("chat_template: \(q(t))") }
         if let t = threads { lines.append("threads: \(t)") }
+        lines.append("mode: \(mode.rawValue)")
         return lines.joined(separator: "\n") + "\n"
     }
 }

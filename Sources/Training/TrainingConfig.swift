@@ -33,6 +33,13 @@ public enum RecomputeMode: String, Sendable, Codable, CaseIterable {
     case always, never
 }
 
+/// How a cluster job is shared among workers.
+public enum DistributionMode: String, Sendable, Codable, CaseIterable {
+    /// Every optimizer step's global batch is split across workers in proportion to their speed; gradients are
+    /// summed and divided by the step's trained tokens, so N workers reproduce one machine's training.
+    case sync
+}
+
 /// A LoRA training job.
 public struct TrainingConfig: Sendable, Equatable {
     /// `--model`: a GGUF file, HF directory or cached model name.
@@ -85,6 +92,8 @@ public struct TrainingConfig: Sendable, Equatable {
     public var recompute = RecomputeMode.auto
     /// Kernel threads (nil: all cores).
     public var threads: Int?
+    /// How a cluster job is distributed (`cairn train` runs on one machine and ignores it).
+    public var mode = DistributionMode.sync
 
     /// Activations above this trigger recomputation in `auto` mode.
     public static let activationBudgetBytes = 1 << 30

@@ -75,12 +75,13 @@ public final class TrainingSession: @unchecked Sendable {
     }
 
     /// Sets `gradients` to the gradient of the mean loss over every trained token of `microBatches` (the
-    /// micro-batches of one step: gradient accumulation).
+    /// micro-batches of one step: gradient accumulation), or with `normalize: false` of the summed loss (a cluster
+    /// worker's share: the coordinator adds the shares and divides by the step's trained tokens).
     @discardableResult
-    public func computeGradients(_ microBatches: [TrainingBatch]) -> StepLoss {
+    public func computeGradients(_ microBatches: [TrainingBatch], normalize: Bool = true) -> StepLoss {
         gradients.zero()
         let targets = microBatches.reduce(0) { $0 + $1.targetCount }
-        let scale = Float(1) / Float(max(1, targets))
+        let scale = normalize ? Float(1) / Float(max(1, targets)) : 1
         var total = StepLoss(sum: 0, tokens: 0)
         for (i, batch) in microBatches.enumerated() {
             let plan =

@@ -1,0 +1,448 @@
+// Cluster commands: coordinator, worker, client enrolment, submit/status/workers/cancel/pull, cluster up.
+
+import ArgumentParser
+import Coordinator
+import Foundation
+import Llama
+import ModelFormats
+import Training
+import Transport
+import Wire
+import Worker
+
+func timestamped(_ prefix: String) -> @Sendable (String) -> Void {
+    { line in
+        let f = DateFormatter()
+        f.dateFormat = "HH:mm:ss"
+        Terminal.note("\(f.string(from: Date())) \(prefix)\(line)")
+    }
+}
+
+/// Parses "90s", "30m", "24h", "7d" (or plain seconds).
+func parseDuration(_ text: String) -> Double? {
+    let units: [Character: Double] = ["s": 1, "m": 60, "h": 3600, "d": 86400]
+    if let last = text.last, let unit = units[last], let n = Double(text.dropLast()), n > 0 { return n * unit }
+    if let n = Double(text), n > 0 { return n }
+    return nil
+}
+
+struct CoordinatorCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "coordinator",
+        abstract: "Run the coordinator that splits LoRA jobs across workers, or issue join tokens.",
+        discussion: """
+            The coordinator keeps everything in its state directory (--state, default $CAIRN_STATE or \
+            ~/.local/state/cairn): the SQLite journal of jobs and steps, content-addressed blobs (models, data, \
+            checkpoints, adapters), its CURVE key pair, and client.json, the credentials the local `cairn submit/\
+            status/pull` use. Restarted on the same state directory it resumes every job from its last journaled \
+            step; workers reconnect by themselves.
+
+            Every connection is encrypted (CURVE) and only enrolled keys get in. To add a machine:
+              cairn coordinator token                    # on the coordinator: prints a one-time token
+              cairn worker join tcp://HOST:7070 --token TOKEN     # on the new machine
+
+            Examples:
+              cairn coordinator --listen tcp://0.0.0.0:7070
+              cairn coordinator token --ttl 1h
+              cairn coordinator token --role client      # for `cairn client join` on a laptop
+            """,
+        subcommands: [Serve.self, Token.self, RevokeToken.self], defaultSubcommand: Serve.self)
+
+    struct Serve: ParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "serve", abstract: "Run the coordinator (the default).")
+
+        @Option(help: "State directory (default $CAIRN_STATE or ~/.local/state/cairn).")
+        var state: String?
+        @Option(help: "ZeroMQ endpoint to listen on.")
+        var listen = "tcp://0.0.0.0:7070"
+        @Flag(help: "No encryption and no keys. Only for demos on loopback (tcp://127.0.0.1:PORT).")
+        var insecure = false
+        @Option(help: .hidden)
+        var heartbeatMs: Int?
+
+        func run() throws {
+            let dir = state ?? CredentialPaths.defaultState
+            var options = CoordinatorOptions(stateDirectory: dir, listen: listen)
+            options.insecure = insecure
+            if let h = heartbeatMs { options.heartbeatMilliseconds = max(10, h) }
+            if insecure {
+                Terminal.note(
+                    "WARNING: --insecure: traffic is not encrypted and ANY local process can submit jobs and read adapters. "
+                        + "Use it only for demos on this machine.")
+            }
+            let coordinator: Coordinator
+            do { coordinator = try Coordinator(options: options, log: timestamped("")) } catch { throw CLIError("\(error)") }
+            let signals = StopSignal(onFirst: { coordinator.stop() })
+            Terminal.note("state: \(dir) · clients on this machine use \(StateFiles.client(dir))")
+            do { try coordinator.run() } catch { throw CLIError("\(error)") }
+            _ = signals
+        }
+    }
+
+    struct Token: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Print a one-time join token for a worker (or a client).",
+            discussion: "The token carries the coordinator's public key and a one-time secret. It is used once and expires.")
+
+        @Option(help: "State directory of the coordinator.")
+        var state: String?
+        @Option(help: "worker or client.")
+        var role = "worker"
+        @Option(help: "How long the token stays valid: 90s, 30m, 24h, 7d.")
+        var ttl = "24h"
+
+        func run() throws {
+            guard ["worker", "client"].contains(role) else { throw ValidationError("--role must be worker or client") }
+            guard let seconds = parseDuration(ttl) else { throw ValidationError("--ttl: expected e.g. 30m, 24h or 7d") }
+            let token: JoinToken
+            do {
+                token = try StateFiles.issueToken(
+                    stateDirectory: state ?? CredentialPaths.defaultState, role: role, validFor: seconds)
+            } catch { throw CLIError("\(error)") }
+            Terminal.write("\(token)\n")
+            Terminal.note("token \(token.id) for one \(role), valid \(ttl); revoke with `cairn coordinator revoke-token \(token.id)`")
+        }
+    }
+
+    struct RevokeToken: ParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "revoke-token", abstract: "Revoke an unused join token.")
+        @Option(help: "State directory of the coordinator.")
+        var state: String?
+        @Argument(help: "The token id that `cairn coordinator token` printed.")
+        var id: String
+
+        func run() throws {
+            let store = try Store(directory: state ?? CredentialPaths.defaultState)
+            guard try store.revokeToken(id: id) else { throw CLIError("no token \(id)") }
+            Terminal.note("token \(id) revoked")
+        }
+    }
+}
+
+struct WorkerCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "worker", abstract: "Lend this machine to a coordinator.", subcommands: [Join.self])
+
+    struct Join: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Join a coordinator and work on its jobs until stopped (SIGINT/SIGTERM: finish, hand back, leave).",
+            discussion: """
+                The first time, pass the token from `cairn coordinator token`: the worker enrols a key pair of its own \
+                and keeps it (--credentials, default ~/.config/cairn/worker.json, mode 0600), so later joins need no \
+                token. The coordinator ships the base model into the cache (--cache) the first time.
+
+                Examples:
+                  cairn worker join tcp://coord:7070 --token cairn1…
+                  cairn worker join tcp://coord:7070 --threads 4
+                """)
+
+        @Argument(help: "The coordinator's endpoint, e.g. tcp://coord-host:7070.")
+        var endpoint: String
+        @Option(help: "Join token from `cairn coordinator token` (needed the first time).")
+        var token: String?
+        @Option(help: "Kernel threads (default: all cores).")
+        var threads: Int?
+        @Option(help: "Name shown by `cairn workers` (default: host name).")
+        var name: String?
+        @Option(help: "Where the worker's key pair is kept.")
+        var credentials: String?
+        @Option(help: "Blob cache (default $CAIRN_HOME/worker or ~/.cache/cairn/worker).")
+        var cache: String?
+        @Flag(help: "Connect without encryption (a coordinator started with --insecure on this machine).")
+        var insecure = false
+
+        func run() throws {
+            if let threads, threads < 1 || threads > 1024 { throw ValidationError("--threads must be between 1 and 1024") }
+            let name = name ?? ProcessInfo.processInfo.hostName
+            let credPath = credentials ?? CredentialPaths.userWorker
+            var creds: Credentials
+            if insecure {
+                guard StateFiles.isLoopback(endpoint) else {
+                    throw ValidationError("--insecure only works on loopback endpoints (tcp://127.0.0.1:PORT)")
+                }
+                creds = Credentials(endpoint: endpoint, serverKey: nil, keys: nil)
+            } else if let token {
+                guard let t = JoinToken(parsing: token) else {
+                    throw ValidationError("--token is not a Cairn join token (it starts with cairn1)")
+                }
+                creds = try ClusterClient.enrol(endpoint: endpoint, token: t, role: "worker", name: name)
+                try creds.save(to: credPath)
+                Terminal.note("enrolled; key pair saved to \(credPath)")
+            } else if FileManager.default.fileExists(atPath: credPath) {
+                creds = try Credentials.load(from: credPath)
+                creds.endpoint = endpoint
+            } else {
+                throw ValidationError(
+                    "this machine has no key yet (\(credPath)); pass --token from `cairn coordinator token` on the coordinator")
+            }
+            var options = WorkerOptions(
+                credentials: creds, name: name,
+                cacheDirectory: cache ?? ((ModelSource.home as NSString).appendingPathComponent("worker")))
+            options.threads = threads
+            let agent = try WorkerAgent(options: options, log: timestamped("[\(name)] "))
+            let signals = StopSignal(onFirst: { agent.stop() })
+            do { try agent.run() } catch { throw CLIError("\(error)") }
+            _ = signals
+        }
+    }
+}
+
+struct ClientCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "client", abstract: "Enrol this machine as a client of a coordinator.", subcommands: [Join.self])
+
+    struct Join: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Enrol with a token from `cairn coordinator token --role client`; then submit/status/pull work here.")
+        @Argument(help: "The coordinator's endpoint.")
+        var endpoint: String
+        @Option(help: "Join token.")
+        var token: String
+        @Option(help: "Where to keep the credentials (default ~/.config/cairn/client.json).")
+        var credentials: String?
+
+        func run() throws {
+            guard let t = JoinToken(parsing: token) else { throw ValidationError("--token is not a Cairn join token") }
+            let creds = try ClusterClient.enrol(
+                endpoint: endpoint, token: t, role: "client", name: ProcessInfo.processInfo.hostName)
+            let path = credentials ?? CredentialPaths.userClient
+            try creds.save(to: path)
+            Terminal.note("enrolled; credentials saved to \(path)")
+        }
+    }
+}
+
+/// Options of every client command.
+struct ClientOptions: ParsableArguments {
+    @Option(help: "The coordinator's state directory, when on its machine (uses DIR/client.json).")
+    var state: String?
+    @Option(help: "A credentials file from `cairn client join`.")
+    var credentials: String?
+
+    func connect() throws -> ClusterClient {
+        try ClusterClient(CredentialPaths.clientCredentials(explicit: credentials, state: state))
+    }
+}
+
+struct Submit: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Submit a job file to the coordinator; prints the job id.",
+        discussion: """
+            The job file has the keys of `cairn train --list-keys`, plus `mode` (sync). The data file it names is \
+            sent with the job; the model is resolved on the coordinator (a cached name such as smollm2-135m, or a \
+            path there). See Cluster/examples/.
+            """)
+    @OptionGroup var client: ClientOptions
+    @Argument(help: "The job file (YAML).")
+    var job: String
+
+    func run() throws {
+        var config = TrainingConfig()
+        do { try config.apply(yamlFile: job) } catch { throw CLIError(error.description) }
+        guard !config.data.isEmpty else { throw CLIError("\(job): data: required (a JSONL file)") }
+        guard let data = FileManager.default.contents(atPath: config.data) else {
+            throw CLIError("\(job): data: cannot read \(config.data)")
+        }
+        guard data.count <= Wire.maxTensorBytes else {
+            throw CLIError("\(config.data) is \(data.count >> 20) MiB; cluster jobs take at most \(Wire.maxTensorBytes >> 20) MiB of data")
+        }
+        let spec = try String(contentsOfFile: job, encoding: .utf8)
+        let c = try client.connect()
+        let reply = try c.request(
+            Message(
+                .submit, ["spec": .string(spec), "data_name": .string((config.data as NSString).lastPathComponent)],
+                tensors: [Tensor(name: "data", dtype: .u8, shape: [data.count], bytes: Array(data))]),
+            expect: .submitted, timeout: 300)
+        Terminal.write(reply.string("job") + "\n")
+    }
+}
+
+struct Status: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Show jobs (steps, loss, tokens/s) and workers.",
+        discussion: "With a job id, --json includes every journaled step (loss, tokens, seconds, bytes, shares).")
+    @OptionGroup var client: ClientOptions
+    @Argument(help: "A job id (default: all jobs).")
+    var jobId: String?
+    @Flag(help: "Print the coordinator's answer as JSON.")
+    var json = false
+    @Flag(help: "Refresh every 2 seconds until the job (or every job) is finished.")
+    var watch = false
+
+    func run() throws {
+        let c = try client.connect()
+        while true {
+            var meta: JSONObject = [:]
+            if let jobId { meta["job"] = .string(jobId) }
+            let reply = try c.request(Message(.status, meta), expect: .statusReply)
+            let body = reply.metadata["body"] ?? .null
+            if json {
+                Terminal.printJSON(body)
+            } else {
+                Terminal.write(Self.render(body))
+            }
+            let jobs = body.objectValue?["jobs"]?.arrayValue ?? []
+            let finished = jobs.allSatisfy { ["done", "failed", "cancelled"].contains($0.objectValue?["state"]?.stringValue ?? "") }
+            if !watch || finished { break }
+            Thread.sleep(forTimeInterval: 2)
+        }
+    }
+
+    static func render(_ body: JSONValue) -> String {
+        var out = ""
+        let jobs = body.objectValue?["jobs"]?.arrayValue ?? []
+        if jobs.isEmpty { out += "no jobs\n" }
+        for j in jobs.compactMap(\.objectValue) {
+            let loss = j["loss"]?.doubleValue.map { String(format: "loss %.4f", $0) } ?? ""
+            let tps = j["tokens_per_second"]?.doubleValue.map { String(format: "%.0f tok/s", $0) } ?? ""
+            out += "\(j["id"]?.stringValue ?? "")  \(j["state"]?.stringValue ?? "")  \(j["mode"]?.stringValue ?? "")  "
+            out += "step \(j["step"]?.intValue ?? 0)/\(j["total_steps"]?.intValue ?? 0)  \(loss)  \(tps)\n"
+            if let e = j["error"]?.stringValue { out += "  error: \(e)\n" }
+        }
+        out += Workers.render(body.objectValue?["workers"] ?? .array([]))
+        return out
+    }
+}
+
+struct Workers: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "List workers: connected or not, speed, rows done.")
+    @OptionGroup var client: ClientOptions
+    @Flag(help: "Print JSON.")
+    var json = false
+
+    func run() throws {
+        let reply = try client.connect().request(Message(.workers), expect: .workersReply)
+        let body = reply.metadata["body"] ?? .array([])
+        if json { Terminal.printJSON(body) } else { Terminal.write(Self.render(body)) }
+    }
+
+    static func render(_ body: JSONValue) -> String {
+        let workers = body.arrayValue?.compactMap(\.objectValue) ?? []
+        if workers.isEmpty { return "no workers\n" }
+        var out = ""
+        for w in workers {
+            let speed = w["rows_per_second"]?.doubleValue.map { String(format: "%.2f rows/s", $0) } ?? ""
+            out += "worker \(w["name"]?.stringValue ?? "") [\(w["id"]?.stringValue ?? "")]  \(w["state"]?.stringValue ?? "")  "
+            out += "\(w["cores"]?.intValue ?? 0) cores  \(String(format: "%.1f", w["gflops"]?.doubleValue ?? 0)) GFLOP/s  "
+            out += "\(speed)  rows done \(w["rows_done"]?.intValue ?? 0)\n"
+        }
+        return out
+    }
+}
+
+struct Cancel: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Cancel a queued or running job.")
+    @OptionGroup var client: ClientOptions
+    @Argument var jobId: String
+
+    func run() throws {
+        _ = try client.connect().request(Message(.cancel, ["job": .string(jobId)]), expect: .cancelled)
+        Terminal.note("\(jobId) cancelled")
+    }
+}
+
+struct Pull: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Download a finished job's adapter.",
+        discussion: """
+            --format peft writes a PEFT directory (adapter_config.json + adapter_model.safetensors); gguf writes a \
+            GGUF LoRA file that llama.cpp loads with --lora; checkpoint writes the final training state.
+            """)
+    @OptionGroup var client: ClientOptions
+    @Argument var jobId: String
+    @Option(help: "peft, gguf or checkpoint.")
+    var format = "peft"
+    @Option(name: .shortAndLong, help: "Output directory (peft) or file (gguf, checkpoint).")
+    var output: String
+
+    func run() throws {
+        let wanted: [String]
+        switch format {
+        case "peft": wanted = ["adapter_config.json", "adapter_model.safetensors"]
+        case "gguf": wanted = ["adapter.gguf"]
+        case "checkpoint": wanted = ["checkpoint.safetensors"]
+        default: throw ValidationError("--format must be peft, gguf or checkpoint")
+        }
+        let c = try client.connect()
+        let reply = try c.request(Message(.pull, ["job": .string(jobId)]), expect: .pullReply)
+        var files: [String: (blob: String, bytes: Int)] = [:]
+        for f in reply.metadata["files"]?.arrayValue?.compactMap(\.objectValue) ?? [] {
+            if let n = f["name"]?.stringValue, let b = f["blob"]?.stringValue, BlobStore.isHash(b), let size = f["bytes"]?.intValue {
+                files[n] = (b, size)
+            }
+        }
+        if format == "peft" { try FileManager.default.createDirectory(atPath: output, withIntermediateDirectories: true) }
+        for name in wanted {
+            guard let f = files[name] else { throw CLIError("the coordinator has no \(name) for \(jobId)") }
+            let path = format == "peft" ? (output as NSString).appendingPathComponent(name) : output
+            let progress = ProgressLine("pull \(name)", total: f.bytes)
+            try c.download(blob: f.blob, bytes: f.bytes, to: path) { progress.update($0, unit: "bytes") }
+            progress.finish()
+        }
+        Terminal.note("\(jobId): \(format) adapter written to \(output)")
+    }
+}
+
+struct ClusterCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "cluster", abstract: "Run a whole cluster on this machine.", subcommands: [Up.self])
+
+    struct Up: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Start a coordinator and N local workers (each its own process) until stopped.",
+            discussion: """
+                Workers enrol with tokens like remote ones would; the cores are shared out among them. In another \
+                terminal: `cairn submit --state DIR job.yaml`, `cairn status --state DIR --watch`, `cairn pull …`.
+
+                Example:
+                  cairn cluster up --workers 2 --state /tmp/cairn-demo
+                """)
+        @Option(help: "Local workers to start.")
+        var workers = 2
+        @Option(help: "State directory.")
+        var state: String?
+        @Option(help: "Endpoint to listen on.")
+        var listen = "tcp://127.0.0.1:7070"
+        @Option(help: "Kernel threads per worker (default: cores / workers).")
+        var threads: Int?
+
+        func run() throws {
+            guard workers >= 0, workers <= 64 else { throw ValidationError("--workers must be between 0 and 64") }
+            let dir = state ?? CredentialPaths.defaultState
+            let coordinator: Coordinator
+            do {
+                coordinator = try Coordinator(
+                    options: CoordinatorOptions(stateDirectory: dir, listen: listen), log: timestamped("[coordinator] "))
+            } catch { throw CLIError("\(error)") }
+            let endpoint = coordinator.endpoint.replacingOccurrences(of: "0.0.0.0", with: "127.0.0.1")
+            let perWorker = threads ?? max(1, ProcessInfo.processInfo.activeProcessorCount / max(1, workers))
+            var children: [Process] = []
+            let exe = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().path
+            for i in 0..<workers {
+                let token = try StateFiles.issueToken(stateDirectory: dir, role: "worker", validFor: 600)
+                let p = Process()
+                p.executableURL = URL(fileURLWithPath: exe)
+                p.arguments = [
+                    "worker", "join", endpoint, "--token", token.description, "--name", "local-\(i + 1)",
+                    "--threads", "\(perWorker)", "--credentials",
+                    (dir as NSString).appendingPathComponent("local-worker-\(i + 1).json"),
+                ]
+                children.append(p)
+            }
+            let started = children
+            let signals = StopSignal(onFirst: {
+                for p in started where p.isRunning { kill(p.processIdentifier, SIGTERM) }
+                coordinator.stop()
+            })
+            let runner = Thread { try? coordinator.run() }
+            runner.start()
+            for p in children { try p.run() }
+            Terminal.note(
+                "cluster up: coordinator on \(endpoint), \(workers) workers × \(perWorker) threads. "
+                    + "Submit with: cairn submit --state \(dir) JOB.yaml")
+            while !runner.isFinished && !signals.requested { Thread.sleep(forTimeInterval: 0.2) }
+            for p in children { p.waitUntilExit() }
+            while !runner.isFinished { Thread.sleep(forTimeInterval: 0.05) }
+        }
+    }
+}

@@ -1,0 +1,737 @@
+// Coordinator: the runner around the store, the job and the step bookkeeping. One thread: it polls the ROUTER
+// socket and the ZAP handler, handles each message, then ticks (heartbeats, lost workers, deadlines,
+// scheduling, journaling). Every message is decoded and validated by Wire before anything trusts it; a peer
+// may only send the messages of its role (an enrolment key: only `enrol`); a peer that keeps sending bad
+// messages is ignored for the rest of its connection.
+//
+// State directory:
+//   cairn.sqlite     jobs, journaled steps, keys and tokens, workers, lineage (Store)
+//   blobs/sha256/    models, datasets, checkpoints, exported adapters (BlobStore)
+//   server.json      the coordinator's CURVE key pair (0600)
+//   client.json      credentials of the local client key, enrolled at first start (0600)
+
+import Foundation
+import Llama
+import ModelFormats
+import TensorKernels
+import Training
+import Transport
+import Wire
+
+/// Why the coordinator cannot start.
+public struct CoordinatorError: Error, Sendable, CustomStringConvertible {
+    public var message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}
+
+/// Settings of a coordinator.
+public struct CoordinatorOptions: Sendable {
+    public var stateDirectory: String
+    /// ZeroMQ endpoint to bind, e.g. tcp://0.0.0.0:7070 (tcp://127.0.0.1:* picks a free port).
+    public var listen: String
+    /// No CURVE, no keys (loopback only).
+    public var insecure = false
+    public var heartbeatMilliseconds = Wire.heartbeatMilliseconds
+    public var liveness = Wire.heartbeatLiveness
+
+    public init(stateDirectory: String, listen: String) {
+        self.stateDirectory = stateDirectory
+        self.listen = listen
+    }
+}
+
+/// Files of a state directory.
+public enum StateFiles {
+    public static func server(_ dir: String) -> String { (dir as NSString).appendingPathComponent("server.json") }
+    public static func client(_ dir: String) -> String { (dir as NSString).appendingPathComponent("client.json") }
+    public static func blobs(_ dir: String) -> String { (dir as NSString).appendingPathComponent("blobs") }
+
+    /// Whether an endpoint is on this machine only (loopback TCP, IPC, inproc).
+    public static func isLoopback(_ endpoint: String) -> Bool {
+        endpoint.hasPrefix("ipc://") || endpoint.hasPrefix("inproc://") || endpoint.hasPrefix("tcp://127.")
+            || endpoint.hasPrefix("tcp://localhost:") || endpoint.hasPrefix("tcp://[::1]:")
+    }
+
+    /// Issues a join token (run beside a live coordinator: the store is shared through SQLite).
+    public static func issueToken(stateDirectory dir: String, role: String, validFor seconds: Double) throws(
+        CoordinatorError
+    ) -> JoinToken {
+        let server: Credentials
+        do { server = try Credentials.load(from: Self.server(dir)) } catch {
+            throw CoordinatorError("\(dir) holds no coordinator keys (start `cairn coordinator --state \(dir)` once): \(error)")
+        }
+        guard let key = server.keys?.publicKey else {
+            throw CoordinatorError("the coordinator in \(dir) runs without keys (--insecure); it needs no tokens")
+        }
+        let token = JoinToken.generate(serverKey: key)
+        do {
+            let store = try Store(directory: dir)
+            try store.addToken(
+                id: token.id, enrolKey: try token.enrolmentKeys().publicKey, role: role,
+                expires: Date().timeIntervalSince1970 + seconds)
+        } catch { throw CoordinatorError("cannot record the token: \(error)") }
+        return token
+    }
+}
+
+/// The coordinator process.
+public final class Coordinator: @unchecked Sendable {
+    public let options: CoordinatorOptions
+    let store: Store
+    let blobs: BlobStore
+    let serverKeys: CurveKeyPair?
+    private let context = Context()
+    private var router: Socket?
+    private var zap: ZAPHandler?
+    private var peers: [[UInt8]: Peer] = [:]
+    private var job: SyncJob?
+    private var failedToLoad: Set<String> = []
+    private let log: @Sendable (String) -> Void
+    private let stopLock = NSLock()
+    private var stopRequested = false
+    /// The endpoint bound (with the port resolved).
+    public private(set) var endpoint = ""
+
+    /// Opens the state directory (creating keys and the local client's credentials the first time) and binds.
+    public init(options: CoordinatorOptions, log: @escaping @Sendable (String) -> Void) throws(CoordinatorError) {
+        self.options = options
+        self.log = log
+        if options.insecure, !StateFiles.isLoopback(options.listen) {
+            throw CoordinatorError(
+                "--insecure listens without encryption or keys; it is allowed only on loopback (tcp://127.0.0.1:PORT), not \(options.listen)")
+        }
+        let dir = options.stateDirectory
+        do {
+            store = try Store(directory: dir)
+            blobs = try BlobStore(root: StateFiles.blobs(dir))
+        } catch { throw CoordinatorError("\(error)") }
+        if options.insecure {
+            serverKeys = nil
+        } else if let existing = try? Credentials.load(from: StateFiles.server(dir)), let keys = existing.keys {
+            serverKeys = keys
+        } else {
+            do {
+                let keys = try CurveKeyPair.generate()
+                try Credentials(endpoint: options.listen, serverKey: keys.publicKey, keys: keys).save(
+                    to: StateFiles.server(dir))
+                serverKeys = keys
+            } catch { throw CoordinatorError("cannot create the coordinator's keys: \(error)") }
+        }
+        do {
+            if let serverKeys { zap = try ZAPHandler(context) }
+            let r = try Socket(context, .router)
+            try r.setRouterMandatory()
+            try r.setMaxMessageSize(Wire.maxTensorBytes + (1 << 20))
+            if let serverKeys { try r.makeCurveServer(serverKeys) }
+            try r.bind(options.listen)
+            router = r
+            endpoint = r.lastEndpoint
+        } catch {
+            throw CoordinatorError("cannot listen on \(options.listen): \(error)")
+        }
+        try writeLocalClient()
+    }
+
+    /// The local client's credentials: written and enrolled at every start (the endpoint may have changed).
+    private func writeLocalClient() throws(CoordinatorError) {
+        let path = StateFiles.client(options.stateDirectory)
+        var connect = endpoint
+        for any in ["tcp://0.0.0.0:", "tcp://*:"] where connect.hasPrefix(any) {
+            connect = "tcp://127.0.0.1:" + connect.dropFirst(any.count)
+        }
+        do {
+            var keys = (try? Credentials.load(from: path))?.keys
+            if serverKeys != nil, keys == nil { keys = try CurveKeyPair.generate() }
+            if serverKeys == nil { keys = nil }
+            if let keys { try store.addKey(keys.publicKey, role: "client", name: "local") }
+            try Credentials(endpoint: connect, serverKey: serverKeys?.publicKey, keys: keys).save(to: path)
+        } catch { throw CoordinatorError("cannot write \(path): \(error)") }
+    }
+
+    /// Asks `run()` to return (from any thread or a signal handler's queue).
+    public func stop() { stopLock.withLock { stopRequested = true } }
+
+    private var shouldStop: Bool { stopLock.withLock { stopRequested } }
+
+    static var now: Double { Date().timeIntervalSince1970 }
+
+    /// Serves until `stop()`. Jobs left running resume here from their last journaled step.
+    public func run() throws(CoordinatorError) {
+        guard let router else { return }
+        log("listening on \(endpoint)" + (serverKeys == nil ? " WITHOUT encryption or keys (--insecure)" : " (CURVE)"))
+        var sockets = [router]
+        if let zap { sockets.append(zap.socket) }
+        while !shouldStop {
+            do {
+                let ready = try Socket.poll(sockets, timeoutMilliseconds: 20)
+                if ready.count > 1, ready[1], let zap { try zap.serve(authorize: authorize) }
+                var handled = 0
+                while handled < 256, let m = try router.receiveNow() {
+                    handle(m)
+                    handled += 1
+                    if let zap { try zap.serve(authorize: authorize) }
+                }
+                tick(now: Self.now)
+            } catch {
+                if error.kind == .closed { break }
+                log("transport error: \(error)")
+            }
+        }
+        router.close()
+        zap?.close()
+    }
+
+    // MARK: Authentication
+
+    /// ZAP: enrolled keys by role; an unused, unexpired token's enrolment key for `enrol` only.
+    private func authorize(_ key: String) -> String? {
+        if let role = try? store.role(ofKey: key) { return "\(role) \(key)" }
+        if let token = try? store.usableToken(enrolKey: key) { return "enrol \(token.id)" }
+        log("refused a connection from an unenrolled key \(key.prefix(8))…")
+        return nil
+    }
+
+    // MARK: Messages
+
+    private func handle(_ received: Received) {
+        guard received.frames.count >= 2 else { return }
+        let rid = received.frames[0]
+        let now = Self.now
+        var peer = peers[rid] ?? Peer(routingId: rid, userId: received.userId, now: now, insecure: serverKeys == nil)
+        guard !peer.ignored else { return }
+        peer.lastSeen = now
+        let message: Message
+        do {
+            message = try Message.decode(Array(received.frames.dropFirst()))
+        } catch {
+            peer.bad += 1
+            log("dropped a message from \(peer.label): \(error)")
+            if peer.bad >= Peer.badLimit {
+                peer.ignored = true
+                log("ignoring \(peer.label) for the rest of its connection after \(peer.bad) bad messages")
+            }
+            peers[rid] = peer
+            return
+        }
+        guard peer.role.allows(message.type) else {
+            peer.bad += 1
+            log("dropped \(message.type) from \(peer.label): not allowed for a \(peer.role.name)")
+            peers[rid] = peer
+            send(rid, Message(.error, ["code": "forbidden", "message": .string("\(message.type) is not allowed for a \(peer.role.name)")]))
+            return
+        }
+        peers[rid] = peer
+        if let job, [.result].contains(message.type) { job.countBytes(received.byteCount) }
+        switch message.type {
+        case .enrol: enrol(rid, message)
+        case .hello: hello(rid, message)
+        case .heartbeat: break
+        case .ready: ready(rid, message)
+        case .result: result(rid, message, now: now)
+        case .fetch: fetch(rid, message)
+        case .bye: lose(rid, why: "left (\(message.string("reason")))")
+        case .submit: submit(rid, message)
+        case .status: status(rid, message)
+        case .workers: send(rid, Message(.workersReply, ["body": workersBody()]))
+        case .cancel: cancel(rid, message)
+        case .pull: pull(rid, message)
+        default: break
+        }
+    }
+
+    @discardableResult
+    private func send(_ rid: [UInt8], _ message: Message) -> Int {
+        guard let router else { return 0 }
+        let frames = message.encode()
+        do {
+            try router.send([rid] + frames)
+            peers[rid]?.lastSent = Self.now
+            return frames.reduce(0) { $0 + $1.count }
+        } catch {
+            if error.kind == .unreachable {
+                lose(rid, why: "unreachable")
+            } else {
+                log("cannot send \(message.type) to \(peers[rid]?.label ?? "a peer"): \(error)")
+            }
+            return 0
+        }
+    }
+
+    private func enrol(_ rid: [UInt8], _ m: Message) {
+        guard case .enrol(let tokenId) = peers[rid]?.role else { return }
+        let key = m.string("public_key")
+        guard CurveKeyPair.isValidKey(key) else {
+            send(rid, Message(.error, ["code": "bad_key", "message": "public_key is not a Z85 CURVE key"]))
+            return
+        }
+        do {
+            guard try store.redeemToken(id: tokenId, publicKey: key, name: m.string("name")) else {
+                send(rid, Message(.error, ["code": "token_used", "message": "the token was used, revoked or expired; ask for a new one"]))
+                return
+            }
+        } catch {
+            send(rid, Message(.error, ["code": "internal", "message": .string("\(error)")]))
+            return
+        }
+        log("enrolled \(m.string("name")) (key \(key.prefix(8))…) with token \(tokenId)")
+        send(rid, Message(.enrolled, ["id": .string(String(key.prefix(8)))]))
+    }
+
+    private func hello(_ rid: [UInt8], _ m: Message) {
+        guard var peer = peers[rid] else { return }
+        let id = peer.key.map { String(FileHash.sha256(Array($0.utf8)).prefix(10)) } ?? "w-" + m.string("name")
+        // The same worker reconnecting: its old connection's work goes back to the pool.
+        for (other, p) in peers where other != rid && p.worker?.id == id { lose(other, why: "reconnected") }
+        peer.worker = WorkerInfo(
+            id: id, name: m.string("name"), cores: m.int("cores"), memory: m.int("memory"), gflops: m.double("gflops"),
+            threads: m.int("threads"))
+        peers[rid] = peer
+        try? store.saw(
+            worker: WorkerRecord(
+                id: id, name: m.string("name"), cores: m.int("cores"), memory: m.int("memory"), gflops: m.double("gflops"),
+                lastSeen: Self.now, rows: 0))
+        log("worker \(m.string("name")) [\(id)] joined: \(m.int("cores")) cores, \(String(format: "%.1f", m.double("gflops"))) GFLOP/s")
+        send(
+            rid,
+            Message(
+                .welcome,
+                [
+                    "worker": .string(id), "heartbeat_ms": .integer(Int64(options.heartbeatMilliseconds)),
+                    "liveness": .integer(Int64(options.liveness)),
+                ]))
+        if let job { sendJob(rid, job) }
+    }
+
+    private func sendJob(_ rid: [UInt8], _ job: SyncJob) {
+        send(
+            rid,
+            Message(
+                .job,
+                [
+                    "job": .string(job.id), "spec": .string(job.prepared.config.yaml()),
+                    "model_blob": .string(job.record.modelBlob), "model_bytes": .integer(Int64(blobs.size(job.record.modelBlob) ?? 0)),
+                    "mode": .string(job.record.mode),
+                ]))
+    }
+
+    private func ready(_ rid: [UInt8], _ m: Message) {
+        guard let job, m.string("job") == job.id, peers[rid]?.worker != nil else { return }
+        peers[rid]?.worker?.readyJob = job.id
+        log("worker \(peers[rid]!.label) is ready for \(job.id)")
+    }
+
+    private func result(_ rid: [UInt8], _ m: Message, now: Double) {
+        guard let job, m.string("job") == job.id, let worker = peers[rid]?.worker else { return }
+        guard m.int("step") == job.step + 1 else { return }
+        var accepted: Assignment?
+        job.updateWork { accepted = $0.complete(m.int("assignment"), worker: worker.id) }
+        guard let a = accepted else {
+            log("ignored a result for assignment \(m.int("assignment")) from \(worker.name) (no longer outstanding)")
+            return
+        }
+        guard let g = m.tensor("gradient"), g.dtype == .f32, g.count == job.adapter.parameters.count else {
+            log("dropped a malformed gradient from \(worker.name); its rows go to others")
+            job.updateWork { $0.lose(worker: worker.id) }
+            peers[rid]?.bad += 1
+            return
+        }
+        job.add(gradient: g.floats(), loss: m.double("loss"), tokens: m.int("tokens"))
+        let seconds = max(1e-3, m.double("seconds"))
+        let speed = Double(a.rows.count) / seconds
+        let previous = peers[rid]?.worker?.rowsPerSecond
+        peers[rid]?.worker?.rowsPerSecond = previous.map { 0.5 * $0 + 0.5 * speed } ?? speed
+    }
+
+    private func fetch(_ rid: [UInt8], _ m: Message) {
+        let hash = m.string("blob")
+        guard BlobStore.isHash(hash), let size = blobs.size(hash) else {
+            send(rid, Message(.error, ["code": "no_blob", "message": .string("no blob \(hash.prefix(16))")]))
+            return
+        }
+        let offset = m.int("offset")
+        guard offset < size else {
+            send(rid, Message(.error, ["code": "bad_offset", "message": .string("offset \(offset) is past the blob's end")]))
+            return
+        }
+        do {
+            let bytes = try blobs.read(hash, offset: offset, length: min(m.int("length"), size - offset))
+            send(
+                rid,
+                Message(
+                    .chunk, ["blob": .string(hash), "offset": .integer(Int64(offset)), "total": .integer(Int64(size))],
+                    tensors: [Tensor(name: "data", dtype: .u8, shape: [bytes.count], bytes: bytes)]))
+        } catch {
+            send(rid, Message(.error, ["code": "internal", "message": .string("\(error)")]))
+        }
+    }
+
+    private func lose(_ rid: [UInt8], why: String) {
+        guard let peer = peers.removeValue(forKey: rid) else { return }
+        guard let worker = peer.worker else { return }
+        var lost: [Assignment] = []
+        job?.updateWork { lost = $0.lose(worker: worker.id) }
+        log("worker \(peer.label) \(why)" + (lost.isEmpty ? "" : "; its \(lost.reduce(0) { $0 + $1.rows.count }) rows go to others"))
+    }
+
+    // MARK: Clients
+
+    private func fail(_ rid: [UInt8], _ code: String, _ message: String) {
+        send(rid, Message(.error, ["code": .string(code), "message": .string(message)]))
+    }
+
+    private func submit(_ rid: [UInt8], _ m: Message) {
+        guard let data = m.tensor("data") else { return }
+        let spec = m.string("spec")
+        let dataName = m.string("data_name")
+        var config = TrainingConfig()
+        do { try config.apply(yaml: spec, source: "job file") } catch {
+            fail(rid, "bad_job", error.description)
+            return
+        }
+        let modelSource: ModelSource
+        do { modelSource = try ModelSource.resolve(config.model) } catch {
+            fail(rid, "bad_model", "model \(config.model) on the coordinator: \(error)")
+            return
+        }
+        guard case .gguf(let modelPath) = modelSource else {
+            fail(rid, "bad_model", "cluster jobs need a GGUF model file for now; \(config.model) is a directory")
+            return
+        }
+        do {
+            let dataBlob = try blobs.add(data.bytes)
+            let modelBlob = try blobs.add(file: modelPath)
+            let prepared = try PreparedJob.prepare(
+                spec: spec, source: "job file", modelPath: blobs.path(modelBlob), dataPath: blobs.path(dataBlob),
+                dataName: dataName)
+            let id = try store.addJob(
+                spec: spec, mode: prepared.config.mode.rawValue, modelBlob: modelBlob, dataBlob: dataBlob,
+                dataName: dataName, totalSteps: prepared.totalSteps)
+            log("\(id) submitted: \(prepared.totalSteps) steps of \(prepared.rowsPerStep) rows × \(prepared.config.sequenceLength) tokens, mode \(prepared.config.mode.rawValue)")
+            send(rid, Message(.submitted, ["job": .string(id)]))
+        } catch let e as JobError {
+            fail(rid, "bad_job", e.message)
+        } catch {
+            fail(rid, "internal", "\(error)")
+        }
+    }
+
+    private func cancel(_ rid: [UInt8], _ m: Message) {
+        let id = m.string("job")
+        guard let record = try? store.job(id) else {
+            fail(rid, "no_job", "no job \(id)")
+            return
+        }
+        guard !record.state.isFinished else {
+            fail(rid, "finished", "\(id) already \(record.state.rawValue)")
+            return
+        }
+        if let job, job.id == id {
+            for (prid, p) in peers {
+                if let w = p.worker, let a = job.work?.running.values.first(where: { $0.worker == w.id }) {
+                    send(prid, Message(.revoke, ["job": .string(id), "assignment": .integer(Int64(a.id))]))
+                }
+            }
+            self.job = nil
+        }
+        try? store.setState(id, .cancelled)
+        log("\(id) cancelled")
+        send(rid, Message(.cancelled, ["job": .string(id)]))
+    }
+
+    private func pull(_ rid: [UInt8], _ m: Message) {
+        let id = m.string("job")
+        guard let record = try? store.job(id) else {
+            fail(rid, "no_job", "no job \(id)")
+            return
+        }
+        guard record.state == .done else {
+            fail(rid, "not_done", "\(id) is \(record.state.rawValue) (\(record.step) of \(record.totalSteps) steps); pull it when it is done")
+            return
+        }
+        let files: [JSONValue] = record.outputs.sorted { $0.key < $1.key }.map { name, blob in
+            ["name": .string(name), "blob": .string(blob), "bytes": .integer(Int64(blobs.size(blob) ?? 0))]
+        }
+        send(rid, Message(.pullReply, ["job": .string(id), "files": .array(files)]))
+    }
+
+    private func status(_ rid: [UInt8], _ m: Message) {
+        let only = m.optionalString("job")
+        var jobs: [JSONValue] = []
+        for r in (try? store.jobs()) ?? [] where only == nil || r.id == only {
+            var o: JSONObject = [
+                "id": .string(r.id), "state": .string(r.state.rawValue), "mode": .string(r.mode),
+                "step": .integer(Int64(r.step)), "total_steps": .integer(Int64(r.totalSteps)),
+                "data": .string(r.dataName),
+            ]
+            if let e = r.error { o["error"] = .string(e) }
+            let steps = (try? store.steps(job: r.id)) ?? []
+            if let last = steps.last {
+                o["loss"] = .number(last.loss)
+                let recent = steps.suffix(5)
+                let seconds = recent.reduce(0) { $0 + $1.seconds }
+                if seconds > 0 {
+                    o["tokens_per_second"] = .number(Double(recent.reduce(0) { $0 + $1.tokens }) / seconds)
+                }
+            }
+            if only != nil {
+                o["steps"] = .array(
+                    steps.map { s in
+                        [
+                            "step": .integer(Int64(s.step)), "loss": .number(s.loss), "tokens": .integer(Int64(s.tokens)),
+                            "seconds": .number(s.seconds), "bytes": .integer(Int64(s.bytes)),
+                            "shares": .object(JSONObject(s.shares.sorted { $0.key < $1.key }.map { ($0.key, .integer(Int64($0.value))) })),
+                        ]
+                    })
+            }
+            jobs.append(.object(o))
+        }
+        if let only, jobs.isEmpty {
+            fail(rid, "no_job", "no job \(only)")
+            return
+        }
+        send(rid, Message(.statusReply, ["body": ["jobs": .array(jobs), "workers": workersBody()]]))
+    }
+
+    private func workersBody() -> JSONValue {
+        let connected = Dictionary(peers.values.compactMap { p in p.worker.map { ($0.id, ($0, p)) } }, uniquingKeysWith: { a, _ in a })
+        var out: [JSONValue] = []
+        for r in (try? store.workers()) ?? [] {
+            var o: JSONObject = [
+                "id": .string(r.id), "name": .string(r.name), "cores": .integer(Int64(r.cores)),
+                "memory": .integer(Int64(r.memory)), "gflops": .number(r.gflops), "rows_done": .integer(Int64(r.rows)),
+                "connected": .bool(connected[r.id] != nil),
+            ]
+            if let (w, _) = connected[r.id] {
+                let busy = job?.work?.busyWorkers.contains(w.id) ?? false
+                o["state"] = .string(busy ? "computing" : w.readyJob != nil ? "ready" : "loading")
+                if let s = w.rowsPerSecond { o["rows_per_second"] = .number(s) }
+                if let j = w.readyJob { o["job"] = .string(j) }
+            } else {
+                o["state"] = "gone"
+            }
+            out.append(.object(o))
+        }
+        return .array(out)
+    }
+
+    // MARK: Tick
+
+    private func tick(now: Double) {
+        let interval = Double(options.heartbeatMilliseconds) / 1000
+        for (rid, p) in peers {
+            if now - p.lastSeen > interval * Double(options.liveness) {
+                lose(rid, why: "lost (silent for \(String(format: "%.1f", now - p.lastSeen)) s)")
+            } else if p.worker != nil, now - p.lastSent >= interval {
+                send(rid, Message(.heartbeat))
+            }
+        }
+        if job == nil { activateNextJob() }
+        guard let job else { return }
+        if job.work == nil, !job.isFinished, !readyWorkers(job).isEmpty { job.startStep(now: now) }
+        if job.work != nil {
+            var late: [Assignment] = []
+            job.updateWork { late = $0.expire(now: now) }
+            for a in late {
+                log("assignment \(a.id) of step \(job.step + 1) missed its deadline; its \(a.rows.count) rows go to others")
+                if let rid = peers.first(where: { $0.value.worker?.id == a.worker })?.key {
+                    send(rid, Message(.revoke, ["job": .string(job.id), "assignment": .integer(Int64(a.id))]))
+                }
+            }
+            distribute(job, now: now)
+        }
+        if let work = job.work, work.isComplete { finishStep(job, now: now) }
+    }
+
+    private func readyWorkers(_ job: SyncJob) -> [(rid: [UInt8], worker: WorkerInfo)] {
+        peers.compactMap { rid, p in
+            guard let w = p.worker, w.readyJob == job.id else { return nil }
+            return (rid, w)
+        }.sorted { $0.worker.id < $1.worker.id }
+    }
+
+    private func distribute(_ job: SyncJob, now: Double) {
+        let ready = readyWorkers(job)
+        guard !ready.isEmpty, let work = job.work, !work.pending.isEmpty else { return }
+        let busy = work.busyWorkers
+        let idle = ready.filter { !busy.contains($0.worker.id) }
+        guard !idle.isEmpty else { return }
+        // Speeds: measured rows/s when every idle worker has one, else the kernel benchmark.
+        let measured = idle.allSatisfy { $0.worker.rowsPerSecond != nil }
+        let speeds = idle.map { (worker: $0.worker.id, speed: measured ? $0.worker.rowsPerSecond! : max(0.1, $0.worker.gflops)) }
+        let byId = Dictionary(idle.map { ($0.worker.id, $0) }, uniquingKeysWith: { a, _ in a })
+        var assignments: [Assignment] = []
+        job.updateWork {
+            assignments = $0.distribute(idle: speeds, now: now) { id, rows in
+                guard let rps = byId[id]?.worker.rowsPerSecond else { return 600 }
+                return max(10, 3 * Double(rows) / rps + 5)
+            }
+        }
+        for a in assignments {
+            guard let rid = byId[a.worker]?.rid else { continue }
+            let batch = job.batch(rows: a.rows)
+            let m = Message(
+                .assign,
+                [
+                    "job": .string(job.id), "assignment": .integer(Int64(a.id)), "step": .integer(Int64(job.step + 1)),
+                    "rows": .integer(Int64(a.rows.count)),
+                ],
+                tensors: [
+                    Tensor(name: "parameters", floats: UnsafeBufferPointer(job.adapter.parameters.buffer)),
+                    Tensor(name: "tokens", ints: batch.tokens), Tensor(name: "targets", ints: batch.targets),
+                    Tensor(name: "positions", ints: batch.positions), Tensor(name: "starts", ints: batch.documentStarts),
+                ])
+            job.countBytes(send(rid, m))
+        }
+    }
+
+    private func finishStep(_ job: SyncJob, now: Double) {
+        let previous = job.record.checkpointBlob
+        let (record, checkpoint) = job.finishStep(now: now)
+        do {
+            let tmp = (options.stateDirectory as NSString).appendingPathComponent("checkpoint.tmp")
+            try checkpoint.write(to: tmp)
+            let blob = try blobs.add(file: tmp)
+            try? FileManager.default.removeItem(atPath: tmp)
+            try store.journal(job: job.id, step: record, checkpointBlob: blob)
+            if let old = lastCheckpoint[job.id] ?? previous, old != blob { blobs.remove(old) }
+            lastCheckpoint[job.id] = blob
+        } catch {
+            log("cannot journal step \(record.step) of \(job.id): \(error); stopping the job")
+            try? store.setState(job.id, .failed, error: "cannot journal step \(record.step): \(error)")
+            self.job = nil
+            return
+        }
+        let shares = record.shares.sorted { $0.key < $1.key }.map { "\(name(of: $0.key))=\($0.value)" }.joined(separator: " ")
+        log(
+            "\(job.id) step \(record.step)/\(job.totalSteps) loss \(String(format: "%.4f", record.loss)) "
+                + "\(record.tokens) tok \(String(format: "%.2f", record.seconds)) s [\(shares)]")
+        if job.isFinished { complete(job) }
+    }
+
+    private var lastCheckpoint: [String: String] = [:]
+
+    private func name(of workerId: String) -> String {
+        peers.values.first { $0.worker?.id == workerId }?.worker?.name ?? workerId
+    }
+
+    private func activateNextJob() {
+        guard let records = try? store.jobs() else { return }
+        let runnable = records.filter { ($0.state == .running || $0.state == .queued) && !failedToLoad.contains($0.id) }
+        guard let record = runnable.first(where: { $0.state == .running }) ?? runnable.first else { return }
+        do {
+            let j = try SyncJob(record: record, blobs: blobs)
+            try store.setState(record.id, .running)
+            job = j
+            lastCheckpoint[j.id] = record.checkpointBlob
+            log("\(j.id) running from step \(j.step) of \(j.totalSteps)")
+            for (rid, p) in peers where p.worker != nil { sendJob(rid, j) }
+            if j.isFinished { complete(j) }
+        } catch {
+            failedToLoad.insert(record.id)
+            log("\(record.id) cannot run: \(error)")
+            try? store.setState(record.id, .failed, error: "\(error)")
+        }
+    }
+
+    private func complete(_ job: SyncJob) {
+        let tmp = (options.stateDirectory as NSString).appendingPathComponent("export-\(job.id)")
+        defer { try? FileManager.default.removeItem(atPath: tmp) }
+        do {
+            try? FileManager.default.removeItem(atPath: tmp)
+            try FileManager.default.createDirectory(atPath: tmp, withIntermediateDirectories: true)
+            let provenance = job.provenance()
+            try job.adapter.savePEFT(directory: tmp, provenance: provenance, recipe: job.prepared.config.lora)
+            try job.adapter.saveGGUF(path: (tmp as NSString).appendingPathComponent("adapter.gguf"), provenance: provenance, name: job.id)
+            var outputs: [String: String] = [:]
+            for name in ["adapter_config.json", "adapter_model.safetensors", "adapter.gguf"] {
+                outputs[name] = try blobs.add(file: (tmp as NSString).appendingPathComponent(name))
+            }
+            if let c = lastCheckpoint[job.id] { outputs["checkpoint.safetensors"] = c }
+            try store.finish(
+                job: job.id, outputs: outputs, adapterBlob: outputs["adapter_model.safetensors"]!,
+                baseBlob: job.record.modelBlob, dataBlob: job.record.dataBlob, steps: job.step)
+            log("\(job.id) done after \(job.step) steps; `cairn pull \(job.id)` fetches the adapter")
+        } catch {
+            log("\(job.id) finished training but its adapter cannot be written: \(error)")
+            try? store.setState(job.id, .failed, error: "cannot write the adapter: \(error)")
+        }
+        self.job = nil
+    }
+}
+
+/// What the coordinator knows of a connected worker.
+struct WorkerInfo {
+    var id: String
+    var name: String
+    var cores: Int
+    var memory: Int
+    var gflops: Double
+    var threads: Int
+    /// The job whose model and data it has loaded.
+    var readyJob: String?
+    /// Measured rows per second of compute (moving average).
+    var rowsPerSecond: Double?
+}
+
+/// A connection to the coordinator's ROUTER socket.
+struct Peer {
+    enum Role: Equatable {
+        case worker, client, enrol(String), any
+
+        var name: String {
+            switch self {
+            case .worker: "worker"
+            case .client: "client"
+            case .enrol: "enrolment key"
+            case .any: "peer"
+            }
+        }
+
+        func allows(_ t: MessageType) -> Bool {
+            switch self {
+            case .enrol: return t == .enrol
+            case .worker: return [.hello, .heartbeat, .ready, .result, .fetch, .bye].contains(t)
+            case .client: return [.submit, .status, .workers, .cancel, .pull, .fetch, .heartbeat].contains(t)
+            case .any: return t != .enrol && Self.worker.allows(t) || Self.client.allows(t)
+            }
+        }
+    }
+
+    static let badLimit = 20
+
+    let routingId: [UInt8]
+    var key: String?
+    var role: Role
+    var lastSeen: Double
+    var lastSent: Double
+    var worker: WorkerInfo?
+    var bad = 0
+    var ignored = false
+
+    init(routingId: [UInt8], userId: String?, now: Double, insecure: Bool) {
+        self.routingId = routingId
+        lastSeen = now
+        lastSent = now
+        if insecure {
+            role = .any
+            return
+        }
+        let parts = (userId ?? "").split(separator: " ").map(String.init)
+        switch parts.first {
+        case "worker":
+            role = .worker
+            key = parts.count > 1 ? parts[1] : nil
+        case "client":
+            role = .client
+            key = parts.count > 1 ? parts[1] : nil
+        case "enrol" where parts.count > 1: role = .enrol(parts[1])
+        default: role = .enrol("")
+        }
+    }
+
+    var label: String {
+        if let w = worker { return "\(w.name) [\(w.id)]" }
+        return "\(role.name) \(key.map { String($0.prefix(8)) + "…" } ?? routingId.prefix(4).map { String(format: "%02x", $0) }.joined())"
+    }
+}

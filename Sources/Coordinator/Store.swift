@@ -1,0 +1,317 @@
+// Store: the coordinator's durable state in SQLite (GRDB, WAL): enrolled keys and join tokens, jobs, the journal
+// of completed steps, workers seen, and adapter lineage. Every step is journaled in one transaction (the step's
+// row and the job's new checkpoint pointer together) before the coordinator moves on, so a restart resumes
+// from exactly the last journaled step. `cairn coordinator token` writes tokens from another process while the
+// coordinator runs; WAL makes that safe.
+
+import Foundation
+import GRDB
+import ModelFormats
+
+/// Why the state directory cannot be used.
+public struct StoreError: Error, Sendable, CustomStringConvertible {
+    public var message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}
+
+/// A job as stored.
+public struct JobRecord: Sendable, Equatable {
+    public enum State: String, Sendable, CaseIterable {
+        case queued, running, done, failed, cancelled
+        public var isFinished: Bool { self == .done || self == .failed || self == .cancelled }
+    }
+    public var id: String
+    /// The job file as submitted (YAML).
+    public var spec: String
+    public var mode: String
+    public var state: State
+    public var created: Double
+    public var modelBlob: String
+    public var dataBlob: String
+    public var dataName: String
+    public var totalSteps: Int
+    /// Steps journaled.
+    public var step: Int
+    /// The checkpoint of `step` (nil before the first step).
+    public var checkpointBlob: String?
+    public var error: String?
+    /// Output files when done: name → blob.
+    public var outputs: [String: String]
+}
+
+/// One journaled step.
+public struct StepRecord: Sendable, Equatable {
+    public var step: Int
+    public var loss: Double
+    public var tokens: Int
+    public var seconds: Double
+    /// Bytes sent and received for the step, all workers together.
+    public var bytes: Int
+    /// Rows computed by each worker: worker id → rows.
+    public var shares: [String: Int]
+}
+
+/// A worker that has connected at some time.
+public struct WorkerRecord: Sendable, Equatable {
+    public var id: String
+    public var name: String
+    public var cores: Int
+    public var memory: Int
+    public var gflops: Double
+    public var lastSeen: Double
+    public var rows: Int
+}
+
+/// The coordinator's SQLite database.
+public final class Store: @unchecked Sendable {
+    let db: DatabasePool
+
+    /// Opens (creating and migrating) `cairn.sqlite` in a state directory.
+    public init(directory: String) throws(StoreError) {
+        do {
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            var config = Configuration()
+            config.busyMode = .timeout(10)
+            db = try DatabasePool(path: (directory as NSString).appendingPathComponent("cairn.sqlite"), configuration: config)
+            var migrator = DatabaseMigrator()
+            migrator.registerMigration("v1") { db in
+                try db.execute(
+                    sql: """
+                        CREATE TABLE keys (public_key TEXT PRIMARY KEY, role TEXT NOT NULL, name TEXT NOT NULL,
+                            created REAL NOT NULL, revoked INTEGER NOT NULL DEFAULT 0);
+                        CREATE TABLE tokens (id TEXT PRIMARY KEY, enrol_key TEXT NOT NULL UNIQUE, role TEXT NOT NULL,
+                            created REAL NOT NULL, expires REAL NOT NULL, used REAL, revoked INTEGER NOT NULL DEFAULT 0);
+                        CREATE TABLE jobs (id TEXT PRIMARY KEY, seq INTEGER NOT NULL, spec TEXT NOT NULL,
+                            mode TEXT NOT NULL, state TEXT NOT NULL, created REAL NOT NULL, model_blob TEXT NOT NULL,
+                            data_blob TEXT NOT NULL, data_name TEXT NOT NULL, total_steps INTEGER NOT NULL,
+                            step INTEGER NOT NULL DEFAULT 0, checkpoint_blob TEXT, error TEXT,
+                            outputs TEXT NOT NULL DEFAULT '{}');
+                        CREATE TABLE steps (job TEXT NOT NULL, step INTEGER NOT NULL, loss REAL NOT NULL,
+                            tokens INTEGER NOT NULL, seconds REAL NOT NULL, bytes INTEGER NOT NULL, shares TEXT NOT NULL,
+                            PRIMARY KEY (job, step));
+                        CREATE TABLE workers (id TEXT PRIMARY KEY, name TEXT NOT NULL, cores INTEGER NOT NULL,
+                            memory INTEGER NOT NULL, gflops REAL NOT NULL, last_seen REAL NOT NULL,
+                            rows INTEGER NOT NULL DEFAULT 0);
+                        CREATE TABLE lineage (adapter_blob TEXT PRIMARY KEY, job TEXT NOT NULL, base_blob TEXT NOT NULL,
+                            data_blob TEXT NOT NULL, method TEXT NOT NULL, parents TEXT NOT NULL, steps INTEGER NOT NULL,
+                            created REAL NOT NULL);
+                        """)
+            }
+            try migrator.migrate(db)
+        } catch let e as StoreError {
+            throw e
+        } catch {
+            throw StoreError("cannot open the state database in \(directory): \(error)")
+        }
+    }
+
+    private func write<T>(_ body: (Database) throws -> T) throws(StoreError) -> T {
+        do { return try db.write(body) } catch { throw StoreError("state database: \(error)") }
+    }
+
+    private func read<T>(_ body: (Database) throws -> T) throws(StoreError) -> T {
+        do { return try db.read(body) } catch { throw StoreError("state database: \(error)") }
+    }
+
+    static var now: Double { Date().timeIntervalSince1970 }
+
+    // MARK: Keys and tokens
+
+    /// Enrols a public key with a role ("worker" or "client").
+    public func addKey(_ publicKey: String, role: String, name: String) throws(StoreError) {
+        try write { db in
+            try db.execute(
+                sql: "INSERT OR REPLACE INTO keys (public_key, role, name, created) VALUES (?, ?, ?, ?)",
+                arguments: [publicKey, role, name, Self.now])
+        }
+    }
+
+    /// The role of an enrolled, unrevoked key.
+    public func role(ofKey publicKey: String) throws(StoreError) -> String? {
+        try read { db in
+            try String.fetchOne(db, sql: "SELECT role FROM keys WHERE public_key = ? AND revoked = 0", arguments: [publicKey])
+        }
+    }
+
+    /// Revokes every key whose public key or name matches.
+    @discardableResult
+    public func revokeKey(_ keyOrName: String) throws(StoreError) -> Int {
+        try write { db in
+            try db.execute(
+                sql: "UPDATE keys SET revoked = 1 WHERE public_key = ? OR name = ?", arguments: [keyOrName, keyOrName])
+            return db.changesCount
+        }
+    }
+
+    /// Records a join token by the public key its secret derives.
+    public func addToken(id: String, enrolKey: String, role: String, expires: Double) throws(StoreError) {
+        try write { db in
+            try db.execute(
+                sql: "INSERT INTO tokens (id, enrol_key, role, created, expires) VALUES (?, ?, ?, ?, ?)",
+                arguments: [id, enrolKey, role, Self.now, expires])
+        }
+    }
+
+    /// The token (id, role) an enrolment key belongs to, when it is unused, unexpired and unrevoked.
+    public func usableToken(enrolKey: String) throws(StoreError) -> (id: String, role: String)? {
+        try read { db in
+            guard
+                let row = try Row.fetchOne(
+                    db,
+                    sql: "SELECT id, role FROM tokens WHERE enrol_key = ? AND used IS NULL AND revoked = 0 AND expires > ?",
+                    arguments: [enrolKey, Self.now])
+            else { return nil }
+            return (row["id"], row["role"])
+        }
+    }
+
+    /// Marks a token used and enrols the key it admitted, together; false when the token was no longer usable.
+    public func redeemToken(id: String, publicKey: String, name: String) throws(StoreError) -> Bool {
+        try write { db in
+            guard
+                let role = try String.fetchOne(
+                    db, sql: "SELECT role FROM tokens WHERE id = ? AND used IS NULL AND revoked = 0 AND expires > ?",
+                    arguments: [id, Self.now])
+            else { return false }
+            try db.execute(sql: "UPDATE tokens SET used = ? WHERE id = ?", arguments: [Self.now, id])
+            try db.execute(
+                sql: "INSERT OR REPLACE INTO keys (public_key, role, name, created) VALUES (?, ?, ?, ?)",
+                arguments: [publicKey, role, name, Self.now])
+            return true
+        }
+    }
+
+    /// Revokes a token; false when there is none with that id.
+    public func revokeToken(id: String) throws(StoreError) -> Bool {
+        try write { db in
+            try db.execute(sql: "UPDATE tokens SET revoked = 1 WHERE id = ?", arguments: [id])
+            return db.changesCount > 0
+        }
+    }
+
+    // MARK: Jobs
+
+    /// Adds a queued job and returns its id (job-1, job-2, …).
+    public func addJob(
+        spec: String, mode: String, modelBlob: String, dataBlob: String, dataName: String, totalSteps: Int
+    ) throws(StoreError) -> String {
+        try write { db in
+            let seq = (try Int.fetchOne(db, sql: "SELECT MAX(seq) FROM jobs") ?? 0) + 1
+            let id = "job-\(seq)"
+            try db.execute(
+                sql: """
+                    INSERT INTO jobs (id, seq, spec, mode, state, created, model_blob, data_blob, data_name, total_steps)
+                    VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?)
+                    """,
+                arguments: [id, seq, spec, mode, Self.now, modelBlob, dataBlob, dataName, totalSteps])
+            return id
+        }
+    }
+
+    private static func job(_ row: Row) -> JobRecord {
+        let outputs = (try? JSONValue.parse(row["outputs"] as String))?.objectValue
+        var files: [String: String] = [:]
+        for (k, v) in outputs?.members ?? [] { files[k] = v.stringValue }
+        return JobRecord(
+            id: row["id"], spec: row["spec"], mode: row["mode"],
+            state: JobRecord.State(rawValue: row["state"]) ?? .failed, created: row["created"],
+            modelBlob: row["model_blob"], dataBlob: row["data_blob"], dataName: row["data_name"],
+            totalSteps: row["total_steps"], step: row["step"], checkpointBlob: row["checkpoint_blob"],
+            error: row["error"], outputs: files)
+    }
+
+    /// All jobs, oldest first.
+    public func jobs() throws(StoreError) -> [JobRecord] {
+        try read { db in try Row.fetchAll(db, sql: "SELECT * FROM jobs ORDER BY seq").map(Self.job) }
+    }
+
+    public func job(_ id: String) throws(StoreError) -> JobRecord? {
+        try read { db in try Row.fetchOne(db, sql: "SELECT * FROM jobs WHERE id = ?", arguments: [id]).map(Self.job) }
+    }
+
+    /// Sets a job's state (and error message).
+    public func setState(_ id: String, _ state: JobRecord.State, error: String? = nil) throws(StoreError) {
+        try write { db in
+            try db.execute(sql: "UPDATE jobs SET state = ?, error = ? WHERE id = ?", arguments: [state.rawValue, error, id])
+        }
+    }
+
+    /// Journals a completed step: its row and the job's checkpoint pointer, in one transaction.
+    public func journal(job: String, step: StepRecord, checkpointBlob: String) throws(StoreError) {
+        let shares = JSONValue.object(JSONObject(step.shares.sorted { $0.key < $1.key }.map { ($0.key, .integer(Int64($0.value))) }))
+        try write { db in
+            try db.execute(
+                sql: "INSERT OR REPLACE INTO steps (job, step, loss, tokens, seconds, bytes, shares) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                arguments: [job, step.step, step.loss, step.tokens, step.seconds, step.bytes, shares.serialized()])
+            try db.execute(
+                sql: "UPDATE jobs SET step = ?, checkpoint_blob = ?, state = 'running' WHERE id = ?",
+                arguments: [step.step, checkpointBlob, job])
+            for (worker, rows) in step.shares {
+                try db.execute(sql: "UPDATE workers SET rows = rows + ? WHERE id = ?", arguments: [rows, worker])
+            }
+        }
+    }
+
+    /// Marks a job done with its output files, and records the adapter's lineage.
+    public func finish(
+        job: String, outputs: [String: String], adapterBlob: String, baseBlob: String, dataBlob: String, steps: Int
+    ) throws(StoreError) {
+        let files = JSONValue.object(JSONObject(outputs.sorted { $0.key < $1.key }.map { ($0.key, .string($0.value)) }))
+        try write { db in
+            try db.execute(
+                sql: "UPDATE jobs SET state = 'done', outputs = ? WHERE id = ?", arguments: [files.serialized(), job])
+            try db.execute(
+                sql: """
+                    INSERT OR REPLACE INTO lineage (adapter_blob, job, base_blob, data_blob, method, parents, steps, created)
+                    VALUES (?, ?, ?, ?, 'train', '[]', ?, ?)
+                    """,
+                arguments: [adapterBlob, job, baseBlob, dataBlob, steps, Self.now])
+        }
+    }
+
+    /// The journaled steps of a job, in order.
+    public func steps(job: String) throws(StoreError) -> [StepRecord] {
+        try read { db in
+            try Row.fetchAll(db, sql: "SELECT * FROM steps WHERE job = ? ORDER BY step", arguments: [job]).map { row in
+                var shares: [String: Int] = [:]
+                for (k, v) in (try? JSONValue.parse(row["shares"] as String))?.objectValue?.members ?? [] {
+                    shares[k] = v.intValue ?? 0
+                }
+                return StepRecord(
+                    step: row["step"], loss: row["loss"], tokens: row["tokens"], seconds: row["seconds"],
+                    bytes: row["bytes"], shares: shares)
+            }
+        }
+    }
+
+    /// Checkpoint blobs still referenced by a job (the others may be deleted).
+    public func referencedCheckpoints() throws(StoreError) -> Set<String> {
+        try read { db in Set(try String.fetchAll(db, sql: "SELECT checkpoint_blob FROM jobs WHERE checkpoint_blob IS NOT NULL")) }
+    }
+
+    // MARK: Workers
+
+    /// Records a worker's registration or latest sighting.
+    public func saw(worker: WorkerRecord) throws(StoreError) {
+        try write { db in
+            try db.execute(
+                sql: """
+                    INSERT INTO workers (id, name, cores, memory, gflops, last_seen) VALUES (?, ?, ?, ?, ?, ?)
+                    ON CONFLICT(id) DO UPDATE SET name = excluded.name, cores = excluded.cores,
+                        memory = excluded.memory, gflops = excluded.gflops, last_seen = excluded.last_seen
+                    """,
+                arguments: [worker.id, worker.name, worker.cores, worker.memory, worker.gflops, worker.lastSeen])
+        }
+    }
+
+    public func workers() throws(StoreError) -> [WorkerRecord] {
+        try read { db in
+            try Row.fetchAll(db, sql: "SELECT * FROM workers ORDER BY name").map { row in
+                WorkerRecord(
+                    id: row["id"], name: row["name"], cores: row["cores"], memory: row["memory"], gflops: row["gflops"],
+                    lastSeen: row["last_seen"], rows: row["rows"])
+            }
+        }
+    }
+}

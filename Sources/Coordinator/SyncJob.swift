@@ -1,0 +1,225 @@
+// SyncJob: a sync-mode job on the coordinator. The coordinator owns the job's truth: the data plan (rows of the
+// tokenized data, shuffled by the job's seed), the adapter parameters and AdamW state. Each step it hands rows
+// to workers with the current parameters, sums the gradient shares they return (each the gradient of the
+// summed loss over its rows), divides by the step's trained tokens, clips and applies one AdamW update: the
+// same arithmetic as `cairn train` with the same global batch, up to the order of floating-point sums.
+
+import Foundation
+import Llama
+import ModelFormats
+import TensorKernels
+import Tokenizer
+import Training
+
+/// Why a job cannot run.
+public struct JobError: Error, Sendable, CustomStringConvertible {
+    public var message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}
+
+/// The tokenized data and settings of a job, as the coordinator reads them at submit time and again on restart.
+public struct PreparedJob: Sendable {
+    public var config: TrainingConfig
+    public var modelConfig: LlamaConfig
+    public var plan: RowPlan
+    public var dataHash: String
+    public var totalSteps: Int
+    public var rowsPerStep: Int
+
+    /// Parses the job file and tokenizes the data.
+    ///
+    /// - Parameters:
+    ///   - spec: the job file's YAML; its `model` and `data` are replaced by the given paths.
+    ///   - source: the name to report in errors (the client's file name).
+    public static func prepare(spec: String, source: String, modelPath: String, dataPath: String, dataName: String)
+        throws(JobError) -> PreparedJob
+    {
+        var config = TrainingConfig()
+        do { try config.apply(yaml: spec, source: source) } catch { throw JobError(error.description) }
+        config.model = modelPath
+        config.data = dataPath
+        config.output = ""
+        if config.validationData != nil || config.validationSplit > 0 {
+            throw JobError("\(source): validation_data and validation_split are not available for cluster jobs yet")
+        }
+        if config.initAdapter != nil {
+            throw JobError("\(source): init_adapter is not available for cluster jobs yet")
+        }
+        if config.lora.dropout > 0 {
+            throw JobError(
+                "\(source): dropout: cluster jobs train without LoRA dropout for now (masks would depend on how rows are split)")
+        }
+        let problems = config.problems()
+        guard problems.isEmpty else { throw JobError("\(source): " + problems.joined(separator: "; ")) }
+        let source_ = ModelSource.gguf(modelPath)
+        let modelConfig: LlamaConfig
+        let tokenizer: BPETokenizer
+        let templateSource: String?
+        do {
+            modelConfig = try source_.config()
+            (tokenizer, templateSource) = try source_.tokenizer()
+        } catch { throw JobError(error.description) }
+        do { try config.lora.validate(for: modelConfig) } catch { throw JobError("\(source): \(error.description)") }
+        guard config.sequenceLength <= min(modelConfig.contextLength, LlamaModel.positionLimit) else {
+            throw JobError("\(source): seq_len \(config.sequenceLength) is longer than the model's context")
+        }
+        let template: Result<ChatTemplate, ChatTemplateError>
+        do throws(ChatTemplateError) {
+            template = .success(try LanguageModel.chatTemplate(override: config.chatTemplate, source: templateSource))
+        } catch { template = .failure(error) }
+        let data: TrainingData
+        do {
+            data = try TrainingData.load(config: config, tokenizer: tokenizer, template: template)
+        } catch {
+            throw JobError(error.description.replacingOccurrences(of: dataPath, with: dataName))
+        }
+        let plan = RowPlan(
+            examples: data.train, length: config.sequenceLength, mode: config.batchMode,
+            padId: tokenizer.eosId ?? 0, seed: config.seed)
+        guard plan.exampleCount > 0 else { throw JobError("\(dataName): no example has a trained token") }
+        let rowsPerStep = config.batchSize * config.gradientAccumulation
+        let totalSteps =
+            config.steps > 0
+            ? config.steps
+            : max(1, Int((Double(plan.rowCount(epoch: 0)) * config.epochs / Double(rowsPerStep)).rounded(.up)))
+        return PreparedJob(
+            config: config, modelConfig: modelConfig, plan: plan, dataHash: data.hash, totalSteps: totalSteps,
+            rowsPerStep: rowsPerStep)
+    }
+}
+
+/// A running sync job.
+final class SyncJob {
+    let id: String
+    let record: JobRecord
+    let prepared: PreparedJob
+    let adapter: LoRAAdapter
+    let optimizer: AdamWOptimizer
+    let schedule: LearningRateSchedule
+    private(set) var cursor: Int
+    var step: Int { optimizer.stepCount }
+    var totalSteps: Int { prepared.totalSteps }
+    var isFinished: Bool { step >= totalSteps }
+
+    /// The step in progress.
+    private(set) var work: StepWork?
+    private let gradientSum: FloatBuffer
+    private var lossSum = 0.0
+    private var tokens = 0
+    private(set) var stepBytes = 0
+    private var stepStarted = 0.0
+    private var nextAssignment = 1
+    /// Rows of the step in progress (a batch per row, by index).
+    private var stepRows: [TrainingBatch] = []
+
+    /// Loads a job: fresh, or from its last journaled checkpoint.
+    init(record: JobRecord, blobs: BlobStore) throws(JobError) {
+        id = record.id
+        self.record = record
+        guard blobs.contains(record.modelBlob), blobs.contains(record.dataBlob) else {
+            throw JobError("the job's model or data is missing from the state directory's blobs")
+        }
+        prepared = try PreparedJob.prepare(
+            spec: record.spec, source: "\(record.id) job file", modelPath: blobs.path(record.modelBlob),
+            dataPath: blobs.path(record.dataBlob), dataName: record.dataName)
+        let c = prepared.config
+        adapter = LoRAAdapter(model: prepared.modelConfig, config: c.lora, seed: c.seed)
+        optimizer = AdamWOptimizer(
+            count: adapter.parameters.count, beta1: Float(c.beta1), beta2: Float(c.beta2), epsilon: Float(c.epsilon),
+            weightDecay: Float(c.weightDecay))
+        schedule = LearningRateSchedule(
+            peak: c.learningRate, warmupSteps: c.warmupSteps, totalSteps: prepared.totalSteps, kind: c.schedule,
+            minRatio: c.minLearningRateRatio)
+        gradientSum = FloatBuffer(count: adapter.parameters.count)
+        cursor = 0
+        if let blob = record.checkpointBlob {
+            let checkpoint: Checkpoint
+            do { checkpoint = try Checkpoint.read(from: blobs.path(blob)) } catch {
+                throw JobError("the job's last checkpoint cannot be read: \(error)")
+            }
+            guard checkpoint.parameters.count == adapter.parameters.count, checkpoint.dataHash == prepared.dataHash
+            else { throw JobError("the job's last checkpoint does not match its settings and data") }
+            adapter.parameters.pointer.update(from: checkpoint.parameters, count: checkpoint.parameters.count)
+            optimizer.m.pointer.update(from: checkpoint.firstMoment, count: checkpoint.firstMoment.count)
+            optimizer.v.pointer.update(from: checkpoint.secondMoment, count: checkpoint.secondMoment.count)
+            optimizer.stepCount = checkpoint.step
+            cursor = checkpoint.cursor
+        }
+    }
+
+    /// Begins the next step: its rows become pending.
+    func startStep(now: Double) {
+        precondition(work == nil && !isFinished)
+        stepRows = (0..<prepared.rowsPerStep).map { prepared.plan.row(at: cursor + $0).row }
+        work = StepWork(rows: prepared.rowsPerStep, firstAssignment: nextAssignment)
+        gradientSum.zero()
+        lossSum = 0
+        tokens = 0
+        stepBytes = 0
+        stepStarted = now
+    }
+
+    /// The rows of an assignment as one batch.
+    func batch(rows: [Int]) -> TrainingBatch {
+        let parts = rows.map { stepRows[$0] }
+        return TrainingBatch(
+            batch: parts.count, length: prepared.config.sequenceLength, tokens: parts.flatMap(\.tokens),
+            targets: parts.flatMap(\.targets), positions: parts.flatMap(\.positions),
+            documentStarts: parts.flatMap(\.documentStarts))
+    }
+
+    func updateWork(_ body: (inout StepWork) -> Void) {
+        guard var w = work else { return }
+        body(&w)
+        nextAssignment = w.nextAssignmentId
+        work = w
+    }
+
+    func countBytes(_ n: Int) { stepBytes += n }
+
+    /// Adds an accepted result's gradient share.
+    func add(gradient: [Float], loss: Double, tokens n: Int) {
+        gradient.withUnsafeBufferPointer { g in
+            let s = gradientSum.pointer
+            for i in 0..<min(g.count, gradientSum.count) { s[i] += g[i] }
+        }
+        lossSum += loss
+        tokens += n
+    }
+
+    /// Completes the step: the averaged gradient, clipping, the AdamW update. Returns the step's record and the
+    /// checkpoint to journal.
+    func finishStep(now: Double) -> (StepRecord, Checkpoint) {
+        let shares = work?.completedRows ?? [:]
+        if tokens > 0 {
+            let scale = 1 / Float(tokens)
+            for i in 0..<gradientSum.count { gradientSum.pointer[i] *= scale }
+            _ = clipGradients(gradientSum, maxNorm: prepared.config.maxGradNorm)
+            optimizer.update(
+                parameters: adapter.parameters, gradients: gradientSum, learningRate: schedule.rate(step: optimizer.stepCount))
+        } else {
+            optimizer.stepCount += 1
+        }
+        cursor += prepared.rowsPerStep
+        work = nil
+        let stepRecord = StepRecord(
+            step: optimizer.stepCount, loss: tokens > 0 ? lossSum / Double(tokens) : 0, tokens: tokens,
+            seconds: now - stepStarted, bytes: stepBytes, shares: shares)
+        let checkpoint = Checkpoint(
+            step: optimizer.stepCount, cursor: cursor, dataHash: prepared.dataHash, baseModelHash: record.modelBlob,
+            modules: adapter.modules.map { ($0.layer, $0.target, $0.rank, $0.scale) },
+            parameters: adapter.parameters.array, firstMoment: optimizer.m.array, secondMoment: optimizer.v.array)
+        return (stepRecord, checkpoint)
+    }
+
+    /// The adapter's provenance for its exported files.
+    func provenance() -> AdapterProvenance {
+        var p = AdapterProvenance()
+        p.baseModelHash = record.modelBlob
+        p.dataHash = prepared.dataHash
+        p.recipe = try? JSONValue.parse(Trainer.recipeJSON(prepared.config))
+        p.steps = step
+        return p
+    }
+}

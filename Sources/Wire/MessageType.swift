@@ -1,0 +1,179 @@
+// The message table: every type, who sends it, its required metadata fields and tensor frames. Decoding checks
+// a message against its schema, so handlers read fields without re-checking kinds or bounds.
+
+import ModelFormats
+
+/// Message types of protocol version 1. Raw values are the header's fourth byte; never reuse one.
+public enum MessageType: UInt8, Sendable, CaseIterable, CustomStringConvertible {
+    // Worker ↔ coordinator
+    case hello = 1
+    case welcome = 2
+    case heartbeat = 3
+    case job = 4
+    case assign = 5
+    case result = 6
+    case revoke = 7
+    case fetch = 8
+    case chunk = 9
+    case bye = 10
+    case error = 11
+    case ready = 12
+    // Enrolment (workers and clients)
+    case enrol = 20
+    case enrolled = 21
+    // Clients
+    case submit = 30
+    case submitted = 31
+    case status = 32
+    case statusReply = 33
+    case workers = 34
+    case workersReply = 35
+    case cancel = 36
+    case cancelled = 37
+    case pull = 38
+    case pullReply = 39
+
+    public var description: String { name }
+
+    /// The name used in logs and in Docs/PROTOCOL.md.
+    public var name: String {
+        switch self {
+        case .hello: "hello"
+        case .welcome: "welcome"
+        case .heartbeat: "heartbeat"
+        case .job: "job"
+        case .assign: "assign"
+        case .result: "result"
+        case .revoke: "revoke"
+        case .fetch: "fetch"
+        case .chunk: "chunk"
+        case .bye: "bye"
+        case .error: "error"
+        case .ready: "ready"
+        case .enrol: "enrol"
+        case .enrolled: "enrolled"
+        case .submit: "submit"
+        case .submitted: "submitted"
+        case .status: "status"
+        case .statusReply: "status_reply"
+        case .workers: "workers"
+        case .workersReply: "workers_reply"
+        case .cancel: "cancel"
+        case .cancelled: "cancelled"
+        case .pull: "pull"
+        case .pullReply: "pull_reply"
+        }
+    }
+
+    /// What a message of this type must carry.
+    public var schema: Schema {
+        let id = Field.string(maxBytes: 128)
+        let count = Field.int(0, 1 << 40)
+        switch self {
+        case .hello:
+            return Schema([
+                "name": .string(maxBytes: 256), "cores": .int(1, 1 << 16), "memory": count, "gflops": .double(0, 1e9),
+                "threads": .int(1, 1 << 16),
+            ])
+        case .welcome:
+            return Schema(["worker": id, "heartbeat_ms": .int(10, 600_000), "liveness": .int(1, 1000)])
+        case .heartbeat, .workers:
+            return Schema([:])
+        case .job:
+            return Schema([
+                "job": id, "spec": .string(maxBytes: 64 << 10), "model_blob": id, "model_bytes": count,
+                "mode": .string(maxBytes: 32),
+            ])
+        case .assign:
+            return Schema(
+                ["job": id, "assignment": count, "step": count, "rows": .int(1, 1 << 20)],
+                tensors: ["parameters", "tokens", "targets", "positions", "starts"])
+        case .result:
+            return Schema(
+                [
+                    "job": id, "assignment": count, "step": count, "loss": .double(0, 1e30), "tokens": count,
+                    "seconds": .double(0, 1e9),
+                ], tensors: ["gradient"])
+        case .revoke:
+            return Schema(["job": id, "assignment": count])
+        case .fetch:
+            return Schema(["blob": id, "offset": count, "length": .int(1, Wire.chunkBytes)])
+        case .chunk:
+            return Schema(["blob": id, "offset": count, "total": count], tensors: ["data"])
+        case .bye:
+            return Schema(["reason": .string(maxBytes: 1024)])
+        case .error:
+            return Schema(["code": .string(maxBytes: 64), "message": .string(maxBytes: 4096)])
+        case .enrol:
+            return Schema(["public_key": .string(maxBytes: 64), "role": .string(maxBytes: 16), "name": .string(maxBytes: 256)])
+        case .enrolled:
+            return Schema(["id": id])
+        case .submit:
+            return Schema(["spec": .string(maxBytes: 64 << 10), "data_name": .string(maxBytes: 1024)], tensors: ["data"])
+        case .submitted, .cancel, .cancelled, .pull, .ready:
+            return Schema(["job": id])
+        case .status:
+            return Schema([:], optional: ["job": id])
+        case .statusReply, .workersReply:
+            return Schema(["body": .object])
+        case .pullReply:
+            return Schema(["job": id, "files": .array])
+        }
+    }
+}
+
+/// A metadata field's kind and bounds.
+public enum Field: Sendable {
+    case string(maxBytes: Int)
+    case int(Int, Int)
+    case double(Double, Double)
+    case bool
+    case object
+    case array
+
+    func check(_ v: JSONValue) -> String? {
+        switch self {
+        case .string(let max):
+            guard let s = v.stringValue else { return "must be a string" }
+            return s.utf8.count <= max ? nil : "is longer than \(max) bytes"
+        case .int(let lo, let hi):
+            guard let n = v.intValue else { return "must be an integer" }
+            return n >= lo && n <= hi ? nil : "must be in [\(lo), \(hi)]"
+        case .double(let lo, let hi):
+            guard let x = v.doubleValue, x.isFinite else { return "must be a finite number" }
+            return x >= lo && x <= hi ? nil : "must be in [\(lo), \(hi)]"
+        case .bool: return v.boolValue == nil ? "must be true or false" : nil
+        case .object: return v.objectValue == nil ? "must be an object" : nil
+        case .array: return v.arrayValue == nil ? "must be an array" : nil
+        }
+    }
+}
+
+/// Required and optional fields, and the tensor frames by name in order.
+public struct Schema: Sendable {
+    public var required: [(String, Field)]
+    public var optional: [(String, Field)]
+    public var tensors: [String]
+
+    init(_ required: KeyValuePairs<String, Field>, optional: KeyValuePairs<String, Field> = [:], tensors: [String] = []) {
+        self.required = required.map { ($0.key, $0.value) }
+        self.optional = optional.map { ($0.key, $0.value) }
+        self.tensors = tensors
+    }
+
+    func validate(_ m: Message) throws(WireError) {
+        for (key, field) in required {
+            guard let v = m.metadata[key] else { throw WireError(.schema, "\(m.type.name): field \"\(key)\" is missing") }
+            if let why = field.check(v) { throw WireError(.schema, "\(m.type.name): field \"\(key)\" \(why)") }
+        }
+        for (key, field) in optional {
+            if let v = m.metadata[key], !v.isNull, let why = field.check(v) {
+                throw WireError(.schema, "\(m.type.name): field \"\(key)\" \(why)")
+            }
+        }
+        guard m.tensors.map(\.name) == tensors else {
+            throw WireError(
+                .schema, "\(m.type.name): tensors \(m.tensors.map(\.name)) sent, \(tensors) expected")
+        }
+    }
+}

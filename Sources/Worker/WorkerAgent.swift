@@ -1,0 +1,438 @@
+// WorkerAgent: a cluster worker. One loop thread owns the DEALER socket: it says hello (cores, memory, a
+// measured sgemm rate), heartbeats, fetches the blobs a job needs into its cache (credit-based, resumable,
+// SHA-256-verified), and hands assignments to one compute thread, which runs the training engine on the rows
+// with the coordinator's parameters and returns the gradient of the summed loss. Silence from the coordinator
+// past the liveness window means reconnect, with exponential backoff; the loaded model and cached blobs
+// survive, so a restarted coordinator gets the worker back ready. `stop()` finishes the assignment in hand,
+// returns it, says bye and leaves.
+
+import Foundation
+import Llama
+import ModelFormats
+import TensorKernels
+import Training
+import Transport
+import Wire
+
+/// Why a worker stopped.
+public struct WorkerError: Error, Sendable, CustomStringConvertible {
+    public var message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}
+
+/// Settings of a worker.
+public struct WorkerOptions: Sendable {
+    public var credentials: Credentials
+    public var name: String
+    /// Kernel threads (nil: all cores).
+    public var threads: Int?
+    /// Where blobs (base models) are cached.
+    public var cacheDirectory: String
+
+    public init(credentials: Credentials, name: String, cacheDirectory: String) {
+        self.credentials = credentials
+        self.name = name
+        self.cacheDirectory = cacheDirectory
+    }
+}
+
+/// A cluster worker.
+public final class WorkerAgent: @unchecked Sendable {
+    public let options: WorkerOptions
+    private let log: @Sendable (String) -> Void
+    private let blobs: BlobStore
+    private let context = Context()
+    private var socket: Socket?
+    private var monitor: HandshakeMonitor?
+    private let lock = NSLock()
+    private var stopRequested = false
+    private var outbox: [Message] = []
+    private var loaded: [LoadedJob] = []
+
+    private var heartbeat = Double(Wire.heartbeatMilliseconds) / 1000
+    private var liveness = Wire.heartbeatLiveness
+    private var lastHeard = 0.0
+    private var lastSent = 0.0
+    private var connectedAt = 0.0
+    private var backoff = 0.5
+    private var welcomed = false
+    private var gflops = 0.0
+
+    private var job: JobState?
+    private var computing: Int?
+    private var revoked: Set<Int> = []
+    private var queued: [Message] = []
+
+    /// A job's model and training session, once loaded.
+    private struct LoadedJob {
+        var id: String
+        var session: TrainingSession
+        var config: TrainingConfig
+    }
+
+    private struct JobState {
+        var id: String
+        var config: TrainingConfig
+        var modelBlob: String
+        var download: BlobDownload?
+        var loading = false
+        var ready = false
+    }
+
+    public init(options: WorkerOptions, log: @escaping @Sendable (String) -> Void) throws(WorkerError) {
+        self.options = options
+        self.log = log
+        do { blobs = try BlobStore(root: (options.cacheDirectory as NSString).appendingPathComponent("blobs")) } catch {
+            throw WorkerError("\(error)")
+        }
+    }
+
+    /// Asks the worker to leave after returning the assignment in hand.
+    public func stop() { lock.withLock { stopRequested = true } }
+    private var shouldStop: Bool { lock.withLock { stopRequested } }
+
+    static var now: Double { Date().timeIntervalSince1970 }
+
+    /// Runs until `stop()`.
+    ///
+    /// - Throws: `WorkerError` when the coordinator refuses this worker's key.
+    public func run() throws(WorkerError) {
+        if let t = options.threads { Parallel.threadCount = t }
+        gflops = Self.measureGFLOPs()
+        log("kernel throughput \(String(format: "%.1f", gflops)) GFLOP/s on \(Parallel.threadCount) threads")
+        var nextAttempt = 0.0
+        var leaving = false
+        while true {
+            let now = Self.now
+            if shouldStop, !leaving {
+                leaving = true
+                if computing != nil { log("stopping: finishing the assignment in hand first") }
+            }
+            if leaving, computing == nil {
+                if let socket, welcomed {
+                    flushOutbox()
+                    try? socket.send(Message(.bye, ["reason": "stopped"]).encode())
+                    Thread.sleep(forTimeInterval: 0.05)
+                }
+                close()
+                log("left the cluster")
+                return
+            }
+            if socket == nil {
+                if now >= nextAttempt { connect(now: now) } else {
+                    Thread.sleep(forTimeInterval: min(0.05, nextAttempt - now))
+                    continue
+                }
+            }
+            guard let socket else { continue }
+            do {
+                if let first = try socket.receive(timeoutMilliseconds: 20) {
+                    handle(first.frames, now: Self.now)
+                    while let r = try socket.receiveNow() { handle(r.frames, now: Self.now) }
+                }
+            } catch {
+                log("transport error: \(error)")
+            }
+            if let monitor {
+                for e in monitor.events() {
+                    switch e {
+                    case .refused:
+                        close()
+                        throw WorkerError(
+                            "the coordinator refused this worker's key (not enrolled, or revoked); join again with a new token")
+                    case .failed(let why): log("handshake failed: \(why)")
+                    case .succeeded: break
+                    }
+                }
+            }
+            flushOutbox()
+            let t = Self.now
+            if welcomed, t - lastSent >= heartbeat { send(Message(.heartbeat)) }
+            let silent = t - max(lastHeard, connectedAt)
+            if silent > heartbeat * Double(liveness) {
+                log(
+                    welcomed
+                        ? "the coordinator is silent (\(String(format: "%.1f", silent)) s); reconnecting"
+                        : "no answer from \(options.credentials.endpoint) yet; retrying")
+                close()
+                nextAttempt = t + backoff
+                backoff = min(backoff * 2, 30)
+            }
+        }
+    }
+
+    private func connect(now: Double) {
+        do {
+            let s = try Socket(context, .dealer)
+            if let server = options.credentials.serverKey, let keys = options.credentials.keys {
+                try s.makeCurveClient(keys, serverKey: server)
+                monitor = try HandshakeMonitor(context, watching: s)
+            }
+            try s.connect(options.credentials.endpoint)
+            socket = s
+            connectedAt = now
+            welcomed = false
+            job?.download?.reset()
+            send(
+                Message(
+                    .hello,
+                    [
+                        "name": .string(options.name), "cores": .integer(Int64(ProcessInfo.processInfo.activeProcessorCount)),
+                        "memory": .integer(Int64(ProcessInfo.processInfo.physicalMemory)), "gflops": .number(gflops),
+                        "threads": .integer(Int64(Parallel.threadCount)),
+                    ]))
+        } catch {
+            log("cannot connect to \(options.credentials.endpoint): \(error)")
+            close()
+        }
+    }
+
+    private func close() {
+        monitor?.close()
+        monitor = nil
+        socket?.close()
+        socket = nil
+        welcomed = false
+    }
+
+    private func send(_ m: Message) {
+        guard let socket else { return }
+        do {
+            try socket.send(m.encode())
+            lastSent = Self.now
+        } catch {
+            log("cannot send \(m.type): \(error)")
+        }
+    }
+
+    private func post(_ m: Message) { lock.withLock { outbox.append(m) } }
+
+    private func flushOutbox() {
+        let messages = lock.withLock {
+            let m = outbox
+            outbox = []
+            return m
+        }
+        for m in messages {
+            if m.type == .result {
+                let id = m.int("assignment")
+                computing = nil
+                if revoked.remove(id) != nil { continue }
+            }
+            if m.type == .ready { job?.ready = true; job?.loading = false }
+            if m.type == .error {
+                // A local failure (the model would not load, an assignment was unusable): reported here only.
+                log(m.string("message"))
+                if m.metadata["assignment"] != nil { computing = nil } else { job?.loading = false }
+                continue
+            }
+            send(m)
+        }
+        if computing == nil, !queued.isEmpty { startAssignment(queued.removeFirst()) }
+    }
+
+    // MARK: Messages
+
+    private func handle(_ frames: [[UInt8]], now: Double) {
+        lastHeard = now
+        backoff = 0.5
+        let m: Message
+        do { m = try Message.decode(frames) } catch {
+            log("dropped a message from the coordinator: \(error)")
+            return
+        }
+        switch m.type {
+        case .welcome:
+            welcomed = true
+            heartbeat = Double(m.int("heartbeat_ms")) / 1000
+            liveness = m.int("liveness")
+            log("connected to \(options.credentials.endpoint) as \(m.string("worker"))")
+        case .job: receiveJob(m)
+        case .chunk: receiveChunk(m)
+        case .assign:
+            if computing == nil { startAssignment(m) } else { queued.append(m) }
+        case .revoke:
+            let id = m.int("assignment")
+            if computing == id { revoked.insert(id) }
+            queued.removeAll { $0.int("assignment") == id }
+        case .error: log("coordinator: \(m.string("message"))")
+        default: break
+        }
+    }
+
+    private func receiveJob(_ m: Message) {
+        let id = m.string("job")
+        if let job, job.id == id {
+            if job.ready { send(Message(.ready, ["job": .string(id)])) }
+            return
+        }
+        var config = TrainingConfig()
+        do { try config.apply(yaml: m.string("spec"), source: "\(id) job") } catch {
+            log("cannot read \(id)'s settings: \(error)")
+            return
+        }
+        let blob = m.string("model_blob")
+        guard BlobStore.isHash(blob) else { return }
+        job = JobState(id: id, config: config, modelBlob: blob)
+        if loaded.contains(where: { $0.id == id }) {
+            job?.ready = true
+            send(Message(.ready, ["job": .string(id)]))
+            return
+        }
+        if blobs.contains(blob) {
+            load()
+        } else {
+            let have = blobs.partialSize(blob)
+            log("fetching the model (\(m.int("model_bytes") >> 20) MiB" + (have > 0 ? ", resuming at \(have >> 20) MiB)" : ")"))
+            job?.download = BlobDownload(hash: blob, total: m.int("model_bytes"), received: have)
+            requestChunks()
+        }
+    }
+
+    private func requestChunks() {
+        guard var d = job?.download else { return }
+        if d.isComplete {
+            job?.download = nil
+            do { try blobs.completePartial(d.hash) } catch {
+                log("\(error); fetching again")
+                job?.download = BlobDownload(hash: d.hash, total: d.total)
+                requestChunks()
+                return
+            }
+            log("model received and verified (SHA-256)")
+            load()
+            return
+        }
+        for r in d.requests() { send(r) }
+        job?.download = d
+    }
+
+    private func receiveChunk(_ m: Message) {
+        guard var d = job?.download else { return }
+        do {
+            let bytes = try d.accept(m)
+            if !bytes.isEmpty { try blobs.appendPartial(d.hash, bytes) }
+        } catch {
+            log("dropped a chunk: \(error)")
+            return
+        }
+        job?.download = d
+        requestChunks()
+    }
+
+    /// Loads the job's model and builds its session on a background thread; posts `ready` when done.
+    private func load() {
+        guard let job, !job.loading else { return }
+        self.job?.loading = true
+        let path = blobs.path(job.modelBlob)
+        let config = job.config
+        let id = job.id
+        log("loading the model for \(id)")
+        Thread.detachNewThread { [self] in
+            do {
+                let lm = try LanguageModel.load(ModelSource.gguf(path))
+                let adapter = LoRAAdapter(model: lm.model.config, config: config.lora, seed: config.seed)
+                let recompute: Bool
+                switch config.recompute {
+                case .always: recompute = true
+                case .never: recompute = false
+                case .auto:
+                    recompute =
+                        TrainingWorkspace.estimatedBytes(
+                            model: lm.model.config, adapter: adapter, batch: config.batchSize,
+                            length: config.sequenceLength, recompute: false) > TrainingConfig.activationBudgetBytes
+                }
+                let session = TrainingSession(
+                    model: lm.model, adapter: adapter,
+                    schedule: LearningRateSchedule(peak: config.learningRate, warmupSteps: 0, totalSteps: 1, kind: .constant),
+                    recompute: recompute)
+                lock.withLock { loaded = [LoadedJob(id: id, session: session, config: config)] }
+                post(Message(.ready, ["job": .string(id)]))
+            } catch {
+                post(Message(.error, ["code": "load", "message": .string("cannot load the model for \(id): \(error)")]))
+            }
+        }
+    }
+
+    private func startAssignment(_ m: Message) {
+        let jobId = m.string("job")
+        guard let loadedJob = lock.withLock({ loaded.first { $0.id == jobId } }) else {
+            log("assignment for \(jobId), which is not loaded here; ignored")
+            return
+        }
+        let session = loadedJob.session
+        let config = loadedJob.config
+        let rows = m.int("rows")
+        let length = config.sequenceLength
+        guard let params = m.tensor("parameters"), params.dtype == .f32, params.count == session.adapter.parameters.count,
+            let tokens = m.tensor("tokens"), tokens.dtype == .i32, tokens.count == rows * length,
+            let targets = m.tensor("targets"), targets.count == rows * length,
+            let positions = m.tensor("positions"), positions.count == rows * length,
+            let starts = m.tensor("starts"), starts.count == rows * length
+        else {
+            log("dropped a malformed assignment")
+            return
+        }
+        let assignment = m.int("assignment")
+        let step = m.int("step")
+        computing = assignment
+        let vocab = Int32(session.model.config.vocabSize)
+        Thread.detachNewThread { [self] in
+            let started = Self.now
+            let p = params.floats()
+            session.adapter.parameters.pointer.update(from: p, count: p.count)
+            let tok = tokens.ints()
+            let tgt = targets.ints()
+            let pos = positions.ints()
+            let st = starts.ints()
+            // Untrusted ids: anything outside the vocabulary or row would index out of bounds.
+            let valid =
+                tok.allSatisfy { $0 >= 0 && $0 < vocab } && tgt.allSatisfy { $0 >= -1 && $0 < vocab }
+                && pos.allSatisfy { $0 >= 0 && Int($0) < length } && st.allSatisfy { $0 >= 0 && Int($0) < length }
+            guard valid else {
+                post(
+                    Message(
+                        .error,
+                        [
+                            "code": "bad_rows", "assignment": .integer(Int64(assignment)),
+                            "message": .string("assignment \(assignment) has token ids or positions out of range; ignored"),
+                        ]))
+                return
+            }
+            var micro: [TrainingBatch] = []
+            for first in stride(from: 0, to: rows, by: config.batchSize) {
+                let n = min(config.batchSize, rows - first)
+                let r = first * length..<(first + n) * length
+                micro.append(
+                    TrainingBatch(
+                        batch: n, length: length, tokens: Array(tok[r]), targets: Array(tgt[r]), positions: Array(pos[r]),
+                        documentStarts: Array(st[r])))
+            }
+            let loss = session.computeGradients(micro, normalize: false)
+            let seconds = Self.now - started
+            post(
+                Message(
+                    .result,
+                    [
+                        "job": .string(jobId), "assignment": .integer(Int64(assignment)), "step": .integer(Int64(step)),
+                        "loss": .number(loss.sum), "tokens": .integer(Int64(loss.tokens)), "seconds": .number(seconds),
+                    ],
+                    tensors: [Tensor(name: "gradient", floats: UnsafeBufferPointer(session.gradients.buffer))]))
+        }
+    }
+
+    /// sgemm GFLOP/s on a 256³ product (what the coordinator splits work by until it has measured steps).
+    static func measureGFLOPs() -> Double {
+        let n = 256
+        let a = [Float](repeating: 0.5, count: n * n)
+        var c = [Float](repeating: 0, count: n * n)
+        let clock = ContinuousClock()
+        var best = Double.infinity
+        for _ in 0..<5 {
+            let t = clock.measure { c.withUnsafeMutableBufferPointer { matmul($0.baseAddress!, a, a, M: n, N: n, K: n) } }
+            best = min(best, Double(t.components.seconds) + Double(t.components.attoseconds) * 1e-18)
+        }
+        return 2 * Double(n * n * n) / max(best, 1e-9) / 1e9
+    }
+}
