@@ -35,14 +35,16 @@ let package = Package(
             ]),
         .target(name: "Wire", dependencies: ["ModelFormats"]),
         .target(
-            name: "Transport", dependencies: ["CZeroMQ", "ModelFormats", .product(name: "Crypto", package: "swift-crypto")]),
+            name: "Transport",
+            dependencies: ["CZeroMQ", "ModelFormats", .product(name: "Crypto", package: "swift-crypto")]),
         .target(
             name: "Coordinator",
             dependencies: [
                 "Wire", "Transport", "Training", "Llama", "Tokenizer", "ModelFormats", "TensorKernels",
                 .product(name: "GRDB", package: "GRDB.swift"),
             ]),
-        .target(name: "Worker", dependencies: ["Wire", "Transport", "Training", "Llama", "ModelFormats", "TensorKernels"]),
+        .target(
+            name: "Worker", dependencies: ["Wire", "Transport", "Training", "Llama", "ModelFormats", "TensorKernels"]),
         .executableTarget(
             name: "CairnCLI",
             dependencies: [
@@ -60,12 +62,13 @@ let package = Package(
         .testTarget(
             name: "TrainingTests", dependencies: ["Training", "Llama", "Tokenizer", "ModelFormats", "TestSupport"]),
         .testTarget(name: "WireTests", dependencies: ["Wire", "ModelFormats"]),
-        .testTarget(name: "TransportTests", dependencies: ["Transport"]),
+        .testTarget(name: "TransportTests", dependencies: ["Transport", "ModelFormats"]),
         .testTarget(
             name: "CoordinatorTests",
             dependencies: ["Coordinator", "Wire", "Training", "Llama", "ModelFormats", "TestSupport"]),
         // Real processes and real sockets on loopback: a coordinator and workers started from the built binary.
-        .testTarget(name: "ClusterTests", dependencies: ["TestSupport", "ModelFormats", "Transport", "Wire"]),
+        .testTarget(
+            name: "ClusterTests", dependencies: ["TestSupport", "ModelFormats", "Transport", "Wire", "TensorKernels"]),
         // Runs the built `cairn` binary as a user would (tiny fixtures; the real model when CAIRN_REAL_MODEL is set).
         .testTarget(name: "CLITests", dependencies: ["TestSupport", "ModelFormats"]),
         // Checks on the real model (SmolLM2-135M); enabled when CAIRN_REAL_MODEL names the GGUF file.

@@ -49,7 +49,8 @@ struct CoordinatorCommand: ParsableCommand {
         subcommands: [Serve.self, Token.self, RevokeToken.self], defaultSubcommand: Serve.self)
 
     struct Serve: ParsableCommand {
-        static let configuration = CommandConfiguration(commandName: "serve", abstract: "Run the coordinator (the default).")
+        static let configuration = CommandConfiguration(
+            commandName: "serve", abstract: "Run the coordinator (the default).")
 
         @Option(help: "State directory (default $CAIRN_STATE or ~/.local/state/cairn).")
         var state: String?
@@ -71,7 +72,9 @@ struct CoordinatorCommand: ParsableCommand {
                         + "Use it only for demos on this machine.")
             }
             let coordinator: Coordinator
-            do { coordinator = try Coordinator(options: options, log: timestamped("")) } catch { throw CLIError("\(error)") }
+            do { coordinator = try Coordinator(options: options, log: timestamped("")) } catch {
+                throw CLIError("\(error)")
+            }
             let signals = StopSignal(onFirst: { coordinator.stop() })
             Terminal.note("state: \(dir) · clients on this machine use \(StateFiles.client(dir))")
             do { try coordinator.run() } catch { throw CLIError("\(error)") }
@@ -82,7 +85,8 @@ struct CoordinatorCommand: ParsableCommand {
     struct Token: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Print a one-time join token for a worker (or a client).",
-            discussion: "The token carries the coordinator's public key and a one-time secret. It is used once and expires.")
+            discussion:
+                "The token carries the coordinator's public key and a one-time secret. It is used once and expires.")
 
         @Option(help: "State directory of the coordinator.")
         var state: String?
@@ -100,12 +104,15 @@ struct CoordinatorCommand: ParsableCommand {
                     stateDirectory: state ?? CredentialPaths.defaultState, role: role, validFor: seconds)
             } catch { throw CLIError("\(error)") }
             Terminal.write("\(token)\n")
-            Terminal.note("token \(token.id) for one \(role), valid \(ttl); revoke with `cairn coordinator revoke-token \(token.id)`")
+            Terminal.note(
+                "token \(token.id) for one \(role), valid \(ttl); revoke with `cairn coordinator revoke-token \(token.id)`"
+            )
         }
     }
 
     struct RevokeToken: ParsableCommand {
-        static let configuration = CommandConfiguration(commandName: "revoke-token", abstract: "Revoke an unused join token.")
+        static let configuration = CommandConfiguration(
+            commandName: "revoke-token", abstract: "Revoke an unused join token.")
         @Option(help: "State directory of the coordinator.")
         var state: String?
         @Argument(help: "The token id that `cairn coordinator token` printed.")
@@ -125,7 +132,8 @@ struct WorkerCommand: ParsableCommand {
 
     struct Join: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Join a coordinator and work on its jobs until stopped (SIGINT/SIGTERM: finish, hand back, leave).",
+            abstract:
+                "Join a coordinator and work on its jobs until stopped (SIGINT/SIGTERM: finish, hand back, leave).",
             discussion: """
                 The first time, pass the token from `cairn coordinator token`: the worker enrols a key pair of its own \
                 and keeps it (--credentials, default ~/.config/cairn/worker.json, mode 0600), so later joins need no \
@@ -152,7 +160,9 @@ struct WorkerCommand: ParsableCommand {
         var insecure = false
 
         func run() throws {
-            if let threads, threads < 1 || threads > 1024 { throw ValidationError("--threads must be between 1 and 1024") }
+            if let threads, threads < 1 || threads > 1024 {
+                throw ValidationError("--threads must be between 1 and 1024")
+            }
             let name = name ?? ProcessInfo.processInfo.hostName
             let credPath = credentials ?? CredentialPaths.userWorker
             var creds: Credentials
@@ -173,7 +183,8 @@ struct WorkerCommand: ParsableCommand {
                 creds.endpoint = endpoint
             } else {
                 throw ValidationError(
-                    "this machine has no key yet (\(credPath)); pass --token from `cairn coordinator token` on the coordinator")
+                    "this machine has no key yet (\(credPath)); pass --token from `cairn coordinator token` on the coordinator"
+                )
             }
             var options = WorkerOptions(
                 credentials: creds, name: name,
@@ -193,7 +204,8 @@ struct ClientCommand: ParsableCommand {
 
     struct Join: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Enrol with a token from `cairn coordinator token --role client`; then submit/status/pull work here.")
+            abstract:
+                "Enrol with a token from `cairn coordinator token --role client`; then submit/status/pull work here.")
         @Argument(help: "The coordinator's endpoint.")
         var endpoint: String
         @Option(help: "Join token.")
@@ -244,7 +256,9 @@ struct Submit: ParsableCommand {
             throw CLIError("\(job): data: cannot read \(config.data)")
         }
         guard data.count <= Wire.maxTensorBytes else {
-            throw CLIError("\(config.data) is \(data.count >> 20) MiB; cluster jobs take at most \(Wire.maxTensorBytes >> 20) MiB of data")
+            throw CLIError(
+                "\(config.data) is \(data.count >> 20) MiB; cluster jobs take at most \(Wire.maxTensorBytes >> 20) MiB of data"
+            )
         }
         let spec = try String(contentsOfFile: job, encoding: .utf8)
         let c = try client.connect()
@@ -282,7 +296,9 @@ struct Status: ParsableCommand {
                 Terminal.write(Self.render(body))
             }
             let jobs = body.objectValue?["jobs"]?.arrayValue ?? []
-            let finished = jobs.allSatisfy { ["done", "failed", "cancelled"].contains($0.objectValue?["state"]?.stringValue ?? "") }
+            let finished = jobs.allSatisfy {
+                ["done", "failed", "cancelled"].contains($0.objectValue?["state"]?.stringValue ?? "")
+            }
             if !watch || finished { break }
             Thread.sleep(forTimeInterval: 2)
         }
@@ -322,8 +338,10 @@ struct Workers: ParsableCommand {
         var out = ""
         for w in workers {
             let speed = w["rows_per_second"]?.doubleValue.map { String(format: "%.2f rows/s", $0) } ?? ""
-            out += "worker \(w["name"]?.stringValue ?? "") [\(w["id"]?.stringValue ?? "")]  \(w["state"]?.stringValue ?? "")  "
-            out += "\(w["cores"]?.intValue ?? 0) cores  \(String(format: "%.1f", w["gflops"]?.doubleValue ?? 0)) GFLOP/s  "
+            out +=
+                "worker \(w["name"]?.stringValue ?? "") [\(w["id"]?.stringValue ?? "")]  \(w["state"]?.stringValue ?? "")  "
+            out +=
+                "\(w["cores"]?.intValue ?? 0) cores  \(String(format: "%.1f", w["gflops"]?.doubleValue ?? 0)) GFLOP/s  "
             out += "\(speed)  rows done \(w["rows_done"]?.intValue ?? 0)\n"
         }
         return out
@@ -367,11 +385,15 @@ struct Pull: ParsableCommand {
         let reply = try c.request(Message(.pull, ["job": .string(jobId)]), expect: .pullReply)
         var files: [String: (blob: String, bytes: Int)] = [:]
         for f in reply.metadata["files"]?.arrayValue?.compactMap(\.objectValue) ?? [] {
-            if let n = f["name"]?.stringValue, let b = f["blob"]?.stringValue, BlobStore.isHash(b), let size = f["bytes"]?.intValue {
+            if let n = f["name"]?.stringValue, let b = f["blob"]?.stringValue, BlobStore.isHash(b),
+                let size = f["bytes"]?.intValue
+            {
                 files[n] = (b, size)
             }
         }
-        if format == "peft" { try FileManager.default.createDirectory(atPath: output, withIntermediateDirectories: true) }
+        if format == "peft" {
+            try FileManager.default.createDirectory(atPath: output, withIntermediateDirectories: true)
+        }
         for name in wanted {
             guard let f = files[name] else { throw CLIError("the coordinator has no \(name) for \(jobId)") }
             let path = format == "peft" ? (output as NSString).appendingPathComponent(name) : output
@@ -412,7 +434,8 @@ struct ClusterCommand: ParsableCommand {
             let coordinator: Coordinator
             do {
                 coordinator = try Coordinator(
-                    options: CoordinatorOptions(stateDirectory: dir, listen: listen), log: timestamped("[coordinator] "))
+                    options: CoordinatorOptions(stateDirectory: dir, listen: listen), log: timestamped("[coordinator] ")
+                )
             } catch { throw CLIError("\(error)") }
             let endpoint = coordinator.endpoint.replacingOccurrences(of: "0.0.0.0", with: "127.0.0.1")
             let perWorker = threads ?? max(1, ProcessInfo.processInfo.activeProcessorCount / max(1, workers))

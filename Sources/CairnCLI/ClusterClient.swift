@@ -28,7 +28,9 @@ enum CredentialPaths {
 
     static func clientCredentials(explicit: String?, state: String?) throws -> Credentials {
         var candidates: [String] = []
-        if let explicit { candidates = [explicit] } else if let state {
+        if let explicit {
+            candidates = [explicit]
+        } else if let state {
             candidates = [(state as NSString).appendingPathComponent("client.json")]
         } else {
             candidates = [userClient, (defaultState as NSString).appendingPathComponent("client.json")]
@@ -84,7 +86,8 @@ final class ClusterClient {
             return m
         }
         throw CLIError(
-            "no answer from \(endpoint) within \(Int(timeout)) s while waiting for \(what); is the coordinator running there?")
+            "no answer from \(endpoint) within \(Int(timeout)) s while waiting for \(what); is the coordinator running there?"
+        )
     }
 
     /// Sends a request and returns the reply of the expected type.

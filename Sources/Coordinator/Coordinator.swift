@@ -54,12 +54,13 @@ public enum StateFiles {
     }
 
     /// Issues a join token (run beside a live coordinator: the store is shared through SQLite).
-    public static func issueToken(stateDirectory dir: String, role: String, validFor seconds: Double) throws(
-        CoordinatorError
-    ) -> JoinToken {
+    public static func issueToken(stateDirectory dir: String, role: String, validFor seconds: Double)
+        throws(CoordinatorError) -> JoinToken
+    {
         let server: Credentials
         do { server = try Credentials.load(from: Self.server(dir)) } catch {
-            throw CoordinatorError("\(dir) holds no coordinator keys (start `cairn coordinator --state \(dir)` once): \(error)")
+            throw CoordinatorError(
+                "\(dir) holds no coordinator keys (start `cairn coordinator --state \(dir)` once): \(error)")
         }
         guard let key = server.keys?.publicKey else {
             throw CoordinatorError("the coordinator in \(dir) runs without keys (--insecure); it needs no tokens")
@@ -99,7 +100,8 @@ public final class Coordinator: @unchecked Sendable {
         self.log = log
         if options.insecure, !StateFiles.isLoopback(options.listen) {
             throw CoordinatorError(
-                "--insecure listens without encryption or keys; it is allowed only on loopback (tcp://127.0.0.1:PORT), not \(options.listen)")
+                "--insecure listens without encryption or keys; it is allowed only on loopback (tcp://127.0.0.1:PORT), not \(options.listen)"
+            )
         }
         let dir = options.stateDirectory
         do {
@@ -218,11 +220,21 @@ public final class Coordinator: @unchecked Sendable {
             peer.bad += 1
             log("dropped \(message.type) from \(peer.label): not allowed for a \(peer.role.name)")
             peers[rid] = peer
-            send(rid, Message(.error, ["code": "forbidden", "message": .string("\(message.type) is not allowed for a \(peer.role.name)")]))
+            send(
+                rid,
+                Message(
+                    .error,
+                    ["code": "forbidden", "message": .string("\(message.type) is not allowed for a \(peer.role.name)")])
+            )
             return
         }
         peers[rid] = peer
-        if let job, [.result].contains(message.type) { job.countBytes(received.byteCount) }
+        if peer.worker == nil, [.heartbeat, .ready, .result].contains(message.type), peer.role != .client {
+            // A worker this coordinator has not met (it restarted): ask it to say hello again.
+            send(rid, Message(.error, ["code": "hello_first", "message": "unknown worker; send hello"]))
+            return
+        }
+        if let job, message.type == .result { job.countBytes(received.byteCount) }
         switch message.type {
         case .enrol: enrol(rid, message)
         case .hello: hello(rid, message)
@@ -267,7 +279,11 @@ public final class Coordinator: @unchecked Sendable {
         }
         do {
             guard try store.redeemToken(id: tokenId, publicKey: key, name: m.string("name")) else {
-                send(rid, Message(.error, ["code": "token_used", "message": "the token was used, revoked or expired; ask for a new one"]))
+                send(
+                    rid,
+                    Message(
+                        .error,
+                        ["code": "token_used", "message": "the token was used, revoked or expired; ask for a new one"]))
                 return
             }
         } catch {
@@ -289,9 +305,12 @@ public final class Coordinator: @unchecked Sendable {
         peers[rid] = peer
         try? store.saw(
             worker: WorkerRecord(
-                id: id, name: m.string("name"), cores: m.int("cores"), memory: m.int("memory"), gflops: m.double("gflops"),
+                id: id, name: m.string("name"), cores: m.int("cores"), memory: m.int("memory"),
+                gflops: m.double("gflops"),
                 lastSeen: Self.now, rows: 0))
-        log("worker \(m.string("name")) [\(id)] joined: \(m.int("cores")) cores, \(String(format: "%.1f", m.double("gflops"))) GFLOP/s")
+        log(
+            "worker \(m.string("name")) [\(id)] joined: \(m.int("cores")) cores, \(String(format: "%.1f", m.double("gflops"))) GFLOP/s"
+        )
         send(
             rid,
             Message(
@@ -310,7 +329,8 @@ public final class Coordinator: @unchecked Sendable {
                 .job,
                 [
                     "job": .string(job.id), "spec": .string(job.prepared.config.yaml()),
-                    "model_blob": .string(job.record.modelBlob), "model_bytes": .integer(Int64(blobs.size(job.record.modelBlob) ?? 0)),
+                    "model_blob": .string(job.record.modelBlob),
+                    "model_bytes": .integer(Int64(blobs.size(job.record.modelBlob) ?? 0)),
                     "mode": .string(job.record.mode),
                 ]))
     }
@@ -351,7 +371,9 @@ public final class Coordinator: @unchecked Sendable {
         }
         let offset = m.int("offset")
         guard offset < size else {
-            send(rid, Message(.error, ["code": "bad_offset", "message": .string("offset \(offset) is past the blob's end")]))
+            send(
+                rid,
+                Message(.error, ["code": "bad_offset", "message": .string("offset \(offset) is past the blob's end")]))
             return
         }
         do {
@@ -371,7 +393,9 @@ public final class Coordinator: @unchecked Sendable {
         guard let worker = peer.worker else { return }
         var lost: [Assignment] = []
         job?.updateWork { lost = $0.lose(worker: worker.id) }
-        log("worker \(peer.label) \(why)" + (lost.isEmpty ? "" : "; its \(lost.reduce(0) { $0 + $1.rows.count }) rows go to others"))
+        log(
+            "worker \(peer.label) \(why)"
+                + (lost.isEmpty ? "" : "; its \(lost.reduce(0) { $0 + $1.rows.count }) rows go to others"))
     }
 
     // MARK: Clients
@@ -407,7 +431,9 @@ public final class Coordinator: @unchecked Sendable {
             let id = try store.addJob(
                 spec: spec, mode: prepared.config.mode.rawValue, modelBlob: modelBlob, dataBlob: dataBlob,
                 dataName: dataName, totalSteps: prepared.totalSteps)
-            log("\(id) submitted: \(prepared.totalSteps) steps of \(prepared.rowsPerStep) rows × \(prepared.config.sequenceLength) tokens, mode \(prepared.config.mode.rawValue)")
+            log(
+                "\(id) submitted: \(prepared.totalSteps) steps of \(prepared.rowsPerStep) rows × \(prepared.config.sequenceLength) tokens, mode \(prepared.config.mode.rawValue)"
+            )
             send(rid, Message(.submitted, ["job": .string(id)]))
         } catch let e as JobError {
             fail(rid, "bad_job", e.message)
@@ -446,7 +472,10 @@ public final class Coordinator: @unchecked Sendable {
             return
         }
         guard record.state == .done else {
-            fail(rid, "not_done", "\(id) is \(record.state.rawValue) (\(record.step) of \(record.totalSteps) steps); pull it when it is done")
+            fail(
+                rid, "not_done",
+                "\(id) is \(record.state.rawValue) (\(record.step) of \(record.totalSteps) steps); pull it when it is done"
+            )
             return
         }
         let files: [JSONValue] = record.outputs.sorted { $0.key < $1.key }.map { name, blob in
@@ -478,9 +507,12 @@ public final class Coordinator: @unchecked Sendable {
                 o["steps"] = .array(
                     steps.map { s in
                         [
-                            "step": .integer(Int64(s.step)), "loss": .number(s.loss), "tokens": .integer(Int64(s.tokens)),
+                            "step": .integer(Int64(s.step)), "loss": .number(s.loss),
+                            "tokens": .integer(Int64(s.tokens)),
                             "seconds": .number(s.seconds), "bytes": .integer(Int64(s.bytes)),
-                            "shares": .object(JSONObject(s.shares.sorted { $0.key < $1.key }.map { ($0.key, .integer(Int64($0.value))) })),
+                            "shares": .object(
+                                JSONObject(
+                                    s.shares.sorted { $0.key < $1.key }.map { ($0.key, .integer(Int64($0.value))) })),
                         ]
                     })
             }
@@ -494,7 +526,8 @@ public final class Coordinator: @unchecked Sendable {
     }
 
     private func workersBody() -> JSONValue {
-        let connected = Dictionary(peers.values.compactMap { p in p.worker.map { ($0.id, ($0, p)) } }, uniquingKeysWith: { a, _ in a })
+        let connected = Dictionary(
+            peers.values.compactMap { p in p.worker.map { ($0.id, ($0, p)) } }, uniquingKeysWith: { a, _ in a })
         var out: [JSONValue] = []
         for r in (try? store.workers()) ?? [] {
             var o: JSONObject = [
@@ -533,7 +566,9 @@ public final class Coordinator: @unchecked Sendable {
             var late: [Assignment] = []
             job.updateWork { late = $0.expire(now: now) }
             for a in late {
-                log("assignment \(a.id) of step \(job.step + 1) missed its deadline; its \(a.rows.count) rows go to others")
+                log(
+                    "assignment \(a.id) of step \(job.step + 1) missed its deadline; its \(a.rows.count) rows go to others"
+                )
                 if let rid = peers.first(where: { $0.value.worker?.id == a.worker })?.key {
                     send(rid, Message(.revoke, ["job": .string(job.id), "assignment": .integer(Int64(a.id))]))
                 }
@@ -558,7 +593,9 @@ public final class Coordinator: @unchecked Sendable {
         guard !idle.isEmpty else { return }
         // Speeds: measured rows/s when every idle worker has one, else the kernel benchmark.
         let measured = idle.allSatisfy { $0.worker.rowsPerSecond != nil }
-        let speeds = idle.map { (worker: $0.worker.id, speed: measured ? $0.worker.rowsPerSecond! : max(0.1, $0.worker.gflops)) }
+        let speeds = idle.map {
+            (worker: $0.worker.id, speed: measured ? $0.worker.rowsPerSecond! : max(0.1, $0.worker.gflops))
+        }
         let byId = Dictionary(idle.map { ($0.worker.id, $0) }, uniquingKeysWith: { a, _ in a })
         var assignments: [Assignment] = []
         job.updateWork {
@@ -579,7 +616,8 @@ public final class Coordinator: @unchecked Sendable {
                 tensors: [
                     Tensor(name: "parameters", floats: UnsafeBufferPointer(job.adapter.parameters.buffer)),
                     Tensor(name: "tokens", ints: batch.tokens), Tensor(name: "targets", ints: batch.targets),
-                    Tensor(name: "positions", ints: batch.positions), Tensor(name: "starts", ints: batch.documentStarts),
+                    Tensor(name: "positions", ints: batch.positions),
+                    Tensor(name: "starts", ints: batch.documentStarts),
                 ])
             job.countBytes(send(rid, m))
         }
@@ -602,7 +640,8 @@ public final class Coordinator: @unchecked Sendable {
             self.job = nil
             return
         }
-        let shares = record.shares.sorted { $0.key < $1.key }.map { "\(name(of: $0.key))=\($0.value)" }.joined(separator: " ")
+        let shares = record.shares.sorted { $0.key < $1.key }.map { "\(name(of: $0.key))=\($0.value)" }.joined(
+            separator: " ")
         log(
             "\(job.id) step \(record.step)/\(job.totalSteps) loss \(String(format: "%.4f", record.loss)) "
                 + "\(record.tokens) tok \(String(format: "%.2f", record.seconds)) s [\(shares)]")
@@ -642,7 +681,8 @@ public final class Coordinator: @unchecked Sendable {
             try FileManager.default.createDirectory(atPath: tmp, withIntermediateDirectories: true)
             let provenance = job.provenance()
             try job.adapter.savePEFT(directory: tmp, provenance: provenance, recipe: job.prepared.config.lora)
-            try job.adapter.saveGGUF(path: (tmp as NSString).appendingPathComponent("adapter.gguf"), provenance: provenance, name: job.id)
+            try job.adapter.saveGGUF(
+                path: (tmp as NSString).appendingPathComponent("adapter.gguf"), provenance: provenance, name: job.id)
             var outputs: [String: String] = [:]
             for name in ["adapter_config.json", "adapter_model.safetensors", "adapter.gguf"] {
                 outputs[name] = try blobs.add(file: (tmp as NSString).appendingPathComponent(name))
@@ -732,6 +772,7 @@ struct Peer {
 
     var label: String {
         if let w = worker { return "\(w.name) [\(w.id)]" }
-        return "\(role.name) \(key.map { String($0.prefix(8)) + "…" } ?? routingId.prefix(4).map { String(format: "%02x", $0) }.joined())"
+        return
+            "\(role.name) \(key.map { String($0.prefix(8)) + "…" } ?? routingId.prefix(4).map { String(format: "%02x", $0) }.joined())"
     }
 }

@@ -73,7 +73,8 @@ public final class Store: @unchecked Sendable {
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
             var config = Configuration()
             config.busyMode = .timeout(10)
-            db = try DatabasePool(path: (directory as NSString).appendingPathComponent("cairn.sqlite"), configuration: config)
+            db = try DatabasePool(
+                path: (directory as NSString).appendingPathComponent("cairn.sqlite"), configuration: config)
             var migrator = DatabaseMigrator()
             migrator.registerMigration("v1") { db in
                 try db.execute(
@@ -130,7 +131,8 @@ public final class Store: @unchecked Sendable {
     /// The role of an enrolled, unrevoked key.
     public func role(ofKey publicKey: String) throws(StoreError) -> String? {
         try read { db in
-            try String.fetchOne(db, sql: "SELECT role FROM keys WHERE public_key = ? AND revoked = 0", arguments: [publicKey])
+            try String.fetchOne(
+                db, sql: "SELECT role FROM keys WHERE public_key = ? AND revoked = 0", arguments: [publicKey])
         }
     }
 
@@ -159,7 +161,8 @@ public final class Store: @unchecked Sendable {
             guard
                 let row = try Row.fetchOne(
                     db,
-                    sql: "SELECT id, role FROM tokens WHERE enrol_key = ? AND used IS NULL AND revoked = 0 AND expires > ?",
+                    sql:
+                        "SELECT id, role FROM tokens WHERE enrol_key = ? AND used IS NULL AND revoked = 0 AND expires > ?",
                     arguments: [enrolKey, Self.now])
             else { return nil }
             return (row["id"], row["role"])
@@ -233,16 +236,19 @@ public final class Store: @unchecked Sendable {
     /// Sets a job's state (and error message).
     public func setState(_ id: String, _ state: JobRecord.State, error: String? = nil) throws(StoreError) {
         try write { db in
-            try db.execute(sql: "UPDATE jobs SET state = ?, error = ? WHERE id = ?", arguments: [state.rawValue, error, id])
+            try db.execute(
+                sql: "UPDATE jobs SET state = ?, error = ? WHERE id = ?", arguments: [state.rawValue, error, id])
         }
     }
 
     /// Journals a completed step: its row and the job's checkpoint pointer, in one transaction.
     public func journal(job: String, step: StepRecord, checkpointBlob: String) throws(StoreError) {
-        let shares = JSONValue.object(JSONObject(step.shares.sorted { $0.key < $1.key }.map { ($0.key, .integer(Int64($0.value))) }))
+        let shares = JSONValue.object(
+            JSONObject(step.shares.sorted { $0.key < $1.key }.map { ($0.key, .integer(Int64($0.value))) }))
         try write { db in
             try db.execute(
-                sql: "INSERT OR REPLACE INTO steps (job, step, loss, tokens, seconds, bytes, shares) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                sql:
+                    "INSERT OR REPLACE INTO steps (job, step, loss, tokens, seconds, bytes, shares) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 arguments: [job, step.step, step.loss, step.tokens, step.seconds, step.bytes, shares.serialized()])
             try db.execute(
                 sql: "UPDATE jobs SET step = ?, checkpoint_blob = ?, state = 'running' WHERE id = ?",
@@ -287,7 +293,9 @@ public final class Store: @unchecked Sendable {
 
     /// Checkpoint blobs still referenced by a job (the others may be deleted).
     public func referencedCheckpoints() throws(StoreError) -> Set<String> {
-        try read { db in Set(try String.fetchAll(db, sql: "SELECT checkpoint_blob FROM jobs WHERE checkpoint_blob IS NOT NULL")) }
+        try read { db in
+            Set(try String.fetchAll(db, sql: "SELECT checkpoint_blob FROM jobs WHERE checkpoint_blob IS NOT NULL"))
+        }
     }
 
     // MARK: Workers

@@ -48,7 +48,8 @@ public struct PreparedJob: Sendable {
         }
         if config.lora.dropout > 0 {
             throw JobError(
-                "\(source): dropout: cluster jobs train without LoRA dropout for now (masks would depend on how rows are split)")
+                "\(source): dropout: cluster jobs train without LoRA dropout for now (masks would depend on how rows are split)"
+            )
         }
         let problems = config.problems()
         guard problems.isEmpty else { throw JobError("\(source): " + problems.joined(separator: "; ")) }
@@ -109,7 +110,9 @@ final class SyncJob {
     private var tokens = 0
     private(set) var stepBytes = 0
     private var stepStarted = 0.0
-    private var nextAssignment = 1
+    /// Assignment ids start at a random point per coordinator run, so a result computed for an assignment of an
+    /// earlier run (before a restart) can never match one of this run.
+    private var nextAssignment = Int.random(in: 1...(1 << 31)) << 20
     /// Rows of the step in progress (a batch per row, by index).
     private var stepRows: [TrainingBatch] = []
 
@@ -197,7 +200,8 @@ final class SyncJob {
             for i in 0..<gradientSum.count { gradientSum.pointer[i] *= scale }
             _ = clipGradients(gradientSum, maxNorm: prepared.config.maxGradNorm)
             optimizer.update(
-                parameters: adapter.parameters, gradients: gradientSum, learningRate: schedule.rate(step: optimizer.stepCount))
+                parameters: adapter.parameters, gradients: gradientSum,
+                learningRate: schedule.rate(step: optimizer.stepCount))
         } else {
             optimizer.stepCount += 1
         }

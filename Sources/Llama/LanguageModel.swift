@@ -247,7 +247,8 @@ extension ModelSource {
             let file = try GGUFFile(path: path)
             let tokenizer = try BPETokenizer(gguf: file.metadata)
             guard tokenizer.vocabularySize <= (try LlamaConfig(gguf: file)).vocabSize else {
-                throw FormatError(.invalidValue, path: path, field: "tokenizer", "has more tokens than the model's embedding")
+                throw FormatError(
+                    .invalidValue, path: path, field: "tokenizer", "has more tokens than the model's embedding")
             }
             return (tokenizer, try file.metadata.string("tokenizer.chat_template"))
         case .huggingFace:

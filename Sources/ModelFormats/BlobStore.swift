@@ -34,7 +34,9 @@ public final class BlobStore: @unchecked Sendable {
     /// Where a blob being received is kept until it is whole.
     public func partialPath(_ hash: String) -> String { path(hash) + ".partial" }
 
-    public func contains(_ hash: String) -> Bool { Self.isHash(hash) && FileManager.default.fileExists(atPath: path(hash)) }
+    public func contains(_ hash: String) -> Bool {
+        Self.isHash(hash) && FileManager.default.fileExists(atPath: path(hash))
+    }
 
     /// A blob's size, when present.
     public func size(_ hash: String) -> Int? {
@@ -86,7 +88,9 @@ public final class BlobStore: @unchecked Sendable {
     public func appendPartial(_ hash: String, _ bytes: [UInt8]) throws(FormatError) {
         let p = partialPath(hash)
         if !FileManager.default.fileExists(atPath: p) { _ = FileManager.default.createFile(atPath: p, contents: nil) }
-        guard let handle = FileHandle(forWritingAtPath: p) else { throw FormatError(.io, path: p, "cannot open for writing") }
+        guard let handle = FileHandle(forWritingAtPath: p) else {
+            throw FormatError(.io, path: p, "cannot open for writing")
+        }
         defer { try? handle.close() }
         do {
             try handle.seekToEnd()
@@ -102,7 +106,8 @@ public final class BlobStore: @unchecked Sendable {
         let actual = try FileHash.sha256(file: p)
         guard actual == hash else {
             try? FileManager.default.removeItem(atPath: p)
-            throw FormatError(.invalidValue, path: p, "received blob has SHA-256 \(actual), expected \(hash); discarded")
+            throw FormatError(
+                .invalidValue, path: p, "received blob has SHA-256 \(actual), expected \(hash); discarded")
         }
         let fd = open(p, O_RDONLY)
         if fd >= 0 {

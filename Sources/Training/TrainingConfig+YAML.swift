@@ -37,8 +37,11 @@ extension TrainingConfig {
         ("chat_template", "chatml, smollm2, llama3 or mistral instead of the model's"),
         ("recompute", "auto (default), always or never: recompute activations in the backward"),
         ("threads", "kernel threads (default all cores)"),
-        ("mode", "cluster jobs (cairn submit): how workers share the job; sync (default): every step's batch split "
-            + "across workers, gradients averaged"),
+        (
+            "mode",
+            "cluster jobs (cairn submit): how workers share the job; sync (default): every step's batch split "
+                + "across workers, gradients averaged"
+        ),
     ]
 
     /// Reads a YAML job file over the current values.

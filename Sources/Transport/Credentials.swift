@@ -69,7 +69,8 @@ public struct Credentials: Sendable, Equatable {
             }
         }
         guard (server == nil) == (pub == nil), (pub == nil) == (sec == nil) else {
-            throw FormatError(.missing, path: path, "needs server_key, public_key and secret_key together (or none: insecure)")
+            throw FormatError(
+                .missing, path: path, "needs server_key, public_key and secret_key together (or none: insecure)")
         }
         return Credentials(
             endpoint: endpoint, serverKey: server,

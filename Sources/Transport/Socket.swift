@@ -304,7 +304,9 @@ public final class ZAPHandler {
         while let request = try socket.receiveNow() {
             let f = request.frames
             guard f.count >= 6 else {
-                try socket.send([Array("1.0".utf8), f.count > 1 ? f[1] : [], Array("500".utf8), Array("bad request".utf8), [], []])
+                try socket.send([
+                    Array("1.0".utf8), f.count > 1 ? f[1] : [], Array("500".utf8), Array("bad request".utf8), [], [],
+                ])
                 continue
             }
             var userId: String?
@@ -332,7 +334,11 @@ public final class HandshakeMonitor {
     private final class Counter: @unchecked Sendable {
         private let lock = NSLock()
         private var n = 0
-        func next() -> Int { lock.withLock { n += 1; return n } }
+        func next() -> Int {
+            lock.withLock {
+                n += 1; return n
+            }
+        }
     }
 
     public enum Event: Sendable, Equatable {
@@ -361,8 +367,11 @@ public final class HandshakeMonitor {
             let value = UInt32(first[2]) | UInt32(first[3]) << 8 | UInt32(first[4]) << 16 | UInt32(first[5]) << 24
             switch Int32(event) {
             case ZMQ_EVENT_HANDSHAKE_SUCCEEDED: out.append(.succeeded)
-            case ZMQ_EVENT_HANDSHAKE_FAILED_AUTH: out.append(value == 400 ? .refused : .failed("authentication status \(value)"))
-            default: out.append(.failed("handshake failed (\(value)); is this a Cairn coordinator, with CURVE on both sides?"))
+            case ZMQ_EVENT_HANDSHAKE_FAILED_AUTH:
+                out.append(value == 400 ? .refused : .failed("authentication status \(value)"))
+            default:
+                out.append(
+                    .failed("handshake failed (\(value)); is this a Cairn coordinator, with CURVE on both sides?"))
             }
         }
         return out

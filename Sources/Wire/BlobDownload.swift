@@ -22,8 +22,9 @@ public struct BlobDownload: Sendable {
     private let chunkBytes: Int
 
     /// A transfer that resumes after `received` bytes (the partial file's size; 0 for a new one).
-    public init(hash: String, total: Int, received: Int = 0, credit: Int = Wire.chunkCredit, chunkBytes: Int = Wire.chunkBytes)
-    {
+    public init(
+        hash: String, total: Int, received: Int = 0, credit: Int = Wire.chunkCredit, chunkBytes: Int = Wire.chunkBytes
+    ) {
         self.hash = hash
         self.total = total
         self.received = min(max(0, received), total)

@@ -94,7 +94,9 @@ public struct Tensor: Sendable, Equatable {
             }
         case .bf16:
             return bytes.withUnsafeBytes { raw in
-                (0..<count).map { Float(bitPattern: UInt32(raw.loadUnaligned(fromByteOffset: 2 * $0, as: UInt16.self)) << 16) }
+                (0..<count).map {
+                    Float(bitPattern: UInt32(raw.loadUnaligned(fromByteOffset: 2 * $0, as: UInt16.self)) << 16)
+                }
             }
         default:
             return []
@@ -104,7 +106,9 @@ public struct Tensor: Sendable, Equatable {
     /// The elements as int32 (i32 tensors).
     public func ints() -> [Int32] {
         guard dtype == .i32 else { return [] }
-        return bytes.withUnsafeBytes { raw in (0..<count).map { raw.loadUnaligned(fromByteOffset: 4 * $0, as: Int32.self) } }
+        return bytes.withUnsafeBytes { raw in
+            (0..<count).map { raw.loadUnaligned(fromByteOffset: 4 * $0, as: Int32.self) }
+        }
     }
 }
 
@@ -170,7 +174,8 @@ public struct Message: Sendable, Equatable {
         }
         guard frames.count >= 2 else { throw WireError(.metadata, "\(type): no metadata frame") }
         guard frames[1].count <= Wire.maxMetadataBytes else {
-            throw WireError(.oversize, "\(type): metadata frame of \(frames[1].count) bytes (limit \(Wire.maxMetadataBytes))")
+            throw WireError(
+                .oversize, "\(type): metadata frame of \(frames[1].count) bytes (limit \(Wire.maxMetadataBytes))")
         }
         guard frames.count - 2 <= Wire.maxTensors else {
             throw WireError(.oversize, "\(type): \(frames.count - 2) tensor frames (limit \(Wire.maxTensors))")
@@ -210,14 +215,18 @@ public struct Message: Sendable, Equatable {
                 let dims = o["shape"]?.arrayValue, dims.count <= Wire.maxRank
             else {
                 throw WireError(
-                    .tensor, "\(type): tensor \(i) needs name (≤128 bytes), dtype (\(DType.allCases.map(\.rawValue))) "
+                    .tensor,
+                    "\(type): tensor \(i) needs name (≤128 bytes), dtype (\(DType.allCases.map(\.rawValue))) "
                         + "and shape (≤\(Wire.maxRank) dims)")
             }
             var shape: [Int] = []
             var elements = 1
             for dim in dims {
-                guard let n = dim.intValue, n >= 0, n <= Wire.maxTensorBytes else {
+                guard let n = dim.intValue, n >= 0 else {
                     throw WireError(.tensor, "\(type): tensor \(name) has a bad dimension \(dim)")
+                }
+                guard n <= Wire.maxTensorBytes else {
+                    throw WireError(.oversize, "\(type): tensor \(name) is larger than \(Wire.maxTensorBytes) bytes")
                 }
                 let (product, overflow) = elements.multipliedReportingOverflow(by: n)
                 guard !overflow, product <= Wire.maxTensorBytes else {
@@ -232,7 +241,9 @@ public struct Message: Sendable, Equatable {
             }
             guard bytes.count == expected else {
                 throw WireError(
-                    .tensor, "\(type): tensor \(name) \(dtype.rawValue)\(shape) needs \(expected) bytes, frame has \(bytes.count)")
+                    .tensor,
+                    "\(type): tensor \(name) \(dtype.rawValue)\(shape) needs \(expected) bytes, frame has \(bytes.count)"
+                )
             }
             out.append(Tensor(name: name, dtype: dtype, shape: shape, bytes: bytes))
         }

@@ -68,7 +68,7 @@ public enum MessageType: UInt8, Sendable, CaseIterable, CustomStringConvertible 
     /// What a message of this type must carry.
     public var schema: Schema {
         let id = Field.string(maxBytes: 128)
-        let count = Field.int(0, 1 << 40)
+        let count = Field.int(0, 1 << 53)
         switch self {
         case .hello:
             return Schema([
@@ -105,17 +105,22 @@ public enum MessageType: UInt8, Sendable, CaseIterable, CustomStringConvertible 
         case .error:
             return Schema(["code": .string(maxBytes: 64), "message": .string(maxBytes: 4096)])
         case .enrol:
-            return Schema(["public_key": .string(maxBytes: 64), "role": .string(maxBytes: 16), "name": .string(maxBytes: 256)])
+            return Schema([
+                "public_key": .string(maxBytes: 64), "role": .string(maxBytes: 16), "name": .string(maxBytes: 256),
+            ])
         case .enrolled:
             return Schema(["id": id])
         case .submit:
-            return Schema(["spec": .string(maxBytes: 64 << 10), "data_name": .string(maxBytes: 1024)], tensors: ["data"])
+            return Schema(
+                ["spec": .string(maxBytes: 64 << 10), "data_name": .string(maxBytes: 1024)], tensors: ["data"])
         case .submitted, .cancel, .cancelled, .pull, .ready:
             return Schema(["job": id])
         case .status:
             return Schema([:], optional: ["job": id])
-        case .statusReply, .workersReply:
+        case .statusReply:
             return Schema(["body": .object])
+        case .workersReply:
+            return Schema(["body": .array])
         case .pullReply:
             return Schema(["job": id, "files": .array])
         }
@@ -155,7 +160,8 @@ public struct Schema: Sendable {
     public var optional: [(String, Field)]
     public var tensors: [String]
 
-    init(_ required: KeyValuePairs<String, Field>, optional: KeyValuePairs<String, Field> = [:], tensors: [String] = []) {
+    init(_ required: KeyValuePairs<String, Field>, optional: KeyValuePairs<String, Field> = [:], tensors: [String] = [])
+    {
         self.required = required.map { ($0.key, $0.value) }
         self.optional = optional.map { ($0.key, $0.value) }
         self.tensors = tensors
@@ -163,7 +169,9 @@ public struct Schema: Sendable {
 
     func validate(_ m: Message) throws(WireError) {
         for (key, field) in required {
-            guard let v = m.metadata[key] else { throw WireError(.schema, "\(m.type.name): field \"\(key)\" is missing") }
+            guard let v = m.metadata[key] else {
+                throw WireError(.schema, "\(m.type.name): field \"\(key)\" is missing")
+            }
             if let why = field.check(v) { throw WireError(.schema, "\(m.type.name): field \"\(key)\" \(why)") }
         }
         for (key, field) in optional {

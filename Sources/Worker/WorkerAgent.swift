@@ -120,7 +120,9 @@ public final class WorkerAgent: @unchecked Sendable {
                 return
             }
             if socket == nil {
-                if now >= nextAttempt { connect(now: now) } else {
+                if now >= nextAttempt {
+                    connect(now: now)
+                } else {
                     Thread.sleep(forTimeInterval: min(0.05, nextAttempt - now))
                     continue
                 }
@@ -140,7 +142,8 @@ public final class WorkerAgent: @unchecked Sendable {
                     case .refused:
                         close()
                         throw WorkerError(
-                            "the coordinator refused this worker's key (not enrolled, or revoked); join again with a new token")
+                            "the coordinator refused this worker's key (not enrolled, or revoked); join again with a new token"
+                        )
                     case .failed(let why): log("handshake failed: \(why)")
                     case .succeeded: break
                     }
@@ -174,18 +177,23 @@ public final class WorkerAgent: @unchecked Sendable {
             connectedAt = now
             welcomed = false
             job?.download?.reset()
-            send(
-                Message(
-                    .hello,
-                    [
-                        "name": .string(options.name), "cores": .integer(Int64(ProcessInfo.processInfo.activeProcessorCount)),
-                        "memory": .integer(Int64(ProcessInfo.processInfo.physicalMemory)), "gflops": .number(gflops),
-                        "threads": .integer(Int64(Parallel.threadCount)),
-                    ]))
+            sayHello()
         } catch {
             log("cannot connect to \(options.credentials.endpoint): \(error)")
             close()
         }
+    }
+
+    private func sayHello() {
+        send(
+            Message(
+                .hello,
+                [
+                    "name": .string(options.name),
+                    "cores": .integer(Int64(ProcessInfo.processInfo.activeProcessorCount)),
+                    "memory": .integer(Int64(ProcessInfo.processInfo.physicalMemory)), "gflops": .number(gflops),
+                    "threads": .integer(Int64(Parallel.threadCount)),
+                ]))
     }
 
     private func close() {
@@ -256,7 +264,12 @@ public final class WorkerAgent: @unchecked Sendable {
             let id = m.int("assignment")
             if computing == id { revoked.insert(id) }
             queued.removeAll { $0.int("assignment") == id }
-        case .error: log("coordinator: \(m.string("message"))")
+        case .error:
+            if m.string("code") == "hello_first" {
+                sayHello()
+            } else {
+                log("coordinator: \(m.string("message"))")
+            }
         default: break
         }
     }
@@ -284,7 +297,9 @@ public final class WorkerAgent: @unchecked Sendable {
             load()
         } else {
             let have = blobs.partialSize(blob)
-            log("fetching the model (\(m.int("model_bytes") >> 20) MiB" + (have > 0 ? ", resuming at \(have >> 20) MiB)" : ")"))
+            log(
+                "fetching the model (\(m.int("model_bytes") >> 20) MiB"
+                    + (have > 0 ? ", resuming at \(have >> 20) MiB)" : ")"))
             job?.download = BlobDownload(hash: blob, total: m.int("model_bytes"), received: have)
             requestChunks()
         }
@@ -345,12 +360,14 @@ public final class WorkerAgent: @unchecked Sendable {
                 }
                 let session = TrainingSession(
                     model: lm.model, adapter: adapter,
-                    schedule: LearningRateSchedule(peak: config.learningRate, warmupSteps: 0, totalSteps: 1, kind: .constant),
+                    schedule: LearningRateSchedule(
+                        peak: config.learningRate, warmupSteps: 0, totalSteps: 1, kind: .constant),
                     recompute: recompute)
                 lock.withLock { loaded = [LoadedJob(id: id, session: session, config: config)] }
                 post(Message(.ready, ["job": .string(id)]))
             } catch {
-                post(Message(.error, ["code": "load", "message": .string("cannot load the model for \(id): \(error)")]))
+                post(
+                    Message(.error, ["code": "load", "message": .string("cannot load the model for \(id): \(error)")]))
             }
         }
     }
@@ -365,7 +382,8 @@ public final class WorkerAgent: @unchecked Sendable {
         let config = loadedJob.config
         let rows = m.int("rows")
         let length = config.sequenceLength
-        guard let params = m.tensor("parameters"), params.dtype == .f32, params.count == session.adapter.parameters.count,
+        guard let params = m.tensor("parameters"), params.dtype == .f32,
+            params.count == session.adapter.parameters.count,
             let tokens = m.tensor("tokens"), tokens.dtype == .i32, tokens.count == rows * length,
             let targets = m.tensor("targets"), targets.count == rows * length,
             let positions = m.tensor("positions"), positions.count == rows * length,
@@ -396,7 +414,8 @@ public final class WorkerAgent: @unchecked Sendable {
                         .error,
                         [
                             "code": "bad_rows", "assignment": .integer(Int64(assignment)),
-                            "message": .string("assignment \(assignment) has token ids or positions out of range; ignored"),
+                            "message": .string(
+                                "assignment \(assignment) has token ids or positions out of range; ignored"),
                         ]))
                 return
             }
@@ -406,7 +425,8 @@ public final class WorkerAgent: @unchecked Sendable {
                 let r = first * length..<(first + n) * length
                 micro.append(
                     TrainingBatch(
-                        batch: n, length: length, tokens: Array(tok[r]), targets: Array(tgt[r]), positions: Array(pos[r]),
+                        batch: n, length: length, tokens: Array(tok[r]), targets: Array(tgt[r]),
+                        positions: Array(pos[r]),
                         documentStarts: Array(st[r])))
             }
             let loss = session.computeGradients(micro, normalize: false)
@@ -430,7 +450,9 @@ public final class WorkerAgent: @unchecked Sendable {
         let clock = ContinuousClock()
         var best = Double.infinity
         for _ in 0..<5 {
-            let t = clock.measure { c.withUnsafeMutableBufferPointer { matmul($0.baseAddress!, a, a, M: n, N: n, K: n) } }
+            let t = clock.measure {
+                c.withUnsafeMutableBufferPointer { matmul($0.baseAddress!, a, a, M: n, N: n, K: n) }
+            }
             best = min(best, Double(t.components.seconds) + Double(t.components.attoseconds) * 1e-18)
         }
         return 2 * Double(n * n * n) / max(best, 1e-9) / 1e9

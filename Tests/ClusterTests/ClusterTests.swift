@@ -1,0 +1,223 @@
+// The cluster with real processes and real sockets on loopback: sync equivalence with one machine, a worker
+// killed mid-job, a worker joining mid-job, the coordinator killed and restarted, and the security perimeter.
+// Serialized: each test runs a coordinator and workers that share this machine's cores.
+
+import Foundation
+import ModelFormats
+import TestSupport
+import Testing
+import Transport
+import Wire
+
+@Suite(.serialized) struct ClusterTests {
+    /// sync: 2 workers × 2 rows ≡ `cairn train` with batch 4 (the same global batch): the loss curves agree to
+    /// floating-point reordering, and both workers took shares.
+    @Test func syncWithTwoWorkersReproducesSingleMachineTraining() throws {
+        let c = ClusterHarness("sync")
+        try c.startCoordinator()
+        try c.startWorker("w1")
+        try c.startWorker("w2")
+        #expect(c.waitUntil(60) { c.connectedWorkers().count == 2 }, "\(c.logs)")
+        let job = try c.writeJob(steps: 10)
+        let id = try c.submit(job)
+        let final = c.waitForJob(id)
+        #expect(final?["state"] == "done", "\(c.logs)")
+        let curve = ClusterHarness.losses(final)
+        #expect(curve.map(\.step) == Array(1...10), "every step journaled once, in order")
+        let reference = try c.referenceLosses(job)
+        let diff = maxRelativeDifference(curve.map(\.loss), reference)
+        #expect(diff != nil && diff! < 1e-4, "cluster \(curve.map(\.loss)) vs one machine \(reference)")
+        let shared = (final?["steps"]?.arrayValue ?? []).compactMap { $0.objectValue?["shares"]?.objectValue }
+            .filter { $0.count == 2 && $0.members.allSatisfy { $0.value == .integer(2) } }
+        #expect(!shared.isEmpty, "some step was split 2 + 2 across the workers: \(c.logs)")
+        // The adapter comes back in both formats.
+        let peft = c.dir.appendingPathComponent("pulled").path
+        #expect(try c.cairn("pull", id, "-o", peft).status == 0)
+        #expect(FileManager.default.fileExists(atPath: peft + "/adapter_model.safetensors"))
+        let gguf = c.dir.appendingPathComponent("pulled.gguf").path
+        #expect(try c.cairn("pull", id, "--format", "gguf", "-o", gguf).status == 0)
+        let inspected = try runCommand(cairnExecutable, ["inspect", gguf])
+        #expect(inspected.status == 0 && inspected.stdout.contains("lora"), "\(inspected.stdout)")
+    }
+
+    /// A worker SIGKILLed mid-job: its rows go to the other worker, no step is lost or counted twice, and since
+    /// sync arithmetic does not depend on who computed which rows, the curve still matches one machine's.
+    @Test func aWorkerKilledMidJobLosesNothing() throws {
+        let c = ClusterHarness("kill-worker")
+        try c.startCoordinator()
+        try c.startWorker("w1")
+        try c.startWorker("w2")
+        #expect(c.waitUntil(60) { c.connectedWorkers().count == 2 })
+        let steps = 40
+        let job = try c.writeJob(steps: steps, batch: 8, seqLen: 48, learningRate: 0.005)
+        let id = try c.submit(job)
+        #expect(c.waitUntil(120) { (c.status(id)?["step"]?.intValue ?? 0) >= 5 }, "\(c.logs)")
+        c.killWorker("w2")
+        let killedAt = c.status(id)?["step"]?.intValue ?? 0
+        let final = c.waitForJob(id)
+        #expect(final?["state"] == "done", "\(c.logs)")
+        #expect(killedAt < steps, "the worker died before the job ended (at step \(killedAt))")
+        let curve = ClusterHarness.losses(final)
+        #expect(curve.map(\.step) == Array(1...steps), "exactly one journaled step per step")
+        let reference = try c.referenceLosses(job)
+        let diff = maxRelativeDifference(curve.map(\.loss), reference)
+        #expect(diff != nil && diff! < 1e-4, "max relative difference \(String(describing: diff))")
+        #expect(c.log("coordinator.log").contains("w2"), "the coordinator noticed the loss")
+        let lastShares = (final?["steps"]?.arrayValue?.last?.objectValue?["shares"]?.objectValue?.keys) ?? []
+        #expect(lastShares.count == 1, "the last steps ran on the surviving worker alone: \(lastShares)")
+    }
+
+    /// A worker that joins mid-job with an empty cache receives the model (verified) and takes a share.
+    @Test func aWorkerJoiningMidJobReceivesTheModelAndTakesAShare() throws {
+        let c = ClusterHarness("join")
+        try c.startCoordinator()
+        try c.startWorker("w1")
+        #expect(c.waitUntil(60) { c.connectedWorkers().count == 1 })
+        let job = try c.writeJob(steps: 120)
+        let id = try c.submit(job)
+        #expect(c.waitUntil(120) { (c.status(id)?["step"]?.intValue ?? 0) >= 3 }, "\(c.logs)")
+        try c.startWorker("late")
+        let final = c.waitForJob(id)
+        #expect(final?["state"] == "done", "\(c.logs)")
+        #expect(c.log("late.log").contains("model received and verified"), "\(c.log("late.log"))")
+        let lateWorkerSteps = (final?["steps"]?.arrayValue ?? []).filter {
+            ($0.objectValue?["shares"]?.objectValue?.count ?? 0) == 2
+        }
+        #expect(!lateWorkerSteps.isEmpty, "the late worker computed rows of later steps: \(c.logs)")
+        #expect(ClusterHarness.losses(final).map(\.step) == Array(1...120))
+    }
+
+    /// The coordinator SIGKILLed mid-job and restarted on the same state directory: the job resumes from its last
+    /// journaled step, the workers come back by themselves, and the result equals an uninterrupted run.
+    @Test func aCoordinatorKilledAndRestartedResumesAndFinishesTheSame() throws {
+        let c = ClusterHarness("restart")
+        try c.startCoordinator()
+        try c.startWorker("w1")
+        try c.startWorker("w2")
+        #expect(c.waitUntil(60) { c.connectedWorkers().count == 2 })
+        let steps = 40
+        let job = try c.writeJob(steps: steps, batch: 8, seqLen: 48, learningRate: 0.005)
+        let id = try c.submit(job)
+        #expect(c.waitUntil(120) { (c.status(id)?["step"]?.intValue ?? 0) >= 5 }, "\(c.logs)")
+        c.killCoordinator()
+        try c.startCoordinator()
+        #expect(c.log("coordinator.log").contains("\(id) running from step"), "it resumed from the journal")
+        let final = c.waitForJob(id)
+        #expect(final?["state"] == "done", "\(c.logs)")
+        let curve = ClusterHarness.losses(final)
+        #expect(curve.map(\.step) == Array(1...steps))
+        let reference = try c.referenceLosses(job)
+        let diff = maxRelativeDifference(curve.map(\.loss), reference)
+        #expect(diff != nil && diff! < 1e-4, "max relative difference \(String(describing: diff))")
+        // The final adapter equals the single-machine run's.
+        let pulled = c.dir.appendingPathComponent("pulled").path
+        #expect(try c.cairn("pull", id, "-o", pulled).status == 0)
+        let a = try SafetensorsFile(path: pulled + "/adapter_model.safetensors")
+        let b = try SafetensorsFile(path: c.dir.appendingPathComponent("reference-run/adapter_model.safetensors").path)
+        #expect(a.tensors.map(\.name).sorted() == b.tensors.map(\.name).sorted())
+        var squaredDifference = 0.0
+        var squaredNorm = 0.0
+        for t in a.tensors {
+            guard let x = a.storedTensor(named: t.name)?.floats(), let y = b.storedTensor(named: t.name)?.floats()
+            else {
+                Issue.record("tensor \(t.name) missing")
+                continue
+            }
+            for (p, q) in zip(x, y) {
+                squaredDifference += Double(p - q) * Double(p - q)
+                squaredNorm += Double(q) * Double(q)
+            }
+        }
+        let relative = (squaredDifference / squaredNorm).squareRoot()
+        #expect(relative < 1e-4, "‖cluster − one machine‖ / ‖one machine‖ = \(relative)")
+    }
+
+    /// Only enrolled keys get in; a used token cannot be used again; garbage and oversize frames from an
+    /// enrolled peer are dropped while the coordinator keeps serving.
+    @Test func unenrolledKeysAreRefusedAndBadFramesAreDropped() throws {
+        let c = ClusterHarness("security")
+        try c.startCoordinator()
+        let local = try Credentials.load(from: c.state + "/client.json")
+        // A client with a key of its own that was never enrolled.
+        let stranger = Credentials(endpoint: c.endpoint, serverKey: local.serverKey, keys: try CurveKeyPair.generate())
+        let strangerPath = c.dir.appendingPathComponent("stranger.json").path
+        try stranger.save(to: strangerPath)
+        let refused = try runCommand(cairnExecutable, ["status", "--credentials", strangerPath])
+        #expect(refused.status != 0 && refused.stderr.contains("refused this key"), "\(refused.stderr)")
+        let submit = try runCommand(
+            cairnExecutable, ["submit", "--credentials", strangerPath, try c.writeJob(steps: 1)])
+        #expect(submit.status != 0)
+        #expect(try c.cairn("status", "--json").stdout.contains("\"jobs\":[]"), "nothing was submitted")
+        // A worker with that key cannot join either.
+        let worker = try runCommand(
+            cairnExecutable,
+            ["worker", "join", c.endpoint, "--credentials", strangerPath, "--cache", c.dir.path + "/x"])
+        #expect(worker.status != 0 && worker.stderr.contains("refused"), "\(worker.stderr)")
+        // A token enrols once.
+        let token = try c.token()
+        let first = try runCommand(
+            cairnExecutable,
+            ["client", "join", c.endpoint, "--token", token, "--credentials", c.dir.path + "/ok.json"])
+        #expect(first.status == 0, "\(first.stderr)")
+        let again = try runCommand(
+            cairnExecutable,
+            ["client", "join", c.endpoint, "--token", token, "--credentials", c.dir.path + "/again.json"])
+        #expect(again.status != 0, "a used token is refused")
+
+        // An enrolled peer sending garbage: every bad message is dropped and logged, nothing crashes.
+        let context = Context()
+        let s = try Socket(context, .dealer)
+        try s.makeCurveClient(local.keys!, serverKey: local.serverKey!)
+        try s.connect(c.endpoint)
+        try s.send([[1, 2, 3]])
+        try s.send([[0x43, 0x52, 9, 1], Array("{}".utf8)])
+        try s.send([[0x43, 0x52, Wire.version, 250], Array("{}".utf8)])
+        try s.send([
+            [0x43, 0x52, Wire.version, MessageType.status.rawValue],
+            [UInt8](repeating: 32, count: Wire.maxMetadataBytes + 10),
+        ])
+        try s.send(
+            Message(
+                .submit, ["spec": "x", "data_name": "d"],
+                tensors: [Tensor(name: "data", dtype: .u8, shape: [4], bytes: [1])]
+            )
+            .encode().map { $0 })
+        var bogus = Message(
+            .submit, ["spec": "x", "data_name": "d"],
+            tensors: [Tensor(name: "data", dtype: .u8, shape: [1], bytes: [1])]
+        ).encode()
+        bogus[2] = [1, 2, 3, 4, 5]
+        try s.send(bogus)
+        try s.send(Message(.hello, ["name": "sneaky", "cores": 1, "memory": 1, "gflops": 1, "threads": 1]).encode())
+        #expect(
+            c.waitUntil(20) { c.log("coordinator.log").components(separatedBy: "dropped").count - 1 >= 7 },
+            "\(c.log("coordinator.log"))")
+        // Raw bytes that are not ZMTP at all, straight to the TCP port.
+        sendRawBytes(to: c.endpoint, [UInt8](repeating: 0xFF, count: 4096))
+        let status = try c.cairn("status", "--json")
+        #expect(status.status == 0, "the coordinator still serves: \(status.stderr)")
+        #expect(c.coordinator?.isRunning == true)
+        #expect(c.connectedWorkers().isEmpty, "a client key cannot register as a worker")
+        s.close()
+    }
+}
+
+/// Writes bytes to a TCP endpoint tcp://HOST:PORT and closes.
+func sendRawBytes(to endpoint: String, _ bytes: [UInt8]) {
+    let parts = endpoint.dropFirst("tcp://".count).split(separator: ":")
+    guard parts.count == 2, let port = UInt16(parts[1]) else { return }
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    guard fd >= 0 else { return }
+    defer { close(fd) }
+    var addr = sockaddr_in()
+    addr.sin_family = sa_family_t(AF_INET)
+    addr.sin_port = port.bigEndian
+    addr.sin_addr.s_addr = inet_addr(String(parts[0]))
+    let ok = withUnsafePointer(to: &addr) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+            connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+        }
+    }
+    guard ok == 0 else { return }
+    _ = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+}
