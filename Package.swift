@@ -33,6 +33,7 @@ let package = Package(
             dependencies: [
                 "TensorKernels", "ModelFormats", "Tokenizer", "Llama", .product(name: "Yams", package: "Yams"),
             ]),
+        .target(name: "Adapters", dependencies: ["Llama", "TensorKernels", "ModelFormats"]),
         .target(name: "Wire", dependencies: ["ModelFormats"]),
         .target(
             name: "Transport",
@@ -40,7 +41,7 @@ let package = Package(
         .target(
             name: "Coordinator",
             dependencies: [
-                "Wire", "Transport", "Training", "Llama", "Tokenizer", "ModelFormats", "TensorKernels",
+                "Wire", "Transport", "Training", "Adapters", "Llama", "Tokenizer", "ModelFormats", "TensorKernels",
                 .product(name: "GRDB", package: "GRDB.swift"),
             ]),
         .target(
@@ -61,6 +62,7 @@ let package = Package(
         .testTarget(name: "LlamaTests", dependencies: ["Llama", "Tokenizer", "ModelFormats", "TestSupport"]),
         .testTarget(
             name: "TrainingTests", dependencies: ["Training", "Llama", "Tokenizer", "ModelFormats", "TestSupport"]),
+        .testTarget(name: "AdaptersTests", dependencies: ["Adapters", "Llama", "TensorKernels", "TestSupport"]),
         .testTarget(name: "WireTests", dependencies: ["Wire", "ModelFormats"]),
         .testTarget(name: "TransportTests", dependencies: ["Transport", "ModelFormats"]),
         .testTarget(

@@ -1,3 +1,4 @@
+import Foundation
 import ModelFormats
 import Testing
 import Wire
@@ -156,5 +157,50 @@ import Wire
         #expect(throws: WireError.self) { try d.accept(chunk("h", 6, total: 10, [6, 7])) }
         d.reset()
         #expect(d.requests().map { $0.int("offset") } == [6, 9], "after a lost connection it asks again")
+    }
+}
+
+@Suite struct CompressionTests {
+    @Test func eachEncodingRoundTripsWithinItsPrecisionAndErrorFeedbackCarriesTheRest() {
+        let values = (0..<1000).map { Float(sin(Double($0) * 0.37)) * (1 + Float($0 % 7)) }
+        for kind in Compression.allCases {
+            let tensors = values.withUnsafeBufferPointer { kind.encode($0, name: "d") }
+            #expect(tensors.map(\.name) == kind.tensorNames("d"))
+            let back = kind.decode(tensors, name: "d", count: values.count)!
+            let worst = zip(values, back).map { abs($0 - $1) / max(abs($0), 1e-3) }.max()!
+            switch kind {
+            case .none: #expect(back == values)
+            case .bf16: #expect(worst <= 1.0 / 256)
+            case .int8:
+                // Per block, the error is at most half a step of absmax/127.
+                for b in 0..<(values.count + 63) / 64 {
+                    let block = b * 64..<min(values.count, b * 64 + 64)
+                    let step = block.map { abs(values[$0]) }.max()! / 127
+                    #expect(block.allSatisfy { abs(values[$0] - back[$0]) <= step / 2 + 1e-6 })
+                }
+            }
+            // Error feedback: sending (x + e) and keeping the new error, the sum of what arrived over many rounds
+            // approaches the sum of what was meant (the error never exceeds one round's).
+            var error = [Float](repeating: 0, count: values.count)
+            var sent = [Float](repeating: 0, count: values.count)
+            for _ in 0..<20 {
+                let corrected = zip(values, error).map { $0 + $1 }
+                let got = kind.decode(corrected.withUnsafeBufferPointer { kind.encode($0, name: "d") }, name: "d", count: values.count)!
+                for i in 0..<values.count {
+                    error[i] = corrected[i] - got[i]
+                    sent[i] += got[i]
+                }
+            }
+            for i in 0..<values.count { #expect(abs(sent[i] - 20 * values[i]) <= abs(error[i]) + 1e-3) }
+        }
+    }
+
+    @Test func refusesMismatchedTensors() {
+        let t = [Float](repeating: 1, count: 100).withUnsafeBufferPointer { Compression.int8.encode($0, name: "d") }
+        #expect(Compression.int8.decode(t, name: "d", count: 99) == nil)
+        #expect(Compression.int8.decode([t[0]], name: "d", count: 100) == nil)
+        #expect(Compression.bf16.decode(t, name: "d", count: 100) == nil)
+        let bad = [t[0], Tensor(name: "d.scale", floats: [Float.nan, 1])]
+        #expect(Compression.int8.decode(bad, name: "d", count: 100) == nil)
     }
 }

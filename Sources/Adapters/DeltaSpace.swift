@@ -1,0 +1,154 @@
+// DeltaSpace: adapters combined exactly in ΔW space. A LoRA module's update is ΔW = s·B·A (out×in, rank r).
+// Averaging A and B separately is not averaging the update (mean(B)·mean(A) ≠ mean(B·A)), so adapters that
+// diverged are combined as a sum of low-rank products, stacked (exact, rank Σrᵢ), and brought back to the
+// job's rank with a truncated SVD computed from the factors (TensorKernels.truncatedSVD), never forming the
+// out×in matrix for large layers.
+
+import Llama
+import TensorKernels
+
+/// A module's ΔW as L·R (L: out×k, R: k×in); k = 0 is the zero update.
+public struct LowRankDelta: Sendable {
+    public let rows: Int
+    public let columns: Int
+    public private(set) var inner = 0
+    /// out×inner, row-major.
+    public private(set) var left: [Float] = []
+    /// inner×in, row-major.
+    public private(set) var right: [Float] = []
+
+    public init(rows: Int, columns: Int) {
+        self.rows = rows
+        self.columns = columns
+    }
+
+    /// s·B·A of one module of a flat adapter buffer.
+    public init(module m: LoRAModule, parameters p: UnsafeBufferPointer<Float>) {
+        self.init(rows: m.outFeatures, columns: m.inFeatures)
+        inner = m.rank
+        left = (0..<m.outFeatures * m.rank).map { m.scale * p[m.bOffset + $0] }
+        right = Array(p[m.aOffset..<m.aOffset + m.rank * m.inFeatures])
+    }
+
+    /// Adds weight·other (stacking factors: exact).
+    public mutating func add(_ other: LowRankDelta, weight: Float) {
+        precondition(other.rows == rows && other.columns == columns, "LowRankDelta: shapes differ")
+        guard other.inner > 0, weight != 0 else { return }
+        let k = inner + other.inner
+        var l = [Float](repeating: 0, count: rows * k)
+        for i in 0..<rows {
+            for j in 0..<inner { l[i * k + j] = left[i * inner + j] }
+            for j in 0..<other.inner { l[i * k + inner + j] = weight * other.left[i * other.inner + j] }
+        }
+        left = l
+        right += other.right
+        inner = k
+    }
+
+    /// The best rank-`rank` approximation, as L = U·Σ, R = Vᵀ.
+    public func truncated(rank: Int) -> LowRankDelta {
+        guard inner > 0 else { return self }
+        let (u, s, vt) = truncatedSVD(left: left, right: right, rows: rows, inner: inner, columns: columns, rank: rank)
+        var out = LowRankDelta(rows: rows, columns: columns)
+        out.inner = s.count
+        out.left = u
+        for i in 0..<rows { for j in 0..<s.count { out.left[i * s.count + j] *= s[j] } }
+        out.right = vt
+        return out
+    }
+
+    /// The out×in matrix (tests and small layers).
+    public func dense() -> [Float] {
+        var d = [Float](repeating: 0, count: rows * columns)
+        for i in 0..<rows {
+            for t in 0..<inner {
+                let a = left[i * inner + t]
+                if a == 0 { continue }
+                for j in 0..<columns { d[i * columns + j] += a * right[t * columns + j] }
+            }
+        }
+        return d
+    }
+}
+
+/// Writes a ΔW back into one module's A and B at the module's rank: A gets orthonormal rows scaled to the norm
+/// of the rows it replaces (so later LoRA steps see an A of the usual magnitude and B carries the update),
+/// each direction's sign chosen to agree with the old A row (so optimizer moments stay meaningful).
+public func refactor(_ delta: LowRankDelta, into m: LoRAModule, parameters p: UnsafeMutableBufferPointer<Float>) {
+    let t = delta.truncated(rank: m.rank)
+    let r = m.rank
+    let n = m.inFeatures
+    var sumSquares: Float = 0
+    for i in 0..<r * n { sumSquares += p[m.aOffset + i] * p[m.aOffset + i] }
+    let c = sumSquares > 0 ? (sumSquares / Float(r)).squareRoot() : 1
+    for j in 0..<r {
+        let a = m.aOffset + j * n
+        guard j < t.inner else {
+            // Fewer directions than the rank: keep the old A row, with no update along it.
+            for i in 0..<m.outFeatures { p[m.bOffset + i * r + j] = 0 }
+            continue
+        }
+        var norm: Float = 0
+        var agree: Float = 0
+        for i in 0..<n {
+            norm += t.right[j * n + i] * t.right[j * n + i]
+            agree += t.right[j * n + i] * p[a + i]
+        }
+        norm = norm.squareRoot()
+        let sign: Float = agree < 0 ? -1 : 1
+        let aScale = norm > 0 ? sign * c / norm : 0
+        for i in 0..<n where norm > 0 { p[a + i] = aScale * t.right[j * n + i] }
+        // B·A must equal L·R along this direction: B[:, j] = L[:, j]·norm / (c·sign·s).
+        let bScale = norm > 0 ? norm / (sign * c * m.scale) : 0
+        for i in 0..<m.outFeatures { p[m.bOffset + i * r + j] = bScale * t.left[i * t.inner + j] }
+    }
+}
+
+/// The outer optimizer of DiLoCo and federated rounds, in ΔW space: the outer gradient is
+/// G = ΔW_global − Σᵢ wᵢ·ΔWᵢ (the workers' adapters weighted by trained tokens), Nesterov momentum
+/// M ← μ·M + G, and ΔW_new = ΔW_global − η·(G + μ·M), refactored to the job's rank. With η = 1 and μ = 0 the new
+/// adapter is the best rank-r approximation of the workers' mean update.
+public final class OuterOptimizer: @unchecked Sendable {
+    public let learningRate: Float
+    public let momentum: Float
+    /// Momentum is kept as a low-rank product truncated to this multiple of the module rank.
+    public let momentumRankFactor: Int
+    private var momentumState: [LowRankDelta?]
+
+    public init(modules: Int, learningRate: Float, momentum: Float, momentumRankFactor: Int = 2) {
+        self.learningRate = learningRate
+        self.momentum = momentum
+        self.momentumRankFactor = momentumRankFactor
+        momentumState = Array(repeating: nil, count: modules)
+    }
+
+    /// Updates the global adapter in place from the workers' adapters (flat buffers of the same layout).
+    public func step(global: LoRAAdapter, workers: [(parameters: [Float], weight: Double)]) {
+        let total = workers.reduce(0) { $0 + $1.weight }
+        guard total > 0 else { return }
+        let g = UnsafeMutableBufferPointer(start: global.parameters.pointer, count: global.parameters.count)
+        for (index, m) in global.modules.enumerated() {
+            let current = LowRankDelta(module: m, parameters: UnsafeBufferPointer(g))
+            var gradient = current
+            for w in workers where w.weight > 0 {
+                w.parameters.withUnsafeBufferPointer { p in
+                    gradient.add(LowRankDelta(module: m, parameters: p), weight: -Float(w.weight / total))
+                }
+            }
+            gradient = gradient.truncated(rank: m.rank * (workers.count + 1))
+            var update = gradient
+            if momentum > 0 {
+                var mom = momentumState[index] ?? LowRankDelta(rows: m.outFeatures, columns: m.inFeatures)
+                var next = LowRankDelta(rows: m.outFeatures, columns: m.inFeatures)
+                next.add(mom, weight: momentum)
+                next.add(gradient, weight: 1)
+                mom = next.truncated(rank: m.rank * momentumRankFactor)
+                momentumState[index] = mom
+                update.add(mom, weight: momentum)
+            }
+            var next = current
+            next.add(update, weight: -learningRate)
+            refactor(next, into: m, parameters: g)
+        }
+    }
+}

@@ -1,0 +1,101 @@
+import Adapters
+import Llama
+import TensorKernels
+import TestSupport
+import Testing
+
+@Suite struct DeltaSpaceTests {
+    static let config = LlamaConfig(dim: 32, layers: 1, heads: 4, kvHeads: 2, ffnDim: 48, vocabSize: 16, contextLength: 64)
+
+    /// An adapter with random A and B (as after some training).
+    func trained(seed: UInt64, rank: Int = 4) -> LoRAAdapter {
+        let a = LoRAAdapter(
+            model: Self.config, config: LoRAConfig(rank: rank, alpha: 8, targets: [.q, .down]), seed: seed)
+        let b = randomFloats(a.parameters.count, seed: seed &+ 100, in: -0.3...0.3)
+        for m in a.modules {
+            for i in 0..<m.outFeatures * m.rank { a.parameters.pointer[m.bOffset + i] = b[m.bOffset + i] }
+        }
+        return a
+    }
+
+    func delta(_ a: LoRAAdapter, _ m: LoRAModule) -> [Float] {
+        LowRankDelta(module: m, parameters: UnsafeBufferPointer(a.parameters.buffer)).dense()
+    }
+
+    /// The best rank-r approximation of a dense matrix (the reference, from a dense SVD).
+    func bestRank(_ d: [Float], _ m: LoRAModule) -> [Float] {
+        let (u, s, vt) = thinSVD(d, rows: m.outFeatures, columns: m.inFeatures)
+        let w = min(m.outFeatures, m.inFeatures)
+        var out = [Float](repeating: 0, count: d.count)
+        for i in 0..<m.outFeatures {
+            for j in 0..<m.inFeatures {
+                for t in 0..<m.rank { out[i * m.inFeatures + j] += u[i * w + t] * s[t] * vt[t * m.inFeatures + j] }
+            }
+        }
+        return out
+    }
+
+    @Test func stackingIsExact() {
+        let a = trained(seed: 1)
+        let b = trained(seed: 2)
+        for m in a.modules {
+            var sum = LowRankDelta(module: m, parameters: UnsafeBufferPointer(a.parameters.buffer))
+            sum.add(LowRankDelta(module: m, parameters: UnsafeBufferPointer(b.parameters.buffer)), weight: -0.5)
+            #expect(sum.inner == 2 * m.rank)
+            let expected = zip(delta(a, m), delta(b, m)).map { $0 - 0.5 * $1 }
+            expectClose(sum.dense(), expected, tolerance: 1e-5)
+        }
+    }
+
+    /// η = 1, μ = 0: the new global adapter is the best rank-r approximation of the token-weighted mean of the
+    /// workers' ΔW, which is not what averaging A and B separately gives.
+    @Test func outerStepAveragesInDeltaSpace() {
+        let global = trained(seed: 3)
+        let w1 = trained(seed: 4)
+        let w2 = trained(seed: 5)
+        let outer = OuterOptimizer(modules: global.modules.count, learningRate: 1, momentum: 0)
+        outer.step(global: global, workers: [(w1.parameters.array, 1), (w2.parameters.array, 3)])
+        for m in global.modules {
+            let mean = zip(delta(w1, m), delta(w2, m)).map { 0.25 * $0 + 0.75 * $1 }
+            expectClose(delta(global, m), bestRank(mean, m), tolerance: 1e-4, "module \(m.layer).\(m.target)")
+            // A keeps its magnitude (RMS row norm of the old A); B carries the update.
+            let naive = LoRAAdapter(model: Self.config, modules: global.modules.map { ($0.layer, $0.target, $0.rank, $0.scale) })
+            for i in 0..<naive.parameters.count {
+                naive.parameters.pointer[i] = 0.25 * w1.parameters.pointer[i] + 0.75 * w2.parameters.pointer[i]
+            }
+            let naiveDelta = delta(naive, m)
+            let gap = zip(naiveDelta, mean).map { abs($0 - $1) }.max() ?? 0
+            #expect(gap > 1e-2, "mean(B)·mean(A) differs from mean(B·A)")
+        }
+        // One worker and η = 1: exactly its update.
+        let single = trained(seed: 6)
+        let again = OuterOptimizer(modules: single.modules.count, learningRate: 1, momentum: 0)
+        let target = trained(seed: 7)
+        again.step(global: single, workers: [(target.parameters.array, 1)])
+        for m in single.modules { expectClose(delta(single, m), delta(target, m), tolerance: 1e-4) }
+    }
+
+    /// Nesterov in ΔW space: ΔW − η(G + μ·M) with M = G on the first step, against the dense arithmetic.
+    @Test func nesterovStepMatchesDenseArithmetic() {
+        let global = trained(seed: 8)
+        let before = global.modules.map { delta(global, $0) }
+        let oldParameters = global.parameters.array
+        let worker = trained(seed: 9)
+        let outer = OuterOptimizer(modules: global.modules.count, learningRate: 0.7, momentum: 0.9)
+        outer.step(global: global, workers: [(worker.parameters.array, 1)])
+        for (i, m) in global.modules.enumerated() {
+            let g = zip(before[i], delta(worker, m)).map { $0 - $1 }
+            let expected = zip(before[i], g).map { $0 - 0.7 * ($1 + 0.9 * $1) }
+            expectClose(delta(global, m), bestRank(expected, m), tolerance: 1e-4)
+            // Sign continuity: each new A row points the same way as the row it replaced.
+            for j in 0..<m.rank {
+                var dot: Float = 0
+                for c in 0..<m.inFeatures {
+                    let k = m.aOffset + j * m.inFeatures + c
+                    dot += global.parameters.pointer[k] * oldParameters[k]
+                }
+                #expect(dot >= 0, "row \(j) of \(m.target)")
+            }
+        }
+    }
+}
