@@ -45,7 +45,8 @@ let package = Package(
                 .product(name: "GRDB", package: "GRDB.swift"),
             ]),
         .target(
-            name: "Worker", dependencies: ["Wire", "Transport", "Training", "Llama", "ModelFormats", "TensorKernels"]),
+            name: "Worker",
+            dependencies: ["Wire", "Transport", "Training", "Llama", "Tokenizer", "ModelFormats", "TensorKernels"]),
         .executableTarget(
             name: "CairnCLI",
             dependencies: [

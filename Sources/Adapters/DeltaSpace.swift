@@ -22,6 +22,16 @@ public struct LowRankDelta: Sendable {
         self.columns = columns
     }
 
+    /// L·R from factors (L: rows×k, R: k×columns).
+    public init(rows: Int, columns: Int, left: [Float], right: [Float]) {
+        precondition(left.count % rows == 0 && right.count == (left.count / rows) * columns, "LowRankDelta: shapes")
+        self.rows = rows
+        self.columns = columns
+        inner = left.count / rows
+        self.left = left
+        self.right = right
+    }
+
     /// s·B·A of one module of a flat adapter buffer.
     public init(module m: LoRAModule, parameters p: UnsafeBufferPointer<Float>) {
         self.init(rows: m.outFeatures, columns: m.inFeatures)
@@ -120,6 +130,45 @@ public final class OuterOptimizer: @unchecked Sendable {
         self.momentum = momentum
         self.momentumRankFactor = momentumRankFactor
         momentumState = Array(repeating: nil, count: modules)
+    }
+
+    /// The momentum as one vector (per module: the inner size, then L and R), for checkpoints.
+    public func state() -> [Float] {
+        var out: [Float] = []
+        for m in momentumState {
+            out.append(Float(m?.inner ?? 0))
+            if let m {
+                out += m.left
+                out += m.right
+            }
+        }
+        return out
+    }
+
+    /// Restores `state()` for an adapter's modules; false (and no change) when it does not fit.
+    public func restore(_ state: [Float], modules: [LoRAModule]) -> Bool {
+        guard modules.count == momentumState.count else { return false }
+        var restored: [LowRankDelta?] = []
+        var i = 0
+        for m in modules {
+            guard i < state.count, state[i] >= 0, state[i] <= 1e6, let k = Int(exactly: state[i]) else { return false }
+            i += 1
+            if k == 0 {
+                restored.append(nil)
+                continue
+            }
+            let l = k * m.outFeatures
+            let r = k * m.inFeatures
+            guard i + l + r <= state.count else { return false }
+            restored.append(
+                LowRankDelta(
+                    rows: m.outFeatures, columns: m.inFeatures, left: Array(state[i..<i + l]),
+                    right: Array(state[i + l..<i + l + r])))
+            i += l + r
+        }
+        guard i == state.count else { return false }
+        momentumState = restored
+        return true
     }
 
     /// Updates the global adapter in place from the workers' adapters (flat buffers of the same layout).

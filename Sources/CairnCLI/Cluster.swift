@@ -142,6 +142,7 @@ struct WorkerCommand: ParsableCommand {
                 Examples:
                   cairn worker join tcp://coord:7070 --token cairn1…
                   cairn worker join tcp://coord:7070 --threads 4
+                  cairn worker join tcp://coord:7070 --data my-private.jsonl     # federated jobs train on it here
                 """)
 
         @Argument(help: "The coordinator's endpoint, e.g. tcp://coord-host:7070.")
@@ -156,6 +157,8 @@ struct WorkerCommand: ParsableCommand {
         var credentials: String?
         @Option(help: "Blob cache (default $CAIRN_HOME/worker or ~/.cache/cairn/worker).")
         var cache: String?
+        @Option(help: "This machine's own JSONL data for federated jobs; it never leaves this machine.")
+        var data: String?
         @Flag(help: "Connect without encryption (a coordinator started with --insecure on this machine).")
         var insecure = false
 
@@ -190,6 +193,7 @@ struct WorkerCommand: ParsableCommand {
                 credentials: creds, name: name,
                 cacheDirectory: cache ?? ((ModelSource.home as NSString).appendingPathComponent("worker")))
             options.threads = threads
+            options.localData = data
             let agent = try WorkerAgent(options: options, log: timestamped("[\(name)] "))
             let signals = StopSignal(onFirst: { agent.stop() })
             do { try agent.run() } catch { throw CLIError("\(error)") }
@@ -251,9 +255,18 @@ struct Submit: ParsableCommand {
     func run() throws {
         var config = TrainingConfig()
         do { try config.apply(yamlFile: job) } catch { throw CLIError(error.description) }
-        guard !config.data.isEmpty else { throw CLIError("\(job): data: required (a JSONL file)") }
-        guard let data = FileManager.default.contents(atPath: config.data) else {
-            throw CLIError("\(job): data: cannot read \(config.data)")
+        var data = Data()
+        if config.mode == .federated {
+            guard config.data.isEmpty else {
+                throw CLIError(
+                    "\(job): data: federated jobs train on each worker's own data (worker join --data); remove data")
+            }
+        } else {
+            guard !config.data.isEmpty else { throw CLIError("\(job): data: required (a JSONL file)") }
+            guard let d = FileManager.default.contents(atPath: config.data) else {
+                throw CLIError("\(job): data: cannot read \(config.data)")
+            }
+            data = d
         }
         guard data.count <= Wire.maxTensorBytes else {
             throw CLIError(
@@ -264,7 +277,12 @@ struct Submit: ParsableCommand {
         let c = try client.connect()
         let reply = try c.request(
             Message(
-                .submit, ["spec": .string(spec), "data_name": .string((config.data as NSString).lastPathComponent)],
+                .submit,
+                [
+                    "spec": .string(spec),
+                    "data_name": .string(
+                        config.data.isEmpty ? "(workers' own)" : (config.data as NSString).lastPathComponent),
+                ],
                 tensors: [Tensor(name: "data", dtype: .u8, shape: [data.count], bytes: Array(data))]),
             expect: .submitted, timeout: 300)
         Terminal.write(reply.string("job") + "\n")
@@ -312,7 +330,8 @@ struct Status: ParsableCommand {
             let loss = j["loss"]?.doubleValue.map { String(format: "loss %.4f", $0) } ?? ""
             let tps = j["tokens_per_second"]?.doubleValue.map { String(format: "%.0f tok/s", $0) } ?? ""
             out += "\(j["id"]?.stringValue ?? "")  \(j["state"]?.stringValue ?? "")  \(j["mode"]?.stringValue ?? "")  "
-            out += "step \(j["step"]?.intValue ?? 0)/\(j["total_steps"]?.intValue ?? 0)  \(loss)  \(tps)\n"
+            let unit = j["mode"]?.stringValue == "sync" ? "step" : "round"
+            out += "\(unit) \(j["step"]?.intValue ?? 0)/\(j["total_steps"]?.intValue ?? 0)  \(loss)  \(tps)\n"
             if let e = j["error"]?.stringValue { out += "  error: \(e)\n" }
         }
         out += Workers.render(body.objectValue?["workers"] ?? .array([]))

@@ -86,7 +86,7 @@ public final class Coordinator: @unchecked Sendable {
     private var router: Socket?
     private var zap: ZAPHandler?
     private var peers: [[UInt8]: Peer] = [:]
-    private var job: SyncJob?
+    private var job: (any RunningJob)?
     private var failedToLoad: Set<String> = []
     private let log: @Sendable (String) -> Void
     private let stopLock = NSLock()
@@ -229,18 +229,20 @@ public final class Coordinator: @unchecked Sendable {
             return
         }
         peers[rid] = peer
-        if peer.worker == nil, [.heartbeat, .ready, .result].contains(message.type), peer.role != .client {
+        if peer.worker == nil, [.heartbeat, .ready, .result, .roundResult].contains(message.type), peer.role != .client
+        {
             // A worker this coordinator has not met (it restarted): ask it to say hello again.
             send(rid, Message(.error, ["code": "hello_first", "message": "unknown worker; send hello"]))
             return
         }
-        if let job, message.type == .result { job.countBytes(received.byteCount) }
+        if let job, message.type == .result || message.type == .roundResult { job.countBytes(received.byteCount) }
         switch message.type {
         case .enrol: enrol(rid, message)
         case .hello: hello(rid, message)
         case .heartbeat: break
         case .ready: ready(rid, message)
         case .result: result(rid, message, now: now)
+        case .roundResult: roundResult(rid, message, now: now)
         case .fetch: fetch(rid, message)
         case .bye: lose(rid, why: "left (\(message.string("reason")))")
         case .submit: submit(rid, message)
@@ -301,7 +303,7 @@ public final class Coordinator: @unchecked Sendable {
         for (other, p) in peers where other != rid && p.worker?.id == id { lose(other, why: "reconnected") }
         peer.worker = WorkerInfo(
             id: id, name: m.string("name"), cores: m.int("cores"), memory: m.int("memory"), gflops: m.double("gflops"),
-            threads: m.int("threads"))
+            threads: m.int("threads"), localExamples: m.optionalInt("local_examples"))
         peers[rid] = peer
         try? store.saw(
             worker: WorkerRecord(
@@ -322,7 +324,7 @@ public final class Coordinator: @unchecked Sendable {
         if let job { sendJob(rid, job) }
     }
 
-    private func sendJob(_ rid: [UInt8], _ job: SyncJob) {
+    private func sendJob(_ rid: [UInt8], _ job: any RunningJob) {
         send(
             rid,
             Message(
@@ -342,7 +344,7 @@ public final class Coordinator: @unchecked Sendable {
     }
 
     private func result(_ rid: [UInt8], _ m: Message, now: Double) {
-        guard let job, m.string("job") == job.id, let worker = peers[rid]?.worker else { return }
+        guard let job = job as? SyncJob, m.string("job") == job.id, let worker = peers[rid]?.worker else { return }
         guard m.int("step") == job.step + 1 else { return }
         var accepted: Assignment?
         job.updateWork { accepted = $0.complete(m.int("assignment"), worker: worker.id) }
@@ -392,7 +394,8 @@ public final class Coordinator: @unchecked Sendable {
         guard let peer = peers.removeValue(forKey: rid) else { return }
         guard let worker = peer.worker else { return }
         var lost: [Assignment] = []
-        job?.updateWork { lost = $0.lose(worker: worker.id) }
+        if let sync = job as? SyncJob { sync.updateWork { lost = $0.lose(worker: worker.id) } }
+        if let rounds = job as? RoundJob { lost = rounds.lose(worker: worker.id) }
         log(
             "worker \(peer.label) \(why)"
                 + (lost.isEmpty ? "" : "; its \(lost.reduce(0) { $0 + $1.rows.count }) rows go to others"))
@@ -430,9 +433,13 @@ public final class Coordinator: @unchecked Sendable {
                 dataName: dataName)
             let id = try store.addJob(
                 spec: spec, mode: prepared.config.mode.rawValue, modelBlob: modelBlob, dataBlob: dataBlob,
-                dataName: dataName, totalSteps: prepared.totalSteps)
+                dataName: dataName, totalSteps: prepared.units)
+            let c = prepared.config
             log(
-                "\(id) submitted: \(prepared.totalSteps) steps of \(prepared.rowsPerStep) rows × \(prepared.config.sequenceLength) tokens, mode \(prepared.config.mode.rawValue)"
+                c.mode == .sync
+                    ? "\(id) submitted: sync, \(prepared.totalSteps) steps of \(prepared.rowsPerStep) rows × \(c.sequenceLength) tokens"
+                    : "\(id) submitted: \(c.mode.rawValue), \(prepared.units) rounds of \(c.innerSteps) local steps × "
+                        + "\(prepared.rowsPerStep) rows × \(c.sequenceLength) tokens, compression \(c.compression.rawValue)"
             )
             send(rid, Message(.submitted, ["job": .string(id)]))
         } catch let e as JobError {
@@ -454,8 +461,8 @@ public final class Coordinator: @unchecked Sendable {
         }
         if let job, job.id == id {
             for (prid, p) in peers {
-                if let w = p.worker, let a = job.work?.running.values.first(where: { $0.worker == w.id }) {
-                    send(prid, Message(.revoke, ["job": .string(id), "assignment": .integer(Int64(a.id))]))
+                if let w = p.worker, job.busyWorkers.contains(w.id) {
+                    send(prid, Message(.revoke, ["job": .string(id), "assignment": 0]))
                 }
             }
             self.job = nil
@@ -536,7 +543,7 @@ public final class Coordinator: @unchecked Sendable {
                 "connected": .bool(connected[r.id] != nil),
             ]
             if let (w, _) = connected[r.id] {
-                let busy = job?.work?.busyWorkers.contains(w.id) ?? false
+                let busy = job?.busyWorkers.contains(w.id) ?? false
                 o["state"] = .string(busy ? "computing" : w.readyJob != nil ? "ready" : "loading")
                 if let s = w.rowsPerSecond { o["rows_per_second"] = .number(s) }
                 if let j = w.readyJob { o["job"] = .string(j) }
@@ -560,7 +567,13 @@ public final class Coordinator: @unchecked Sendable {
             }
         }
         if job == nil { activateNextJob() }
-        guard let job else { return }
+        if let sync = job as? SyncJob { tickSync(sync, now: now) }
+        if let rounds = job as? RoundJob { tickRounds(rounds, now: now) }
+    }
+
+    private func unitName(_ job: any RunningJob) -> String { job is SyncJob ? "step" : "round" }
+
+    private func tickSync(_ job: SyncJob, now: Double) {
         if job.work == nil, !job.isFinished, !readyWorkers(job).isEmpty { job.startStep(now: now) }
         if job.work != nil {
             var late: [Assignment] = []
@@ -578,7 +591,60 @@ public final class Coordinator: @unchecked Sendable {
         if let work = job.work, work.isComplete { finishStep(job, now: now) }
     }
 
-    private func readyWorkers(_ job: SyncJob) -> [(rid: [UInt8], worker: WorkerInfo)] {
+    private func tickRounds(_ job: RoundJob, now: Double) {
+        let ready = readyWorkers(job).filter { !job.federated || ($0.worker.localExamples ?? 0) > 0 }
+        if !job.inProgress, !job.isFinished, !ready.isEmpty { job.startRound(now: now) }
+        guard job.inProgress else { return }
+        for a in job.expire(now: now) {
+            log("\(a.worker) missed the deadline of round \(job.step + 1); the round goes on without it")
+            if let rid = peers.first(where: { $0.value.worker?.id == a.worker })?.key {
+                send(rid, Message(.revoke, ["job": .string(job.id), "assignment": .integer(Int64(a.id))]))
+            }
+        }
+        let busy = job.busyWorkers
+        for (rid, w) in ready where !busy.contains(w.id) && !job.participants.contains(w.id) {
+            let steps = job.stepsThisRound
+            let deadline: Double =
+                w.rowsPerSecond.map { max(30, 3 * Double(steps * job.prepared.rowsPerStep) / $0 + 10) } ?? 1800
+            guard let (a, batch) = job.assign(worker: w.id, now: now, deadline: deadline) else { continue }
+            var tensors = [job.parametersTensor()]
+            if let batch {
+                tensors += [
+                    Tensor(name: "tokens", ints: batch.tokens), Tensor(name: "targets", ints: batch.targets),
+                    Tensor(name: "positions", ints: batch.positions),
+                    Tensor(name: "starts", ints: batch.documentStarts),
+                ]
+            }
+            let m = Message(
+                .roundAssign,
+                [
+                    "job": .string(job.id), "assignment": .integer(Int64(a.id)), "round": .integer(Int64(job.step + 1)),
+                    "first_step": .integer(Int64(job.step * job.innerSteps)), "steps": .integer(Int64(steps)),
+                    "rows_per_step": .integer(Int64(job.prepared.rowsPerStep)),
+                ], tensors: tensors)
+            job.countBytes(send(rid, m))
+        }
+        if job.roundComplete { finishRound(job, now: now) }
+    }
+
+    private func roundResult(_ rid: [UInt8], _ m: Message, now: Double) {
+        guard let job = job as? RoundJob, m.string("job") == job.id, let worker = peers[rid]?.worker else { return }
+        guard job.accept(m, worker: worker.id) else {
+            log("ignored a round result from \(worker.name) (not outstanding, or its tensors do not fit)")
+            return
+        }
+        let rows = Double(job.stepsThisRound * job.prepared.rowsPerStep)
+        let speed = rows / max(1e-3, m.double("seconds"))
+        let previous = peers[rid]?.worker?.rowsPerSecond
+        peers[rid]?.worker?.rowsPerSecond = previous.map { 0.5 * $0 + 0.5 * speed } ?? speed
+    }
+
+    private func finishRound(_ job: RoundJob, now: Double) {
+        let (record, checkpoint) = job.finishRound(now: now)
+        journal(job, record: record, checkpoint: checkpoint)
+    }
+
+    private func readyWorkers(_ job: any RunningJob) -> [(rid: [UInt8], worker: WorkerInfo)] {
         peers.compactMap { rid, p in
             guard let w = p.worker, w.readyJob == job.id else { return nil }
             return (rid, w)
@@ -624,8 +690,14 @@ public final class Coordinator: @unchecked Sendable {
     }
 
     private func finishStep(_ job: SyncJob, now: Double) {
-        let previous = job.record.checkpointBlob
         let (record, checkpoint) = job.finishStep(now: now)
+        journal(job, record: record, checkpoint: checkpoint)
+    }
+
+    /// Journals a completed step or round (checkpoint blob first, then the step's row and the job's pointer in
+    /// one transaction), drops the previous checkpoint, and completes the job after its last unit.
+    private func journal(_ job: any RunningJob, record: StepRecord, checkpoint: Checkpoint) {
+        let previous = job.record.checkpointBlob
         do {
             let tmp = (options.stateDirectory as NSString).appendingPathComponent("checkpoint.tmp")
             try checkpoint.write(to: tmp)
@@ -635,16 +707,17 @@ public final class Coordinator: @unchecked Sendable {
             if let old = lastCheckpoint[job.id] ?? previous, old != blob { blobs.remove(old) }
             lastCheckpoint[job.id] = blob
         } catch {
-            log("cannot journal step \(record.step) of \(job.id): \(error); stopping the job")
-            try? store.setState(job.id, .failed, error: "cannot journal step \(record.step): \(error)")
+            log("cannot journal \(unitName(job)) \(record.step) of \(job.id): \(error); stopping the job")
+            try? store.setState(job.id, .failed, error: "cannot journal \(unitName(job)) \(record.step): \(error)")
             self.job = nil
             return
         }
         let shares = record.shares.sorted { $0.key < $1.key }.map { "\(name(of: $0.key))=\($0.value)" }.joined(
             separator: " ")
         log(
-            "\(job.id) step \(record.step)/\(job.totalSteps) loss \(String(format: "%.4f", record.loss)) "
-                + "\(record.tokens) tok \(String(format: "%.2f", record.seconds)) s [\(shares)]")
+            "\(job.id) \(unitName(job)) \(record.step)/\(job.units) loss \(String(format: "%.4f", record.loss)) "
+                + "\(record.tokens) tok \(String(format: "%.2f", record.seconds)) s \(record.bytes >> 10) KiB [\(shares)]"
+        )
         if job.isFinished { complete(job) }
     }
 
@@ -659,11 +732,13 @@ public final class Coordinator: @unchecked Sendable {
         let runnable = records.filter { ($0.state == .running || $0.state == .queued) && !failedToLoad.contains($0.id) }
         guard let record = runnable.first(where: { $0.state == .running }) ?? runnable.first else { return }
         do {
-            let j = try SyncJob(record: record, blobs: blobs)
+            let j: any RunningJob =
+                record.mode == DistributionMode.sync.rawValue
+                ? try SyncJob(record: record, blobs: blobs) : try RoundJob(record: record, blobs: blobs)
             try store.setState(record.id, .running)
-            job = j
+            job = j as any RunningJob
             lastCheckpoint[j.id] = record.checkpointBlob
-            log("\(j.id) running from step \(j.step) of \(j.totalSteps)")
+            log("\(j.id) running from \(unitName(j)) \(j.step) of \(j.units)")
             for (rid, p) in peers where p.worker != nil { sendJob(rid, j) }
             if j.isFinished { complete(j) }
         } catch {
@@ -673,7 +748,7 @@ public final class Coordinator: @unchecked Sendable {
         }
     }
 
-    private func complete(_ job: SyncJob) {
+    private func complete(_ job: any RunningJob) {
         let tmp = (options.stateDirectory as NSString).appendingPathComponent("export-\(job.id)")
         defer { try? FileManager.default.removeItem(atPath: tmp) }
         do {
@@ -690,8 +765,9 @@ public final class Coordinator: @unchecked Sendable {
             if let c = lastCheckpoint[job.id] { outputs["checkpoint.safetensors"] = c }
             try store.finish(
                 job: job.id, outputs: outputs, adapterBlob: outputs["adapter_model.safetensors"]!,
-                baseBlob: job.record.modelBlob, dataBlob: job.record.dataBlob, steps: job.step)
-            log("\(job.id) done after \(job.step) steps; `cairn pull \(job.id)` fetches the adapter")
+                baseBlob: job.record.modelBlob, dataBlob: job.record.dataBlob, steps: job.provenance().steps ?? job.step
+            )
+            log("\(job.id) done after \(job.step) \(unitName(job))s; `cairn pull \(job.id)` fetches the adapter")
         } catch {
             log("\(job.id) finished training but its adapter cannot be written: \(error)")
             try? store.setState(job.id, .failed, error: "cannot write the adapter: \(error)")
@@ -708,6 +784,8 @@ struct WorkerInfo {
     var memory: Int
     var gflops: Double
     var threads: Int
+    /// Examples of its own data (federated jobs), if it brought any.
+    var localExamples: Int?
     /// The job whose model and data it has loaded.
     var readyJob: String?
     /// Measured rows per second of compute (moving average).
@@ -731,7 +809,7 @@ struct Peer {
         func allows(_ t: MessageType) -> Bool {
             switch self {
             case .enrol: return t == .enrol
-            case .worker: return [.hello, .heartbeat, .ready, .result, .fetch, .bye].contains(t)
+            case .worker: return [.hello, .heartbeat, .ready, .result, .roundResult, .fetch, .bye].contains(t)
             case .client: return [.submit, .status, .workers, .cancel, .pull, .fetch, .heartbeat].contains(t)
             case .any: return t != .enrol && Self.worker.allows(t) || Self.client.allows(t)
             }

@@ -22,10 +22,18 @@ public struct JobError: Error, Sendable, CustomStringConvertible {
 public struct PreparedJob: Sendable {
     public var config: TrainingConfig
     public var modelConfig: LlamaConfig
-    public var plan: RowPlan
+    /// The data's rows (nil for federated jobs: the data stays on the workers).
+    public var plan: RowPlan?
     public var dataHash: String
+    /// Optimizer steps (sync), or local steps per worker (diloco, federated).
     public var totalSteps: Int
+    /// Rows per optimizer step (sync), or per local step of one worker (diloco, federated).
     public var rowsPerStep: Int
+
+    /// Units of progress the coordinator journals: steps (sync) or rounds.
+    public var units: Int {
+        config.mode == .sync ? totalSteps : (totalSteps + config.innerSteps - 1) / config.innerSteps
+    }
 
     /// Parses the job file and tokenizes the data.
     ///
@@ -65,6 +73,16 @@ public struct PreparedJob: Sendable {
         guard config.sequenceLength <= min(modelConfig.contextLength, LlamaModel.positionLimit) else {
             throw JobError("\(source): seq_len \(config.sequenceLength) is longer than the model's context")
         }
+        let rowsPerStep = config.batchSize * config.gradientAccumulation
+        if config.mode == .federated {
+            guard config.steps > 0 else {
+                throw JobError(
+                    "\(source): steps: federated jobs need steps (local steps per worker); epochs do not apply")
+            }
+            return PreparedJob(
+                config: config, modelConfig: modelConfig, plan: nil, dataHash: "", totalSteps: config.steps,
+                rowsPerStep: rowsPerStep)
+        }
         let template: Result<ChatTemplate, ChatTemplateError>
         do throws(ChatTemplateError) {
             template = .success(try LanguageModel.chatTemplate(override: config.chatTemplate, source: templateSource))
@@ -79,7 +97,6 @@ public struct PreparedJob: Sendable {
             examples: data.train, length: config.sequenceLength, mode: config.batchMode,
             padId: tokenizer.eosId ?? 0, seed: config.seed)
         guard plan.exampleCount > 0 else { throw JobError("\(dataName): no example has a trained token") }
-        let rowsPerStep = config.batchSize * config.gradientAccumulation
         let totalSteps =
             config.steps > 0
             ? config.steps
@@ -91,7 +108,22 @@ public struct PreparedJob: Sendable {
 }
 
 /// A running sync job.
-final class SyncJob {
+/// What the coordinator's loop needs of any running job.
+protocol RunningJob: AnyObject {
+    var id: String { get }
+    var record: JobRecord { get }
+    var prepared: PreparedJob { get }
+    var adapter: LoRAAdapter { get }
+    /// Units (steps or rounds) journaled, and in all.
+    var step: Int { get }
+    var units: Int { get }
+    var isFinished: Bool { get }
+    var busyWorkers: Set<String> { get }
+    func countBytes(_ n: Int)
+    func provenance() -> AdapterProvenance
+}
+
+final class SyncJob: RunningJob {
     let id: String
     let record: JobRecord
     let prepared: PreparedJob
@@ -102,6 +134,8 @@ final class SyncJob {
     var step: Int { optimizer.stepCount }
     var totalSteps: Int { prepared.totalSteps }
     var isFinished: Bool { step >= totalSteps }
+    var units: Int { totalSteps }
+    var busyWorkers: Set<String> { work?.busyWorkers ?? [] }
 
     /// The step in progress.
     private(set) var work: StepWork?
@@ -154,7 +188,8 @@ final class SyncJob {
     /// Begins the next step: its rows become pending.
     func startStep(now: Double) {
         precondition(work == nil && !isFinished)
-        stepRows = (0..<prepared.rowsPerStep).map { prepared.plan.row(at: cursor + $0).row }
+        let plan = prepared.plan!
+        stepRows = (0..<prepared.rowsPerStep).map { plan.row(at: cursor + $0).row }
         work = StepWork(rows: prepared.rowsPerStep, firstAssignment: nextAssignment)
         gradientSum.zero()
         lossSum = 0

@@ -75,7 +75,9 @@ public func truncatedSVD(left l: [Float], right r: [Float], rows m: Int, inner k
         var dense = [Float](repeating: 0, count: m * n)
         l.withUnsafeBufferPointer { lp in
             r.withUnsafeBufferPointer { rp in
-                dense.withUnsafeMutableBufferPointer { matmulNaiveFree($0.baseAddress!, lp.baseAddress!, rp.baseAddress!, m, n, k) }
+                dense.withUnsafeMutableBufferPointer {
+                    matmulNaiveFree($0.baseAddress!, lp.baseAddress!, rp.baseAddress!, m, n, k)
+                }
             }
         }
         (u, s, vt) = thinSVD(dense, rows: m, columns: n)

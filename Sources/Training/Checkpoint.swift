@@ -23,6 +23,8 @@ public struct Checkpoint: Sendable {
     public var parameters: [Float]
     public var firstMoment: [Float]
     public var secondMoment: [Float]
+    /// Further named state (the outer optimizer of a cluster round job, say).
+    public var extra: [String: [Float]] = [:]
 
     static let metadataKey = "cairn.checkpoint"
 
@@ -48,6 +50,9 @@ public struct Checkpoint: Sendable {
         w.add("parameters", shape: [parameters.count], floats: parameters)
         w.add("adam.m", shape: [firstMoment.count], floats: firstMoment)
         w.add("adam.v", shape: [secondMoment.count], floats: secondMoment)
+        for (name, values) in extra.sorted(by: { $0.key < $1.key }) {
+            w.add("extra.\(name)", shape: [values.count], floats: values)
+        }
         let meta: JSONValue = [
             "version": 1, "step": .integer(Int64(step)), "cursor": .integer(Int64(cursor)),
             "data_sha256": .string(dataHash),
@@ -82,12 +87,16 @@ public struct Checkpoint: Sendable {
             modules.append((l, t, r, Float(s)))
         }
         guard let p = file.storedTensor(named: "parameters"), let m = file.storedTensor(named: "adam.m"),
-            let v = file.storedTensor(named: "adam.v"), p.elementCount == m.elementCount,
-            p.elementCount == v.elementCount
+            let v = file.storedTensor(named: "adam.v"), m.elementCount == v.elementCount,
+            m.elementCount == p.elementCount || m.elementCount == 0
         else { throw fail("the parameter and moment tensors are missing or of different sizes") }
-        return Checkpoint(
+        var c = Checkpoint(
             step: step, cursor: cursor, dataHash: dataHash, baseModelHash: baseHash, modules: modules,
             parameters: p.floats(),
             firstMoment: m.floats(), secondMoment: v.floats())
+        for t in file.tensors where t.name.hasPrefix("extra.") {
+            c.extra[String(t.name.dropFirst(6))] = file.storedTensor(named: t.name)?.floats()
+        }
+        return c
     }
 }

@@ -39,9 +39,14 @@ extension TrainingConfig {
         ("threads", "kernel threads (default all cores)"),
         (
             "mode",
-            "cluster jobs (cairn submit): how workers share the job; sync (default): every step's batch split "
-                + "across workers, gradients averaged"
+            "cluster jobs (cairn submit): sync (default: each step's batch split across workers), diloco (local "
+                + "steps, compressed pseudo-gradients, an outer Nesterov step) or federated (diloco on each worker's "
+                + "own --data)"
         ),
+        ("inner_steps", "diloco/federated: local AdamW steps per round (default 16); steps counts local steps"),
+        ("outer_learning_rate", "diloco/federated: outer Nesterov learning rate (default 0.7)"),
+        ("outer_momentum", "diloco/federated: outer Nesterov momentum (default 0.9)"),
+        ("compression", "diloco/federated: int8 (default), bf16 or none for what workers send"),
     ]
 
     /// Reads a YAML job file over the current values.
@@ -173,6 +178,10 @@ extension TrainingConfig {
             case "recompute": recompute = try choice(RecomputeMode.self)
             case "threads": threads = try int()
             case "mode": mode = try choice(DistributionMode.self)
+            case "inner_steps": innerSteps = try int()
+            case "outer_learning_rate": outerLearningRate = try double()
+            case "outer_momentum": outerMomentum = try double()
+            case "compression": compression = try choice(RoundCompression.self)
             default: throw fail("unknown key")
             }
         }
@@ -233,6 +242,12 @@ extension TrainingConfig {
         if let t = chatTemplate { lines.append("chat_template: \(q(t))") }
         if let t = threads { lines.append("threads: \(t)") }
         lines.append("mode: \(mode.rawValue)")
+        if mode != .sync {
+            lines += [
+                "inner_steps: \(innerSteps)", "outer_learning_rate: \(outerLearningRate)",
+                "outer_momentum: \(outerMomentum)", "compression: \(compression.rawValue)",
+            ]
+        }
         return lines.joined(separator: "\n") + "\n"
     }
 }

@@ -38,6 +38,16 @@ public enum DistributionMode: String, Sendable, Codable, CaseIterable {
     /// Every optimizer step's global batch is split across workers in proportion to their speed; gradients are
     /// summed and divided by the step's trained tokens, so N workers reproduce one machine's training.
     case sync
+    /// DiLoCo: each worker takes `inner_steps` local AdamW steps from the global adapter, sends its compressed
+    /// pseudo-gradient; the coordinator aggregates in ΔW space and applies an outer Nesterov step.
+    case diloco
+    /// Like diloco, on each worker's own data (`cairn worker join --data`), which never leaves it.
+    case federated
+}
+
+/// How round results and adapters travel in diloco and federated jobs.
+public enum RoundCompression: String, Sendable, Codable, CaseIterable {
+    case none, bf16, int8
 }
 
 /// A LoRA training job.
@@ -94,6 +104,13 @@ public struct TrainingConfig: Sendable, Equatable {
     public var threads: Int?
     /// How a cluster job is distributed (`cairn train` runs on one machine and ignores it).
     public var mode = DistributionMode.sync
+    /// diloco/federated: local steps per round (H).
+    public var innerSteps = 16
+    /// diloco/federated: outer Nesterov learning rate and momentum.
+    public var outerLearningRate = 0.7
+    public var outerMomentum = 0.9
+    /// diloco/federated: pseudo-gradients up (with error feedback); the adapter down is bf16 unless `none`.
+    public var compression = RoundCompression.int8
 
     /// Activations above this trigger recomputation in `auto` mode.
     public static let activationBudgetBytes = 1 << 30
@@ -105,7 +122,7 @@ public struct TrainingConfig: Sendable, Equatable {
     public func problems() -> [String] {
         var p: [String] = []
         if model.isEmpty { p.append("model: required") }
-        if data.isEmpty { p.append("data: required (a JSONL file)") }
+        if data.isEmpty, mode != .federated { p.append("data: required (a JSONL file)") }
         if !(validationSplit >= 0 && validationSplit < 1) { p.append("validation_split: must be in [0, 1)") }
         if validationData != nil, validationSplit > 0 {
             p.append("validation_split: give it or validation_data, not both")
@@ -132,6 +149,9 @@ public struct TrainingConfig: Sendable, Equatable {
         if !(lora.alpha > 0) { p.append("alpha: must be positive") }
         if !(lora.dropout >= 0 && lora.dropout < 1) { p.append("dropout: must be in [0, 1)") }
         if lora.targets.isEmpty { p.append("targets: at least one") }
+        if innerSteps < 1 || innerSteps > 100_000 { p.append("inner_steps: must be between 1 and 100000") }
+        if !(outerLearningRate > 0 && outerLearningRate <= 10) { p.append("outer_learning_rate: must be in (0, 10]") }
+        if !(outerMomentum >= 0 && outerMomentum < 1) { p.append("outer_momentum: must be in [0, 1)") }
         return p
     }
 }

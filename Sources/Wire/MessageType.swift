@@ -18,6 +18,8 @@ public enum MessageType: UInt8, Sendable, CaseIterable, CustomStringConvertible 
     case bye = 10
     case error = 11
     case ready = 12
+    case roundAssign = 13
+    case roundResult = 14
     // Enrolment (workers and clients)
     case enrol = 20
     case enrolled = 21
@@ -50,6 +52,8 @@ public enum MessageType: UInt8, Sendable, CaseIterable, CustomStringConvertible 
         case .bye: "bye"
         case .error: "error"
         case .ready: "ready"
+        case .roundAssign: "round_assign"
+        case .roundResult: "round_result"
         case .enrol: "enrol"
         case .enrolled: "enrolled"
         case .submit: "submit"
@@ -71,10 +75,12 @@ public enum MessageType: UInt8, Sendable, CaseIterable, CustomStringConvertible 
         let count = Field.int(0, 1 << 53)
         switch self {
         case .hello:
-            return Schema([
-                "name": .string(maxBytes: 256), "cores": .int(1, 1 << 16), "memory": count, "gflops": .double(0, 1e9),
-                "threads": .int(1, 1 << 16),
-            ])
+            return Schema(
+                [
+                    "name": .string(maxBytes: 256), "cores": .int(1, 1 << 16), "memory": count,
+                    "gflops": .double(0, 1e9),
+                    "threads": .int(1, 1 << 16),
+                ], optional: ["local_examples": count])
         case .welcome:
             return Schema(["worker": id, "heartbeat_ms": .int(10, 600_000), "liveness": .int(1, 1000)])
         case .heartbeat, .workers:
@@ -94,6 +100,19 @@ public enum MessageType: UInt8, Sendable, CaseIterable, CustomStringConvertible 
                     "job": id, "assignment": count, "step": count, "loss": .double(0, 1e30), "tokens": count,
                     "seconds": .double(0, 1e9),
                 ], tensors: ["gradient"])
+        case .roundAssign:
+            return Schema(
+                [
+                    "job": id, "assignment": count, "round": count, "first_step": count, "steps": .int(1, 100_000),
+                    "rows_per_step": .int(1, 1 << 20),
+                ],
+                tensorChoices: [["parameters", "tokens", "targets", "positions", "starts"], ["parameters"]])
+        case .roundResult:
+            return Schema(
+                [
+                    "job": id, "assignment": count, "round": count, "loss": .double(0, 1e30), "tokens": count,
+                    "seconds": .double(0, 1e9),
+                ], tensorChoices: [["delta"], ["delta", "delta.scale"]])
         case .revoke:
             return Schema(["job": id, "assignment": count])
         case .fetch:
@@ -158,13 +177,16 @@ public enum Field: Sendable {
 public struct Schema: Sendable {
     public var required: [(String, Field)]
     public var optional: [(String, Field)]
-    public var tensors: [String]
+    /// Allowed lists of tensor names (one list for most types).
+    public var tensors: [[String]]
 
-    init(_ required: KeyValuePairs<String, Field>, optional: KeyValuePairs<String, Field> = [:], tensors: [String] = [])
-    {
+    init(
+        _ required: KeyValuePairs<String, Field>, optional: KeyValuePairs<String, Field> = [:], tensors: [String] = [],
+        tensorChoices: [[String]]? = nil
+    ) {
         self.required = required.map { ($0.key, $0.value) }
         self.optional = optional.map { ($0.key, $0.value) }
-        self.tensors = tensors
+        self.tensors = tensorChoices ?? [tensors]
     }
 
     func validate(_ m: Message) throws(WireError) {
@@ -179,9 +201,11 @@ public struct Schema: Sendable {
                 throw WireError(.schema, "\(m.type.name): field \"\(key)\" \(why)")
             }
         }
-        guard m.tensors.map(\.name) == tensors else {
+        guard tensors.contains(m.tensors.map(\.name)) else {
             throw WireError(
-                .schema, "\(m.type.name): tensors \(m.tensors.map(\.name)) sent, \(tensors) expected")
+                .schema,
+                "\(m.type.name): tensors \(m.tensors.map(\.name)) sent, "
+                    + tensors.map { "\($0)" }.joined(separator: " or ") + " expected")
         }
     }
 }

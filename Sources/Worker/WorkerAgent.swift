@@ -11,6 +11,7 @@ import Llama
 import ModelFormats
 import TensorKernels
 import Training
+import Tokenizer
 import Transport
 import Wire
 
@@ -29,6 +30,8 @@ public struct WorkerOptions: Sendable {
     public var threads: Int?
     /// Where blobs (base models) are cached.
     public var cacheDirectory: String
+    /// This worker's own JSONL data, for federated jobs (it never leaves this machine).
+    public var localData: String?
 
     public init(credentials: Credentials, name: String, cacheDirectory: String) {
         self.credentials = credentials
@@ -58,6 +61,7 @@ public final class WorkerAgent: @unchecked Sendable {
     private var backoff = 0.5
     private var welcomed = false
     private var gflops = 0.0
+    private var localExamples = 0
 
     private var job: JobState?
     private var computing: Int?
@@ -65,10 +69,23 @@ public final class WorkerAgent: @unchecked Sendable {
     private var queued: [Message] = []
 
     /// A job's model and training session, once loaded.
-    private struct LoadedJob {
-        var id: String
-        var session: TrainingSession
-        var config: TrainingConfig
+    private final class LoadedJob: @unchecked Sendable {
+        let id: String
+        let session: TrainingSession
+        let config: TrainingConfig
+        /// Federated jobs: this worker's rows, and how far it has read them.
+        let plan: RowPlan?
+        var cursor = 0
+        /// Compression error carried into the next round's pseudo-gradient.
+        var errorFeedback: [Float]
+
+        init(id: String, session: TrainingSession, config: TrainingConfig, plan: RowPlan?) {
+            self.id = id
+            self.session = session
+            self.config = config
+            self.plan = plan
+            errorFeedback = [Float](repeating: 0, count: session.adapter.parameters.count)
+        }
     }
 
     private struct JobState {
@@ -85,6 +102,11 @@ public final class WorkerAgent: @unchecked Sendable {
         self.log = log
         do { blobs = try BlobStore(root: (options.cacheDirectory as NSString).appendingPathComponent("blobs")) } catch {
             throw WorkerError("\(error)")
+        }
+        if let local = options.localData {
+            // Read now, so a bad file is reported before joining, with its line.
+            do { localExamples = try Dataset(path: local).records.count } catch { throw WorkerError(error.description) }
+            guard localExamples > 0 else { throw WorkerError("\(local) holds no records") }
         }
     }
 
@@ -193,6 +215,7 @@ public final class WorkerAgent: @unchecked Sendable {
                     "cores": .integer(Int64(ProcessInfo.processInfo.activeProcessorCount)),
                     "memory": .integer(Int64(ProcessInfo.processInfo.physicalMemory)), "gflops": .number(gflops),
                     "threads": .integer(Int64(Parallel.threadCount)),
+                    "local_examples": localExamples > 0 ? .integer(Int64(localExamples)) : .null,
                 ]))
     }
 
@@ -223,7 +246,7 @@ public final class WorkerAgent: @unchecked Sendable {
             return m
         }
         for m in messages {
-            if m.type == .result {
+            if m.type == .result || m.type == .roundResult {
                 let id = m.int("assignment")
                 computing = nil
                 if revoked.remove(id) != nil { continue }
@@ -258,12 +281,13 @@ public final class WorkerAgent: @unchecked Sendable {
             log("connected to \(options.credentials.endpoint) as \(m.string("worker"))")
         case .job: receiveJob(m)
         case .chunk: receiveChunk(m)
-        case .assign:
+        case .assign, .roundAssign:
             if computing == nil { startAssignment(m) } else { queued.append(m) }
         case .revoke:
+            // Assignment 0: every assignment of the job (it was cancelled).
             let id = m.int("assignment")
-            if computing == id { revoked.insert(id) }
-            queued.removeAll { $0.int("assignment") == id }
+            if let c = computing, id == 0 || c == id { revoked.insert(c) }
+            queued.removeAll { id == 0 ? $0.string("job") == m.string("job") : $0.int("assignment") == id }
         case .error:
             if m.string("code") == "hello_first" {
                 sayHello()
@@ -358,12 +382,37 @@ public final class WorkerAgent: @unchecked Sendable {
                             model: lm.model.config, adapter: adapter, batch: config.batchSize,
                             length: config.sequenceLength, recompute: false) > TrainingConfig.activationBudgetBytes
                 }
+                // The job's own optimizer settings: diloco and federated rounds take local AdamW steps.
                 let session = TrainingSession(
                     model: lm.model, adapter: adapter,
                     schedule: LearningRateSchedule(
-                        peak: config.learningRate, warmupSteps: 0, totalSteps: 1, kind: .constant),
-                    recompute: recompute)
-                lock.withLock { loaded = [LoadedJob(id: id, session: session, config: config)] }
+                        peak: config.learningRate, warmupSteps: config.warmupSteps, totalSteps: max(1, config.steps),
+                        kind: config.schedule, minRatio: config.minLearningRateRatio),
+                    weightDecay: config.weightDecay, beta1: config.beta1, beta2: config.beta2, epsilon: config.epsilon,
+                    maxGradNorm: config.maxGradNorm, recompute: recompute)
+                var plan: RowPlan?
+                if config.mode == .federated {
+                    guard let local = options.localData else {
+                        throw WorkerError("\(id) is a federated job and this worker has no --data")
+                    }
+                    var c = config
+                    c.data = local
+                    let template: Result<ChatTemplate, ChatTemplateError>
+                    do throws(ChatTemplateError) {
+                        template = .success(try lm.chatTemplate(override: c.chatTemplate))
+                    } catch {
+                        template = .failure(error)
+                    }
+                    let data = try TrainingData.load(
+                        config: c, tokenizer: try lm.requireTokenizer(), template: template)
+                    let p = RowPlan(
+                        examples: data.train, length: c.sequenceLength, mode: c.batchMode,
+                        padId: (try lm.requireTokenizer()).eosId ?? 0, seed: c.seed)
+                    guard p.exampleCount > 0 else { throw WorkerError("\(local): no example has a trained token") }
+                    plan = p
+                }
+                let job = LoadedJob(id: id, session: session, config: config, plan: plan)
+                lock.withLock { loaded = [job] }
                 post(Message(.ready, ["job": .string(id)]))
             } catch {
                 post(
@@ -376,6 +425,10 @@ public final class WorkerAgent: @unchecked Sendable {
         let jobId = m.string("job")
         guard let loadedJob = lock.withLock({ loaded.first { $0.id == jobId } }) else {
             log("assignment for \(jobId), which is not loaded here; ignored")
+            return
+        }
+        if m.type == .roundAssign {
+            startRound(m, loadedJob)
             return
         }
         let session = loadedJob.session
@@ -439,6 +492,95 @@ public final class WorkerAgent: @unchecked Sendable {
                         "loss": .number(loss.sum), "tokens": .integer(Int64(loss.tokens)), "seconds": .number(seconds),
                     ],
                     tensors: [Tensor(name: "gradient", floats: UnsafeBufferPointer(session.gradients.buffer))]))
+        }
+    }
+
+    /// A diloco or federated round: local AdamW steps from the global adapter, then the compressed
+    /// pseudo-gradient (global − local, plus the error left over from the last round).
+    private func startRound(_ m: Message, _ job: LoadedJob) {
+        let session = job.session
+        let config = job.config
+        let n = session.adapter.parameters.count
+        let length = config.sequenceLength
+        let steps = m.int("steps")
+        let perStep = m.int("rows_per_step")
+        let compression = Compression(rawValue: config.compression.rawValue) ?? .int8
+        let federated = job.plan != nil
+        guard let params = m.tensor("parameters"), params.count == n, params.dtype == .f32 || params.dtype == .bf16,
+            federated || (m.tensor("tokens")?.count == steps * perStep * length && m.tensors.count == 5)
+        else {
+            log("dropped a malformed round assignment")
+            return
+        }
+        let assignment = m.int("assignment")
+        computing = assignment
+        let vocab = Int32(session.model.config.vocabSize)
+        Thread.detachNewThread { [self] in
+            let started = Self.now
+            let global = params.floats()
+            session.adapter.parameters.pointer.update(from: global, count: n)
+            let tok = m.tensor("tokens")?.ints() ?? []
+            let tgt = m.tensor("targets")?.ints() ?? []
+            let pos = m.tensor("positions")?.ints() ?? []
+            let st = m.tensor("starts")?.ints() ?? []
+            let valid =
+                tok.allSatisfy { $0 >= 0 && $0 < vocab } && tgt.allSatisfy { $0 >= -1 && $0 < vocab }
+                && pos.allSatisfy { $0 >= 0 && Int($0) < length } && st.allSatisfy { $0 >= 0 && Int($0) < length }
+            guard valid else {
+                post(
+                    Message(
+                        .error,
+                        [
+                            "code": "bad_rows", "assignment": .integer(Int64(assignment)),
+                            "message": .string("round assignment \(assignment) has ids out of range; ignored"),
+                        ]))
+                return
+            }
+            var total = StepLoss()
+            for h in 0..<steps {
+                let rows: TrainingBatch
+                if let plan = job.plan {
+                    rows = plan.batch(from: job.cursor, count: perStep)
+                    job.cursor += perStep
+                } else {
+                    let r = h * perStep * length..<(h + 1) * perStep * length
+                    rows = TrainingBatch(
+                        batch: perStep, length: length, tokens: Array(tok[r]), targets: Array(tgt[r]),
+                        positions: Array(pos[r]), documentStarts: Array(st[r]))
+                }
+                var micro: [TrainingBatch] = []
+                for first in stride(from: 0, to: perStep, by: config.batchSize) {
+                    let k = min(config.batchSize, perStep - first)
+                    let r = first * length..<(first + k) * length
+                    micro.append(
+                        TrainingBatch(
+                            batch: k, length: length, tokens: Array(rows.tokens[r]), targets: Array(rows.targets[r]),
+                            positions: Array(rows.positions[r]), documentStarts: Array(rows.documentStarts[r])))
+                }
+                let loss = session.computeGradients(micro)
+                total += loss
+                guard loss.tokens > 0 else { continue }
+                _ = clipGradients(session.gradients, maxNorm: session.maxGradNorm)
+                session.optimizer.update(
+                    parameters: session.adapter.parameters, gradients: session.gradients,
+                    learningRate: session.schedule.rate(step: m.int("first_step") + h))
+            }
+            // Pseudo-gradient with error feedback.
+            let local = session.adapter.parameters.pointer
+            var corrected = [Float](repeating: 0, count: n)
+            for i in 0..<n { corrected[i] = global[i] - local[i] + job.errorFeedback[i] }
+            let tensors = corrected.withUnsafeBufferPointer { compression.encode($0, name: "delta") }
+            if let sent = compression.decode(tensors, name: "delta", count: n) {
+                for i in 0..<n { job.errorFeedback[i] = corrected[i] - sent[i] }
+            }
+            post(
+                Message(
+                    .roundResult,
+                    [
+                        "job": .string(job.id), "assignment": .integer(Int64(assignment)),
+                        "round": .integer(Int64(m.int("round"))), "loss": .number(total.sum),
+                        "tokens": .integer(Int64(total.tokens)), "seconds": .number(Self.now - started),
+                    ], tensors: tensors))
         }
     }
 

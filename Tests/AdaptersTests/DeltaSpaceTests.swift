@@ -5,7 +5,8 @@ import TestSupport
 import Testing
 
 @Suite struct DeltaSpaceTests {
-    static let config = LlamaConfig(dim: 32, layers: 1, heads: 4, kvHeads: 2, ffnDim: 48, vocabSize: 16, contextLength: 64)
+    static let config = LlamaConfig(
+        dim: 32, layers: 1, heads: 4, kvHeads: 2, ffnDim: 48, vocabSize: 16, contextLength: 64)
 
     /// An adapter with random A and B (as after some training).
     func trained(seed: UInt64, rank: Int = 4) -> LoRAAdapter {
@@ -59,7 +60,8 @@ import Testing
             let mean = zip(delta(w1, m), delta(w2, m)).map { 0.25 * $0 + 0.75 * $1 }
             expectClose(delta(global, m), bestRank(mean, m), tolerance: 1e-4, "module \(m.layer).\(m.target)")
             // A keeps its magnitude (RMS row norm of the old A); B carries the update.
-            let naive = LoRAAdapter(model: Self.config, modules: global.modules.map { ($0.layer, $0.target, $0.rank, $0.scale) })
+            let naive = LoRAAdapter(
+                model: Self.config, modules: global.modules.map { ($0.layer, $0.target, $0.rank, $0.scale) })
             for i in 0..<naive.parameters.count {
                 naive.parameters.pointer[i] = 0.25 * w1.parameters.pointer[i] + 0.75 * w2.parameters.pointer[i]
             }

@@ -185,7 +185,8 @@ import Wire
             var sent = [Float](repeating: 0, count: values.count)
             for _ in 0..<20 {
                 let corrected = zip(values, error).map { $0 + $1 }
-                let got = kind.decode(corrected.withUnsafeBufferPointer { kind.encode($0, name: "d") }, name: "d", count: values.count)!
+                let got = kind.decode(
+                    corrected.withUnsafeBufferPointer { kind.encode($0, name: "d") }, name: "d", count: values.count)!
                 for i in 0..<values.count {
                     error[i] = corrected[i] - got[i]
                     sent[i] += got[i]
