@@ -101,3 +101,24 @@ import Testing
         }
     }
 }
+
+@Suite struct OuterStateTests {
+    @Test func momentumSurvivesACheckpointRoundTrip() {
+        let t = DeltaSpaceTests()
+        let a = t.trained(seed: 11)
+        let b = t.trained(seed: 11)
+        let worker = t.trained(seed: 12)
+        let first = OuterOptimizer(modules: a.modules.count, learningRate: 0.7, momentum: 0.9)
+        first.step(global: a, workers: [(worker.parameters.array, 1)])
+        let second = OuterOptimizer(modules: b.modules.count, learningRate: 0.7, momentum: 0.9)
+        second.step(global: b, workers: [(worker.parameters.array, 1)])
+        // Restore a fresh optimizer from the first one's state: the next step must match exactly.
+        let restored = OuterOptimizer(modules: a.modules.count, learningRate: 0.7, momentum: 0.9)
+        #expect(restored.restore(first.state(), modules: a.modules))
+        let next = t.trained(seed: 13)
+        second.step(global: b, workers: [(next.parameters.array, 1)])
+        restored.step(global: a, workers: [(next.parameters.array, 1)])
+        #expect(a.parameters.array == b.parameters.array)
+        #expect(!restored.restore([1, 2, 3], modules: a.modules), "a state of the wrong shape is refused")
+    }
+}

@@ -104,6 +104,9 @@ final class ClusterHarness {
         return p
     }
 
+    /// Takes ownership of a worker process started by the test (killed with the cluster).
+    func adopt(_ p: Process, name: String) { workers[name] = p }
+
     func killWorker(_ name: String, signal: Int32 = SIGKILL) {
         guard let p = workers[name] else { return }
         kill(p.processIdentifier, signal)

@@ -221,3 +221,81 @@ func sendRawBytes(to endpoint: String, _ bytes: [UInt8]) {
     guard ok == 0 else { return }
     _ = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
 }
+
+@Suite(.serialized) struct RoundModeTests {
+    /// diloco: rounds of local steps from the global adapter; every round journaled once, the loss falls, and
+    /// what crosses the wire per local step is a fraction of sync's.
+    @Test func dilocoTrainsInRoundsAndSendsLessThanSync() throws {
+        let c = ClusterHarness("diloco")
+        try c.startCoordinator()
+        try c.startWorker("w1")
+        try c.startWorker("w2")
+        #expect(c.waitUntil(60) { c.connectedWorkers().count == 2 })
+        let dilocoJob = try c.writeJob(steps: 32, batch: 2, extra: "mode: diloco\ninner_steps: 8")
+        let id = try c.submit(dilocoJob)
+        let final = c.waitForJob(id)
+        #expect(final?["state"] == "done", "\(c.logs)")
+        let rounds = (final?["steps"]?.arrayValue ?? []).compactMap(\.objectValue)
+        #expect(rounds.compactMap { $0["step"]?.intValue } == [1, 2, 3, 4], "four rounds of eight local steps")
+        let losses = rounds.compactMap { $0["loss"]?.doubleValue }
+        #expect(losses.count == 4 && losses.last! < losses.first!, "the loss fell over the rounds: \(losses)")
+        #expect(rounds.contains { ($0["shares"]?.objectValue?.count ?? 0) == 2 }, "both workers took part")
+        // The same data and total batch in sync mode, for the bytes per local step.
+        let syncJob = try c.writeJob(steps: 8, batch: 4)
+        let syncId = try c.submit(syncJob)
+        let sync = c.waitForJob(syncId)
+        #expect(sync?["state"] == "done")
+        let syncBytes = (sync?["steps"]?.arrayValue ?? []).compactMap { $0.objectValue?["bytes"]?.intValue }
+        let dilocoBytes = rounds.compactMap { $0["bytes"]?.intValue }
+        let perSyncStep = Double(syncBytes.reduce(0, +)) / Double(max(1, syncBytes.count))
+        let perDilocoStep = Double(dilocoBytes.reduce(0, +)) / Double(max(1, dilocoBytes.count * 8))
+        #expect(perDilocoStep * 4 < perSyncStep, "diloco \(perDilocoStep) B vs sync \(perSyncStep) B per step")
+        // The adapter is a normal adapter.
+        let out = c.dir.appendingPathComponent("diloco.gguf").path
+        #expect(try c.cairn("pull", id, "--format", "gguf", "-o", out).status == 0)
+    }
+
+    /// federated: each worker trains on its own file, which never reaches the coordinator.
+    @Test func federatedWorkersKeepTheirDataAndBothContribute() throws {
+        let c = ClusterHarness("federated")
+        try c.startCoordinator()
+        var files: [String] = []
+        for (name, lines) in [("a", ["alpha beta gamma", "one two three"]), ("b", ["red green blue", "north south"])] {
+            let path = c.dir.appendingPathComponent("private-\(name).jsonl").path
+            try Data(lines.map { JSONValue.object(["text": .string($0)]).serialized() + "\n" }.joined().utf8).write(
+                to: URL(fileURLWithPath: path))
+            files.append(path)
+        }
+        for (i, f) in files.enumerated() {
+            let name = "w\(i + 1)"
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: cairnExecutable)
+            p.arguments = [
+                "worker", "join", c.endpoint, "--token", try c.token(), "--name", name, "--threads", "1", "--data", f,
+                "--credentials", c.dir.appendingPathComponent("\(name).json").path, "--cache",
+                c.dir.appendingPathComponent("cache-\(name)").path,
+            ]
+            p.standardOutput = FileHandle.nullDevice
+            p.standardError = FileHandle.nullDevice
+            try p.run()
+            c.adopt(p, name: name)
+        }
+        #expect(c.waitUntil(60) { c.connectedWorkers().count == 2 })
+        let job = c.dir.appendingPathComponent("fed.yaml").path
+        try Data(
+            "model: \(tinyModel)\nmode: federated\nrank: 4\nsteps: 8\ninner_steps: 4\nseq_len: 24\nbatch_size: 2\nlearning_rate: 0.01\n"
+                .utf8
+        ).write(to: URL(fileURLWithPath: job))
+        let id = try c.submit(job)
+        let final = c.waitForJob(id)
+        #expect(final?["state"] == "done", "\(c.logs)")
+        let shares = (final?["steps"]?.arrayValue ?? []).compactMap { $0.objectValue?["shares"]?.objectValue?.count }
+        #expect(shares == [2, 2], "both workers contributed to both rounds")
+        // No blob on the coordinator holds either worker's data.
+        let blobDir = c.state + "/blobs/sha256"
+        let stored = Set(try FileManager.default.contentsOfDirectory(atPath: blobDir))
+        for f in files { #expect(!stored.contains(try FileHash.sha256(file: f)), "\(f) stayed on its worker") }
+        let bytes = try stored.map { try Data(contentsOf: URL(fileURLWithPath: blobDir + "/" + $0)) }
+        #expect(!bytes.contains { $0.range(of: Data("alpha beta gamma".utf8)) != nil })
+    }
+}
