@@ -68,7 +68,9 @@ let package = Package(
         .testTarget(name: "TransportTests", dependencies: ["Transport", "ModelFormats"]),
         .testTarget(
             name: "CoordinatorTests",
-            dependencies: ["Coordinator", "Wire", "Training", "Llama", "ModelFormats", "TestSupport"]),
+            dependencies: [
+                "Coordinator", "Worker", "Transport", "Wire", "Training", "Llama", "ModelFormats", "TestSupport",
+            ]),
         // Real processes and real sockets on loopback: a coordinator and workers started from the built binary.
         .testTarget(
             name: "ClusterTests", dependencies: ["TestSupport", "ModelFormats", "Transport", "Wire", "TensorKernels"]),

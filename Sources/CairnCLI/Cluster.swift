@@ -303,16 +303,16 @@ struct Status: ParsableCommand {
 
     func run() throws {
         let c = try client.connect()
+        var shown = ""
         while true {
             var meta: JSONObject = [:]
             if let jobId { meta["job"] = .string(jobId) }
             let reply = try c.request(Message(.status, meta), expect: .statusReply)
             let body = reply.metadata["body"] ?? .null
-            if json {
-                Terminal.printJSON(body)
-            } else {
-                Terminal.write(Self.render(body))
-            }
+            // Watching: print only when something changed.
+            let text = json ? body.serialized() + "\n" : Self.render(body)
+            if text != shown { Terminal.write(text) }
+            shown = text
             let jobs = body.objectValue?["jobs"]?.arrayValue ?? []
             let finished = jobs.allSatisfy {
                 ["done", "failed", "cancelled"].contains($0.objectValue?["state"]?.stringValue ?? "")

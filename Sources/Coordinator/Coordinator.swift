@@ -34,6 +34,10 @@ public struct CoordinatorOptions: Sendable {
     public var insecure = false
     public var heartbeatMilliseconds = Wire.heartbeatMilliseconds
     public var liveness = Wire.heartbeatLiveness
+    /// Deadlines: an assignment is given up on after 3 × its expected time + this, and never sooner than this
+    /// (seconds); before a worker's speed is measured, after `firstDeadline`.
+    public var deadlineFloor = 10.0
+    public var firstDeadline = 600.0
 
     public init(stateDirectory: String, listen: String) {
         self.stateDirectory = stateDirectory
@@ -83,8 +87,7 @@ public final class Coordinator: @unchecked Sendable {
     let blobs: BlobStore
     let serverKeys: CurveKeyPair?
     private let context = Context()
-    private var router: Socket?
-    private var zap: ZAPHandler?
+    private var router: RouterEndpoint?
     private var peers: [[UInt8]: Peer] = [:]
     private var job: (any RunningJob)?
     private var failedToLoad: Set<String> = []
@@ -95,7 +98,12 @@ public final class Coordinator: @unchecked Sendable {
     public private(set) var endpoint = ""
 
     /// Opens the state directory (creating keys and the local client's credentials the first time) and binds.
-    public init(options: CoordinatorOptions, log: @escaping @Sendable (String) -> Void) throws(CoordinatorError) {
+    ///
+    /// - Parameter transport: an endpoint to serve instead of binding `options.listen` (an in-memory network
+    ///   in tests; peers' roles then come from the user ids that network assigns).
+    public init(
+        options: CoordinatorOptions, transport: RouterEndpoint? = nil, log: @escaping @Sendable (String) -> Void
+    ) throws(CoordinatorError) {
         self.options = options
         self.log = log
         if options.insecure, !StateFiles.isLoopback(options.listen) {
@@ -120,15 +128,18 @@ public final class Coordinator: @unchecked Sendable {
                 serverKeys = keys
             } catch { throw CoordinatorError("cannot create the coordinator's keys: \(error)") }
         }
+        if let transport {
+            router = transport
+            endpoint = "memory"
+            return
+        }
         do {
-            if let serverKeys { zap = try ZAPHandler(context) }
-            let r = try Socket(context, .router)
-            try r.setRouterMandatory()
-            try r.setMaxMessageSize(Wire.maxTensorBytes + (1 << 20))
-            if let serverKeys { try r.makeCurveServer(serverKeys) }
-            try r.bind(options.listen)
+            let r = try ZMQRouter(
+                context: context, endpoint: options.listen, keys: serverKeys,
+                maxMessageBytes: Wire.maxTensorBytes + (1 << 20)
+            ) { [weak self] key in self?.authorize(key) }
             router = r
-            endpoint = r.lastEndpoint
+            endpoint = r.endpoint
         } catch {
             throw CoordinatorError("cannot listen on \(options.listen): \(error)")
         }
@@ -162,17 +173,13 @@ public final class Coordinator: @unchecked Sendable {
     public func run() throws(CoordinatorError) {
         guard let router else { return }
         log("listening on \(endpoint)" + (serverKeys == nil ? " WITHOUT encryption or keys (--insecure)" : " (CURVE)"))
-        var sockets = [router]
-        if let zap { sockets.append(zap.socket) }
         while !shouldStop {
             do {
-                let ready = try Socket.poll(sockets, timeoutMilliseconds: 20)
-                if ready.count > 1, ready[1], let zap { try zap.serve(authorize: authorize) }
+                try router.wait(timeoutMilliseconds: 20)
                 var handled = 0
                 while handled < 256, let m = try router.receiveNow() {
                     handle(m)
                     handled += 1
-                    if let zap { try zap.serve(authorize: authorize) }
                 }
                 tick(now: Self.now)
             } catch {
@@ -181,7 +188,6 @@ public final class Coordinator: @unchecked Sendable {
             }
         }
         router.close()
-        zap?.close()
     }
 
     // MARK: Authentication
@@ -325,6 +331,7 @@ public final class Coordinator: @unchecked Sendable {
     }
 
     private func sendJob(_ rid: [UInt8], _ job: any RunningJob) {
+        peers[rid]?.worker?.jobSentAt = Self.now
         send(
             rid,
             Message(
@@ -358,7 +365,8 @@ public final class Coordinator: @unchecked Sendable {
             peers[rid]?.bad += 1
             return
         }
-        job.add(gradient: g.floats(), loss: m.double("loss"), tokens: m.int("tokens"))
+        job.add(
+            gradient: g.floats(), loss: m.double("loss"), tokens: m.int("tokens"), seconds: m.double("seconds"))
         let seconds = max(1e-3, m.double("seconds"))
         let speed = Double(a.rows.count) / seconds
         let previous = peers[rid]?.worker?.rowsPerSecond
@@ -517,6 +525,7 @@ public final class Coordinator: @unchecked Sendable {
                             "step": .integer(Int64(s.step)), "loss": .number(s.loss),
                             "tokens": .integer(Int64(s.tokens)),
                             "seconds": .number(s.seconds), "bytes": .integer(Int64(s.bytes)),
+                            "compute_seconds": .number(s.computeSeconds),
                             "shares": .object(
                                 JSONObject(
                                     s.shares.sorted { $0.key < $1.key }.map { ($0.key, .integer(Int64($0.value))) })),
@@ -566,6 +575,14 @@ public final class Coordinator: @unchecked Sendable {
                 send(rid, Message(.heartbeat))
             }
         }
+        // A worker not ready for the running job long after it was told (the `job` or its `ready` was lost): tell
+        // it again. Workers treat a repeated `job` as a no-op, or answer `ready` again.
+        if let job {
+            for (rid, p) in peers {
+                guard let w = p.worker, w.readyJob != job.id, now - w.jobSentAt > max(2, 5 * interval) else { continue }
+                sendJob(rid, job)
+            }
+        }
         if job == nil { activateNextJob() }
         if let sync = job as? SyncJob { tickSync(sync, now: now) }
         if let rounds = job as? RoundJob { tickRounds(rounds, now: now) }
@@ -605,7 +622,11 @@ public final class Coordinator: @unchecked Sendable {
         for (rid, w) in ready where !busy.contains(w.id) && !job.participants.contains(w.id) {
             let steps = job.stepsThisRound
             let deadline: Double =
-                w.rowsPerSecond.map { max(30, 3 * Double(steps * job.prepared.rowsPerStep) / $0 + 10) } ?? 1800
+                w.rowsPerSecond.map {
+                    max(
+                        options.deadlineFloor, 3 * Double(steps * job.prepared.rowsPerStep) / $0 + options.deadlineFloor
+                    )
+                } ?? options.firstDeadline * 3
             guard let (a, batch) = job.assign(worker: w.id, now: now, deadline: deadline) else { continue }
             var tensors = [job.parametersTensor()]
             if let batch {
@@ -666,8 +687,8 @@ public final class Coordinator: @unchecked Sendable {
         var assignments: [Assignment] = []
         job.updateWork {
             assignments = $0.distribute(idle: speeds, now: now) { id, rows in
-                guard let rps = byId[id]?.worker.rowsPerSecond else { return 600 }
-                return max(10, 3 * Double(rows) / rps + 5)
+                guard let rps = byId[id]?.worker.rowsPerSecond else { return self.options.firstDeadline }
+                return max(self.options.deadlineFloor, 3 * Double(rows) / rps + self.options.deadlineFloor / 2)
             }
         }
         for a in assignments {
@@ -790,6 +811,8 @@ struct WorkerInfo {
     var readyJob: String?
     /// Measured rows per second of compute (moving average).
     var rowsPerSecond: Double?
+    /// When the running job was last announced to it.
+    var jobSentAt = 0.0
 }
 
 /// A connection to the coordinator's ROUTER socket.

@@ -45,6 +45,7 @@ final class RoundJob: RunningJob {
     private var results: [(parameters: [Float], weight: Double)] = []
     private var lossSum = 0.0
     private var tokens = 0
+    private var computeSeconds = 0.0
     private var shares: [String: Int] = [:]
     private var bytes = 0
     private var started = 0.0
@@ -106,6 +107,7 @@ final class RoundJob: RunningJob {
         results = []
         lossSum = 0
         tokens = 0
+        computeSeconds = 0
         shares = [:]
         bytes = 0
         started = now
@@ -148,6 +150,7 @@ final class RoundJob: RunningJob {
         results.append(((0..<delta.count).map { global[$0] - delta[$0] }, Double(m.int("tokens"))))
         lossSum += m.double("loss")
         tokens += m.int("tokens")
+        computeSeconds += m.double("seconds")
         shares[worker, default: 0] += a.rows.count
         return true
     }
@@ -178,7 +181,7 @@ final class RoundJob: RunningJob {
         inProgress = false
         let record = StepRecord(
             step: round, loss: tokens > 0 ? lossSum / Double(tokens) : 0, tokens: tokens, seconds: now - started,
-            bytes: bytes, shares: shares)
+            bytes: bytes, shares: shares, computeSeconds: computeSeconds)
         var checkpoint = Checkpoint(
             step: round, cursor: cursor, dataHash: prepared.dataHash, baseModelHash: self.record.modelBlob,
             modules: adapter.modules.map { ($0.layer, $0.target, $0.rank, $0.scale) },

@@ -50,6 +50,21 @@ public struct StepRecord: Sendable, Equatable {
     public var bytes: Int
     /// Rows computed by each worker: worker id → rows.
     public var shares: [String: Int]
+    /// Seconds the workers spent computing, summed (the rest of their time in the step they waited).
+    public var computeSeconds: Double
+
+    public init(
+        step: Int, loss: Double, tokens: Int, seconds: Double, bytes: Int, shares: [String: Int],
+        computeSeconds: Double = 0
+    ) {
+        self.step = step
+        self.loss = loss
+        self.tokens = tokens
+        self.seconds = seconds
+        self.bytes = bytes
+        self.shares = shares
+        self.computeSeconds = computeSeconds
+    }
 }
 
 /// A worker that has connected at some time.
@@ -98,6 +113,9 @@ public final class Store: @unchecked Sendable {
                             data_blob TEXT NOT NULL, method TEXT NOT NULL, parents TEXT NOT NULL, steps INTEGER NOT NULL,
                             created REAL NOT NULL);
                         """)
+            }
+            migrator.registerMigration("v2: compute seconds") { db in
+                try db.execute(sql: "ALTER TABLE steps ADD COLUMN compute REAL NOT NULL DEFAULT 0")
             }
             try migrator.migrate(db)
         } catch let e as StoreError {
@@ -247,9 +265,14 @@ public final class Store: @unchecked Sendable {
             JSONObject(step.shares.sorted { $0.key < $1.key }.map { ($0.key, .integer(Int64($0.value))) }))
         try write { db in
             try db.execute(
-                sql:
-                    "INSERT OR REPLACE INTO steps (job, step, loss, tokens, seconds, bytes, shares) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                arguments: [job, step.step, step.loss, step.tokens, step.seconds, step.bytes, shares.serialized()])
+                sql: """
+                    INSERT OR REPLACE INTO steps (job, step, loss, tokens, seconds, bytes, shares, compute)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                    """,
+                arguments: [
+                    job, step.step, step.loss, step.tokens, step.seconds, step.bytes, shares.serialized(),
+                    step.computeSeconds,
+                ])
             try db.execute(
                 sql: "UPDATE jobs SET step = ?, checkpoint_blob = ?, state = 'running' WHERE id = ?",
                 arguments: [step.step, checkpointBlob, job])
@@ -286,7 +309,7 @@ public final class Store: @unchecked Sendable {
                 }
                 return StepRecord(
                     step: row["step"], loss: row["loss"], tokens: row["tokens"], seconds: row["seconds"],
-                    bytes: row["bytes"], shares: shares)
+                    bytes: row["bytes"], shares: shares, computeSeconds: row["compute"])
             }
         }
     }

@@ -142,6 +142,7 @@ final class SyncJob: RunningJob {
     private let gradientSum: FloatBuffer
     private var lossSum = 0.0
     private var tokens = 0
+    private var computeSeconds = 0.0
     private(set) var stepBytes = 0
     private var stepStarted = 0.0
     /// Assignment ids start at a random point per coordinator run, so a result computed for an assignment of an
@@ -194,6 +195,7 @@ final class SyncJob: RunningJob {
         gradientSum.zero()
         lossSum = 0
         tokens = 0
+        computeSeconds = 0
         stepBytes = 0
         stepStarted = now
     }
@@ -217,7 +219,8 @@ final class SyncJob: RunningJob {
     func countBytes(_ n: Int) { stepBytes += n }
 
     /// Adds an accepted result's gradient share.
-    func add(gradient: [Float], loss: Double, tokens n: Int) {
+    func add(gradient: [Float], loss: Double, tokens n: Int, seconds: Double) {
+        computeSeconds += seconds
         gradient.withUnsafeBufferPointer { g in
             let s = gradientSum.pointer
             for i in 0..<min(g.count, gradientSum.count) { s[i] += g[i] }
@@ -244,7 +247,8 @@ final class SyncJob: RunningJob {
         work = nil
         let stepRecord = StepRecord(
             step: optimizer.stepCount, loss: tokens > 0 ? lossSum / Double(tokens) : 0, tokens: tokens,
-            seconds: now - stepStarted, bytes: stepBytes, shares: shares)
+            seconds: now - stepStarted, bytes: stepBytes, shares: shares,
+            computeSeconds: computeSeconds)
         let checkpoint = Checkpoint(
             step: optimizer.stepCount, cursor: cursor, dataHash: prepared.dataHash, baseModelHash: record.modelBlob,
             modules: adapter.modules.map { ($0.layer, $0.target, $0.rank, $0.scale) },

@@ -32,6 +32,8 @@ public struct WorkerOptions: Sendable {
     public var cacheDirectory: String
     /// This worker's own JSONL data, for federated jobs (it never leaves this machine).
     public var localData: String?
+    /// Opens a connection (tests: an in-memory network); nil: ZeroMQ to `credentials`.
+    public var connect: (@Sendable () throws(TransportError) -> DealerEndpoint)?
 
     public init(credentials: Credentials, name: String, cacheDirectory: String) {
         self.credentials = credentials
@@ -46,8 +48,7 @@ public final class WorkerAgent: @unchecked Sendable {
     private let log: @Sendable (String) -> Void
     private let blobs: BlobStore
     private let context = Context()
-    private var socket: Socket?
-    private var monitor: HandshakeMonitor?
+    private var socket: DealerEndpoint?
     private let lock = NSLock()
     private var stopRequested = false
     private var outbox: [Message] = []
@@ -61,6 +62,7 @@ public final class WorkerAgent: @unchecked Sendable {
     private var backoff = 0.5
     private var welcomed = false
     private var gflops = 0.0
+    private var lastChunk = 0.0
     private var localExamples = 0
 
     private var job: JobState?
@@ -158,22 +160,22 @@ public final class WorkerAgent: @unchecked Sendable {
             } catch {
                 log("transport error: \(error)")
             }
-            if let monitor {
-                for e in monitor.events() {
-                    switch e {
-                    case .refused:
-                        close()
-                        throw WorkerError(
-                            "the coordinator refused this worker's key (not enrolled, or revoked); join again with a new token"
-                        )
-                    case .failed(let why): log("handshake failed: \(why)")
-                    case .succeeded: break
-                    }
-                }
+            if socket.refused() {
+                close()
+                throw WorkerError(
+                    "the coordinator refused this worker's key (not enrolled, or revoked); join again with a new token")
             }
             flushOutbox()
             let t = Self.now
-            if welcomed, t - lastSent >= heartbeat { send(Message(.heartbeat)) }
+            // Heartbeats even before `welcome` (a coordinator that lost our hello answers `hello_first`).
+            if t - lastSent >= heartbeat { send(Message(.heartbeat)) }
+            // A blob transfer that stopped moving (a request or chunk was lost): ask again from what we have.
+            if var d = job?.download, !d.outstanding.isEmpty, t - lastChunk > max(2, 5 * heartbeat) {
+                d.reset()
+                job?.download = d
+                lastChunk = t
+                requestChunks()
+            }
             let silent = t - max(lastHeard, connectedAt)
             if silent > heartbeat * Double(liveness) {
                 log(
@@ -189,13 +191,7 @@ public final class WorkerAgent: @unchecked Sendable {
 
     private func connect(now: Double) {
         do {
-            let s = try Socket(context, .dealer)
-            if let server = options.credentials.serverKey, let keys = options.credentials.keys {
-                try s.makeCurveClient(keys, serverKey: server)
-                monitor = try HandshakeMonitor(context, watching: s)
-            }
-            try s.connect(options.credentials.endpoint)
-            socket = s
+            socket = try options.connect?() ?? ZMQDealer(context: context, credentials: options.credentials)
             connectedAt = now
             welcomed = false
             job?.download?.reset()
@@ -220,8 +216,6 @@ public final class WorkerAgent: @unchecked Sendable {
     }
 
     private func close() {
-        monitor?.close()
-        monitor = nil
         socket?.close()
         socket = nil
         welcomed = false
@@ -325,6 +319,7 @@ public final class WorkerAgent: @unchecked Sendable {
                 "fetching the model (\(m.int("model_bytes") >> 20) MiB"
                     + (have > 0 ? ", resuming at \(have >> 20) MiB)" : ")"))
             job?.download = BlobDownload(hash: blob, total: m.int("model_bytes"), received: have)
+            lastChunk = Self.now
             requestChunks()
         }
     }
@@ -349,6 +344,7 @@ public final class WorkerAgent: @unchecked Sendable {
 
     private func receiveChunk(_ m: Message) {
         guard var d = job?.download else { return }
+        lastChunk = Self.now
         do {
             let bytes = try d.accept(m)
             if !bytes.isEmpty { try blobs.appendPartial(d.hash, bytes) }

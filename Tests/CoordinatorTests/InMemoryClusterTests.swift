@@ -1,0 +1,215 @@
+// The coordinator and workers in this process over an in-memory network that cuts links and drops messages
+// on purpose (seeded, so each run sees the same losses), checking the state machines' promises without
+// sockets: the job finishes, every step is journaled once, and sync arithmetic equals one machine's.
+
+import Coordinator
+import Foundation
+import ModelFormats
+import TestSupport
+import Testing
+import Transport
+import Wire
+import Worker
+
+final class MemoryCluster {
+    let network: InMemoryNetwork
+    let dir = Fixtures.temporaryDirectory("cairn-memory-cluster")
+    let coordinator: Coordinator
+    private var threads: [Thread] = []
+    private var agents: [String: WorkerAgent] = [:]
+    private(set) var links: [String: Int] = [:]
+    let logLock = NSLock()
+    var lines: [String] = []
+
+    init(seed: UInt64, heartbeatMs: Int = 50) throws {
+        network = InMemoryNetwork(seed: seed)
+        var options = CoordinatorOptions(
+            stateDirectory: dir.appendingPathComponent("state").path, listen: "inproc://memory")
+        options.insecure = true
+        options.heartbeatMilliseconds = heartbeatMs
+        options.deadlineFloor = 0.5
+        options.firstDeadline = 5
+        let sink = LogSink()
+        coordinator = try Coordinator(options: options, transport: network.router()) { sink.add("[coordinator] " + $0) }
+        self.sink = sink
+        let c = coordinator
+        let t = Thread { try? c.run() }
+        t.start()
+        threads.append(t)
+    }
+
+    let sink: LogSink
+
+    final class LogSink: @unchecked Sendable {
+        private let lock = NSLock()
+        private var lines: [String] = []
+        func add(_ s: String) { lock.withLock { lines.append(s) } }
+        var text: String { lock.withLock { lines.joined(separator: "\n") } }
+    }
+
+    /// Starts a worker whose connections all go through one link of the network (reconnects reuse it).
+    func startWorker(_ name: String) throws {
+        let network = self.network
+        let box = LinkBox()
+        var options = WorkerOptions(
+            credentials: Credentials(endpoint: "inproc://memory", serverKey: nil, keys: nil), name: name,
+            cacheDirectory: dir.appendingPathComponent("cache-\(name)").path)
+        options.connect = { () throws(TransportError) -> DealerEndpoint in
+            let (id, endpoint) = network.dealer(userId: nil)
+            box.set(id)
+            return endpoint
+        }
+        let sink = self.sink
+        let agent = try WorkerAgent(options: options) { sink.add("[\(name)] " + $0) }
+        agents[name] = agent
+        boxes[name] = box
+        let t = Thread { try? agent.run() }
+        t.start()
+        threads.append(t)
+    }
+
+    final class LinkBox: @unchecked Sendable {
+        private let lock = NSLock()
+        private var ids: [Int] = []
+        func set(_ id: Int) { lock.withLock { ids.append(id) } }
+        var all: [Int] { lock.withLock { ids } }
+    }
+    private var boxes: [String: LinkBox] = [:]
+
+    /// Cuts (or restores) every connection a worker has made.
+    func cut(_ name: String, _ cut: Bool) {
+        for id in boxes[name]?.all ?? [] { network.update(id) { $0.cut = cut } }
+    }
+
+    /// A request from a client connection, waiting for the reply (bounded).
+    func request(_ m: Message, timeout: Double = 20) throws -> Message? {
+        let (_, client) = network.dealer(userId: nil)
+        defer { client.close() }
+        try client.send(m.encode())
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            if let r = try client.receive(timeoutMilliseconds: 50), let reply = try? Message.decode(r.frames),
+                reply.type != .heartbeat
+            {
+                return reply
+            }
+        }
+        return nil
+    }
+
+    func status(_ job: String) -> JSONObject? {
+        (try? request(Message(.status, ["job": .string(job)])))??.metadata["body"]?.objectValue?["jobs"]?.arrayValue?
+            .first?.objectValue
+    }
+
+    func waitUntil(_ seconds: Double, _ condition: () -> Bool) -> Bool {
+        let deadline = Date().addingTimeInterval(seconds)
+        while Date() < deadline {
+            if condition() { return true }
+            Thread.sleep(forTimeInterval: 0.02)
+        }
+        return condition()
+    }
+
+    func shutdown() {
+        for a in agents.values { a.stop() }
+        coordinator.stop()
+        _ = waitUntil(10) { threads.allSatisfy(\.isFinished) }
+        try? FileManager.default.removeItem(at: dir)
+    }
+
+    /// Submits the tiny job; returns its id and the job file (for the one-machine reference).
+    func submit(steps: Int) throws -> (String, String) {
+        let lines = [
+            "the cat sat on the mat", "a dog ran in the park", "bread and butter", "one two three", "hello world",
+            "pebbles in a pile", "north south east west", "red green blue", "stones on stones", "the river runs",
+        ]
+        let data = Array(lines.map { JSONValue.object(["text": .string($0)]).serialized() + "\n" }.joined().utf8)
+        try Data(data).write(to: dir.appendingPathComponent("data.jsonl"))
+        let spec = """
+            model: \(Fixtures.path("tiny-llama/a.gguf"))
+            data: data.jsonl
+            rank: 4
+            steps: \(steps)
+            seq_len: 24
+            batch_size: 4
+            learning_rate: 0.01
+            seed: 3
+            """
+        let jobFile = dir.appendingPathComponent("job.yaml").path
+        try Data(spec.utf8).write(to: URL(fileURLWithPath: jobFile))
+        let reply = try request(
+            Message(
+                .submit, ["spec": .string(spec), "data_name": "data.jsonl"],
+                tensors: [Tensor(name: "data", dtype: .u8, shape: [data.count], bytes: data)]))
+        #expect(reply?.type == .submitted, "\(String(describing: reply?.metadata))")
+        return (reply?.string("job") ?? "", jobFile)
+    }
+}
+
+/// The one-machine loss curve of a job file (`cairn train`).
+func referenceCurve(_ jobFile: String, _ dir: URL) throws -> [Double] {
+    let r = try runCommand(
+        cairnExecutable, ["train", "--config", jobFile, "--output", dir.appendingPathComponent("ref").path, "--json"])
+    #expect(r.status == 0, "\(r.stderr)")
+    return r.stdout.split(separator: "\n").compactMap { line in
+        guard let o = (try? JSONValue.parse(String(line)))?.objectValue, o["event"] == "step" else { return nil }
+        return o["loss"]?.doubleValue
+    }
+}
+
+func curve(_ status: JSONObject?) -> [(Int, Double)] {
+    (status?["steps"]?.arrayValue ?? []).compactMap(\.objectValue).compactMap { s in
+        guard let step = s["step"]?.intValue, let loss = s["loss"]?.doubleValue else { return nil }
+        return (step, loss)
+    }
+}
+
+@Suite(.serialized) struct InMemoryClusterTests {
+    /// A worker's link cut mid-job and restored later: the coordinator gives its rows to the other worker, the
+    /// worker reconnects by itself, and the job's arithmetic is untouched.
+    @Test func aCutLinkLosesNothingAndTheWorkerComesBack() throws {
+        let c = try MemoryCluster(seed: 1)
+        defer { c.shutdown() }
+        try c.startWorker("w1")
+        try c.startWorker("w2")
+        let (id, jobFile) = try c.submit(steps: 60)
+        #expect(c.waitUntil(60) { (c.status(id)?["step"]?.intValue ?? 0) >= 5 }, "\(c.sink.text)")
+        c.cut("w2", true)
+        #expect(c.waitUntil(60) { c.sink.text.contains("worker w2") && c.sink.text.contains("lost (silent") })
+        let cutAt = c.status(id)?["step"]?.intValue ?? 0
+        #expect(c.waitUntil(60) { (c.status(id)?["step"]?.intValue ?? 0) >= cutAt + 5 }, "the job went on without w2")
+        c.cut("w2", false)
+        #expect(c.waitUntil(60) { c.status(id)?["state"] == "done" }, "\(c.sink.text)")
+        let final = c.status(id)
+        #expect(curve(final).map(\.0) == Array(1...60), "every step journaled once")
+        let reference = try referenceCurve(jobFile, c.dir)
+        let worst = zip(curve(final).map(\.1), reference).map { abs($0 - $1) / $1 }.max() ?? 1
+        #expect(reference.count == 60 && worst < 1e-4, "worst relative difference \(worst)")
+        #expect(
+            c.sink.text.components(separatedBy: "worker w2").count > 2
+                && c.sink.text.contains("[w2] the coordinator is silent"),
+            "w2 noticed the silence and came back")
+    }
+
+    /// 5 % of all messages lost, both ways (heartbeats, assignments, results, the job announcement, ready):
+    /// deadlines, re-announcements and reconnects carry the job to its end with nothing counted twice.
+    @Test func aLossyNetworkStillFinishesTheJobExactly() throws {
+        let c = try MemoryCluster(seed: 42)
+        defer { c.shutdown() }
+        try c.startWorker("w1")
+        try c.startWorker("w2")
+        let (id, jobFile) = try c.submit(steps: 30)
+        c.network.updateAll {
+            $0.dropRate = 0.05; $0.delay = 0.002
+        }
+        #expect(c.waitUntil(120) { c.status(id)?["state"] == "done" }, "\(c.sink.text)")
+        c.network.updateAll { $0.dropRate = 0 }
+        let final = c.status(id)
+        #expect(curve(final).map(\.0) == Array(1...30))
+        let reference = try referenceCurve(jobFile, c.dir)
+        let worst = zip(curve(final).map(\.1), reference).map { abs($0 - $1) / $1 }.max() ?? 1
+        #expect(worst < 1e-4, "worst relative difference \(worst)")
+        #expect(c.network.dropped > 0, "messages were dropped")
+    }
+}
