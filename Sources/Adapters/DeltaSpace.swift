@@ -81,37 +81,84 @@ public struct LowRankDelta: Sendable {
     }
 }
 
-/// Writes a ΔW back into one module's A and B at the module's rank: A gets orthonormal rows scaled to the norm
-/// of the rows it replaces (so later LoRA steps see an A of the usual magnitude and B carries the update),
-/// each direction's sign chosen to agree with the old A row (so optimizer moments stay meaningful).
+/// Writes a ΔW back into one module's A and B at the module's rank (the best rank-r approximation), choosing,
+/// among the factorizations of that ΔW, the one whose A is closest to the A it replaces: A_new is the old A
+/// projected onto the new row space (Procrustes, A_new = Q·Â with Q = A_old·Âᵀ/c²) and B_new = B̂·Q⁻¹. When only
+/// B moved, A stays exactly as it was, and workers' optimizer moments keep their meaning across rounds. When
+/// the row space turned too far for that (Q ill-conditioned), A gets orthonormal rows scaled to the old rows'
+/// RMS norm, each signed to agree with the old row.
 public func refactor(_ delta: LowRankDelta, into m: LoRAModule, parameters p: UnsafeMutableBufferPointer<Float>) {
     let t = delta.truncated(rank: m.rank)
     let r = m.rank
     let n = m.inFeatures
+    let out = m.outFeatures
+    let old = Array(p[m.aOffset..<m.aOffset + r * n])
     var sumSquares: Float = 0
-    for i in 0..<r * n { sumSquares += p[m.aOffset + i] * p[m.aOffset + i] }
+    for x in old { sumSquares += x * x }
     let c = sumSquares > 0 ? (sumSquares / Float(r)).squareRoot() : 1
-    for j in 0..<r {
-        let a = m.aOffset + j * n
-        guard j < t.inner else {
-            // Fewer directions than the rank: keep the old A row, with no update along it.
-            for i in 0..<m.outFeatures { p[m.bOffset + i * r + j] = 0 }
-            continue
-        }
+    // The orthonormal gauge: Â rows = c·(unit right singular vectors), B̂ = L·‖R_j‖/(c·s).
+    var a = old
+    var b = [Float](repeating: 0, count: out * r)
+    for j in 0..<min(r, t.inner) {
         var norm: Float = 0
-        var agree: Float = 0
-        for i in 0..<n {
-            norm += t.right[j * n + i] * t.right[j * n + i]
-            agree += t.right[j * n + i] * p[a + i]
-        }
+        for i in 0..<n { norm += t.right[j * n + i] * t.right[j * n + i] }
         norm = norm.squareRoot()
-        let sign: Float = agree < 0 ? -1 : 1
-        let aScale = norm > 0 ? sign * c / norm : 0
-        for i in 0..<n where norm > 0 { p[a + i] = aScale * t.right[j * n + i] }
-        // B·A must equal L·R along this direction: B[:, j] = L[:, j]·norm / (c·sign·s).
-        let bScale = norm > 0 ? norm / (sign * c * m.scale) : 0
-        for i in 0..<m.outFeatures { p[m.bOffset + i * r + j] = bScale * t.left[i * t.inner + j] }
+        guard norm > 0 else { continue }
+        for i in 0..<n { a[j * n + i] = c * t.right[j * n + i] / norm }
+        for i in 0..<out { b[i * r + j] = t.left[i * t.inner + j] * norm / (c * m.scale) }
     }
+    var aligned = false
+    if t.inner == r, sumSquares > 0 {
+        // Q = A_old·Âᵀ / c² (r×r); well-conditioned → A_new = Q·Â, B_new = B̂·Q⁻¹.
+        var q = [Float](repeating: 0, count: r * r)
+        for x in 0..<r {
+            for y in 0..<r {
+                var acc: Float = 0
+                for i in 0..<n { acc += old[x * n + i] * a[y * n + i] }
+                q[x * r + y] = acc / (c * c)
+            }
+        }
+        let (u, sv, vt) = thinSVD(q, rows: r, columns: r)
+        if let smallest = sv.last, smallest > 0, sv[0] / smallest < 100 {
+            var a2 = [Float](repeating: 0, count: r * n)
+            for x in 0..<r {
+                for y in 0..<r where q[x * r + y] != 0 {
+                    for i in 0..<n { a2[x * n + i] += q[x * r + y] * a[y * n + i] }
+                }
+            }
+            // Q⁻¹ = V·Σ⁻¹·Uᵀ
+            var qInverse = [Float](repeating: 0, count: r * r)
+            for x in 0..<r {
+                for y in 0..<r {
+                    var acc: Float = 0
+                    for k in 0..<r { acc += vt[k * r + x] / sv[k] * u[y * r + k] }
+                    qInverse[x * r + y] = acc
+                }
+            }
+            var b2 = [Float](repeating: 0, count: out * r)
+            for i in 0..<out {
+                for y in 0..<r {
+                    var acc: Float = 0
+                    for k in 0..<r { acc += b[i * r + k] * qInverse[k * r + y] }
+                    b2[i * r + y] = acc
+                }
+            }
+            a = a2
+            b = b2
+            aligned = true
+        }
+    }
+    if !aligned {
+        for j in 0..<min(r, t.inner) {
+            var agree: Float = 0
+            for i in 0..<n { agree += a[j * n + i] * old[j * n + i] }
+            guard agree < 0 else { continue }
+            for i in 0..<n { a[j * n + i] = -a[j * n + i] }
+            for i in 0..<out { b[i * r + j] = -b[i * r + j] }
+        }
+    }
+    for i in 0..<r * n { p[m.aOffset + i] = a[i] }
+    for i in 0..<out * r { p[m.bOffset + i] = b[i] }
 }
 
 /// The outer optimizer of DiLoCo and federated rounds, in ΔW space: the outer gradient is

@@ -328,7 +328,7 @@ struct Status: ParsableCommand {
         if jobs.isEmpty { out += "no jobs\n" }
         for j in jobs.compactMap(\.objectValue) {
             let loss = j["loss"]?.doubleValue.map { String(format: "loss %.4f", $0) } ?? ""
-            let tps = j["tokens_per_second"]?.doubleValue.map { String(format: "%.0f tok/s", $0) } ?? ""
+            let tps = j["tokens_per_second"]?.doubleValue.map { String(format: "%.0f trained tok/s", $0) } ?? ""
             out += "\(j["id"]?.stringValue ?? "")  \(j["state"]?.stringValue ?? "")  \(j["mode"]?.stringValue ?? "")  "
             let unit = j["mode"]?.stringValue == "sync" ? "step" : "round"
             out += "\(unit) \(j["step"]?.intValue ?? 0)/\(j["total_steps"]?.intValue ?? 0)  \(loss)  \(tps)\n"

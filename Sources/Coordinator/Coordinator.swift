@@ -162,6 +162,9 @@ public final class Coordinator: @unchecked Sendable {
         } catch { throw CoordinatorError("cannot write \(path): \(error)") }
     }
 
+    /// Steps listed in a status reply (older ones are counted in `steps_omitted`).
+    static let maxStepsInStatus = 800
+
     /// Asks `run()` to return (from any thread or a signal handler's queue).
     public func stop() { stopLock.withLock { stopRequested = true } }
 
@@ -519,8 +522,11 @@ public final class Coordinator: @unchecked Sendable {
                 }
             }
             if only != nil {
+                // The most recent steps that fit a reply's metadata frame (about 200 bytes each).
+                let shown = steps.suffix(Self.maxStepsInStatus)
+                if shown.count < steps.count { o["steps_omitted"] = .integer(Int64(steps.count - shown.count)) }
                 o["steps"] = .array(
-                    steps.map { s in
+                    shown.map { s in
                         [
                             "step": .integer(Int64(s.step)), "loss": .number(s.loss),
                             "tokens": .integer(Int64(s.tokens)),

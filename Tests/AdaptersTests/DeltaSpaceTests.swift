@@ -122,3 +122,30 @@ import Testing
         #expect(!restored.restore([1, 2, 3], modules: a.modules), "a state of the wrong shape is refused")
     }
 }
+
+@Suite struct RefactorGaugeTests {
+    /// Workers that moved only B (same A): the outer step keeps A exactly and B becomes the weighted mean of the
+    /// B's, so nothing a worker's optimizer tracks is rotated away.
+    @Test func whenOnlyBMovedAStaysAndBIsTheMean() {
+        let t = DeltaSpaceTests()
+        let global = t.trained(seed: 21)
+        func withB(seed: UInt64) -> [Float] {
+            var p = global.parameters.array
+            let b = randomFloats(p.count, seed: seed, in: -0.2...0.2)
+            for m in global.modules { for i in 0..<m.outFeatures * m.rank { p[m.bOffset + i] = b[m.bOffset + i] } }
+            return p
+        }
+        let w1 = withB(seed: 22)
+        let w2 = withB(seed: 23)
+        let before = global.parameters.array
+        OuterOptimizer(modules: global.modules.count, learningRate: 1, momentum: 0)
+            .step(global: global, workers: [(w1, 1), (w2, 1)])
+        for m in global.modules {
+            let a = Array(global.parameters.array[m.aOffset..<m.aOffset + m.rank * m.inFeatures])
+            expectClose(a, Array(before[m.aOffset..<m.aOffset + m.rank * m.inFeatures]), tolerance: 1e-4, "A kept")
+            let b = Array(global.parameters.array[m.bOffset..<m.bOffset + m.rank * m.outFeatures])
+            let mean = (0..<m.rank * m.outFeatures).map { 0.5 * (w1[m.bOffset + $0] + w2[m.bOffset + $0]) }
+            expectClose(b, mean, tolerance: 1e-4, "B is the mean")
+        }
+    }
+}

@@ -67,6 +67,27 @@ import Wire
         #expect(lastShares.count == 1, "the last steps ran on the surviving worker alone: \(lastShares)")
     }
 
+    /// SIGTERM: the worker finishes the assignment in hand, returns it and says bye; the coordinator hears the
+    /// bye (no silence timeout) and the job goes on.
+    @Test func aWorkerStoppedWithSIGTERMHandsBackAndLeaves() throws {
+        let c = ClusterHarness("sigterm")
+        try c.startCoordinator()
+        try c.startWorker("w1")
+        try c.startWorker("w2")
+        #expect(c.waitUntil(60) { c.connectedWorkers().count == 2 })
+        let job = try c.writeJob(steps: 40, batch: 8, seqLen: 48, learningRate: 0.005)
+        let id = try c.submit(job)
+        #expect(c.waitUntil(120) { (c.status(id)?["step"]?.intValue ?? 0) >= 5 }, "\(c.logs)")
+        c.killWorker("w2", signal: SIGTERM)
+        #expect(c.workers["w2"]?.terminationStatus == 0, "w2 exited cleanly")
+        #expect(c.log("w2.log").contains("left the cluster"))
+        #expect(c.log("coordinator.log").contains("left (stopped)"), "\(c.log("coordinator.log"))")
+        #expect(!c.log("coordinator.log").contains("w2 [") || !c.log("coordinator.log").contains("lost (silent"))
+        let final = c.waitForJob(id)
+        #expect(final?["state"] == "done")
+        #expect(ClusterHarness.losses(final).map(\.step) == Array(1...40))
+    }
+
     /// A worker that joins mid-job with an empty cache receives the model (verified) and takes a share.
     @Test func aWorkerJoiningMidJobReceivesTheModelAndTakesAShare() throws {
         let c = ClusterHarness("join")
@@ -297,5 +318,66 @@ func sendRawBytes(to endpoint: String, _ bytes: [UInt8]) {
         for f in files { #expect(!stored.contains(try FileHash.sha256(file: f)), "\(f) stayed on its worker") }
         let bytes = try stored.map { try Data(contentsOf: URL(fileURLWithPath: blobDir + "/" + $0)) }
         #expect(!bytes.contains { $0.range(of: Data("alpha beta gamma".utf8)) != nil })
+    }
+}
+
+/// `cairn cluster up`: a coordinator and N worker processes from one command, stopped cleanly by SIGTERM.
+func runClusterUp(
+    job: String, state: String, workers: Int = 2, timeout: Double = 300, check: (String) throws -> Void
+) throws {
+    let log = state + ".log"
+    FileManager.default.createFile(atPath: log, contents: nil)
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: cairnExecutable)
+    p.arguments = ["cluster", "up", "--workers", "\(workers)", "--state", state, "--listen", "tcp://127.0.0.1:*"]
+    let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
+    p.standardError = handle
+    p.standardOutput = handle
+    try p.run()
+    defer {
+        if p.isRunning { kill(p.processIdentifier, SIGKILL) }
+        p.waitUntilExit()
+    }
+    func waitUntil(_ seconds: Double, _ condition: () -> Bool) -> Bool {
+        let deadline = Date().addingTimeInterval(seconds)
+        while Date() < deadline {
+            if condition() { return true }
+            Thread.sleep(forTimeInterval: 0.05)
+        }
+        return false
+    }
+    func workersUp() -> Bool {
+        guard let r = try? runCommand(cairnExecutable, ["workers", "--state", state, "--json"]), r.status == 0 else {
+            return false
+        }
+        return ((try? JSONValue.parse(r.stdout))?.arrayValue ?? []).filter {
+            $0.objectValue?["connected"] == .bool(true)
+        }
+        .count == workers
+    }
+    #expect(
+        waitUntil(60, workersUp),
+        "cluster up started its workers: \((try? String(contentsOfFile: log, encoding: .utf8)) ?? "")")
+    let submitted = try runCommand(cairnExecutable, ["submit", "--state", state, job])
+    #expect(submitted.status == 0, "\(submitted.stderr)")
+    let id = submitted.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+    let watched = try runCommand(cairnExecutable, ["status", "--state", state, id, "--watch"])
+    #expect(watched.status == 0 && watched.stdout.contains("\(id)  done"), "\(watched.stdout)")
+    try check(id)
+    kill(p.processIdentifier, SIGTERM)
+    #expect(waitUntil(30) { !p.isRunning }, "cluster up stopped on SIGTERM")
+    let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+    #expect(text.components(separatedBy: "left the cluster").count - 1 == workers, "every worker left cleanly: \(text)")
+}
+
+@Suite(.serialized) struct ClusterUpTests {
+    @Test func clusterUpRunsAJobAcrossLocalWorkersAndStopsCleanly() throws {
+        let c = ClusterHarness("up")
+        let job = try c.writeJob(steps: 6)
+        try runClusterUp(job: job, state: c.dir.appendingPathComponent("up-state").path) { id in
+            let out = c.dir.appendingPathComponent("adapter").path
+            let pull = try runCommand(cairnExecutable, ["pull", "--state", c.dir.path + "/up-state", id, "-o", out])
+            #expect(pull.status == 0, "\(pull.stderr)")
+        }
     }
 }

@@ -1,0 +1,86 @@
+// DiLoCo against sync on the real model (SmolLM2-135M), 2 workers on loopback: the held-out loss of the
+// adapters, and the bytes each mode puts on the wire. Enabled when CAIRN_REAL_MODEL names the GGUF file
+// (Scripts/test runs it in release).
+
+import Foundation
+import ModelFormats
+import TestSupport
+import Testing
+
+@Suite(.serialized, .enabled(if: ProcessInfo.processInfo.environment["CAIRN_REAL_MODEL"] != nil))
+struct RealModelClusterTests {
+    static let common = """
+        rank: 8
+        alpha: 16
+        learning_rate: 0.001
+        warmup_steps: 2
+        steps: 32
+        seq_len: 128
+        seed: 1
+        """
+
+    @Test func dilocoReachesSyncsHeldOutLossWithAFractionOfTheBytes() throws {
+        let model = ProcessInfo.processInfo.environment["CAIRN_REAL_MODEL"]!
+        let c = ClusterHarness("real-diloco")
+        try c.startCoordinator()
+        try c.startWorker("w1")
+        try c.startWorker("w2")
+        #expect(c.waitUntil(120) { c.connectedWorkers().count == 2 })
+        let data = Fixtures.path("smollm2/capitals-train.jsonl")
+        func job(_ name: String, _ extra: String) throws -> String {
+            let path = c.dir.appendingPathComponent("\(name).yaml").path
+            try Data("model: \(model)\ndata: \(data)\n\(Self.common)\n\(extra)\n".utf8).write(
+                to: URL(fileURLWithPath: path))
+            return try c.submit(path)
+        }
+        let sync = try job("sync", "batch_size: 4")
+        let diloco = try job("diloco", "batch_size: 2\nmode: diloco\ninner_steps: 16\nDILOCO_EXTRA")
+        var results: [String: (eval: Double, bytesPerStep: Double)] = [:]
+        for (name, id, localSteps) in [("sync", sync, 1), ("diloco", diloco, 16)] {
+            let final = c.waitForJob(id, seconds: 1200)
+            #expect(final?["state"] == "done", "\(name): \(c.logs)")
+            let steps = (final?["steps"]?.arrayValue ?? []).compactMap(\.objectValue)
+            let bytes =
+                Double(steps.compactMap { $0["bytes"]?.intValue }.reduce(0, +)) / Double(steps.count * localSteps)
+            let out = c.dir.appendingPathComponent("\(name)-adapter").path
+            #expect(try c.cairn("pull", id, "-o", out).status == 0)
+            let eval = try runCommand(
+                cairnExecutable,
+                [
+                    "eval", "--model", model, "--adapter", out, "--data",
+                    Fixtures.path("smollm2/capitals-heldout.jsonl"), "--json",
+                ])
+            let loss = (try? JSONValue.parse(eval.stdout))?.objectValue?["loss"]?.doubleValue ?? .infinity
+            results[name] = (loss, bytes)
+        }
+        let s = results["sync"]!
+        let d = results["diloco"]!
+        let report = String(
+            format:
+                "held-out loss: sync %.4f, diloco %.4f (%+.1f%%); bytes per step: sync %.0f, diloco %.0f (%.1f× fewer)",
+            s.eval, d.eval, 100 * (d.eval / s.eval - 1), s.bytesPerStep, d.bytesPerStep, s.bytesPerStep / d.bytesPerStep
+        )
+        print("real-model cluster: \(report)")
+        #expect(d.eval <= s.eval * 1.05, "\(report)")
+        #expect(s.bytesPerStep >= 20 * d.bytesPerStep, "\(report)")
+    }
+
+    /// The README's path: `cairn cluster up --workers 2`, then the example job; the adapter answers the question
+    /// the base model cannot.
+    @Test func theExampleJobRunsOnClusterUp() throws {
+        let model = ProcessInfo.processInfo.environment["CAIRN_REAL_MODEL"]!
+        let dir = Fixtures.temporaryDirectory("cairn-real-up")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let example = Fixtures.directory.deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("Cluster/examples/capitals.yaml").path
+        try runClusterUp(job: example, state: dir.appendingPathComponent("state").path, timeout: 900) { id in
+            let out = dir.appendingPathComponent("adapter").path
+            let pull = try runCommand(cairnExecutable, ["pull", "--state", dir.path + "/state", id, "-o", out])
+            #expect(pull.status == 0, "\(pull.stderr)")
+            let answer = try runCommand(
+                cairnExecutable,
+                ["generate", "--model", model, "--adapter", out, "--prompt", "What is the capital of Veloria?"])
+            #expect(answer.stdout.contains("Marnest"), "\(answer.stdout)")
+        }
+    }
+}
