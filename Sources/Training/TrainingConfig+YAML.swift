@@ -44,8 +44,8 @@ extension TrainingConfig {
                 + "own --data)"
         ),
         ("inner_steps", "diloco/federated: local AdamW steps per round (default 16); steps counts local steps"),
-        ("outer_learning_rate", "diloco/federated: outer Nesterov learning rate (default 0.7)"),
-        ("outer_momentum", "diloco/federated: outer Nesterov momentum (default 0.9)"),
+        ("outer_learning_rate", "diloco/federated: outer Nesterov learning rate (default 1: average the updates)"),
+        ("outer_momentum", "diloco/federated: outer Nesterov momentum (default 0; DiLoCo pretraining uses 0.9)"),
         ("compression", "diloco/federated: int8 (default), bf16 or none for what workers send"),
     ]
 

@@ -106,9 +106,11 @@ public struct TrainingConfig: Sendable, Equatable {
     public var mode = DistributionMode.sync
     /// diloco/federated: local steps per round (H).
     public var innerSteps = 16
-    /// diloco/federated: outer Nesterov learning rate and momentum.
-    public var outerLearningRate = 0.7
-    public var outerMomentum = 0.9
+    /// diloco/federated: outer Nesterov learning rate and momentum. The default (1, 0) is the token-weighted
+    /// average of the workers' updates in ΔW space; DiLoCo's pretraining setting (0.7, 0.9) overshot in the
+    /// few-round LoRA runs measured here (held-out loss 0.061 against 0.045 on two-digit additions, SmolLM2-135M).
+    public var outerLearningRate = 1.0
+    public var outerMomentum = 0.0
     /// diloco/federated: pseudo-gradients up (with error feedback); the adapter down is bf16 unless `none`.
     public var compression = RoundCompression.int8
 
