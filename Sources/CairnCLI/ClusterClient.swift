@@ -103,7 +103,7 @@ final class ClusterClient {
     func download(blob: String, bytes total: Int, to path: String, progress: (Int) -> Void) throws {
         let partial = path + ".partial"
         try? FileManager.default.removeItem(atPath: partial)
-        FileManager.default.createFile(atPath: partial, contents: nil)
+        _ = FileManager.default.createFile(atPath: partial, contents: nil)
         guard let handle = FileHandle(forWritingAtPath: partial) else { throw CLIError("cannot write \(partial)") }
         defer { try? handle.close() }
         var d = BlobDownload(hash: blob, total: total)
