@@ -119,6 +119,32 @@ public final class BlobStore: @unchecked Sendable {
         }
     }
 
+    /// An exclusive claim on receiving a blob, so processes sharing a store (workers on one machine) fetch it
+    /// once: the holder writes the partial file, the others wait for the blob to appear. The claim ends with
+    /// `release()` or the holder's death (an advisory `flock`), and the next claimant resumes the partial file.
+    public final class Claim: @unchecked Sendable {
+        private var fd: Int32
+        init(fd: Int32) { self.fd = fd }
+        public func release() {
+            guard fd >= 0 else { return }
+            flock(fd, LOCK_UN)
+            close(fd)
+            fd = -1
+        }
+        deinit { release() }
+    }
+
+    /// Claims the right to receive a blob; nil while another process holds it.
+    public func claim(_ hash: String) -> Claim? {
+        let fd = open(path(hash) + ".lock", O_CREAT | O_RDWR, 0o644)
+        guard fd >= 0 else { return nil }
+        guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
+            close(fd)
+            return nil
+        }
+        return Claim(fd: fd)
+    }
+
     /// Deletes a blob (and any partial copy).
     public func remove(_ hash: String) {
         guard Self.isHash(hash) else { return }

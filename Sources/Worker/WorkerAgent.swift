@@ -63,6 +63,7 @@ public final class WorkerAgent: @unchecked Sendable {
     private var welcomed = false
     private var gflops = 0.0
     private var lastChunk = 0.0
+    private var failedFetches = 0
     private var localExamples = 0
 
     private var job: JobState?
@@ -95,6 +96,10 @@ public final class WorkerAgent: @unchecked Sendable {
         var config: TrainingConfig
         var modelBlob: String
         var download: BlobDownload?
+        var modelBytes = 0
+        /// This process's claim on fetching the model into the shared cache.
+        var claim: BlobStore.Claim?
+        var waitingForPeer = false
         var loading = false
         var ready = false
     }
@@ -169,6 +174,9 @@ public final class WorkerAgent: @unchecked Sendable {
             let t = Self.now
             // Heartbeats even before `welcome` (a coordinator that lost our hello answers `hello_first`).
             if t - lastSent >= heartbeat { send(Message(.heartbeat)) }
+            // Another worker on this machine was fetching the model: see whether it is there now (or whether the
+            // other worker died and left its claim, in which case this one resumes the transfer).
+            if job?.waitingForPeer == true { startFetch() }
             // A blob transfer that stopped moving (a request or chunk was lost): ask again from what we have.
             if var d = job?.download, !d.outstanding.isEmpty, t - lastChunk > max(2, 5 * heartbeat) {
                 d.reset()
@@ -311,24 +319,53 @@ public final class WorkerAgent: @unchecked Sendable {
             send(Message(.ready, ["job": .string(id)]))
             return
         }
+        job?.modelBytes = m.int("model_bytes")
+        startFetch()
+    }
+
+    /// Loads the job's model if cached; otherwise fetches it, unless another worker sharing this cache already
+    /// is (then the tick checks back until the blob appears or the other's claim lapses).
+    private func startFetch() {
+        guard let job, job.download == nil, !job.loading, !job.ready else { return }
+        let blob = job.modelBlob
         if blobs.contains(blob) {
             load()
-        } else {
-            let have = blobs.partialSize(blob)
-            log(
-                "fetching the model (\(m.int("model_bytes") >> 20) MiB"
-                    + (have > 0 ? ", resuming at \(have >> 20) MiB)" : ")"))
-            job?.download = BlobDownload(hash: blob, total: m.int("model_bytes"), received: have)
-            lastChunk = Self.now
-            requestChunks()
+            return
         }
+        guard let claim = blobs.claim(blob) else {
+            if !job.waitingForPeer { log("another worker on this machine is fetching the model; waiting for it") }
+            self.job?.waitingForPeer = true
+            return
+        }
+        if blobs.contains(blob) {
+            claim.release()
+            load()
+            return
+        }
+        self.job?.waitingForPeer = false
+        self.job?.claim = claim
+        let have = blobs.partialSize(blob)
+        log(
+            "fetching the model (\(job.modelBytes >> 20) MiB" + (have > 0 ? ", resuming at \(have >> 20) MiB)" : ")"))
+        self.job?.download = BlobDownload(hash: blob, total: job.modelBytes, received: have)
+        lastChunk = Self.now
+        requestChunks()
     }
 
     private func requestChunks() {
         guard var d = job?.download else { return }
         if d.isComplete {
             job?.download = nil
+            defer {
+                job?.claim?.release()
+                job?.claim = nil
+            }
             do { try blobs.completePartial(d.hash) } catch {
+                failedFetches += 1
+                guard failedFetches < 3 else {
+                    log("\(error); giving up on this job's model after three tries")
+                    return
+                }
                 log("\(error); fetching again")
                 job?.download = BlobDownload(hash: d.hash, total: d.total)
                 requestChunks()

@@ -93,12 +93,12 @@ final class ClusterHarness {
 
     /// Starts a worker that enrols with a fresh token and its own cache.
     @discardableResult
-    func startWorker(_ name: String, threads: Int = 1) throws -> Process {
+    func startWorker(_ name: String, threads: Int = 1, cache: String? = nil) throws -> Process {
         let p = try spawn(
             [
                 "worker", "join", endpoint, "--token", try token(), "--name", name, "--threads", "\(threads)",
                 "--credentials", dir.appendingPathComponent("\(name).json").path,
-                "--cache", dir.appendingPathComponent("cache-\(name)").path,
+                "--cache", dir.appendingPathComponent(cache ?? "cache-\(name)").path,
             ], log: "\(name).log")
         workers[name] = p
         return p

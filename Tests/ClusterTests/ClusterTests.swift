@@ -108,6 +108,21 @@ import Wire
         #expect(ClusterHarness.losses(final).map(\.step) == Array(1...120))
     }
 
+    /// Two workers on one machine sharing a cache fetch the model once: one fetches, the other waits for it.
+    @Test func workersSharingACacheFetchTheModelOnce() throws {
+        let c = ClusterHarness("shared-cache")
+        try c.startCoordinator()
+        try c.startWorker("w1", cache: "shared")
+        try c.startWorker("w2", cache: "shared")
+        #expect(c.waitUntil(60) { c.connectedWorkers().count == 2 })
+        let id = try c.submit(try c.writeJob(steps: 4))
+        #expect(c.waitForJob(id)?["state"] == "done", "\(c.logs)")
+        let logs = c.log("w1.log") + c.log("w2.log")
+        #expect(logs.components(separatedBy: "fetching the model (").count - 1 == 1, "\(logs)")
+        #expect(logs.contains("waiting for it"))
+        #expect(!logs.contains("discarded"), "no corrupted transfer: \(logs)")
+    }
+
     /// The coordinator SIGKILLed mid-job and restarted on the same state directory: the job resumes from its last
     /// journaled step, the workers come back by themselves, and the result equals an uninterrupted run.
     @Test func aCoordinatorKilledAndRestartedResumesAndFinishesTheSame() throws {
