@@ -46,7 +46,7 @@ struct CoordinatorCommand: ParsableCommand {
               cairn coordinator token --ttl 1h
               cairn coordinator token --role client      # for `cairn client join` on a laptop
             """,
-        subcommands: [Serve.self, Token.self, RevokeToken.self], defaultSubcommand: Serve.self)
+        subcommands: [Serve.self, Token.self, RevokeToken.self, RevokeKey.self], defaultSubcommand: Serve.self)
 
     struct Serve: ParsableCommand {
         static let configuration = CommandConfiguration(
@@ -122,6 +122,27 @@ struct CoordinatorCommand: ParsableCommand {
             let store = try Store(directory: state ?? CredentialPaths.defaultState)
             guard try store.revokeToken(id: id) else { throw CLIError("no token \(id)") }
             Terminal.note("token \(id) revoked")
+        }
+    }
+}
+
+extension CoordinatorCommand {
+    struct RevokeKey: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "revoke-key",
+            abstract:
+                "Revoke an enrolled worker's or client's key (by its name or public key); it is refused from its next connection."
+        )
+        @Option(help: "State directory of the coordinator.")
+        var state: String?
+        @Argument(help: "The name it enrolled with (see `cairn workers`), or its public key.")
+        var key: String
+
+        func run() throws {
+            let store = try Store(directory: state ?? CredentialPaths.defaultState)
+            let n = try store.revokeKey(key)
+            guard n > 0 else { throw CLIError("no enrolled key named \(key)") }
+            Terminal.note("revoked \(n) key\(n == 1 ? "" : "s"); connections with it are refused from now on")
         }
     }
 }

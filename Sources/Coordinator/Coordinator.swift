@@ -199,9 +199,17 @@ public final class Coordinator: @unchecked Sendable {
     private func authorize(_ key: String) -> String? {
         if let role = try? store.role(ofKey: key) { return "\(role) \(key)" }
         if let token = try? store.usableToken(enrolKey: key) { return "enrol \(token.id)" }
-        log("refused a connection from an unenrolled key \(key.prefix(8))…")
+        // A refused client reconnects every few hundred milliseconds: say so once a minute per key.
+        let now = Self.now
+        if now - (refusalsLogged[key] ?? 0) > 60 {
+            if refusalsLogged.count > 10_000 { refusalsLogged = [:] }
+            refusalsLogged[key] = now
+            log("refused a connection from an unenrolled key \(key.prefix(8))…")
+        }
         return nil
     }
+
+    private var refusalsLogged: [String: Double] = [:]
 
     // MARK: Messages
 
@@ -728,8 +736,7 @@ public final class Coordinator: @unchecked Sendable {
         do {
             let tmp = (options.stateDirectory as NSString).appendingPathComponent("checkpoint.tmp")
             try checkpoint.write(to: tmp)
-            let blob = try blobs.add(file: tmp)
-            try? FileManager.default.removeItem(atPath: tmp)
+            let blob = try blobs.adopt(file: tmp)
             try store.journal(job: job.id, step: record, checkpointBlob: blob)
             if let old = lastCheckpoint[job.id] ?? previous, old != blob { blobs.remove(old) }
             lastCheckpoint[job.id] = blob

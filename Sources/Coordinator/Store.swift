@@ -76,6 +76,16 @@ public struct WorkerRecord: Sendable, Equatable {
     public var gflops: Double
     public var lastSeen: Double
     public var rows: Int
+
+    public init(id: String, name: String, cores: Int, memory: Int, gflops: Double, lastSeen: Double, rows: Int) {
+        self.id = id
+        self.name = name
+        self.cores = cores
+        self.memory = memory
+        self.gflops = gflops
+        self.lastSeen = lastSeen
+        self.rows = rows
+    }
 }
 
 /// The coordinator's SQLite database.

@@ -64,6 +64,20 @@ public final class BlobStore: @unchecked Sendable {
         return hash
     }
 
+    /// Moves a file (written and synced by the caller, on the same file system) into the store; returns its hash.
+    @discardableResult
+    public func adopt(file: String) throws(FormatError) -> String {
+        let hash = try FileHash.sha256(file: file)
+        if contains(hash) {
+            try? FileManager.default.removeItem(atPath: file)
+            return hash
+        }
+        guard rename(file, path(hash)) == 0 else {
+            throw FormatError(.io, path: file, "cannot move into the blob store: \(String(cString: strerror(errno)))")
+        }
+        return hash
+    }
+
     /// Bytes `[offset, offset+length)` of a blob.
     public func read(_ hash: String, offset: Int, length: Int) throws(FormatError) -> [UInt8] {
         guard let handle = FileHandle(forReadingAtPath: path(hash)) else {

@@ -1,0 +1,50 @@
+import Coordinator
+import Foundation
+import TestSupport
+import Testing
+
+@Suite struct StoreTests {
+    func store() throws -> (Store, URL) {
+        let dir = Fixtures.temporaryDirectory("cairn-store")
+        return (try Store(directory: dir.path), dir)
+    }
+
+    @Test func tokensAdmitOnceUntilTheyExpireOrAreRevoked() throws {
+        let (s, dir) = try store()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let now = Date().timeIntervalSince1970
+        try s.addToken(id: "t1", enrolKey: "k1", role: "worker", expires: now + 60)
+        try s.addToken(id: "t2", enrolKey: "k2", role: "client", expires: now - 1)
+        try s.addToken(id: "t3", enrolKey: "k3", role: "worker", expires: now + 60)
+        #expect(try s.usableToken(enrolKey: "k1")?.id == "t1")
+        #expect(try s.usableToken(enrolKey: "k2") == nil, "expired")
+        #expect(try s.revokeToken(id: "t3"))
+        #expect(try s.usableToken(enrolKey: "k3") == nil, "revoked")
+        #expect(try !s.revokeToken(id: "nope"))
+        #expect(try s.redeemToken(id: "t1", publicKey: "P", name: "laptop"))
+        #expect(try !s.redeemToken(id: "t1", publicKey: "Q", name: "again"), "a token enrols once")
+        #expect(try s.role(ofKey: "P") == "worker" && s.role(ofKey: "Q") == nil)
+        #expect(try s.revokeKey("laptop") == 1)
+        #expect(try s.role(ofKey: "P") == nil, "a revoked key is refused")
+    }
+
+    @Test func journaledStepsReadBackAndSurviveReopening() throws {
+        let (s, dir) = try store()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let id = try s.addJob(
+            spec: "x", mode: "sync", modelBlob: "m", dataBlob: "d", dataName: "d.jsonl", totalSteps: 3)
+        #expect(id == "job-1")
+        try s.saw(worker: WorkerRecord(id: "w", name: "w", cores: 2, memory: 1, gflops: 1, lastSeen: 0, rows: 0))
+        let step = StepRecord(
+            step: 1, loss: 2.5, tokens: 10, seconds: 0.5, bytes: 100, shares: ["w": 4], computeSeconds: 0.4)
+        try s.journal(job: id, step: step, checkpointBlob: "c1")
+        let reopened = try Store(directory: dir.path)
+        #expect(try reopened.steps(job: id) == [step])
+        #expect(try reopened.job(id)?.step == 1 && reopened.job(id)?.checkpointBlob == "c1")
+        #expect(try reopened.job(id)?.state == .running)
+        #expect(try reopened.workers().first?.rows == 4)
+        #expect(
+            try reopened.addJob(spec: "y", mode: "sync", modelBlob: "m", dataBlob: "d", dataName: "", totalSteps: 1)
+                == "job-2")
+    }
+}
