@@ -108,7 +108,8 @@ import Wire
         #expect(ClusterHarness.losses(final).map(\.step) == Array(1...120))
     }
 
-    /// Two workers on one machine sharing a cache fetch the model once: one fetches, the other waits for it.
+    /// Two workers on one machine sharing a cache fetch the model once: one fetches, the other waits for it or
+    /// finds it there.
     @Test func workersSharingACacheFetchTheModelOnce() throws {
         let c = ClusterHarness("shared-cache")
         try c.startCoordinator()
@@ -119,7 +120,7 @@ import Wire
         #expect(c.waitForJob(id)?["state"] == "done", "\(c.logs)")
         let logs = c.log("w1.log") + c.log("w2.log")
         #expect(logs.components(separatedBy: "fetching the model (").count - 1 == 1, "\(logs)")
-        #expect(logs.contains("waiting for it"))
+        // (Whether the other worker waited for it or found it already there depends on timing; both are right.)
         #expect(!logs.contains("discarded"), "no corrupted transfer: \(logs)")
     }
 
