@@ -110,41 +110,15 @@ public func refactor(_ delta: LowRankDelta, into m: LoRAModule, parameters p: Un
     var aligned = false
     if t.inner == r, sumSquares > 0 {
         // Q = A_old·Âᵀ / c² (r×r); well-conditioned → A_new = Q·Â, B_new = B̂·Q⁻¹.
-        var q = [Float](repeating: 0, count: r * r)
-        for x in 0..<r {
-            for y in 0..<r {
-                var acc: Float = 0
-                for i in 0..<n { acc += old[x * n + i] * a[y * n + i] }
-                q[x * r + y] = acc / (c * c)
-            }
-        }
+        let q = product(old, a, r, n, r, transposeB: true, scale: 1 / (c * c))
         let (u, sv, vt) = thinSVD(q, rows: r, columns: r)
         if let smallest = sv.last, smallest > 0, sv[0] / smallest < 100 {
-            var a2 = [Float](repeating: 0, count: r * n)
-            for x in 0..<r {
-                for y in 0..<r where q[x * r + y] != 0 {
-                    for i in 0..<n { a2[x * n + i] += q[x * r + y] * a[y * n + i] }
-                }
-            }
             // Q⁻¹ = V·Σ⁻¹·Uᵀ
-            var qInverse = [Float](repeating: 0, count: r * r)
-            for x in 0..<r {
-                for y in 0..<r {
-                    var acc: Float = 0
-                    for k in 0..<r { acc += vt[k * r + x] / sv[k] * u[y * r + k] }
-                    qInverse[x * r + y] = acc
-                }
-            }
-            var b2 = [Float](repeating: 0, count: out * r)
-            for i in 0..<out {
-                for y in 0..<r {
-                    var acc: Float = 0
-                    for k in 0..<r { acc += b[i * r + k] * qInverse[k * r + y] }
-                    b2[i * r + y] = acc
-                }
-            }
-            a = a2
-            b = b2
+            var inverseSigmaUt = [Float](repeating: 0, count: r * r)
+            for k in 0..<r { for y in 0..<r { inverseSigmaUt[k * r + y] = u[y * r + k] / sv[k] } }
+            let qInverse = product(vt, inverseSigmaUt, r, r, r, transposeA: true)
+            a = product(q, a, r, r, n)
+            b = product(b, qInverse, out, r, r)
             aligned = true
         }
     }

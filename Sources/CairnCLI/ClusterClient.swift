@@ -48,26 +48,15 @@ enum CredentialPaths {
 /// A request/reply connection to the coordinator.
 final class ClusterClient {
     let context = Context()
-    let socket: Socket
-    let monitor: HandshakeMonitor?
+    let socket: ZMQDealer
     let endpoint: String
 
     init(_ credentials: Credentials) throws {
         endpoint = credentials.endpoint
-        socket = try Socket(context, .dealer)
-        if let server = credentials.serverKey, let keys = credentials.keys {
-            try socket.makeCurveClient(keys, serverKey: server)
-            monitor = try HandshakeMonitor(context, watching: socket)
-        } else {
-            monitor = nil
-        }
-        try socket.connect(credentials.endpoint)
+        socket = try ZMQDealer(context: context, credentials: credentials)
     }
 
-    deinit {
-        monitor?.close()
-        socket.close()
-    }
+    deinit { socket.close() }
 
     func send(_ m: Message) throws { try socket.send(m.encode()) }
 
@@ -75,7 +64,7 @@ final class ClusterClient {
     func receive(timeout: Double, waitingFor what: String) throws -> Message {
         let deadline = Date().addingTimeInterval(timeout)
         while Date() < deadline {
-            if let monitor, monitor.events().contains(.refused) {
+            if socket.refused() {
                 throw CLIError("the coordinator at \(endpoint) refused this key: it is not enrolled, or was revoked")
             }
             guard let r = try socket.receive(timeoutMilliseconds: 100) else { continue }

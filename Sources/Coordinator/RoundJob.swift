@@ -123,13 +123,8 @@ final class RoundJob: RunningJob {
         let rowCount = stepsThisRound * prepared.rowsPerStep
         var batch: TrainingBatch?
         if !federated {
-            let plan = prepared.plan!
-            let rows = (0..<rowCount).map { plan.row(at: cursor + $0).row }
+            batch = prepared.plan!.batch(from: cursor, count: rowCount)
             cursor += rowCount
-            batch = TrainingBatch(
-                batch: rows.count, length: prepared.config.sequenceLength, tokens: rows.flatMap(\.tokens),
-                targets: rows.flatMap(\.targets), positions: rows.flatMap(\.positions),
-                documentStarts: rows.flatMap(\.documentStarts))
         }
         let a = Assignment(id: nextAssignment, worker: worker, rows: Array(0..<rowCount), deadline: now + deadline)
         nextAssignment += 1

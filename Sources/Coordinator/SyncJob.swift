@@ -202,11 +202,7 @@ final class SyncJob: RunningJob {
 
     /// The rows of an assignment as one batch.
     func batch(rows: [Int]) -> TrainingBatch {
-        let parts = rows.map { stepRows[$0] }
-        return TrainingBatch(
-            batch: parts.count, length: prepared.config.sequenceLength, tokens: parts.flatMap(\.tokens),
-            targets: parts.flatMap(\.targets), positions: parts.flatMap(\.positions),
-            documentStarts: parts.flatMap(\.documentStarts))
+        TrainingBatch(concatenating: rows.map { stepRows[$0] }, length: prepared.config.sequenceLength)
     }
 
     func updateWork(_ body: (inout StepWork) -> Void) {

@@ -45,4 +45,35 @@ public struct TrainingBatch: Sendable, Equatable {
 
     /// Positions that carry a target.
     public var targetCount: Int { targets.reduce(0) { $0 + ($1 >= 0 ? 1 : 0) } }
+
+    /// Rows of several batches of the same length, one after another.
+    public init(concatenating parts: [TrainingBatch], length: Int) {
+        precondition(parts.allSatisfy { $0.length == length }, "TrainingBatch: rows of different lengths")
+        self.init(
+            batch: parts.reduce(0) { $0 + $1.batch }, length: length, tokens: parts.flatMap(\.tokens),
+            targets: parts.flatMap(\.targets), positions: parts.flatMap(\.positions),
+            documentStarts: parts.flatMap(\.documentStarts))
+    }
+
+    /// Rows `range` of this batch.
+    public func rows(_ range: Range<Int>) -> TrainingBatch {
+        let r = range.lowerBound * length..<range.upperBound * length
+        return TrainingBatch(
+            batch: range.count, length: length, tokens: Array(tokens[r]), targets: Array(targets[r]),
+            positions: Array(positions[r]), documentStarts: Array(documentStarts[r]))
+    }
+
+    /// The rows in micro-batches of at most `maxRows` (gradient accumulation over them sums the same loss).
+    public func split(maxRows: Int) -> [TrainingBatch] {
+        stride(from: 0, to: batch, by: max(1, maxRows)).map { rows($0..<min(batch, $0 + max(1, maxRows))) }
+    }
+
+    /// Whether every id indexes inside a vocabulary of `vocabularySize` and every position and document start
+    /// inside a row: what must hold before a batch from elsewhere (the network) reaches the kernels.
+    public func isValid(vocabularySize: Int) -> Bool {
+        let vocab = Int32(clamping: vocabularySize)
+        let row = Int32(clamping: length)
+        return tokens.allSatisfy { $0 >= 0 && $0 < vocab } && targets.allSatisfy { $0 >= -1 && $0 < vocab }
+            && positions.allSatisfy { $0 >= 0 && $0 < row } && documentStarts.allSatisfy { $0 >= 0 && $0 < row }
+    }
 }

@@ -72,48 +72,18 @@ public func truncatedSVD(left l: [Float], right r: [Float], rows m: Int, inner k
     var vt: [Float]
     var width: Int
     if k >= min(m, n) {
-        var dense = [Float](repeating: 0, count: m * n)
-        l.withUnsafeBufferPointer { lp in
-            r.withUnsafeBufferPointer { rp in
-                dense.withUnsafeMutableBufferPointer {
-                    matmulNaiveFree($0.baseAddress!, lp.baseAddress!, rp.baseAddress!, m, n, k)
-                }
-            }
-        }
-        (u, s, vt) = thinSVD(dense, rows: m, columns: n)
+        (u, s, vt) = thinSVD(product(l, r, m, k, n), rows: m, columns: n)
         width = min(m, n)
     } else {
         let (qu, ru) = thinQR(l, rows: m, columns: k)
         var rt = [Float](repeating: 0, count: n * k)
         for i in 0..<k { for j in 0..<n { rt[j * k + i] = r[i * n + j] } }
         let (qv, rv) = thinQR(rt, rows: n, columns: k)
-        // core = R_u · R_vᵀ (k×k)
-        var core = [Float](repeating: 0, count: k * k)
-        for i in 0..<k {
-            for j in 0..<k {
-                var acc: Float = 0
-                for t in 0..<k { acc += ru[i * k + t] * rv[j * k + t] }
-                core[i * k + j] = acc
-            }
-        }
+        // core = R_u · R_vᵀ (k×k); then U = Q_u · X (m×k) and Vᵀ = Yᵀ · Q_vᵀ (k×n).
+        let core = product(ru, rv, k, k, k, transposeB: true)
         let (x, sc, yt) = thinSVD(core, rows: k, columns: k)
-        // U = Q_u · X (m×k), Vᵀ = Yᵀ · Q_vᵀ (k×n)
-        u = [Float](repeating: 0, count: m * k)
-        for i in 0..<m {
-            for j in 0..<k {
-                var acc: Float = 0
-                for t in 0..<k { acc += qu[i * k + t] * x[t * k + j] }
-                u[i * k + j] = acc
-            }
-        }
-        vt = [Float](repeating: 0, count: k * n)
-        for i in 0..<k {
-            for j in 0..<n {
-                var acc: Float = 0
-                for t in 0..<k { acc += yt[i * k + t] * qv[j * k + t] }
-                vt[i * n + j] = acc
-            }
-        }
+        u = product(qu, x, m, k, k)
+        vt = product(yt, qv, k, k, n, transposeB: true)
         s = sc
         width = k
     }
@@ -123,15 +93,21 @@ public func truncatedSVD(left l: [Float], right r: [Float], rows m: Int, inner k
     return (ut, Array(s.prefix(keep)), Array(vt.prefix(keep * n)))
 }
 
-/// C (m×n) = A (m×k) · B (k×n), plain loops (small products and references).
-func matmulNaiveFree(
-    _ c: UnsafeMutablePointer<Float>, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ m: Int, _ n: Int, _ k: Int
-) {
-    for i in 0..<m {
-        for j in 0..<n {
-            var acc: Float = 0
-            for t in 0..<k { acc += a[i * k + t] * b[t * n + j] }
-            c[i * n + j] = acc
+/// op(A)·op(B)·scale as a new row-major array, (m×k)·(k×n) after the optional transposes (sgemm).
+public func product(
+    _ a: [Float], _ b: [Float], _ m: Int, _ k: Int, _ n: Int, transposeA: Bool = false, transposeB: Bool = false,
+    scale: Float = 1
+) -> [Float] {
+    precondition(a.count == m * k && b.count == k * n, "product: shapes")
+    var c = [Float](repeating: 0, count: m * n)
+    a.withUnsafeBufferPointer { pa in
+        b.withUnsafeBufferPointer { pb in
+            c.withUnsafeMutableBufferPointer {
+                matmul(
+                    $0.baseAddress!, pa.baseAddress!, pb.baseAddress!, M: m, N: n, K: k, transA: transposeA,
+                    transB: transposeB, alpha: scale)
+            }
         }
     }
+    return c
 }

@@ -87,11 +87,7 @@ public final class RowPlan: @unchecked Sendable {
 
     /// `count` consecutive rows from `cursor` as one batch.
     public func batch(from cursor: Int, count: Int) -> TrainingBatch {
-        var rows: [TrainingBatch] = []
-        for i in 0..<count { rows.append(row(at: cursor + i).row) }
-        return TrainingBatch(
-            batch: count, length: length, tokens: rows.flatMap(\.tokens), targets: rows.flatMap(\.targets),
-            positions: rows.flatMap(\.positions), documentStarts: rows.flatMap(\.documentStarts))
+        TrainingBatch(concatenating: (0..<count).map { row(at: cursor + $0).row }, length: length)
     }
 
     /// The visiting order of an epoch.

@@ -159,16 +159,7 @@ public final class Trainer {
         } else {
             adapter = LoRAAdapter(model: model.config, config: config.lora, seed: config.seed)
         }
-        let recompute: Bool
-        switch config.recompute {
-        case .always: recompute = true
-        case .never: recompute = false
-        case .auto:
-            recompute =
-                TrainingWorkspace.estimatedBytes(
-                    model: model.config, adapter: adapter, batch: config.batchSize, length: config.sequenceLength,
-                    recompute: false) > TrainingConfig.activationBudgetBytes
-        }
+        let recompute = config.recomputes(model: model.config, adapter: adapter)
         let session = TrainingSession(
             model: model, adapter: adapter,
             schedule: LearningRateSchedule(
@@ -259,12 +250,7 @@ public final class Trainer {
                 let rows = (0..<config.batchSize).map { i in
                     first + i < count ? validationPlan.row(at: first + i).row : empty
                 }
-                loss += session.evaluate([
-                    TrainingBatch(
-                        batch: rows.count, length: config.sequenceLength, tokens: rows.flatMap(\.tokens),
-                        targets: rows.flatMap(\.targets), positions: rows.flatMap(\.positions),
-                        documentStarts: rows.flatMap(\.documentStarts))
-                ])
+                loss += session.evaluate([TrainingBatch(concatenating: rows, length: config.sequenceLength)])
             }
             evaluatedAt = session.stepCount
             summary.lastEvalLoss = loss.mean

@@ -120,6 +120,19 @@ public struct TrainingConfig: Sendable, Equatable {
     /// Defaults.
     public init() {}
 
+    /// Whether to recompute activations for an adapter on a model at this batch shape (`recompute: auto` keeps
+    /// them while they fit `activationBudgetBytes`).
+    public func recomputes(model: LlamaConfig, adapter: LoRAAdapter) -> Bool {
+        switch recompute {
+        case .always: return true
+        case .never: return false
+        case .auto:
+            return TrainingWorkspace.estimatedBytes(
+                model: model, adapter: adapter, batch: batchSize, length: sequenceLength, recompute: false)
+                > Self.activationBudgetBytes
+        }
+    }
+
     /// Problems with the settings, each naming its field; empty when valid.
     public func problems() -> [String] {
         var p: [String] = []

@@ -255,9 +255,9 @@ public final class WorkerAgent: @unchecked Sendable {
             }
             if m.type == .ready { job?.ready = true; job?.loading = false }
             if m.type == .error {
-                // A local failure (the model would not load, an assignment was unusable): reported here only.
+                // A local failure (the model would not load): reported here only.
                 log(m.string("message"))
-                if m.metadata["assignment"] != nil { computing = nil } else { job?.loading = false }
+                job?.loading = false
                 continue
             }
             send(m)
@@ -405,16 +405,7 @@ public final class WorkerAgent: @unchecked Sendable {
             do {
                 let lm = try LanguageModel.load(ModelSource.gguf(path))
                 let adapter = LoRAAdapter(model: lm.model.config, config: config.lora, seed: config.seed)
-                let recompute: Bool
-                switch config.recompute {
-                case .always: recompute = true
-                case .never: recompute = false
-                case .auto:
-                    recompute =
-                        TrainingWorkspace.estimatedBytes(
-                            model: lm.model.config, adapter: adapter, batch: config.batchSize,
-                            length: config.sequenceLength, recompute: false) > TrainingConfig.activationBudgetBytes
-                }
+                let recompute = config.recomputes(model: lm.model.config, adapter: adapter)
                 // The job's own optimizer settings: diloco and federated rounds take local AdamW steps.
                 let session = TrainingSession(
                     model: lm.model, adapter: adapter,
@@ -466,66 +457,45 @@ public final class WorkerAgent: @unchecked Sendable {
         }
         let session = loadedJob.session
         let config = loadedJob.config
-        let rows = m.int("rows")
-        let length = config.sequenceLength
         guard let params = m.tensor("parameters"), params.dtype == .f32,
             params.count == session.adapter.parameters.count,
-            let tokens = m.tensor("tokens"), tokens.dtype == .i32, tokens.count == rows * length,
-            let targets = m.tensor("targets"), targets.count == rows * length,
-            let positions = m.tensor("positions"), positions.count == rows * length,
-            let starts = m.tensor("starts"), starts.count == rows * length
+            let batch = Self.rows(of: m, count: m.int("rows"), length: config.sequenceLength, model: session)
         else {
-            log("dropped a malformed assignment")
+            log("dropped a malformed assignment (tensor sizes, or ids out of range)")
             return
         }
         let assignment = m.int("assignment")
         let step = m.int("step")
         computing = assignment
-        let vocab = Int32(session.model.config.vocabSize)
         Thread.detachNewThread { [self] in
             let started = Self.now
             let p = params.floats()
             session.adapter.parameters.pointer.update(from: p, count: p.count)
-            let tok = tokens.ints()
-            let tgt = targets.ints()
-            let pos = positions.ints()
-            let st = starts.ints()
-            // Untrusted ids: anything outside the vocabulary or row would index out of bounds.
-            let valid =
-                tok.allSatisfy { $0 >= 0 && $0 < vocab } && tgt.allSatisfy { $0 >= -1 && $0 < vocab }
-                && pos.allSatisfy { $0 >= 0 && Int($0) < length } && st.allSatisfy { $0 >= 0 && Int($0) < length }
-            guard valid else {
-                post(
-                    Message(
-                        .error,
-                        [
-                            "code": "bad_rows", "assignment": .integer(Int64(assignment)),
-                            "message": .string(
-                                "assignment \(assignment) has token ids or positions out of range; ignored"),
-                        ]))
-                return
-            }
-            var micro: [TrainingBatch] = []
-            for first in stride(from: 0, to: rows, by: config.batchSize) {
-                let n = min(config.batchSize, rows - first)
-                let r = first * length..<(first + n) * length
-                micro.append(
-                    TrainingBatch(
-                        batch: n, length: length, tokens: Array(tok[r]), targets: Array(tgt[r]),
-                        positions: Array(pos[r]),
-                        documentStarts: Array(st[r])))
-            }
-            let loss = session.computeGradients(micro, normalize: false)
-            let seconds = Self.now - started
+            let loss = session.computeGradients(batch.split(maxRows: config.batchSize), normalize: false)
             post(
                 Message(
                     .result,
                     [
                         "job": .string(jobId), "assignment": .integer(Int64(assignment)), "step": .integer(Int64(step)),
-                        "loss": .number(loss.sum), "tokens": .integer(Int64(loss.tokens)), "seconds": .number(seconds),
+                        "loss": .number(loss.sum), "tokens": .integer(Int64(loss.tokens)),
+                        "seconds": .number(Self.now - started),
                     ],
                     tensors: [Tensor(name: "gradient", floats: UnsafeBufferPointer(session.gradients.buffer))]))
         }
+    }
+
+    /// The rows an assignment carries, or nil when its tensors are not `count` rows of `length` tokens or hold
+    /// ids the model cannot index (untrusted input: it must be checked before it reaches the kernels).
+    static func rows(of m: Message, count: Int, length: Int, model session: TrainingSession) -> TrainingBatch? {
+        let n = count * length
+        guard let t = m.tensor("tokens"), t.dtype == .i32, t.count == n, let g = m.tensor("targets"), g.dtype == .i32,
+            g.count == n, let p = m.tensor("positions"), p.dtype == .i32, p.count == n,
+            let s = m.tensor("starts"), s.dtype == .i32, s.count == n
+        else { return nil }
+        let batch = TrainingBatch(
+            batch: count, length: length, tokens: t.ints(), targets: g.ints(), positions: p.ints(),
+            documentStarts: s.ints())
+        return batch.isValid(vocabularySize: session.model.config.vocabSize) ? batch : nil
     }
 
     /// A diloco or federated round: local AdamW steps from the global adapter, then the compressed
@@ -534,41 +504,24 @@ public final class WorkerAgent: @unchecked Sendable {
         let session = job.session
         let config = job.config
         let n = session.adapter.parameters.count
-        let length = config.sequenceLength
         let steps = m.int("steps")
         let perStep = m.int("rows_per_step")
         let compression = Compression(rawValue: config.compression.rawValue) ?? .int8
-        let federated = job.plan != nil
+        let sent =
+            job.plan == nil
+            ? Self.rows(of: m, count: steps * perStep, length: config.sequenceLength, model: session) : nil
         guard let params = m.tensor("parameters"), params.count == n, params.dtype == .f32 || params.dtype == .bf16,
-            federated || (m.tensor("tokens")?.count == steps * perStep * length && m.tensors.count == 5)
+            job.plan != nil || sent != nil
         else {
-            log("dropped a malformed round assignment")
+            log("dropped a malformed round assignment (tensor sizes, or ids out of range)")
             return
         }
         let assignment = m.int("assignment")
         computing = assignment
-        let vocab = Int32(session.model.config.vocabSize)
         Thread.detachNewThread { [self] in
             let started = Self.now
             let global = params.floats()
             session.adapter.parameters.pointer.update(from: global, count: n)
-            let tok = m.tensor("tokens")?.ints() ?? []
-            let tgt = m.tensor("targets")?.ints() ?? []
-            let pos = m.tensor("positions")?.ints() ?? []
-            let st = m.tensor("starts")?.ints() ?? []
-            let valid =
-                tok.allSatisfy { $0 >= 0 && $0 < vocab } && tgt.allSatisfy { $0 >= -1 && $0 < vocab }
-                && pos.allSatisfy { $0 >= 0 && Int($0) < length } && st.allSatisfy { $0 >= 0 && Int($0) < length }
-            guard valid else {
-                post(
-                    Message(
-                        .error,
-                        [
-                            "code": "bad_rows", "assignment": .integer(Int64(assignment)),
-                            "message": .string("round assignment \(assignment) has ids out of range; ignored"),
-                        ]))
-                return
-            }
             var total = StepLoss()
             for h in 0..<steps {
                 let rows: TrainingBatch
@@ -576,21 +529,9 @@ public final class WorkerAgent: @unchecked Sendable {
                     rows = plan.batch(from: job.cursor, count: perStep)
                     job.cursor += perStep
                 } else {
-                    let r = h * perStep * length..<(h + 1) * perStep * length
-                    rows = TrainingBatch(
-                        batch: perStep, length: length, tokens: Array(tok[r]), targets: Array(tgt[r]),
-                        positions: Array(pos[r]), documentStarts: Array(st[r]))
+                    rows = sent!.rows(h * perStep..<(h + 1) * perStep)
                 }
-                var micro: [TrainingBatch] = []
-                for first in stride(from: 0, to: perStep, by: config.batchSize) {
-                    let k = min(config.batchSize, perStep - first)
-                    let r = first * length..<(first + k) * length
-                    micro.append(
-                        TrainingBatch(
-                            batch: k, length: length, tokens: Array(rows.tokens[r]), targets: Array(rows.targets[r]),
-                            positions: Array(rows.positions[r]), documentStarts: Array(rows.documentStarts[r])))
-                }
-                let loss = session.computeGradients(micro)
+                let loss = session.computeGradients(rows.split(maxRows: config.batchSize))
                 total += loss
                 guard loss.tokens > 0 else { continue }
                 _ = clipGradients(session.gradients, maxNorm: session.maxGradNorm)
@@ -603,8 +544,8 @@ public final class WorkerAgent: @unchecked Sendable {
             var corrected = [Float](repeating: 0, count: n)
             for i in 0..<n { corrected[i] = global[i] - local[i] + job.errorFeedback[i] }
             let tensors = corrected.withUnsafeBufferPointer { compression.encode($0, name: "delta") }
-            if let sent = compression.decode(tensors, name: "delta", count: n) {
-                for i in 0..<n { job.errorFeedback[i] = corrected[i] - sent[i] }
+            if let arrived = compression.decode(tensors, name: "delta", count: n) {
+                for i in 0..<n { job.errorFeedback[i] = corrected[i] - arrived[i] }
             }
             post(
                 Message(
