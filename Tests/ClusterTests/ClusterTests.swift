@@ -397,3 +397,22 @@ func runClusterUp(
         }
     }
 }
+
+@Suite struct ClusterCommandLineTests {
+    @Test func insecureIsOnlyForLoopbackAndBadTokensAreNamed() throws {
+        let dir = Fixtures.temporaryDirectory("cairn-cli-cluster")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let insecure = try runCommand(
+            cairnExecutable, ["coordinator", "--state", dir.path, "--listen", "tcp://0.0.0.0:7999", "--insecure"])
+        #expect(insecure.status != 0 && insecure.stderr.contains("only on loopback"), "\(insecure.stderr)")
+        let badToken = try runCommand(cairnExecutable, ["worker", "join", "tcp://127.0.0.1:1", "--token", "hello"])
+        #expect(badToken.status != 0 && badToken.stderr.contains("not a Cairn join token"), "\(badToken.stderr)")
+        let noKeys = try runCommand(
+            cairnExecutable, ["worker", "join", "tcp://127.0.0.1:1", "--credentials", dir.path + "/none.json"])
+        #expect(noKeys.status != 0 && noKeys.stderr.contains("--token"), "\(noKeys.stderr)")
+        let noState = try runCommand(cairnExecutable, ["coordinator", "token", "--state", dir.path + "/empty"])
+        #expect(noState.status != 0 && noState.stderr.contains("holds no coordinator keys"), "\(noState.stderr)")
+        let help = try runCommand(cairnExecutable, ["coordinator", "--help"])
+        #expect(help.stdout.contains("cairn worker join"), "--help teaches the join flow")
+    }
+}
