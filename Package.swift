@@ -50,7 +50,8 @@ let package = Package(
         .executableTarget(
             name: "CairnCLI",
             dependencies: [
-                "TensorKernels", "ModelFormats", "Tokenizer", "Llama", "Training", "Transport", "Wire", "Coordinator",
+                "TensorKernels", "ModelFormats", "Tokenizer", "Llama", "Training", "Adapters", "Transport", "Wire",
+                "Coordinator",
                 "Worker", .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
         .executableTarget(name: "CairnBench", dependencies: ["TensorKernels", "ModelFormats", "Llama", "Training"]),

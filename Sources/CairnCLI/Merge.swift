@@ -1,0 +1,159 @@
+// cairn merge: several adapters of one base into one, exactly in ΔW space.
+
+import Adapters
+import ArgumentParser
+import Foundation
+import Llama
+import ModelFormats
+
+struct Merge: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Merge adapters trained on the same base into one (exactly, in ΔW space).",
+        discussion: """
+            Each module's update ΔW = s·B·A is combined whatever the inputs' ranks, alphas (alpha/r or rsLoRA) \
+            and target modules; a module an input lacks counts as zero. A and B are never averaged separately \
+            (mean(B)·mean(A) is not the mean update).
+
+            Methods:
+              cat                exact: factors stacked, rank = the sum of the input ranks
+              linear, svd        the weighted sum, brought to --rank (default: the largest input rank) by a \
+            truncated SVD; the spectral energy kept is reported (task-arithmetic is the same)
+              ties               trim to --density by magnitude, elect signs by mass, average what agrees
+              dare-linear, dare-ties
+                                 drop entries at random (--seed) keeping --density, rescale; then sum or ties
+              magnitude-prune    trim to --density by magnitude, then the weighted sum
+
+            Inputs: PEFT directories, GGUF LoRA files, cairn run directories, in any mix. Adapters for another \
+            base are refused (architecture and shapes always; recorded base hashes unless --force).
+
+            Examples:
+              cairn merge alice/ bob.gguf carol/ --method ties --density 0.5 --weights 1,1,0.5 --rank 16 -o merged/
+              cairn merge a/ b/ --method cat -o merged/
+              cairn merge a/ b/ c/ --method dare-ties --density 0.3 --seed 7 --format gguf -o merged.gguf
+            """)
+
+    @Argument(help: "The adapters: PEFT directories, GGUF LoRA files or run directories.")
+    var adapters: [String]
+
+    @Option(help: "cat, linear, svd, task-arithmetic, ties, dare-linear, dare-ties or magnitude-prune.")
+    var method: String
+
+    @Option(help: "One weight per adapter, comma-separated (default 1 each).")
+    var weights: String?
+
+    @Option(help: "Fraction of entries kept by ties, dare and magnitude-prune.")
+    var density: Double = 1
+
+    @Option(help: "Seed of dare's random drops.")
+    var seed: UInt64 = 0
+
+    @Option(help: "Output rank (default: the largest input rank; cat: the sum).")
+    var rank: Int?
+
+    @Option(name: .shortAndLong, help: "The base model the adapters belong to (its architecture and identity).")
+    var model = "smollm2-135m"
+
+    @Option(help: "peft (a directory) or gguf (a file).")
+    var format = "peft"
+
+    @Flag(help: "Merge even when the recorded base-model hashes differ (shapes are always checked).")
+    var force = false
+
+    @Option(name: .shortAndLong, help: "Where to write the merged adapter.")
+    var output: String
+
+    @Flag(help: "Print the per-module report as JSON.")
+    var json = false
+
+    func validate() throws {
+        guard adapters.count >= 1 else { throw ValidationError("give at least one adapter") }
+        guard MergeMethod(rawValue: method) != nil else {
+            throw ValidationError(
+                "--method must be one of \(MergeMethod.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        guard AdapterFormat(rawValue: format) != nil else { throw ValidationError("--format must be peft or gguf") }
+    }
+
+    func run() throws {
+        var options = MergeOptions(method: MergeMethod(rawValue: method)!)
+        if let weights {
+            let parsed = weights.split(separator: ",").map { Double($0.trimmingCharacters(in: .whitespaces)) }
+            guard parsed.allSatisfy({ $0 != nil }) else {
+                throw ValidationError("--weights: numbers separated by commas")
+            }
+            options.weights = parsed.map { $0! }
+        }
+        options.density = density
+        options.seed = seed
+        options.rank = rank
+        options.force = force
+        let source: ModelSource
+        let config: LlamaConfig
+        let baseHash: String
+        do {
+            source = try ModelSource.resolve(model)
+            config = try source.config()
+            baseHash = try FileHash.modelIdentity(path: source.path)
+        } catch { throw CLIError(error.description) }
+        var inputs: [MergeInput] = []
+        var parents: [JSONValue] = []
+        var problems: [String] = []
+        for (i, path) in adapters.enumerated() {
+            do {
+                let (adapter, provenance) = try LoRAAdapter.load(path: path, model: config)
+                if let h = provenance.baseModelHash, h != baseHash, !force {
+                    problems.append(
+                        "\(path) was trained on base \(h.prefix(12))…, not \(model) (\(baseHash.prefix(12))…); --force merges anyway when the shapes agree"
+                    )
+                }
+                inputs.append(MergeInput(name: path, adapter: adapter, provenance: provenance))
+                var parent: JSONObject = [
+                    "name": .string((path as NSString).lastPathComponent),
+                    "sha256": .string(FileHash.sha256(UnsafeRawBufferPointer(adapter.parameters.buffer))),
+                    "weight": .number(options.weights?[i] ?? 1),
+                ]
+                if let l = provenance.lineage { parent["lineage"] = l }
+                parents.append(.object(parent))
+            } catch {
+                problems.append(error.description)
+            }
+        }
+        guard problems.isEmpty else { throw CLIError(MergeError(problems).description) }
+        let merged: LoRAAdapter
+        let report: MergeReport
+        do { (merged, report) = try AdapterMerge.merge(inputs, options: options) } catch {
+            throw CLIError(error.description)
+        }
+        var provenance = AdapterProvenance()
+        provenance.baseModelHash = baseHash
+        provenance.baseModelName = (source.path as NSString).lastPathComponent
+        var lineage: JSONObject = ["method": .string(method), "parents": .array(parents)]
+        if options.method.isEntrywise { lineage["density"] = .number(density) }
+        if options.method == .dareLinear || options.method == .dareTies { lineage["seed"] = .integer(Int64(seed)) }
+        if let rank { lineage["rank"] = .integer(Int64(rank)) }
+        provenance.lineage = .object(lineage)
+        do {
+            switch AdapterFormat(rawValue: format)! {
+            case .peft: try merged.savePEFT(directory: output, provenance: provenance)
+            case .gguf: try merged.saveGGUF(path: output, provenance: provenance, name: "merge")
+            }
+        } catch { throw CLIError(error.description) }
+        if json {
+            Terminal.printJSON(
+                .array(
+                    report.modules.map {
+                        [
+                            "layer": .integer(Int64($0.layer)), "target": .string($0.target.rawValue),
+                            "rank": .integer(Int64($0.rank)), "energy_kept": .number($0.energyKept),
+                        ]
+                    }))
+        }
+        let energies = report.modules.map(\.energyKept)
+        let mean = energies.reduce(0, +) / Double(max(1, energies.count))
+        Terminal.note(
+            String(
+                format:
+                    "merged %d adapters (%@) into %d modules; spectral energy kept: mean %.2f%%, lowest %.2f%%; wrote %@",
+                adapters.count, method, report.modules.count, 100 * mean, 100 * report.minimumEnergyKept, output))
+    }
+}

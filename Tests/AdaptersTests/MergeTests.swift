@@ -1,0 +1,184 @@
+import Adapters
+import Llama
+import TensorKernels
+import TestSupport
+import Testing
+
+@Suite struct MergeTests {
+    static let config = DeltaSpaceTests.config
+
+    /// An adapter with random A and B on the given modules.
+    func adapter(seed: UInt64, rank: Int, scale: Float, targets: [LoRATarget] = [.q, .down]) -> LoRAAdapter {
+        let a = LoRAAdapter(
+            model: Self.config,
+            modules: targets.flatMap { t in
+                (0..<Self.config.layers).map { (layer: $0, target: t, rank: rank, scale: scale) }
+            })
+        let values = randomFloats(a.parameters.count, seed: seed, in: -0.5...0.5)
+        a.parameters.pointer.update(from: values, count: values.count)
+        return a
+    }
+
+    func input(_ name: String, _ a: LoRAAdapter, base: String? = nil) -> MergeInput {
+        var p = AdapterProvenance()
+        p.baseModelHash = base
+        return MergeInput(name: name, adapter: a, provenance: p)
+    }
+
+    /// ΔW of a module, or zeros when the adapter lacks it.
+    func delta(_ a: LoRAAdapter, _ layer: Int, _ t: LoRATarget) -> [Float] {
+        let (inF, outF) = t.shape(Self.config)
+        guard let m = a.module(layer: layer, target: t) else { return [Float](repeating: 0, count: inF * outF) }
+        return LowRankDelta(module: m, parameters: UnsafeBufferPointer(a.parameters.buffer)).dense()
+    }
+
+    func relative(_ x: [Float], _ y: [Float]) -> Double {
+        var d = 0.0
+        var n = 0.0
+        for (a, b) in zip(x, y) {
+            d += Double(a - b) * Double(a - b)
+            n += Double(b) * Double(b)
+        }
+        return (d / max(n, 1e-30)).squareRoot()
+    }
+
+    func bestRank(_ d: [Float], rows: Int, columns: Int, rank: Int) -> [Float] {
+        let (u, s, vt) = thinSVD(d, rows: rows, columns: columns)
+        let p = s.count
+        var out = [Float](repeating: 0, count: d.count)
+        for i in 0..<rows {
+            for j in 0..<columns {
+                for t in 0..<min(rank, p) { out[i * columns + j] += u[i * p + t] * s[t] * vt[t * columns + j] }
+            }
+        }
+        return out
+    }
+
+    @Test func oneAdapterWithWeightOneIsReproduced() throws {
+        let a = adapter(seed: 1, rank: 4, scale: 2)
+        for method in [MergeMethod.linear, .cat, .svd, .taskArithmetic] {
+            let (out, report) = try AdapterMerge.merge([input("a", a)], options: MergeOptions(method: method))
+            for m in a.modules {
+                #expect(relative(delta(out, m.layer, m.target), delta(a, m.layer, m.target)) < 1e-6, "\(method)")
+            }
+            #expect(report.minimumEnergyKept > 0.999999)
+        }
+    }
+
+    /// cat is exact at rank Σrᵢ, whatever the inputs' ranks and scales (alpha/r, rsLoRA: only s·B·A counts).
+    @Test func catIsExactAcrossRanksAndScales() throws {
+        let a = adapter(seed: 2, rank: 4, scale: 2)
+        let b = adapter(seed: 3, rank: 8, scale: 0.5)
+        var options = MergeOptions(method: .cat)
+        options.weights = [1, -0.5]
+        let (out, _) = try AdapterMerge.merge([input("a", a), input("b", b)], options: options)
+        for m in out.modules {
+            #expect(m.rank == 12 && m.scale == 1)
+            let expected = zip(delta(a, m.layer, m.target), delta(b, m.layer, m.target)).map { $0 - 0.5 * $1 }
+            #expect(relative(delta(out, m.layer, m.target), expected) < 1e-5)
+        }
+    }
+
+    /// The SVD re-factoring is exact at full rank and the best rank-k approximation below it.
+    @Test func refactoringIsExactAtFullRankAndBestBelow() throws {
+        let a = adapter(seed: 4, rank: 4, scale: 1)
+        let b = adapter(seed: 5, rank: 4, scale: 1)
+        for rank in [8, 3] {
+            var options = MergeOptions(method: .svd)
+            options.rank = rank
+            let (out, report) = try AdapterMerge.merge([input("a", a), input("b", b)], options: options)
+            for m in out.modules {
+                let (inF, outF) = m.target.shape(Self.config)
+                let sum = zip(delta(a, m.layer, m.target), delta(b, m.layer, m.target)).map { $0 + $1 }
+                let expected = rank >= 8 ? sum : bestRank(sum, rows: outF, columns: inF, rank: rank)
+                #expect(relative(delta(out, m.layer, m.target), expected) < 1e-4, "rank \(rank)")
+            }
+            #expect(rank == 8 ? report.minimumEnergyKept > 0.9999 : report.minimumEnergyKept < 0.99)
+        }
+    }
+
+    /// Where the maths is symmetric, so is the merge.
+    @Test func mergesAreOrderIndependent() throws {
+        let a = adapter(seed: 6, rank: 4, scale: 1)
+        let b = adapter(seed: 7, rank: 4, scale: 1)
+        for method in [MergeMethod.linear, .cat, .ties, .magnitudePrune] {
+            var options = MergeOptions(method: method)
+            options.density = 0.5
+            options.rank = 8
+            let (ab, _) = try AdapterMerge.merge([input("a", a), input("b", b)], options: options)
+            let (ba, _) = try AdapterMerge.merge([input("b", b), input("a", a)], options: options)
+            for m in ab.modules {
+                #expect(relative(delta(ab, m.layer, m.target), delta(ba, m.layer, m.target)) < 1e-4, "\(method)")
+            }
+        }
+    }
+
+    /// TIES against a plain reimplementation of its definition (trim by magnitude, sign by summed mass,
+    /// disjoint weighted mean), at full rank on a module where the dense result is compared directly.
+    @Test func tiesFollowsItsDefinition() throws {
+        let x: [Float] = [3, -1, 0.5, -4, 2, 0.1]
+        let y: [Float] = [-2, -3, 1, 1, -0.2, 0.3]
+        let z: [Float] = [1, 2, -0.4, -1, 0.5, -0.05]
+        let merged = AdapterMerge.entrywise([(x, 1), (y, 2), (z, 1)], method: .ties, density: 0.5, seed: 0)
+        // Trim to the top 3 magnitudes each: x → [3,0,0,-4,2,0], y → [-2,-3,0,0,0,0]... y's top 3 are -3,-2,1.
+        let tx: [Float] = [3, 0, 0, -4, 2, 0]
+        let ty: [Float] = [-2, -3, 1, 0, 0, 0]
+        let tz: [Float] = [1, 2, 0, -1, 0, 0]
+        var expected = [Float](repeating: 0, count: 6)
+        for j in 0..<6 {
+            let sign: Float = tx[j] + ty[j] + tz[j] >= 0 ? 1 : -1
+            var sum: Float = 0
+            var count: Float = 0
+            for (t, w) in [(tx, Float(1)), (ty, 2), (tz, 1)] where t[j] != 0 && (t[j] > 0) == (sign > 0) {
+                sum += w * t[j]
+                count += 1
+            }
+            expected[j] = count > 0 ? sum / count : 0
+        }
+        #expect(merged == expected, "\(merged) vs \(expected)")
+        // DARE keeps about `density` of the entries, rescaled, reproducibly for a seed.
+        let big = randomFloats(10_000, seed: 8)
+        let dare = AdapterMerge.entrywise([(big, 1)], method: .dareLinear, density: 0.3, seed: 42)
+        let kept = zip(big, dare).filter { $1 != 0 }
+        #expect(abs(Double(kept.count) / 10_000 - 0.3) < 0.02)
+        #expect(kept.allSatisfy { abs($1 - $0 / 0.3) < 1e-5 })
+        #expect(dare == AdapterMerge.entrywise([(big, 1)], method: .dareLinear, density: 0.3, seed: 42))
+        #expect(AdapterMerge.entrywise([(big, 1)], method: .dareLinear, density: 1, seed: 1) == big)
+    }
+
+    /// A module one input lacks counts as zero for it.
+    @Test func missingModulesCountAsZero() throws {
+        let a = adapter(seed: 9, rank: 4, scale: 1, targets: [.q])
+        let b = adapter(seed: 10, rank: 4, scale: 1, targets: [.q, .v])
+        let (out, _) = try AdapterMerge.merge([input("a", a), input("b", b)], options: MergeOptions(method: .cat))
+        #expect(Set(out.modules.map(\.target)) == [.q, .v])
+        #expect(relative(delta(out, 0, .v), delta(b, 0, .v)) < 1e-5)
+    }
+
+    /// Every problem at once: shapes always, the base hash unless forced, bad settings.
+    @Test func refusesWhatCannotBeMerged() throws {
+        let a = adapter(seed: 11, rank: 4, scale: 1)
+        let other = LlamaConfig(dim: 48, layers: 2, heads: 4, kvHeads: 2, ffnDim: 48, vocabSize: 16, contextLength: 64)
+        let b = LoRAAdapter(model: other, modules: [(0, .q, 4, 1)])
+        var options = MergeOptions(method: .ties)
+        options.weights = [1]
+        options.density = 0
+        #expect {
+            try AdapterMerge.merge([input("a", a), input("b", b)], options: options)
+        } throws: { e in
+            let text = (e as? MergeError)?.description ?? ""
+            return text.contains("hidden size 48") && text.contains("--weights") && text.contains("--density")
+                && text.contains("layer 0 q_proj")
+        }
+        let c = adapter(seed: 12, rank: 4, scale: 1)
+        #expect(throws: MergeError.self) {
+            try AdapterMerge.merge(
+                [input("a", a, base: "aaaa"), input("c", c, base: "bbbb")], options: MergeOptions(method: .linear))
+        }
+        var forced = MergeOptions(method: .linear)
+        forced.force = true
+        #expect(throws: Never.self) {
+            try AdapterMerge.merge([input("a", a, base: "aaaa"), input("c", c, base: "bbbb")], options: forced)
+        }
+    }
+}
