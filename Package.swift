@@ -54,7 +54,8 @@ let package = Package(
                 "Coordinator",
                 "Worker", .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
-        .executableTarget(name: "CairnBench", dependencies: ["TensorKernels", "ModelFormats", "Llama", "Training"]),
+        .executableTarget(
+            name: "CairnBench", dependencies: ["TensorKernels", "ModelFormats", "Llama", "Training", "Adapters"]),
 
         // Shared test helpers: fixture paths, tensor comparison with named tolerances, tiny models.
         .target(name: "TestSupport", dependencies: ["TensorKernels", "ModelFormats"], path: "Tests/TestSupport"),

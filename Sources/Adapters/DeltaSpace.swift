@@ -69,15 +69,8 @@ public struct LowRankDelta: Sendable {
 
     /// The out×in matrix (tests and small layers).
     public func dense() -> [Float] {
-        var d = [Float](repeating: 0, count: rows * columns)
-        for i in 0..<rows {
-            for t in 0..<inner {
-                let a = left[i * inner + t]
-                if a == 0 { continue }
-                for j in 0..<columns { d[i * columns + j] += a * right[t * columns + j] }
-            }
-        }
-        return d
+        guard inner > 0 else { return [Float](repeating: 0, count: rows * columns) }
+        return product(left, right, rows, inner, columns)
     }
 }
 

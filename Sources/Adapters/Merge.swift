@@ -201,17 +201,14 @@ public enum AdapterMerge {
 
     /// The best rank-`rank` approximation of a dense m×n matrix, and the fraction of spectral energy it keeps.
     static func truncate(dense: [Float], rows m: Int, columns n: Int, rank: Int) -> (LowRankDelta, Double) {
-        guard dense.contains(where: { $0 != 0 }) else { return (LowRankDelta(rows: m, columns: n), 1) }
-        let (u, s, vt) = thinSVD(dense, rows: m, columns: n)
-        let p = s.count
-        let k = min(rank, p)
+        let total = dense.reduce(0) { $0 + Double($1) * Double($1) }  // Σσ² = ‖ΔW‖²
+        guard total > 0 else { return (LowRankDelta(rows: m, columns: n), 1) }
+        let (u, s, vt) = randomizedSVD(dense, rows: m, columns: n, rank: rank)
+        let k = s.count
         var left = [Float](repeating: 0, count: m * k)
-        for i in 0..<m { for j in 0..<k { left[i * k + j] = u[i * p + j] * s[j] } }
-        let total = s.reduce(0) { $0 + Double($1) * Double($1) }
-        let kept = s.prefix(k).reduce(0) { $0 + Double($1) * Double($1) }
-        return (
-            LowRankDelta(rows: m, columns: n, left: left, right: Array(vt.prefix(k * n))), total > 0 ? kept / total : 1
-        )
+        for i in 0..<m { for j in 0..<k { left[i * k + j] = u[i * k + j] * s[j] } }
+        let kept = s.reduce(0) { $0 + Double($1) * Double($1) }
+        return (LowRankDelta(rows: m, columns: n, left: left, right: vt), min(1, kept / total))
     }
 
     /// The best rank-`rank` approximation, and the fraction of spectral energy it keeps.
@@ -232,52 +229,129 @@ public enum AdapterMerge {
         -> [Float]
     {
         guard let n = parts.first?.0.count else { return [] }
-        var rng = SeededGenerator(seed: seed)
-        var pruned: [[Float]] = []
-        for (d, _) in parts {
+        let count = parts.count
+        // One contiguous buffer: the inputs side by side, pruned in place.
+        let all = UnsafeMutableBufferPointer<Float>.allocate(capacity: count * n)
+        defer { all.deallocate() }
+        for (i, p) in parts.enumerated() {
+            precondition(p.0.count == n, "entrywise: tensors of different sizes")
+            _ = UnsafeMutableBufferPointer(rebasing: all[i * n..<(i + 1) * n]).initialize(from: p.0)
+        }
+        let tensors = (0..<count).map { UnsafeMutableBufferPointer(rebasing: all[$0 * n..<($0 + 1) * n]) }
+        for (i, t) in tensors.enumerated() {
             switch method {
-            case .ties, .magnitudePrune:
-                pruned.append(keepLargest(d, fraction: density))
+            case .ties, .magnitudePrune: keepLargest(t, fraction: density)
             case .dareLinear, .dareTies:
-                let scale = Float(1 / density)
-                pruned.append(d.map { x in rng.nextUnitFloat() < Float(density) ? x * scale : 0 })
-            default:
-                pruned.append(d)
+                dropAtRandom(t, keep: density, seed: seed &+ UInt64(i) &* 0xD1B5_4A32_D192_ED03)
+            default: break
             }
         }
+        let weights = parts.map { Float($0.1) }
+        let elect = method == .ties || method == .dareTies
         var out = [Float](repeating: 0, count: n)
-        switch method {
-        case .ties, .dareTies:
-            // Elect a sign per entry by the summed (unweighted) mass; average the weighted entries that agree.
-            for j in 0..<n {
-                var mass: Float = 0
-                for p in pruned { mass += p[j] }
-                let sign: Float = mass >= 0 ? 1 : -1
-                var sum: Float = 0
-                var count = 0
-                for (i, p) in pruned.enumerated() where p[j] != 0 && (p[j] > 0) == (sign > 0) {
-                    sum += Float(parts[i].1) * p[j]
-                    count += 1
+        out.withUnsafeMutableBufferPointer { o in
+            let result = UncheckedBox(o)
+            let inputs = UncheckedBox(tensors)
+            // Streaming passes over each input in turn, per range of entries (cache-sized), so the loops vectorise.
+            Parallel.forRanges(n, grain: 1 << 14, chunksPerThread: 8) { range in
+                let ts = inputs.value
+                let out = result.value
+                guard elect else {
+                    for (i, t) in ts.enumerated() { for j in range { out[j] += weights[i] * t[j] } }
+                    return
                 }
-                out[j] = count > 0 ? sum / Float(count) : 0
-            }
-        default:
-            for (i, p) in pruned.enumerated() {
-                let w = Float(parts[i].1)
-                for j in 0..<n { out[j] += w * p[j] }
+                // A sign per entry by the summed (unweighted) mass; the mean of the weighted entries that agree.
+                var mass = [Float](repeating: 0, count: range.count)
+                var agreeing = [Float](repeating: 0, count: range.count)
+                for t in ts { for j in range { mass[j - range.lowerBound] += t[j] } }
+                for (i, t) in ts.enumerated() {
+                    let w = weights[i]
+                    for j in range {
+                        let x = t[j]
+                        let m = mass[j - range.lowerBound]
+                        let agrees: Float = x != 0 && (x > 0) == (m >= 0) ? 1 : 0
+                        out[j] += agrees * w * x
+                        agreeing[j - range.lowerBound] += agrees
+                    }
+                }
+                for j in range {
+                    out[j] = agreeing[j - range.lowerBound] > 0 ? out[j] / agreeing[j - range.lowerBound] : 0
+                }
             }
         }
         return out
     }
 
-    /// The entries of largest magnitude (a `fraction` of them, rounded down), the rest zero.
-    static func keepLargest(_ d: [Float], fraction: Double) -> [Float] {
+    /// Keeps the entries of largest magnitude (a `fraction` of them, rounded down; among equal magnitudes the
+    /// first in index order) and zeroes the rest, in place.
+    static func keepLargest(_ d: UnsafeMutableBufferPointer<Float>, fraction: Double) {
         let k = Int(fraction * Double(d.count))
-        guard k < d.count else { return d }
-        guard k > 0 else { return [Float](repeating: 0, count: d.count) }
-        let order = d.indices.sorted { abs(d[$0]) > abs(d[$1]) || (abs(d[$0]) == abs(d[$1]) && $0 < $1) }
-        var out = [Float](repeating: 0, count: d.count)
-        for i in order.prefix(k) { out[i] = d[i] }
+        guard k < d.count else { return }
+        guard k > 0 else {
+            d.update(repeating: 0)
+            return
+        }
+        let (threshold, equalKept) = magnitudeThreshold(UnsafeBufferPointer(d), keep: k)
+        // Equal magnitudes per chunk, then each chunk's quota of them in index order.
+        let chunks = max(1, min(Parallel.threadCount * 4, d.count / 65536))
+        var equalCounts = [Int](repeating: 0, count: chunks)
+        let data = UncheckedBox(d)
+        equalCounts.withUnsafeMutableBufferPointer { counts in
+            let c = UncheckedBox(counts)
+            Parallel.forEach(chunks) { chunk in
+                var e = 0
+                for i in d.count * chunk / chunks..<d.count * (chunk + 1) / chunks
+                where data.value[i].bitPattern & 0x7FFF_FFFF == threshold { e += 1 }
+                c.value[chunk] = e
+            }
+        }
+        var quotas: [Int] = []
+        var left = equalKept
+        for e in equalCounts {
+            quotas.append(min(e, left))
+            left -= min(e, left)
+        }
+        Parallel.forEach(chunks) { chunk in
+            var quota = quotas[chunk]
+            for i in d.count * chunk / chunks..<d.count * (chunk + 1) / chunks {
+                let bits = data.value[i].bitPattern & 0x7FFF_FFFF
+                if bits > threshold { continue }
+                if bits == threshold, quota > 0 {
+                    quota -= 1
+                    continue
+                }
+                data.value[i] = 0
+            }
+        }
+    }
+
+    /// The entries of largest magnitude of an array (see the in-place version).
+    static func keepLargest(_ d: [Float], fraction: Double) -> [Float] {
+        var out = d
+        out.withUnsafeMutableBufferPointer { keepLargest($0, fraction: fraction) }
         return out
     }
+
+    /// DARE's drop: each entry kept with probability `keep` (rescaled by 1/keep) or zeroed, decided by a hash of
+    /// (seed, index), so the result is the same whatever the thread count.
+    static func dropAtRandom(_ d: UnsafeMutableBufferPointer<Float>, keep: Double, seed: UInt64) {
+        let scale = Float(1 / keep)
+        let limit = UInt64(keep * Double(UInt64(1) << 53))
+        let data = UncheckedBox(d)
+        Parallel.forRanges(d.count, grain: 1 << 14) { range in
+            for i in range {
+                var z = seed &+ UInt64(i) &* 0x9E37_79B9_7F4A_7C15
+                z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+                z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+                z ^= z >> 31
+                data.value[i] = (z >> 11) < limit ? data.value[i] * scale : 0
+            }
+        }
+    }
+}
+
+/// Carries a buffer into a parallel region whose writes are disjoint.
+private struct UncheckedBox<Value>: @unchecked Sendable {
+    let value: Value
+    init(_ value: Value) { self.value = value }
 }

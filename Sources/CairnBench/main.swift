@@ -8,9 +8,13 @@
 //   train     LoRA training steps (r 8 on all seven projections, fp32) on batch × sequence tokens: tokens/s,
 //             GFLOP per token counted from the shapes (LlamaModel.trainingFLOPs), the ratio to the ceiling, and
 //             the process's peak RSS. Run it in its own process so the RSS is training's alone.
-// Usage: cairn-bench [forward|train] [--model NAME|PATH] [--batch 4] [--sequence 256] [--repeats 3] [--rank 8]
+//   merge     TIES-merge 8 random rank-16 adapters on all seven projections of the model's shapes to rank 16:
+//             seconds and peak RSS (the target: under 5 s and 300 MiB), with the sgemm ceiling for scale;
+//             CAIRN_BENCH_PHASES=1 first times each phase on the largest module
+// Usage: cairn-bench [forward|train|merge] [--model NAME|PATH] [--batch 4] [--sequence 256] [--repeats 3] [--rank 8]
 //                    [--threads N] [--json]
 
+import Adapters
 import Foundation
 import Llama
 import ModelFormats
@@ -29,7 +33,7 @@ struct Arguments {
 
     init(_ argv: [String]) throws {
         var i = 1
-        if argv.count > 1, ["forward", "train"].contains(argv[1]) {
+        if argv.count > 1, ["forward", "train", "merge"].contains(argv[1]) {
             mode = argv[1]
             i = 2
         }
@@ -143,12 +147,82 @@ func runTrain(_ args: Arguments, ceiling: (square: Double, projection: Double), 
             Double(rss) / Double(1 << 30)))
 }
 
+/// TIES-merges 8 random rank-16 adapters (all seven projections) to rank 16, reading only the model's shapes.
+func runMerge(_ args: Arguments, ceiling: Double) throws {
+    let config = try ModelSource.resolve(args.model).config()
+    let lora = LoRAConfig(rank: 16, alpha: 32, targets: LoRATarget.allCases)
+    let inputs = (0..<8).map { i -> MergeInput in
+        let a = LoRAAdapter(model: config, config: lora, seed: UInt64(i))
+        var rng = SeededGenerator(seed: 100 + UInt64(i))
+        for m in a.modules {
+            for j in 0..<m.outFeatures * m.rank {
+                a.parameters.pointer[m.bOffset + j] = 0.01 * (2 * rng.nextUnitFloat() - 1)
+            }
+        }
+        return MergeInput(name: "adapter-\(i)", adapter: a, provenance: AdapterProvenance())
+    }
+    var options = MergeOptions(method: .ties)
+    options.density = 0.5
+    options.rank = 16
+    if ProcessInfo.processInfo.environment["CAIRN_BENCH_PHASES"] != nil {
+        // Phases on the largest module shape (1536 × 576), for finding where the time goes.
+        let clock = ContinuousClock()
+        func time(_ label: String, _ body: () -> Void) {
+            let t = clock.measure(body)
+            print(label, t)
+        }
+        let m = inputs[0].adapter.modules.first { $0.target == .up }!
+        var dense: [[Float]] = []
+        time("dense ×8") {
+            dense = inputs.map {
+                LowRankDelta(module: m, parameters: UnsafeBufferPointer($0.adapter.parameters.buffer)).dense()
+            }
+        }
+        time("magnitude-prune (trim ×8, sum)") {
+            _ = AdapterMerge.entrywise(dense.map { ($0, 1) }, method: .magnitudePrune, density: 0.5, seed: 1)
+        }
+        time("entrywise ties") {
+            _ = AdapterMerge.entrywise(dense.map { ($0, 1) }, method: .ties, density: 0.5, seed: 1)
+        }
+        time("randomizedSVD") { _ = randomizedSVD(dense[0], rows: m.outFeatures, columns: m.inFeatures, rank: 16) }
+    }
+    let rssBefore = peakRSS()
+    let clock = ContinuousClock()
+    let started = clock.now
+    let (merged, report) = try AdapterMerge.merge(inputs, options: options)
+    let d = clock.now - started
+    let seconds = Double(d.components.seconds) + Double(d.components.attoseconds) * 1e-18
+    let rss = peakRSS()
+    let entries = merged.modules.reduce(0) { $0 + $1.inFeatures * $1.outFeatures }
+    if args.json {
+        let report: JSONValue = [
+            "mode": "merge", "threads": .integer(Int64(Parallel.threadCount)), "ceiling_gflops": .number(ceiling),
+            "adapters": 8, "modules": .integer(Int64(merged.modules.count)), "seconds": .number(seconds),
+            "peak_rss_bytes": .integer(Int64(rss)), "inputs_rss_bytes": .integer(Int64(rssBefore)),
+            "min_energy_kept": .number(report.minimumEnergyKept),
+        ]
+        print(report.serialized())
+    } else {
+        print(String(format: "machine: %d threads, sgemm ceiling %.1f GFLOP/s", Parallel.threadCount, ceiling))
+        print(
+            String(
+                format:
+                    "merge: TIES of 8 rank-16 adapters → rank 16, %d modules (%.0f M ΔW entries each): %.2f s, peak RSS %.0f MiB (inputs %.0f MiB); target < 5 s, < 300 MiB",
+                merged.modules.count, Double(entries) / 1e6, seconds, Double(rss) / Double(1 << 20),
+                Double(rssBefore) / Double(1 << 20)))
+    }
+}
+
 func run() throws {
     let args = try Arguments(CommandLine.arguments)
     if let threads = args.threads { Parallel.threadCount = threads }
     let threads = Parallel.threadCount
 
     let square = sgemmGFLOPs(M: 2048, N: 2048, K: 2048, repeats: max(3, args.repeats))
+    if args.mode == "merge" {
+        try runMerge(args, ceiling: square)
+        return
+    }
     let lm = try LanguageModel.load(args.model)
     let model = lm.model
     let c = model.config

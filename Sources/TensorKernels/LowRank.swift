@@ -111,3 +111,83 @@ public func product(
     }
     return c
 }
+
+/// The top `rank` singular triplets of a dense m×n matrix by randomized subspace iteration (Halko, Martinsson
+/// and Tropp): an orthonormal basis of A·Ω for a seeded random Ω with `oversample` extra columns, refined by
+/// `powerIterations` rounds of A·Aᵀ, then the exact SVD of the small projection. Cost O(m·n·(rank+oversample)·
+/// (2·powerIterations+2)) instead of a full SVD's O(m·n·min(m,n)); near-optimal when the spectrum decays, exact
+/// when the matrix's rank is at most rank + oversample. Small matrices go to `thinSVD` directly.
+public func randomizedSVD(
+    _ a: [Float], rows m: Int, columns n: Int, rank: Int, oversample: Int = 10, powerIterations: Int = 3,
+    seed: UInt64 = 0x5EED
+) -> (u: [Float], s: [Float], vt: [Float]) {
+    precondition(a.count == m * n && rank >= 1, "randomizedSVD: shapes")
+    let l = rank + oversample
+    if 2 * l >= min(m, n) {
+        let (u, s, vt) = thinSVD(a, rows: m, columns: n)
+        let p = s.count
+        let k = min(rank, p)
+        var uk = [Float](repeating: 0, count: m * k)
+        for i in 0..<m { for j in 0..<k { uk[i * k + j] = u[i * p + j] } }
+        return (uk, Array(s.prefix(k)), Array(vt.prefix(k * n)))
+    }
+    var rng = SeededGenerator(seed: seed)
+    let omega = (0..<n * l).map { _ in 2 * rng.nextUnitFloat() - 1 }
+    var q = thinQR(product(a, omega, m, n, l), rows: m, columns: l).q
+    for _ in 0..<powerIterations {
+        let z = thinQR(product(a, q, n, m, l, transposeA: true), rows: n, columns: l).q  // Aᵀ·Q (n×l)
+        q = thinQR(product(a, z, m, n, l), rows: m, columns: l).q  // A·Z (m×l)
+    }
+    let b = product(q, a, l, m, n, transposeA: true)  // Qᵀ·A (l×n)
+    let (ub, s, vt) = thinSVD(b, rows: l, columns: n)
+    let k = min(rank, s.count)
+    let u = product(q, ub, m, l, l)
+    var uk = [Float](repeating: 0, count: m * k)
+    for i in 0..<m { for j in 0..<k { uk[i * k + j] = u[i * l + j] } }
+    return (uk, Array(s.prefix(k)), Array(vt.prefix(k * n)))
+}
+
+/// The magnitude of the k-th largest |x| (as its bit pattern: non-negative floats order as their bits) and how
+/// many entries at exactly that magnitude to keep (in index order) so that exactly k are kept. A radix select in
+/// three passes over 12, 10 and 10 bits of |x|, each a tight counting loop split across cores: O(n).
+public func magnitudeThreshold(_ x: UnsafeBufferPointer<Float>, keep k: Int) -> (threshold: UInt32, equalKept: Int) {
+    precondition(k >= 1 && k <= x.count, "magnitudeThreshold: 1 ≤ k ≤ count")
+    let raw = UnsafeBufferPointer(
+        start: UnsafeRawPointer(x.baseAddress!).assumingMemoryBound(to: UInt32.self), count: x.count)
+    let chunks = max(1, min(Parallel.threadCount, x.count / 32768))
+    /// Counts, over entries whose bits above `shift + width` equal `prefix`, the `width`-bit digit at `shift`.
+    func histogram(prefix: UInt32, shift: UInt32, width: UInt32) -> [Int] {
+        let buckets = 1 << Int(width)
+        let above = shift + width
+        var partial = [[Int]](repeating: [], count: chunks)
+        partial.withUnsafeMutableBufferPointer { parts in
+            let out = UncheckedSendable(parts)
+            Parallel.forEach(chunks) { c in
+                var h = [Int](repeating: 0, count: buckets)
+                h.withUnsafeMutableBufferPointer { h in
+                    let mask = UInt32(buckets - 1)
+                    for i in x.count * c / chunks..<x.count * (c + 1) / chunks {
+                        let bits = raw[i] & 0x7FFF_FFFF
+                        if above >= 32 || bits >> above == prefix { h[Int((bits >> shift) & mask)] += 1 }
+                    }
+                }
+                out.value[c] = h
+            }
+        }
+        var total = [Int](repeating: 0, count: buckets)
+        for h in partial { for i in 0..<buckets { total[i] += h[i] } }
+        return total
+    }
+    var prefix: UInt32 = 0
+    var above = 0  // entries known to be larger than the current prefix's range
+    for (shift, width) in [(UInt32(20), UInt32(12)), (10, 10), (0, 10)] {
+        let h = histogram(prefix: prefix, shift: shift, width: width)
+        var digit = h.count - 1
+        while digit > 0, above + h[digit] < k {
+            above += h[digit]
+            digit -= 1
+        }
+        prefix = prefix << width | UInt32(digit)
+    }
+    return (prefix, k - above)
+}

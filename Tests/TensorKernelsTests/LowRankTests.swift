@@ -1,3 +1,4 @@
+import Foundation
 import TensorKernels
 import TestSupport
 import Testing
@@ -51,5 +52,62 @@ import Testing
             return x
         }
         expectClose(rank3(u3, 3, s3, vt3), rank3(ud, min(m, n), sd, vtd), tolerance: 1e-4)
+    }
+}
+
+@Suite struct RandomizedSVDTests {
+    /// On a matrix with a decaying spectrum, the randomized top-k is as good as the exact top-k (the error of
+    /// the rank-k reconstruction within 1 % of the optimum, singular values within 1e-3 relative).
+    @Test func matchesTheExactTruncationOnADecayingSpectrum() {
+        let (m, n, k) = (120, 200, 8)
+        // A = Σ σ_i u_i v_iᵀ with σ_i = 0.7^i, built from random factors.
+        let u = thinQR(randomFloats(m * 40, seed: 1), rows: m, columns: 40).q
+        let v = thinQR(randomFloats(n * 40, seed: 2), rows: n, columns: 40).q
+        var a = [Float](repeating: 0, count: m * n)
+        for t in 0..<40 {
+            let s = Float(pow(0.7, Double(t)))
+            for i in 0..<m { for j in 0..<n { a[i * n + j] += s * u[i * 40 + t] * v[j * 40 + t] } }
+        }
+        let exact = thinSVD(a, rows: m, columns: n)
+        let fast = randomizedSVD(a, rows: m, columns: n, rank: k)
+        #expect(fast.s.count == k)
+        for t in 0..<k { #expect(abs(fast.s[t] - exact.s[t]) <= 1e-3 * exact.s[0], "σ\(t)") }
+        func error(_ u: [Float], _ s: [Float], _ vt: [Float], _ w: Int) -> Double {
+            var e = 0.0
+            for i in 0..<m {
+                for j in 0..<n {
+                    var x: Float = 0
+                    for t in 0..<k { x += u[i * w + t] * s[t] * vt[t * n + j] }
+                    e += Double(a[i * n + j] - x) * Double(a[i * n + j] - x)
+                }
+            }
+            return e.squareRoot()
+        }
+        let best = error(exact.u, exact.s, exact.vt, min(m, n))
+        #expect(error(fast.u, fast.s, fast.vt, k) <= best * 1.01 + 1e-6)
+    }
+
+    /// The radix select keeps exactly k entries, the same ones a full sort by magnitude keeps.
+    @Test func magnitudeThresholdAgreesWithSorting() {
+        var values = randomFloats(50_000, seed: 3)
+        for i in stride(from: 0, to: values.count, by: 97) { values[i] = 0.25 }  // many equal magnitudes
+        for i in stride(from: 1, to: values.count, by: 101) { values[i] = -0.25 }
+        for k in [1, 17, 1000, 25_000, 49_999] {
+            let (threshold, equal) = values.withUnsafeBufferPointer { magnitudeThreshold($0, keep: k) }
+            var kept = 0
+            var equalSeen = 0
+            for x in values {
+                let bits = x.bitPattern & 0x7FFF_FFFF
+                if bits > threshold {
+                    kept += 1
+                } else if bits == threshold, equalSeen < equal {
+                    kept += 1
+                    equalSeen += 1
+                }
+            }
+            #expect(kept == k)
+            let sorted = values.map { abs($0) }.sorted(by: >)
+            #expect(Float(bitPattern: threshold) == sorted[k - 1], "k = \(k)")
+        }
     }
 }
