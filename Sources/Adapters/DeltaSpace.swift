@@ -4,6 +4,7 @@
 // job's rank with a truncated SVD computed from the factors (TensorKernels.truncatedSVD), never forming the
 // out×in matrix for large layers.
 
+import Foundation
 import Llama
 import TensorKernels
 
@@ -213,5 +214,68 @@ public final class OuterOptimizer: @unchecked Sendable {
             next.add(update, weight: -learningRate)
             refactor(next, into: m, parameters: g)
         }
+    }
+}
+
+/// How two adapters' updates compare on one module.
+public struct ModuleComparison: Sendable {
+    public var layer: Int
+    public var target: LoRATarget
+    /// ‖ΔW‖ (Frobenius) of each; 0 where an adapter lacks the module.
+    public var normA: Double
+    public var normB: Double
+    /// ⟨ΔW_a, ΔW_b⟩ / (‖ΔW_a‖·‖ΔW_b‖); nil when either is zero.
+    public var cosine: Double?
+    /// Effective rank of each update, exp(entropy of σᵢ²/Σσ²): 1 for a single direction, r for r equal ones.
+    public var effectiveRankA: Double
+    public var effectiveRankB: Double
+}
+
+extension LowRankDelta {
+    /// ⟨self, other⟩ in the Frobenius sense, from the factors: trace((L₁ᵀL₂)(R₂R₁ᵀ)), never forming ΔW.
+    public func dot(_ other: LowRankDelta) -> Double {
+        guard inner > 0, other.inner > 0 else { return 0 }
+        let ll = product(left, other.left, inner, rows, other.inner, transposeA: true)  // k₁×k₂
+        let rr = product(other.right, right, other.inner, columns, inner, transposeB: true)  // k₂×k₁
+        var trace = 0.0
+        for i in 0..<inner {
+            for j in 0..<other.inner { trace += Double(ll[i * other.inner + j]) * Double(rr[j * inner + i]) }
+        }
+        return trace
+    }
+
+    /// exp(entropy of the normalised squared singular values).
+    public var effectiveRank: Double {
+        guard inner > 0 else { return 0 }
+        let (_, s, _) = truncatedSVD(left: left, right: right, rows: rows, inner: inner, columns: columns, rank: inner)
+        let energy = s.map { Double($0) * Double($0) }
+        let total = energy.reduce(0, +)
+        guard total > 0 else { return 0 }
+        let entropy = energy.reduce(0.0) { h, e in e > 0 ? h - (e / total) * log(e / total) : h }
+        return exp(entropy)
+    }
+}
+
+/// Per-module comparison of two adapters of the same base (modules of either, in layer order).
+public func compareAdapters(_ a: LoRAAdapter, _ b: LoRAAdapter) -> [ModuleComparison] {
+    var keys = Set<Int>()
+    for m in a.modules + b.modules { keys.insert(m.layer * 8 + LoRATarget.allCases.firstIndex(of: m.target)!) }
+    return keys.sorted().map { key in
+        let layer = key / 8
+        let target = LoRATarget.allCases[key % 8]
+        func delta(_ x: LoRAAdapter) -> LowRankDelta? {
+            x.module(layer: layer, target: target).map {
+                LowRankDelta(module: $0, parameters: UnsafeBufferPointer(x.parameters.buffer))
+            }
+        }
+        let da = delta(a)
+        let db = delta(b)
+        let na = da.map { $0.dot($0).squareRoot() } ?? 0
+        let nb = db.map { $0.dot($0).squareRoot() } ?? 0
+        var cosine: Double?
+        if let da, let db, na > 0, nb > 0 { cosine = da.dot(db) / (na * nb) }
+        return ModuleComparison(
+            layer: layer, target: target, normA: na, normB: nb, cosine: cosine, effectiveRankA: da?.effectiveRank ?? 0,
+            effectiveRankB: db?.effectiveRank ?? 0)
     }
 }

@@ -27,7 +27,8 @@ struct Cairn: ParsableCommand {
             """,
         version: version,
         subcommands: [
-            Generate.self, Eval.self, Tokenize.self, Train.self, Export.self, Merge.self, Inspect.self,
+            Generate.self, Eval.self, Tokenize.self, Train.self, Export.self, Merge.self, Diff.self, Lineage.self,
+            Inspect.self,
             CoordinatorCommand.self,
             WorkerCommand.self, ClientCommand.self, Submit.self, Status.self, Workers.self, Cancel.self, Pull.self,
             ClusterCommand.self,

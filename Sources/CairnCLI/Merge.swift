@@ -113,6 +113,9 @@ struct Merge: ParsableCommand {
                     "weight": .number(options.weights?[i] ?? 1),
                 ]
                 if let l = provenance.lineage { parent["lineage"] = l }
+                if let h = provenance.baseModelHash { parent["base_model_sha256"] = .string(h) }
+                if let d = provenance.dataHash { parent["data_sha256"] = .string(d) }
+                if let s = provenance.steps { parent["steps"] = .integer(Int64(s)) }
                 parents.append(.object(parent))
             } catch {
                 problems.append(error.description)
@@ -155,5 +158,126 @@ struct Merge: ParsableCommand {
                 format:
                     "merged %d adapters (%@) into %d modules; spectral energy kept: mean %.2f%%, lowest %.2f%%; wrote %@",
                 adapters.count, method, report.modules.count, 100 * mean, 100 * report.minimumEnergyKept, output))
+    }
+}
+
+struct Diff: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Compare two adapters of one base, module by module.",
+        discussion: """
+            For each module: the norm of each update ΔW = s·B·A, their cosine similarity (computed from the factors, \
+            exactly), and each update's effective rank (exp of the entropy of its normalised spectrum).
+
+            Example:
+              cairn diff alice/ bob.gguf
+            """)
+    @Argument(help: "The first adapter.")
+    var a: String
+    @Argument(help: "The second adapter.")
+    var b: String
+    @Option(name: .shortAndLong, help: "The base model (its architecture).")
+    var model = "smollm2-135m"
+    @Flag(help: "Print JSON, one object per module.")
+    var json = false
+
+    func run() throws {
+        let rows: [ModuleComparison]
+        do {
+            let config = try ModelSource.resolve(model).config()
+            rows = compareAdapters(
+                try LoRAAdapter.load(path: a, model: config).0, try LoRAAdapter.load(path: b, model: config).0)
+        } catch { throw CLIError("\(error)") }
+        if json {
+            Terminal.printJSON(
+                .array(
+                    rows.map {
+                        [
+                            "layer": .integer(Int64($0.layer)), "target": .string($0.target.rawValue),
+                            "norm_a": .number($0.normA),
+                            "norm_b": .number($0.normB), "cosine": $0.cosine.map(JSONValue.number) ?? .null,
+                            "effective_rank_a": .number($0.effectiveRankA),
+                            "effective_rank_b": .number($0.effectiveRankB),
+                        ]
+                    }))
+            return
+        }
+        Terminal.write("layer  module      ‖ΔW_a‖     ‖ΔW_b‖   cosine  eff.rank a  eff.rank b\n")
+        for r in rows {
+            Terminal.write(
+                String(
+                    format: "%5d  %@ %9.4f  %9.4f  %7@  %10.2f  %10.2f\n", r.layer,
+                    r.target.rawValue.padding(toLength: 9, withPad: " ", startingAt: 0), r.normA, r.normB,
+                    r.cosine.map { String(format: "%.3f", $0) } ?? "—", r.effectiveRankA, r.effectiveRankB))
+        }
+        let cosines = rows.compactMap(\.cosine)
+        if !cosines.isEmpty {
+            Terminal.note(
+                String(format: "%d modules; mean cosine %.3f", rows.count, cosines.reduce(0, +) / Double(cosines.count))
+            )
+        }
+    }
+}
+
+struct Lineage: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Print an adapter's lineage: how it was made, from which parents, on which base and data.",
+        discussion: """
+            Adapters cairn writes record their base model's SHA-256, their training recipe, data fingerprint and \
+            steps, and for merges the method and every parent (with its own lineage), in the safetensors \
+            __metadata__ or the GGUF key-values.
+
+            Example:
+              cairn lineage merged/
+            """)
+    @Argument(help: "A PEFT directory, GGUF LoRA file or run directory.")
+    var adapter: String
+    @Option(name: .shortAndLong, help: "The base model (its architecture).")
+    var model = "smollm2-135m"
+    @Flag(help: "Print the lineage as JSON.")
+    var json = false
+
+    func run() throws {
+        let provenance: AdapterProvenance
+        do {
+            let config = try ModelSource.resolve(model).config()
+            provenance = try LoRAAdapter.load(path: adapter, model: config).1
+        } catch { throw CLIError("\(error)") }
+        var root: JSONObject = ["name": .string((adapter as NSString).lastPathComponent)]
+        if let h = provenance.baseModelHash { root["base_model_sha256"] = .string(h) }
+        if let d = provenance.dataHash { root["data_sha256"] = .string(d) }
+        if let s = provenance.steps { root["steps"] = .integer(Int64(s)) }
+        if let l = provenance.lineage { root["lineage"] = l }
+        if json {
+            Terminal.printJSON(.object(root), pretty: true)
+            return
+        }
+        Terminal.write(Self.render(.object(root), prefix: "", last: true, top: true))
+    }
+
+    /// One line per adapter, its parents indented beneath it.
+    static func render(_ node: JSONValue, prefix: String, last: Bool, top: Bool = false) -> String {
+        let o = node.objectValue ?? JSONObject()
+        var line = o["name"]?.stringValue ?? "?"
+        let lineage = o["lineage"]?.objectValue
+        if let method = lineage?["method"]?.stringValue {
+            var how = [method]
+            if let d = lineage?["density"]?.doubleValue { how.append("density \(d)") }
+            if let s = lineage?["seed"]?.intValue { how.append("seed \(s)") }
+            if let r = lineage?["rank"]?.intValue { how.append("rank \(r)") }
+            line += " [" + how.joined(separator: ", ") + "]"
+        } else if let steps = o["steps"]?.intValue {
+            line += " [trained \(steps) steps]"
+        }
+        if let w = o["weight"]?.doubleValue, !top { line += " × \(w)" }
+        if let b = o["base_model_sha256"]?.stringValue { line += " base \(b.prefix(12))…" }
+        if let d = o["data_sha256"]?.stringValue { line += " data \(d.prefix(12))…" }
+        if let h = o["sha256"]?.stringValue { line += " sha256 \(h.prefix(12))…" }
+        var out = top ? line + "\n" : prefix + (last ? "└── " : "├── ") + line + "\n"
+        let parents = lineage?["parents"]?.arrayValue ?? []
+        let childPrefix = top ? "" : prefix + (last ? "    " : "│   ")
+        for (i, p) in parents.enumerated() {
+            out += render(p, prefix: childPrefix, last: i == parents.count - 1)
+        }
+        return out
     }
 }

@@ -149,3 +149,29 @@ import Testing
         }
     }
 }
+
+@Suite struct CompareTests {
+    @Test func dotAndEffectiveRankFromFactorsMatchTheDenseDefinitions() {
+        let t = DeltaSpaceTests()
+        let a = t.trained(seed: 31)
+        let b = t.trained(seed: 32)
+        for m in a.modules {
+            let da = LowRankDelta(module: m, parameters: UnsafeBufferPointer(a.parameters.buffer))
+            let db = LowRankDelta(
+                module: b.module(layer: m.layer, target: m.target)!,
+                parameters: UnsafeBufferPointer(b.parameters.buffer))
+            let dense = zip(da.dense(), db.dense()).reduce(0.0) { $0 + Double($1.0) * Double($1.1) }
+            #expect(abs(da.dot(db) - dense) <= 1e-4 * max(1, abs(dense)))
+        }
+        // One direction → 1; two orthogonal directions of equal strength → 2.
+        let one = LowRankDelta(rows: 2, columns: 2, left: [1, 0], right: [0, 1])
+        let two = LowRankDelta(rows: 2, columns: 2, left: [1, 0, 0, 1], right: [1, 0, 0, 1])
+        #expect(abs(one.effectiveRank - 1) < 1e-6 && abs(two.effectiveRank - 2) < 1e-5)
+        let rows = compareAdapters(a, a)
+        #expect(rows.count == a.modules.count && rows.allSatisfy { abs(($0.cosine ?? 0) - 1) < 1e-5 })
+        let negated = LoRAAdapter(
+            model: a.modelConfig, modules: a.modules.map { ($0.layer, $0.target, $0.rank, -$0.scale) })
+        negated.parameters.pointer.update(from: a.parameters.array, count: a.parameters.count)
+        #expect(compareAdapters(a, negated).allSatisfy { abs(($0.cosine ?? 0) + 1) < 1e-5 })
+    }
+}
