@@ -28,6 +28,7 @@ struct Cairn: ParsableCommand {
         version: version,
         subcommands: [
             Generate.self, Eval.self, Tokenize.self, Train.self, Export.self, Merge.self, Diff.self, Lineage.self,
+            Fuse.self,
             Inspect.self,
             CoordinatorCommand.self,
             WorkerCommand.self, ClientCommand.self, Submit.self, Status.self, Workers.self, Cancel.self, Pull.self,

@@ -281,3 +281,59 @@ struct Lineage: ParsableCommand {
         return out
     }
 }
+
+struct Fuse: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Bake adapters into the base model and write a GGUF model (no --lora needed to run it).",
+        discussion: """
+            The adapters' updates are added to the base weights (W + s·B·A, in order); the result is written as \
+            GGUF with the base's tokenizer and metadata, matrices as f32, f16 or q8_0 (ggml's reference rounding), \
+            norms as f32. The GGUF records the adapters it contains under cairn.fused.
+
+            Examples:
+              cairn fuse --model smollm2-135m --adapter merged/ -o smollm2-merged.gguf
+              cairn fuse --model smollm2-135m --adapter a/ --adapter b.gguf --type q8_0 -o fused-q8.gguf
+            """)
+    @Option(name: .shortAndLong, help: "The base model: a GGUF file or cached name.")
+    var model = "smollm2-135m"
+    @Option(help: "An adapter to bake in (repeatable, applied in order).")
+    var adapter: [String] = []
+    @Option(help: "f32, f16 or q8_0 for the matrices.")
+    var type = "f16"
+    @Option(name: .shortAndLong, help: "The GGUF file to write.")
+    var output: String
+
+    func validate() throws {
+        guard !adapter.isEmpty else { throw ValidationError("give at least one --adapter") }
+        guard FusedType(rawValue: type) != nil else { throw ValidationError("--type must be f32, f16 or q8_0") }
+    }
+
+    func run() throws {
+        do {
+            let source = try ModelSource.resolve(model)
+            guard case .gguf(let path) = source else {
+                throw CLIError(
+                    "fuse reads a GGUF base for now (its tokenizer and metadata go into the output); \(model) is a directory"
+                )
+            }
+            let lm = try LanguageModel.load(source, adapters: adapter)
+            for w in lm.adapterWarnings { Terminal.note("warning: \(w)") }
+            let file = try GGUFFile(path: path)
+            var writer = lm.model.weights.gguf(metadata: file.metadata, type: FusedType(rawValue: type)!)
+            let fused: JSONValue = .array(
+                try adapter.map { a -> JSONValue in
+                    [
+                        "name": .string((a as NSString).lastPathComponent),
+                        "sha256": .string(try FileHash.modelIdentity(path: a)),
+                    ]
+                })
+            writer.set("cairn.fused", .string(fused.serialized()))
+            writer.set("cairn.base_model_sha256", .string(try FileHash.modelIdentity(path: path)))
+            try writer.write(to: output)
+            Terminal.note(
+                "wrote \(output) (\(type) matrices, \(adapter.count) adapter\(adapter.count == 1 ? "" : "s") baked in)")
+        } catch let e as CLIError {
+            throw e
+        } catch { throw CLIError("\(error)") }
+    }
+}

@@ -6,6 +6,10 @@ import ModelFormats
 import TestSupport
 
 func cairn(_ arguments: String..., input: String? = nil, home: String? = nil) throws -> CommandResult {
+    try cairn(arguments, input: input, home: home)
+}
+
+func cairn(_ arguments: [String], input: String? = nil, home: String? = nil) throws -> CommandResult {
     try runCommand(cairnExecutable, arguments, input: input, environment: home.map { ["CAIRN_HOME": $0] } ?? [:])
 }
 
@@ -180,5 +184,14 @@ struct RealModelCLITests {
         let base = try evalLoss([])
         let tuned = try evalLoss(["--adapter", run])
         #expect(tuned < 0.25 * base, "held-out loss \(base) → \(tuned)")
+
+        // The adapter baked into the base (cairn fuse): the same greedy answer, the same loss within 1e-4.
+        let fused = dir.appendingPathComponent("fused.gguf").path
+        let fuse = try cairn("fuse", "--adapter", run, "--type", "f32", "-o", fused)
+        #expect(fuse.status == 0, "\(fuse.stderr)")
+        let fusedAnswer = try cairn("generate", "--model", fused, "--prompt", question)
+        #expect(fusedAnswer.stdout == trained)
+        let fusedLoss = try evalLoss(["--model", fused])
+        #expect(abs(fusedLoss - tuned) <= 1e-4 * tuned, "fused \(fusedLoss) vs adapter \(tuned)")
     }
 }

@@ -68,3 +68,37 @@ import Testing
         #expect(forced.status == 0, "\(forced.stderr)")
     }
 }
+
+@Suite struct FuseCLITests {
+    /// Fusing an adapter into the tiny model gives the same model: bit-identical loss in f32, within rounding in
+    /// f16 and q8_0, and the same greedy text.
+    @Test func fusedModelsMatchTheAdapterAppliedAtLoad() throws {
+        let dir = Fixtures.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let adapter = Fixtures.path("peft/final")
+        let text = dir.appendingPathComponent("t.txt").path
+        try Data("the cat sat on the mat, and a dog ran in the park".utf8).write(to: URL(fileURLWithPath: text))
+        func loss(_ args: [String]) throws -> Double {
+            let r = try cairn(["eval", "--text-file", text, "--json"] + args)
+            return try #require((try? JSONValue.parse(r.stdout))?.objectValue?["loss"]?.doubleValue, "\(r.stderr)")
+        }
+        let reference = try loss(["--model", tinyModel, "--adapter", adapter])
+        for (type, tolerance) in [("f32", 1e-7), ("f16", 1e-3), ("q8_0", 1e-2)] {
+            let out = dir.appendingPathComponent("fused-\(type).gguf").path
+            let r = try cairn(["fuse", "--model", tinyModel, "--adapter", adapter, "--type", type, "-o", out])
+            #expect(r.status == 0, "\(r.stderr)")
+            let fused = try loss(["--model", out])
+            #expect(abs(fused - reference) <= tolerance * reference, "\(type): \(fused) vs \(reference)")
+        }
+        let a = try cairn([
+            "generate", "--model", tinyModel, "--adapter", adapter, "--raw", "--prompt", "th", "--max-tokens", "6",
+        ])
+        let b = try cairn([
+            "generate", "--model", dir.appendingPathComponent("fused-f32.gguf").path, "--raw", "--prompt", "th",
+            "--max-tokens", "6",
+        ])
+        #expect(a.stdout == b.stdout && a.status == 0)
+        let inspected = try cairn(["inspect", dir.appendingPathComponent("fused-q8_0.gguf").path, "--no-tensors"])
+        #expect(inspected.stdout.contains("cairn.fused"), "\(inspected.stdout)")
+    }
+}
