@@ -16,6 +16,7 @@
 // A module missing from an input counts as zero. Inputs for another base are refused: the architecture and every
 // module shape always, the recorded base-model hash unless forced.
 
+import Foundation
 import Llama
 import ModelFormats
 import TensorKernels
@@ -132,6 +133,83 @@ public enum AdapterMerge {
             }
         }
         guard problems.isEmpty else { throw MergeError(problems) }
+    }
+
+    /// An input whose update stands out from the others.
+    public struct Outlier: Sendable, Equatable {
+        public var index: Int
+        public var reason: String
+    }
+
+    /// Inputs whose update norm or agreement with the consensus is an outlier among the inputs: the modified
+    /// z-score (0.6745·(x − median)/MAD) of the log of each input's total update norm, and of its mean cosine
+    /// similarity to the sum of all inputs' updates, beyond `threshold`. Computed from the factors (pairwise
+    /// inner products per module), never forming ΔW. Needs at least three inputs.
+    public static func outliers(_ inputs: [MergeInput], threshold: Double = 3.5) -> [Outlier] {
+        guard inputs.count >= 3 else { return [] }
+        var keys = Set<Int>()
+        for input in inputs {
+            for m in input.adapter.modules { keys.insert(m.layer * 8 + LoRATarget.allCases.firstIndex(of: m.target)!) }
+        }
+        var squaredNorms = [Double](repeating: 0, count: inputs.count)
+        var cosineSums = [Double](repeating: 0, count: inputs.count)
+        var cosineCounts = [Double](repeating: 0, count: inputs.count)
+        for key in keys {
+            let layer = key / 8
+            let target = LoRATarget.allCases[key % 8]
+            let deltas = inputs.map { input in
+                input.adapter.module(layer: layer, target: target).map {
+                    LowRankDelta(module: $0, parameters: UnsafeBufferPointer(input.adapter.parameters.buffer))
+                }
+            }
+            var gram = [[Double]](repeating: [Double](repeating: 0, count: inputs.count), count: inputs.count)
+            for i in inputs.indices {
+                for j in i..<inputs.count {
+                    guard let a = deltas[i], let b = deltas[j] else { continue }
+                    gram[i][j] = a.dot(b)
+                    gram[j][i] = gram[i][j]
+                }
+            }
+            let total = gram.reduce(0) { $0 + $1.reduce(0, +) }  // ‖Σ ΔW‖²
+            for i in inputs.indices where deltas[i] != nil {
+                squaredNorms[i] += gram[i][i]
+                guard gram[i][i] > 0, total > 0 else { continue }
+                cosineSums[i] += gram[i].reduce(0, +) / (gram[i][i].squareRoot() * total.squareRoot())
+                cosineCounts[i] += 1
+            }
+        }
+        func scores(_ x: [Double]) -> [Double] {
+            let sorted = x.sorted()
+            let median = sorted[sorted.count / 2]
+            let deviations = x.map { abs($0 - median) }.sorted()
+            let mad = deviations[deviations.count / 2]
+            return x.map { v in
+                if mad > 1e-12 { return 0.6745 * (v - median) / mad }
+                return abs(v - median) > 1e-6 * max(1, abs(median)) ? (v > median ? .infinity : -.infinity) : 0
+            }
+        }
+        let logNorms = squaredNorms.map { 0.5 * log(max($0, 1e-30)) }
+        let cosines = cosineSums.indices.map { cosineCounts[$0] > 0 ? cosineSums[$0] / cosineCounts[$0] : 0 }
+        let normScores = scores(logNorms)
+        let cosineScores = scores(cosines)
+        var out: [Outlier] = []
+        for i in inputs.indices {
+            var why: [String] = []
+            if abs(normScores[i]) > threshold {
+                why.append(
+                    String(
+                        format: "update norm %.3g is %@ the others' (median %.3g)", exp(logNorms[i]),
+                        normScores[i] > 0 ? "far above" : "far below", exp(logNorms.sorted()[logNorms.count / 2])))
+            }
+            if cosineScores[i] < -threshold {
+                why.append(
+                    String(
+                        format: "agrees little with the consensus (cosine %.2f, median %.2f)", cosines[i],
+                        cosines.sorted()[cosines.count / 2]))
+            }
+            if !why.isEmpty { out.append(Outlier(index: i, reason: why.joined(separator: "; "))) }
+        }
+        return out
     }
 
     /// Merges the inputs into a new adapter (scale 1 on every module), with what each module kept.

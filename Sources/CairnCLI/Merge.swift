@@ -59,6 +59,9 @@ struct Merge: ParsableCommand {
     @Flag(help: "Merge even when the recorded base-model hashes differ (shapes are always checked).")
     var force = false
 
+    @Flag(help: "Leave out inputs whose update norm or agreement with the others is an outlier (reported).")
+    var dropOutliers = false
+
     @Option(name: .shortAndLong, help: "Where to write the merged adapter.")
     var output: String
 
@@ -109,7 +112,7 @@ struct Merge: ParsableCommand {
                 inputs.append(MergeInput(name: path, adapter: adapter, provenance: provenance))
                 var parent: JSONObject = [
                     "name": .string((path as NSString).lastPathComponent),
-                    "sha256": .string(FileHash.sha256(UnsafeRawBufferPointer(adapter.parameters.buffer))),
+                    "sha256": .string(adapter.contentHash),
                     "weight": .number(options.weights?[i] ?? 1),
                 ]
                 if let l = provenance.lineage { parent["lineage"] = l }
@@ -122,6 +125,20 @@ struct Merge: ParsableCommand {
             }
         }
         guard problems.isEmpty else { throw CLIError(MergeError(problems).description) }
+        var dropped: [JSONValue] = []
+        if dropOutliers {
+            let flagged = AdapterMerge.outliers(inputs)
+            for o in flagged {
+                Terminal.note("leaving out \(inputs[o.index].name): \(o.reason)")
+                dropped.append(["name": .string(inputs[o.index].name), "reason": .string(o.reason)])
+            }
+            let keep = Set(inputs.indices).subtracting(flagged.map(\.index)).sorted()
+            guard !keep.isEmpty else { throw CLIError("--drop-outliers would leave nothing to merge") }
+            inputs = keep.map { inputs[$0] }
+            parents = keep.map { parents[$0] }
+            options.weights = options.weights.map { w in keep.map { w[$0] } }
+            if flagged.isEmpty { Terminal.note("no outliers among the \(inputs.count) adapters") }
+        }
         let merged: LoRAAdapter
         let report: MergeReport
         do { (merged, report) = try AdapterMerge.merge(inputs, options: options) } catch {
@@ -131,6 +148,7 @@ struct Merge: ParsableCommand {
         provenance.baseModelHash = baseHash
         provenance.baseModelName = (source.path as NSString).lastPathComponent
         var lineage: JSONObject = ["method": .string(method), "parents": .array(parents)]
+        if !dropped.isEmpty { lineage["dropped"] = .array(dropped) }
         if options.method.isEntrywise { lineage["density"] = .number(density) }
         if options.method == .dareLinear || options.method == .dareTies { lineage["seed"] = .integer(Int64(seed)) }
         if let rank { lineage["rank"] = .integer(Int64(rank)) }
@@ -243,6 +261,7 @@ struct Lineage: ParsableCommand {
             provenance = try LoRAAdapter.load(path: adapter, model: config).1
         } catch { throw CLIError("\(error)") }
         var root: JSONObject = ["name": .string((adapter as NSString).lastPathComponent)]
+        if let h = provenance.adapterHash { root["sha256"] = .string(h) }
         if let h = provenance.baseModelHash { root["base_model_sha256"] = .string(h) }
         if let d = provenance.dataHash { root["data_sha256"] = .string(d) }
         if let s = provenance.steps { root["steps"] = .integer(Int64(s)) }

@@ -29,9 +29,18 @@ public struct AdapterProvenance: Sendable, Equatable {
     public var steps: Int?
     /// Parents and how they were combined (merges).
     public var lineage: JSONValue?
+    /// The content hash recorded when the file was written (`LoRAAdapter.contentHash`); set by loading.
+    public var adapterHash: String?
 
     /// Empty provenance.
     public init() {}
+
+    /// The provenance with the adapter's own content hash (`adapter_sha256`).
+    func json(adapter: LoRAAdapter) -> JSONValue {
+        guard case .object(var o) = json else { return json }
+        o["adapter_sha256"] = .string(adapter.contentHash)
+        return .object(o)
+    }
 
     var json: JSONValue {
         var o = JSONObject()
@@ -53,6 +62,7 @@ public struct AdapterProvenance: Sendable, Equatable {
         dataHash = o["data_sha256"]?.stringValue
         steps = o["steps"]?.intValue
         lineage = o["lineage"]
+        adapterHash = o["adapter_sha256"]?.stringValue
     }
 }
 
@@ -62,6 +72,27 @@ public enum AdapterFormat: String, Sendable, CaseIterable {
 }
 
 extension LoRAAdapter {
+    /// SHA-256 of the adapter's canonical bytes: for each module in (layer, target) order, its layer, target, rank
+    /// and scale, then A and B as little-endian fp32 in Hugging Face row order. The same adapter has the same id
+    /// whichever file format carried it, and the same merge of the same inputs gives the same id.
+    public var contentHash: String {
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(parameters.count * 4 + modules.count * 32)
+        for m in modules {
+            withUnsafeBytes(of: UInt32(m.layer).littleEndian) { bytes += $0 }
+            bytes += Array(m.target.rawValue.utf8) + [0]
+            withUnsafeBytes(of: UInt32(m.rank).littleEndian) { bytes += $0 }
+            withUnsafeBytes(of: m.scale.bitPattern.littleEndian) { bytes += $0 }
+            let count = m.rank * (m.inFeatures + m.outFeatures)
+            UnsafeRawBufferPointer(start: parameters.pointer + m.aOffset, count: count * 4).withMemoryRebound(
+                to: UInt8.self
+            ) {
+                bytes += $0
+            }
+        }
+        return FileHash.sha256(bytes)
+    }
+
     /// Loads a PEFT directory or a GGUF LoRA file for a model.
     ///
     /// - Throws: `FormatError` listing every key, shape or setting that does not fit.
@@ -261,7 +292,7 @@ extension LoRAAdapter {
             "use_rslora": .bool(rsLoRA),
         ]
         var writer = SafetensorsWriter()
-        writer.metadata = ["format": "pt", "cairn": provenance.json.serialized(sortedKeys: true)]
+        writer.metadata = ["format": "pt", "cairn": provenance.json(adapter: self).serialized(sortedKeys: true)]
         for m in modules {
             writer.add(
                 m.peftName + ".lora_A.weight", shape: [m.rank, m.inFeatures],
@@ -375,7 +406,7 @@ extension LoRAAdapter {
         if let name { w.set("general.name", .string(name)) }
         w.set("adapter.type", .string("lora"))
         w.set("adapter.lora.alpha", .float32(Float(alpha)))
-        w.set("cairn.metadata", .string(provenance.json.serialized(sortedKeys: true)))
+        w.set("cairn.metadata", .string(provenance.json(adapter: self).serialized(sortedKeys: true)))
         let permuted = LlamaConfig.permutedArchitectures.contains(modelConfig.architecture)
         for m in modules {
             let stem = "blk.\(m.layer).\(m.target.ggufName).weight"

@@ -182,3 +182,41 @@ import Testing
         }
     }
 }
+
+@Suite struct OutlierTests {
+    /// Five adapters near a common update, one 20× larger and one pointing the other way: those two are flagged.
+    @Test func flagsTheInputsThatStandOut() {
+        let t = MergeTests()
+        let common = t.adapter(seed: 40, rank: 4, scale: 1)
+        func variant(_ seed: UInt64, scale: Float = 1, flip: Bool = false) -> MergeInput {
+            let a = LoRAAdapter(
+                model: MergeTests.config,
+                modules: common.modules.map { ($0.layer, $0.target, $0.rank, flip ? -scale : scale) })
+            let noise = randomFloats(a.parameters.count, seed: seed, in: -0.02...0.02)
+            for i in 0..<a.parameters.count { a.parameters.pointer[i] = common.parameters.pointer[i] + noise[i] }
+            return t.input("v\(seed)", a)
+        }
+        let inputs = (1...5).map { variant($0) } + [variant(6, scale: 20), variant(7, flip: true)]
+        let flagged = AdapterMerge.outliers(inputs)
+        #expect(flagged.map(\.index) == [5, 6], "\(flagged)")
+        #expect(flagged.first?.reason.contains("far above") == true)
+        #expect(flagged.last?.reason.contains("consensus") == true)
+        #expect(AdapterMerge.outliers(Array(inputs.prefix(5))).isEmpty, "similar adapters: nothing flagged")
+    }
+}
+
+@Suite struct ContentHashTests {
+    /// The same merge of the same inputs has the same id; a different weight gives another.
+    @Test func theSameMergeHasTheSameId() throws {
+        let t = MergeTests()
+        let a = t.input("a", t.adapter(seed: 50, rank: 4, scale: 1))
+        let b = t.input("b", t.adapter(seed: 51, rank: 4, scale: 2))
+        var options = MergeOptions(method: .ties)
+        options.density = 0.5
+        let first = try AdapterMerge.merge([a, b], options: options).0.contentHash
+        let again = try AdapterMerge.merge([a, b], options: options).0.contentHash
+        options.weights = [1, 0.9]
+        let other = try AdapterMerge.merge([a, b], options: options).0.contentHash
+        #expect(first == again && first != other && first.count == 64)
+    }
+}
