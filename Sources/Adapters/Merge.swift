@@ -339,21 +339,26 @@ public enum AdapterMerge {
                     return
                 }
                 // A sign per entry by the summed (unweighted) mass; the mean of the weighted entries that agree.
-                var mass = [Float](repeating: 0, count: range.count)
-                var agreeing = [Float](repeating: 0, count: range.count)
-                for t in ts { for j in range { mass[j - range.lowerBound] += t[j] } }
-                for (i, t) in ts.enumerated() {
-                    let w = weights[i]
-                    for j in range {
-                        let x = t[j]
-                        let m = mass[j - range.lowerBound]
-                        let agrees: Float = x != 0 && (x > 0) == (m >= 0) ? 1 : 0
-                        out[j] += agrees * w * x
-                        agreeing[j - range.lowerBound] += agrees
+                withUnsafeTemporaryAllocation(of: Float.self, capacity: 2 * range.count) { scratch in
+                    let mass = scratch.baseAddress!
+                    let agreeing = mass + range.count
+                    scratch.initialize(repeating: 0)
+                    let base = range.lowerBound
+                    for t in ts {
+                        let x = t.baseAddress! + base
+                        for j in 0..<range.count { mass[j] += x[j] }
                     }
-                }
-                for j in range {
-                    out[j] = agreeing[j - range.lowerBound] > 0 ? out[j] / agreeing[j - range.lowerBound] : 0
+                    let o = out.baseAddress! + base
+                    for (i, t) in ts.enumerated() {
+                        let w = weights[i]
+                        let x = t.baseAddress! + base
+                        for j in 0..<range.count {
+                            let agrees: Float = x[j] != 0 && (x[j] > 0) == (mass[j] >= 0) ? 1 : 0
+                            o[j] += agrees * w * x[j]
+                            agreeing[j] += agrees
+                        }
+                    }
+                    for j in 0..<range.count { o[j] = agreeing[j] > 0 ? o[j] / agreeing[j] : 0 }
                 }
             }
         }
@@ -369,11 +374,18 @@ public enum AdapterMerge {
             d.update(repeating: 0)
             return
         }
-        let (threshold, equalKept) = magnitudeThreshold(UnsafeBufferPointer(d), keep: k)
+        let (threshold, equalKept, equalTotal) = magnitudeThreshold(UnsafeBufferPointer(d), keep: k)
+        let data = UncheckedBox(d)
+        if equalKept == equalTotal {
+            // The usual case (no tie across the cut): one pass.
+            Parallel.forRanges(d.count, grain: 1 << 15) { range in
+                for i in range where data.value[i].bitPattern & 0x7FFF_FFFF < threshold { data.value[i] = 0 }
+            }
+            return
+        }
         // Equal magnitudes per chunk, then each chunk's quota of them in index order.
         let chunks = max(1, min(Parallel.threadCount * 4, d.count / 65536))
         var equalCounts = [Int](repeating: 0, count: chunks)
-        let data = UncheckedBox(d)
         equalCounts.withUnsafeMutableBufferPointer { counts in
             let c = UncheckedBox(counts)
             Parallel.forEach(chunks) { chunk in

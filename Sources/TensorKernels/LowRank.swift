@@ -147,10 +147,12 @@ public func randomizedSVD(
     return (uk, Array(s.prefix(k)), Array(vt.prefix(k * n)))
 }
 
-/// The magnitude of the k-th largest |x| (as its bit pattern: non-negative floats order as their bits) and how
-/// many entries at exactly that magnitude to keep (in index order) so that exactly k are kept. A radix select in
+/// The magnitude of the k-th largest |x| (as its bit pattern: non-negative floats order as their bits), how many
+/// entries at exactly that magnitude to keep (in index order) so that exactly k are kept, and how many there are. A radix select in
 /// three passes over 12, 10 and 10 bits of |x|, each a tight counting loop split across cores: O(n).
-public func magnitudeThreshold(_ x: UnsafeBufferPointer<Float>, keep k: Int) -> (threshold: UInt32, equalKept: Int) {
+public func magnitudeThreshold(_ x: UnsafeBufferPointer<Float>, keep k: Int) -> (
+    threshold: UInt32, equalKept: Int, equalTotal: Int
+) {
     precondition(k >= 1 && k <= x.count, "magnitudeThreshold: 1 ≤ k ≤ count")
     let raw = UnsafeBufferPointer(
         start: UnsafeRawPointer(x.baseAddress!).assumingMemoryBound(to: UInt32.self), count: x.count)
@@ -180,6 +182,7 @@ public func magnitudeThreshold(_ x: UnsafeBufferPointer<Float>, keep k: Int) -> 
     }
     var prefix: UInt32 = 0
     var above = 0  // entries known to be larger than the current prefix's range
+    var equal = 0
     for (shift, width) in [(UInt32(20), UInt32(12)), (10, 10), (0, 10)] {
         let h = histogram(prefix: prefix, shift: shift, width: width)
         var digit = h.count - 1
@@ -188,6 +191,7 @@ public func magnitudeThreshold(_ x: UnsafeBufferPointer<Float>, keep k: Int) -> 
             digit -= 1
         }
         prefix = prefix << width | UInt32(digit)
+        equal = h[digit]
     }
-    return (prefix, k - above)
+    return (prefix, k - above, equal)
 }

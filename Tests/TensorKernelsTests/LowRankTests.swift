@@ -93,7 +93,7 @@ import Testing
         for i in stride(from: 0, to: values.count, by: 97) { values[i] = 0.25 }  // many equal magnitudes
         for i in stride(from: 1, to: values.count, by: 101) { values[i] = -0.25 }
         for k in [1, 17, 1000, 25_000, 49_999] {
-            let (threshold, equal) = values.withUnsafeBufferPointer { magnitudeThreshold($0, keep: k) }
+            let (threshold, equal, _) = values.withUnsafeBufferPointer { magnitudeThreshold($0, keep: k) }
             var kept = 0
             var equalSeen = 0
             for x in values {
