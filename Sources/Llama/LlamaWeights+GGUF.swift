@@ -40,11 +40,8 @@ extension LlamaWeights {
             let count = spec.shape.reduce(1, *)
             var values = Array(UnsafeBufferPointer(start: pointer(spec.name)!, count: count))
             if permuted, let heads = spec.permutationHeads {
-                values.withUnsafeMutableBufferPointer {
-                    Self.permuteRows(
-                        $0.baseAddress!, heads: heads, rows: spec.shape[0],
-                        columns: spec.shape.count == 2 ? spec.shape[1] : 1)
-                }
+                values = LoRAAdapter.permuteRows(
+                    values, heads: heads, rows: spec.shape[0], columns: spec.shape.count == 2 ? spec.shape[1] : 1)
             }
             let ne = Array(spec.shape.reversed())
             let matrix = spec.shape.count == 2
@@ -53,23 +50,6 @@ extension LlamaWeights {
             return true
         }
         return w
-    }
-
-    /// HF → GGUF row order inside each head: `gguf[h*hd + 2*i + t] = hf[h*hd + t*(hd/2) + i]`.
-    static func permuteRows(_ w: UnsafeMutablePointer<Float>, heads: Int, rows: Int, columns: Int) {
-        let headDim = rows / heads
-        let half = headDim / 2
-        let scratch = UnsafeMutablePointer<Float>.allocate(capacity: headDim * columns)
-        defer { scratch.deallocate() }
-        for h in 0..<heads {
-            let head = w + h * headDim * columns
-            scratch.update(from: head, count: headDim * columns)
-            for i in 0..<half {
-                for t in 0..<2 {
-                    (head + (2 * i + t) * columns).update(from: scratch + (t * half + i) * columns, count: columns)
-                }
-            }
-        }
     }
 
     /// Little-endian bytes of `values` in a type.
