@@ -32,16 +32,6 @@ import Testing
         return LowRankDelta(module: m, parameters: UnsafeBufferPointer(a.parameters.buffer)).dense()
     }
 
-    func relative(_ x: [Float], _ y: [Float]) -> Double {
-        var d = 0.0
-        var n = 0.0
-        for (a, b) in zip(x, y) {
-            d += Double(a - b) * Double(a - b)
-            n += Double(b) * Double(b)
-        }
-        return (d / max(n, 1e-30)).squareRoot()
-    }
-
     func bestRank(_ d: [Float], rows: Int, columns: Int, rank: Int) -> [Float] {
         let (u, s, vt) = thinSVD(d, rows: rows, columns: columns)
         let p = s.count
@@ -59,7 +49,7 @@ import Testing
         for method in [MergeMethod.linear, .cat, .svd, .taskArithmetic] {
             let (out, report) = try AdapterMerge.merge([input("a", a)], options: MergeOptions(method: method))
             for m in a.modules {
-                #expect(relative(delta(out, m.layer, m.target), delta(a, m.layer, m.target)) < 1e-6, "\(method)")
+                #expect(relativeL2(delta(out, m.layer, m.target), delta(a, m.layer, m.target)) < 1e-6, "\(method)")
             }
             #expect(report.minimumEnergyKept > 0.999999)
         }
@@ -75,7 +65,7 @@ import Testing
         for m in out.modules {
             #expect(m.rank == 12 && m.scale == 1)
             let expected = zip(delta(a, m.layer, m.target), delta(b, m.layer, m.target)).map { $0 - 0.5 * $1 }
-            #expect(relative(delta(out, m.layer, m.target), expected) < 1e-5)
+            #expect(relativeL2(delta(out, m.layer, m.target), expected) < 1e-5)
         }
     }
 
@@ -91,7 +81,7 @@ import Testing
                 let (inF, outF) = m.target.shape(Self.config)
                 let sum = zip(delta(a, m.layer, m.target), delta(b, m.layer, m.target)).map { $0 + $1 }
                 let expected = rank >= 8 ? sum : bestRank(sum, rows: outF, columns: inF, rank: rank)
-                #expect(relative(delta(out, m.layer, m.target), expected) < 1e-4, "rank \(rank)")
+                #expect(relativeL2(delta(out, m.layer, m.target), expected) < 1e-4, "rank \(rank)")
             }
             #expect(rank == 8 ? report.minimumEnergyKept > 0.9999 : report.minimumEnergyKept < 0.99)
         }
@@ -108,7 +98,7 @@ import Testing
             let (ab, _) = try AdapterMerge.merge([input("a", a), input("b", b)], options: options)
             let (ba, _) = try AdapterMerge.merge([input("b", b), input("a", a)], options: options)
             for m in ab.modules {
-                #expect(relative(delta(ab, m.layer, m.target), delta(ba, m.layer, m.target)) < 1e-4, "\(method)")
+                #expect(relativeL2(delta(ab, m.layer, m.target), delta(ba, m.layer, m.target)) < 1e-4, "\(method)")
             }
         }
     }
@@ -152,7 +142,7 @@ import Testing
         let b = adapter(seed: 10, rank: 4, scale: 1, targets: [.q, .v])
         let (out, _) = try AdapterMerge.merge([input("a", a), input("b", b)], options: MergeOptions(method: .cat))
         #expect(Set(out.modules.map(\.target)) == [.q, .v])
-        #expect(relative(delta(out, 0, .v), delta(b, 0, .v)) < 1e-5)
+        #expect(relativeL2(delta(out, 0, .v), delta(b, 0, .v)) < 1e-5)
     }
 
     /// Every problem at once: shapes always, the base hash unless forced, bad settings.

@@ -26,16 +26,6 @@ import Testing
         return LowRankDelta(module: own, parameters: UnsafeBufferPointer(a.parameters.buffer)).dense()
     }
 
-    func relative(_ x: [Float], _ y: [Float]) -> Double {
-        var d = 0.0
-        var n = 0.0
-        for (a, b) in zip(x, y) {
-            d += Double(a - b) * Double(a - b)
-            n += Double(b) * Double(b)
-        }
-        return (d / max(n, 1e-30)).squareRoot()
-    }
-
     /// The worst relative ΔW difference over PEFT's modules.
     func compare(_ method: MergeMethod, peft: String, rank: Int?, density: Double = 1) throws -> Double {
         let inputs = try ["a", "b", "c"].map(load)
@@ -48,7 +38,7 @@ import Testing
         #expect(
             Set(ours.modules.map { "\($0.layer).\($0.target)" })
                 == Set(theirs.modules.map { "\($0.layer).\($0.target)" }))
-        return theirs.modules.map { relative(delta(ours, $0), delta(theirs, $0)) }.max() ?? 1
+        return theirs.modules.map { relativeL2(delta(ours, $0), delta(theirs, $0)) }.max() ?? 1
     }
 
     @Test func catMatchesPEFT() throws { #expect(try compare(.cat, peft: "cat", rank: nil) < 1e-5) }
@@ -76,8 +66,8 @@ import Testing
         var theirBest = Double.infinity
         for m in ours.modules {
             let exact = zip(delta(a.adapter, m), delta(a2.adapter, m)).map { $0 + 0.5 * $1 }
-            ourWorst = max(ourWorst, relative(delta(ours, m), exact))
-            theirBest = min(theirBest, relative(delta(theirs, m), exact))
+            ourWorst = max(ourWorst, relativeL2(delta(ours, m), exact))
+            theirBest = min(theirBest, relativeL2(delta(theirs, m), exact))
         }
         #expect(ourWorst < 1e-5, "cairn's linear is the exact weighted sum")
         #expect(theirBest > 0.05, "PEFT's linear (A and B combined separately) is not")

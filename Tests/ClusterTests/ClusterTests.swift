@@ -152,20 +152,18 @@ import Wire
         let a = try SafetensorsFile(path: pulled + "/adapter_model.safetensors")
         let b = try SafetensorsFile(path: c.dir.appendingPathComponent("reference-run/adapter_model.safetensors").path)
         #expect(a.tensors.map(\.name).sorted() == b.tensors.map(\.name).sorted())
-        var squaredDifference = 0.0
-        var squaredNorm = 0.0
+        var clusterParameters: [Float] = []
+        var referenceParameters: [Float] = []
         for t in a.tensors {
             guard let x = a.storedTensor(named: t.name)?.floats(), let y = b.storedTensor(named: t.name)?.floats()
             else {
                 Issue.record("tensor \(t.name) missing")
                 continue
             }
-            for (p, q) in zip(x, y) {
-                squaredDifference += Double(p - q) * Double(p - q)
-                squaredNorm += Double(q) * Double(q)
-            }
+            clusterParameters += x
+            referenceParameters += y
         }
-        let relative = (squaredDifference / squaredNorm).squareRoot()
+        let relative = relativeL2(clusterParameters, referenceParameters)
         #expect(relative < 1e-4, "‖cluster − one machine‖ / ‖one machine‖ = \(relative)")
     }
 

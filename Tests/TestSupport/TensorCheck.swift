@@ -77,3 +77,14 @@ public func randomFloats(_ count: Int, seed: UInt64, in range: ClosedRange<Float
 public func randomBuffer(_ count: Int, seed: UInt64, in range: ClosedRange<Float> = -1...1) -> FloatBuffer {
     FloatBuffer(randomFloats(count, seed: seed, in: range))
 }
+
+/// ‖actual − expected‖ / ‖expected‖ (Frobenius, in Double): how far apart two whole tensors are, as one number.
+public func relativeL2(_ actual: [Float], _ expected: [Float]) -> Double {
+    var difference = 0.0
+    var norm = 0.0
+    for (a, b) in zip(actual, expected) {
+        difference += Double(a - b) * Double(a - b)
+        norm += Double(b) * Double(b)
+    }
+    return (difference / max(norm, 1e-30)).squareRoot()
+}
