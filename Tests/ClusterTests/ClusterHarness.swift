@@ -93,19 +93,23 @@ final class ClusterHarness {
 
     /// Starts a worker that enrols with a fresh token and its own cache.
     @discardableResult
-    func startWorker(_ name: String, threads: Int = 1, cache: String? = nil) throws -> Process {
+    func startWorker(_ name: String, threads: Int = 1, cache: String? = nil, data: String? = nil) throws -> Process {
         let p = try spawn(
             [
                 "worker", "join", endpoint, "--token", try token(), "--name", name, "--threads", "\(threads)",
                 "--credentials", dir.appendingPathComponent("\(name).json").path,
                 "--cache", dir.appendingPathComponent(cache ?? "cache-\(name)").path,
-            ], log: "\(name).log")
+            ] + (data.map { ["--data", $0] } ?? []), log: "\(name).log")
         workers[name] = p
         return p
     }
 
-    /// Takes ownership of a worker process started by the test (killed with the cluster).
-    func adopt(_ p: Process, name: String) { workers[name] = p }
+    /// Starts the coordinator and the named workers, and waits (bounded) until every worker is connected.
+    func startCluster(workers names: [String], cache: String? = nil, timeout: Double = 60) throws {
+        try startCoordinator()
+        for name in names { try startWorker(name, cache: cache) }
+        #expect(waitUntil(timeout) { connectedWorkers().count == names.count }, "\(logs)")
+    }
 
     func killWorker(_ name: String, signal: Int32 = SIGKILL) {
         guard let p = workers[name] else { return }

@@ -14,10 +14,7 @@ import Wire
     /// floating-point reordering, and both workers took shares.
     @Test func syncWithTwoWorkersReproducesSingleMachineTraining() throws {
         let c = ClusterHarness("sync")
-        try c.startCoordinator()
-        try c.startWorker("w1")
-        try c.startWorker("w2")
-        #expect(c.waitUntil(60) { c.connectedWorkers().count == 2 }, "\(c.logs)")
+        try c.startCluster(workers: ["w1", "w2"])
         let job = try c.writeJob(steps: 10)
         let id = try c.submit(job)
         let final = c.waitForJob(id)
@@ -44,10 +41,7 @@ import Wire
     /// sync arithmetic does not depend on who computed which rows, the curve still matches one machine's.
     @Test func aWorkerKilledMidJobLosesNothing() throws {
         let c = ClusterHarness("kill-worker")
-        try c.startCoordinator()
-        try c.startWorker("w1")
-        try c.startWorker("w2")
-        #expect(c.waitUntil(60) { c.connectedWorkers().count == 2 })
+        try c.startCluster(workers: ["w1", "w2"])
         let steps = 40
         let job = try c.writeJob(steps: steps, batch: 8, seqLen: 48, learningRate: 0.005)
         let id = try c.submit(job)
@@ -71,10 +65,7 @@ import Wire
     /// bye (no silence timeout) and the job goes on.
     @Test func aWorkerStoppedWithSIGTERMHandsBackAndLeaves() throws {
         let c = ClusterHarness("sigterm")
-        try c.startCoordinator()
-        try c.startWorker("w1")
-        try c.startWorker("w2")
-        #expect(c.waitUntil(60) { c.connectedWorkers().count == 2 })
+        try c.startCluster(workers: ["w1", "w2"])
         let job = try c.writeJob(steps: 40, batch: 8, seqLen: 48, learningRate: 0.005)
         let id = try c.submit(job)
         #expect(c.waitUntil(120) { (c.status(id)?["step"]?.intValue ?? 0) >= 5 }, "\(c.logs)")
@@ -91,9 +82,7 @@ import Wire
     /// A worker that joins mid-job with an empty cache receives the model (verified) and takes a share.
     @Test func aWorkerJoiningMidJobReceivesTheModelAndTakesAShare() throws {
         let c = ClusterHarness("join")
-        try c.startCoordinator()
-        try c.startWorker("w1")
-        #expect(c.waitUntil(60) { c.connectedWorkers().count == 1 })
+        try c.startCluster(workers: ["w1"])
         let job = try c.writeJob(steps: 120)
         let id = try c.submit(job)
         #expect(c.waitUntil(120) { (c.status(id)?["step"]?.intValue ?? 0) >= 3 }, "\(c.logs)")
@@ -112,10 +101,7 @@ import Wire
     /// finds it there.
     @Test func workersSharingACacheFetchTheModelOnce() throws {
         let c = ClusterHarness("shared-cache")
-        try c.startCoordinator()
-        try c.startWorker("w1", cache: "shared")
-        try c.startWorker("w2", cache: "shared")
-        #expect(c.waitUntil(60) { c.connectedWorkers().count == 2 })
+        try c.startCluster(workers: ["w1", "w2"], cache: "shared")
         let id = try c.submit(try c.writeJob(steps: 4))
         #expect(c.waitForJob(id)?["state"] == "done", "\(c.logs)")
         let logs = c.log("w1.log") + c.log("w2.log")
@@ -128,10 +114,7 @@ import Wire
     /// journaled step, the workers come back by themselves, and the result equals an uninterrupted run.
     @Test func aCoordinatorKilledAndRestartedResumesAndFinishesTheSame() throws {
         let c = ClusterHarness("restart")
-        try c.startCoordinator()
-        try c.startWorker("w1")
-        try c.startWorker("w2")
-        #expect(c.waitUntil(60) { c.connectedWorkers().count == 2 })
+        try c.startCluster(workers: ["w1", "w2"])
         let steps = 40
         let job = try c.writeJob(steps: steps, batch: 8, seqLen: 48, learningRate: 0.005)
         let id = try c.submit(job)
@@ -262,10 +245,7 @@ func sendRawBytes(to endpoint: String, _ bytes: [UInt8]) {
     /// what crosses the wire per local step is a fraction of sync's.
     @Test func dilocoTrainsInRoundsAndSendsLessThanSync() throws {
         let c = ClusterHarness("diloco")
-        try c.startCoordinator()
-        try c.startWorker("w1")
-        try c.startWorker("w2")
-        #expect(c.waitUntil(60) { c.connectedWorkers().count == 2 })
+        try c.startCluster(workers: ["w1", "w2"])
         let dilocoJob = try c.writeJob(steps: 32, batch: 2, extra: "mode: diloco\ninner_steps: 8")
         let id = try c.submit(dilocoJob)
         let final = c.waitForJob(id)
@@ -301,20 +281,7 @@ func sendRawBytes(to endpoint: String, _ bytes: [UInt8]) {
                 to: URL(fileURLWithPath: path))
             files.append(path)
         }
-        for (i, f) in files.enumerated() {
-            let name = "w\(i + 1)"
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: cairnExecutable)
-            p.arguments = [
-                "worker", "join", c.endpoint, "--token", try c.token(), "--name", name, "--threads", "1", "--data", f,
-                "--credentials", c.dir.appendingPathComponent("\(name).json").path, "--cache",
-                c.dir.appendingPathComponent("cache-\(name)").path,
-            ]
-            p.standardOutput = FileHandle.nullDevice
-            p.standardError = FileHandle.nullDevice
-            try p.run()
-            c.adopt(p, name: name)
-        }
+        for (i, f) in files.enumerated() { try c.startWorker("w\(i + 1)", data: f) }
         #expect(c.waitUntil(60) { c.connectedWorkers().count == 2 })
         let job = c.dir.appendingPathComponent("fed.yaml").path
         try Data(

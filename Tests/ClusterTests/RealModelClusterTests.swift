@@ -22,10 +22,7 @@ struct RealModelClusterTests {
     @Test func dilocoReachesSyncsHeldOutLossWithAFractionOfTheBytes() throws {
         let model = ProcessInfo.processInfo.environment["CAIRN_REAL_MODEL"]!
         let c = ClusterHarness("real-diloco")
-        try c.startCoordinator()
-        try c.startWorker("w1")
-        try c.startWorker("w2")
-        #expect(c.waitUntil(120) { c.connectedWorkers().count == 2 })
+        try c.startCluster(workers: ["w1", "w2"], timeout: 120)
         // Two-digit additions: a task the model gets better at without memorising, so the held-out loss falls
         // smoothly (Scripts/fixtures/arithmetic.py).
         let data = Fixtures.path("cluster/arithmetic-train.jsonl")
