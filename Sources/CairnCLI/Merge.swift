@@ -6,6 +6,17 @@ import Foundation
 import Llama
 import ModelFormats
 
+/// One adapter in a lineage tree: its name, content hash, base, data, steps, and how it was made.
+func lineageNode(path: String, provenance: AdapterProvenance, hash: String?) -> JSONObject {
+    var node: JSONObject = ["name": .string((path as NSString).lastPathComponent)]
+    if let hash { node["sha256"] = .string(hash) }
+    if let h = provenance.baseModelHash { node["base_model_sha256"] = .string(h) }
+    if let d = provenance.dataHash { node["data_sha256"] = .string(d) }
+    if let s = provenance.steps { node["steps"] = .integer(Int64(s)) }
+    if let l = provenance.lineage { node["lineage"] = l }
+    return node
+}
+
 struct Merge: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Merge adapters trained on the same base into one (exactly, in ΔW space).",
@@ -110,15 +121,8 @@ struct Merge: ParsableCommand {
                     )
                 }
                 inputs.append(MergeInput(name: path, adapter: adapter, provenance: provenance))
-                var parent: JSONObject = [
-                    "name": .string((path as NSString).lastPathComponent),
-                    "sha256": .string(adapter.contentHash),
-                    "weight": .number(options.weights?[i] ?? 1),
-                ]
-                if let l = provenance.lineage { parent["lineage"] = l }
-                if let h = provenance.baseModelHash { parent["base_model_sha256"] = .string(h) }
-                if let d = provenance.dataHash { parent["data_sha256"] = .string(d) }
-                if let s = provenance.steps { parent["steps"] = .integer(Int64(s)) }
+                var parent = lineageNode(path: path, provenance: provenance, hash: adapter.contentHash)
+                parent["weight"] = .number(options.weights?[i] ?? 1)
                 parents.append(.object(parent))
             } catch {
                 problems.append(error.description)
@@ -260,12 +264,7 @@ struct Lineage: ParsableCommand {
             let config = try ModelSource.resolve(model).config()
             provenance = try LoRAAdapter.load(path: adapter, model: config).1
         } catch { throw CLIError("\(error)") }
-        var root: JSONObject = ["name": .string((adapter as NSString).lastPathComponent)]
-        if let h = provenance.adapterHash { root["sha256"] = .string(h) }
-        if let h = provenance.baseModelHash { root["base_model_sha256"] = .string(h) }
-        if let d = provenance.dataHash { root["data_sha256"] = .string(d) }
-        if let s = provenance.steps { root["steps"] = .integer(Int64(s)) }
-        if let l = provenance.lineage { root["lineage"] = l }
+        let root = lineageNode(path: adapter, provenance: provenance, hash: provenance.adapterHash)
         if json {
             Terminal.printJSON(.object(root), pretty: true)
             return
