@@ -520,7 +520,8 @@ public final class Coordinator: @unchecked Sendable {
                 "data": .string(r.dataName),
             ]
             if let e = r.error { o["error"] = .string(e) }
-            let steps = (try? store.steps(job: r.id)) ?? []
+            // Only the rows shown: the last five for the rate, more when one job's steps are listed.
+            let steps = (try? store.steps(job: r.id, last: only == nil ? 5 : Self.maxStepsInStatus)) ?? []
             if let last = steps.last {
                 o["loss"] = .number(last.loss)
                 let recent = steps.suffix(5)
@@ -531,10 +532,9 @@ public final class Coordinator: @unchecked Sendable {
             }
             if only != nil {
                 // The most recent steps that fit a reply's metadata frame (about 200 bytes each).
-                let shown = steps.suffix(Self.maxStepsInStatus)
-                if shown.count < steps.count { o["steps_omitted"] = .integer(Int64(steps.count - shown.count)) }
+                if steps.count < r.step { o["steps_omitted"] = .integer(Int64(r.step - steps.count)) }
                 o["steps"] = .array(
-                    shown.map { s in
+                    steps.map { s in
                         [
                             "step": .integer(Int64(s.step)), "loss": .number(s.loss),
                             "tokens": .integer(Int64(s.tokens)),

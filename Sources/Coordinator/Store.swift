@@ -309,10 +309,20 @@ public final class Store: @unchecked Sendable {
         }
     }
 
-    /// The journaled steps of a job, in order.
-    public func steps(job: String) throws(StoreError) -> [StepRecord] {
+    /// The journaled steps of a job, in order; with `last`, only the most recent ones.
+    public func steps(job: String, last: Int? = nil) throws(StoreError) -> [StepRecord] {
         try read { db in
-            try Row.fetchAll(db, sql: "SELECT * FROM steps WHERE job = ? ORDER BY step", arguments: [job]).map { row in
+            let rows =
+                if let last {
+                    Array(
+                        try Row.fetchAll(
+                            db, sql: "SELECT * FROM steps WHERE job = ? ORDER BY step DESC LIMIT ?",
+                            arguments: [job, last]
+                        ).reversed())
+                } else {
+                    try Row.fetchAll(db, sql: "SELECT * FROM steps WHERE job = ? ORDER BY step", arguments: [job])
+                }
+            return rows.map { row in
                 var shares: [String: Int] = [:]
                 for (k, v) in (try? JSONValue.parse(row["shares"] as String))?.objectValue?.members ?? [] {
                     shares[k] = v.intValue ?? 0
@@ -321,13 +331,6 @@ public final class Store: @unchecked Sendable {
                     step: row["step"], loss: row["loss"], tokens: row["tokens"], seconds: row["seconds"],
                     bytes: row["bytes"], shares: shares, computeSeconds: row["compute"])
             }
-        }
-    }
-
-    /// Checkpoint blobs still referenced by a job (the others may be deleted).
-    public func referencedCheckpoints() throws(StoreError) -> Set<String> {
-        try read { db in
-            Set(try String.fetchAll(db, sql: "SELECT checkpoint_blob FROM jobs WHERE checkpoint_blob IS NOT NULL"))
         }
     }
 

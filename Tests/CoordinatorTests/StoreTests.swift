@@ -46,5 +46,11 @@ import Testing
         #expect(
             try reopened.addJob(spec: "y", mode: "sync", modelBlob: "m", dataBlob: "d", dataName: "", totalSteps: 1)
                 == "job-2")
+        var later = step
+        for n in 2...3 {
+            later.step = n
+            try reopened.journal(job: id, step: later, checkpointBlob: "c\(n)")
+        }
+        #expect(try reopened.steps(job: id, last: 2).map(\.step) == [2, 3], "the most recent, in order")
     }
 }
