@@ -56,7 +56,8 @@ final class MemoryCluster {
             cacheDirectory: dir.appendingPathComponent("cache-\(name)").path)
         options.connect = { () throws(TransportError) -> DealerEndpoint in
             let (id, endpoint) = network.dealer(userId: nil)
-            box.set(id)
+            // A connection made while the worker is cut off is cut too.
+            if box.add(id) { network.update(id) { $0.cut = true } }
             return endpoint
         }
         let sink = self.sink
@@ -68,17 +69,31 @@ final class MemoryCluster {
         threads.append(t)
     }
 
+    /// A worker's connections and whether its network is cut (which holds for connections made later too).
     final class LinkBox: @unchecked Sendable {
         private let lock = NSLock()
         private var ids: [Int] = []
-        func set(_ id: Int) { lock.withLock { ids.append(id) } }
-        var all: [Int] { lock.withLock { ids } }
+        private var isCut = false
+        /// Records a new connection; true when it must start cut.
+        func add(_ id: Int) -> Bool {
+            lock.withLock {
+                ids.append(id)
+                return isCut
+            }
+        }
+        /// Sets the cut state; returns every connection so far.
+        func setCut(_ cut: Bool) -> [Int] {
+            lock.withLock {
+                isCut = cut
+                return ids
+            }
+        }
     }
     private var boxes: [String: LinkBox] = [:]
 
     /// Cuts (or restores) every connection a worker has made.
     func cut(_ name: String, _ cut: Bool) {
-        for id in boxes[name]?.all ?? [] { network.update(id) { $0.cut = cut } }
+        for id in boxes[name]?.setCut(cut) ?? [] { network.update(id) { $0.cut = cut } }
     }
 
     /// A request from a client connection, waiting for the reply (bounded).
