@@ -237,19 +237,14 @@ public final class Coordinator: @unchecked Sendable {
             peer.bad += 1
             log("dropped \(message.type) from \(peer.label): not allowed for a \(peer.role.name)")
             peers[rid] = peer
-            send(
-                rid,
-                Message(
-                    .error,
-                    ["code": "forbidden", "message": .string("\(message.type) is not allowed for a \(peer.role.name)")])
-            )
+            fail(rid, "forbidden", "\(message.type) is not allowed for a \(peer.role.name)")
             return
         }
         peers[rid] = peer
         if peer.worker == nil, [.heartbeat, .ready, .result, .roundResult].contains(message.type), peer.role != .client
         {
             // A worker this coordinator has not met (it restarted): ask it to say hello again.
-            send(rid, Message(.error, ["code": "hello_first", "message": "unknown worker; send hello"]))
+            fail(rid, "hello_first", "unknown worker; send hello")
             return
         }
         if let job, message.type == .result || message.type == .roundResult { job.countBytes(received.byteCount) }
@@ -293,20 +288,16 @@ public final class Coordinator: @unchecked Sendable {
         guard case .enrol(let tokenId) = peers[rid]?.role else { return }
         let key = m.string("public_key")
         guard CurveKeyPair.isValidKey(key) else {
-            send(rid, Message(.error, ["code": "bad_key", "message": "public_key is not a Z85 CURVE key"]))
+            fail(rid, "bad_key", "public_key is not a Z85 CURVE key")
             return
         }
         do {
             guard try store.redeemToken(id: tokenId, publicKey: key, name: m.string("name")) else {
-                send(
-                    rid,
-                    Message(
-                        .error,
-                        ["code": "token_used", "message": "the token was used, revoked or expired; ask for a new one"]))
+                fail(rid, "token_used", "the token was used, revoked or expired; ask for a new one")
                 return
             }
         } catch {
-            send(rid, Message(.error, ["code": "internal", "message": .string("\(error)")]))
+            fail(rid, "internal", "\(error)")
             return
         }
         log("enrolled \(m.string("name")) (key \(key.prefix(8))…) with token \(tokenId)")
@@ -387,14 +378,12 @@ public final class Coordinator: @unchecked Sendable {
     private func fetch(_ rid: [UInt8], _ m: Message) {
         let hash = m.string("blob")
         guard BlobStore.isHash(hash), let size = blobs.size(hash) else {
-            send(rid, Message(.error, ["code": "no_blob", "message": .string("no blob \(hash.prefix(16))")]))
+            fail(rid, "no_blob", "no blob \(hash.prefix(16))")
             return
         }
         let offset = m.int("offset")
         guard offset < size else {
-            send(
-                rid,
-                Message(.error, ["code": "bad_offset", "message": .string("offset \(offset) is past the blob's end")]))
+            fail(rid, "bad_offset", "offset \(offset) is past the blob's end")
             return
         }
         do {
@@ -405,7 +394,7 @@ public final class Coordinator: @unchecked Sendable {
                     .chunk, ["blob": .string(hash), "offset": .integer(Int64(offset)), "total": .integer(Int64(size))],
                     tensors: [Tensor(name: "data", dtype: .u8, shape: [bytes.count], bytes: bytes)]))
         } catch {
-            send(rid, Message(.error, ["code": "internal", "message": .string("\(error)")]))
+            fail(rid, "internal", "\(error)")
         }
     }
 
