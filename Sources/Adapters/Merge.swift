@@ -248,9 +248,9 @@ public enum AdapterMerge {
             let kept: LowRankDelta
             let energy: Double
             if options.method.isEntrywise {
-                // One module's dense ΔW at a time.
+                // One module's dense ΔW at a time (its inputs' never stored whole: Entrywise.swift).
                 let dense = entrywise(
-                    parts.map { ($0.0.dense(), $0.1) }, method: options.method, density: options.density,
+                    parts, method: options.method, density: options.density,
                     seed: options.seed &+ UInt64(index) &* 0x9E37_79B9_7F4A_7C15)
                 (kept, energy) = truncate(dense: dense, rows: s.outFeatures, columns: s.inFeatures, rank: target)
             } else {
@@ -301,147 +301,10 @@ public enum AdapterMerge {
         let total = energy(all)
         return (kept, total > 0 ? min(1, energy(kept) / total) : 1)
     }
-
-    /// TIES, DARE and magnitude pruning on dense ΔW's (row-major, equal shapes) with their weights.
-    public static func entrywise(_ parts: [([Float], Double)], method: MergeMethod, density: Double, seed: UInt64)
-        -> [Float]
-    {
-        guard let n = parts.first?.0.count else { return [] }
-        let count = parts.count
-        // One contiguous buffer: the inputs side by side, pruned in place.
-        let all = UnsafeMutableBufferPointer<Float>.allocate(capacity: count * n)
-        defer { all.deallocate() }
-        for (i, p) in parts.enumerated() {
-            precondition(p.0.count == n, "entrywise: tensors of different sizes")
-            _ = UnsafeMutableBufferPointer(rebasing: all[i * n..<(i + 1) * n]).initialize(from: p.0)
-        }
-        let tensors = (0..<count).map { UnsafeMutableBufferPointer(rebasing: all[$0 * n..<($0 + 1) * n]) }
-        for (i, t) in tensors.enumerated() {
-            switch method {
-            case .ties, .magnitudePrune: keepLargest(t, fraction: density)
-            case .dareLinear, .dareTies:
-                dropAtRandom(t, keep: density, seed: seed &+ UInt64(i) &* 0xD1B5_4A32_D192_ED03)
-            default: break
-            }
-        }
-        let weights = parts.map { Float($0.1) }
-        let elect = method == .ties || method == .dareTies
-        var out = [Float](repeating: 0, count: n)
-        out.withUnsafeMutableBufferPointer { o in
-            let result = UncheckedBox(o)
-            let inputs = UncheckedBox(tensors)
-            // Streaming passes over each input in turn, per range of entries (cache-sized), so the loops vectorise.
-            Parallel.forRanges(n, grain: 1 << 14, chunksPerThread: 8) { range in
-                let ts = inputs.value
-                let out = result.value
-                guard elect else {
-                    for (i, t) in ts.enumerated() { for j in range { out[j] += weights[i] * t[j] } }
-                    return
-                }
-                // A sign per entry by the summed (unweighted) mass; the mean of the weighted entries that agree.
-                withUnsafeTemporaryAllocation(of: Float.self, capacity: 2 * range.count) { scratch in
-                    let mass = scratch.baseAddress!
-                    let agreeing = mass + range.count
-                    scratch.initialize(repeating: 0)
-                    let base = range.lowerBound
-                    for t in ts {
-                        let x = t.baseAddress! + base
-                        for j in 0..<range.count { mass[j] += x[j] }
-                    }
-                    let o = out.baseAddress! + base
-                    for (i, t) in ts.enumerated() {
-                        let w = weights[i]
-                        let x = t.baseAddress! + base
-                        for j in 0..<range.count {
-                            let agrees: Float = x[j] != 0 && (x[j] > 0) == (mass[j] >= 0) ? 1 : 0
-                            o[j] += agrees * w * x[j]
-                            agreeing[j] += agrees
-                        }
-                    }
-                    for j in 0..<range.count { o[j] = agreeing[j] > 0 ? o[j] / agreeing[j] : 0 }
-                }
-            }
-        }
-        return out
-    }
-
-    /// Keeps the entries of largest magnitude (a `fraction` of them, rounded down; among equal magnitudes the
-    /// first in index order) and zeroes the rest, in place.
-    static func keepLargest(_ d: UnsafeMutableBufferPointer<Float>, fraction: Double) {
-        let k = Int(fraction * Double(d.count))
-        guard k < d.count else { return }
-        guard k > 0 else {
-            d.update(repeating: 0)
-            return
-        }
-        let (threshold, equalKept, equalTotal) = magnitudeThreshold(UnsafeBufferPointer(d), keep: k)
-        let data = UncheckedBox(d)
-        if equalKept == equalTotal {
-            // The usual case (no tie across the cut): one pass.
-            Parallel.forRanges(d.count, grain: 1 << 15) { range in
-                for i in range where data.value[i].bitPattern & 0x7FFF_FFFF < threshold { data.value[i] = 0 }
-            }
-            return
-        }
-        // Equal magnitudes per chunk, then each chunk's quota of them in index order.
-        let chunks = max(1, min(Parallel.threadCount * 4, d.count / 65536))
-        var equalCounts = [Int](repeating: 0, count: chunks)
-        equalCounts.withUnsafeMutableBufferPointer { counts in
-            let c = UncheckedBox(counts)
-            Parallel.forEach(chunks) { chunk in
-                var e = 0
-                for i in d.count * chunk / chunks..<d.count * (chunk + 1) / chunks
-                where data.value[i].bitPattern & 0x7FFF_FFFF == threshold { e += 1 }
-                c.value[chunk] = e
-            }
-        }
-        var quotas: [Int] = []
-        var left = equalKept
-        for e in equalCounts {
-            quotas.append(min(e, left))
-            left -= min(e, left)
-        }
-        Parallel.forEach(chunks) { chunk in
-            var quota = quotas[chunk]
-            for i in d.count * chunk / chunks..<d.count * (chunk + 1) / chunks {
-                let bits = data.value[i].bitPattern & 0x7FFF_FFFF
-                if bits > threshold { continue }
-                if bits == threshold, quota > 0 {
-                    quota -= 1
-                    continue
-                }
-                data.value[i] = 0
-            }
-        }
-    }
-
-    /// The entries of largest magnitude of an array (see the in-place version).
-    static func keepLargest(_ d: [Float], fraction: Double) -> [Float] {
-        var out = d
-        out.withUnsafeMutableBufferPointer { keepLargest($0, fraction: fraction) }
-        return out
-    }
-
-    /// DARE's drop: each entry kept with probability `keep` (rescaled by 1/keep) or zeroed, decided by a hash of
-    /// (seed, index), so the result is the same whatever the thread count.
-    static func dropAtRandom(_ d: UnsafeMutableBufferPointer<Float>, keep: Double, seed: UInt64) {
-        let scale = Float(1 / keep)
-        let limit = UInt64(keep * Double(UInt64(1) << 53))
-        let data = UncheckedBox(d)
-        Parallel.forRanges(d.count, grain: 1 << 14) { range in
-            for i in range {
-                var z = seed &+ UInt64(i) &* 0x9E37_79B9_7F4A_7C15
-                z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-                z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-                z ^= z >> 31
-                data.value[i] = (z >> 11) < limit ? data.value[i] * scale : 0
-            }
-        }
-    }
 }
 
 /// Carries a buffer into a parallel region whose writes are disjoint.
-private struct UncheckedBox<Value>: @unchecked Sendable {
+struct UncheckedBox<Value>: @unchecked Sendable {
     let value: Value
     init(_ value: Value) { self.value = value }
 }

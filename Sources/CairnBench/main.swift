@@ -172,19 +172,19 @@ func runMerge(_ args: Arguments, ceiling: Double) throws {
             print(label, t)
         }
         let m = inputs[0].adapter.modules.first { $0.target == .up }!
-        var dense: [[Float]] = []
-        time("dense ×8") {
-            dense = inputs.map {
-                LowRankDelta(module: m, parameters: UnsafeBufferPointer($0.adapter.parameters.buffer)).dense()
-            }
+        let factors = inputs.map {
+            (LowRankDelta(module: m, parameters: UnsafeBufferPointer($0.adapter.parameters.buffer)), 1.0)
+        }
+        time("dense") { _ = factors[0].0.dense() }
+        time("dare-linear (drop ×8, sum)") {
+            _ = AdapterMerge.entrywise(factors, method: .dareLinear, density: 0.5, seed: 1)
         }
         time("magnitude-prune (trim ×8, sum)") {
-            _ = AdapterMerge.entrywise(dense.map { ($0, 1) }, method: .magnitudePrune, density: 0.5, seed: 1)
+            _ = AdapterMerge.entrywise(factors, method: .magnitudePrune, density: 0.5, seed: 1)
         }
-        time("entrywise ties") {
-            _ = AdapterMerge.entrywise(dense.map { ($0, 1) }, method: .ties, density: 0.5, seed: 1)
-        }
-        time("randomizedSVD") { _ = randomizedSVD(dense[0], rows: m.outFeatures, columns: m.inFeatures, rank: 16) }
+        var merged: [Float] = []
+        time("ties") { merged = AdapterMerge.entrywise(factors, method: .ties, density: 0.5, seed: 1) }
+        time("randomizedSVD") { _ = randomizedSVD(merged, rows: m.outFeatures, columns: m.inFeatures, rank: 16) }
     }
     let rssBefore = peakRSS()
     let clock = ContinuousClock()

@@ -16,10 +16,11 @@
 ///   - transA: Use Aᵀ. - transB: Use Bᵀ.
 ///   - alpha: Scale of the product. - beta: Scale of the old C (0 ignores its contents).
 ///   - lda: Defaults to the stored row length of A. - ldb, ldc: likewise.
+///   - threads: At most this many threads (default `Parallel.threadCount`); 1 inside a parallel region.
 public func matmul(
     _ c: UnsafeMutablePointer<Float>, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>,
     M: Int, N: Int, K: Int, transA: Bool = false, transB: Bool = false,
-    alpha: Float = 1, beta: Float = 0, lda: Int? = nil, ldb: Int? = nil, ldc: Int? = nil
+    alpha: Float = 1, beta: Float = 0, lda: Int? = nil, ldb: Int? = nil, ldc: Int? = nil, threads: Int? = nil
 ) {
     precondition(M >= 0 && N >= 0 && K >= 0, "matmul: negative dimension M=\(M) N=\(N) K=\(K)")
     guard M > 0, N > 0 else { return }
@@ -36,7 +37,7 @@ public func matmul(
         }
         return
     }
-    let threads = Parallel.threadCount
+    let threads = min(threads ?? Parallel.threadCount, Parallel.threadCount)
     // Below ~2 MFLOP a second thread costs more than it saves.
     if threads == 1 || M * N * K < 1 << 20 {
         BLAS.sgemm(

@@ -20,10 +20,14 @@ public enum Parallel {
     public static var threadCount: Int {
         get {
             let n = configuredThreads.load(ordering: .relaxed)
-            return n > 0 ? n : max(1, ProcessInfo.processInfo.activeProcessorCount)
+            return n > 0 ? n : cores
         }
         set { configuredThreads.store(max(1, newValue), ordering: .relaxed) }
     }
+
+    /// The active cores, read once: Foundation reads them from /proc and the cgroup files on every call, which
+    /// cost more than the small products that ask for them.
+    private static let cores = max(1, ProcessInfo.processInfo.activeProcessorCount)
 
     /// Runs `body(i)` for every `i` in `0..<count`, spread over `threadCount` workers.
     ///

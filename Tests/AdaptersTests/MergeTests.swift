@@ -136,6 +136,69 @@ import Testing
         #expect(AdapterMerge.entrywise([(big, 1)], method: .dareLinear, density: 1, seed: 1) == big)
     }
 
+    /// The definition of TIES and magnitude pruning written plainly: a stable sort by magnitude for each input's
+    /// kept set (equal magnitudes: first in index order), then the sign election and the mean, or the sum.
+    func entrywiseByDefinition(_ parts: [([Float], Float)], elect: Bool, density: Double) -> [Float] {
+        let n = parts[0].0.count
+        let k = Int(density * Double(n))
+        let trimmed = parts.map { x, _ -> [Float] in
+            let order = x.indices.sorted { abs(x[$0]) > abs(x[$1]) || (abs(x[$0]) == abs(x[$1]) && $0 < $1) }
+            var t = [Float](repeating: 0, count: n)
+            for i in order.prefix(k) { t[i] = x[i] }
+            return t
+        }
+        return (0..<n).map { j in
+            guard elect else { return zip(trimmed, parts).reduce(Float(0)) { $0 + $1.1.1 * $1.0[j] } }
+            let sign: Float = trimmed.reduce(Float(0)) { $0 + $1[j] } >= 0 ? 1 : -1
+            var sum: Float = 0
+            var count: Float = 0
+            for (t, p) in zip(trimmed, parts) where t[j] * sign > 0 {
+                sum += p.1 * t[j]
+                count += 1
+            }
+            return count > 0 ? sum / count : 0
+        }
+    }
+
+    /// Large inputs take the sampled-bracket threshold; it must select exactly what a sort selects, also when
+    /// many magnitudes are equal at the cut (per-block quotas) and when the sample misjudges the distribution
+    /// (the radix fallback).
+    @Test func entrywiseThresholdsAreExactOnLargeInputs() throws {
+        let n = 100_000
+        let smooth = randomFloats(n, seed: 21)
+        // Magnitudes from a handful of values: the cut falls inside a run of equal ones.
+        let coarse = randomFloats(n, seed: 22).map { ($0 * 4).rounded() / 4 }
+        // Nearly all one magnitude: the bracket cannot separate them.
+        let flat = randomFloats(n, seed: 23).enumerated().map { i, x in i % 97 == 0 ? x : (x >= 0 ? 0.5 : -0.5) }
+        let parts: [([Float], Float)] = [(smooth, 1), (coarse, 0.5), (flat, 2)]
+        for density in [0.3, 0.5, 0.9] {
+            for (method, elect) in [(MergeMethod.ties, true), (.magnitudePrune, false)] {
+                let got = AdapterMerge.entrywise(
+                    parts.map { ($0.0, Double($0.1)) }, method: method, density: density, seed: 0)
+                let want = entrywiseByDefinition(parts, elect: elect, density: density)
+                let differing = zip(got, want).filter { $0 != $1 }.count
+                #expect(differing == 0, "\(method) at density \(density): \(differing) entries differ")
+            }
+        }
+    }
+
+    /// Factors and their dense product give the same merge (up to the product's rounding), at sizes that use the
+    /// block-wise regeneration and the bracket.
+    @Test func entrywiseOnFactorsMatchesDense() throws {
+        let (rows, columns, rank) = (300, 400, 6)
+        let deltas = (0..<3).map { i in
+            LowRankDelta(
+                rows: rows, columns: columns, left: randomFloats(rows * rank, seed: 30 + UInt64(i)),
+                right: randomFloats(rank * columns, seed: 40 + UInt64(i)))
+        }
+        for method in [MergeMethod.ties, .magnitudePrune, .dareTies, .dareLinear] {
+            let fromFactors = AdapterMerge.entrywise(deltas.map { ($0, 1.5) }, method: method, density: 0.4, seed: 9)
+            let fromDense = AdapterMerge.entrywise(
+                deltas.map { ($0.dense(), 1.5) }, method: method, density: 0.4, seed: 9)
+            #expect(relativeL2(fromFactors, fromDense) < 1e-4, "\(method)")
+        }
+    }
+
     /// A module one input lacks counts as zero for it.
     @Test func missingModulesCountAsZero() throws {
         let a = adapter(seed: 9, rank: 4, scale: 1, targets: [.q])
