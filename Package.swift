@@ -77,7 +77,7 @@ let package = Package(
         .testTarget(
             name: "ClusterTests", dependencies: ["TestSupport", "ModelFormats", "Transport", "Wire", "TensorKernels"]),
         // Runs the built `cairn` binary as a user would (tiny fixtures; the real model when CAIRN_REAL_MODEL is set).
-        .testTarget(name: "CLITests", dependencies: ["TestSupport", "ModelFormats"]),
+        .testTarget(name: "CLITests", dependencies: ["TestSupport", "ModelFormats", "Llama"]),
         // Checks on the real model (SmolLM2-135M); enabled when CAIRN_REAL_MODEL names the GGUF file.
         .testTarget(
             name: "RealModelTests", dependencies: ["Llama", "Tokenizer", "ModelFormats", "Training", "TestSupport"]),

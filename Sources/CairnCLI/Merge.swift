@@ -302,42 +302,57 @@ struct Lineage: ParsableCommand {
 
 struct Fuse: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Bake adapters into the base model and write a GGUF model (no --lora needed to run it).",
+        abstract: "Bake adapters into the base model and write a GGUF file or a Hugging Face directory.",
         discussion: """
-            The adapters' updates are added to the base weights (W + s·B·A, in order); the result is written as \
-            GGUF with the base's tokenizer and metadata, matrices as f32, f16 or q8_0 (ggml's reference rounding), \
-            norms as f32. The GGUF records the adapters it contains under cairn.fused.
+            The adapters' updates are added to the base weights (W + s·B·A, in order). The output needs no adapter \
+            to run: llama.cpp, cairn or transformers load it as a plain model.
+
+            -o NAME.gguf writes GGUF: the base's tokenizer and metadata (the base must be a GGUF), matrices as \
+            f32, f16, bf16 or q8_0 (ggml's reference rounding), norms as f32; the adapters it contains are \
+            recorded under cairn.fused.
+            -o DIR writes a Hugging Face directory: model.safetensors (f32, f16 or bf16) and config.json. From a \
+            Hugging Face base, its tokenizer and generation files are copied; from a GGUF base the directory has \
+            no tokenizer files, so pair it with the base model's tokenizer.
 
             Examples:
               cairn fuse --model smollm2-135m --adapter merged/ -o smollm2-merged.gguf
               cairn fuse --model smollm2-135m --adapter a/ --adapter b.gguf --type q8_0 -o fused-q8.gguf
+              cairn fuse --model ./SmolLM2-135M-Instruct --adapter merged/ -o smollm2-merged/
             """)
-    @Option(name: .shortAndLong, help: "The base model: a GGUF file or cached name.")
+    @Option(name: .shortAndLong, help: "The base model: a GGUF file, a Hugging Face directory or a cached name.")
     var model = "smollm2-135m"
     @Option(help: "An adapter to bake in (repeatable, applied in order).")
     var adapter: [String] = []
-    @Option(help: "f32, f16 or q8_0 for the matrices.")
-    var type = "f16"
-    @Option(name: .shortAndLong, help: "The GGUF file to write.")
+    @Option(help: "gguf or safetensors (default: gguf when --output ends in .gguf).")
+    var format: String?
+    @Option(help: "f32, f16, bf16 or q8_0 (GGUF only) for the matrices (default: f16 for GGUF, bf16 for safetensors).")
+    var type: String?
+    @Option(name: .shortAndLong, help: "The GGUF file or the directory to write.")
     var output: String
+
+    var isGGUF: Bool { (format ?? (output.hasSuffix(".gguf") ? "gguf" : "safetensors")) == "gguf" }
 
     func validate() throws {
         guard !adapter.isEmpty else { throw ValidationError("give at least one --adapter") }
-        guard FusedType(rawValue: type) != nil else { throw ValidationError("--type must be f32, f16 or q8_0") }
+        if let format, !["gguf", "safetensors"].contains(format) {
+            throw ValidationError("--format must be gguf or safetensors")
+        }
+        if let type {
+            guard let t = FusedType(rawValue: type) else {
+                throw ValidationError("--type must be f32, f16, bf16 or q8_0")
+            }
+            if t == .q8_0, !isGGUF {
+                throw ValidationError("q8_0 is a GGUF type; for safetensors choose f32, f16 or bf16")
+            }
+        }
     }
 
     func run() throws {
         do {
             let source = try ModelSource.resolve(model)
-            guard case .gguf(let path) = source else {
-                throw CLIError(
-                    "fuse reads a GGUF base for now (its tokenizer and metadata go into the output); \(model) is a directory"
-                )
-            }
+            let type = FusedType(rawValue: self.type ?? (isGGUF ? "f16" : "bf16"))!
             let lm = try LanguageModel.load(source, adapters: adapter)
             for w in lm.adapterWarnings { Terminal.note("warning: \(w)") }
-            let file = try GGUFFile(path: path)
-            var writer = lm.model.weights.gguf(metadata: file.metadata, type: FusedType(rawValue: type)!)
             let fused: JSONValue = .array(
                 try adapter.map { a -> JSONValue in
                     [
@@ -345,13 +360,66 @@ struct Fuse: ParsableCommand {
                         "sha256": .string(try FileHash.modelIdentity(path: a)),
                     ]
                 })
-            writer.set("cairn.fused", .string(fused.serialized()))
-            writer.set("cairn.base_model_sha256", .string(try FileHash.modelIdentity(path: path)))
-            try writer.write(to: output)
+            let baseHash = try FileHash.modelIdentity(path: source.path)
+            if isGGUF {
+                guard case .gguf(let path) = source else {
+                    throw CLIError(
+                        "GGUF output takes its tokenizer and metadata from a GGUF base; \(model) is a Hugging Face "
+                            + "directory. Write a directory instead (-o DIR), or fuse into the GGUF of the same model")
+                }
+                let file = try GGUFFile(path: path)
+                var writer = lm.model.weights.gguf(metadata: file.metadata, type: type)
+                writer.set("cairn.fused", .string(fused.serialized()))
+                writer.set("cairn.base_model_sha256", .string(baseHash))
+                try writer.write(to: output)
+            } else {
+                try writeDirectory(lm: lm, source: source, type: type, fused: fused, baseHash: baseHash)
+            }
             Terminal.note(
                 "wrote \(output) (\(type) matrices, \(adapter.count) adapter\(adapter.count == 1 ? "" : "s") baked in)")
         } catch let e as CLIError {
             throw e
         } catch { throw CLIError("\(error)") }
+    }
+
+    /// A Hugging Face directory: model.safetensors, config.json and, from a Hugging Face base, its side files.
+    func writeDirectory(lm: LanguageModel, source: ModelSource, type: FusedType, fused: JSONValue, baseHash: String)
+        throws
+    {
+        let fm = FileManager.default
+        var isDirectory: ObjCBool = false
+        if fm.fileExists(atPath: output, isDirectory: &isDirectory), !isDirectory.boolValue {
+            throw CLIError("\(output) is a file; safetensors output is a directory (or end the name in .gguf)")
+        }
+        try fm.createDirectory(atPath: output, withIntermediateDirectories: true)
+        func file(_ name: String) -> String { (output as NSString).appendingPathComponent(name) }
+        let dtype = ["f32": "float32", "f16": "float16", "bf16": "bfloat16"][type.rawValue]!
+        var config: JSONValue
+        switch source {
+        case .huggingFace(let path):
+            let original = (path as NSString).appendingPathComponent("config.json")
+            guard var object = try HFModelDirectory.readJSON(original).objectValue else {
+                throw CLIError("\(original) must be a JSON object")
+            }
+            object["torch_dtype"] = .string(dtype)
+            if object["dtype"] != nil { object["dtype"] = .string(dtype) }
+            config = .object(object)
+            for name in [
+                "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json",
+                "chat_template.jinja",
+            ] {
+                let from = (path as NSString).appendingPathComponent(name)
+                guard fm.fileExists(atPath: from) else { continue }
+                try writeFileAtomically(file(name), Array(try Data(contentsOf: URL(fileURLWithPath: from))))
+            }
+        case .gguf:
+            let tokenizer = try? lm.requireTokenizer()
+            config = lm.model.config.huggingFaceConfig(
+                dtype: dtype, bos: (tokenizer?.bosId).map(Int.init), eos: (tokenizer?.eosId).map(Int.init))
+        }
+        let metadata = ["cairn.fused": fused.serialized(), "cairn.base_model_sha256": baseHash]
+        try lm.model.weights.safetensors(type: type, metadata: metadata).write(to: file("model.safetensors"))
+        try writeFileAtomically(
+            file("config.json"), Array((config.serialized(pretty: true, sortedKeys: true) + "\n").utf8))
     }
 }

@@ -7,23 +7,25 @@
 import ModelFormats
 import TensorKernels
 
-/// Element types a fused model can be written in.
+/// Element types a fused model can be written in (q8_0 in GGUF only).
 public enum FusedType: String, Sendable, CaseIterable {
-    case f32, f16, q8_0
+    case f32, f16, bf16, q8_0
 
     var ggml: GGMLType {
         switch self {
         case .f32: .f32
         case .f16: .f16
+        case .bf16: .bf16
         case .q8_0: .q8_0
         }
     }
 
-    /// `general.file_type` (llama_ftype): all F32 = 0, mostly F16 = 1, mostly Q8_0 = 7.
+    /// `general.file_type` (llama_ftype): all F32 = 0, mostly F16 = 1, mostly Q8_0 = 7, mostly BF16 = 32.
     var fileType: UInt32 {
         switch self {
         case .f32: 0
         case .f16: 1
+        case .bf16: 32
         case .q8_0: 7
         }
     }
@@ -57,10 +59,10 @@ extension LlamaWeights {
         switch type {
         case .f32:
             return values.withUnsafeBytes { Array($0) }
-        case .f16:
+        case .f16, .bf16:
             var out = [UInt8](repeating: 0, count: 2 * values.count)
             for (i, x) in values.enumerated() {
-                let h = floatToHalf(x)
+                let h = type == .f16 ? floatToHalf(x) : floatToBFloat16(x)
                 out[2 * i] = UInt8(h & 0xFF)
                 out[2 * i + 1] = UInt8(h >> 8)
             }

@@ -1,6 +1,7 @@
 // `cairn merge`, `diff` and `lineage` on the tiny model's PEFT fixtures.
 
 import Foundation
+import Llama
 import ModelFormats
 import TestSupport
 import Testing
@@ -100,5 +101,44 @@ import Testing
         #expect(a.stdout == b.stdout && a.status == 0)
         let inspected = try cairn(["inspect", dir.appendingPathComponent("fused-q8_0.gguf").path, "--no-tensors"])
         #expect(inspected.stdout.contains("cairn.fused"), "\(inspected.stdout)")
+    }
+
+    /// A Hugging Face directory written by fuse loads back as exactly the weights the adapter gives at load time
+    /// (names, Q/K row order, config.json), from a GGUF base and from a Hugging Face base, whose side files are
+    /// copied.
+    @Test func fusedDirectoriesLoadAsTheAdaptedModel() throws {
+        let dir = Fixtures.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let adapter = Fixtures.path("peft/final")
+        let expected = try LanguageModel.load(.gguf(tinyModel), adapters: [adapter]).model.weights
+        func weights(_ path: String) throws -> [Float] {
+            let w = try LanguageModel.load(.huggingFace(path)).model.weights
+            return withExtendedLifetime(w) { Array(w.storage.buffer) }
+        }
+        // A Hugging Face base with a generation config beside it.
+        let hfBase = dir.appendingPathComponent("base-hf").path
+        try FileManager.default.copyItem(atPath: Fixtures.path("tiny-llama/a-hf"), toPath: hfBase)
+        let generation = Data(#"{"bos_token_id": 1, "eos_token_id": 2}"#.utf8)
+        try generation.write(to: URL(fileURLWithPath: hfBase + "/generation_config.json"))
+        for (base, name) in [(tinyModel, "from-gguf"), (hfBase, "from-hf")] {
+            let out = dir.appendingPathComponent(name).path
+            let r = try cairn(["fuse", "--model", base, "--adapter", adapter, "--type", "f32", "-o", out])
+            #expect(r.status == 0, "\(r.stderr)")
+            #expect(try weights(out) == Array(expected.storage.buffer), "\(name)")
+            let bf16 = out + "-bf16"
+            #expect(try cairn(["fuse", "--model", base, "--adapter", adapter, "-o", bf16]).status == 0)
+            #expect(relativeL2(try weights(bf16), Array(expected.storage.buffer)) < 1e-2, "\(name) bf16")
+            let metadata = try SafetensorsFile(path: out + "/model.safetensors").metadata
+            #expect(metadata["cairn.fused"]?.contains("sha256") == true, "\(metadata)")
+        }
+        let copied = try Data(contentsOf: dir.appendingPathComponent("from-hf/generation_config.json"))
+        #expect(copied == generation)
+        // What cannot be written says why.
+        let gguf = try cairn(["fuse", "--model", hfBase, "--adapter", adapter, "-o", dir.path + "/x.gguf"])
+        #expect(gguf.status != 0 && gguf.stderr.contains("GGUF output takes its tokenizer"), "\(gguf.stderr)")
+        let q8 = try cairn([
+            "fuse", "--model", tinyModel, "--adapter", adapter, "--type", "q8_0", "-o", dir.path + "/y",
+        ])
+        #expect(q8.status != 0 && q8.stderr.contains("q8_0 is a GGUF type"), "\(q8.stderr)")
     }
 }
