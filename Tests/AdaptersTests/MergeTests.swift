@@ -1,4 +1,5 @@
 import Adapters
+import Foundation
 import Llama
 import TensorKernels
 import TestSupport
@@ -259,7 +260,7 @@ import Testing
 }
 
 @Suite struct ContentHashTests {
-    /// The same merge of the same inputs has the same id; a different weight gives another.
+    /// The same merge of the same inputs has the same id, in either file format; a different weight gives another.
     @Test func theSameMergeHasTheSameId() throws {
         let t = MergeTests()
         let a = t.input("a", t.adapter(seed: 50, rank: 4, scale: 1))
@@ -271,5 +272,16 @@ import Testing
         options.weights = [1, 0.9]
         let other = try AdapterMerge.merge([a, b], options: options).0.contentHash
         #expect(first == again && first != other && first.count == 64)
+        // Written as PEFT and as GGUF LoRA (Q/K rows interleaved on disk) and read back: the same id.
+        let dir = Fixtures.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        options.weights = nil
+        let merged = try AdapterMerge.merge([a, b], options: options).0
+        let peft = dir.appendingPathComponent("peft").path
+        let gguf = dir.appendingPathComponent("m.gguf").path
+        try merged.savePEFT(directory: peft, provenance: AdapterProvenance())
+        try merged.saveGGUF(path: gguf, provenance: AdapterProvenance())
+        #expect(try LoRAAdapter.load(path: peft, model: MergeTests.config).0.contentHash == first)
+        #expect(try LoRAAdapter.load(path: gguf, model: MergeTests.config).0.contentHash == first)
     }
 }
