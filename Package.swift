@@ -9,6 +9,7 @@ let package = Package(
     products: [
         .executable(name: "cairn", targets: ["CairnCLI"]),
         .executable(name: "cairn-bench", targets: ["CairnBench"]),
+        .executable(name: "cairn-fuzz", targets: ["CairnFuzz"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -56,6 +57,9 @@ let package = Package(
             ]),
         .executableTarget(
             name: "CairnBench", dependencies: ["TensorKernels", "ModelFormats", "Llama", "Training", "Adapters"]),
+        // Fuzzing: the parsers' entry points, and the driver (libFuzzer when built by Scripts/fuzz).
+        .target(name: "FuzzTargets", dependencies: ["Wire", "ModelFormats", "Tokenizer", "Llama", "Training"]),
+        .executableTarget(name: "CairnFuzz", dependencies: ["FuzzTargets"]),
 
         // Shared test helpers: fixture paths, tensor comparison with named tolerances, tiny models.
         .target(name: "TestSupport", dependencies: ["TensorKernels", "ModelFormats"], path: "Tests/TestSupport"),
@@ -67,6 +71,7 @@ let package = Package(
             name: "TrainingTests", dependencies: ["Training", "Llama", "Tokenizer", "ModelFormats", "TestSupport"]),
         .testTarget(name: "AdaptersTests", dependencies: ["Adapters", "Llama", "TensorKernels", "TestSupport"]),
         .testTarget(name: "WireTests", dependencies: ["Wire", "ModelFormats"]),
+        .testTarget(name: "FuzzTests", dependencies: ["FuzzTargets", "Wire", "TestSupport"]),
         .testTarget(name: "TransportTests", dependencies: ["Transport", "ModelFormats"]),
         .testTarget(
             name: "CoordinatorTests",
@@ -75,7 +80,8 @@ let package = Package(
             ]),
         // Real processes and real sockets on loopback: a coordinator and workers started from the built binary.
         .testTarget(
-            name: "ClusterTests", dependencies: ["TestSupport", "ModelFormats", "Transport", "Wire", "TensorKernels"]),
+            name: "ClusterTests",
+            dependencies: ["TestSupport", "ModelFormats", "Transport", "Wire", "TensorKernels", "Coordinator"]),
         // Runs the built `cairn` binary as a user would (tiny fixtures; the real model when CAIRN_REAL_MODEL is set).
         .testTarget(name: "CLITests", dependencies: ["TestSupport", "ModelFormats", "Llama"]),
         // Checks on the real model (SmolLM2-135M); enabled when CAIRN_REAL_MODEL names the GGUF file.

@@ -61,11 +61,22 @@ struct CoordinatorCommand: ParsableCommand {
         @Option(help: .hidden)
         var heartbeatMs: Int?
 
+        /// For the crash tests: `CAIRN_CRASH_AT=POINT:STEP` (POINT: checkpoint, transaction or cleanup) kills this
+        /// process with SIGKILL at that point of journaling that step, as a power cut would.
+        static func crashProbe() -> (@Sendable (String, Int) -> Void)? {
+            guard let spec = ProcessInfo.processInfo.environment["CAIRN_CRASH_AT"] else { return nil }
+            let parts = spec.split(separator: ":")
+            guard parts.count == 2, let step = Int(parts[1]) else { return nil }
+            let point = String(parts[0])
+            return { p, s in if p == point, s == step { kill(getpid(), SIGKILL) } }
+        }
+
         func run() throws {
             let dir = state ?? CredentialPaths.defaultState
             var options = CoordinatorOptions(stateDirectory: dir, listen: listen)
             options.insecure = insecure
             if let h = heartbeatMs { options.heartbeatMilliseconds = max(10, h) }
+            options.journalProbe = Self.crashProbe()
             if insecure {
                 Terminal.note(
                     "WARNING: --insecure: traffic is not encrypted and ANY local process can submit jobs and read adapters. "
@@ -383,6 +394,7 @@ struct Workers: ParsableCommand {
             out +=
                 "\(w["cores"]?.intValue ?? 0) cores  \(String(format: "%.1f", w["gflops"]?.doubleValue ?? 0)) GFLOP/s  "
             out += "\(speed)  rows done \(w["rows_done"]?.intValue ?? 0)\n"
+            if let error = w["error"]?.stringValue { out += "  \(error)\n" }
         }
         return out
     }

@@ -38,6 +38,10 @@ public struct CoordinatorOptions: Sendable {
     /// (seconds); before a worker's speed is measured, after `firstDeadline`.
     public var deadlineFloor = 10.0
     public var firstDeadline = 600.0
+    /// Called at each point of journaling a step: `checkpoint` (its checkpoint blob stored, the database not yet
+    /// told), `transaction` (inside the database transaction, half written), `cleanup` (committed, the previous
+    /// checkpoint not yet removed), with the step. The chaos tests kill the process there; nil in normal use.
+    public var journalProbe: (@Sendable (_ point: String, _ step: Int) -> Void)?
 
     public init(stateDirectory: String, listen: String) {
         self.stateDirectory = stateDirectory
@@ -257,6 +261,7 @@ public final class Coordinator: @unchecked Sendable {
         case .roundResult: roundResult(rid, message, now: now)
         case .fetch: fetch(rid, message)
         case .bye: lose(rid, why: "left (\(message.string("reason")))")
+        case .error: workerFault(rid, message)
         case .submit: submit(rid, message)
         case .status: status(rid, message)
         case .workers: send(rid, Message(.workersReply, ["body": workersBody()]))
@@ -346,6 +351,17 @@ public final class Coordinator: @unchecked Sendable {
                 ]))
     }
 
+    /// A worker that cannot take part in a job (its cache is full, the model does not load): excluded from it, its
+    /// rows handed to others, the reason shown by `cairn workers`.
+    private func workerFault(_ rid: [UInt8], _ m: Message) {
+        guard let worker = peers[rid]?.worker, let job, m.string("job") == job.id else { return }
+        let text = String(m.string("message").prefix(500))
+        peers[rid]?.worker?.fault = (job.id, "\(m.string("code")): \(text)")
+        peers[rid]?.worker?.readyJob = nil
+        log("worker \(peers[rid]!.label) cannot take part in \(job.id) and is left out of it: \(text)")
+        if let sync = job as? SyncJob { sync.updateWork { $0.lose(worker: worker.id) } }
+    }
+
     private func ready(_ rid: [UInt8], _ m: Message) {
         guard let job, m.string("job") == job.id, peers[rid]?.worker != nil else { return }
         peers[rid]?.worker?.readyJob = job.id
@@ -369,7 +385,9 @@ public final class Coordinator: @unchecked Sendable {
         }
         job.add(
             gradient: g.floats(), loss: m.double("loss"), tokens: m.int("tokens"), seconds: m.double("seconds"))
-        let seconds = max(1e-3, m.double("seconds"))
+        // Speed from the turnaround (sent to received), not the compute time the worker reports: a worker on a
+        // slow link is slower to the job however fast it computes, and gets fewer rows.
+        let seconds = max(1e-3, now - a.started, m.double("seconds"))
         let speed = Double(a.rows.count) / seconds
         let previous = peers[rid]?.worker?.rowsPerSecond
         peers[rid]?.worker?.rowsPerSecond = previous.map { 0.5 * $0 + 0.5 * speed } ?? speed
@@ -556,7 +574,13 @@ public final class Coordinator: @unchecked Sendable {
             ]
             if let (w, _) = connected[r.id] {
                 let busy = job?.busyWorkers.contains(w.id) ?? false
-                o["state"] = .string(busy ? "computing" : w.readyJob != nil ? "ready" : "loading")
+                if let job, let fault = w.fault, fault.job == job.id {
+                    o["state"] = "failed"
+                    o["error"] = .string(fault.message)
+                } else {
+                    o["state"] = .string(
+                        busy ? "computing" : job == nil ? "idle" : w.readyJob == job?.id ? "ready" : "loading")
+                }
                 if let s = w.rowsPerSecond { o["rows_per_second"] = .number(s) }
                 if let j = w.readyJob { o["job"] = .string(j) }
             } else {
@@ -582,7 +606,9 @@ public final class Coordinator: @unchecked Sendable {
         // it again. Workers treat a repeated `job` as a no-op, or answer `ready` again.
         if let job {
             for (rid, p) in peers {
-                guard let w = p.worker, w.readyJob != job.id, now - w.jobSentAt > max(2, 5 * interval) else { continue }
+                guard let w = p.worker, w.readyJob != job.id, w.fault?.job != job.id,
+                    now - w.jobSentAt > max(2, 5 * interval)
+                else { continue }
                 sendJob(rid, job)
             }
         }
@@ -694,6 +720,13 @@ public final class Coordinator: @unchecked Sendable {
                 return max(self.options.deadlineFloor, 3 * Double(rows) / rps + self.options.deadlineFloor / 2)
             }
         }
+        // A ready worker left without rows (too slow for a share, e.g. behind a slow link) has its speed estimate
+        // raised a little each time, so every few dozen steps it is tried again with a row and re-measured: a link
+        // that got better is noticed, and a straggler costs at most an occasional slow step.
+        let assigned = Set(assignments.map(\.worker))
+        for w in idle where !assigned.contains(w.worker.id) {
+            if let s = peers[w.rid]?.worker?.rowsPerSecond { peers[w.rid]?.worker?.rowsPerSecond = s * 1.1 }
+        }
         for a in assignments {
             guard let rid = byId[a.worker]?.rid else { continue }
             let batch = job.batch(rows: a.rows)
@@ -726,7 +759,10 @@ public final class Coordinator: @unchecked Sendable {
             let tmp = (options.stateDirectory as NSString).appendingPathComponent("checkpoint.tmp")
             try checkpoint.write(to: tmp)
             let blob = try blobs.adopt(file: tmp)
-            try store.journal(job: job.id, step: record, checkpointBlob: blob)
+            let probe = options.journalProbe
+            probe?("checkpoint", record.step)
+            try store.journal(job: job.id, step: record, checkpointBlob: blob) { probe?("transaction", record.step) }
+            probe?("cleanup", record.step)
             if let old = lastCheckpoint[job.id] ?? previous, old != blob { blobs.remove(old) }
             lastCheckpoint[job.id] = blob
         } catch {
@@ -815,6 +851,8 @@ struct WorkerInfo {
     var rowsPerSecond: Double?
     /// When the running job was last announced to it.
     var jobSentAt = 0.0
+    /// A job it said it cannot take part in, and why.
+    var fault: (job: String, message: String)?
 }
 
 /// A connection to the coordinator's ROUTER socket.
@@ -834,7 +872,7 @@ struct Peer {
         func allows(_ t: MessageType) -> Bool {
             switch self {
             case .enrol: return t == .enrol
-            case .worker: return [.hello, .heartbeat, .ready, .result, .roundResult, .fetch, .bye].contains(t)
+            case .worker: return [.hello, .heartbeat, .ready, .result, .roundResult, .fetch, .bye, .error].contains(t)
             case .client: return [.submit, .status, .workers, .cancel, .pull, .fetch, .heartbeat].contains(t)
             case .any: return t != .enrol && Self.worker.allows(t) || Self.client.allows(t)
             }

@@ -31,6 +31,8 @@ public struct Assignment: Sendable, Equatable {
     public var rows: [Int]
     /// When the assignment is given up on (seconds, the caller's clock).
     public var deadline: Double
+    /// When it was handed out (the same clock).
+    public var started: Double = 0
 }
 
 /// The work of one step.
@@ -70,7 +72,8 @@ public struct StepWork: Sendable {
         for (w, n) in zip(free, shares) where n > 0 {
             let rows = Array(pending[start..<start + n])
             start += n
-            let a = Assignment(id: nextId, worker: w.worker, rows: rows, deadline: now + deadline(w.worker, n))
+            let a = Assignment(
+                id: nextId, worker: w.worker, rows: rows, deadline: now + deadline(w.worker, n), started: now)
             nextId += 1
             running[a.id] = a
             out.append(a)

@@ -269,8 +269,11 @@ public final class Store: @unchecked Sendable {
         }
     }
 
-    /// Journals a completed step: its row and the job's checkpoint pointer, in one transaction.
-    public func journal(job: String, step: StepRecord, checkpointBlob: String) throws(StoreError) {
+    /// Journals a completed step: its row and the job's checkpoint pointer, in one transaction (`midway` runs
+    /// between the two, for crash tests).
+    public func journal(job: String, step: StepRecord, checkpointBlob: String, midway: () -> Void = {})
+        throws(StoreError)
+    {
         let shares = JSONValue.object(
             JSONObject(step.shares.sorted { $0.key < $1.key }.map { ($0.key, .integer(Int64($0.value))) }))
         try write { db in
@@ -283,6 +286,7 @@ public final class Store: @unchecked Sendable {
                     job, step.step, step.loss, step.tokens, step.seconds, step.bytes, shares.serialized(),
                     step.computeSeconds,
                 ])
+            midway()
             try db.execute(
                 sql: "UPDATE jobs SET step = ?, checkpoint_blob = ?, state = 'running' WHERE id = ?",
                 arguments: [step.step, checkpointBlob, job])

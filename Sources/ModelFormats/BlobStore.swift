@@ -98,6 +98,13 @@ public final class BlobStore: @unchecked Sendable {
         ((try? FileManager.default.attributesOfItem(atPath: partialPath(hash))[.size] as? Int) ?? nil) ?? 0
     }
 
+    /// Bytes free to an unprivileged writer on the file system holding `path`, or nil if it cannot be asked.
+    public static func freeBytes(atPath path: String) -> Int? {
+        var s = statvfs()
+        guard statvfs(path, &s) == 0 else { return nil }
+        return Int(s.f_bavail) * Int(s.f_frsize)
+    }
+
     /// Appends bytes to a partial blob.
     public func appendPartial(_ hash: String, _ bytes: [UInt8]) throws(FormatError) {
         let p = partialPath(hash)

@@ -16,12 +16,24 @@ public final class MappedFile: @unchecked Sendable {
     /// The file's bytes, valid while this object lives. Internal: types that store their `MappedFile` may
     /// hand out views of it; everyone else goes through `withUnsafeBytes`, which keeps the mapping alive.
     let bytes: UnsafeRawBufferPointer
+    /// Whether `bytes` is a heap copy (`init(copying:)`) rather than a mapping.
+    private let copied: Bool
+
+    /// A copy of bytes held in memory, read like a file at `path` (for fuzzing and tests).
+    public init(copying data: [UInt8], path: String = "<memory>") {
+        self.path = path
+        copied = true
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: max(1, data.count), alignment: 64)
+        buffer.copyBytes(from: data)
+        bytes = UnsafeRawBufferPointer(start: buffer.baseAddress, count: data.count)
+    }
 
     /// Maps `path` read-only.
     ///
     /// - Throws: `FormatError` `.notFound` or `.io`.
     public init(path: String) throws(FormatError) {
         self.path = path
+        copied = false
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else {
             let e = errno
@@ -47,7 +59,12 @@ public final class MappedFile: @unchecked Sendable {
     }
 
     deinit {
-        if let base = bytes.baseAddress { munmap(UnsafeMutableRawPointer(mutating: base), bytes.count) }
+        guard let base = bytes.baseAddress else { return }
+        if copied {
+            UnsafeMutableRawPointer(mutating: base).deallocate()
+        } else {
+            munmap(UnsafeMutableRawPointer(mutating: base), bytes.count)
+        }
     }
 
     /// The file size in bytes.

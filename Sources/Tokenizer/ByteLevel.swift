@@ -27,6 +27,9 @@ public enum ByteLevel {
         return map
     }()
 
+    /// The scalar that stands for one byte.
+    public static func symbol(for byte: UInt8) -> Unicode.Scalar { scalarForByte[Int(byte)] }
+
     /// Maps the UTF-8 bytes of `text` to the byte-level alphabet (how token strings of normal tokens look).
     public static func encode<S: StringProtocol>(_ text: S) -> String {
         var out = String.UnicodeScalarView()

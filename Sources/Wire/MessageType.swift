@@ -122,7 +122,7 @@ public enum MessageType: UInt8, Sendable, CaseIterable, CustomStringConvertible 
         case .bye:
             return Schema(["reason": .string(maxBytes: 1024)])
         case .error:
-            return Schema(["code": .string(maxBytes: 64), "message": .string(maxBytes: 4096)])
+            return Schema(["code": .string(maxBytes: 64), "message": .string(maxBytes: 4096)], optional: ["job": id])
         case .enrol:
             return Schema([
                 "public_key": .string(maxBytes: 64), "role": .string(maxBytes: 16), "name": .string(maxBytes: 256),

@@ -102,6 +102,8 @@ public final class WorkerAgent: @unchecked Sendable {
         var waitingForPeer = false
         var loading = false
         var ready = false
+        /// This worker cannot take part (reported to the coordinator); nothing more is tried for the job.
+        var failed = false
     }
 
     public init(options: WorkerOptions, log: @escaping @Sendable (String) -> Void) throws(WorkerError) {
@@ -255,10 +257,11 @@ public final class WorkerAgent: @unchecked Sendable {
             }
             if m.type == .ready { job?.ready = true; job?.loading = false }
             if m.type == .error {
-                // A local failure (the model would not load): reported here only.
+                // A local failure (the model would not load): logged here and reported, so the coordinator leaves
+                // this worker out of the job and says why.
                 log(m.string("message"))
                 job?.loading = false
-                continue
+                job?.failed = true
             }
             send(m)
         }
@@ -302,7 +305,7 @@ public final class WorkerAgent: @unchecked Sendable {
 
     private func receiveJob(_ m: Message) {
         let id = m.string("job")
-        if let job, job.id == id {
+        if let job, job.id == id, !job.failed {
             if job.ready { send(Message(.ready, ["job": .string(id)])) }
             return
         }
@@ -326,10 +329,19 @@ public final class WorkerAgent: @unchecked Sendable {
     /// Loads the job's model if cached; otherwise fetches it, unless another worker sharing this cache already
     /// is (then the tick checks back until the blob appears or the other's claim lapses).
     private func startFetch() {
-        guard let job, job.download == nil, !job.loading, !job.ready else { return }
+        guard let job, job.download == nil, !job.loading, !job.ready, !job.failed else { return }
         let blob = job.modelBlob
         if blobs.contains(blob) {
             load()
+            return
+        }
+        // A cache that cannot hold the model is said at once, not after filling the disk.
+        let needed = job.modelBytes - blobs.partialSize(blob)
+        if let free = BlobStore.freeBytes(atPath: blobs.root), free < needed {
+            fault(
+                "cache",
+                "the cache \(options.cacheDirectory) has \(Self.size(free)) free and the model needs "
+                    + "\(Self.size(needed)); free space there, or start the worker with --cache on a roomier disk")
             return
         }
         guard let claim = blobs.claim(blob) else {
@@ -352,6 +364,18 @@ public final class WorkerAgent: @unchecked Sendable {
         requestChunks()
     }
 
+    /// Reports that this worker cannot take part in the current job, and stops trying.
+    private func fault(_ code: String, _ message: String) {
+        guard let id = job?.id else { return }
+        log("cannot take part in \(id): \(message)")
+        job?.failed = true
+        send(Message(.error, ["code": .string(code), "job": .string(id), "message": .string(message)]))
+    }
+
+    static func size(_ bytes: Int) -> String {
+        bytes >= 1 << 20 ? String(format: "%.1f MiB", Double(bytes) / 1048576) : "\(max(0, bytes) >> 10) KiB"
+    }
+
     private func requestChunks() {
         guard var d = job?.download else { return }
         if d.isComplete {
@@ -363,7 +387,7 @@ public final class WorkerAgent: @unchecked Sendable {
             do { try blobs.completePartial(d.hash) } catch {
                 failedFetches += 1
                 guard failedFetches < 3 else {
-                    log("\(error); giving up on this job's model after three tries")
+                    fault("cache", "\(error); gave up on this job's model after three tries")
                     return
                 }
                 log("\(error); fetching again")
@@ -382,12 +406,20 @@ public final class WorkerAgent: @unchecked Sendable {
     private func receiveChunk(_ m: Message) {
         guard var d = job?.download else { return }
         lastChunk = Self.now
-        do {
-            let bytes = try d.accept(m)
-            if !bytes.isEmpty { try blobs.appendPartial(d.hash, bytes) }
-        } catch {
+        let bytes: [UInt8]
+        do { bytes = try d.accept(m) } catch {
             log("dropped a chunk: \(error)")
             return
+        }
+        if !bytes.isEmpty {
+            do { try blobs.appendPartial(d.hash, bytes) } catch {
+                // The cache cannot take it (a full disk, a read-only directory): retrying would not help.
+                job?.download = nil
+                job?.claim?.release()
+                job?.claim = nil
+                fault("cache", "cannot write the model into the cache \(options.cacheDirectory): \(error)")
+                return
+            }
         }
         job?.download = d
         requestChunks()
@@ -440,7 +472,12 @@ public final class WorkerAgent: @unchecked Sendable {
                 post(Message(.ready, ["job": .string(id)]))
             } catch {
                 post(
-                    Message(.error, ["code": "load", "message": .string("cannot load the model for \(id): \(error)")]))
+                    Message(
+                        .error,
+                        [
+                            "code": "load", "job": .string(id),
+                            "message": .string("cannot load the model for \(id): \(error)"),
+                        ]))
             }
         }
     }

@@ -9,7 +9,7 @@ import Testing
 let tinyModel = Fixtures.path("tiny-llama/a.gguf")
 
 /// A cluster of processes; everything it started is killed when it goes away.
-final class ClusterHarness {
+class ClusterHarness {
     let dir: URL
     var state: String { dir.appendingPathComponent("state").path }
     private(set) var coordinator: Process?
@@ -118,7 +118,10 @@ final class ClusterHarness {
     }
 
     /// Runs a client command against this cluster's coordinator.
-    func cairn(_ arguments: String...) throws -> CommandResult {
+    func cairn(_ arguments: String...) throws -> CommandResult { try client(arguments) }
+
+    /// Runs a client command (`status JOB --json`, …) against this cluster's coordinator.
+    func client(_ arguments: [String]) throws -> CommandResult {
         try runCommand(cairnExecutable, [arguments[0], "--state", state] + arguments.dropFirst())
     }
 
