@@ -118,9 +118,15 @@ final class ClusterClient {
         let keys = try CurveKeyPair.generate()
         let enrolment = try token.enrolmentKeys()
         let client = try ClusterClient(Credentials(endpoint: endpoint, serverKey: token.serverKey, keys: enrolment))
-        _ = try client.request(
-            Message(.enrol, ["public_key": .string(keys.publicKey), "role": .string(role), "name": .string(name)]),
-            expect: .enrolled, timeout: 20)
+        do {
+            _ = try client.request(
+                Message(.enrol, ["public_key": .string(keys.publicKey), "role": .string(role), "name": .string(name)]),
+                expect: .enrolled, timeout: 20)
+        } catch let e as CLIError where e.description.contains("refused this key") {
+            throw CLIError(
+                "the coordinator at \(endpoint) refused this token: it was used, revoked or has expired; ask for a "
+                    + "new one (cairn coordinator token)")
+        }
         return Credentials(endpoint: endpoint, serverKey: token.serverKey, keys: keys)
     }
 }

@@ -42,6 +42,10 @@ public struct CoordinatorOptions: Sendable {
     /// told), `transaction` (inside the database transaction, half written), `cleanup` (committed, the previous
     /// checkpoint not yet removed), with the step. The chaos tests kill the process there; nil in normal use.
     public var journalProbe: (@Sendable (_ point: String, _ step: Int) -> Void)?
+    /// Messages a second one connection may send (a burst of twice that), far above what workers and clients
+    /// need (heartbeats, blob chunk requests, results); beyond it messages are dropped before decoding, so a
+    /// flooding peer costs little and the others are served.
+    public var messagesPerSecond = 500.0
 
     public init(stateDirectory: String, listen: String) {
         self.stateDirectory = stateDirectory
@@ -223,6 +227,23 @@ public final class Coordinator: @unchecked Sendable {
         let now = Self.now
         var peer = peers[rid] ?? Peer(routingId: rid, userId: received.userId, now: now, insecure: serverKeys == nil)
         guard !peer.ignored else { return }
+        // A token bucket per connection.
+        let burst = 2 * options.messagesPerSecond
+        peer.allowance = min(burst, peer.allowance + (now - peer.refilled) * options.messagesPerSecond)
+        peer.refilled = now
+        if peer.worker != nil { heartbeatGaps.record(now - peer.lastSeen) }
+        guard peer.allowance >= 1 else {
+            peer.dropped += 1
+            if now - peer.droppedLogged >= 5 {
+                log(
+                    "rate-limited \(peer.label): dropped \(peer.dropped) messages so far (over "
+                        + "\(Int(options.messagesPerSecond))/s)")
+                peer.droppedLogged = now
+            }
+            peers[rid] = peer
+            return
+        }
+        peer.allowance -= 1
         peer.lastSeen = now
         let message: Message
         do {
@@ -416,9 +437,27 @@ public final class Coordinator: @unchecked Sendable {
         }
     }
 
+    /// Gaps between consecutive messages from workers (their heartbeats when nothing else is said), and workers
+    /// declared gone for silence: what a load test watches.
+    private var heartbeatGaps = GapSamples()
+    private var workersDeclaredSilent = 0
+
+    private func coordinatorHealth() -> JSONValue {
+        var gaps = JSONObject()
+        for (name, q) in [("p50", 0.5), ("p95", 0.95), ("p99", 0.99), ("max", 1.0)] {
+            gaps[name] = .number((heartbeatGaps.quantile(q) * 1000).rounded())
+        }
+        gaps["count"] = .integer(Int64(heartbeatGaps.count))
+        return [
+            "heartbeat_ms": .integer(Int64(options.heartbeatMilliseconds)), "worker_message_gap_ms": .object(gaps),
+            "workers_declared_silent": .integer(Int64(workersDeclaredSilent)),
+        ]
+    }
+
     private func lose(_ rid: [UInt8], why: String) {
         guard let peer = peers.removeValue(forKey: rid) else { return }
         guard let worker = peer.worker else { return }
+        if why.hasPrefix("lost (silent") { workersDeclaredSilent += 1 }
         var lost: [Assignment] = []
         if let sync = job as? SyncJob { sync.updateWork { lost = $0.lose(worker: worker.id) } }
         if let rounds = job as? RoundJob { lost = rounds.lose(worker: worker.id) }
@@ -559,7 +598,11 @@ public final class Coordinator: @unchecked Sendable {
             fail(rid, "no_job", "no job \(only)")
             return
         }
-        send(rid, Message(.statusReply, ["body": ["jobs": .array(jobs), "workers": workersBody()]]))
+        send(
+            rid,
+            Message(
+                .statusReply,
+                ["body": ["jobs": .array(jobs), "workers": workersBody(), "coordinator": coordinatorHealth()]]))
     }
 
     private func workersBody() -> JSONValue {
@@ -889,6 +932,11 @@ struct Peer {
     var worker: WorkerInfo?
     var bad = 0
     var ignored = false
+    /// Token bucket: messages it may still send now, when it was last refilled, how many were dropped.
+    var allowance = 1000.0
+    var refilled = 0.0
+    var dropped = 0
+    var droppedLogged = -1e9
 
     init(routingId: [UInt8], userId: String?, now: Double, insecure: Bool) {
         self.routingId = routingId
@@ -915,5 +963,28 @@ struct Peer {
         if let w = worker { return "\(w.name) [\(w.id)]" }
         return
             "\(role.name) \(key.map { String($0.prefix(8)) + "…" } ?? routingId.prefix(4).map { String(format: "%02x", $0) }.joined())"
+    }
+}
+
+/// The last 65 536 gaps (seconds), for quantiles.
+struct GapSamples {
+    private var samples: [Double] = []
+    private var next = 0
+    private(set) var count = 0
+
+    mutating func record(_ gap: Double) {
+        count += 1
+        if samples.count < 65536 {
+            samples.append(gap)
+        } else {
+            samples[next] = gap
+            next = (next + 1) % samples.count
+        }
+    }
+
+    func quantile(_ q: Double) -> Double {
+        guard !samples.isEmpty else { return 0 }
+        let sorted = samples.sorted()
+        return sorted[min(sorted.count - 1, Int(q * Double(sorted.count - 1)))]
     }
 }

@@ -381,3 +381,92 @@ func runClusterUp(
         #expect(help.stdout.contains("cairn worker join"), "--help teaches the join flow")
     }
 }
+
+/// Tokens and keys after the fact: an expired or revoked token enrols nothing, a revoked key is refused from its
+/// next connection, and a worker's key cannot act as a client.
+@Suite struct CredentialLifecycleTests {
+    @Test func expiredAndRevokedTokensAndRevokedKeysAreRefused() throws {
+        let c = ClusterHarness("credentials")
+        try c.startCoordinator()
+        func issue(_ extra: [String]) throws -> (token: String, id: String) {
+            let r = try runCommand(cairnExecutable, ["coordinator", "token", "--state", c.state] + extra)
+            #expect(r.status == 0, "\(r.stderr)")
+            let id = r.stderr.split(separator: " ").dropFirst().first.map(String.init) ?? ""
+            return (r.stdout.trimmingCharacters(in: .whitespacesAndNewlines), id)
+        }
+        func join(_ token: String, _ name: String) throws -> CommandResult {
+            try runCommand(
+                cairnExecutable,
+                [
+                    "client", "join", c.endpoint, "--token", token, "--credentials",
+                    c.dir.appendingPathComponent("\(name).json").path,
+                ])
+        }
+        // Expired: a one-second token, used once its second has passed (a wait for the clock, not for a process).
+        let issued = Date()
+        let short = try issue(["--ttl", "1s", "--role", "client"])
+        _ = c.waitUntil(2) { Date().timeIntervalSince(issued) > 1.5 }
+        let expired = try join(short.token, "expired")
+        #expect(expired.status != 0 && expired.stderr.contains("refused this token"), "\(expired.stderr)")
+        // Revoked before use.
+        let revokedToken = try issue(["--role", "client"])
+        let revoke = try runCommand(
+            cairnExecutable, ["coordinator", "revoke-token", revokedToken.id, "--state", c.state])
+        #expect(revoke.status == 0, "\(revoke.stderr)")
+        let late = try join(revokedToken.token, "late")
+        #expect(late.status != 0 && late.stderr.contains("refused this token"), "\(late.stderr)")
+        // A client key works until it is revoked, then is refused.
+        let good = try issue(["--role", "client"])
+        #expect(try join(good.token, "laptop").status == 0)
+        let laptop = c.dir.appendingPathComponent("laptop.json").path
+        #expect(try runCommand(cairnExecutable, ["status", "--credentials", laptop]).status == 0)
+        let name =
+            (try? JSONValue.parse(Array(try Data(contentsOf: URL(fileURLWithPath: laptop)))))?.objectValue?[
+                "public_key"]?.stringValue ?? ""
+        let revokeKey = try runCommand(cairnExecutable, ["coordinator", "revoke-key", name, "--state", c.state])
+        #expect(revokeKey.status == 0, "\(revokeKey.stderr)")
+        let after = try runCommand(cairnExecutable, ["status", "--credentials", laptop])
+        #expect(after.status != 0 && after.stderr.contains("refused this key"), "\(after.stderr)")
+        // A worker's key asking for a client's answers.
+        try c.startWorker("w1")
+        #expect(c.waitUntil(60) { c.connectedWorkers().count == 1 }, "\(c.logs)")
+        let asClient = try runCommand(
+            cairnExecutable, ["status", "--credentials", c.dir.appendingPathComponent("w1.json").path])
+        #expect(asClient.status != 0 && asClient.stderr.contains("not allowed"), "\(asClient.stderr)")
+    }
+}
+
+/// A peer that floods the coordinator is rate-limited, and a job and other clients are still served.
+@Suite struct FloodTests {
+    @Test func aFloodingClientIsRateLimitedWithoutStarvingOthers() throws {
+        let c = ClusterHarness("flood")
+        try c.startCluster(workers: ["w1"])
+        let token = try runCommand(cairnExecutable, ["coordinator", "token", "--state", c.state, "--role", "client"])
+        let credentials = c.dir.appendingPathComponent("flooder.json").path
+        let joined = try runCommand(
+            cairnExecutable,
+            [
+                "client", "join", c.endpoint, "--token", token.stdout.trimmingCharacters(in: .whitespacesAndNewlines),
+                "--credentials", credentials,
+            ])
+        #expect(joined.status == 0, "\(joined.stderr)")
+        let job = try c.writeJob(steps: 20)
+        let id = try c.submit(job)
+        // 30 000 messages as fast as the socket takes them: heartbeats, the cheapest to send and to receive, so the
+        // flood outruns the limit (500 a second) instead of being slowed by the coordinator's own work.
+        let context = Context()
+        let flooder = try ZMQDealer(context: context, credentials: try Credentials.load(from: credentials))
+        let request = Message(.heartbeat).encode()
+        // (When the socket's queue is full a send fails at once; the loop tries again, for at most 60 s.)
+        var sent = 0
+        let until = Date().addingTimeInterval(60)
+        while sent < 30_000, Date() < until { if (try? flooder.send(request)) != nil { sent += 1 } }
+        #expect(sent == 30_000)
+        // Meanwhile the job runs to its end and another client is answered.
+        let final = c.waitForJob(id, seconds: 120)
+        #expect(final?["state"] == "done", "\(c.logs)")
+        #expect(try c.cairn("workers", "--json").status == 0)
+        #expect(c.log("coordinator.log").contains("rate-limited"), "the flood was noticed")
+        flooder.close()
+    }
+}
