@@ -155,18 +155,29 @@ class ClusterHarness {
     func writeJob(steps: Int, batch: Int = 4, seqLen: Int = 24, learningRate: Double = 0.01, extra: String = "") throws
         -> String
     {
-        let data = dir.appendingPathComponent("data.jsonl")
         let lines = [
             "the cat sat on the mat", "a dog ran in the park", "bread and butter", "one two three", "hello world",
             "pebbles in a pile", "north south east west", "red green blue", "stones on stones", "the river runs",
         ]
+        return try writeJob(
+            data: "data", job: "job", lines: lines, steps: steps, batch: batch, seqLen: seqLen,
+            learningRate: learningRate,
+            extra: extra)
+    }
+
+    /// Writes `lines` as DATA.jsonl and a job file JOB.yaml for the tiny model over it; returns the job's path.
+    func writeJob(
+        data dataName: String, job name: String, lines: [String], steps: Int, batch: Int, seqLen: Int,
+        learningRate: Double,
+        extra: String = ""
+    ) throws -> String {
         try Data(lines.map { JSONValue.object(["text": .string($0)]).serialized() + "\n" }.joined().utf8).write(
-            to: data)
-        let job = dir.appendingPathComponent("job.yaml")
+            to: dir.appendingPathComponent("\(dataName).jsonl"))
+        let job = dir.appendingPathComponent("\(name).yaml")
         try Data(
             """
             model: \(tinyModel)
-            data: data.jsonl
+            data: \(dataName).jsonl
             rank: 4
             steps: \(steps)
             seq_len: \(seqLen)

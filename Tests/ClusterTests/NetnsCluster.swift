@@ -80,23 +80,8 @@ final class NetnsCluster: ClusterHarness {
         let lines = (0..<200).map { _ in
             (0..<40).map { _ in String(words[Int(rng.next() % UInt64(words.count))]) }.joined(separator: " ")
         }
-        try Data(lines.map { JSONValue.object(["text": .string($0)]).serialized() + "\n" }.joined().utf8).write(
-            to: dir.appendingPathComponent("long.jsonl"))
-        let job = dir.appendingPathComponent("long.yaml")
-        try Data(
-            """
-            model: \(tinyModel)
-            data: long.jsonl
-            rank: 4
-            steps: \(steps)
-            seq_len: 64
-            batch_size: 8
-            learning_rate: 0.002
-            seed: 7
-            save_every: 0
-            """.utf8
-        ).write(to: job)
-        return job.path
+        return try writeJob(
+            data: "long", job: "long", lines: lines, steps: steps, batch: 8, seqLen: 64, learningRate: 0.002)
     }
 
     /// The worst relative L2 difference, over the adapter's tensors, between the job's pulled adapter and
