@@ -36,6 +36,10 @@ let package = Package(
             ]),
         .target(name: "Adapters", dependencies: ["Llama", "TensorKernels", "ModelFormats"]),
         .target(name: "Wire", dependencies: ["ModelFormats"]),
+        // A small read-only HTTP/1.1 server (POSIX sockets): the coordinator's dashboard, JSON API and /metrics.
+        .target(name: "HTTP"),
+        // The dashboard page (page.html, embedded in the binary), the report built from it, Prometheus text.
+        .target(name: "Dashboard", dependencies: ["ModelFormats"], resources: [.embedInCode("page.html")]),
         .target(
             name: "Transport",
             dependencies: ["CZeroMQ", "ModelFormats", .product(name: "Crypto", package: "swift-crypto")]),
@@ -43,7 +47,7 @@ let package = Package(
             name: "Coordinator",
             dependencies: [
                 "Wire", "Transport", "Training", "Adapters", "Llama", "Tokenizer", "ModelFormats", "TensorKernels",
-                .product(name: "GRDB", package: "GRDB.swift"),
+                "HTTP", "Dashboard", .product(name: "GRDB", package: "GRDB.swift"),
             ]),
         .target(
             name: "Worker",
@@ -52,13 +56,13 @@ let package = Package(
             name: "CairnCLI",
             dependencies: [
                 "TensorKernels", "ModelFormats", "Tokenizer", "Llama", "Training", "Adapters", "Transport", "Wire",
-                "Coordinator",
+                "Coordinator", "Dashboard",
                 "Worker", .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
         .executableTarget(
             name: "CairnBench", dependencies: ["TensorKernels", "ModelFormats", "Llama", "Training", "Adapters"]),
         // Fuzzing: the parsers' entry points, and the driver (libFuzzer when built by Scripts/fuzz).
-        .target(name: "FuzzTargets", dependencies: ["Wire", "ModelFormats", "Tokenizer", "Llama", "Training"]),
+        .target(name: "FuzzTargets", dependencies: ["Wire", "ModelFormats", "Tokenizer", "Llama", "Training", "HTTP"]),
         .executableTarget(name: "CairnFuzz", dependencies: ["FuzzTargets"]),
 
         // Shared test helpers: fixture paths, tensor comparison with named tolerances, tiny models.
@@ -73,6 +77,8 @@ let package = Package(
         .testTarget(name: "WireTests", dependencies: ["Wire", "ModelFormats"]),
         .testTarget(name: "FuzzTests", dependencies: ["FuzzTargets", "Wire", "TestSupport"]),
         .testTarget(name: "TransportTests", dependencies: ["Transport", "ModelFormats"]),
+        .testTarget(name: "HTTPTests", dependencies: ["HTTP", "TestSupport", "TensorKernels"]),
+        .testTarget(name: "DashboardTests", dependencies: ["Dashboard", "ModelFormats", "TestSupport"]),
         .testTarget(
             name: "CoordinatorTests",
             dependencies: [

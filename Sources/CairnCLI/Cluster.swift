@@ -41,8 +41,11 @@ struct CoordinatorCommand: ParsableCommand {
               cairn coordinator token                    # on the coordinator: prints a one-time token
               cairn worker join tcp://HOST:7070 --token TOKEN     # on the new machine
 
+            The dashboard (jobs, loss curves, workers, lineage), the JSON API and Prometheus metrics are served             on http://127.0.0.1:7071/ (--http). Bound beyond loopback (--http 0.0.0.0:7071) they need the bearer             token kept in STATE/http-token: open http://HOST:7071/#token=TOKEN, or scrape /metrics with             `Authorization: Bearer TOKEN`.
+
             Examples:
               cairn coordinator --listen tcp://0.0.0.0:7070
+              cairn coordinator --http 0.0.0.0:7071     # the dashboard for other machines too (with the token)
               cairn coordinator token --ttl 1h
               cairn coordinator token --role client      # for `cairn client join` on a laptop
             """,
@@ -58,6 +61,7 @@ struct CoordinatorCommand: ParsableCommand {
         var listen = "tcp://0.0.0.0:7070"
         @Flag(help: "No encryption and no keys. Only for demos on loopback (tcp://127.0.0.1:PORT).")
         var insecure = false
+        @OptionGroup var dashboard: DashboardOptions
         @Option(help: .hidden)
         var heartbeatMs: Int?
 
@@ -74,6 +78,7 @@ struct CoordinatorCommand: ParsableCommand {
         func run() throws {
             let dir = state ?? CredentialPaths.defaultState
             var options = CoordinatorOptions(stateDirectory: dir, listen: listen)
+            dashboard.apply(to: &options)
             options.insecure = insecure
             if let h = heartbeatMs { options.heartbeatMilliseconds = max(10, h) }
             options.journalProbe = Self.crashProbe()
@@ -256,6 +261,27 @@ struct ClientCommand: ParsableCommand {
             let path = credentials ?? CredentialPaths.userClient
             try creds.save(to: path)
             Terminal.note("enrolled; credentials saved to \(path)")
+        }
+    }
+}
+
+/// Where the coordinator serves its dashboard.
+struct DashboardOptions: ParsableArguments {
+    @Option(
+        help: ArgumentHelp(
+            "Serve the dashboard, JSON API and /metrics on HOST:PORT (off: not at all).",
+            discussion:
+                "Default 127.0.0.1:7071, this machine only; if that port is taken the coordinator runs without it. "
+                + "Beyond loopback every data route needs the bearer token in STATE/http-token."))
+    var http: String?
+
+    func apply(to options: inout CoordinatorOptions) {
+        switch http {
+        case nil:
+            options.http = "127.0.0.1:7071"
+            options.httpRequired = false
+        case "off"?: options.http = nil
+        case let address?: options.http = address
         }
     }
 }
@@ -479,15 +505,16 @@ struct ClusterCommand: ParsableCommand {
         var listen = "tcp://127.0.0.1:7070"
         @Option(help: "Kernel threads per worker (default: cores / workers).")
         var threads: Int?
+        @OptionGroup var dashboard: DashboardOptions
 
         func run() throws {
             guard workers >= 0, workers <= 64 else { throw ValidationError("--workers must be between 0 and 64") }
             let dir = state ?? CredentialPaths.defaultState
             let coordinator: Coordinator
             do {
-                coordinator = try Coordinator(
-                    options: CoordinatorOptions(stateDirectory: dir, listen: listen), log: timestamped("[coordinator] ")
-                )
+                var options = CoordinatorOptions(stateDirectory: dir, listen: listen)
+                dashboard.apply(to: &options)
+                coordinator = try Coordinator(options: options, log: timestamped("[coordinator] "))
             } catch { throw CLIError("\(error)") }
             let endpoint = coordinator.endpoint.replacingOccurrences(of: "0.0.0.0", with: "127.0.0.1")
             let perWorker = threads ?? max(1, ProcessInfo.processInfo.activeProcessorCount / max(1, workers))

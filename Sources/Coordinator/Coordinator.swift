@@ -11,6 +11,7 @@
 //   client.json      credentials of the local client key, enrolled at first start (0600)
 
 import Foundation
+import HTTP
 import Llama
 import ModelFormats
 import TensorKernels
@@ -46,6 +47,12 @@ public struct CoordinatorOptions: Sendable {
     /// need (heartbeats, blob chunk requests, results); beyond it messages are dropped before decoding, so a
     /// flooding peer costs little and the others are served.
     public var messagesPerSecond = 500.0
+    /// Where to serve the dashboard, JSON API and /metrics (HOST:PORT; port 0 picks one); nil: nowhere. Bound beyond
+    /// loopback, the data routes need the bearer token in STATE/http-token.
+    public var http: String?
+    /// Whether failing to bind `http` stops the coordinator (an address the user asked for) or is only logged (the
+    /// default address, which another coordinator on this machine may hold).
+    public var httpRequired = true
 
     public init(stateDirectory: String, listen: String) {
         self.stateDirectory = stateDirectory
@@ -96,10 +103,17 @@ public final class Coordinator: @unchecked Sendable {
     let serverKeys: CurveKeyPair?
     private let context = Context()
     private var router: RouterEndpoint?
-    private var peers: [[UInt8]: Peer] = [:]
-    private var job: (any RunningJob)?
+    var peers: [[UInt8]: Peer] = [:]
+    var job: (any RunningJob)?
+    /// What this process has counted (traffic, step times, transfers, shares).
+    var metrics = CoordinatorMetrics()
+    /// The dashboard, JSON API and /metrics; requests wait in the mailbox for this thread to answer them.
+    var httpServer: HTTPServer?
+    let mailbox = HTTPMailbox()
+    /// Where the dashboard is served (HOST:PORT), when it is.
+    public internal(set) var dashboardAddress: String?
     private var failedToLoad: Set<String> = []
-    private let log: @Sendable (String) -> Void
+    let log: @Sendable (String) -> Void
     private let stopLock = NSLock()
     private var stopRequested = false
     /// The endpoint bound (with the port resolved).
@@ -136,6 +150,7 @@ public final class Coordinator: @unchecked Sendable {
                 serverKeys = keys
             } catch { throw CoordinatorError("cannot create the coordinator's keys: \(error)") }
         }
+        try startHTTP()
         if let transport {
             router = transport
             endpoint = "memory"
@@ -170,9 +185,6 @@ public final class Coordinator: @unchecked Sendable {
         } catch { throw CoordinatorError("cannot write \(path): \(error)") }
     }
 
-    /// Steps listed in a status reply (older ones are counted in `steps_omitted`).
-    static let maxStepsInStatus = 800
-
     /// Asks `run()` to return (from any thread or a signal handler's queue).
     public func stop() { stopLock.withLock { stopRequested = true } }
 
@@ -184,6 +196,7 @@ public final class Coordinator: @unchecked Sendable {
     public func run() throws(CoordinatorError) {
         guard let router else { return }
         log("listening on \(endpoint)" + (serverKeys == nil ? " WITHOUT encryption or keys (--insecure)" : " (CURVE)"))
+        httpServer?.start()
         while !shouldStop {
             do {
                 try router.wait(timeoutMilliseconds: 20)
@@ -193,11 +206,14 @@ public final class Coordinator: @unchecked Sendable {
                     handled += 1
                 }
                 tick(now: Self.now)
+                answerHTTPRequests()
             } catch {
                 if error.kind == .closed { break }
                 log("transport error: \(error)")
             }
         }
+        httpServer?.stop()
+        mailbox.close()
         router.close()
     }
 
@@ -245,6 +261,7 @@ public final class Coordinator: @unchecked Sendable {
         }
         peer.allowance -= 1
         peer.lastSeen = now
+        let received_ = received.byteCount
         let message: Message
         do {
             message = try Message.decode(Array(received.frames.dropFirst()))
@@ -272,7 +289,9 @@ public final class Coordinator: @unchecked Sendable {
             fail(rid, "hello_first", "unknown worker; send hello")
             return
         }
-        if let job, message.type == .result || message.type == .roundResult { job.countBytes(received.byteCount) }
+        let training = [MessageType.result, .roundResult, .evalResult].contains(message.type)
+        metrics.received(received_, worker: peer.worker?.id, mode: training ? job?.record.mode : nil)
+        if let job, training { job.countBytes(received_) }
         switch message.type {
         case .enrol: enrol(rid, message)
         case .hello: hello(rid, message)
@@ -299,7 +318,12 @@ public final class Coordinator: @unchecked Sendable {
         do {
             try router.send([rid] + frames)
             peers[rid]?.lastSent = Self.now
-            return frames.reduce(0) { $0 + $1.count }
+            let bytes = frames.reduce(0) { $0 + $1.count }
+            let training = [MessageType.assign, .roundAssign, .evaluate].contains(message.type)
+            metrics.sent(
+                bytes, worker: peers[rid]?.worker?.id, mode: training ? job?.record.mode : nil,
+                blob: message.type == .chunk)
+            return bytes
         } catch {
             if error.kind == .unreachable {
                 lose(rid, why: "unreachable")
@@ -337,7 +361,7 @@ public final class Coordinator: @unchecked Sendable {
         for (other, p) in peers where other != rid && p.worker?.id == id { lose(other, why: "reconnected") }
         peer.worker = WorkerInfo(
             id: id, name: m.string("name"), cores: m.int("cores"), memory: m.int("memory"), gflops: m.double("gflops"),
-            threads: m.int("threads"), localExamples: m.optionalInt("local_examples"))
+            threads: m.int("threads"), localExamples: m.optionalInt("local_examples"), host: m.optionalString("host"))
         peers[rid] = peer
         try? store.saw(
             worker: WorkerRecord(
@@ -405,7 +429,8 @@ public final class Coordinator: @unchecked Sendable {
             return
         }
         job.add(
-            gradient: g.floats(), loss: m.double("loss"), tokens: m.int("tokens"), seconds: m.double("seconds"))
+            gradient: g.floats(), loss: m.double("loss"), tokens: m.int("tokens"), seconds: m.double("seconds"),
+            worker: worker.id)
         // Speed from the turnaround (sent to received), not the compute time the worker reports: a worker on a
         // slow link is slower to the job however fast it computes, and gets fewer rows.
         let seconds = max(1e-3, now - a.started, m.double("seconds"))
@@ -427,6 +452,9 @@ public final class Coordinator: @unchecked Sendable {
         }
         do {
             let bytes = try blobs.read(hash, offset: offset, length: min(m.int("length"), size - offset))
+            if let worker = peers[rid]?.worker {
+                metrics.transfer(worker: worker.id, blob: hash, through: offset + bytes.count, of: size)
+            }
             send(
                 rid,
                 Message(
@@ -439,20 +467,8 @@ public final class Coordinator: @unchecked Sendable {
 
     /// Gaps between consecutive messages from workers (their heartbeats when nothing else is said), and workers
     /// declared gone for silence: what a load test watches.
-    private var heartbeatGaps = GapSamples()
-    private var workersDeclaredSilent = 0
-
-    private func coordinatorHealth() -> JSONValue {
-        var gaps = JSONObject()
-        for (name, q) in [("p50", 0.5), ("p95", 0.95), ("p99", 0.99), ("max", 1.0)] {
-            gaps[name] = .number((heartbeatGaps.quantile(q) * 1000).rounded())
-        }
-        gaps["count"] = .integer(Int64(heartbeatGaps.count))
-        return [
-            "heartbeat_ms": .integer(Int64(options.heartbeatMilliseconds)), "worker_message_gap_ms": .object(gaps),
-            "workers_declared_silent": .integer(Int64(workersDeclaredSilent)),
-        ]
-    }
+    var heartbeatGaps = GapSamples()
+    var workersDeclaredSilent = 0
 
     private func lose(_ rid: [UInt8], why: String) {
         guard let peer = peers.removeValue(forKey: rid) else { return }
@@ -557,44 +573,14 @@ public final class Coordinator: @unchecked Sendable {
     }
 
     private func status(_ rid: [UInt8], _ m: Message) {
-        let only = m.optionalString("job")
-        var jobs: [JSONValue] = []
-        for r in (try? store.jobs()) ?? [] where only == nil || r.id == only {
-            var o: JSONObject = [
-                "id": .string(r.id), "state": .string(r.state.rawValue), "mode": .string(r.mode),
-                "step": .integer(Int64(r.step)), "total_steps": .integer(Int64(r.totalSteps)),
-                "data": .string(r.dataName),
-            ]
-            if let e = r.error { o["error"] = .string(e) }
-            // Only the rows shown: the last five for the rate, more when one job's steps are listed.
-            let steps = (try? store.steps(job: r.id, last: only == nil ? 5 : Self.maxStepsInStatus)) ?? []
-            if let last = steps.last {
-                o["loss"] = .number(last.loss)
-                let recent = steps.suffix(5)
-                let seconds = recent.reduce(0) { $0 + $1.seconds }
-                if seconds > 0 {
-                    o["tokens_per_second"] = .number(Double(recent.reduce(0) { $0 + $1.tokens }) / seconds)
-                }
-            }
-            if only != nil {
-                // The most recent steps that fit a reply's metadata frame (about 200 bytes each).
-                if steps.count < r.step { o["steps_omitted"] = .integer(Int64(r.step - steps.count)) }
-                o["steps"] = .array(
-                    steps.map { s in
-                        [
-                            "step": .integer(Int64(s.step)), "loss": .number(s.loss),
-                            "tokens": .integer(Int64(s.tokens)),
-                            "seconds": .number(s.seconds), "bytes": .integer(Int64(s.bytes)),
-                            "compute_seconds": .number(s.computeSeconds),
-                            "shares": .object(
-                                JSONObject(
-                                    s.shares.sorted { $0.key < $1.key }.map { ($0.key, .integer(Int64($0.value))) })),
-                        ]
-                    })
-            }
-            jobs.append(.object(o))
+        guard let only = m.optionalString("job") else {
+            send(rid, Message(.statusReply, ["body": statusBody()]))
+            return
         }
-        if let only, jobs.isEmpty {
+        guard
+            let detail = jobDetail(
+                only, after: m.optionalInt("after"), limit: Self.maxStepsInStatus, byteBudget: Self.statusStepBytes)
+        else {
             fail(rid, "no_job", "no job \(only)")
             return
         }
@@ -602,36 +588,7 @@ public final class Coordinator: @unchecked Sendable {
             rid,
             Message(
                 .statusReply,
-                ["body": ["jobs": .array(jobs), "workers": workersBody(), "coordinator": coordinatorHealth()]]))
-    }
-
-    private func workersBody() -> JSONValue {
-        let connected = Dictionary(
-            peers.values.compactMap { p in p.worker.map { ($0.id, ($0, p)) } }, uniquingKeysWith: { a, _ in a })
-        var out: [JSONValue] = []
-        for r in (try? store.workers()) ?? [] {
-            var o: JSONObject = [
-                "id": .string(r.id), "name": .string(r.name), "cores": .integer(Int64(r.cores)),
-                "memory": .integer(Int64(r.memory)), "gflops": .number(r.gflops), "rows_done": .integer(Int64(r.rows)),
-                "connected": .bool(connected[r.id] != nil),
-            ]
-            if let (w, _) = connected[r.id] {
-                let busy = job?.busyWorkers.contains(w.id) ?? false
-                if let job, let fault = w.fault, fault.job == job.id {
-                    o["state"] = "failed"
-                    o["error"] = .string(fault.message)
-                } else {
-                    o["state"] = .string(
-                        busy ? "computing" : job == nil ? "idle" : w.readyJob == job?.id ? "ready" : "loading")
-                }
-                if let s = w.rowsPerSecond { o["rows_per_second"] = .number(s) }
-                if let j = w.readyJob { o["job"] = .string(j) }
-            } else {
-                o["state"] = "gone"
-            }
-            out.append(.object(o))
-        }
-        return .array(out)
+                ["body": ["jobs": [.object(detail)], "workers": workersBody(), "coordinator": coordinatorHealth()]]))
     }
 
     // MARK: Tick
@@ -814,6 +771,8 @@ public final class Coordinator: @unchecked Sendable {
             self.job = nil
             return
         }
+        metrics.observeStep(mode: job.record.mode, seconds: record.seconds)
+        metrics.step(rows: record.shares)
         let shares = record.shares.sorted { $0.key < $1.key }.map { "\(name(of: $0.key))=\($0.value)" }.joined(
             separator: " ")
         log(
@@ -888,6 +847,8 @@ struct WorkerInfo {
     var threads: Int
     /// Examples of its own data (federated jobs), if it brought any.
     var localExamples: Int?
+    /// The machine's host name, as it says.
+    var host: String?
     /// The job whose model and data it has loaded.
     var readyJob: String?
     /// Measured rows per second of compute (moving average).

@@ -46,7 +46,7 @@ final class RoundJob: RunningJob {
     private var lossSum = 0.0
     private var tokens = 0
     private var computeSeconds = 0.0
-    private var shares: [String: Int] = [:]
+    private var shares: [String: WorkerShare] = [:]
     private var bytes = 0
     private var started = 0.0
     private var nextAssignment = Int.random(in: 1...(1 << 31)) << 20
@@ -146,7 +146,9 @@ final class RoundJob: RunningJob {
         lossSum += m.double("loss")
         tokens += m.int("tokens")
         computeSeconds += m.double("seconds")
-        shares[worker, default: 0] += a.rows.count
+        shares[worker, default: WorkerShare(rows: 0)].rows += a.rows.count
+        shares[worker]!.tokens += m.int("tokens")
+        shares[worker]!.seconds += m.double("seconds")
         return true
     }
 
@@ -176,7 +178,7 @@ final class RoundJob: RunningJob {
         inProgress = false
         let record = StepRecord(
             step: round, loss: tokens > 0 ? lossSum / Double(tokens) : 0, tokens: tokens, seconds: now - started,
-            bytes: bytes, shares: shares, computeSeconds: computeSeconds)
+            bytes: bytes, workers: shares, computeSeconds: computeSeconds)
         var checkpoint = Checkpoint(
             step: round, cursor: cursor, dataHash: prepared.dataHash, baseModelHash: self.record.modelBlob,
             modules: adapter.modules.map { ($0.layer, $0.target, $0.rank, $0.scale) },

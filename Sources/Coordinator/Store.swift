@@ -30,6 +30,9 @@ public struct JobRecord: Sendable, Equatable {
     public var modelBlob: String
     public var dataBlob: String
     public var dataName: String
+    /// Held-out data sent with the job (validation_data), and its file name.
+    public var validationBlob: String?
+    public var validationName: String?
     public var totalSteps: Int
     /// Steps journaled.
     public var step: Int
@@ -40,6 +43,22 @@ public struct JobRecord: Sendable, Equatable {
     public var outputs: [String: String]
 }
 
+/// What one worker did in a step or round.
+public struct WorkerShare: Sendable, Equatable {
+    /// Rows it computed.
+    public var rows: Int
+    /// Tokens trained on in them.
+    public var tokens: Int
+    /// Seconds it spent computing them (as it reports).
+    public var seconds: Double
+
+    public init(rows: Int, tokens: Int = 0, seconds: Double = 0) {
+        self.rows = rows
+        self.tokens = tokens
+        self.seconds = seconds
+    }
+}
+
 /// One journaled step.
 public struct StepRecord: Sendable, Equatable {
     public var step: Int
@@ -48,13 +67,16 @@ public struct StepRecord: Sendable, Equatable {
     public var seconds: Double
     /// Bytes sent and received for the step, all workers together.
     public var bytes: Int
-    /// Rows computed by each worker: worker id → rows.
-    public var shares: [String: Int]
+    /// What each worker did: worker id → rows, tokens, compute seconds.
+    public var workers: [String: WorkerShare]
     /// Seconds the workers spent computing, summed (the rest of their time in the step they waited).
     public var computeSeconds: Double
 
+    /// Rows computed by each worker: worker id → rows.
+    public var shares: [String: Int] { workers.mapValues(\.rows) }
+
     public init(
-        step: Int, loss: Double, tokens: Int, seconds: Double, bytes: Int, shares: [String: Int],
+        step: Int, loss: Double, tokens: Int, seconds: Double, bytes: Int, workers: [String: WorkerShare],
         computeSeconds: Double = 0
     ) {
         self.step = step
@@ -62,8 +84,22 @@ public struct StepRecord: Sendable, Equatable {
         self.tokens = tokens
         self.seconds = seconds
         self.bytes = bytes
-        self.shares = shares
+        self.workers = workers
         self.computeSeconds = computeSeconds
+    }
+}
+
+/// One evaluation on the held-out data, after a step (or round).
+public struct EvalRecord: Sendable, Equatable {
+    public var step: Int
+    /// Mean loss per held-out token.
+    public var loss: Double
+    public var tokens: Int
+
+    public init(step: Int, loss: Double, tokens: Int) {
+        self.step = step
+        self.loss = loss
+        self.tokens = tokens
     }
 }
 
@@ -126,6 +162,16 @@ public final class Store: @unchecked Sendable {
             }
             migrator.registerMigration("v2: compute seconds") { db in
                 try db.execute(sql: "ALTER TABLE steps ADD COLUMN compute REAL NOT NULL DEFAULT 0")
+            }
+            migrator.registerMigration("v3: per-worker shares, evaluations, held-out data") { db in
+                try db.execute(
+                    sql: """
+                        ALTER TABLE steps ADD COLUMN workers TEXT NOT NULL DEFAULT '{}';
+                        CREATE TABLE evals (job TEXT NOT NULL, step INTEGER NOT NULL, loss REAL NOT NULL,
+                            tokens INTEGER NOT NULL, PRIMARY KEY (job, step));
+                        ALTER TABLE jobs ADD COLUMN validation_blob TEXT;
+                        ALTER TABLE jobs ADD COLUMN validation_name TEXT;
+                        """)
             }
             try migrator.migrate(db)
         } catch let e as StoreError {
@@ -225,17 +271,22 @@ public final class Store: @unchecked Sendable {
 
     /// Adds a queued job and returns its id (job-1, job-2, …).
     public func addJob(
-        spec: String, mode: String, modelBlob: String, dataBlob: String, dataName: String, totalSteps: Int
+        spec: String, mode: String, modelBlob: String, dataBlob: String, dataName: String,
+        validation: (blob: String, name: String)? = nil, totalSteps: Int
     ) throws(StoreError) -> String {
         try write { db in
             let seq = (try Int.fetchOne(db, sql: "SELECT MAX(seq) FROM jobs") ?? 0) + 1
             let id = "job-\(seq)"
             try db.execute(
                 sql: """
-                    INSERT INTO jobs (id, seq, spec, mode, state, created, model_blob, data_blob, data_name, total_steps)
-                    VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?)
+                    INSERT INTO jobs (id, seq, spec, mode, state, created, model_blob, data_blob, data_name,
+                        validation_blob, validation_name, total_steps)
+                    VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?)
                     """,
-                arguments: [id, seq, spec, mode, Self.now, modelBlob, dataBlob, dataName, totalSteps])
+                arguments: [
+                    id, seq, spec, mode, Self.now, modelBlob, dataBlob, dataName, validation?.blob, validation?.name,
+                    totalSteps,
+                ])
             return id
         }
     }
@@ -248,6 +299,7 @@ public final class Store: @unchecked Sendable {
             id: row["id"], spec: row["spec"], mode: row["mode"],
             state: JobRecord.State(rawValue: row["state"]) ?? .failed, created: row["created"],
             modelBlob: row["model_blob"], dataBlob: row["data_blob"], dataName: row["data_name"],
+            validationBlob: row["validation_blob"], validationName: row["validation_name"],
             totalSteps: row["total_steps"], step: row["step"], checkpointBlob: row["checkpoint_blob"],
             error: row["error"], outputs: files)
     }
@@ -276,15 +328,26 @@ public final class Store: @unchecked Sendable {
     {
         let shares = JSONValue.object(
             JSONObject(step.shares.sorted { $0.key < $1.key }.map { ($0.key, .integer(Int64($0.value))) }))
+        let workers = JSONValue.object(
+            JSONObject(
+                step.workers.sorted { $0.key < $1.key }.map { id, w in
+                    (
+                        id,
+                        [
+                            "rows": .integer(Int64(w.rows)), "tokens": .integer(Int64(w.tokens)),
+                            "seconds": .number(w.seconds),
+                        ]
+                    )
+                }))
         try write { db in
             try db.execute(
                 sql: """
-                    INSERT OR REPLACE INTO steps (job, step, loss, tokens, seconds, bytes, shares, compute)
-                    VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                    INSERT OR REPLACE INTO steps (job, step, loss, tokens, seconds, bytes, shares, compute, workers)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
                     """,
                 arguments: [
                     job, step.step, step.loss, step.tokens, step.seconds, step.bytes, shares.serialized(),
-                    step.computeSeconds,
+                    step.computeSeconds, workers.serialized(),
                 ])
             midway()
             try db.execute(
@@ -313,8 +376,11 @@ public final class Store: @unchecked Sendable {
         }
     }
 
-    /// The journaled steps of a job, in order; with `last`, only the most recent ones.
-    public func steps(job: String, last: Int? = nil) throws(StoreError) -> [StepRecord] {
+    /// The journaled steps of a job, in order; with `last`, only the most recent ones; with `after`, at most
+    /// `limit` steps after that one.
+    public func steps(job: String, last: Int? = nil, after: Int? = nil, limit: Int = Int(Int32.max)) throws(StoreError)
+        -> [StepRecord]
+    {
         try read { db in
             let rows =
                 if let last {
@@ -324,16 +390,59 @@ public final class Store: @unchecked Sendable {
                             arguments: [job, last]
                         ).reversed())
                 } else {
-                    try Row.fetchAll(db, sql: "SELECT * FROM steps WHERE job = ? ORDER BY step", arguments: [job])
+                    try Row.fetchAll(
+                        db, sql: "SELECT * FROM steps WHERE job = ? AND step > ? ORDER BY step LIMIT ?",
+                        arguments: [job, after ?? Int.min, limit])
                 }
-            return rows.map { row in
-                var shares: [String: Int] = [:]
-                for (k, v) in (try? JSONValue.parse(row["shares"] as String))?.objectValue?.members ?? [] {
-                    shares[k] = v.intValue ?? 0
-                }
-                return StepRecord(
-                    step: row["step"], loss: row["loss"], tokens: row["tokens"], seconds: row["seconds"],
-                    bytes: row["bytes"], shares: shares, computeSeconds: row["compute"])
+            return rows.map(Self.step)
+        }
+    }
+
+    private static func step(_ row: Row) -> StepRecord {
+        var workers: [String: WorkerShare] = [:]
+        for (id, v) in (try? JSONValue.parse(row["workers"] as String))?.objectValue?.members ?? [] {
+            let o = v.objectValue
+            workers[id] = WorkerShare(
+                rows: o?["rows"]?.intValue ?? 0, tokens: o?["tokens"]?.intValue ?? 0,
+                seconds: o?["seconds"]?.doubleValue ?? 0)
+        }
+        // Steps journaled before per-worker figures were kept have rows only.
+        if workers.isEmpty {
+            for (id, v) in (try? JSONValue.parse(row["shares"] as String))?.objectValue?.members ?? [] {
+                workers[id] = WorkerShare(rows: v.intValue ?? 0)
+            }
+        }
+        return StepRecord(
+            step: row["step"], loss: row["loss"], tokens: row["tokens"], seconds: row["seconds"],
+            bytes: row["bytes"], workers: workers, computeSeconds: row["compute"])
+    }
+
+    /// Steps journaled and tokens trained, per job.
+    public func totals() throws(StoreError) -> [String: (steps: Int, tokens: Int)] {
+        try read { db in
+            var out: [String: (steps: Int, tokens: Int)] = [:]
+            for row in try Row.fetchAll(db, sql: "SELECT job, COUNT(*) AS n, SUM(tokens) AS t FROM steps GROUP BY job")
+            {
+                out[row["job"]] = (row["n"], row["t"] ?? 0)
+            }
+            return out
+        }
+    }
+
+    /// Records an evaluation of a job's adapter after a step.
+    public func journalEval(job: String, _ eval: EvalRecord) throws(StoreError) {
+        try write { db in
+            try db.execute(
+                sql: "INSERT OR REPLACE INTO evals (job, step, loss, tokens) VALUES (?, ?, ?, ?)",
+                arguments: [job, eval.step, eval.loss, eval.tokens])
+        }
+    }
+
+    /// A job's evaluations, in order.
+    public func evals(job: String) throws(StoreError) -> [EvalRecord] {
+        try read { db in
+            try Row.fetchAll(db, sql: "SELECT * FROM evals WHERE job = ? ORDER BY step", arguments: [job]).map {
+                EvalRecord(step: $0["step"], loss: $0["loss"], tokens: $0["tokens"])
             }
         }
     }

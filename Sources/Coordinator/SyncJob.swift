@@ -143,6 +143,7 @@ final class SyncJob: RunningJob {
     private var lossSum = 0.0
     private var tokens = 0
     private var computeSeconds = 0.0
+    private var shares: [String: WorkerShare] = [:]
     private(set) var stepBytes = 0
     private var stepStarted = 0.0
     /// Assignment ids start at a random point per coordinator run, so a result computed for an assignment of an
@@ -196,6 +197,7 @@ final class SyncJob: RunningJob {
         lossSum = 0
         tokens = 0
         computeSeconds = 0
+        shares = [:]
         stepBytes = 0
         stepStarted = now
     }
@@ -214,9 +216,11 @@ final class SyncJob: RunningJob {
 
     func countBytes(_ n: Int) { stepBytes += n }
 
-    /// Adds an accepted result's gradient share.
-    func add(gradient: [Float], loss: Double, tokens n: Int, seconds: Double) {
+    /// Adds an accepted result's gradient share, computed by `worker` in `seconds`.
+    func add(gradient: [Float], loss: Double, tokens n: Int, seconds: Double, worker: String) {
         computeSeconds += seconds
+        shares[worker, default: WorkerShare(rows: 0)].tokens += n
+        shares[worker]!.seconds += seconds
         gradient.withUnsafeBufferPointer { g in
             let s = gradientSum.pointer
             for i in 0..<min(g.count, gradientSum.count) { s[i] += g[i] }
@@ -228,7 +232,7 @@ final class SyncJob: RunningJob {
     /// Completes the step: the averaged gradient, clipping, the AdamW update. Returns the step's record and the
     /// checkpoint to journal.
     func finishStep(now: Double) -> (StepRecord, Checkpoint) {
-        let shares = work?.completedRows ?? [:]
+        for (worker, rows) in work?.completedRows ?? [:] { shares[worker, default: WorkerShare(rows: 0)].rows = rows }
         if tokens > 0 {
             let scale = 1 / Float(tokens)
             for i in 0..<gradientSum.count { gradientSum.pointer[i] *= scale }
@@ -243,7 +247,7 @@ final class SyncJob: RunningJob {
         work = nil
         let stepRecord = StepRecord(
             step: optimizer.stepCount, loss: tokens > 0 ? lossSum / Double(tokens) : 0, tokens: tokens,
-            seconds: now - stepStarted, bytes: stepBytes, shares: shares,
+            seconds: now - stepStarted, bytes: stepBytes, workers: shares,
             computeSeconds: computeSeconds)
         let checkpoint = Checkpoint(
             step: optimizer.stepCount, cursor: cursor, dataHash: prepared.dataHash, baseModelHash: record.modelBlob,

@@ -215,6 +215,17 @@ extension TrainingConfig {
         return c
     }
 
+    /// The settings in job-file order as (key, value) pairs, values as the job file spells them (strings
+    /// unquoted): what the dashboard and `cairn report` show.
+    public func settings() -> [(key: String, value: String)] {
+        yaml().split(separator: "\n").compactMap { line in
+            guard let colon = line.range(of: ": ") else { return nil }
+            var value = String(line[colon.upperBound...])
+            if value.hasPrefix("\""), let s = try? JSONValue.parse(Array(value.utf8)).stringValue { value = s }
+            return (String(line[..<colon.lowerBound]), value)
+        }
+    }
+
     /// The settings as a YAML job file (what `cairn train` writes into the run directory).
     public func yaml() -> String {
         func q(_ s: String) -> String { JSONValue.string(s).serialized() }

@@ -20,6 +20,8 @@ public enum MessageType: UInt8, Sendable, CaseIterable, CustomStringConvertible 
     case ready = 12
     case roundAssign = 13
     case roundResult = 14
+    case evaluate = 15
+    case evalResult = 16
     // Enrolment (workers and clients)
     case enrol = 20
     case enrolled = 21
@@ -54,6 +56,8 @@ public enum MessageType: UInt8, Sendable, CaseIterable, CustomStringConvertible 
         case .ready: "ready"
         case .roundAssign: "round_assign"
         case .roundResult: "round_result"
+        case .evaluate: "evaluate"
+        case .evalResult: "eval_result"
         case .enrol: "enrol"
         case .enrolled: "enrolled"
         case .submit: "submit"
@@ -80,7 +84,7 @@ public enum MessageType: UInt8, Sendable, CaseIterable, CustomStringConvertible 
                     "name": .string(maxBytes: 256), "cores": .int(1, 1 << 16), "memory": count,
                     "gflops": .double(0, 1e9),
                     "threads": .int(1, 1 << 16),
-                ], optional: ["local_examples": count])
+                ], optional: ["local_examples": count, "host": .string(maxBytes: 256)])
         case .welcome:
             return Schema(["worker": id, "heartbeat_ms": .int(10, 600_000), "liveness": .int(1, 1000)])
         case .heartbeat, .workers:
@@ -113,6 +117,15 @@ public enum MessageType: UInt8, Sendable, CaseIterable, CustomStringConvertible 
                     "job": id, "assignment": count, "round": count, "loss": .double(0, 1e30), "tokens": count,
                     "seconds": .double(0, 1e9),
                 ], tensorChoices: [["delta"], ["delta", "delta.scale"]])
+        case .evaluate:
+            return Schema(
+                ["job": id, "assignment": count, "step": count, "rows": .int(1, 1 << 20)],
+                tensors: ["parameters", "tokens", "targets", "positions", "starts"])
+        case .evalResult:
+            return Schema([
+                "job": id, "assignment": count, "step": count, "loss": .double(0, 1e30), "tokens": count,
+                "seconds": .double(0, 1e9),
+            ])
         case .revoke:
             return Schema(["job": id, "assignment": count])
         case .fetch:
@@ -131,11 +144,13 @@ public enum MessageType: UInt8, Sendable, CaseIterable, CustomStringConvertible 
             return Schema(["id": id])
         case .submit:
             return Schema(
-                ["spec": .string(maxBytes: 64 << 10), "data_name": .string(maxBytes: 1024)], tensors: ["data"])
+                ["spec": .string(maxBytes: 64 << 10), "data_name": .string(maxBytes: 1024)],
+                optional: ["validation_name": .string(maxBytes: 1024)],
+                tensorChoices: [["data"], ["data", "validation"]])
         case .submitted, .cancel, .cancelled, .pull, .ready:
             return Schema(["job": id])
         case .status:
-            return Schema([:], optional: ["job": id])
+            return Schema([:], optional: ["job": id, "after": count])
         case .statusReply:
             return Schema(["body": .object])
         case .workersReply:

@@ -221,6 +221,7 @@ public final class WorkerAgent: @unchecked Sendable {
                     "cores": .integer(Int64(ProcessInfo.processInfo.activeProcessorCount)),
                     "memory": .integer(Int64(ProcessInfo.processInfo.physicalMemory)), "gflops": .number(gflops),
                     "threads": .integer(Int64(Parallel.threadCount)),
+                    "host": .string(String(ProcessInfo.processInfo.hostName.prefix(256))),
                     "local_examples": localExamples > 0 ? .integer(Int64(localExamples)) : .null,
                 ]))
     }

@@ -36,7 +36,8 @@ import Testing
         #expect(id == "job-1")
         try s.saw(worker: WorkerRecord(id: "w", name: "w", cores: 2, memory: 1, gflops: 1, lastSeen: 0, rows: 0))
         let step = StepRecord(
-            step: 1, loss: 2.5, tokens: 10, seconds: 0.5, bytes: 100, shares: ["w": 4], computeSeconds: 0.4)
+            step: 1, loss: 2.5, tokens: 10, seconds: 0.5, bytes: 100,
+            workers: ["w": WorkerShare(rows: 4, tokens: 9, seconds: 0.4)], computeSeconds: 0.4)
         try s.journal(job: id, step: step, checkpointBlob: "c1")
         let reopened = try Store(directory: dir.path)
         #expect(try reopened.steps(job: id) == [step])
