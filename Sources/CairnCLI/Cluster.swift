@@ -331,18 +331,24 @@ struct Submit: ParsableCommand {
                 "\(config.data) is \(data.count >> 20) MiB; cluster jobs take at most \(Wire.maxTensorBytes >> 20) MiB of data"
             )
         }
-        let spec = try String(contentsOfFile: job, encoding: .utf8)
+        var tensors = [Tensor(name: "data", dtype: .u8, shape: [data.count], bytes: Array(data))]
+        var meta: JSONObject = [
+            "spec": .string(try String(contentsOfFile: job, encoding: .utf8)),
+            "data_name": .string(config.data.isEmpty ? "(workers' own)" : (config.data as NSString).lastPathComponent),
+        ]
+        if let path = config.validationData {
+            guard let v = FileManager.default.contents(atPath: path) else {
+                throw CLIError("\(job): validation_data: cannot read \(path)")
+            }
+            guard v.count <= Wire.maxTensorBytes else {
+                throw CLIError(
+                    "\(path) is \(v.count >> 20) MiB; at most \(Wire.maxTensorBytes >> 20) MiB of held-out data")
+            }
+            tensors.append(Tensor(name: "validation", dtype: .u8, shape: [v.count], bytes: Array(v)))
+            meta["validation_name"] = .string((path as NSString).lastPathComponent)
+        }
         let c = try client.connect()
-        let reply = try c.request(
-            Message(
-                .submit,
-                [
-                    "spec": .string(spec),
-                    "data_name": .string(
-                        config.data.isEmpty ? "(workers' own)" : (config.data as NSString).lastPathComponent),
-                ],
-                tensors: [Tensor(name: "data", dtype: .u8, shape: [data.count], bytes: Array(data))]),
-            expect: .submitted, timeout: 300)
+        let reply = try c.request(Message(.submit, meta, tensors: tensors), expect: .submitted, timeout: 300)
         Terminal.write(reply.string("job") + "\n")
     }
 }
@@ -350,7 +356,11 @@ struct Submit: ParsableCommand {
 struct Status: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Show jobs (steps, loss, tokens/s) and workers.",
-        discussion: "With a job id, --json includes every journaled step (loss, tokens, seconds, bytes, shares).")
+        discussion: """
+            With a job id, --json includes the job's journaled steps (loss, tokens, seconds, bytes, each worker's \
+            rows, tokens and compute seconds; the most recent 800, or with --after N those after step N), its \
+            evaluations, settings and lineage: the shapes of the dashboard's /api/jobs/ID.
+            """)
     @OptionGroup var client: ClientOptions
     @Argument(help: "A job id (default: all jobs).")
     var jobId: String?
@@ -358,6 +368,13 @@ struct Status: ParsableCommand {
     var json = false
     @Flag(help: "Refresh every 2 seconds until the job (or every job) is finished.")
     var watch = false
+    @Option(help: "With a job id: list the steps after this one (oldest first, up to 800) instead of the latest.")
+    var after: Int?
+
+    func validate() throws {
+        if after != nil, jobId == nil { throw ValidationError("--after needs a job id") }
+        if let after, after < 0 { throw ValidationError("--after must be a step number (0 or more)") }
+    }
 
     func run() throws {
         let c = try client.connect()
@@ -365,6 +382,7 @@ struct Status: ParsableCommand {
         while true {
             var meta: JSONObject = [:]
             if let jobId { meta["job"] = .string(jobId) }
+            if let after { meta["after"] = .integer(Int64(after)) }
             let reply = try c.request(Message(.status, meta), expect: .statusReply)
             let body = reply.metadata["body"] ?? .null
             // Watching: print only when something changed.
@@ -385,11 +403,16 @@ struct Status: ParsableCommand {
         let jobs = body.objectValue?["jobs"]?.arrayValue ?? []
         if jobs.isEmpty { out += "no jobs\n" }
         for j in jobs.compactMap(\.objectValue) {
-            let loss = j["loss"]?.doubleValue.map { String(format: "loss %.4f", $0) } ?? ""
-            let tps = j["tokens_per_second"]?.doubleValue.map { String(format: "%.0f trained tok/s", $0) } ?? ""
-            out += "\(j["id"]?.stringValue ?? "")  \(j["state"]?.stringValue ?? "")  \(j["mode"]?.stringValue ?? "")  "
-            let unit = j["mode"]?.stringValue == "sync" ? "step" : "round"
-            out += "\(unit) \(j["step"]?.intValue ?? 0)/\(j["total_steps"]?.intValue ?? 0)  \(loss)  \(tps)\n"
+            var facts = [
+                j["id"]?.stringValue ?? "", j["state"]?.stringValue ?? "", j["mode"]?.stringValue ?? "",
+                "\(j["mode"]?.stringValue == "sync" ? "step" : "round") \(j["step"]?.intValue ?? 0)/"
+                    + "\(j["total_steps"]?.intValue ?? 0)",
+            ]
+            if let v = j["loss"]?.doubleValue { facts.append(String(format: "loss %.4f", v)) }
+            if let v = j["eval_loss"]?.doubleValue { facts.append(String(format: "eval %.4f", v)) }
+            if let v = j["tokens_per_second"]?.doubleValue { facts.append(String(format: "%.0f trained tok/s", v)) }
+            if let v = j["eta_seconds"]?.doubleValue { facts.append("eta \(formatDuration(v))") }
+            out += facts.joined(separator: "  ") + "\n"
             if let e = j["error"]?.stringValue { out += "  error: \(e)\n" }
         }
         out += Workers.render(body.objectValue?["workers"] ?? .array([]))

@@ -283,7 +283,8 @@ public final class Coordinator: @unchecked Sendable {
             return
         }
         peers[rid] = peer
-        if peer.worker == nil, [.heartbeat, .ready, .result, .roundResult].contains(message.type), peer.role != .client
+        if peer.worker == nil, [.heartbeat, .ready, .result, .roundResult, .evalResult].contains(message.type),
+            peer.role != .client
         {
             // A worker this coordinator has not met (it restarted): ask it to say hello again.
             fail(rid, "hello_first", "unknown worker; send hello")
@@ -299,6 +300,7 @@ public final class Coordinator: @unchecked Sendable {
         case .ready: ready(rid, message)
         case .result: result(rid, message, now: now)
         case .roundResult: roundResult(rid, message, now: now)
+        case .evalResult: evalResult(rid, message)
         case .fetch: fetch(rid, message)
         case .bye: lose(rid, why: "left (\(message.string("reason")))")
         case .error: workerFault(rid, message)
@@ -405,6 +407,7 @@ public final class Coordinator: @unchecked Sendable {
         peers[rid]?.worker?.readyJob = nil
         log("worker \(peers[rid]!.label) cannot take part in \(job.id) and is left out of it: \(text)")
         if let sync = job as? SyncJob { sync.updateWork { $0.lose(worker: worker.id) } }
+        job.evaluation?.updateWork { $0.lose(worker: worker.id) }
     }
 
     private func ready(_ rid: [UInt8], _ m: Message) {
@@ -477,6 +480,7 @@ public final class Coordinator: @unchecked Sendable {
         var lost: [Assignment] = []
         if let sync = job as? SyncJob { sync.updateWork { lost = $0.lose(worker: worker.id) } }
         if let rounds = job as? RoundJob { lost = rounds.lose(worker: worker.id) }
+        job?.evaluation?.updateWork { lost += $0.lose(worker: worker.id) }
         log(
             "worker \(peer.label) \(why)"
                 + (lost.isEmpty ? "" : "; its \(lost.reduce(0) { $0 + $1.rows.count }) rows go to others"))
@@ -509,12 +513,16 @@ public final class Coordinator: @unchecked Sendable {
         do {
             let dataBlob = try blobs.add(data.bytes)
             let modelBlob = try blobs.add(file: modelPath)
+            var validation: (blob: String, name: String)?
+            if let v = m.tensor("validation") {
+                validation = (try blobs.add(v.bytes), m.optionalString("validation_name") ?? "validation_data")
+            }
             let prepared = try PreparedJob.prepare(
                 spec: spec, source: "job file", modelPath: blobs.path(modelBlob), dataPath: blobs.path(dataBlob),
-                dataName: dataName)
+                dataName: dataName, validation: validation.map { (blobs.path($0.blob), $0.name) })
             let id = try store.addJob(
                 spec: spec, mode: prepared.config.mode.rawValue, modelBlob: modelBlob, dataBlob: dataBlob,
-                dataName: dataName, totalSteps: prepared.units)
+                dataName: dataName, validation: validation, totalSteps: prepared.units)
             let c = prepared.config
             log(
                 c.mode == .sync
@@ -613,8 +621,13 @@ public final class Coordinator: @unchecked Sendable {
             }
         }
         if job == nil { activateNextJob() }
-        if let sync = job as? SyncJob { tickSync(sync, now: now) }
-        if let rounds = job as? RoundJob { tickRounds(rounds, now: now) }
+        if let job, let evaluation = job.evaluation {
+            tickEvaluation(evaluation, of: job, now: now)
+        } else if let sync = job as? SyncJob {
+            tickSync(sync, now: now)
+        } else if let rounds = job as? RoundJob {
+            tickRounds(rounds, now: now)
+        }
     }
 
     private func unitName(_ job: any RunningJob) -> String { job is SyncJob ? "step" : "round" }
@@ -622,19 +635,78 @@ public final class Coordinator: @unchecked Sendable {
     private func tickSync(_ job: SyncJob, now: Double) {
         if job.work == nil, !job.isFinished, !readyWorkers(job).isEmpty { job.startStep(now: now) }
         if job.work != nil {
-            var late: [Assignment] = []
-            job.updateWork { late = $0.expire(now: now) }
-            for a in late {
-                log(
-                    "assignment \(a.id) of step \(job.step + 1) missed its deadline; its \(a.rows.count) rows go to others"
-                )
-                if let rid = peers.first(where: { $0.value.worker?.id == a.worker })?.key {
-                    send(rid, Message(.revoke, ["job": .string(job.id), "assignment": .integer(Int64(a.id))]))
-                }
+            handOut(job, of: job, label: "step \(job.step + 1)", now: now) { a in
+                let batch = job.batch(rows: a.rows)
+                return Message(
+                    .assign,
+                    [
+                        "job": .string(job.id), "assignment": .integer(Int64(a.id)),
+                        "step": .integer(Int64(job.step + 1)), "rows": .integer(Int64(a.rows.count)),
+                    ],
+                    tensors: [Tensor(name: "parameters", floats: UnsafeBufferPointer(job.adapter.parameters.buffer))]
+                        + Self.rowTensors(batch))
             }
-            distribute(job, now: now)
         }
         if let work = job.work, work.isComplete { finishStep(job, now: now) }
+    }
+
+    static func rowTensors(_ batch: TrainingBatch) -> [Tensor] {
+        [
+            Tensor(name: "tokens", ints: batch.tokens), Tensor(name: "targets", ints: batch.targets),
+            Tensor(name: "positions", ints: batch.positions), Tensor(name: "starts", ints: batch.documentStarts),
+        ]
+    }
+
+    // MARK: Evaluation
+
+    /// Hands the held-out rows to the ready workers (forward only), and journals the evaluation once every row's
+    /// loss is in.
+    private func tickEvaluation(_ evaluation: Evaluation, of job: any RunningJob, now: Double) {
+        handOut(evaluation, of: job, label: "the evaluation after \(unitName(job)) \(evaluation.step)", now: now) { a in
+            Message(
+                .evaluate,
+                [
+                    "job": .string(job.id), "assignment": .integer(Int64(a.id)),
+                    "step": .integer(Int64(evaluation.step)), "rows": .integer(Int64(a.rows.count)),
+                ],
+                tensors: [Tensor(name: "parameters", floats: UnsafeBufferPointer(job.adapter.parameters.buffer))]
+                    + Self.rowTensors(evaluation.batch(rows: a.rows)))
+        }
+        guard evaluation.isComplete else { return }
+        nextEvaluationAssignment = evaluation.work.nextAssignmentId
+        job.evaluation = nil
+        let record = evaluation.record
+        do { try store.journalEval(job: job.id, record) } catch {
+            log("cannot journal the evaluation of \(job.id): \(error); stopping the job")
+            try? store.setState(job.id, .failed, error: "cannot journal an evaluation: \(error)")
+            self.job = nil
+            return
+        }
+        log(
+            "\(job.id) eval after \(unitName(job)) \(record.step): loss \(String(format: "%.4f", record.loss)) over "
+                + "\(record.tokens) held-out tokens")
+        if job.isFinished { complete(job) }
+    }
+
+    /// Begins an evaluation of the job's adapter as it is after `step`.
+    private func startEvaluation(_ job: any RunningJob, after step: Int) {
+        guard let plan = job.prepared.validationPlan else { return }
+        job.evaluation = Evaluation(
+            step: step, plan: plan, length: job.prepared.config.sequenceLength,
+            firstAssignment: nextEvaluationAssignment)
+    }
+
+    private func evalResult(_ rid: [UInt8], _ m: Message) {
+        guard let job, m.string("job") == job.id, let evaluation = job.evaluation, m.int("step") == evaluation.step,
+            let worker = peers[rid]?.worker
+        else { return }
+        var accepted: Assignment?
+        evaluation.updateWork { accepted = $0.complete(m.int("assignment"), worker: worker.id) }
+        guard accepted != nil else {
+            log("ignored an evaluation result from \(worker.name) (no longer outstanding)")
+            return
+        }
+        evaluation.add(loss: m.double("loss"), tokens: m.int("tokens"))
     }
 
     private func tickRounds(_ job: RoundJob, now: Double) {
@@ -701,10 +773,22 @@ public final class Coordinator: @unchecked Sendable {
         }.sorted { $0.worker.id < $1.worker.id }
     }
 
-    private func distribute(_ job: SyncJob, now: Double) {
+    /// Revokes the assignments of `rows` past their deadline (their rows become pending again) and hands the
+    /// pending rows to the job's idle ready workers; `message` builds what an assignment sends.
+    private func handOut(
+        _ rows: any RowWork, of job: any RunningJob, label: String, now: Double, message: (Assignment) -> Message
+    ) {
+        var late: [Assignment] = []
+        rows.updateWork { late = $0.expire(now: now) }
+        for a in late {
+            log("assignment \(a.id) of \(label) missed its deadline; its \(a.rows.count) rows go to others")
+            if let rid = peers.first(where: { $0.value.worker?.id == a.worker })?.key {
+                send(rid, Message(.revoke, ["job": .string(job.id), "assignment": .integer(Int64(a.id))]))
+            }
+        }
         let ready = readyWorkers(job)
-        guard !ready.isEmpty, let work = job.work, !work.pending.isEmpty else { return }
-        let busy = work.busyWorkers
+        guard !ready.isEmpty, let work = rows.rowWork, !work.pending.isEmpty else { return }
+        let busy = job.busyWorkers
         let idle = ready.filter { !busy.contains($0.worker.id) }
         guard !idle.isEmpty else { return }
         // Speeds: measured rows/s when every idle worker has one, else the kernel benchmark.
@@ -714,7 +798,7 @@ public final class Coordinator: @unchecked Sendable {
         }
         let byId = Dictionary(idle.map { ($0.worker.id, $0) }, uniquingKeysWith: { a, _ in a })
         var assignments: [Assignment] = []
-        job.updateWork {
+        rows.updateWork {
             assignments = $0.distribute(idle: speeds, now: now) { id, rows in
                 guard let rps = byId[id]?.worker.rowsPerSecond else { return self.options.firstDeadline }
                 return max(self.options.deadlineFloor, 3 * Double(rows) / rps + self.options.deadlineFloor / 2)
@@ -729,20 +813,7 @@ public final class Coordinator: @unchecked Sendable {
         }
         for a in assignments {
             guard let rid = byId[a.worker]?.rid else { continue }
-            let batch = job.batch(rows: a.rows)
-            let m = Message(
-                .assign,
-                [
-                    "job": .string(job.id), "assignment": .integer(Int64(a.id)), "step": .integer(Int64(job.step + 1)),
-                    "rows": .integer(Int64(a.rows.count)),
-                ],
-                tensors: [
-                    Tensor(name: "parameters", floats: UnsafeBufferPointer(job.adapter.parameters.buffer)),
-                    Tensor(name: "tokens", ints: batch.tokens), Tensor(name: "targets", ints: batch.targets),
-                    Tensor(name: "positions", ints: batch.positions),
-                    Tensor(name: "starts", ints: batch.documentStarts),
-                ])
-            job.countBytes(send(rid, m))
+            job.countBytes(send(rid, message(a)))
         }
     }
 
@@ -779,10 +850,16 @@ public final class Coordinator: @unchecked Sendable {
             "\(job.id) \(unitName(job)) \(record.step)/\(job.units) loss \(String(format: "%.4f", record.loss)) "
                 + "\(record.tokens) tok \(String(format: "%.2f", record.seconds)) s \(record.bytes >> 10) KiB [\(shares)]"
         )
-        if job.isFinished { complete(job) }
+        if job.evaluationDue(after: record.step) {
+            startEvaluation(job, after: record.step)
+        } else if job.isFinished {
+            complete(job)
+        }
     }
 
     private var lastCheckpoint: [String: String] = [:]
+    /// Evaluation assignment ids, like steps', start at a random point per coordinator run.
+    private var nextEvaluationAssignment = Int.random(in: 1...(1 << 31)) << 20
 
     private func name(of workerId: String) -> String {
         peers.values.first { $0.worker?.id == workerId }?.worker?.name ?? workerId
@@ -801,7 +878,12 @@ public final class Coordinator: @unchecked Sendable {
             lastCheckpoint[j.id] = record.checkpointBlob
             log("\(j.id) running from \(unitName(j)) \(j.step) of \(j.units)")
             for (rid, p) in peers where p.worker != nil { sendJob(rid, j) }
-            if j.isFinished { complete(j) }
+            // Stopped between a step and its evaluation: evaluate now.
+            if j.step > 0, j.evaluationDue(after: j.step), (try? store.evals(job: j.id).last?.step) != j.step {
+                startEvaluation(j, after: j.step)
+            } else if j.isFinished {
+                complete(j)
+            }
         } catch {
             failedToLoad.insert(record.id)
             log("\(record.id) cannot run: \(error)")
@@ -876,7 +958,9 @@ struct Peer {
         func allows(_ t: MessageType) -> Bool {
             switch self {
             case .enrol: return t == .enrol
-            case .worker: return [.hello, .heartbeat, .ready, .result, .roundResult, .fetch, .bye, .error].contains(t)
+            case .worker:
+                return [.hello, .heartbeat, .ready, .result, .roundResult, .evalResult, .fetch, .bye, .error].contains(
+                    t)
             case .client: return [.submit, .status, .workers, .cancel, .pull, .fetch, .heartbeat].contains(t)
             case .any: return t != .enrol && Self.worker.allows(t) || Self.client.allows(t)
             }

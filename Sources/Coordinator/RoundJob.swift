@@ -54,9 +54,7 @@ final class RoundJob: RunningJob {
     init(record: JobRecord, blobs: BlobStore) throws(JobError) {
         id = record.id
         self.record = record
-        prepared = try PreparedJob.prepare(
-            spec: record.spec, source: "\(record.id) job file", modelPath: blobs.path(record.modelBlob),
-            dataPath: blobs.path(record.dataBlob), dataName: record.dataName)
+        prepared = try PreparedJob.prepare(record: record, blobs: blobs)
         let c = prepared.config
         federated = c.mode == .federated
         compression = Compression(rawValue: c.compression.rawValue) ?? .int8
@@ -166,7 +164,17 @@ final class RoundJob: RunningJob {
         return late
     }
 
-    var busyWorkers: Set<String> { Set(outstanding.values.map(\.worker)) }
+    var busyWorkers: Set<String> {
+        Set(outstanding.values.map(\.worker)).union(evaluation?.work.busyWorkers ?? [])
+    }
+    var evaluation: Evaluation?
+
+    func evaluationDue(after unit: Int) -> Bool {
+        prepared.validationPlan != nil
+            && Evaluation.due(
+                every: prepared.config.evalEvery, previous: min(totalSteps, (unit - 1) * innerSteps),
+                local: min(totalSteps, unit * innerSteps), total: totalSteps)
+    }
 
     var roundComplete: Bool { inProgress && outstanding.isEmpty && !results.isEmpty }
 

@@ -24,6 +24,8 @@ public struct PreparedJob: Sendable {
     public var modelConfig: LlamaConfig
     /// The data's rows (nil for federated jobs: the data stays on the workers).
     public var plan: RowPlan?
+    /// The held-out rows (validation_data, or validation_split of the data), in order; nil without held-out data.
+    public var validationPlan: RowPlan?
     public var dataHash: String
     /// Optimizer steps (sync), or local steps per worker (diloco, federated).
     public var totalSteps: Int
@@ -38,18 +40,28 @@ public struct PreparedJob: Sendable {
     /// Parses the job file and tokenizes the data.
     ///
     /// - Parameters:
-    ///   - spec: the job file's YAML; its `model` and `data` are replaced by the given paths.
+    ///   - spec: the job file's YAML; its `model`, `data` and `validation_data` are replaced by the given paths.
     ///   - source: the name to report in errors (the client's file name).
-    public static func prepare(spec: String, source: String, modelPath: String, dataPath: String, dataName: String)
-        throws(JobError) -> PreparedJob
-    {
+    ///   - validation: the held-out data sent with the job (its path here, and the client's file name).
+    public static func prepare(
+        spec: String, source: String, modelPath: String, dataPath: String, dataName: String,
+        validation: (path: String, name: String)? = nil
+    ) throws(JobError) -> PreparedJob {
         var config = TrainingConfig()
         do { try config.apply(yaml: spec, source: source) } catch { throw JobError(error.description) }
         config.model = modelPath
         config.data = dataPath
         config.output = ""
-        if config.validationData != nil || config.validationSplit > 0 {
-            throw JobError("\(source): validation_data and validation_split are not available for cluster jobs yet")
+        if config.validationData != nil {
+            guard let validation else {
+                throw JobError("\(source): validation_data: the file was not sent with the job (submit it again)")
+            }
+            config.validationData = validation.path
+        }
+        if config.mode == .federated, config.validationSplit > 0 {
+            throw JobError(
+                "\(source): validation_split: a federated job's data stays on the workers; hold out data with "
+                    + "validation_data (a file sent with the job) instead")
         }
         if config.initAdapter != nil {
             throw JobError("\(source): init_adapter is not available for cluster jobs yet")
@@ -74,40 +86,63 @@ public struct PreparedJob: Sendable {
             throw JobError("\(source): seq_len \(config.sequenceLength) is longer than the model's context")
         }
         let rowsPerStep = config.batchSize * config.gradientAccumulation
+        let template: Result<ChatTemplate, ChatTemplateError>
+        do throws(ChatTemplateError) {
+            template = .success(try LanguageModel.chatTemplate(override: config.chatTemplate, source: templateSource))
+        } catch { template = .failure(error) }
+        func load(_ c: TrainingConfig) throws(JobError) -> TrainingData {
+            do { return try TrainingData.load(config: c, tokenizer: tokenizer, template: template) } catch {
+                var text = error.description.replacingOccurrences(of: dataPath, with: dataName)
+                if let validation { text = text.replacingOccurrences(of: validation.path, with: validation.name) }
+                throw JobError(text)
+            }
+        }
+        func rows(_ examples: [Example], seed: UInt64?) -> RowPlan {
+            RowPlan(
+                examples: examples, length: config.sequenceLength, mode: config.batchMode,
+                padId: tokenizer.eosId ?? 0, seed: seed)
+        }
         if config.mode == .federated {
             guard config.steps > 0 else {
                 throw JobError(
                     "\(source): steps: federated jobs need steps (local steps per worker); epochs do not apply")
             }
+            var validationPlan: RowPlan?
+            if let path = config.validationData {
+                // The held-out file read as data: its examples are the only ones the coordinator has.
+                var c = config
+                c.data = path
+                c.validationData = nil
+                validationPlan = rows(try load(c).train, seed: nil)
+            }
             return PreparedJob(
-                config: config, modelConfig: modelConfig, plan: nil, dataHash: "", totalSteps: config.steps,
-                rowsPerStep: rowsPerStep)
+                config: config, modelConfig: modelConfig, plan: nil, validationPlan: validationPlan, dataHash: "",
+                totalSteps: config.steps, rowsPerStep: rowsPerStep)
         }
-        let template: Result<ChatTemplate, ChatTemplateError>
-        do throws(ChatTemplateError) {
-            template = .success(try LanguageModel.chatTemplate(override: config.chatTemplate, source: templateSource))
-        } catch { template = .failure(error) }
-        let data: TrainingData
-        do {
-            data = try TrainingData.load(config: config, tokenizer: tokenizer, template: template)
-        } catch {
-            throw JobError(error.description.replacingOccurrences(of: dataPath, with: dataName))
-        }
-        let plan = RowPlan(
-            examples: data.train, length: config.sequenceLength, mode: config.batchMode,
-            padId: tokenizer.eosId ?? 0, seed: config.seed)
+        let data = try load(config)
+        let plan = rows(data.train, seed: config.seed)
         guard plan.exampleCount > 0 else { throw JobError("\(dataName): no example has a trained token") }
         let totalSteps =
             config.steps > 0
             ? config.steps
             : max(1, Int((Double(plan.rowCount(epoch: 0)) * config.epochs / Double(rowsPerStep)).rounded(.up)))
         return PreparedJob(
-            config: config, modelConfig: modelConfig, plan: plan, dataHash: data.hash, totalSteps: totalSteps,
-            rowsPerStep: rowsPerStep)
+            config: config, modelConfig: modelConfig, plan: plan,
+            validationPlan: data.validation.isEmpty ? nil : rows(data.validation, seed: nil), dataHash: data.hash,
+            totalSteps: totalSteps, rowsPerStep: rowsPerStep)
     }
 }
 
-/// A running sync job.
+extension PreparedJob {
+    /// Prepares a stored job from the blobs it was submitted with.
+    static func prepare(record: JobRecord, blobs: BlobStore) throws(JobError) -> PreparedJob {
+        try prepare(
+            spec: record.spec, source: "\(record.id) job file", modelPath: blobs.path(record.modelBlob),
+            dataPath: blobs.path(record.dataBlob), dataName: record.dataName,
+            validation: record.validationBlob.map { (blobs.path($0), record.validationName ?? "validation_data") })
+    }
+}
+
 /// What the coordinator's loop needs of any running job.
 protocol RunningJob: AnyObject {
     var id: String { get }
@@ -118,12 +153,18 @@ protocol RunningJob: AnyObject {
     var step: Int { get }
     var units: Int { get }
     var isFinished: Bool { get }
+    /// Workers with a step, round or evaluation assignment outstanding.
     var busyWorkers: Set<String> { get }
+    /// The evaluation on held-out rows in progress (the job waits for it).
+    var evaluation: Evaluation? { get set }
+    /// Whether the unit (step or round) just journaled is one to evaluate after.
+    func evaluationDue(after unit: Int) -> Bool
     func countBytes(_ n: Int)
     func provenance() -> AdapterProvenance
 }
 
-final class SyncJob: RunningJob {
+/// A running sync job.
+final class SyncJob: RunningJob, RowWork {
     let id: String
     let record: JobRecord
     let prepared: PreparedJob
@@ -135,7 +176,13 @@ final class SyncJob: RunningJob {
     var totalSteps: Int { prepared.totalSteps }
     var isFinished: Bool { step >= totalSteps }
     var units: Int { totalSteps }
-    var busyWorkers: Set<String> { work?.busyWorkers ?? [] }
+    var busyWorkers: Set<String> { (work?.busyWorkers ?? []).union(evaluation?.work.busyWorkers ?? []) }
+    var evaluation: Evaluation?
+
+    func evaluationDue(after unit: Int) -> Bool {
+        prepared.validationPlan != nil
+            && Evaluation.due(every: prepared.config.evalEvery, previous: unit - 1, local: unit, total: totalSteps)
+    }
 
     /// The step in progress.
     private(set) var work: StepWork?
@@ -156,12 +203,12 @@ final class SyncJob: RunningJob {
     init(record: JobRecord, blobs: BlobStore) throws(JobError) {
         id = record.id
         self.record = record
-        guard blobs.contains(record.modelBlob), blobs.contains(record.dataBlob) else {
+        guard blobs.contains(record.modelBlob), blobs.contains(record.dataBlob),
+            record.validationBlob.map(blobs.contains) ?? true
+        else {
             throw JobError("the job's model or data is missing from the state directory's blobs")
         }
-        prepared = try PreparedJob.prepare(
-            spec: record.spec, source: "\(record.id) job file", modelPath: blobs.path(record.modelBlob),
-            dataPath: blobs.path(record.dataBlob), dataName: record.dataName)
+        prepared = try PreparedJob.prepare(record: record, blobs: blobs)
         let c = prepared.config
         adapter = LoRAAdapter(model: prepared.modelConfig, config: c.lora, seed: c.seed)
         optimizer = AdamWOptimizer(
@@ -206,6 +253,8 @@ final class SyncJob: RunningJob {
     func batch(rows: [Int]) -> TrainingBatch {
         TrainingBatch(concatenating: rows.map { stepRows[$0] }, length: prepared.config.sequenceLength)
     }
+
+    var rowWork: StepWork? { work }
 
     func updateWork(_ body: (inout StepWork) -> Void) {
         guard var w = work else { return }

@@ -63,6 +63,18 @@ public struct TrainingBatch: Sendable, Equatable {
             positions: Array(positions[r]), documentStarts: Array(documentStarts[r]))
     }
 
+    /// The batch with rows that train nothing appended up to `rows` rows (evaluation in the training shape, so
+    /// the training workspace serves it instead of one allocated for a new shape).
+    public func padded(toRows rows: Int, padId: Int32) -> TrainingBatch {
+        let extra = max(0, rows - batch) * length
+        guard extra > 0 else { return self }
+        return TrainingBatch(
+            batch: max(rows, batch), length: length, tokens: tokens + [Int32](repeating: padId, count: extra),
+            targets: targets + [Int32](repeating: -1, count: extra),
+            positions: positions + (0..<extra).map { Int32($0 % length) },
+            documentStarts: documentStarts + [Int32](repeating: 0, count: extra))
+    }
+
     /// The rows in micro-batches of at most `maxRows` (gradient accumulation over them sums the same loss).
     public func split(maxRows: Int) -> [TrainingBatch] {
         stride(from: 0, to: batch, by: max(1, maxRows)).map { rows($0..<min(batch, $0 + max(1, maxRows))) }

@@ -239,18 +239,11 @@ public final class Trainer {
             // Batches of the training shape (the last one filled with empty rows), so evaluation reuses the
             // training workspace instead of allocating one for a new shape.
             let count = validationPlan.rowCount(epoch: 0)
-            let empty = TrainingBatch(
-                batch: 1, length: config.sequenceLength,
-                tokens: [Int32](repeating: padId, count: config.sequenceLength),
-                targets: [Int32](repeating: -1, count: config.sequenceLength),
-                positions: (0..<config.sequenceLength).map(Int32.init),
-                documentStarts: [Int32](repeating: 0, count: config.sequenceLength))
             var loss = StepLoss()
             for first in stride(from: 0, to: count, by: config.batchSize) {
-                let rows = (0..<config.batchSize).map { i in
-                    first + i < count ? validationPlan.row(at: first + i).row : empty
-                }
-                loss += session.evaluate([TrainingBatch(concatenating: rows, length: config.sequenceLength)])
+                let rows = (first..<min(count, first + config.batchSize)).map { validationPlan.row(at: $0).row }
+                let batch = TrainingBatch(concatenating: rows, length: config.sequenceLength)
+                loss += session.evaluate([batch.padded(toRows: config.batchSize, padId: padId)])
             }
             evaluatedAt = session.stepCount
             summary.lastEvalLoss = loss.mean

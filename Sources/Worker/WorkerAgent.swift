@@ -251,7 +251,7 @@ public final class WorkerAgent: @unchecked Sendable {
             return m
         }
         for m in messages {
-            if m.type == .result || m.type == .roundResult {
+            if [.result, .roundResult, .evalResult].contains(m.type) {
                 let id = m.int("assignment")
                 computing = nil
                 if revoked.remove(id) != nil { continue }
@@ -287,7 +287,7 @@ public final class WorkerAgent: @unchecked Sendable {
             log("connected to \(options.credentials.endpoint) as \(m.string("worker"))")
         case .job: receiveJob(m)
         case .chunk: receiveChunk(m)
-        case .assign, .roundAssign:
+        case .assign, .roundAssign, .evaluate:
             if computing == nil { startAssignment(m) } else { queued.append(m) }
         case .revoke:
             // Assignment 0: every assignment of the job (it was cancelled).
@@ -493,6 +493,10 @@ public final class WorkerAgent: @unchecked Sendable {
             startRound(m, loadedJob)
             return
         }
+        if m.type == .evaluate {
+            startEvaluation(m, loadedJob)
+            return
+        }
         let session = loadedJob.session
         let config = loadedJob.config
         guard let params = m.tensor("parameters"), params.dtype == .f32,
@@ -519,6 +523,37 @@ public final class WorkerAgent: @unchecked Sendable {
                         "seconds": .number(Self.now - started),
                     ],
                     tensors: [Tensor(name: "gradient", floats: UnsafeBufferPointer(session.gradients.buffer))]))
+        }
+    }
+
+    /// The loss of the coordinator's parameters on held-out rows (forward only), in batches of the training
+    /// shape.
+    private func startEvaluation(_ m: Message, _ job: LoadedJob) {
+        let session = job.session
+        let size = job.config.batchSize
+        guard let params = m.tensor("parameters"), params.dtype == .f32,
+            params.count == session.adapter.parameters.count,
+            let batch = Self.rows(of: m, count: m.int("rows"), length: job.config.sequenceLength, model: session)
+        else {
+            log("dropped a malformed evaluation (tensor sizes, or ids out of range)")
+            return
+        }
+        let assignment = m.int("assignment")
+        computing = assignment
+        Thread.detachNewThread { [self] in
+            let started = Self.now
+            let p = params.floats()
+            // Rounds start from the parameters the coordinator sends, so overwriting the local ones loses nothing.
+            session.adapter.parameters.pointer.update(from: p, count: p.count)
+            let loss = session.evaluate(batch.split(maxRows: size).map { $0.padded(toRows: size, padId: 0) })
+            post(
+                Message(
+                    .evalResult,
+                    [
+                        "job": .string(job.id), "assignment": .integer(Int64(assignment)),
+                        "step": .integer(Int64(m.int("step"))), "loss": .number(loss.sum),
+                        "tokens": .integer(Int64(loss.tokens)), "seconds": .number(Self.now - started),
+                    ]))
         }
     }
 

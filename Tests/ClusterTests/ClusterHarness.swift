@@ -17,6 +17,9 @@ class ClusterHarness {
     private(set) var endpoint = ""
     /// Heartbeat interval given to the coordinator (liveness is 5 intervals).
     let heartbeatMs: Int
+    /// Where the coordinator serves its dashboard: a free loopback port unless a test asks otherwise (the default
+    /// port is for users, and tests run side by side).
+    var http = "127.0.0.1:0"
 
     init(_ label: String, heartbeatMs: Int = 250) {
         dir = Fixtures.temporaryDirectory("cairn-cluster-\(label)")
@@ -31,10 +34,11 @@ class ClusterHarness {
         try? FileManager.default.removeItem(at: dir)
     }
 
-    private func spawn(_ arguments: [String], log: String) throws -> Process {
+    private func spawn(_ arguments: [String], log: String, environment: [String: String] = [:]) throws -> Process {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: cairnExecutable)
         p.arguments = arguments
+        if !environment.isEmpty { p.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
         let logURL = dir.appendingPathComponent(log)
         FileManager.default.createFile(atPath: logURL.path, contents: nil)
         let handle = try FileHandle(forWritingTo: logURL)
@@ -60,12 +64,12 @@ class ClusterHarness {
 
     /// Starts the coordinator (on a free port the first time, the same port after a restart) and waits until it
     /// has written its client credentials and answers.
-    func startCoordinator(extra: [String] = []) throws {
+    func startCoordinator(extra: [String] = [], environment: [String: String] = [:]) throws {
         let listen = endpoint.isEmpty ? "tcp://127.0.0.1:*" : endpoint
         let client = (state as NSString).appendingPathComponent("client.json")
         coordinator = try spawn(
-            ["coordinator", "--state", state, "--listen", listen, "--heartbeat-ms", "\(heartbeatMs)"] + extra,
-            log: "coordinator.log")
+            ["coordinator", "--state", state, "--listen", listen, "--heartbeat-ms", "\(heartbeatMs)", "--http", http]
+                + extra, log: "coordinator.log", environment: environment)
         // A fresh state directory has no client.json until the coordinator is listening; after a restart the old
         // one is there, and the new coordinator answering is what counts.
         let ready = waitUntil(30) {
@@ -218,14 +222,40 @@ class ClusterHarness {
 
     /// The loss curve of `cairn train` on the same job file: the single-machine reference.
     func referenceLosses(_ job: String) throws -> [Double] {
+        try reference(job).steps
+    }
+
+    /// `cairn train` on the same job file: its loss per step, and its held-out loss by step.
+    func reference(_ job: String) throws -> (steps: [Double], evals: [(step: Int, loss: Double)]) {
         let out = dir.appendingPathComponent("reference-run").path
         try? FileManager.default.removeItem(atPath: out)
         let r = try runCommand(cairnExecutable, ["train", "--config", job, "--output", out, "--json"])
         #expect(r.status == 0, "\(r.stderr)")
-        return r.stdout.split(separator: "\n").compactMap { line -> Double? in
-            guard let o = (try? JSONValue.parse(String(line)))?.objectValue, o["event"] == "step" else { return nil }
-            return o["loss"]?.doubleValue
+        var steps: [Double] = []
+        var evals: [(step: Int, loss: Double)] = []
+        for line in r.stdout.split(separator: "\n") {
+            guard let o = (try? JSONValue.parse(String(line)))?.objectValue else { continue }
+            if o["event"] == "step", let loss = o["loss"]?.doubleValue { steps.append(loss) }
+            if o["event"] == "evaluation", let step = o["step"]?.intValue, let loss = o["eval_loss"]?.doubleValue {
+                evals.append((step, loss))
+            }
         }
+        return (steps, evals)
+    }
+
+    /// The journaled evaluations of a job (from its status).
+    static func evals(_ status: JSONObject?) -> [(step: Int, loss: Double)] {
+        (status?["evals"]?.arrayValue ?? []).compactMap(\.objectValue).compactMap { e in
+            guard let step = e["step"]?.intValue, let loss = e["loss"]?.doubleValue else { return nil }
+            return (step, loss)
+        }
+    }
+
+    /// Writes held-out lines as NAME.jsonl; returns the file name (relative to the job files).
+    func writeHeldOut(_ name: String = "held", lines: [String]) throws -> String {
+        try Data(lines.map { JSONValue.object(["text": .string($0)]).serialized() + "\n" }.joined().utf8).write(
+            to: dir.appendingPathComponent("\(name).jsonl"))
+        return "\(name).jsonl"
     }
 }
 

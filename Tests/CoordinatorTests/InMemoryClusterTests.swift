@@ -133,8 +133,9 @@ final class MemoryCluster {
         try? FileManager.default.removeItem(at: dir)
     }
 
-    /// Submits the tiny job; returns its id and the job file (for the one-machine reference).
-    func submit(steps: Int) throws -> (String, String) {
+    /// Submits the tiny job (with `heldOut` lines as its validation data, evaluated every `evalEvery` steps);
+    /// returns its id and the job file (for the one-machine reference).
+    func submit(steps: Int, heldOut: [String] = [], evalEvery: Int = 0) throws -> (String, String) {
         let lines = [
             "the cat sat on the mat", "a dog ran in the park", "bread and butter", "one two three", "hello world",
             "pebbles in a pile", "north south east west", "red green blue", "stones on stones", "the river runs",
@@ -150,13 +151,19 @@ final class MemoryCluster {
             batch_size: 4
             learning_rate: 0.01
             seed: 3
-            """
+            eval_every: \(evalEvery)
+            """ + (heldOut.isEmpty ? "" : "\nvalidation_data: held.jsonl")
         let jobFile = dir.appendingPathComponent("job.yaml").path
         try Data(spec.utf8).write(to: URL(fileURLWithPath: jobFile))
-        let reply = try request(
-            Message(
-                .submit, ["spec": .string(spec), "data_name": "data.jsonl"],
-                tensors: [Tensor(name: "data", dtype: .u8, shape: [data.count], bytes: data)]))
+        var tensors = [Tensor(name: "data", dtype: .u8, shape: [data.count], bytes: data)]
+        var meta: JSONObject = ["spec": .string(spec), "data_name": "data.jsonl"]
+        if !heldOut.isEmpty {
+            let held = Array(heldOut.map { JSONValue.object(["text": .string($0)]).serialized() + "\n" }.joined().utf8)
+            try Data(held).write(to: dir.appendingPathComponent("held.jsonl"))
+            tensors.append(Tensor(name: "validation", dtype: .u8, shape: [held.count], bytes: held))
+            meta["validation_name"] = "held.jsonl"
+        }
+        let reply = try request(Message(.submit, meta, tensors: tensors))
         #expect(reply?.type == .submitted, "\(String(describing: reply?.metadata))")
         return (reply?.string("job") ?? "", jobFile)
     }
@@ -164,12 +171,20 @@ final class MemoryCluster {
 
 /// The one-machine loss curve of a job file (`cairn train`).
 func referenceCurve(_ jobFile: String, _ dir: URL) throws -> [Double] {
-    let r = try runCommand(
-        cairnExecutable, ["train", "--config", jobFile, "--output", dir.appendingPathComponent("ref").path, "--json"])
+    try referenceEvents(jobFile, dir, event: "step", key: "loss").map(\.1)
+}
+
+/// The values of `key` in the JSON events named `event` of `cairn train` on a job file, with their steps.
+func referenceEvents(_ jobFile: String, _ dir: URL, event: String, key: String) throws -> [(Int, Double)] {
+    let out = dir.appendingPathComponent("ref").path
+    try? FileManager.default.removeItem(atPath: out)
+    let r = try runCommand(cairnExecutable, ["train", "--config", jobFile, "--output", out, "--json"])
     #expect(r.status == 0, "\(r.stderr)")
     return r.stdout.split(separator: "\n").compactMap { line in
-        guard let o = (try? JSONValue.parse(String(line)))?.objectValue, o["event"] == "step" else { return nil }
-        return o["loss"]?.doubleValue
+        guard let o = (try? JSONValue.parse(String(line)))?.objectValue, o["event"] == .string(event),
+            let step = o["step"]?.intValue, let value = o[key]?.doubleValue
+        else { return nil }
+        return (step, value)
     }
 }
 
@@ -214,14 +229,16 @@ func curve(_ status: JSONObject?) -> [(Int, Double)] {
             "w2 noticed the silence and came back")
     }
 
-    /// 5 % of all messages lost, both ways (heartbeats, assignments, results, the job announcement, ready):
-    /// deadlines, re-announcements and reconnects carry the job to its end with nothing counted twice.
+    /// 5 % of all messages lost, both ways (heartbeats, assignments, results, evaluations, the job announcement,
+    /// ready): deadlines, re-announcements and reconnects carry the job to its end with nothing counted twice.
     @Test func aLossyNetworkStillFinishesTheJobExactly() throws {
         let c = try MemoryCluster(seed: 42)
         defer { c.shutdown() }
         try c.startWorker("w1")
         try c.startWorker("w2")
-        let (id, jobFile) = try c.submit(steps: 30)
+        let (id, jobFile) = try c.submit(
+            steps: 30, heldOut: ["the mat sat on the cat", "a park in the dog", "three two one", "blue green red"],
+            evalEvery: 10)
         c.network.updateAll {
             $0.dropRate = 0.05; $0.delay = 0.002
         }
@@ -232,6 +249,13 @@ func curve(_ status: JSONObject?) -> [(Int, Double)] {
         let reference = try referenceCurve(jobFile, c.dir)
         let worst = zip(curve(final).map(\.1), reference).map { abs($0 - $1) / $1 }.max() ?? 1
         #expect(worst < 1e-4, "worst relative difference \(worst)")
+        let evals = (final?["evals"]?.arrayValue ?? []).compactMap(\.objectValue).compactMap { e in
+            e["step"]?.intValue.flatMap { s in e["loss"]?.doubleValue.map { (s, $0) } }
+        }
+        let referenceEvals = try referenceEvents(jobFile, c.dir, event: "evaluation", key: "eval_loss")
+        #expect(evals.map(\.0) == [10, 20, 30] && referenceEvals.map(\.0) == [10, 20, 30], "\(evals)")
+        let worstEval = zip(evals.map(\.1), referenceEvals.map(\.1)).map { abs($0 - $1) / $1 }.max() ?? 1
+        #expect(worstEval < 1e-4, "held-out loss \(evals) vs one machine \(referenceEvals)")
         #expect(c.network.dropped > 0, "messages were dropped")
     }
 }

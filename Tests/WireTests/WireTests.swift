@@ -23,6 +23,28 @@ import Wire
         #expect(back.int("assignment") == 7 && back.string("job") == "job-1")
     }
 
+    /// Evaluations (forward only) and a submission with held-out data round-trip; an evaluation result carries no
+    /// tensor, and a submission may not carry held-out data under another name.
+    @Test func evaluationsAndHeldOutDataRoundTrip() throws {
+        let evaluate = Message(
+            .evaluate, ["job": "job-1", "assignment": 9, "step": 10, "rows": 2], tensors: Self.assign.tensors)
+        #expect(try Message.decode(evaluate.encode()) == evaluate)
+        let result = Message(
+            .evalResult, ["job": "job-1", "assignment": 9, "step": 10, "loss": 12.5, "tokens": 40, "seconds": 0.2])
+        #expect(try Message.decode(result.encode()) == result)
+        var withGradient = result
+        withGradient.tensors = [Tensor(name: "gradient", floats: [1])]
+        #expect(throws: WireError.self) { try Message.decode(withGradient.encode()) }
+        let data = Tensor(name: "data", dtype: .u8, shape: [2], bytes: [123, 125])
+        let submit = Message(
+            .submit, ["spec": "steps: 1", "data_name": "d.jsonl", "validation_name": "held.jsonl"],
+            tensors: [data, Tensor(name: "validation", dtype: .u8, shape: [2], bytes: [123, 125])])
+        #expect(try Message.decode(submit.encode()) == submit)
+        var renamed = submit
+        renamed.tensors[1].name = "extra"
+        #expect(throws: WireError.self) { try Message.decode(renamed.encode()) }
+    }
+
     @Test func bf16TensorsDecodeToFloats() {
         let t = Tensor(name: "x", dtype: .bf16, shape: [2], bytes: [0x80, 0x3F, 0x00, 0xC0])  // 1.0, -2.0
         #expect(t.floats() == [1, -2])
