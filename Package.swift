@@ -75,7 +75,7 @@ let package = Package(
             name: "TrainingTests", dependencies: ["Training", "Llama", "Tokenizer", "ModelFormats", "TestSupport"]),
         .testTarget(name: "AdaptersTests", dependencies: ["Adapters", "Llama", "TensorKernels", "TestSupport"]),
         .testTarget(name: "WireTests", dependencies: ["Wire", "ModelFormats"]),
-        .testTarget(name: "FuzzTests", dependencies: ["FuzzTargets", "Wire", "TestSupport"]),
+        .testTarget(name: "FuzzTests", dependencies: ["FuzzTargets", "Wire", "HTTP", "TestSupport"]),
         .testTarget(name: "TransportTests", dependencies: ["Transport", "ModelFormats"]),
         .testTarget(name: "HTTPTests", dependencies: ["HTTP", "TestSupport", "TensorKernels"]),
         .testTarget(name: "DashboardTests", dependencies: ["Dashboard", "ModelFormats", "TestSupport"]),

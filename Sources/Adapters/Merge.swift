@@ -213,9 +213,11 @@ public enum AdapterMerge {
     }
 
     /// Merges the inputs into a new adapter (scale 1 on every module), with what each module kept.
-    public static func merge(_ inputs: [MergeInput], options: MergeOptions) throws(MergeError) -> (
-        LoRAAdapter, MergeReport
-    ) {
+    ///
+    /// - Parameter progress: told (modules merged, modules in all) after each module.
+    public static func merge(
+        _ inputs: [MergeInput], options: MergeOptions, progress: (_ done: Int, _ total: Int) -> Void = { _, _ in }
+    ) throws(MergeError) -> (LoRAAdapter, MergeReport) {
         try validate(inputs, options: options)
         let weights = options.weights ?? inputs.map { _ in 1 }
         // Every (layer, target) any input adapts, with its shape.
@@ -260,6 +262,7 @@ public enum AdapterMerge {
             }
             merged.append(kept)
             report.append(.init(layer: s.layer, target: s.target, rank: kept.inner, energyKept: energy))
+            progress(index + 1, keys.count)
         }
         let adapter = LoRAAdapter(
             model: inputs[0].adapter.modelConfig,

@@ -23,7 +23,8 @@ struct Cairn: ParsableCommand {
             A cluster (see `cairn coordinator --help`):
               cairn cluster up --workers 2 --state /tmp/cairn     # coordinator + 2 local workers
               cairn submit --state /tmp/cairn Cluster/examples/capitals.yaml
-              cairn status --state /tmp/cairn --watch
+              cairn status --state /tmp/cairn --watch      # or the dashboard: http://127.0.0.1:7071/
+              cairn report --state /tmp/cairn job-1 -o job-1.html
             """,
         version: version,
         subcommands: [
@@ -32,7 +33,7 @@ struct Cairn: ParsableCommand {
             Inspect.self,
             CoordinatorCommand.self,
             WorkerCommand.self, ClientCommand.self, Submit.self, Status.self, Workers.self, Cancel.self, Pull.self,
-            ClusterCommand.self,
+            Report.self, ClusterCommand.self,
         ]
     )
 }

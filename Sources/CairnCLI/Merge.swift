@@ -6,15 +6,9 @@ import Foundation
 import Llama
 import ModelFormats
 
-/// One adapter in a lineage tree: its name, content hash, base, data, steps, and how it was made.
+/// One adapter in a lineage tree, named after its file or directory.
 func lineageNode(path: String, provenance: AdapterProvenance, hash: String?) -> JSONObject {
-    var node: JSONObject = ["name": .string((path as NSString).lastPathComponent)]
-    if let hash { node["sha256"] = .string(hash) }
-    if let h = provenance.baseModelHash { node["base_model_sha256"] = .string(h) }
-    if let d = provenance.dataHash { node["data_sha256"] = .string(d) }
-    if let s = provenance.steps { node["steps"] = .integer(Int64(s)) }
-    if let l = provenance.lineage { node["lineage"] = l }
-    return node
+    provenance.lineageNode(name: (path as NSString).lastPathComponent, hash: hash)
 }
 
 struct Merge: ParsableCommand {
@@ -145,7 +139,13 @@ struct Merge: ParsableCommand {
         }
         let merged: LoRAAdapter
         let report: MergeReport
-        do { (merged, report) = try AdapterMerge.merge(inputs, options: options) } catch {
+        let progress = ProgressLine("merge", total: nil)
+        defer { progress.finish() }
+        do {
+            (merged, report) = try AdapterMerge.merge(inputs, options: options) { done, total in
+                progress.update(done, total: total, unit: "modules")
+            }
+        } catch {
             throw CLIError(error.description)
         }
         var provenance = AdapterProvenance()

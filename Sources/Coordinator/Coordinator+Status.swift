@@ -115,27 +115,22 @@ extension Coordinator {
         return c
     }
 
-    /// A lineage node in the shape of `cairn lineage --json`: for a finished job, read from its adapter's
-    /// metadata (what a pulled adapter says of itself); otherwise what is known so far.
+    /// A lineage node in the shape of `cairn lineage --json`, with the base model's and the data's names: for a
+    /// finished job, read from its adapter's metadata (what a pulled adapter says of itself); otherwise what is
+    /// known so far.
     func lineage(of r: JobRecord, config: TrainingConfig?) -> JSONObject {
-        var node: JSONObject = ["name": .string(r.id)]
-        var recorded = JSONObject()
-        if let blob = r.outputs["adapter_model.safetensors"], let file = try? SafetensorsFile(path: blobs.path(blob)),
-            let text = file.metadata["cairn"], let o = try? JSONValue.parse(Array(text.utf8)).objectValue
+        var provenance = AdapterProvenance()
+        if let blob = r.outputs["adapter_model.safetensors"],
+            let recorded = AdapterProvenance.recorded(inPEFTFile: blobs.path(blob))
         {
-            recorded = o
+            provenance = recorded
         } else if let job, job.id == r.id {
-            let p = job.provenance()
-            recorded["data_sha256"] = p.dataHash.map(JSONValue.string)
-            recorded["steps"] = p.steps.map { .integer(Int64($0)) }
+            provenance = job.provenance()
         }
-        node["sha256"] = recorded["adapter_sha256"]
+        provenance.baseModelHash = provenance.baseModelHash ?? r.modelBlob
+        var node = provenance.lineageNode(name: r.id, hash: provenance.adapterHash)
         node["base_model"] = config.map { .string($0.model) }
-        node["base_model_sha256"] = recorded["base_model_sha256"] ?? .string(r.modelBlob)
         node["data"] = .string(r.dataName)
-        node["data_sha256"] = recorded["data_sha256"]
-        node["steps"] = recorded["steps"]
-        node["lineage"] = recorded["lineage"]
         return node
     }
 

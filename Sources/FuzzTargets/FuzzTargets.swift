@@ -1,11 +1,12 @@
 // FuzzTargets: the entry points the fuzzers feed with arbitrary bytes: the wire decoder, the JSON parser under
-// it, the GGUF and safetensors readers, the tokenizer and the job file parser. Each may only return or throw its
+// it, the GGUF and safetensors readers, the tokenizer, the job file parser and the dashboard's HTTP request parser. Each may only return or throw its
 // typed error; a crash, a hang or an unbounded allocation is a bug. The tokenizer target also checks a property:
 // byte-level BPE gives back exactly the text it was given.
 //
 // Run by `cairn-fuzz` (libFuzzer, or a seeded mutation loop; see Scripts/fuzz); crashes it finds are kept in
 // Tests/Fixtures/fuzz and replayed by FuzzRegressionTests.
 
+import HTTP
 import Llama
 import ModelFormats
 import Tokenizer
@@ -14,7 +15,7 @@ import Wire
 
 /// A parser the fuzzers exercise.
 public enum FuzzTarget: String, CaseIterable, Sendable {
-    case wire, json, gguf, safetensors, tokenizer, job
+    case wire, json, gguf, safetensors, tokenizer, job, http
 
     /// Feeds `data` to the target.
     public func run(_ data: [UInt8]) {
@@ -43,6 +44,13 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
         case .job:
             var config = TrainingConfig()
             _ = try? config.apply(yaml: String(decoding: data, as: UTF8.self), source: "fuzz.yaml")
+        case .http:
+            // What the dashboard's server does with a connection's bytes: find the head, parse it.
+            let head = HTTPRequest.headLength(data).map { data[0..<$0] } ?? data[...]
+            if let request = try? HTTPRequest.parse(head) {
+                precondition(request.path.hasPrefix("/") && !request.path.split(separator: "/").contains(".."))
+                _ = request.bearerToken
+            }
         }
     }
 

@@ -75,6 +75,16 @@ extension FuzzTarget {
                         """.utf8)
                 )
             ]
+        case .http:
+            return [
+                ("api", Array("GET /api/jobs/job-1?after=12 HTTP/1.1\r\nHost: coord:7071\r\n\r\n".utf8)),
+                (
+                    "metrics",
+                    Array(
+                        "GET /metrics HTTP/1.1\r\nHost: coord\r\nAuthorization: Bearer 0a1b2c\r\nAccept: */*\r\n\r\n"
+                            .utf8)
+                ),
+            ]
         }
     }
 }

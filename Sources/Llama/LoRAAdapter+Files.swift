@@ -66,6 +66,29 @@ public struct AdapterProvenance: Sendable, Equatable {
     }
 }
 
+extension AdapterProvenance {
+    /// One adapter in a lineage tree, in the shape `cairn lineage --json` prints: its name, content hash, base,
+    /// data, steps, and how it was made (`lineage`: method and parents, each a node of this shape).
+    public func lineageNode(name: String, hash: String?) -> JSONObject {
+        var node: JSONObject = ["name": .string(name)]
+        if let hash { node["sha256"] = .string(hash) }
+        if let h = baseModelHash { node["base_model_sha256"] = .string(h) }
+        if let d = dataHash { node["data_sha256"] = .string(d) }
+        if let s = steps { node["steps"] = .integer(Int64(s)) }
+        if let l = lineage { node["lineage"] = l }
+        return node
+    }
+
+    /// The provenance a PEFT adapter file (`adapter_model.safetensors`) records, read from its metadata without
+    /// loading its tensors; nil when the file cannot be read or records none.
+    public static func recorded(inPEFTFile path: String) -> AdapterProvenance? {
+        guard let file = try? SafetensorsFile(path: path), let text = file.metadata["cairn"],
+            let json = try? JSONValue.parse(Array(text.utf8))
+        else { return nil }
+        return AdapterProvenance(json: json)
+    }
+}
+
 /// The adapter file formats.
 public enum AdapterFormat: String, Sendable, CaseIterable {
     case peft, gguf

@@ -63,6 +63,9 @@ public final class WorkerAgent: @unchecked Sendable {
     private var welcomed = false
     private var gflops = 0.0
     private var lastChunk = 0.0
+    /// When the model transfer in progress started (and from how many bytes), and when its progress was last logged.
+    private var transferStarted = (time: 0.0, bytes: 0)
+    private var transferLogged = 0.0
     private var failedFetches = 0
     private var localExamples = 0
 
@@ -362,6 +365,8 @@ public final class WorkerAgent: @unchecked Sendable {
             "fetching the model (\(job.modelBytes >> 20) MiB" + (have > 0 ? ", resuming at \(have >> 20) MiB)" : ")"))
         self.job?.download = BlobDownload(hash: blob, total: job.modelBytes, received: have)
         lastChunk = Self.now
+        transferStarted = (lastChunk, have)
+        transferLogged = lastChunk
         requestChunks()
     }
 
@@ -423,7 +428,22 @@ public final class WorkerAgent: @unchecked Sendable {
             }
         }
         job?.download = d
+        logTransfer(d)
         requestChunks()
+    }
+
+    /// A line every 10 s while the model arrives: how far, how fast, how long still.
+    private func logTransfer(_ d: BlobDownload) {
+        let now = Self.now
+        guard now - transferLogged >= 10, !d.isComplete else { return }
+        transferLogged = now
+        let rate = Double(d.received - transferStarted.bytes) / max(1e-3, now - transferStarted.time)
+        let left = rate > 0 ? Double(d.total - d.received) / rate : 0
+        log(
+            String(
+                format: "fetching the model: %d%% (%@ of %@) · %.1f MiB/s · %.0f s left",
+                Int(100 * Double(d.received) / Double(max(1, d.total))), Self.size(d.received), Self.size(d.total),
+                rate / 1_048_576, left))
     }
 
     /// Loads the job's model and builds its session on a background thread; posts `ready` when done.

@@ -160,3 +160,37 @@ enum TrainData {
         #expect(try cairn("train", "--list-keys").stdout.contains("grad_accum"))
     }
 }
+
+@Suite struct ProgressTests {
+    /// On a log (stderr not a terminal) progress comes as plain lines, every CAIRN_PROGRESS_SECONDS, the last one
+    /// the final state; on a terminal it is one line rewritten in place, never wider than the terminal.
+    @Test func progressIsPlainLinesOnALogAndOneFittedLineOnATerminal() throws {
+        let dir = Fixtures.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let data = try TrainData.write(dir)
+        let arguments = [
+            "train", "--model", tinyModel, "--data", data, "--rank", "4", "--steps", "12", "--seq-len", "24",
+            "--batch", "2", "--save-every", "0",
+        ]
+        let log = try runCommand(
+            cairnExecutable, arguments + ["--output", dir.appendingPathComponent("a").path],
+            environment: ["CAIRN_PROGRESS_SECONDS": "0"])
+        #expect(log.status == 0, "\(log.stderr)")
+        #expect(!log.stderr.contains("\r") && !log.stderr.contains("\u{1B}["), "no terminal control on a log")
+        let steps = log.stderr.split(separator: "\n").filter { $0.hasPrefix("step ") }
+        #expect(steps.count == 12 && steps.last?.hasPrefix("step 12/12 · loss") == true, "\(log.stderr)")
+
+        // A terminal: `script` runs it on a pseudo-terminal whose width is unknown, so COLUMNS decides.
+        let command = ([cairnExecutable] + arguments + ["--output", dir.appendingPathComponent("b").path])
+            .map { "'\($0)'" }.joined(separator: " ")
+        let tty = try runCommand(
+            "/usr/bin/script", ["-qec", command, "/dev/null"], environment: ["COLUMNS": "40"], timeout: 120)
+        #expect(tty.status == 0, "\(tty.stdout)")
+        #expect(tty.stdout.contains("\r\u{1B}[Kstep "), "rewritten in place: \(tty.stdout.debugDescription)")
+        for segment in tty.stdout.components(separatedBy: "\u{1B}[K").dropFirst() {
+            let line = segment.split(whereSeparator: \.isNewline).first ?? ""
+            #expect(line.count <= 39, "fits 40 columns: \(line.debugDescription)")
+        }
+        #expect(tty.stdout.contains("step 12/12"), "the final state stays")
+    }
+}

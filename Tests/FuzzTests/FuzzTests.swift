@@ -3,6 +3,7 @@
 // so a regression in a parser's input checks shows up here even where libFuzzer is not available.
 
 import Foundation
+import HTTP
 import FuzzTargets
 import TestSupport
 import Testing
@@ -38,6 +39,7 @@ import Wire
     /// The seeds are what their parsers accept, so mutation starts past the first checks.
     @Test func seedsAreValid() throws {
         for (_, bytes) in FuzzTarget.wire.seeds { _ = try Message.decode(FuzzTarget.frames(bytes)) }
+        for (_, bytes) in FuzzTarget.http.seeds { _ = try HTTPRequest.parse(bytes[...]) }
         #expect(FuzzTarget.frames(FuzzTarget.join([[1, 2], [], [3]])) == [[1, 2], [], [3]])
     }
 }

@@ -12,9 +12,11 @@ public struct CommandResult: Sendable {
     public var stderr: String
 }
 
-/// Runs `executable` with `arguments`, optional standard input and extra environment; waits for it.
+/// Runs `executable` with `arguments`, optional standard input and extra environment; waits for it, or with a
+/// `timeout` kills it (SIGKILL) after that many seconds (its status is then 9, from the signal).
 public func runCommand(
-    _ executable: String, _ arguments: [String], input: String? = nil, environment: [String: String] = [:]
+    _ executable: String, _ arguments: [String], input: String? = nil, environment: [String: String] = [:],
+    timeout: Double? = nil
 ) throws -> CommandResult {
     let process = Process()
     process.executableURL = URL(fileURLWithPath: executable)
@@ -27,6 +29,14 @@ public func runCommand(
     process.standardError = err
     process.standardInput = inPipe
     try process.run()
+    var watchdog: DispatchWorkItem?
+    if let timeout {
+        let pid = process.processIdentifier
+        let item = DispatchWorkItem { kill(pid, SIGKILL) }
+        DispatchQueue.global().asyncAfter(deadline: .now() + timeout, execute: item)
+        watchdog = item
+    }
+    defer { watchdog?.cancel() }
     if let input { inPipe.fileHandleForWriting.write(Data(input.utf8)) }
     try inPipe.fileHandleForWriting.close()
     // Read both pipes to the end before waiting, so a chatty child cannot block on a full pipe.
