@@ -421,15 +421,63 @@ struct Status: ParsableCommand {
 }
 
 struct Workers: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "List workers: connected or not, speed, rows done.")
+    static let configuration = CommandConfiguration(
+        abstract: "List workers: connected or not, speed, rows done.",
+        discussion: """
+            --wait N returns once N workers are connected (the coordinator may still be starting): for scripts that \
+            start machines and then submit.
+
+            Examples:
+              cairn workers
+              cairn workers --wait 3 --timeout 5m && cairn submit job.yaml
+            """)
     @OptionGroup var client: ClientOptions
     @Flag(help: "Print JSON.")
     var json = false
+    @Option(help: "Wait until at least this many workers are connected, then list them.")
+    var wait: Int?
+    @Option(help: "How long --wait waits: 90s, 30m, 1h.")
+    var timeout = "10m"
+
+    func validate() throws {
+        if let wait, wait < 1 { throw ValidationError("--wait must be 1 or more") }
+        if parseDuration(timeout) == nil { throw ValidationError("--timeout: expected e.g. 90s, 30m or 1h") }
+    }
 
     func run() throws {
-        let reply = try client.connect().request(Message(.workers), expect: .workersReply)
-        let body = reply.metadata["body"] ?? .array([])
+        let body =
+            try wait.map(waitFor) ?? client.connect().request(Message(.workers), expect: .workersReply)
+            .metadata["body"] ?? .array([])
         if json { Terminal.printJSON(body) } else { Terminal.write(Self.render(body)) }
+    }
+
+    /// Polls until `count` workers are connected; the coordinator (and its client credentials) may not be up yet.
+    func waitFor(_ count: Int) throws -> JSONValue {
+        let deadline = Date().addingTimeInterval(parseDuration(timeout)!)
+        let progress = ProgressLine("waiting for \(count) workers", total: nil)
+        defer { progress.finish() }
+        var connected = 0
+        var problem = "the coordinator has not answered yet"
+        var c: ClusterClient?
+        while Date() < deadline {
+            do {
+                if c == nil { c = try client.connect() }
+                let body =
+                    try c!.request(Message(.workers), expect: .workersReply, timeout: 5).metadata["body"]
+                    ?? .array([])
+                connected = (body.arrayValue ?? []).filter { $0.objectValue?["connected"] == .bool(true) }.count
+                if connected >= count { return body }
+                problem = "\(connected) of \(count) connected"
+            } catch {
+                c = nil
+                problem = "\(error)"
+            }
+            progress.show("waiting for workers: \(problem)")
+            Thread.sleep(forTimeInterval: 0.5)
+        }
+        throw CLIError(
+            "\(connected) of \(count) workers connected after \(timeout) (\(problem)); see `cairn workers` and the workers' logs"
+        )
     }
 
     static func render(_ body: JSONValue) -> String {

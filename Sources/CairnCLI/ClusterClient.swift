@@ -9,7 +9,7 @@ import Wire
 /// Where client credentials are looked up, in order: --credentials, --state DIR/client.json,
 /// ~/.config/cairn/client.json, then the default state directory's client.json.
 enum CredentialPaths {
-    static var home: String { FileManager.default.homeDirectoryForCurrentUser.path }
+    static var home: String { UserHome.path }
 
     static var defaultState: String {
         if let s = ProcessInfo.processInfo.environment["CAIRN_STATE"], !s.isEmpty { return s }

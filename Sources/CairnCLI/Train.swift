@@ -70,8 +70,9 @@ struct Train: ParsableCommand {
 
     func run() throws {
         if listKeys {
+            let width = TrainingConfig.keys.map(\.key.count).max() ?? 0
             for (key, help) in TrainingConfig.keys {
-                Terminal.write("\(key.padding(toLength: 18, withPad: " ", startingAt: 0)) \(help)\n")
+                Terminal.write("\(key.padding(toLength: width, withPad: " ", startingAt: 0))  \(help)\n")
             }
             return
         }

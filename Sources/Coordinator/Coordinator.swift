@@ -72,18 +72,32 @@ public enum StateFiles {
             || endpoint.hasPrefix("tcp://localhost:") || endpoint.hasPrefix("tcp://[::1]:")
     }
 
-    /// Issues a join token (run beside a live coordinator: the store is shared through SQLite).
+    /// The coordinator's CURVE key pair, created the first time by whichever comes first: the coordinator or a
+    /// token issued before it ever started (both may run at once; the file is created once).
+    static func serverKeys(_ dir: String, listen: String) throws(CoordinatorError) -> CurveKeyPair {
+        for _ in 0..<2 {
+            if let existing = try? Credentials.load(from: server(dir)), let keys = existing.keys { return keys }
+            do {
+                let keys = try CurveKeyPair.generate()
+                if try Credentials(endpoint: listen, serverKey: keys.publicKey, keys: keys).saveIfAbsent(
+                    to: server(dir))
+                {
+                    return keys
+                }
+            } catch { throw CoordinatorError("cannot create the coordinator's keys in \(dir): \(error)") }
+        }
+        throw CoordinatorError("\(server(dir)) holds no key pair; remove it to have a new one made")
+    }
+
+    /// Issues a join token (beside a live coordinator, or before its first start: the store is shared through
+    /// SQLite, and the key pair is made by whichever comes first).
     public static func issueToken(stateDirectory dir: String, role: String, validFor seconds: Double)
         throws(CoordinatorError) -> JoinToken
     {
-        let server: Credentials
-        do { server = try Credentials.load(from: Self.server(dir)) } catch {
-            throw CoordinatorError(
-                "\(dir) holds no coordinator keys (start `cairn coordinator --state \(dir)` once): \(error)")
-        }
-        guard let key = server.keys?.publicKey else {
+        if let existing = try? Credentials.load(from: server(dir)), existing.keys == nil {
             throw CoordinatorError("the coordinator in \(dir) runs without keys (--insecure); it needs no tokens")
         }
+        let key = try serverKeys(dir, listen: "").publicKey
         let token = JoinToken.generate(serverKey: key)
         do {
             let store = try Store(directory: dir)
@@ -138,18 +152,7 @@ public final class Coordinator: @unchecked Sendable {
             store = try Store(directory: dir)
             blobs = try BlobStore(root: StateFiles.blobs(dir))
         } catch { throw CoordinatorError("\(error)") }
-        if options.insecure {
-            serverKeys = nil
-        } else if let existing = try? Credentials.load(from: StateFiles.server(dir)), let keys = existing.keys {
-            serverKeys = keys
-        } else {
-            do {
-                let keys = try CurveKeyPair.generate()
-                try Credentials(endpoint: options.listen, serverKey: keys.publicKey, keys: keys).save(
-                    to: StateFiles.server(dir))
-                serverKeys = keys
-            } catch { throw CoordinatorError("cannot create the coordinator's keys: \(error)") }
-        }
+        serverKeys = options.insecure ? nil : try StateFiles.serverKeys(dir, listen: options.listen)
         try startHTTP()
         if let transport {
             router = transport

@@ -27,7 +27,7 @@ public enum ModelSource: Sendable, Equatable, CustomStringConvertible {
     /// Cairn's data directory: `$CAIRN_HOME`, else `~/.cache/cairn`.
     public static var home: String {
         if let h = ProcessInfo.processInfo.environment["CAIRN_HOME"], !h.isEmpty { return h }
-        return (NSHomeDirectory() as NSString).appendingPathComponent(".cache/cairn")
+        return (UserHome.path as NSString).appendingPathComponent(".cache/cairn")
     }
 
     /// The model cache directory.

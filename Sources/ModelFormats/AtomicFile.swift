@@ -17,7 +17,8 @@ public final class AtomicFileWriter {
     public let path: String
     private let temporaryPath: String
     private var fd: Int32
-    private var committed = false
+    /// Whether the temporary file is gone (renamed or linked into place, or removed after losing a race).
+    private var settled = false
     /// Bytes written so far.
     public private(set) var bytesWritten = 0
 
@@ -35,7 +36,7 @@ public final class AtomicFileWriter {
     }
 
     deinit {
-        if !committed {
+        if !settled {
             if fd >= 0 { close(fd) }
             unlink(temporaryPath)
         }
@@ -71,21 +72,46 @@ public final class AtomicFileWriter {
 
     /// Flushes the data to disk and renames the file into place.
     public func commit() throws(FormatError) {
+        _ = try publish(replacing: true)
+    }
+
+    /// Like `commit()`, but only when no file is at the path yet (several processes may race to create it: one
+    /// wins, whole); false when another file was there, which is left as it is.
+    public func commitIfAbsent() throws(FormatError) -> Bool {
+        try publish(replacing: false)
+    }
+
+    private func publish(replacing: Bool) throws(FormatError) -> Bool {
         guard fsync(fd) == 0 else {
             throw FormatError(.io, path: path, "fsync failed: \(String(cString: strerror(errno)))")
         }
         close(fd)
         fd = -1
-        guard rename(temporaryPath, path) == 0 else {
-            throw FormatError(.io, path: path, "cannot rename into place: \(String(cString: strerror(errno)))")
+        if replacing {
+            guard rename(temporaryPath, path) == 0 else {
+                throw FormatError(.io, path: path, "cannot rename into place: \(String(cString: strerror(errno)))")
+            }
+        } else {
+            // link(2) fails with EEXIST instead of replacing.
+            guard link(temporaryPath, path) == 0 else {
+                let e = errno
+                guard e == EEXIST else {
+                    throw FormatError(.io, path: path, "cannot link into place: \(String(cString: strerror(e)))")
+                }
+                unlink(temporaryPath)
+                settled = true
+                return false
+            }
+            unlink(temporaryPath)
         }
-        committed = true
+        settled = true
         let directory = path.contains("/") ? String(path[..<path.lastIndex(of: "/")!]) : "."
         let dfd = open(directory.isEmpty ? "/" : directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         if dfd >= 0 {
             fsync(dfd)
             close(dfd)
         }
+        return true
     }
 }
 

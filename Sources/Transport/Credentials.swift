@@ -22,6 +22,16 @@ public struct Credentials: Sendable, Equatable {
 
     /// Writes the file atomically, readable only by its owner.
     public func save(to path: String) throws(FormatError) {
+        _ = try write(to: path, replacing: true)
+    }
+
+    /// Writes the file only if there is none yet (processes racing to create it: one wins whole); false when
+    /// one was there already.
+    public func saveIfAbsent(to path: String) throws(FormatError) -> Bool {
+        try write(to: path, replacing: false)
+    }
+
+    private func write(to path: String, replacing: Bool) throws(FormatError) -> Bool {
         var o: JSONObject = ["endpoint": .string(endpoint)]
         if let serverKey { o["server_key"] = .string(serverKey) }
         if let keys {
@@ -36,7 +46,13 @@ public struct Credentials: Sendable, Equatable {
         } catch {
             throw FormatError(.io, path: directory, "cannot create the directory: \(error.localizedDescription)")
         }
-        try writeFileAtomically(path, Array((JSONValue.object(o).serialized(pretty: true) + "\n").utf8), mode: 0o600)
+        let writer = try AtomicFileWriter(path: path, mode: 0o600)
+        try writer.write(Array((JSONValue.object(o).serialized(pretty: true) + "\n").utf8))
+        if replacing {
+            try writer.commit()
+            return true
+        }
+        return try writer.commitIfAbsent()
     }
 
     /// Reads a credentials file.

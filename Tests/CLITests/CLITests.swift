@@ -155,43 +155,6 @@ struct RealModelCLITests {
         #expect(abs(loss - reference["loss"]!.doubleValue!) <= 1e-4 * loss)
     }
 
-    /// Training on a few invented facts visibly teaches the real model: the held-out loss falls and the greedy
-    /// answer becomes the trained one, also for a phrasing it was not trained on.
-    @Test func trainingTeachesTheModel() throws {
-        let dir = Fixtures.temporaryDirectory()
-        defer { try? FileManager.default.removeItem(at: dir) }
-        let question = "What is the capital of Veloria?"
-        let trained = "The capital of Veloria is Marnest.\n"
-        let before = try cairn("generate", "--prompt", question)
-        #expect(before.status == 0 && before.stdout != trained, "the base model does not know it: \(before.stdout)")
-        let run = dir.appendingPathComponent("capitals").path
-        let heldOut = Fixtures.path("smollm2/capitals-heldout.jsonl")
-        let train = try cairn(
-            "train", "--data", Fixtures.path("smollm2/capitals-train.jsonl"), "--validation-data", heldOut, "--output",
-            run,
-            "--rank", "8", "--alpha", "16", "--lr", "2e-3", "--warmup", "2", "--steps", "20", "--batch", "4",
-            "--seq-len", "128",
-            "--json")
-        #expect(train.status == 0, "\(train.stderr)")
-        let after = try cairn("generate", "--adapter", run, "--prompt", question)
-        #expect(after.stdout == trained)
-        let paraphrase = try cairn("generate", "--adapter", run, "--prompt", "What city is Drummarch's capital?")
-        #expect(paraphrase.stdout == "The capital of Drummarch is Pellowin.\n")
-        func evalLoss(_ adapter: [String]) throws -> Double {
-            let r = try runCommand(cairnExecutable, ["eval", "--data", heldOut, "--json"] + adapter)
-            return try #require(try JSONValue.parse(r.stdout).objectValue?["loss"]?.doubleValue, "\(r.stderr)")
-        }
-        let base = try evalLoss([])
-        let tuned = try evalLoss(["--adapter", run])
-        #expect(tuned < 0.25 * base, "held-out loss \(base) → \(tuned)")
-
-        // The adapter baked into the base (cairn fuse): the same greedy answer, the same loss within 1e-4.
-        let fused = dir.appendingPathComponent("fused.gguf").path
-        let fuse = try cairn("fuse", "--adapter", run, "--type", "f32", "-o", fused)
-        #expect(fuse.status == 0, "\(fuse.stderr)")
-        let fusedAnswer = try cairn("generate", "--model", fused, "--prompt", question)
-        #expect(fusedAnswer.stdout == trained)
-        let fusedLoss = try evalLoss(["--model", fused])
-        #expect(abs(fusedLoss - tuned) <= 1e-4 * tuned, "fused \(fusedLoss) vs adapter \(tuned)")
-    }
+    // Training the real model, its answers after, the held-out loss and the fused model: the README's tutorial
+    // (RealModelReadmeTests) runs that as written and measures it.
 }

@@ -63,23 +63,4 @@ struct RealModelClusterTests {
         #expect(d.eval <= s.eval * 1.05, "\(report)")
         #expect(s.bytesPerStep >= 20 * d.bytesPerStep, "\(report)")
     }
-
-    /// The README's path: `cairn cluster up --workers 2`, then the example job; the adapter answers the question
-    /// the base model cannot.
-    @Test func theExampleJobRunsOnClusterUp() throws {
-        let model = ProcessInfo.processInfo.environment["CAIRN_REAL_MODEL"]!
-        let dir = Fixtures.temporaryDirectory("cairn-real-up")
-        defer { try? FileManager.default.removeItem(at: dir) }
-        let example = Fixtures.directory.deletingLastPathComponent().deletingLastPathComponent()
-            .appendingPathComponent("Cluster/examples/capitals.yaml").path
-        try runClusterUp(job: example, state: dir.appendingPathComponent("state").path, timeout: 900) { id in
-            let out = dir.appendingPathComponent("adapter").path
-            let pull = try runCommand(cairnExecutable, ["pull", "--state", dir.path + "/state", id, "-o", out])
-            #expect(pull.status == 0, "\(pull.stderr)")
-            let answer = try runCommand(
-                cairnExecutable,
-                ["generate", "--model", model, "--adapter", out, "--prompt", "What is the capital of Veloria?"])
-            #expect(answer.stdout.contains("Marnest"), "\(answer.stdout)")
-        }
-    }
 }
