@@ -196,7 +196,7 @@ extension Coordinator {
         var evalLosses: [(MetricsText.Labels, Double)] = []
         for r in records {
             if let s = try? store.steps(job: r.id, last: 1).last { losses.append((jobLabels(r), s.loss)) }
-            if let e = try? store.evals(job: r.id).last { evalLosses.append((jobLabels(r), e.loss)) }
+            if let e = try? store.lastEval(job: r.id) { evalLosses.append((jobLabels(r), e.loss)) }
         }
         m.family(
             "cairn_job_loss", .gauge, help: "Training loss of a job's last step (mean per trained token).",

@@ -88,7 +88,7 @@ extension Coordinator {
                 }
             }
         }
-        if let e = try? store.evals(job: r.id).last { o["eval_loss"] = .number(e.loss) }
+        if let e = try? store.lastEval(job: r.id) { o["eval_loss"] = .number(e.loss) }
         return o
     }
 

@@ -246,6 +246,7 @@ public final class Coordinator: @unchecked Sendable {
         let now = Self.now
         var peer = peers[rid] ?? Peer(routingId: rid, userId: received.userId, now: now, insecure: serverKeys == nil)
         guard !peer.ignored else { return }
+        metrics.received(received.byteCount, worker: peer.worker?.id, mode: nil)
         // A token bucket per connection.
         let burst = 2 * options.messagesPerSecond
         peer.allowance = min(burst, peer.allowance + (now - peer.refilled) * options.messagesPerSecond)
@@ -264,7 +265,6 @@ public final class Coordinator: @unchecked Sendable {
         }
         peer.allowance -= 1
         peer.lastSeen = now
-        let received_ = received.byteCount
         let message: Message
         do {
             message = try Message.decode(Array(received.frames.dropFirst()))
@@ -293,9 +293,10 @@ public final class Coordinator: @unchecked Sendable {
             fail(rid, "hello_first", "unknown worker; send hello")
             return
         }
-        let training = [MessageType.result, .roundResult, .evalResult].contains(message.type)
-        metrics.received(received_, worker: peer.worker?.id, mode: training ? job?.record.mode : nil)
-        if let job, training { job.countBytes(received_) }
+        if let job, [MessageType.result, .roundResult, .evalResult].contains(message.type) {
+            metrics.received(received.byteCount, worker: nil, mode: job.record.mode)
+            job.countBytes(received.byteCount)
+        }
         switch message.type {
         case .enrol: enrol(rid, message)
         case .hello: hello(rid, message)
@@ -882,7 +883,7 @@ public final class Coordinator: @unchecked Sendable {
             log("\(j.id) running from \(unitName(j)) \(j.step) of \(j.units)")
             for (rid, p) in peers where p.worker != nil { sendJob(rid, j) }
             // Stopped between a step and its evaluation: evaluate now.
-            if j.step > 0, j.evaluationDue(after: j.step), (try? store.evals(job: j.id).last?.step) != j.step {
+            if j.step > 0, j.evaluationDue(after: j.step), (try? store.lastEval(job: j.id))?.step != j.step {
                 startEvaluation(j, after: j.step)
             } else if j.isFinished {
                 complete(j)

@@ -438,6 +438,15 @@ public final class Store: @unchecked Sendable {
         }
     }
 
+    /// A job's latest evaluation.
+    public func lastEval(job: String) throws(StoreError) -> EvalRecord? {
+        try read { db in
+            try Row.fetchOne(
+                db, sql: "SELECT * FROM evals WHERE job = ? ORDER BY step DESC LIMIT 1", arguments: [job]
+            ).map { EvalRecord(step: $0["step"], loss: $0["loss"], tokens: $0["tokens"]) }
+        }
+    }
+
     /// A job's evaluations, in order.
     public func evals(job: String) throws(StoreError) -> [EvalRecord] {
         try read { db in
