@@ -28,7 +28,7 @@ public struct HTTPRequest: Sendable, Equatable {
 
     /// `GET` or `HEAD`.
     public var method: String
-    /// The decoded path, starting with "/" (percent-escapes resolved; never containing "..").
+    /// The decoded path: its first byte is "/", percent-escapes are resolved, and no segment is "..".
     public var path: String
     /// Query parameters, decoded ("+" is a space); a repeated name keeps its last value.
     public var query: [String: String]
@@ -135,7 +135,8 @@ public struct HTTPRequest: Sendable, Equatable {
         guard let path = percentDecode(rawPath, plusIsSpace: false) else {
             throw HTTPError(status: 400, "malformed percent-escape in the path")
         }
-        guard !path.split(separator: "/").contains("..") else {
+        // On bytes, not Characters: a combining mark after "/" or "." must not hide a segment from the check.
+        guard !path.utf8.split(separator: UInt8(ascii: "/")).contains(where: { $0.elementsEqual("..".utf8) }) else {
             throw HTTPError(status: 400, "the path may not contain ..")
         }
         var query: [String: String] = [:]
