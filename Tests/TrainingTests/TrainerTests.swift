@@ -110,3 +110,22 @@ enum TrainerFixtures {
         #expect { try Trainer(resuming: dir.path) } throws: { "\($0)".contains("job.yaml") }
     }
 }
+
+@Suite struct ExampleJobFileTests {
+    /// The job files in Cluster/examples (the README and the demo submit them) parse, hold no problems, and name
+    /// files that exist.
+    @Test func theExampleJobFilesAreValid() throws {
+        let dir = Fixtures.directory.deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("Cluster/examples")
+        let files = try FileManager.default.contentsOfDirectory(atPath: dir.path).filter { $0.hasSuffix(".yaml") }
+        #expect(files.count >= 3)
+        for name in files {
+            var config = TrainingConfig()
+            try config.apply(yamlFile: dir.appendingPathComponent(name).path)
+            #expect(config.problems().isEmpty, "\(name): \(config.problems())")
+            for path in [config.data, config.validationData].compactMap({ $0 }) where !path.isEmpty {
+                #expect(FileManager.default.fileExists(atPath: path), "\(name) names \(path)")
+            }
+        }
+    }
+}
