@@ -242,7 +242,7 @@ extension Coordinator {
             samples: traffic)
         m.family(
             "cairn_worker_rows_per_second", .gauge, help: "Each worker's measured speed (rows per second).",
-            samples: workers.compactMap { w in w.rowsPerSecond.map { (named(w), $0) } })
+            samples: workers.compactMap { w in w.info?.rowsPerSecond.map { (named(w), $0) } })
         let transfers = workers.compactMap { w in w.transfer.map { (labels: named(w) + [("blob", $0.blob)], $0) } }
         m.family(
             "cairn_blob_transfer_bytes", .gauge, help: "Bytes of a blob a worker has fetched so far.",

@@ -134,21 +134,21 @@ extension Coordinator {
         return node
     }
 
-    /// What is known of one worker: its record, and when connected its state in the running job.
+    /// What is known of one worker: its record, and when connected its connection's view and its state in the
+    /// running job.
     struct WorkerView {
         var record: WorkerRecord
-        var connected: Bool
+        /// What its connection said and was measured, when connected.
+        var info: WorkerInfo?
         /// computing, ready, loading, idle, failed (for the running job), or gone.
-        var state: String
+        var state = "gone"
         var error: String?
-        var rowsPerSecond: Double?
-        var job: String?
-        var host: String?
-        var threads: Int?
         var lastHeard: Double?
         var share: Double?
         var traffic: Traffic
         var transfer: BlobTransfer?
+
+        var connected: Bool { info != nil }
     }
 
     /// Every worker seen, in name order.
@@ -158,9 +158,9 @@ extension Coordinator {
             peers.values.compactMap { p in p.worker.map { ($0.id, ($0, p)) } }, uniquingKeysWith: { a, _ in a })
         return ((try? store.workers()) ?? []).map { r in
             var v = WorkerView(
-                record: r, connected: connected[r.id] != nil, state: "gone",
-                traffic: metrics.workers[r.id] ?? Traffic(), transfer: metrics.transfers[r.id])
+                record: r, traffic: metrics.workers[r.id] ?? Traffic(), transfer: metrics.transfers[r.id])
             guard let (w, p) = connected[r.id] else { return v }
+            v.info = w
             if let job, let fault = w.fault, fault.job == job.id {
                 v.state = "failed"
                 v.error = fault.message
@@ -168,10 +168,6 @@ extension Coordinator {
                 let busy = job?.busyWorkers.contains(w.id) ?? false
                 v.state = busy ? "computing" : job == nil ? "idle" : w.readyJob == job?.id ? "ready" : "loading"
             }
-            v.rowsPerSecond = w.rowsPerSecond
-            v.job = w.readyJob
-            v.host = w.host
-            v.threads = w.threads
             v.lastHeard = max(0, now - p.lastSeen)
             if job != nil { v.share = metrics.shares[w.id] ?? 0 }
             return v
@@ -189,10 +185,10 @@ extension Coordinator {
                     "rows_done": .integer(Int64(r.rows)), "connected": .bool(v.connected), "state": .string(v.state),
                 ]
                 o["error"] = v.error.map(JSONValue.string)
-                o["rows_per_second"] = v.rowsPerSecond.map(JSONValue.number)
-                o["job"] = v.job.map(JSONValue.string)
-                o["host"] = v.host.map(JSONValue.string)
-                o["threads"] = v.threads.map { .integer(Int64($0)) }
+                o["rows_per_second"] = v.info?.rowsPerSecond.map(JSONValue.number)
+                o["job"] = v.info?.readyJob.map(JSONValue.string)
+                o["host"] = v.info?.host.map(JSONValue.string)
+                o["threads"] = v.info.map { .integer(Int64($0.threads)) }
                 o["last_heard_seconds"] = v.lastHeard.map(JSONValue.number)
                 o["share"] = v.share.map(JSONValue.number)
                 o["bytes_sent"] = .integer(Int64(v.traffic.sent))

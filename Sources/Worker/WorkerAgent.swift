@@ -513,17 +513,16 @@ public final class WorkerAgent: @unchecked Sendable {
             startRound(m, loadedJob)
             return
         }
-        if m.type == .evaluate {
-            startEvaluation(m, loadedJob)
-            return
-        }
+        // `assign` (a step's rows: the gradient of their summed loss) and `evaluate` (held-out rows: their loss,
+        // forward only) carry the same fields and tensors.
+        let evaluate = m.type == .evaluate
         let session = loadedJob.session
-        let config = loadedJob.config
+        let size = loadedJob.config.batchSize
         guard let params = m.tensor("parameters"), params.dtype == .f32,
             params.count == session.adapter.parameters.count,
-            let batch = Self.rows(of: m, count: m.int("rows"), length: config.sequenceLength, model: session)
+            let batch = Self.rows(of: m, count: m.int("rows"), length: loadedJob.config.sequenceLength, model: session)
         else {
-            log("dropped a malformed assignment (tensor sizes, or ids out of range)")
+            log("dropped a malformed \(evaluate ? "evaluation" : "assignment") (tensor sizes, or ids out of range)")
             return
         }
         let assignment = m.int("assignment")
@@ -532,48 +531,26 @@ public final class WorkerAgent: @unchecked Sendable {
         Thread.detachNewThread { [self] in
             let started = Self.now
             let p = params.floats()
+            // Rounds start from the parameters the coordinator sends, so an evaluation between them overwrites
+            // nothing a diloco or federated worker still needs.
             session.adapter.parameters.pointer.update(from: p, count: p.count)
-            let loss = session.computeGradients(batch.split(maxRows: config.batchSize), normalize: false)
+            let loss: StepLoss
+            var tensors: [Tensor] = []
+            if evaluate {
+                // Batches of the training shape, so the training workspace serves them.
+                loss = session.evaluate(batch.split(maxRows: size).map { $0.padded(toRows: size, padId: 0) })
+            } else {
+                loss = session.computeGradients(batch.split(maxRows: size), normalize: false)
+                tensors = [Tensor(name: "gradient", floats: UnsafeBufferPointer(session.gradients.buffer))]
+            }
             post(
                 Message(
-                    .result,
+                    evaluate ? .evalResult : .result,
                     [
                         "job": .string(jobId), "assignment": .integer(Int64(assignment)), "step": .integer(Int64(step)),
                         "loss": .number(loss.sum), "tokens": .integer(Int64(loss.tokens)),
                         "seconds": .number(Self.now - started),
-                    ],
-                    tensors: [Tensor(name: "gradient", floats: UnsafeBufferPointer(session.gradients.buffer))]))
-        }
-    }
-
-    /// The loss of the coordinator's parameters on held-out rows (forward only), in batches of the training
-    /// shape.
-    private func startEvaluation(_ m: Message, _ job: LoadedJob) {
-        let session = job.session
-        let size = job.config.batchSize
-        guard let params = m.tensor("parameters"), params.dtype == .f32,
-            params.count == session.adapter.parameters.count,
-            let batch = Self.rows(of: m, count: m.int("rows"), length: job.config.sequenceLength, model: session)
-        else {
-            log("dropped a malformed evaluation (tensor sizes, or ids out of range)")
-            return
-        }
-        let assignment = m.int("assignment")
-        computing = assignment
-        Thread.detachNewThread { [self] in
-            let started = Self.now
-            let p = params.floats()
-            // Rounds start from the parameters the coordinator sends, so overwriting the local ones loses nothing.
-            session.adapter.parameters.pointer.update(from: p, count: p.count)
-            let loss = session.evaluate(batch.split(maxRows: size).map { $0.padded(toRows: size, padId: 0) })
-            post(
-                Message(
-                    .evalResult,
-                    [
-                        "job": .string(job.id), "assignment": .integer(Int64(assignment)),
-                        "step": .integer(Int64(m.int("step"))), "loss": .number(loss.sum),
-                        "tokens": .integer(Int64(loss.tokens)), "seconds": .number(Self.now - started),
-                    ]))
+                    ], tensors: tensors))
         }
     }
 
