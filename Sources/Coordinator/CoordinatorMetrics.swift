@@ -54,9 +54,10 @@ struct CoordinatorMetrics {
     }
 
     mutating func transfer(worker: String, blob: String, through end: Int, of total: Int) {
-        var t = transfers[worker]
-        if t?.blob != blob { t = BlobTransfer(blob: blob, received: 0, total: total) }
-        t!.received = max(t!.received, min(end, total))
+        var t =
+            transfers[worker].flatMap { $0.blob == blob ? $0 : nil }
+            ?? BlobTransfer(blob: blob, received: 0, total: total)
+        t.received = max(t.received, min(end, total))
         transfers[worker] = t
     }
 

@@ -1,7 +1,7 @@
 // HTTPResponse: a status, header fields and a body, serialised for HTTP/1.1 with `Connection: close`.
 
 /// A response to send.
-public struct HTTPResponse: Sendable, Equatable {
+public struct HTTPResponse: Sendable {
     public var status: Int
     /// Header fields in order (Content-Length, Connection and Date are added when serialised).
     public var headers: [(name: String, value: String)]
@@ -11,11 +11,6 @@ public struct HTTPResponse: Sendable, Equatable {
         self.status = status
         self.headers = headers
         self.body = body
-    }
-
-    public static func == (a: HTTPResponse, b: HTTPResponse) -> Bool {
-        a.status == b.status && a.body == b.body && a.headers.map(\.name) == b.headers.map(\.name)
-            && a.headers.map(\.value) == b.headers.map(\.value)
     }
 
     /// A body of the given media type; not cached by browsers or proxies (the data changes every step).
