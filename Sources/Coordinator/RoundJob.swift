@@ -45,7 +45,6 @@ final class RoundJob: RunningJob {
     private var results: [(parameters: [Float], weight: Double)] = []
     private var lossSum = 0.0
     private var tokens = 0
-    private var computeSeconds = 0.0
     private var shares: [String: WorkerShare] = [:]
     private var bytes = 0
     private var started = 0.0
@@ -105,7 +104,6 @@ final class RoundJob: RunningJob {
         results = []
         lossSum = 0
         tokens = 0
-        computeSeconds = 0
         shares = [:]
         bytes = 0
         started = now
@@ -143,10 +141,8 @@ final class RoundJob: RunningJob {
         results.append(((0..<delta.count).map { global[$0] - delta[$0] }, Double(m.int("tokens"))))
         lossSum += m.double("loss")
         tokens += m.int("tokens")
-        computeSeconds += m.double("seconds")
-        shares[worker, default: WorkerShare(rows: 0)].rows += a.rows.count
-        shares[worker]!.tokens += m.int("tokens")
-        shares[worker]!.seconds += m.double("seconds")
+        shares[worker, default: WorkerShare(rows: 0)].add(
+            rows: a.rows.count, tokens: m.int("tokens"), seconds: m.double("seconds"))
         return true
     }
 
@@ -186,7 +182,7 @@ final class RoundJob: RunningJob {
         inProgress = false
         let record = StepRecord(
             step: round, loss: tokens > 0 ? lossSum / Double(tokens) : 0, tokens: tokens, seconds: now - started,
-            bytes: bytes, workers: shares, computeSeconds: computeSeconds)
+            bytes: bytes, workers: shares, computeSeconds: shares.computeSeconds)
         var checkpoint = Checkpoint(
             step: round, cursor: cursor, dataHash: prepared.dataHash, baseModelHash: self.record.modelBlob,
             modules: adapter.modules.map { ($0.layer, $0.target, $0.rank, $0.scale) },

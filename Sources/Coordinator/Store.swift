@@ -57,6 +57,18 @@ public struct WorkerShare: Sendable, Equatable {
         self.tokens = tokens
         self.seconds = seconds
     }
+
+    /// Adds a result's rows, tokens and seconds.
+    public mutating func add(rows: Int, tokens: Int, seconds: Double) {
+        self.rows += rows
+        self.tokens += tokens
+        self.seconds += seconds
+    }
+}
+
+extension [String: WorkerShare] {
+    /// Seconds all the workers spent computing.
+    var computeSeconds: Double { values.reduce(0) { $0 + $1.seconds } }
 }
 
 /// One journaled step.

@@ -189,7 +189,6 @@ final class SyncJob: RunningJob, RowWork {
     private let gradientSum: FloatBuffer
     private var lossSum = 0.0
     private var tokens = 0
-    private var computeSeconds = 0.0
     private var shares: [String: WorkerShare] = [:]
     private(set) var stepBytes = 0
     private var stepStarted = 0.0
@@ -243,7 +242,6 @@ final class SyncJob: RunningJob, RowWork {
         gradientSum.zero()
         lossSum = 0
         tokens = 0
-        computeSeconds = 0
         shares = [:]
         stepBytes = 0
         stepStarted = now
@@ -267,9 +265,8 @@ final class SyncJob: RunningJob, RowWork {
 
     /// Adds an accepted result's gradient share, computed by `worker` in `seconds`.
     func add(gradient: [Float], loss: Double, tokens n: Int, seconds: Double, worker: String) {
-        computeSeconds += seconds
-        shares[worker, default: WorkerShare(rows: 0)].tokens += n
-        shares[worker]!.seconds += seconds
+        // Rows are counted by the step's bookkeeping (StepWork.completedRows) and filled in at the end.
+        shares[worker, default: WorkerShare(rows: 0)].add(rows: 0, tokens: n, seconds: seconds)
         gradient.withUnsafeBufferPointer { g in
             let s = gradientSum.pointer
             for i in 0..<min(g.count, gradientSum.count) { s[i] += g[i] }
@@ -297,7 +294,7 @@ final class SyncJob: RunningJob, RowWork {
         let stepRecord = StepRecord(
             step: optimizer.stepCount, loss: tokens > 0 ? lossSum / Double(tokens) : 0, tokens: tokens,
             seconds: now - stepStarted, bytes: stepBytes, workers: shares,
-            computeSeconds: computeSeconds)
+            computeSeconds: shares.computeSeconds)
         let checkpoint = Checkpoint(
             step: optimizer.stepCount, cursor: cursor, dataHash: prepared.dataHash, baseModelHash: record.modelBlob,
             modules: adapter.modules.map { ($0.layer, $0.target, $0.rank, $0.scale) },

@@ -142,13 +142,6 @@ public final class InMemoryNetwork: @unchecked Sendable {
         }
     }
 
-    /// Changes every link.
-    public func updateAll(_ change: (inout Link) -> Void) {
-        lock.withLock {
-            for id in links.keys { change(&links[id]!) }
-        }
-    }
-
     public func router() -> RouterEndpoint { Router(network: self) }
 
     /// A new connection that the router sees with `userId` (as ZAP would assign).

@@ -56,8 +56,9 @@ final class MemoryCluster {
             cacheDirectory: dir.appendingPathComponent("cache-\(name)").path)
         options.connect = { () throws(TransportError) -> DealerEndpoint in
             let (id, endpoint) = network.dealer(userId: nil)
-            // A connection made while the worker is cut off is cut too.
-            if box.add(id) { network.update(id) { $0.cut = true } }
+            // A connection made later (a reconnect) gets the worker's link settings so far: cut stays cut, lossy
+            // stays lossy.
+            network.update(id, box.add(id))
             return endpoint
         }
         let sink = self.sink
@@ -69,31 +70,44 @@ final class MemoryCluster {
         threads.append(t)
     }
 
-    /// A worker's connections and whether its network is cut (which holds for connections made later too).
+    /// A worker's connections, and the changes made to its links, which hold for connections made later too.
     final class LinkBox: @unchecked Sendable {
         private let lock = NSLock()
         private var ids: [Int] = []
-        private var isCut = false
-        /// Records a new connection; true when it must start cut.
-        func add(_ id: Int) -> Bool {
+        private var settings: @Sendable (inout InMemoryNetwork.Link) -> Void = { _ in }
+
+        /// Records a new connection; returns the settings to give it.
+        func add(_ id: Int) -> @Sendable (inout InMemoryNetwork.Link) -> Void {
             lock.withLock {
                 ids.append(id)
-                return isCut
+                return settings
             }
         }
-        /// Sets the cut state; returns every connection so far.
-        func setCut(_ cut: Bool) -> [Int] {
+
+        /// Adds a change to the settings; returns every connection so far.
+        func change(_ change: @escaping @Sendable (inout InMemoryNetwork.Link) -> Void) -> [Int] {
             lock.withLock {
-                isCut = cut
+                let before = settings
+                settings = {
+                    before(&$0)
+                    change(&$0)
+                }
                 return ids
             }
         }
     }
     private var boxes: [String: LinkBox] = [:]
 
-    /// Cuts (or restores) every connection a worker has made.
+    /// Changes every link of every worker, now and after reconnections (client connections stay clean).
+    func changeWorkerLinks(_ change: @escaping @Sendable (inout InMemoryNetwork.Link) -> Void) {
+        for box in boxes.values {
+            for id in box.change(change) { network.update(id, change) }
+        }
+    }
+
+    /// Cuts (or restores) every connection a worker has made, and those it makes later.
     func cut(_ name: String, _ cut: Bool) {
-        for id in boxes[name]?.setCut(cut) ?? [] { network.update(id) { $0.cut = cut } }
+        for id in boxes[name]?.change({ $0.cut = cut }) ?? [] { network.update(id) { $0.cut = cut } }
     }
 
     /// A request from a client connection, waiting for the reply (bounded).
@@ -239,11 +253,12 @@ func curve(_ status: JSONObject?) -> [(Int, Double)] {
         let (id, jobFile) = try c.submit(
             steps: 30, heldOut: ["the mat sat on the cat", "a park in the dog", "three two one", "blue green red"],
             evalEvery: 10)
-        c.network.updateAll {
-            $0.dropRate = 0.05; $0.delay = 0.002
+        c.changeWorkerLinks {
+            $0.dropRate = 0.05
+            $0.delay = 0.002
         }
         #expect(c.waitUntil(120) { c.status(id)?["state"] == "done" }, "\(c.sink.text)")
-        c.network.updateAll { $0.dropRate = 0 }
+        c.changeWorkerLinks { $0.dropRate = 0 }
         let final = c.status(id)
         #expect(curve(final).map(\.0) == Array(1...30))
         let reference = try referenceCurve(jobFile, c.dir)
