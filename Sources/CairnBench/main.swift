@@ -5,14 +5,17 @@
 //   forward   the real model (default smollm2-135m) on batch × sequence new tokens, logits for every position
 //             included: tokens/s, achieved GFLOP/s (the matrix products counted by LlamaModel.forwardFLOPs) and
 //             the ratio to the ceiling.
-//   train     LoRA training steps (r 8 on all seven projections, fp32) on batch × sequence tokens: tokens/s,
-//             GFLOP per token counted from the shapes (LlamaModel.trainingFLOPs), the ratio to the ceiling, and
-//             the process's peak RSS. Run it in its own process so the RSS is training's alone.
+//   train     LoRA training steps (r 8 on all seven projections) on batch × sequence tokens: tokens/s,
+//             GFLOP per token counted from the shapes (LlamaModel.trainingFLOPs), the ratio to the ceiling, the
+//             mean loss of the timed steps, and the process's peak RSS. Run it in its own process so the RSS is
+//             training's alone. --base-precision q keeps the base quantised (activations then recomputed, as
+//             cairn train does; --recompute overrides); --model synthetic-360m|synthetic-1.1b trains random
+//             Q4_1 weights of those llama shapes.
 //   merge     TIES-merge 8 random rank-16 adapters on all seven projections of the model's shapes to rank 16:
 //             seconds and peak RSS (the issue's target: under 5 s and 300 MiB), with the sgemm ceiling for scale;
 //             CAIRN_BENCH_PHASES=1 first times each phase on the largest module
 // Usage: cairn-bench [forward|train|merge] [--model NAME|PATH] [--batch 4] [--sequence 256] [--repeats 3] [--rank 8]
-//                    [--threads N] [--json]
+//                    [--threads N] [--base-precision f32|q] [--recompute auto|always|never] [--json]
 
 import Adapters
 import Foundation
@@ -30,6 +33,8 @@ struct Arguments {
     var repeats = 3
     var threads: Int?
     var json = false
+    var precision = BasePrecision.f32
+    var recompute = RecomputeMode.auto
 
     init(_ argv: [String]) throws {
         var i = 1
@@ -51,9 +56,21 @@ struct Arguments {
             case "--threads": threads = Int(try value())
             case "--rank": rank = Int(try value()) ?? 0
             case "--json": json = true
+            case "--recompute":
+                let v = try value()
+                guard let r = RecomputeMode(rawValue: v) else {
+                    throw BenchError("--recompute is auto, always or never")
+                }
+                recompute = r
+            case "--base-precision":
+                let v = try value()
+                guard let p = BasePrecision(rawValue: v) else {
+                    throw BenchError("--base-precision is f32 or q, not \(v)")
+                }
+                precision = p
             case "--help", "-h":
                 print(
-                    "usage: cairn-bench [--model NAME|PATH] [--batch 4] [--sequence 256] [--repeats 3] [--threads N] [--json]"
+                    "usage: cairn-bench [forward|train|merge] [--model NAME|PATH|synthetic-360m|synthetic-1.1b] [--batch 4] [--sequence 256] [--repeats 3] [--rank 8] [--threads N] [--base-precision f32|q] [--recompute auto|always|never] [--json]"
                 )
                 exit(0)
             default: throw BenchError("unknown argument \(argv[i]); see --help")
@@ -103,17 +120,23 @@ func peakRSS() -> Int {
     return Int(usage.ru_maxrss) * 1024
 }
 
-func runTrain(_ args: Arguments, ceiling: (square: Double, projection: Double), lm: LanguageModel) {
-    let model = lm.model
+func runTrain(_ args: Arguments, ceiling: (square: Double, projection: Double), model: LlamaModel, name: String) {
     let c = model.config
     let adapter = LoRAAdapter(model: c, config: LoRAConfig(rank: args.rank, alpha: Double(2 * args.rank)), seed: 1)
+    var settings = TrainingConfig()
+    settings.batchSize = args.batch
+    settings.sequenceLength = args.sequence
+    settings.recompute = args.recompute
+    let recompute = settings.recomputes(model: c, adapter: adapter, precision: model.weights.precision)
     let session = TrainingSession(
         model: model, adapter: adapter,
-        schedule: LearningRateSchedule(peak: 1e-4, warmupSteps: 0, totalSteps: 1000, kind: .constant))
+        schedule: LearningRateSchedule(peak: 1e-4, warmupSteps: 0, totalSteps: 1000, kind: .constant),
+        recompute: recompute)
     var rng = SeededGenerator(seed: 3)
     let rows = (0..<args.batch).map { _ in (0..<args.sequence).map { _ in Int32(rng.next() % UInt64(c.vocabSize)) } }
     let batch = TrainingBatch(rows: rows)
-    let seconds = best(args.repeats) { _ = session.step([batch]) }
+    var losses: [Double] = []
+    let seconds = best(args.repeats) { losses.append(session.step([batch]).loss.mean) }
     let tokens = args.batch * args.sequence
     let flops = Double(args.batch) * model.trainingFLOPs(tokens: args.sequence, adapter: adapter)
     let achieved = flops / seconds / 1e9
@@ -122,8 +145,11 @@ func runTrain(_ args: Arguments, ceiling: (square: Double, projection: Double), 
     if args.json {
         let report: JSONValue = [
             "mode": "train", "threads": .integer(Int64(Parallel.threadCount)), "ceiling_gflops": .number(ceilingValue),
-            "model": .string(lm.source.path), "batch": .integer(Int64(args.batch)),
-            "sequence": .integer(Int64(args.sequence)),
+            "model": .string(name), "batch": .integer(Int64(args.batch)),
+            "sequence": .integer(Int64(args.sequence)), "parameters": .integer(Int64(c.parameterCount)),
+            "base_precision": .string(model.weights.precision.rawValue),
+            "base_bytes": .integer(Int64(model.weights.residentBytes)), "recompute": .bool(recompute),
+            "losses": .array(losses.map { .number($0) }),
             "rank": .integer(Int64(args.rank)), "trainable_parameters": .integer(Int64(adapter.parameterCount)),
             "step_seconds": .number(seconds), "tokens_per_second": .number(Double(tokens) / seconds),
             "gflop_per_token": .number(flops / Double(tokens) / 1e9), "gflops": .number(achieved),
@@ -134,8 +160,13 @@ func runTrain(_ args: Arguments, ceiling: (square: Double, projection: Double), 
     }
     print(
         String(
-            format: "train: LoRA r=%d on all seven projections (%d parameters), fp32, %d×%d tokens per step", args.rank,
-            adapter.parameterCount, args.batch, args.sequence))
+            format:
+                "train: %@ (%dM parameters), LoRA r=%d on all seven projections (%d parameters), %d×%d tokens per step",
+            name, c.parameterCount / 1_000_000, args.rank, adapter.parameterCount, args.batch, args.sequence))
+    print(
+        "base: \(model.weights.precision == .q ? "kept quantised" : "fp32"), \(model.weights.residentBytes >> 20) MiB; activations \(recompute ? "recomputed" : "kept")"
+    )
+    print("losses: " + losses.map { String(format: "%.6f", $0) }.joined(separator: " "))
     print(
         String(
             format:
@@ -223,8 +254,17 @@ func run() throws {
         try runMerge(args, ceiling: square)
         return
     }
-    let lm = try LanguageModel.load(args.model)
-    let model = lm.model
+    let model: LlamaModel
+    let name: String
+    if let shape = LlamaWeights.syntheticShapes[args.model] {
+        guard args.mode == "train" else { throw BenchError("\(args.model) is for train only") }
+        model = LlamaModel(weights: LlamaWeights.synthetic(config: shape))
+        name = args.model
+    } else {
+        let lm = try LanguageModel.load(args.model, precision: args.precision)
+        model = lm.model
+        name = lm.source.path
+    }
     let c = model.config
     let rows = args.batch * args.sequence
     let projection = sgemmGFLOPs(M: rows, N: c.ffnDim, K: c.dim, repeats: max(3, args.repeats))
@@ -237,7 +277,7 @@ func run() throws {
                     format: "ceiling: sgemm %.1f GFLOP/s (2048³), %.1f GFLOP/s (%d×%d×%d)", square, projection, rows,
                     c.ffnDim, c.dim))
         }
-        runTrain(args, ceiling: (square, projection), lm: lm)
+        runTrain(args, ceiling: (square, projection), model: model, name: name)
         return
     }
 
@@ -260,7 +300,7 @@ func run() throws {
         let report: JSONValue = [
             "threads": .integer(Int64(threads)), "sgemm_gflops_square_2048": .number(square),
             "sgemm_gflops_projection": .number(projection), "ceiling_gflops": .number(ceiling),
-            "model": .string(lm.source.path), "batch": .integer(Int64(args.batch)),
+            "model": .string(name), "batch": .integer(Int64(args.batch)),
             "sequence": .integer(Int64(args.sequence)),
             "forward_seconds": .number(seconds), "forward_tokens_per_second": .number(tokensPerSecond),
             "forward_gflop_per_token": .number(flops / Double(rows) / 1e9), "forward_gflops": .number(achieved),
@@ -275,7 +315,7 @@ func run() throws {
             format: "ceiling: sgemm %.1f GFLOP/s (2048³), %.1f GFLOP/s (%d×%d×%d, the model's largest projection)",
             square, projection, rows, c.ffnDim, c.dim))
     print(
-        "model: \(lm.source.path) (\(c.layers) layers, dim \(c.dim), \(c.parameterCount / 1_000_000)M parameters, fp32 weights)"
+        "model: \(name) (\(c.layers) layers, dim \(c.dim), \(c.parameterCount / 1_000_000)M parameters, \(model.weights.precision == .q ? "quantised" : "fp32") weights)"
     )
     print(
         String(

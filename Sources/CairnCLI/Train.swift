@@ -65,6 +65,15 @@ struct Train: ParsableCommand {
     @Option(help: "chatml, smollm2, llama3 or mistral instead of the model's template.") var chatTemplate: String?
     @Option(help: "auto (default), always or never: recompute activations in the backward to save memory.")
     var recompute: String?
+
+    @Option(
+        help: ArgumentHelp(
+            "auto (default), f32 or q: dequantise the base to fp32, or keep its matrices in the GGUF file's own quantisation.",
+            discussion:
+                "q holds Q4_1/Q8_0/Q6_K/… matrices as stored and dequantises them tile by tile inside each product: "
+                + "4-8x less memory for the base, about 10 % slower, and (by default) activations recomputed. "
+                + "auto picks f32 when the fp32 weights fit in 80 % of the available memory."))
+    var basePrecision: String?
     @Option(help: "Kernel threads (default all cores).") var threads: Int?
     @Flag(help: "Report progress as JSON lines on stdout.") var json = false
 
@@ -159,6 +168,7 @@ struct Train: ParsableCommand {
         if skipBadRecords { c.skipBadRecords = true }
         if let chatTemplate { c.chatTemplate = chatTemplate }
         if let r: RecomputeMode = try choice(recompute, "recompute") { c.recompute = r }
+        if let p: BasePrecisionChoice = try choice(basePrecision, "base-precision") { c.basePrecision = p }
         if let threads { c.threads = threads }
         let problems = c.problems() + (c.output.isEmpty ? ["output: required (--output DIR)"] : [])
         guard problems.isEmpty else { throw ValidationError(problems.joined(separator: "; ")) }
@@ -217,6 +227,7 @@ final class TrainingDisplay {
                     "start_step": .integer(Int64(p.startStep)),
                     "trainable_parameters": .integer(Int64(p.trainableParameters)),
                     "recompute": .bool(p.recompute), "gflop_per_step": .number(p.flopsPerStep / 1e9),
+                    "base_precision": .string(p.basePrecision.rawValue), "base_bytes": .integer(Int64(p.baseBytes)),
                 ])
                 return
             }
@@ -227,7 +238,7 @@ final class TrainingDisplay {
             if p.validationExamples > 0 { text += ", \(p.validationExamples) held out" }
             text += "; \(p.rowsPerEpoch) rows per epoch, \(p.totalSteps) steps of \(p.tokensPerStep) tokens"
             text +=
-                "; \(p.trainableParameters) trainable parameters; activations \(p.recompute ? "recomputed" : "kept") (\(formatBytes(p.workspaceBytes)))"
+                "; \(p.trainableParameters) trainable parameters; base \(p.basePrecision == .q ? "kept quantised" : "in fp32") (\(formatBytes(p.baseBytes))); activations \(p.recompute ? "recomputed" : "kept") (\(formatBytes(p.workspaceBytes)))"
             if p.startStep > 0 { text += "; resuming at step \(p.startStep)" }
             Terminal.note(text)
             progress = ProgressLine("training", total: p.totalSteps)

@@ -126,15 +126,26 @@ public final class LanguageModel: @unchecked Sendable {
 
     /// Resolves and loads `--model`, with adapters merged into its weights.
     ///
-    /// - Parameter adapters: PEFT directories or GGUF LoRA files, applied in order.
+    /// - Parameters:
+    ///   - adapters: PEFT directories or GGUF LoRA files, applied in order.
+    ///   - precision: How the base's matrices are held (`BasePrecision`).
     /// - Throws: `FormatError` for a missing, invalid or unsupported model or adapter.
-    public static func load(_ spec: String, adapters: [String] = []) throws(FormatError) -> LanguageModel {
-        try load(ModelSource.resolve(spec), adapters: adapters)
+    public static func load(
+        _ spec: String, adapters: [String] = [], precision: BasePrecision = .f32
+    ) throws(FormatError) -> LanguageModel {
+        try load(ModelSource.resolve(spec), adapters: adapters, precision: precision)
     }
 
     /// Loads a model from its files, with adapters merged into its weights.
-    public static func load(_ source: ModelSource, adapters: [String] = []) throws(FormatError) -> LanguageModel {
-        let base = try loadBase(source)
+    public static func load(
+        _ source: ModelSource, adapters: [String] = [], precision: BasePrecision = .f32
+    ) throws(FormatError) -> LanguageModel {
+        if precision == .q, let first = adapters.first {
+            throw FormatError(
+                .unsupported, path: first,
+                "adapters are merged into fp32 weights; load the base with precision f32 to apply them")
+        }
+        let base = try loadBase(source, precision: precision)
         var warnings: [String] = []
         var identity: String?
         for path in adapters {
@@ -157,7 +168,7 @@ public final class LanguageModel: @unchecked Sendable {
     }
 
     /// The weights, tokenizer and chat template of a model's files.
-    static func loadBase(_ source: ModelSource) throws(FormatError) -> (
+    static func loadBase(_ source: ModelSource, precision: BasePrecision) throws(FormatError) -> (
         weights: LlamaWeights, tokenizer: Result<BPETokenizer, FormatError>, template: String?
     ) {
         switch source {
@@ -165,7 +176,8 @@ public final class LanguageModel: @unchecked Sendable {
             let file = try GGUFFile(path: path)
             let config = try LlamaConfig(gguf: file)
             let permuted = LlamaConfig.permutedArchitectures.contains(config.architecture)
-            let weights = try LlamaWeights.load(from: file, config: config, naming: .gguf(permutedQK: permuted))
+            let weights = try LlamaWeights.load(
+                from: file, config: config, naming: .gguf(permutedQK: permuted), precision: precision)
             let tokenizer: Result<BPETokenizer, FormatError>
             do throws(FormatError) {
                 tokenizer = .success(try BPETokenizer(gguf: file.metadata))
@@ -178,7 +190,8 @@ public final class LanguageModel: @unchecked Sendable {
             let directory = try HFModelDirectory(path: path)
             let config = try LlamaConfig(
                 huggingFace: directory.config, path: (path as NSString).appendingPathComponent("config.json"))
-            let weights = try LlamaWeights.load(from: directory, config: config, naming: .huggingFace)
+            let weights = try LlamaWeights.load(
+                from: directory, config: config, naming: .huggingFace, precision: precision)
             let tokenizer: Result<BPETokenizer, FormatError>
             if let json = directory.sideFile("tokenizer.json") {
                 do throws(FormatError) {

@@ -93,8 +93,7 @@ extension LlamaModel {
         }
         let dropout = dropout.flatMap { $0.probability > 0 ? $0 : nil }
         let x0 = ws.residuals.pointer
-        embeddingForward(
-            out: x0, tokens: batch.tokens, table: weights.embedding, count: N, vocabSize: c.vocabSize, dim: c.dim)
+        embeddingForward(out: x0, tokens: batch.tokens, table: weights.embedding, count: N)
         for l in 0..<c.layers {
             blockForward(
                 l, input: x0 + l * N * c.dim, output: x0 + (l + 1) * N * c.dim, buffers: ws.block(l), batch: batch,
@@ -111,23 +110,21 @@ extension LlamaModel {
             while r0 < N {
                 let rows = min(ws.logitChunk, N - r0)
                 logits(hidden: ws.normedFinal.pointer + r0 * c.dim, rows: rows, into: ws.logits.pointer)
-                crossEntropyForward(
-                    losses: ws.losses.pointer, logSumExp: ws.logSumExp.pointer, logits: ws.logits.pointer,
-                    targets: targets.baseAddress! + r0, rows: rows, vocabSize: c.vocabSize)
+                if gradients != nil {
+                    // Losses, and the logits turned into their gradients in place.
+                    crossEntropyForwardBackward(
+                        losses: ws.losses.pointer, logits: ws.logits.pointer, targets: targets.baseAddress! + r0,
+                        dLoss: lossScale, rows: rows, vocabSize: c.vocabSize)
+                    // dh = dlogits · E (the output projection (vocab, dim)).
+                    weights.output.multiply(ws.dNormed.pointer + r0 * c.dim, ws.logits.pointer, n: rows)
+                } else {
+                    crossEntropyForward(
+                        losses: ws.losses.pointer, logSumExp: nil, logits: ws.logits.pointer,
+                        targets: targets.baseAddress! + r0, rows: rows, vocabSize: c.vocabSize)
+                }
                 for i in 0..<rows where targets[r0 + i] >= 0 {
                     loss.sum += Double(ws.losses[i])
                     loss.tokens += 1
-                }
-                if gradients != nil {
-                    ws.dLosses.pointer.update(repeating: lossScale, count: rows)
-                    crossEntropyBackward(
-                        dLogits: ws.logits.pointer, logits: ws.logits.pointer, logSumExp: ws.logSumExp.pointer,
-                        targets: targets.baseAddress! + r0, dLosses: ws.dLosses.pointer, rows: rows,
-                        vocabSize: c.vocabSize)
-                    // dh = dlogits · E (the output projection (vocab, dim)).
-                    matmul(
-                        ws.dNormed.pointer + r0 * c.dim, ws.logits.pointer, weights.output, M: rows, N: c.dim,
-                        K: c.vocabSize)
                 }
                 r0 += rows
             }
@@ -234,12 +231,11 @@ extension LlamaModel {
 
     /// y = x·Wᵀ (+ bias) + LoRA, for one projection.
     private func project(
-        _ target: LoRATarget, layer: Int, weight: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
+        _ target: LoRATarget, layer: Int, weight: FrozenMatrix, bias: UnsafePointer<Float>?,
         input x: UnsafePointer<Float>, output y: UnsafeMutablePointer<Float>, buffers: BlockBuffers, rows N: Int,
         adapter: LoRAAdapter, dropout: DropoutPlan?, ws: TrainingWorkspace
     ) {
-        let (inF, outF) = target.shape(config)
-        linearForward(out: y, input: x, weight: weight, bias: bias, rows: N, inFeatures: inF, outFeatures: outF)
+        linearForward(out: y, input: x, weight: weight, bias: bias, rows: N)
         if let m = adapter.module(layer: layer, target: target) {
             loraForward(
                 m, adapter: adapter, input: x, output: y, saved: buffers.lora.pointer + buffers.loraOffsets[target]!,
@@ -250,12 +246,11 @@ extension LlamaModel {
 
     /// dx (+)= dy·W and the LoRA module's part, for one projection. `accumulate` false overwrites dx first.
     private func projectBackward(
-        _ target: LoRATarget, layer: Int, weight: UnsafePointer<Float>, input x: UnsafePointer<Float>,
+        _ target: LoRATarget, layer: Int, weight: FrozenMatrix, input x: UnsafePointer<Float>,
         dOut dy: UnsafePointer<Float>, dInput dx: UnsafeMutablePointer<Float>, accumulate: Bool, buffers: BlockBuffers,
         rows N: Int, adapter: LoRAAdapter, gradients: FloatBuffer, dropout: DropoutPlan?, ws: TrainingWorkspace
     ) {
-        let (inF, outF) = target.shape(config)
-        matmul(dx, dy, weight, M: N, N: inF, K: outF, beta: accumulate ? 1 : 0)
+        weight.multiply(dx, dy, n: N, beta: accumulate ? 1 : 0)
         if let m = adapter.module(layer: layer, target: target) {
             loraBackward(
                 m, adapter: adapter, gradients: gradients, input: x,
@@ -326,16 +321,17 @@ extension LlamaModel {
         projectBackward(
             .down, layer: l, weight: w.down, input: ws.hidden.pointer, dOut: dx, dInput: ws.dHidden.pointer,
             accumulate: false, buffers: s, rows: N, adapter: adapter, gradients: gradients, dropout: dropout, ws: ws)
-        ws.dGate.zero()
-        ws.dUp.zero()
+        // The saved gate and up activations become their gradients in place (this layer needs them no more).
+        let dGate = s.gate.pointer
+        let dUp = s.up.pointer
         swigluBackward(
-            dGate: ws.dGate.pointer, dUp: ws.dUp.pointer, dOut: ws.dHidden.pointer, gate: s.gate.pointer,
-            up: s.up.pointer, count: N * c.ffnDim)
+            dGate: dGate, dUp: dUp, dOut: ws.dHidden.pointer, gate: s.gate.pointer, up: s.up.pointer,
+            count: N * c.ffnDim, accumulate: false)
         projectBackward(
-            .gate, layer: l, weight: w.gate, input: h, dOut: ws.dGate.pointer, dInput: dh, accumulate: false,
+            .gate, layer: l, weight: w.gate, input: h, dOut: dGate, dInput: dh, accumulate: false,
             buffers: s, rows: N, adapter: adapter, gradients: gradients, dropout: dropout, ws: ws)
         projectBackward(
-            .up, layer: l, weight: w.up, input: h, dOut: ws.dUp.pointer, dInput: dh, accumulate: true, buffers: s,
+            .up, layer: l, weight: w.up, input: h, dOut: dUp, dInput: dh, accumulate: true, buffers: s,
             rows: N, adapter: adapter, gradients: gradients, dropout: dropout, ws: ws)
         rmsNormBackward(
             dInput: dx, dWeight: nil, dOut: dh, input: s.x2.pointer, weight: w.ffnNorm, rstd: s.rstd2.pointer, rows: N,

@@ -68,14 +68,12 @@ public final class LlamaModel: @unchecked Sendable {
             headDim: c.headDim)
         let layerCache = B * state.capacity * c.kvDim
 
-        embeddingForward(out: x, tokens: tokens, table: weights.embedding, count: N, vocabSize: c.vocabSize, dim: c.dim)
+        embeddingForward(out: x, tokens: tokens, table: weights.embedding, count: N)
         for (l, w) in weights.layers.enumerated() {
             rmsNormForward(out: h, rstd: nil, input: x, weight: w.attentionNorm, rows: N, dim: c.dim, eps: c.rmsEps)
-            linearForward(out: q, input: h, weight: w.q, bias: w.qBias, rows: N, inFeatures: c.dim, outFeatures: c.qDim)
-            linearForward(
-                out: k, input: h, weight: w.k, bias: w.kBias, rows: N, inFeatures: c.dim, outFeatures: c.kvDim)
-            linearForward(
-                out: v, input: h, weight: w.v, bias: w.vBias, rows: N, inFeatures: c.dim, outFeatures: c.kvDim)
+            linearForward(out: q, input: h, weight: w.q, bias: w.qBias, rows: N)
+            linearForward(out: k, input: h, weight: w.k, bias: w.kBias, rows: N)
+            linearForward(out: v, input: h, weight: w.v, bias: w.vBias, rows: N)
             ropeForward(q, positions: state.positions, rows: N, heads: c.heads, table: rope, style: .halfSplit)
             ropeForward(k, positions: state.positions, rows: N, heads: c.kvHeads, table: rope, style: .halfSplit)
             // Append this chunk's keys and values to the cache: sequence b, positions start..<start+T.
@@ -88,16 +86,15 @@ public final class LlamaModel: @unchecked Sendable {
             }
             attentionForward(out: att, lse: nil, q: q, k: keys, v: values, shape: shape)
             // x += att·Woᵀ (+ bias): the residual is the matmul's beta = 1.
-            matmul(x, att, w.o, M: N, N: c.dim, K: c.qDim, transB: true, beta: 1)
+            w.o.multiplyTransposed(x, att, n: N, beta: 1)
             if let bias = w.oBias {
                 for r in 0..<N { for i in 0..<c.dim { x[r * c.dim + i] += bias[i] } }
             }
             rmsNormForward(out: h, rstd: nil, input: x, weight: w.ffnNorm, rows: N, dim: c.dim, eps: c.rmsEps)
-            linearForward(
-                out: gate, input: h, weight: w.gate, bias: nil, rows: N, inFeatures: c.dim, outFeatures: c.ffnDim)
-            linearForward(out: up, input: h, weight: w.up, bias: nil, rows: N, inFeatures: c.dim, outFeatures: c.ffnDim)
+            linearForward(out: gate, input: h, weight: w.gate, bias: nil, rows: N)
+            linearForward(out: up, input: h, weight: w.up, bias: nil, rows: N)
             swigluForward(out: gate, gate: gate, up: up, count: N * c.ffnDim)
-            matmul(x, gate, w.down, M: N, N: c.dim, K: c.ffnDim, transB: true, beta: 1)
+            w.down.multiplyTransposed(x, gate, n: N, beta: 1)
         }
         rmsNormForward(out: h, rstd: nil, input: x, weight: weights.outputNorm, rows: N, dim: c.dim, eps: c.rmsEps)
         state.length += T
@@ -113,9 +110,7 @@ public final class LlamaModel: @unchecked Sendable {
     public func logits(
         hidden: UnsafePointer<Float>, rows: Int, rowStride: Int? = nil, into logits: UnsafeMutablePointer<Float>
     ) {
-        matmul(
-            logits, hidden, weights.output, M: rows, N: config.vocabSize, K: config.dim, transB: true,
-            lda: rowStride ?? config.dim)
+        weights.output.multiplyTransposed(logits, hidden, n: rows, lda: rowStride ?? config.dim)
     }
 
     /// FLOPs of one forward pass over `tokens` new tokens after `past` cached positions, counting the matrix

@@ -39,8 +39,7 @@ extension LlamaWeights {
         w.set("general.file_type", .uint32(type.fileType))
         let permuted = LlamaConfig.permutedArchitectures.contains(config.architecture)
         Self.forEachTensor(config) { spec in
-            let count = spec.shape.reduce(1, *)
-            var values = Array(UnsafeBufferPointer(start: pointer(spec.name)!, count: count))
+            var values = self.values(spec.name)!
             if permuted, let heads = spec.permutationHeads {
                 values = LoRAAdapter.permuteRows(
                     values, heads: heads, rows: spec.shape[0], columns: spec.shape.count == 2 ? spec.shape[1] : 1)

@@ -13,7 +13,7 @@ extension LlamaWeights {
         var w = SafetensorsWriter()
         w.metadata = metadata.merging(["format": "pt"]) { mine, _ in mine }
         Self.forEachTensor(config) { spec in
-            let values = Array(UnsafeBufferPointer(start: pointer(spec.name)!, count: spec.shape.reduce(1, *)))
+            let values = self.values(spec.name)!
             let chosen: FusedType = spec.shape.count == 2 ? type : .f32
             let dtype: SafetensorsDType =
                 switch chosen {

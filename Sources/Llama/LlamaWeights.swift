@@ -1,6 +1,8 @@
 // LlamaWeights: all weights of the frozen base model in one Float buffer with named regions (llm.c's
 // malloc_and_point_parameters), and the table of tensors a config implies, with their names in Hugging Face
-// checkpoints and in GGUF files (formats.md §3).
+// checkpoints and in GGUF files (formats.md §3). With `BasePrecision.q` the matrices (projections, embedding,
+// output) stay in the block types their file stores, copied into one byte buffer; only norms and biases are
+// fp32. Every product goes through `FrozenMatrix`, which handles both.
 //
 // Layout convention: Hugging Face's. Projection weights are row-major (out, in); Q and K rows are in HF's
 // half-split order, so RoPE is applied with RoPEStyle.halfSplit. GGUF llama files store Q/K rows
@@ -14,13 +16,13 @@ public struct LayerWeights: @unchecked Sendable {
     /// (dim) input RMSNorm weight.
     public var attentionNorm: UnsafeMutablePointer<Float>
     /// (qDim, dim)
-    public var q: UnsafeMutablePointer<Float>
+    public var q: FrozenMatrix
     /// (kvDim, dim)
-    public var k: UnsafeMutablePointer<Float>
+    public var k: FrozenMatrix
     /// (kvDim, dim)
-    public var v: UnsafeMutablePointer<Float>
+    public var v: FrozenMatrix
     /// (dim, qDim)
-    public var o: UnsafeMutablePointer<Float>
+    public var o: FrozenMatrix
     /// (qDim), (kvDim), (kvDim) when the model has q/k/v biases.
     public var qBias, kBias, vBias: UnsafeMutablePointer<Float>?
     /// (dim) when the model has an attention output bias.
@@ -28,11 +30,33 @@ public struct LayerWeights: @unchecked Sendable {
     /// (dim) post-attention RMSNorm weight.
     public var ffnNorm: UnsafeMutablePointer<Float>
     /// (ffnDim, dim)
-    public var gate: UnsafeMutablePointer<Float>
+    public var gate: FrozenMatrix
     /// (ffnDim, dim)
-    public var up: UnsafeMutablePointer<Float>
+    public var up: FrozenMatrix
     /// (dim, ffnDim)
-    public var down: UnsafeMutablePointer<Float>
+    public var down: FrozenMatrix
+
+    /// The matrix a LoRA target adapts.
+    public subscript(target: LoRATarget) -> FrozenMatrix {
+        switch target {
+        case .q: q
+        case .k: k
+        case .v: v
+        case .o: o
+        case .gate: gate
+        case .up: up
+        case .down: down
+        }
+    }
+}
+
+/// How the frozen base's matrices are held in memory.
+public enum BasePrecision: String, Sendable, Codable, CaseIterable {
+    /// Every weight dequantised to fp32 when the model loads: the fastest products, 4 bytes per weight.
+    case f32
+    /// Matrices kept in the file's own types (Q4_1, Q8_0, Q6_K, F16, …) and dequantised panel by panel inside
+    /// each product: 0.5–2 bytes per weight, for bases that do not fit in memory as fp32.
+    case q
 }
 
 /// One tensor the model needs: its names in each format and its row-major shape.
@@ -47,20 +71,26 @@ public struct LlamaTensorSpec: Sendable, Equatable {
     public var permutationHeads: Int?
 }
 
-/// The frozen base weights, in one buffer.
+/// The frozen base weights: fp32 tensors in one buffer, block-quantised matrices in another.
 public final class LlamaWeights: @unchecked Sendable {
     /// The configuration the layout follows.
     public let config: LlamaConfig
-    /// The named regions.
+    /// How the matrices are held.
+    public let precision: BasePrecision
+    /// The named fp32 regions: every tensor in f32 precision; norms, biases and fp32-stored matrices in q.
     public let layout: BufferLayout
-    /// The storage.
+    /// The fp32 storage.
     public let storage: FloatBuffer
+    /// The block-quantised matrices' bytes (empty in f32 precision), at `blockOffsets`.
+    let blocks: UnsafeMutableRawBufferPointer
+    /// Byte offset and type of each matrix kept in `blocks`, by Hugging Face name.
+    let blockOffsets: [String: (offset: Int, type: GGMLType)]
     /// (vocabSize, dim) token embeddings.
-    public let embedding: UnsafeMutablePointer<Float>
+    public let embedding: FrozenMatrix
     /// (dim) final RMSNorm weight.
     public let outputNorm: UnsafeMutablePointer<Float>
     /// (vocabSize, dim) output projection; the embedding table when tied.
-    public let output: UnsafeMutablePointer<Float>
+    public let output: FrozenMatrix
     /// Per-block weights.
     public let layers: [LayerWeights]
 
@@ -134,36 +164,85 @@ public final class LlamaWeights: @unchecked Sendable {
         }
     }
 
-    /// Zeroed weights for a configuration (tests fill them; loaders overwrite them).
-    public init(config c: LlamaConfig) {
+    /// Zeroed fp32 weights for a configuration (tests fill them; loaders overwrite them).
+    public convenience init(config c: LlamaConfig) {
+        self.init(config: c, blockTypes: [:])
+    }
+
+    /// Weights with the matrices named in `blockTypes` (Hugging Face names) kept in those types, uninitialised,
+    /// and every other tensor in zeroed fp32.
+    init(config c: LlamaConfig, blockTypes: [String: GGMLType]) {
         config = c
+        precision = blockTypes.isEmpty ? .f32 : .q
         var layout = BufferLayout()
-        for spec in Self.tensorTable(c) { layout.add(spec.name, spec.shape) }
+        var shapes: [String: [Int]] = [:]
+        var offsets: [String: (offset: Int, type: GGMLType)] = [:]
+        var blockBytes = 0
+        for spec in Self.tensorTable(c) {
+            shapes[spec.name] = spec.shape
+            if let type = blockTypes[spec.name] {
+                precondition(spec.shape.count == 2, "LlamaWeights: only matrices are kept in blocks")
+                offsets[spec.name] = (blockBytes, type)
+                // Each matrix starts on a cache line.
+                blockBytes += (type.byteCount(elements: spec.shape[0] * spec.shape[1])! + 63) & ~63
+            } else {
+                layout.add(spec.name, spec.shape)
+            }
+        }
         self.layout = layout
+        blockOffsets = offsets
         storage = FloatBuffer(count: layout.totalCount)
+        blocks = .allocate(byteCount: blockBytes, alignment: 64)
         let base = storage.pointer
+        let blockBase = blocks.baseAddress
         func at(_ name: String) -> UnsafeMutablePointer<Float> { base + layout[name]!.offset }
         func maybe(_ name: String) -> UnsafeMutablePointer<Float>? { layout[name].map { base + $0.offset } }
-        embedding = at("model.embed_tokens.weight")
+        func matrix(_ name: String) -> FrozenMatrix {
+            let shape = shapes[name]!
+            if let (offset, type) = offsets[name] {
+                return FrozenMatrix(type: type, bytes: blockBase! + offset, rows: shape[0], columns: shape[1])
+            }
+            return FrozenMatrix(at(name), rows: shape[0], columns: shape[1])
+        }
+        embedding = matrix("model.embed_tokens.weight")
         outputNorm = at("model.norm.weight")
-        output = c.tiedEmbeddings ? embedding : at("lm_head.weight")
+        output = c.tiedEmbeddings ? embedding : matrix("lm_head.weight")
         layers = (0..<c.layers).map { l in
             let p = "model.layers.\(l)."
             return LayerWeights(
-                attentionNorm: at(p + "input_layernorm.weight"), q: at(p + "self_attn.q_proj.weight"),
-                k: at(p + "self_attn.k_proj.weight"), v: at(p + "self_attn.v_proj.weight"),
-                o: at(p + "self_attn.o_proj.weight"), qBias: maybe(p + "self_attn.q_proj.bias"),
+                attentionNorm: at(p + "input_layernorm.weight"), q: matrix(p + "self_attn.q_proj.weight"),
+                k: matrix(p + "self_attn.k_proj.weight"), v: matrix(p + "self_attn.v_proj.weight"),
+                o: matrix(p + "self_attn.o_proj.weight"), qBias: maybe(p + "self_attn.q_proj.bias"),
                 kBias: maybe(p + "self_attn.k_proj.bias"), vBias: maybe(p + "self_attn.v_proj.bias"),
                 oBias: maybe(p + "self_attn.o_proj.bias"), ffnNorm: at(p + "post_attention_layernorm.weight"),
-                gate: at(p + "mlp.gate_proj.weight"), up: at(p + "mlp.up_proj.weight"),
-                down: at(p + "mlp.down_proj.weight"))
+                gate: matrix(p + "mlp.gate_proj.weight"), up: matrix(p + "mlp.up_proj.weight"),
+                down: matrix(p + "mlp.down_proj.weight"))
         }
     }
 
-    /// A named region as a pointer, or nil.
+    deinit { blocks.deallocate() }
+
+    /// A named fp32 region as a pointer, or nil (also for a matrix kept in blocks).
     public func pointer(_ name: String) -> UnsafeMutablePointer<Float>? {
         layout[name].map { storage.pointer + $0.offset }
     }
+
+    /// A named tensor's values as fp32, dequantised if it is kept in blocks; nil for an unknown name.
+    public func values(_ name: String) -> [Float]? {
+        if let region = layout[name] {
+            return Array(UnsafeBufferPointer(start: storage.pointer + region.offset, count: region.count))
+        }
+        guard let (offset, type) = blockOffsets[name],
+            let spec = Self.tensorTable(config).first(where: { $0.name == name })
+        else { return nil }
+        return FrozenMatrix(
+            type: type, bytes: blocks.baseAddress! + offset, rows: spec.shape[0], columns: spec.shape[1]
+        )
+        .dequantized()
+    }
+
+    /// Bytes the weights occupy in memory (fp32 storage plus blocks).
+    public var residentBytes: Int { storage.count * 4 + blocks.count }
 }
 
 /// The tensor naming of a checkpoint.
@@ -175,11 +254,13 @@ public enum TensorNaming: Sendable {
 }
 
 extension LlamaWeights {
-    /// Loads and dequantizes every weight the configuration needs from a tensor store.
+    /// Loads every weight the configuration needs from a tensor store: all dequantised to fp32, or (precision
+    /// `q`) the matrices the file stores in another type copied as they are, Q/K rows un-permuted block row by
+    /// block row.
     ///
     /// - Throws: `FormatError` listing every missing tensor, wrong shape and unsupported type at once.
     public static func load(
-        from store: TensorStore, config: LlamaConfig, naming: TensorNaming
+        from store: TensorStore, config: LlamaConfig, naming: TensorNaming, precision: BasePrecision = .f32
     ) throws(FormatError) -> LlamaWeights {
         // Check every tensor against the file before allocating anything: the allocation is then bounded by
         // what the file really holds, whatever its metadata claims.
@@ -224,16 +305,50 @@ extension LlamaWeights {
                 "does not match a \(config.layers)-layer \(config.architecture) model of width \(config.dim): \(shown)\(more)"
             )
         }
-        let weights = LlamaWeights(config: config)
+        var blockTypes: [String: GGMLType] = [:]
+        if precision == .q {
+            for (spec, stored) in work where spec.shape.count == 2 && stored.type != .f32 {
+                blockTypes[spec.name] = stored.type
+            }
+        }
+        let weights = LlamaWeights(config: config, blockTypes: blockTypes)
         for (spec, stored) in work {
+            let permutationHeads: Int? =
+                if case .gguf(permutedQK: true) = naming { spec.permutationHeads } else { nil }
+            if let (offset, type) = weights.blockOffsets[spec.name] {
+                let rowBytes = spec.shape[1] / type.blockSize * type.blockBytes
+                let destination = weights.blocks.baseAddress! + offset
+                withExtendedLifetime(stored) {
+                    let source = stored.bytes.baseAddress!
+                    guard let heads = permutationHeads else {
+                        destination.copyMemory(from: source, byteCount: spec.shape[0] * rowBytes)
+                        return
+                    }
+                    let rows = spec.shape[0]
+                    for row in 0..<rows {
+                        let from = ggufRow(ofHuggingFaceRow: row, heads: heads, rows: rows)
+                        (destination + row * rowBytes).copyMemory(from: source + from * rowBytes, byteCount: rowBytes)
+                    }
+                }
+                continue
+            }
             let destination = weights.pointer(spec.name)!
             stored.dequantize(into: destination)
-            if case .gguf(permutedQK: true) = naming, let heads = spec.permutationHeads {
+            if let heads = permutationHeads {
                 unpermuteRows(
                     destination, heads: heads, rows: spec.shape[0], columns: spec.shape.count == 2 ? spec.shape[1] : 1)
             }
         }
         return weights
+    }
+
+    /// The GGUF row that holds Hugging Face row `row` of a Q or K matrix with `heads` heads (formats.md §4).
+    static func ggufRow(ofHuggingFaceRow row: Int, heads: Int, rows: Int) -> Int {
+        let headDim = rows / heads
+        let half = headDim / 2
+        let head = row / headDim
+        let within = row % headDim
+        return head * headDim + 2 * (within % half) + within / half
     }
 
     /// GGUF → HF row order inside each head: `hf[h*hd + t*(hd/2) + i] = gguf[h*hd + 2*i + t]` (formats.md §4).

@@ -474,15 +474,9 @@ extension LoRAAdapter {
         precondition(weights.config == modelConfig, "merge: the adapter is for another architecture")
         for m in modules {
             let w = weights.layers[m.layer]
-            let target: UnsafeMutablePointer<Float>
-            switch m.target {
-            case .q: target = w.q
-            case .k: target = w.k
-            case .v: target = w.v
-            case .o: target = w.o
-            case .gate: target = w.gate
-            case .up: target = w.up
-            case .down: target = w.down
+            guard let target = w[m.target].floats else {
+                preconditionFailure(
+                    "merge: \(m.target) of layer \(m.layer) is kept quantised; load fp32 weights to merge")
             }
             matmul(
                 target, parameters.pointer + m.bOffset, parameters.pointer + m.aOffset, M: m.outFeatures,

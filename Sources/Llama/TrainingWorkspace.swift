@@ -64,8 +64,6 @@ public final class TrainingWorkspace: @unchecked Sendable {
     let normedFinal: FloatBuffer  // (N, dim)
     let logits: FloatBuffer  // (logitChunk, vocab)
     let losses: FloatBuffer
-    let logSumExp: FloatBuffer
-    let dLosses: FloatBuffer
     // Gradient and recomputation scratch.
     let dx: FloatBuffer  // (N, dim): the residual stream's gradient, block by block
     let dNormed: FloatBuffer  // (N, max(dim, qDim))
@@ -76,8 +74,6 @@ public final class TrainingWorkspace: @unchecked Sendable {
     let dAttention: FloatBuffer
     let hidden: FloatBuffer  // (N, ffnDim): silu(gate) ⊙ up
     let dHidden: FloatBuffer
-    let dGate: FloatBuffer
-    let dUp: FloatBuffer
     let loraScratch: FloatBuffer  // (N, max rank)
     let dropped: FloatBuffer  // (N, max in) the dropped-out LoRA input, when dropout is on
     let blockOutput: FloatBuffer  // (N, dim) where recomputed blocks write their unused output
@@ -108,8 +104,6 @@ public final class TrainingWorkspace: @unchecked Sendable {
         normedFinal = FloatBuffer(count: N * c.dim)
         logits = FloatBuffer(count: self.logitChunk * c.vocabSize)
         losses = FloatBuffer(count: self.logitChunk)
-        logSumExp = FloatBuffer(count: self.logitChunk)
-        dLosses = FloatBuffer(count: self.logitChunk)
         dx = FloatBuffer(count: N * c.dim)
         dNormed = FloatBuffer(count: N * max(c.dim, c.qDim))
         normedScratch = FloatBuffer(count: N * max(c.dim, c.qDim))
@@ -119,8 +113,6 @@ public final class TrainingWorkspace: @unchecked Sendable {
         dAttention = FloatBuffer(count: N * c.qDim)
         hidden = FloatBuffer(count: N * c.ffnDim)
         dHidden = FloatBuffer(count: N * c.ffnDim)
-        dGate = FloatBuffer(count: N * c.ffnDim)
-        dUp = FloatBuffer(count: N * c.ffnDim)
         loraScratch = FloatBuffer(count: N * max(1, adapter.modules.map(\.rank).max() ?? 1))
         dropped = FloatBuffer(count: dropout ? N * max(c.dim, c.qDim, c.ffnDim) : 0)
         blockOutput = FloatBuffer(count: recompute ? N * c.dim : 0)
@@ -144,7 +136,7 @@ public final class TrainingWorkspace: @unchecked Sendable {
         let loraPerLayer = N * adapter.modules.map(\.rank).reduce(0, +) / max(1, c.layers)
         let blocks = (recompute ? 1 : c.layers) * (perBlock + loraPerLayer)
         let scratch =
-            N * (c.layers + 1) * c.dim + N * (4 * c.dim + 4 * c.qDim + 2 * c.kvDim + 4 * c.ffnDim)
+            N * (c.layers + 1) * c.dim + N * (4 * c.dim + 4 * c.qDim + 2 * c.kvDim + 2 * c.ffnDim)
             + min(256, N) * c.vocabSize
         return 4 * (blocks + scratch)
     }

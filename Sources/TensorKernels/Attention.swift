@@ -90,27 +90,26 @@ public func attentionForward(
         let qTile = q + (b * T + t0) * shape.qRowStride + h * HS
         let kHead = k + b * S * shape.kvRowStride + g * HS
         let vHead = v + b * S * shape.kvRowStride + g * HS
-        let scores = UnsafeMutablePointer<Float>.allocate(capacity: rows * keys)
-        defer { scores.deallocate() }
-        BLAS.sgemm(
-            transA: false, transB: true, m: rows, n: keys, k: HS, alpha: shape.scale,
-            a: qTile, lda: shape.qRowStride, b: kHead, ldb: shape.kvRowStride, beta: 0, c: scores, ldc: keys)
-        for r in 0..<rows {
-            let row = scores + r * keys
-            let visible = start + t0 + r + 1
-            let first = firstKey(keyStarts, b * T + t0 + r, visible)
-            let m = maxValue(row + first, visible - first)
-            let sum = expShiftedInPlace(row + first, visible - first, shift: m)
-            let inverse = 1 / sum
-            for s in first..<visible { row[s] *= inverse }
-            if first > 0 { row.update(repeating: 0, count: first) }
-            if visible < keys { (row + visible).update(repeating: 0, count: keys - visible) }
-            lse?[(b * NH + h) * T + t0 + r] = m + Foundation.log(sum)
+        PanelPool.shared.withPanel(queryTile * (start + T)) { scores in
+            BLAS.sgemm(
+                transA: false, transB: true, m: rows, n: keys, k: HS, alpha: shape.scale,
+                a: qTile, lda: shape.qRowStride, b: kHead, ldb: shape.kvRowStride, beta: 0, c: scores, ldc: keys)
+            for r in 0..<rows {
+                let row = scores + r * keys
+                let visible = start + t0 + r + 1
+                let first = firstKey(keyStarts, b * T + t0 + r, visible)
+                let m = maxValue(row + first, visible - first)
+                let sum = expShiftedInPlace(row + first, visible - first, shift: m)
+                scaleInPlace(row + first, visible - first, by: 1 / sum)
+                if first > 0 { row.update(repeating: 0, count: first) }
+                if visible < keys { (row + visible).update(repeating: 0, count: keys - visible) }
+                lse?[(b * NH + h) * T + t0 + r] = m + Foundation.log(sum)
+            }
+            BLAS.sgemm(
+                transA: false, transB: false, m: rows, n: HS, k: keys, alpha: 1,
+                a: scores, lda: keys, b: vHead, ldb: shape.kvRowStride, beta: 0,
+                c: out + (b * T + t0) * shape.qRowStride + h * HS, ldc: shape.qRowStride)
         }
-        BLAS.sgemm(
-            transA: false, transB: false, m: rows, n: HS, k: keys, alpha: 1,
-            a: scores, lda: keys, b: vHead, ldb: shape.kvRowStride, beta: 0,
-            c: out + (b * T + t0) * shape.qRowStride + h * HS, ldc: shape.qRowStride)
     }
 }
 
@@ -146,61 +145,69 @@ public func attentionBackward(
         let vHead = v + b * S * kvs + g * HS
         let dKHead = dK + b * S * kvs + g * HS
         let dVHead = dV + b * S * kvs + g * HS
-        let p = UnsafeMutablePointer<Float>.allocate(capacity: queryTile * (start + T))
-        let dP = UnsafeMutablePointer<Float>.allocate(capacity: queryTile * (start + T))
-        defer {
-            p.deallocate()
-            dP.deallocate()
-        }
-        for h in g * shape.groupSize..<(g + 1) * shape.groupSize {
-            var t0 = 0
-            while t0 < T {
-                let t1 = min(T, t0 + queryTile)
-                let rows = t1 - t0
-                let keys = start + t1
-                let rowOffset = (b * T + t0) * qs + h * HS
-                // P = exp(scale·Q·Kᵀ − lse), causally masked.
-                BLAS.sgemm(
-                    transA: false, transB: true, m: rows, n: keys, k: HS, alpha: scale,
-                    a: q + rowOffset, lda: qs, b: kHead, ldb: kvs, beta: 0, c: p, ldc: keys)
-                // dP = dO·Vᵀ
-                BLAS.sgemm(
-                    transA: false, transB: true, m: rows, n: keys, k: HS, alpha: 1,
-                    a: dOut + rowOffset, lda: qs, b: vHead, ldb: kvs, beta: 0, c: dP, ldc: keys)
-                for r in 0..<rows {
-                    let visible = start + t0 + r + 1
-                    let first = firstKey(keyStarts, b * T + t0 + r, visible)
-                    let rowLSE = lse[(b * NH + h) * T + t0 + r]
-                    let pRow = p + r * keys
-                    let dPRow = dP + r * keys
-                    let d = dot(dOut + rowOffset + r * qs, out + rowOffset + r * qs, HS)
-                    for s in first..<visible {
-                        let ps = Foundation.exp(pRow[s] - rowLSE)
-                        pRow[s] = ps
-                        dPRow[s] = ps * (dPRow[s] - d)  // dS
+        PanelPool.shared.withPanel(2 * queryTile * (start + T)) { p in
+            let dP = p + queryTile * (start + T)
+            for h in g * shape.groupSize..<(g + 1) * shape.groupSize {
+                var t0 = 0
+                while t0 < T {
+                    let t1 = min(T, t0 + queryTile)
+                    let rows = t1 - t0
+                    let keys = start + t1
+                    let rowOffset = (b * T + t0) * qs + h * HS
+                    // P = exp(scale·Q·Kᵀ − lse), causally masked.
+                    BLAS.sgemm(
+                        transA: false, transB: true, m: rows, n: keys, k: HS, alpha: scale,
+                        a: q + rowOffset, lda: qs, b: kHead, ldb: kvs, beta: 0, c: p, ldc: keys)
+                    // dP = dO·Vᵀ
+                    BLAS.sgemm(
+                        transA: false, transB: true, m: rows, n: keys, k: HS, alpha: 1,
+                        a: dOut + rowOffset, lda: qs, b: vHead, ldb: kvs, beta: 0, c: dP, ldc: keys)
+                    for r in 0..<rows {
+                        let visible = start + t0 + r + 1
+                        let first = firstKey(keyStarts, b * T + t0 + r, visible)
+                        let rowLSE = lse[(b * NH + h) * T + t0 + r]
+                        let pRow = p + r * keys
+                        let dPRow = dP + r * keys
+                        let d = dot(dOut + rowOffset + r * qs, out + rowOffset + r * qs, HS)
+                        // P = exp(S − lse); dS = P ⊙ (dP − d)
+                        var s = first
+                        let vLSE = SIMD8<Float>(repeating: rowLSE)
+                        let vD = SIMD8<Float>(repeating: d)
+                        while s + 8 <= visible {
+                            let ps = exp8(load8(pRow + s) - vLSE)
+                            store8(ps, pRow + s)
+                            store8(ps * (load8(dPRow + s) - vD), dPRow + s)
+                            s += 8
+                        }
+                        while s < visible {
+                            let ps = exp1(pRow[s] - rowLSE)
+                            pRow[s] = ps
+                            dPRow[s] = ps * (dPRow[s] - d)
+                            s += 1
+                        }
+                        for s in 0..<first {
+                            pRow[s] = 0
+                            dPRow[s] = 0
+                        }
+                        for s in visible..<keys {
+                            pRow[s] = 0
+                            dPRow[s] = 0
+                        }
                     }
-                    for s in 0..<first {
-                        pRow[s] = 0
-                        dPRow[s] = 0
-                    }
-                    for s in visible..<keys {
-                        pRow[s] = 0
-                        dPRow[s] = 0
-                    }
+                    // dV += Pᵀ·dO
+                    BLAS.sgemm(
+                        transA: true, transB: false, m: keys, n: HS, k: rows, alpha: 1,
+                        a: p, lda: keys, b: dOut + rowOffset, ldb: qs, beta: 1, c: dVHead, ldc: kvs)
+                    // dQ += scale·dS·K
+                    BLAS.sgemm(
+                        transA: false, transB: false, m: rows, n: HS, k: keys, alpha: scale,
+                        a: dP, lda: keys, b: kHead, ldb: kvs, beta: 1, c: dQ + rowOffset, ldc: qs)
+                    // dK += scale·dSᵀ·Q
+                    BLAS.sgemm(
+                        transA: true, transB: false, m: keys, n: HS, k: rows, alpha: scale,
+                        a: dP, lda: keys, b: q + rowOffset, ldb: qs, beta: 1, c: dKHead, ldc: kvs)
+                    t0 = t1
                 }
-                // dV += Pᵀ·dO
-                BLAS.sgemm(
-                    transA: true, transB: false, m: keys, n: HS, k: rows, alpha: 1,
-                    a: p, lda: keys, b: dOut + rowOffset, ldb: qs, beta: 1, c: dVHead, ldc: kvs)
-                // dQ += scale·dS·K
-                BLAS.sgemm(
-                    transA: false, transB: false, m: rows, n: HS, k: keys, alpha: scale,
-                    a: dP, lda: keys, b: kHead, ldb: kvs, beta: 1, c: dQ + rowOffset, ldc: qs)
-                // dK += scale·dSᵀ·Q
-                BLAS.sgemm(
-                    transA: true, transB: false, m: keys, n: HS, k: rows, alpha: scale,
-                    a: dP, lda: keys, b: q + rowOffset, ldb: qs, beta: 1, c: dKHead, ldc: kvs)
-                t0 = t1
             }
         }
     }

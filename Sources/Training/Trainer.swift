@@ -49,6 +49,9 @@ public struct TrainingPlan: Sendable {
     public var trainableParameters: Int
     public var recompute: Bool
     public var workspaceBytes: Int
+    /// How the base's matrices are held, and the bytes its weights take.
+    public var basePrecision: BasePrecision
+    public var baseBytes: Int
     /// FLOPs of one optimizer step's forward and backward, counting matrix products (see `trainingFLOPs`).
     public var flopsPerStep: Double
 }
@@ -117,7 +120,9 @@ public final class Trainer {
         let lm: LanguageModel
         let baseHash: String
         do {
-            lm = try LanguageModel.load(config.model)
+            let source = try ModelSource.resolve(config.model)
+            let precision = config.resolvedBasePrecision(model: try source.config())
+            lm = try LanguageModel.load(source, precision: precision)
             baseHash = try FileHash.modelIdentity(path: lm.source.path)
         } catch { throw .file(error) }
         let model = lm.model
@@ -159,7 +164,8 @@ public final class Trainer {
         } else {
             adapter = LoRAAdapter(model: model.config, config: config.lora, seed: config.seed)
         }
-        let recompute = config.recomputes(model: model.config, adapter: adapter)
+        let recompute = config.recomputes(
+            model: model.config, adapter: adapter, precision: model.weights.precision)
         let session = TrainingSession(
             model: model, adapter: adapter,
             schedule: LearningRateSchedule(
@@ -210,6 +216,7 @@ public final class Trainer {
                     totalSteps: totalSteps, startStep: session.stepCount,
                     tokensPerStep: rowsPerStep * config.sequenceLength,
                     trainableParameters: adapter.parameterCount, recompute: recompute, workspaceBytes: workspaceBytes,
+                    basePrecision: model.weights.precision, baseBytes: model.weights.residentBytes,
                     flopsPerStep: flops)))
 
         var provenance = AdapterProvenance()

@@ -36,6 +36,11 @@ extension TrainingConfig {
         ("skip_bad_records", "skip and count malformed records (default false)"),
         ("chat_template", "chatml, smollm2, llama3 or mistral instead of the model's"),
         ("recompute", "auto (default), always or never: recompute activations in the backward"),
+        (
+            "base_precision",
+            "auto (default), f32 or q: dequantise the base to fp32, or keep its matrices in the file's "
+                + "quantisation (4-8x less memory; auto picks f32 when it fits)"
+        ),
         ("threads", "kernel threads (default all cores)"),
         (
             "mode",
@@ -176,6 +181,7 @@ extension TrainingConfig {
             case "skip_bad_records": skipBadRecords = try bool()
             case "chat_template": chatTemplate = try string()
             case "recompute": recompute = try choice(RecomputeMode.self)
+            case "base_precision": basePrecision = try choice(BasePrecisionChoice.self)
             case "threads": threads = try int()
             case "mode": mode = try choice(DistributionMode.self)
             case "inner_steps": innerSteps = try int()
@@ -248,7 +254,7 @@ extension TrainingConfig {
             "grad_accum: \(gradientAccumulation)", "seq_len: \(sequenceLength)", "steps: \(steps)", "epochs: \(epochs)",
             "batch_mode: \(batchMode.rawValue)", "loss_on: \(lossOn.rawValue)", "eval_every: \(evalEvery)",
             "save_every: \(saveEvery)", "seed: \(seed)", "skip_bad_records: \(skipBadRecords)",
-            "recompute: \(recompute.rawValue)",
+            "recompute: \(recompute.rawValue)", "base_precision: \(basePrecision.rawValue)",
         ]
         if let t = chatTemplate { lines.append("chat_template: \(q(t))") }
         if let t = threads { lines.append("threads: \(t)") }

@@ -2,6 +2,7 @@
 // stopping rule, evaluation and checkpoints. `cairn train` fills it from flags or a YAML job file (flags win);
 // the cluster's job files use the same fields. Field names in YAML are the snake_case names in `Key`.
 
+import Foundation
 import Llama
 import ModelFormats
 
@@ -31,6 +32,13 @@ public enum RecomputeMode: String, Sendable, Codable, CaseIterable {
     /// Recompute when keeping would exceed `TrainingConfig.activationBudgetBytes`.
     case auto
     case always, never
+}
+
+/// How the base model's matrices are held while training (`BasePrecision`), or `auto`.
+public enum BasePrecisionChoice: String, Sendable, Codable, CaseIterable {
+    /// fp32 when the fp32 weights and the activations fit in 80 % of the memory available now, else q.
+    case auto
+    case f32, q
 }
 
 /// How a cluster job is shared among workers.
@@ -100,6 +108,8 @@ public struct TrainingConfig: Sendable, Equatable {
     /// A chat template name overriding the model's.
     public var chatTemplate: String?
     public var recompute = RecomputeMode.auto
+    /// `--base-precision`: fp32 weights, or matrices kept in the file's quantisation.
+    public var basePrecision = BasePrecisionChoice.auto
     /// Kernel threads (nil: all cores).
     public var threads: Int?
     /// How a cluster job is distributed (`cairn train` runs on one machine and ignores it).
@@ -122,15 +132,45 @@ public struct TrainingConfig: Sendable, Equatable {
 
     /// Whether to recompute activations for an adapter on a model at this batch shape (`recompute: auto` keeps
     /// them while they fit `activationBudgetBytes`).
-    public func recomputes(model: LlamaConfig, adapter: LoRAAdapter) -> Bool {
+    public func recomputes(model: LlamaConfig, adapter: LoRAAdapter, precision: BasePrecision = .f32) -> Bool {
         switch recompute {
         case .always: return true
         case .never: return false
         case .auto:
-            return TrainingWorkspace.estimatedBytes(
-                model: model, adapter: adapter, batch: batchSize, length: sequenceLength, recompute: false)
-                > Self.activationBudgetBytes
+            // A quantised base asks for the smallest footprint: activations are recomputed too.
+            return precision == .q
+                || TrainingWorkspace.estimatedBytes(
+                    model: model, adapter: adapter, batch: batchSize, length: sequenceLength, recompute: false)
+                    > Self.activationBudgetBytes
         }
+    }
+
+    /// The precision to load the base in: the chosen one, or for `auto` fp32 when the fp32 weights and the
+    /// kept activations fit in 80 % of `availableBytes` (default: MemAvailable now), else q.
+    public func resolvedBasePrecision(model: LlamaConfig, availableBytes: Int? = nil) -> BasePrecision {
+        switch basePrecision {
+        case .f32: return .f32
+        case .q: return .q
+        case .auto:
+            guard let available = availableBytes ?? Self.availableMemory() else { return .f32 }
+            let probe = LoRAAdapter(model: model, config: lora, seed: 0)
+            let needed =
+                4 * model.parameterCount
+                + TrainingWorkspace.estimatedBytes(
+                    model: model, adapter: probe, batch: batchSize, length: sequenceLength,
+                    recompute: recomputes(model: model, adapter: probe))
+            return Double(needed) <= 0.8 * Double(available) ? .f32 : .q
+        }
+    }
+
+    /// MemAvailable from /proc/meminfo, in bytes, or nil where there is none.
+    public static func availableMemory() -> Int? {
+        guard let text = try? String(contentsOfFile: "/proc/meminfo", encoding: .utf8) else { return nil }
+        for line in text.split(separator: "\n") where line.hasPrefix("MemAvailable:") {
+            let fields = line.split(separator: " ")
+            if fields.count >= 2, let kib = Int(fields[1]) { return kib * 1024 }
+        }
+        return nil
     }
 
     /// Problems with the settings, each naming its field; empty when valid.

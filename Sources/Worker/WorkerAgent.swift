@@ -456,9 +456,12 @@ public final class WorkerAgent: @unchecked Sendable {
         log("loading the model for \(id)")
         Thread.detachNewThread { [self] in
             do {
-                let lm = try LanguageModel.load(ModelSource.gguf(path))
+                let source = ModelSource.gguf(path)
+                let lm = try LanguageModel.load(
+                    source, precision: config.resolvedBasePrecision(model: try source.config()))
                 let adapter = LoRAAdapter(model: lm.model.config, config: config.lora, seed: config.seed)
-                let recompute = config.recomputes(model: lm.model.config, adapter: adapter)
+                let recompute = config.recomputes(
+                    model: lm.model.config, adapter: adapter, precision: lm.model.weights.precision)
                 // The job's own optimizer settings: diloco and federated rounds take local AdamW steps.
                 let session = TrainingSession(
                     model: lm.model, adapter: adapter,

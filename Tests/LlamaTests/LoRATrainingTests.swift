@@ -114,3 +114,46 @@ enum TinyTraining {
         #expect((0..<4 * 32).allSatisfy { adapter.parameters[a.bOffset + $0] == 0 })
     }
 }
+
+@Suite struct QuantisedBaseTests {
+    /// The Q8_0 file loaded with its matrices kept quantised (precision q) trains like the same file
+    /// dequantised to fp32: same losses and gradients up to summation order, through the GGUF Q/K row
+    /// permutation, the tied output projection and the embedding lookup.
+    @Test func quantisedBaseTrainsLikeItsDequantisedValues() throws {
+        let path = Fixtures.path("tiny-llama/a-q8_0.gguf")
+        let f32 = try LanguageModel.load(path, precision: .f32).model
+        let q = try LanguageModel.load(path, precision: .q).model
+        #expect(f32.weights.precision == .f32 && q.weights.precision == .q)
+        #expect(q.weights.layers[0].q.type == .q8_0 && q.weights.embedding.type == .q8_0)
+        #expect(q.weights.residentBytes * 3 < f32.weights.residentBytes, "Q8_0 takes about a quarter")
+        // Every matrix dequantises to what the fp32 load holds.
+        for spec in LlamaWeights.tensorTable(f32.config) {
+            #expect(q.weights.values(spec.name) == f32.weights.values(spec.name), "\(spec.name)")
+        }
+        let adapter = TinyTraining.adapter()
+        func run(_ model: LlamaModel, recompute: Bool) -> (StepLoss, [Float]) {
+            let gradients = FloatBuffer(count: adapter.parameters.count)
+            let batch = TinyTraining.packed
+            let ws = TrainingWorkspace(
+                model: model.config, adapter: adapter, batch: batch.batch, length: batch.length, recompute: recompute)
+            let loss = model.trainingStep(batch: batch, adapter: adapter, gradients: gradients, workspace: ws)
+            return (loss, gradients.array)
+        }
+        let (lossF32, gradF32) = run(f32, recompute: false)
+        let (lossQ, gradQ) = run(q, recompute: true)
+        #expect(lossQ.tokens == lossF32.tokens)
+        #expect(abs(lossQ.sum - lossF32.sum) <= 1e-5 * abs(lossF32.sum), "\(lossQ.sum) vs \(lossF32.sum)")
+        expectClose(gradQ, gradF32, tolerance: Tolerance.reordered, "gradients")
+        // Inference: the same logits.
+        let tokens: [Int32] = [1, 5, 9, 33, 2]
+        #expect(abs(q.loss(tokens: tokens, window: 5).sum - f32.loss(tokens: tokens, window: 5).sum) < 1e-4)
+    }
+
+    /// Adapters merge into fp32 weights only: asking for both is refused with a way out.
+    @Test func mergingAdaptersIntoAQuantisedBaseIsRefused() {
+        #expect {
+            try LanguageModel.load(
+                Fixtures.path("tiny-llama/a-q8_0.gguf"), adapters: ["/nonexistent"], precision: .q)
+        } throws: { "\($0)".contains("precision f32") }
+    }
+}
