@@ -1,7 +1,7 @@
 // swift-tools-version: 6.0
 // Cairn: distributed LoRA fine-tuning for llama-family models. The module map is in Docs/ARCHITECTURE.md;
 // dependencies point downward only: CLI → Coordinator/Worker → Training/Wire/Transport → Llama → Tokenizer →
-// ModelFormats → TensorKernels → CBLAS. Coordinator and Worker share only Wire.
+// ModelFormats → TensorKernels → CBLAS, CKernels. Coordinator and Worker share only Wire.
 import PackageDescription
 
 let package = Package(
@@ -24,7 +24,9 @@ let package = Package(
         .systemLibrary(
             name: "CZeroMQ", path: "Sources/CZeroMQ", pkgConfig: "libzmq", providers: [.apt(["libzmq3-dev"])]),
 
-        .target(name: "TensorKernels", dependencies: ["CBLAS"]),
+        // The elementwise inner loops in C: AVX2+FMA versions picked at run time, portable ones otherwise.
+        .target(name: "CKernels", path: "Sources/CKernels"),
+        .target(name: "TensorKernels", dependencies: ["CBLAS", "CKernels"]),
         .target(
             name: "ModelFormats", dependencies: ["TensorKernels", .product(name: "Crypto", package: "swift-crypto")]),
         .target(name: "Tokenizer", dependencies: ["ModelFormats"]),

@@ -17,6 +17,7 @@
 //   dV += Pᵀ·dO     dP = dO·Vᵀ     D_t = Σ dO_t ⊙ O_t     dS = P ⊙ (dP − D)
 //   dQ += scale·dS·K     dK += scale·dSᵀ·Q
 
+import CKernels
 import Foundation
 
 /// Shape of an attention call.
@@ -170,21 +171,7 @@ public func attentionBackward(
                         let dPRow = dP + r * keys
                         let d = dot(dOut + rowOffset + r * qs, out + rowOffset + r * qs, HS)
                         // P = exp(S − lse); dS = P ⊙ (dP − d)
-                        var s = first
-                        let vLSE = SIMD8<Float>(repeating: rowLSE)
-                        let vD = SIMD8<Float>(repeating: d)
-                        while s + 8 <= visible {
-                            let ps = exp8(load8(pRow + s) - vLSE)
-                            store8(ps, pRow + s)
-                            store8(ps * (load8(dPRow + s) - vD), dPRow + s)
-                            s += 8
-                        }
-                        while s < visible {
-                            let ps = exp1(pRow[s] - rowLSE)
-                            pRow[s] = ps
-                            dPRow[s] = ps * (dPRow[s] - d)
-                            s += 1
-                        }
+                        cairn_softmax_backward_row(pRow + first, dPRow + first, visible - first, rowLSE, d)
                         for s in 0..<first {
                             pRow[s] = 0
                             dPRow[s] = 0

@@ -56,17 +56,10 @@ public func crossEntropyBackward(
             }
             let scale = dLosses?[n] ?? 1
             let lse = logSumExp[n]
-            let vScale = SIMD8<Float>(repeating: scale)
-            let vLSE = SIMD8<Float>(repeating: lse)
-            var i = 0
-            while i + 8 <= V {
-                store8(vScale * exp8(load8(row + i) - vLSE), dRow + i)
-                i += 8
-            }
-            while i < V {
-                dRow[i] = scale * exp1(row[i] - lse)
-                i += 1
-            }
+            // dRow = scale · exp(row − lse)
+            if dRow != UnsafeMutablePointer(mutating: row) { dRow.update(from: row, count: V) }
+            _ = expShiftedInPlace(dRow, V, shift: lse)
+            scaleInPlace(dRow, V, by: scale)
             dRow[t] -= scale
         }
     }

@@ -3,10 +3,8 @@
 // Dims: N = rows, F = hidden width of the feed-forward (intermediate_size).
 // Backward: d(up) = dOut ⊙ silu(gate);  d(gate) = dOut ⊙ up ⊙ σ(gate)·(1 + gate·(1 − σ(gate))).
 
+import CKernels
 import Foundation
-
-@inline(__always)
-private func sigmoid(_ z: Float) -> Float { 1 / (1 + exp1(-z)) }
 
 /// SwiGLU forward: `out = silu(gate) ⊙ up`.
 ///
@@ -18,17 +16,7 @@ public func swigluForward(
     out: UnsafeMutablePointer<Float>, gate: UnsafePointer<Float>, up: UnsafePointer<Float>, count: Int
 ) {
     Parallel.forRanges(count, grain: 4096) { range in
-        var i = range.lowerBound
-        while i + 8 <= range.upperBound {
-            let g = load8(gate + i)
-            store8(g * sigmoid8(g) * load8(up + i), out + i)
-            i += 8
-        }
-        while i < range.upperBound {
-            let g = gate[i]
-            out[i] = g * sigmoid(g) * up[i]
-            i += 1
-        }
+        cairn_swiglu_forward(out + range.lowerBound, gate + range.lowerBound, up + range.lowerBound, range.count)
     }
 }
 
@@ -47,33 +35,8 @@ public func swigluBackward(
     gate: UnsafePointer<Float>, up: UnsafePointer<Float>, count: Int, accumulate: Bool = true
 ) {
     Parallel.forRanges(count, grain: 4096) { range in
-        var i = range.lowerBound
-        while i + 8 <= range.upperBound {
-            let g = load8(gate + i)
-            let u = load8(up + i)
-            let d = load8(dOut + i)
-            let s = sigmoid8(g)
-            var du = d * g * s
-            var dg = d * u * s * (1 + g * (1 - s))
-            if accumulate {
-                du += load8(dUp + i)
-                dg += load8(dGate + i)
-            }
-            store8(du, dUp + i)
-            store8(dg, dGate + i)
-            i += 8
-        }
-        while i < range.upperBound {
-            let g = gate[i]
-            let u = up[i]
-            let d = dOut[i]
-            let s = sigmoid(g)
-            let du = d * g * s
-            let dg = d * u * s * (1 + g * (1 - s))
-            dUp[i] = accumulate ? dUp[i] + du : du
-            dGate[i] = accumulate ? dGate[i] + dg : dg
-            i += 1
-        }
+        let i = range.lowerBound
+        cairn_swiglu_backward(dGate + i, dUp + i, dOut + i, gate + i, up + i, range.count, accumulate ? 1 : 0)
     }
 }
 

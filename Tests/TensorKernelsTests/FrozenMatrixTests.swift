@@ -112,10 +112,14 @@ func randomBlocks(_ type: GGMLType, rows: Int, columns: Int, seed: UInt64) -> [U
     }
 }
 
-@Suite struct VectorExpTests {
-    /// The SIMD exponential stays within 2 ulp of the correctly rounded result over the whole float range
-    /// where exp is a normal number, flushes below it to 0, and keeps inf and NaN.
-    @Test func withinTwoUlpOfFoundation() {
+@Suite(.serialized) struct VectorExpTests {
+    /// The exponential of both kernel builds (AVX2+FMA and portable) stays within 2 ulp of the correctly
+    /// rounded result over the whole float range where exp is a normal number, flushes below it to 0, and keeps
+    /// inf and NaN.
+    @Test(arguments: [true, false]) func withinTwoUlpOfFoundation(wide: Bool) {
+        let before = elementwiseKernelsAreWide
+        defer { elementwiseKernelsAreWide = before }
+        elementwiseKernelsAreWide = wide
         var xs: [Float] = stride(from: Float(-87.3), through: 88.7, by: 0.000_731).map { $0 }
         xs += [0, -0.0, 1e-30, -1e-30, 88.72, -87.33, 1, -1, 0.5, 20]
         var ys = [Float](repeating: 0, count: xs.count)
@@ -126,13 +130,44 @@ func randomBlocks(_ type: GGMLType, rows: Int, columns: Int, seed: UInt64) -> [U
             let ulp = Float(exact).ulp
             worst = max(worst, Float(abs(Double(y) - exact)) / ulp)
         }
-        #expect(worst <= 2, "worst error \(worst) ulp")
-        let special: [Float] = [-100, -.infinity, 100, .infinity, .nan, -87.5, 88.8]
+        #expect(worst <= 2, "worst error \(worst) ulp (wide: \(elementwiseKernelsAreWide))")
+        let special: [Float] = [-100, -.infinity, 100, .infinity, .nan, -87.5, 88.8, 3, 3, 3, 3, 3, 3]
         var out = [Float](repeating: 1, count: special.count)
         vectorExp(special, &out, count: special.count)
         #expect(out[0] == 0 && out[1] == 0 && out[5] == 0)
         #expect(out[2] == .infinity && out[3] == .infinity && out[6] == .infinity)
         #expect(out[4].isNaN)
+    }
+
+    /// SwiGLU, the fused cross-entropy and attention's backward give the same results with either build.
+    @Test func bothBuildsAgree() {
+        let before = elementwiseKernelsAreWide
+        defer { elementwiseKernelsAreWide = before }
+        func run() -> [[Float]] {
+            let n = 1003
+            let gate = randomBuffer(n, seed: 1, in: -9...9)
+            let up = randomBuffer(n, seed: 2)
+            let dOut = randomBuffer(n, seed: 3)
+            let out = FloatBuffer(count: n)
+            swigluForward(out: out.pointer, gate: gate.pointer, up: up.pointer, count: n)
+            let (dGate, dUp) = (FloatBuffer(count: n), FloatBuffer(count: n))
+            swigluBackward(
+                dGate: dGate.pointer, dUp: dUp.pointer, dOut: dOut.pointer, gate: gate.pointer, up: up.pointer,
+                count: n)
+            let (N, V) = (3, 211)
+            let logits = randomBuffer(N * V, seed: 4, in: -6...6)
+            let losses = FloatBuffer(count: N)
+            crossEntropyForwardBackward(
+                losses: losses.pointer, logits: logits.pointer, targets: [3, -1, 210], dLoss: 0.5, rows: N,
+                vocabSize: V)
+            return [out.array, dGate.array, dUp.array, logits.array, losses.array]
+        }
+        elementwiseKernelsAreWide = true
+        let wide = run()
+        elementwiseKernelsAreWide = false
+        #expect(!elementwiseKernelsAreWide)
+        let portable = run()
+        for (a, b) in zip(wide, portable) { expectClose(a, b, tolerance: 1e-6) }
     }
 }
 

@@ -1,0 +1,323 @@
+// The elementwise kernels, in two builds: portable C (any CPU; the compiler vectorises it for the baseline ISA)
+// and AVX2+FMA intrinsics, picked once at first use by cpuid. Both compute exp the same way: Cody-Waite range
+// reduction x = n*ln2 + r with |r| <= ln2/2 (ln2 split into a short high part, exact in n*C1, and a low
+// correction), a degree-6 polynomial for e^r (Cephes expf's coefficients), and 2^n built in the exponent field
+// in two halves so that n = 128 does not overflow it.
+
+#include "ckernels.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#define EXP_LOW (-87.33654475f)
+#define EXP_HIGH (88.72283911f)
+#define LOG2E 1.44269504f
+#define C1 0.693359375f
+#define C2 (-2.12194440e-4f)
+#define P0 1.9875691500e-4f
+#define P1 1.3981999507e-3f
+#define P2 8.3334519073e-3f
+#define P3 4.1665795894e-2f
+#define P4 1.6666665459e-1f
+#define P5 5.0000001201e-1f
+#define MAGIC 12582912.0f  // 1.5 * 2^23: adding it rounds to an integer held in the low mantissa bits
+
+static inline float bits_to_float(uint32_t u) {
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static inline uint32_t float_to_bits(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return u;
+}
+
+static inline float exp_scalar(float x) {
+    if (x != x) return x;
+    if (x < EXP_LOW) return 0.0f;
+    if (x > EXP_HIGH) return INFINITY;
+    float t = x * LOG2E + MAGIC;
+    float n = t - MAGIC;
+    float r = x - n * C1;
+    r = r - n * C2;
+    float p = P0;
+    p = p * r + P1;
+    p = p * r + P2;
+    p = p * r + P3;
+    p = p * r + P4;
+    p = p * r + P5;
+    float y = p * (r * r) + r + 1.0f;
+    int32_t k = (int32_t)(float_to_bits(t) - 0x4B400000u);
+    int32_t k1 = k >> 1;
+    int32_t k2 = k - k1;
+    return y * bits_to_float((uint32_t)(k1 + 127) << 23) * bits_to_float((uint32_t)(k2 + 127) << 23);
+}
+
+// MARK: portable versions
+
+static void exp_portable(const float *x, float *y, size_t n) {
+    for (size_t i = 0; i < n; i++) y[i] = exp_scalar(x[i]);
+}
+
+static float exp_shifted_sum_inplace_portable(float *x, size_t n, float shift) {
+    float sum = 0;
+    for (size_t i = 0; i < n; i++) {
+        float e = exp_scalar(x[i] - shift);
+        x[i] = e;
+        sum += e;
+    }
+    return sum;
+}
+
+static float exp_shifted_sum_portable(const float *x, size_t n, float shift) {
+    float sum = 0;
+    for (size_t i = 0; i < n; i++) sum += exp_scalar(x[i] - shift);
+    return sum;
+}
+
+static float max_portable(const float *x, size_t n) {
+    float m = -INFINITY;
+    for (size_t i = 0; i < n; i++) m = x[i] > m ? x[i] : m;
+    return m;
+}
+
+static void scale_portable(float *x, size_t n, float scale) {
+    for (size_t i = 0; i < n; i++) x[i] *= scale;
+}
+
+static void swiglu_forward_portable(float *out, const float *gate, const float *up, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        float g = gate[i];
+        out[i] = g / (1.0f + exp_scalar(-g)) * up[i];
+    }
+}
+
+static void swiglu_backward_portable(
+    float *dgate, float *dup, const float *dout, const float *gate, const float *up, size_t n, int accumulate) {
+    for (size_t i = 0; i < n; i++) {
+        float g = gate[i], u = up[i], d = dout[i];
+        float s = 1.0f / (1.0f + exp_scalar(-g));
+        float du = d * g * s;
+        float dg = d * u * s * (1.0f + g * (1.0f - s));
+        dup[i] = accumulate ? dup[i] + du : du;
+        dgate[i] = accumulate ? dgate[i] + dg : dg;
+    }
+}
+
+static void softmax_backward_row_portable(float *p, float *dp, size_t n, float lse, float d) {
+    for (size_t i = 0; i < n; i++) {
+        float e = exp_scalar(p[i] - lse);
+        p[i] = e;
+        dp[i] = e * (dp[i] - d);
+    }
+}
+
+// MARK: AVX2 + FMA versions
+
+#if defined(__x86_64__) && (defined(__clang__) || defined(__GNUC__))
+#include <immintrin.h>
+#define WIDE __attribute__((target("avx2,fma")))
+#define HAVE_WIDE 1
+
+WIDE static inline __m256 exp8(__m256 x) {
+    const __m256 low = _mm256_set1_ps(EXP_LOW), high = _mm256_set1_ps(EXP_HIGH);
+    __m256 c = _mm256_min_ps(_mm256_max_ps(x, low), high);
+    const __m256 magic = _mm256_set1_ps(MAGIC);
+    __m256 t = _mm256_fmadd_ps(c, _mm256_set1_ps(LOG2E), magic);
+    __m256 nn = _mm256_sub_ps(t, magic);
+    __m256 r = _mm256_fnmadd_ps(nn, _mm256_set1_ps(C1), c);
+    r = _mm256_fnmadd_ps(nn, _mm256_set1_ps(C2), r);
+    __m256 p = _mm256_set1_ps(P0);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(P1));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(P2));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(P3));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(P4));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(P5));
+    __m256 y = _mm256_add_ps(_mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.0f));
+    __m256i k = _mm256_sub_epi32(_mm256_castps_si256(t), _mm256_set1_epi32(0x4B400000));
+    __m256i k1 = _mm256_srai_epi32(k, 1);
+    __m256i k2 = _mm256_sub_epi32(k, k1);
+    const __m256i bias = _mm256_set1_epi32(127);
+    __m256 s1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(k1, bias), 23));
+    __m256 s2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(k2, bias), 23));
+    __m256 result = _mm256_mul_ps(_mm256_mul_ps(y, s1), s2);
+    result = _mm256_blendv_ps(result, _mm256_setzero_ps(), _mm256_cmp_ps(x, low, _CMP_LT_OQ));
+    result = _mm256_blendv_ps(result, _mm256_set1_ps(INFINITY), _mm256_cmp_ps(x, high, _CMP_GT_OQ));
+    return _mm256_blendv_ps(result, x, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
+}
+
+WIDE static inline float sum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    return _mm_cvtss_f32(s);
+}
+
+WIDE static inline __m256 sigmoid8(__m256 g) {
+    const __m256 one = _mm256_set1_ps(1.0f);
+    return _mm256_div_ps(one, _mm256_add_ps(one, exp8(_mm256_sub_ps(_mm256_setzero_ps(), g))));
+}
+
+WIDE static void exp_wide(const float *x, float *y, size_t n) {
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, exp8(_mm256_loadu_ps(x + i)));
+    for (; i < n; i++) y[i] = exp_scalar(x[i]);
+}
+
+WIDE static float exp_shifted_sum_inplace_wide(float *x, size_t n, float shift) {
+    __m256 acc = _mm256_setzero_ps();
+    const __m256 s = _mm256_set1_ps(shift);
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(x + i), s));
+        _mm256_storeu_ps(x + i, e);
+        acc = _mm256_add_ps(acc, e);
+    }
+    float sum = sum8(acc);
+    for (; i < n; i++) {
+        float e = exp_scalar(x[i] - shift);
+        x[i] = e;
+        sum += e;
+    }
+    return sum;
+}
+
+WIDE static float exp_shifted_sum_wide(const float *x, size_t n, float shift) {
+    __m256 acc = _mm256_setzero_ps();
+    const __m256 s = _mm256_set1_ps(shift);
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) acc = _mm256_add_ps(acc, exp8(_mm256_sub_ps(_mm256_loadu_ps(x + i), s)));
+    float sum = sum8(acc);
+    for (; i < n; i++) sum += exp_scalar(x[i] - shift);
+    return sum;
+}
+
+WIDE static float max_wide(const float *x, size_t n) {
+    __m256 m = _mm256_set1_ps(-INFINITY);
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) m = _mm256_max_ps(m, _mm256_loadu_ps(x + i));
+    float lanes[8];
+    _mm256_storeu_ps(lanes, m);
+    float best = lanes[0];
+    for (int j = 1; j < 8; j++) best = lanes[j] > best ? lanes[j] : best;
+    for (; i < n; i++) best = x[i] > best ? x[i] : best;
+    return best;
+}
+
+WIDE static void scale_wide(float *x, size_t n, float scale) {
+    const __m256 s = _mm256_set1_ps(scale);
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), s));
+    for (; i < n; i++) x[i] *= scale;
+}
+
+WIDE static void swiglu_forward_wide(float *out, const float *gate, const float *up, size_t n) {
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 g = _mm256_loadu_ps(gate + i);
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_mul_ps(g, sigmoid8(g)), _mm256_loadu_ps(up + i)));
+    }
+    swiglu_forward_portable(out + i, gate + i, up + i, n - i);
+}
+
+WIDE static void swiglu_backward_wide(
+    float *dgate, float *dup, const float *dout, const float *gate, const float *up, size_t n, int accumulate) {
+    const __m256 one = _mm256_set1_ps(1.0f);
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 g = _mm256_loadu_ps(gate + i), u = _mm256_loadu_ps(up + i), d = _mm256_loadu_ps(dout + i);
+        __m256 s = sigmoid8(g);
+        __m256 du = _mm256_mul_ps(_mm256_mul_ps(d, g), s);
+        __m256 dg = _mm256_mul_ps(
+            _mm256_mul_ps(_mm256_mul_ps(d, u), s), _mm256_fmadd_ps(g, _mm256_sub_ps(one, s), one));
+        if (accumulate) {
+            du = _mm256_add_ps(du, _mm256_loadu_ps(dup + i));
+            dg = _mm256_add_ps(dg, _mm256_loadu_ps(dgate + i));
+        }
+        _mm256_storeu_ps(dup + i, du);
+        _mm256_storeu_ps(dgate + i, dg);
+    }
+    swiglu_backward_portable(dgate + i, dup + i, dout + i, gate + i, up + i, n - i, accumulate);
+}
+
+WIDE static void softmax_backward_row_wide(float *p, float *dp, size_t n, float lse, float d) {
+    const __m256 l = _mm256_set1_ps(lse), dd = _mm256_set1_ps(d);
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(p + i), l));
+        _mm256_storeu_ps(p + i, e);
+        _mm256_storeu_ps(dp + i, _mm256_mul_ps(e, _mm256_sub_ps(_mm256_loadu_ps(dp + i), dd)));
+    }
+    softmax_backward_row_portable(p + i, dp + i, n - i, lse, d);
+}
+#endif
+
+// MARK: dispatch
+
+static int wide_state = -1;
+
+int cairn_kernels_wide(void) {
+#ifdef HAVE_WIDE
+    int w = __atomic_load_n(&wide_state, __ATOMIC_RELAXED);
+    if (w < 0) {
+        // Every thread that gets here computes the same answer.
+        __builtin_cpu_init();
+        w = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+        __atomic_store_n(&wide_state, w, __ATOMIC_RELAXED);
+    }
+    return w;
+#else
+    return 0;
+#endif
+}
+
+int cairn_kernels_use_wide(int use) {
+    __atomic_store_n(&wide_state, -1, __ATOMIC_RELAXED);
+    int available = cairn_kernels_wide();
+    __atomic_store_n(&wide_state, use && available, __ATOMIC_RELAXED);
+    return use && available;
+}
+
+#ifdef HAVE_WIDE
+#define PICK(call_wide, call_portable) (cairn_kernels_wide() ? (call_wide) : (call_portable))
+#define RUN(call_wide, call_portable) \
+    if (cairn_kernels_wide()) { \
+        call_wide; \
+    } else { \
+        call_portable; \
+    }
+#else
+#define PICK(call_wide, call_portable) (call_portable)
+#define RUN(call_wide, call_portable) call_portable;
+#endif
+
+void cairn_exp(const float *x, float *y, size_t n) { RUN(exp_wide(x, y, n), exp_portable(x, y, n)) }
+
+float cairn_exp_shifted_sum_inplace(float *x, size_t n, float shift) {
+    return PICK(exp_shifted_sum_inplace_wide(x, n, shift), exp_shifted_sum_inplace_portable(x, n, shift));
+}
+
+float cairn_exp_shifted_sum(const float *x, size_t n, float shift) {
+    return PICK(exp_shifted_sum_wide(x, n, shift), exp_shifted_sum_portable(x, n, shift));
+}
+
+float cairn_max(const float *x, size_t n) { return PICK(max_wide(x, n), max_portable(x, n)); }
+
+void cairn_scale(float *x, size_t n, float scale) { RUN(scale_wide(x, n, scale), scale_portable(x, n, scale)) }
+
+void cairn_swiglu_forward(float *out, const float *gate, const float *up, size_t n) {
+    RUN(swiglu_forward_wide(out, gate, up, n), swiglu_forward_portable(out, gate, up, n))
+}
+
+void cairn_swiglu_backward(
+    float *dgate, float *dup, const float *dout, const float *gate, const float *up, size_t n, int accumulate) {
+    RUN(swiglu_backward_wide(dgate, dup, dout, gate, up, n, accumulate),
+        swiglu_backward_portable(dgate, dup, dout, gate, up, n, accumulate))
+}
+
+void cairn_softmax_backward_row(float *p, float *dp, size_t n, float lse, float d) {
+    RUN(softmax_backward_row_wide(p, dp, n, lse, d), softmax_backward_row_portable(p, dp, n, lse, d))
+}
