@@ -166,13 +166,14 @@ func jsonl(_ lines: [String]) throws -> String {
                 batch_mode: pad
                 loss_on: all
                 seed: 9
+                base_precision: q
                 """, source: "/jobs/job.yaml")
         #expect(c.data == "/jobs/chats.jsonl" && c.output == "/jobs/runs/x", "paths are relative to the job file")
         #expect(c.lora.rank == 16 && c.lora.alpha == 32 && c.lora.useRSLoRA && c.lora.targets == [.q, .v])
         #expect(c.lora.layers == [0, 1, 2, 3, 7] && c.learningRate == 1e-4 && c.schedule == .linear)
         #expect(
             c.batchSize == 2 && c.sequenceLength == 128 && c.steps == 40 && c.batchMode == .pad && c.lossOn == .all
-                && c.seed == 9)
+                && c.seed == 9 && c.basePrecision == .q)
         var back = TrainingConfig()
         try back.apply(yaml: c.yaml(), source: "job.yaml")
         #expect(back == c)
@@ -186,6 +187,7 @@ func jsonl(_ lines: [String]) throws -> String {
         ("targets: [lm_head]", 2, "targets", "unknown LoRA target"),
         ("layers: 5-2", 2, "layers", "expected a list"),
         ("rslora: maybe", 2, "rslora", "expected true or false"),
+        ("base_precision: q4", 2, "base_precision", "is not one of auto, f32, q"),
     ])
     func errorsNameTheLineAndKey(line: String, number: Int, key: String, message: String) {
         var c = TrainingConfig()
@@ -196,6 +198,25 @@ func jsonl(_ lines: [String]) throws -> String {
             #expect(error.line == number && error.field == key && error.message.contains(message), "\(error)")
             #expect(error.description.hasPrefix("job.yaml:\(number): \(key): "))
         }
+    }
+
+    /// auto keeps an fp32 base when it fits in 80 % of the available memory, else the quantised one; a
+    /// quantised base recomputes activations under recompute: auto.
+    @Test func basePrecisionAutoFollowsTheMemory() {
+        let model = LlamaConfig(
+            dim: 576, layers: 30, heads: 9, kvHeads: 3, ffnDim: 1536, vocabSize: 49152, contextLength: 8192)
+        var c = TrainingConfig()
+        #expect(c.basePrecision == .auto)
+        #expect(c.resolvedBasePrecision(model: model, availableBytes: 16 << 30) == .f32)
+        #expect(c.resolvedBasePrecision(model: model, availableBytes: 1 << 30) == .q)
+        c.basePrecision = .f32
+        #expect(c.resolvedBasePrecision(model: model, availableBytes: 1 << 30) == .f32, "an explicit choice stands")
+        let adapter = LoRAAdapter(model: model, config: c.lora, seed: 0)
+        #expect(!c.recomputes(model: model, adapter: adapter, precision: .f32))
+        #expect(c.recomputes(model: model, adapter: adapter, precision: .q))
+        c.recompute = .never
+        #expect(!c.recomputes(model: model, adapter: adapter, precision: .q))
+        #expect((TrainingConfig.availableMemory() ?? 0) > 0, "MemAvailable is read on Linux")
     }
 
     @Test func validationListsEveryProblem() {
