@@ -491,6 +491,10 @@ public final class WorkerAgent: @unchecked Sendable {
                     guard p.exampleCount > 0 else { throw WorkerError("\(local): no example has a trained token") }
                     plan = p
                 }
+                let weights = lm.model.weights
+                log(
+                    "loaded \(id): base \(weights.precision == .q ? "kept quantised" : "in fp32") "
+                        + "(\(weights.residentBytes >> 20) MiB), activations \(recompute ? "recomputed" : "kept")")
                 let job = LoadedJob(id: id, session: session, config: config, plan: plan)
                 lock.withLock { loaded = [job] }
                 post(Message(.ready, ["job": .string(id)]))

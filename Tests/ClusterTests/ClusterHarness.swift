@@ -172,7 +172,7 @@ class ClusterHarness {
     /// Writes `lines` as DATA.jsonl and a job file JOB.yaml for the tiny model over it; returns the job's path.
     func writeJob(
         data dataName: String, job name: String, lines: [String], steps: Int, batch: Int, seqLen: Int,
-        learningRate: Double,
+        learningRate: Double, model: String = tinyModel,
         extra: String = ""
     ) throws -> String {
         try Data(lines.map { JSONValue.object(["text": .string($0)]).serialized() + "\n" }.joined().utf8).write(
@@ -180,7 +180,7 @@ class ClusterHarness {
         let job = dir.appendingPathComponent("\(name).yaml")
         try Data(
             """
-            model: \(tinyModel)
+            model: \(model)
             data: \(dataName).jsonl
             rank: 4
             steps: \(steps)

@@ -43,6 +43,25 @@ import Wire
         #expect(inspected.status == 0 && inspected.stdout.contains("lora"), "\(inspected.stdout)")
     }
 
+    /// `base_precision: q` travels with the job: both workers keep the Q8_0 base quantised and the curve is
+    /// one machine's (cairn train on the same job file, also quantised).
+    @Test func workersKeepAQuantisedBaseWhenTheJobAsks() throws {
+        let c = ClusterHarness("quantised")
+        try c.startCluster(workers: ["w1", "w2"])
+        let job = try c.writeJob(
+            data: "data", job: "job", lines: ["the cat sat on the mat", "a dog ran in the park", "one two three"],
+            steps: 4, batch: 4, seqLen: 24, learningRate: 0.01, model: Fixtures.path("tiny-llama/a-q8_0.gguf"),
+            extra: "base_precision: q")
+        let id = try c.submit(job)
+        let final = c.waitForJob(id)
+        #expect(final?["state"] == "done", "\(c.logs)")
+        #expect(c.logs.components(separatedBy: "base kept quantised").count - 1 >= 2, "both workers: \(c.logs)")
+        let curve = ClusterHarness.losses(final).map(\.loss)
+        let reference = try c.reference(job).steps
+        let diff = maxRelativeDifference(curve, reference)
+        #expect(diff != nil && diff! < 1e-4, "cluster \(curve) vs one machine \(reference)")
+    }
+
     /// A worker SIGKILLed mid-job: its rows go to the other worker, no step is lost or counted twice, and since
     /// sync arithmetic does not depend on who computed which rows, the curve still matches one machine's.
     @Test func aWorkerKilledMidJobLosesNothing() throws {
