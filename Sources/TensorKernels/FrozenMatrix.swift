@@ -162,6 +162,7 @@ public final class PanelPool: Sendable {
     }
 
     /// Runs `body` with a panel of at least `count` floats (contents undefined).
+    @discardableResult
     public func withPanel<R>(_ count: Int, _ body: (UnsafeMutablePointer<Float>) -> R) -> R {
         let taken: (pointer: UnsafeMutablePointer<Float>, capacity: Int) = free.withLock { f in
             if let i = f.buffers.firstIndex(where: { $0.capacity >= count }) { return f.buffers.remove(at: i) }
