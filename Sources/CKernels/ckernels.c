@@ -115,6 +115,64 @@ static void softmax_backward_row_portable(float *p, float *dp, size_t n, float l
     }
 }
 
+static inline float half_to_float(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16;
+    uint32_t exponent = (h >> 10) & 0x1F, mantissa = h & 0x3FF;
+    uint32_t bits;
+    if (exponent == 0) {
+        if (mantissa == 0) {
+            bits = sign;
+        } else {
+            // Subnormal half: normalise it, as every half is a normal float.
+            int shift = 0;
+            while (!(mantissa & 0x400)) {
+                mantissa <<= 1;
+                shift++;
+            }
+            bits = sign | ((uint32_t)(113 - shift) << 23) | ((mantissa & 0x3FF) << 13);
+        }
+    } else if (exponent == 31) {
+        bits = sign | 0x7F800000u | (mantissa << 13);
+    } else {
+        bits = sign | ((exponent + 112) << 23) | (mantissa << 13);
+    }
+    return bits_to_float(bits);
+}
+
+static inline uint16_t load_u16(const unsigned char *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+
+static void dequantize_q8_0_portable(const unsigned char *src, float *dst, size_t blocks) {
+    for (size_t b = 0; b < blocks; b++, src += 34, dst += 32) {
+        float d = half_to_float(load_u16(src));
+        const signed char *q = (const signed char *)(src + 2);
+        for (int j = 0; j < 32; j++) dst[j] = (float)q[j] * d;
+    }
+}
+
+static void dequantize_q4_0_portable(const unsigned char *src, float *dst, size_t blocks) {
+    for (size_t b = 0; b < blocks; b++, src += 18, dst += 32) {
+        float d = half_to_float(load_u16(src));
+        const unsigned char *q = src + 2;
+        for (int j = 0; j < 16; j++) {
+            dst[j] = (float)((q[j] & 0xF) - 8) * d;
+            dst[j + 16] = (float)((q[j] >> 4) - 8) * d;
+        }
+    }
+}
+
+static void dequantize_q4_1_portable(const unsigned char *src, float *dst, size_t blocks) {
+    for (size_t b = 0; b < blocks; b++, src += 20, dst += 32) {
+        float d = half_to_float(load_u16(src)), m = half_to_float(load_u16(src + 2));
+        const unsigned char *q = src + 4;
+        for (int j = 0; j < 16; j++) {
+            float lo = (float)(q[j] & 0xF) * d;
+            float hi = (float)(q[j] >> 4) * d;
+            dst[j] = lo + m;
+            dst[j + 16] = hi + m;
+        }
+    }
+}
+
 // MARK: AVX2 + FMA versions
 
 #if defined(__x86_64__) && (defined(__clang__) || defined(__GNUC__))
@@ -253,6 +311,51 @@ WIDE static void softmax_backward_row_wide(float *p, float *dp, size_t n, float 
     }
     softmax_backward_row_portable(p + i, dp + i, n - i, lse, d);
 }
+// 16 quants as two nibble halves, widened to 4 × 8 int32 lanes: values 0..7, 16..23 | 8..15, 24..31.
+WIDE static inline void nibbles(const unsigned char *q, __m256i out[4]) {
+    __m128i bytes = _mm_loadu_si128((const __m128i *)q);
+    __m128i lo = _mm_and_si128(bytes, _mm_set1_epi8(0x0F));
+    __m128i hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), _mm_set1_epi8(0x0F));
+    out[0] = _mm256_cvtepu8_epi32(lo);
+    out[1] = _mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8));
+    out[2] = _mm256_cvtepu8_epi32(hi);
+    out[3] = _mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8));
+}
+
+WIDE static void dequantize_q8_0_wide(const unsigned char *src, float *dst, size_t blocks) {
+    for (size_t b = 0; b < blocks; b++, src += 34, dst += 32) {
+        __m256 d = _mm256_set1_ps(half_to_float(load_u16(src)));
+        for (int k = 0; k < 4; k++) {
+            __m128i q = _mm_loadl_epi64((const __m128i *)(src + 2 + 8 * k));
+            _mm256_storeu_ps(dst + 8 * k, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), d));
+        }
+    }
+}
+
+WIDE static void dequantize_q4_0_wide(const unsigned char *src, float *dst, size_t blocks) {
+    const __m256i eight = _mm256_set1_epi32(8);
+    for (size_t b = 0; b < blocks; b++, src += 18, dst += 32) {
+        __m256 d = _mm256_set1_ps(half_to_float(load_u16(src)));
+        __m256i q[4];
+        nibbles(src + 2, q);
+        for (int k = 0; k < 4; k++) {
+            _mm256_storeu_ps(dst + 8 * k, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(q[k], eight)), d));
+        }
+    }
+}
+
+WIDE static void dequantize_q4_1_wide(const unsigned char *src, float *dst, size_t blocks) {
+    for (size_t b = 0; b < blocks; b++, src += 20, dst += 32) {
+        __m256 d = _mm256_set1_ps(half_to_float(load_u16(src)));
+        __m256 m = _mm256_set1_ps(half_to_float(load_u16(src + 2)));
+        __m256i q[4];
+        nibbles(src + 4, q);
+        for (int k = 0; k < 4; k++) {
+            // Multiply, then add: two roundings, as the scalar loop.
+            _mm256_storeu_ps(dst + 8 * k, _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(q[k]), d), m));
+        }
+    }
+}
 #endif
 
 // MARK: dispatch
@@ -320,4 +423,16 @@ void cairn_swiglu_backward(
 
 void cairn_softmax_backward_row(float *p, float *dp, size_t n, float lse, float d) {
     RUN(softmax_backward_row_wide(p, dp, n, lse, d), softmax_backward_row_portable(p, dp, n, lse, d))
+}
+
+void cairn_dequantize_q8_0(const void *src, float *dst, size_t blocks) {
+    RUN(dequantize_q8_0_wide(src, dst, blocks), dequantize_q8_0_portable(src, dst, blocks))
+}
+
+void cairn_dequantize_q4_0(const void *src, float *dst, size_t blocks) {
+    RUN(dequantize_q4_0_wide(src, dst, blocks), dequantize_q4_0_portable(src, dst, blocks))
+}
+
+void cairn_dequantize_q4_1(const void *src, float *dst, size_t blocks) {
+    RUN(dequantize_q4_1_wide(src, dst, blocks), dequantize_q4_1_portable(src, dst, blocks))
 }

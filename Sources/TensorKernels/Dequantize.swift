@@ -6,6 +6,8 @@
 // `dequantizeNaive` computes each element independently from its index, straight from the spec, and the
 // two are tested against each other and against gguf-py's decoder (Tests/Fixtures/quant).
 
+import CKernels
+
 #if _endian(big)
     #error("Cairn reads little-endian tensor data in place; big-endian hosts are not supported")
 #endif
@@ -31,8 +33,17 @@ public func dequantize(
     let bs = type.blockSize
     let bb = type.blockBytes
     Parallel.forRanges(blocks, grain: max(1, 16384 / bs)) { range in
-        for i in range {
-            dequantizeBlock(type, source + i * bb, destination + i * bs)
+        let from = source + range.lowerBound * bb
+        let to = destination + range.lowerBound * bs
+        switch type {
+        // The types of common quantised bases, vectorised in CKernels.
+        case .q8_0: cairn_dequantize_q8_0(from, to, range.count)
+        case .q4_0: cairn_dequantize_q4_0(from, to, range.count)
+        case .q4_1: cairn_dequantize_q4_1(from, to, range.count)
+        default:
+            for i in range {
+                dequantizeBlock(type, source + i * bb, destination + i * bs)
+            }
         }
     }
 }

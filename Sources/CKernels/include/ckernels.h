@@ -41,4 +41,11 @@ void cairn_swiglu_backward(
 /// Attention backward over one row of visible keys: p[i] = exp(p[i] - lse), then dp[i] = p[i] * (dp[i] - d).
 void cairn_softmax_backward_row(float *p, float *dp, size_t n, float lse, float d);
 
+/// Dequantises `blocks` GGUF blocks of 32 values each (formats.md §2) from `src` (any alignment) into `dst`:
+/// Q8_0 (d·q), Q4_0 (d·(q − 8)) and Q4_1 (d·q + m), rounding exactly as a scalar loop does (no fused
+/// multiply-add), so every build gives the same floats.
+void cairn_dequantize_q8_0(const void *src, float *dst, size_t blocks);
+void cairn_dequantize_q4_0(const void *src, float *dst, size_t blocks);
+void cairn_dequantize_q4_1(const void *src, float *dst, size_t blocks);
+
 #endif
