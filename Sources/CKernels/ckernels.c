@@ -107,12 +107,14 @@ static void swiglu_backward_portable(
     }
 }
 
-static void softmax_backward_row_portable(float *p, float *dp, size_t n, float lse, float d) {
+static void softmax_backward_row_portable(float *p, float *dp, size_t n, float lse) {
+    float d = 0;
     for (size_t i = 0; i < n; i++) {
         float e = exp_scalar(p[i] - lse);
         p[i] = e;
-        dp[i] = e * (dp[i] - d);
+        d += e * dp[i];
     }
+    for (size_t i = 0; i < n; i++) dp[i] = p[i] * (dp[i] - d);
 }
 
 static inline float half_to_float(uint16_t h) {
@@ -301,16 +303,29 @@ WIDE static void swiglu_backward_wide(
     swiglu_backward_portable(dgate + i, dup + i, dout + i, gate + i, up + i, n - i, accumulate);
 }
 
-WIDE static void softmax_backward_row_wide(float *p, float *dp, size_t n, float lse, float d) {
-    const __m256 l = _mm256_set1_ps(lse), dd = _mm256_set1_ps(d);
+WIDE static void softmax_backward_row_wide(float *p, float *dp, size_t n, float lse) {
+    const __m256 l = _mm256_set1_ps(lse);
+    __m256 acc = _mm256_setzero_ps();
     size_t i = 0;
     for (; i + 8 <= n; i += 8) {
         __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(p + i), l));
         _mm256_storeu_ps(p + i, e);
+        acc = _mm256_fmadd_ps(e, _mm256_loadu_ps(dp + i), acc);
+    }
+    float d = sum8(acc);
+    for (; i < n; i++) {
+        float e = exp_scalar(p[i] - lse);
+        p[i] = e;
+        d += e * dp[i];
+    }
+    const __m256 dd = _mm256_set1_ps(d);
+    for (i = 0; i + 8 <= n; i += 8) {
+        __m256 e = _mm256_loadu_ps(p + i);
         _mm256_storeu_ps(dp + i, _mm256_mul_ps(e, _mm256_sub_ps(_mm256_loadu_ps(dp + i), dd)));
     }
-    softmax_backward_row_portable(p + i, dp + i, n - i, lse, d);
+    for (; i < n; i++) dp[i] = p[i] * (dp[i] - d);
 }
+
 // 16 quants as two nibble halves, widened to 4 × 8 int32 lanes: values 0..7, 16..23 | 8..15, 24..31.
 WIDE static inline void nibbles(const unsigned char *q, __m256i out[4]) {
     __m128i bytes = _mm_loadu_si128((const __m128i *)q);
@@ -421,8 +436,8 @@ void cairn_swiglu_backward(
         swiglu_backward_portable(dgate, dup, dout, gate, up, n, accumulate))
 }
 
-void cairn_softmax_backward_row(float *p, float *dp, size_t n, float lse, float d) {
-    RUN(softmax_backward_row_wide(p, dp, n, lse, d), softmax_backward_row_portable(p, dp, n, lse, d))
+void cairn_softmax_backward_row(float *p, float *dp, size_t n, float lse) {
+    RUN(softmax_backward_row_wide(p, dp, n, lse), softmax_backward_row_portable(p, dp, n, lse))
 }
 
 void cairn_dequantize_q8_0(const void *src, float *dst, size_t blocks) {

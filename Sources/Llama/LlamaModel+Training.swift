@@ -100,16 +100,17 @@ extension LlamaModel {
                 adapter: adapter, dropout: dropout, ws: ws)
         }
         let xL = x0 + c.layers * N * c.dim
-        rmsNormForward(
-            out: ws.normedFinal.pointer, rstd: ws.rstdFinal.pointer, input: xL, weight: weights.outputNorm, rows: N,
-            dim: c.dim, eps: c.rmsEps)
         if gradients != nil { ws.dNormed.zero() }
         var loss = StepLoss(sum: 0, tokens: 0)
         batch.targets.withUnsafeBufferPointer { targets in
             var r0 = 0
             while r0 < N {
                 let rows = min(ws.logitChunk, N - r0)
-                logits(hidden: ws.normedFinal.pointer + r0 * c.dim, rows: rows, into: ws.logits.pointer)
+                // The final norm, a chunk at a time (its rstd is kept for the backward).
+                rmsNormForward(
+                    out: ws.normedFinal.pointer, rstd: ws.rstdFinal.pointer + r0, input: xL + r0 * c.dim,
+                    weight: weights.outputNorm, rows: rows, dim: c.dim, eps: c.rmsEps)
+                logits(hidden: ws.normedFinal.pointer, rows: rows, into: ws.logits.pointer)
                 if gradients != nil {
                     // Losses, and the logits turned into their gradients in place.
                     crossEntropyForwardBackward(
@@ -203,18 +204,26 @@ extension LlamaModel {
         saved: UnsafePointer<Float>, dOut dy: UnsafePointer<Float>, dInput dx: UnsafeMutablePointer<Float>, rows N: Int,
         dropout: DropoutPlan?, ws: TrainingWorkspace
     ) {
+        loraBackwardWithoutDA(
+            m, adapter: adapter, gradients: gradients, saved: saved, dOut: dy, dInput: dx, rows: N, dropout: dropout,
+            ws: ws)
+        loraBackwardDA(m, gradients: gradients, input: x, rows: N, dropout: dropout, ws: ws)
+    }
+
+    /// The part of a LoRA module's backward that does not read its input: dB += s·dyᵀ·(A·x) from the saved A·x,
+    /// t = dy·B (left in `ws.loraScratch` for `loraBackwardDA`), and dx += s·t·A, masked like the input when
+    /// dropout is on.
+    private func loraBackwardWithoutDA(
+        _ m: LoRAModule, adapter: LoRAAdapter, gradients: FloatBuffer, saved: UnsafePointer<Float>,
+        dOut dy: UnsafePointer<Float>, dInput dx: UnsafeMutablePointer<Float>, rows N: Int, dropout: DropoutPlan?,
+        ws: TrainingWorkspace
+    ) {
         let a = adapter.parameters.pointer + m.aOffset
         let b = adapter.parameters.pointer + m.bOffset
-        let dA = gradients.pointer + m.aOffset
         let dB = gradients.pointer + m.bOffset
         let t = ws.loraScratch.pointer  // (N, r) = dy·B
-        // dB += s · dyᵀ · (A·x)
         matmul(dB, dy, saved, M: m.outFeatures, N: m.rank, K: N, transA: true, alpha: m.scale, beta: 1)
         matmul(t, dy, b, M: N, N: m.rank, K: m.outFeatures)
-        // dA += s · (dy·B)ᵀ · drop(x)
-        let source = droppedInput(m, x, rows: N, dropout: dropout, ws: ws)
-        matmul(dA, t, source, M: m.rank, N: m.inFeatures, K: N, transA: true, alpha: m.scale, beta: 1)
-        // dx += s · (dy·B)·A, masked like the input when dropout is on
         guard let dropout else {
             matmul(dx, t, a, M: N, N: m.inFeatures, K: m.rank, alpha: m.scale, beta: 1)
             return
@@ -227,6 +236,17 @@ extension LlamaModel {
         Parallel.forRanges(count, grain: 1 << 14) { range in
             for i in range where dropout.keeps(stream, i) { dx[i] += scratch[i] * keepScale }
         }
+    }
+
+    /// dA += s · tᵀ · drop(x), with t = dy·B as `loraBackwardWithoutDA` left it.
+    private func loraBackwardDA(
+        _ m: LoRAModule, gradients: FloatBuffer, input x: UnsafePointer<Float>, rows N: Int, dropout: DropoutPlan?,
+        ws: TrainingWorkspace
+    ) {
+        let source = droppedInput(m, x, rows: N, dropout: dropout, ws: ws)
+        matmul(
+            gradients.pointer + m.aOffset, ws.loraScratch.pointer, source, M: m.rank, N: m.inFeatures, K: N,
+            transA: true, alpha: m.scale, beta: 1)
     }
 
     /// y = x·Wᵀ (+ bias) + LoRA, for one projection.
@@ -281,11 +301,11 @@ extension LlamaModel {
         ropeForward(s.q.pointer, positions: batch.positions, rows: N, heads: c.heads, table: rope, style: .halfSplit)
         ropeForward(s.k.pointer, positions: batch.positions, rows: N, heads: c.kvHeads, table: rope, style: .halfSplit)
         attentionForward(
-            out: s.attention.pointer, lse: s.lse.pointer, q: s.q.pointer, k: s.k.pointer, v: s.v.pointer,
+            out: ws.attentionOut.pointer, lse: s.lse.pointer, q: s.q.pointer, k: s.k.pointer, v: s.v.pointer,
             shape: attentionShape(batch), keyStarts: batch.documentStarts)
         // x2 = x + o(attention)
         project(
-            .o, layer: l, weight: w.o, bias: w.oBias, input: s.attention.pointer, output: s.x2.pointer, buffers: s,
+            .o, layer: l, weight: w.o, bias: w.oBias, input: ws.attentionOut.pointer, output: s.x2.pointer, buffers: s,
             rows: N, adapter: adapter, dropout: dropout, ws: ws)
         addInPlace(s.x2.pointer, x, count: N * c.dim)
         rmsNormForward(
@@ -336,18 +356,27 @@ extension LlamaModel {
         rmsNormBackward(
             dInput: dx, dWeight: nil, dOut: dh, input: s.x2.pointer, weight: w.ffnNorm, rstd: s.rstd2.pointer, rows: N,
             dim: c.dim)
-        // Attention: x2 = x + o(attention(rope(q(h1)), rope(k(h1)), v(h1))).
+        // Attention: x2 = x + o(attention(rope(q(h1)), rope(k(h1)), v(h1))). The attention output is not kept:
+        // o's backward runs without its input, the attention backward recomputes the output when o's LoRA A
+        // needs it, and dA follows.
         let dAtt = ws.dAttention.pointer
-        projectBackward(
-            .o, layer: l, weight: w.o, input: s.attention.pointer, dOut: dx, dInput: dAtt, accumulate: false,
-            buffers: s, rows: N, adapter: adapter, gradients: gradients, dropout: dropout, ws: ws)
+        w.o.multiply(dAtt, dx, n: N)
+        let oModule = adapter.module(layer: l, target: .o)
+        if let m = oModule {
+            loraBackwardWithoutDA(
+                m, adapter: adapter, gradients: gradients, saved: s.lora.pointer + s.loraOffsets[.o]!, dOut: dx,
+                dInput: dAtt, rows: N, dropout: dropout, ws: ws)
+        }
         ws.dq.zero()
         ws.dk.zero()
         ws.dv.zero()
         attentionBackward(
             dQ: ws.dq.pointer, dK: ws.dk.pointer, dV: ws.dv.pointer, dOut: dAtt, q: s.q.pointer, k: s.k.pointer,
-            v: s.v.pointer, out: s.attention.pointer, lse: s.lse.pointer, shape: attentionShape(batch),
-            keyStarts: batch.documentStarts)
+            v: s.v.pointer, lse: s.lse.pointer, recomputedOut: oModule == nil ? nil : ws.attentionOut.pointer,
+            shape: attentionShape(batch), keyStarts: batch.documentStarts)
+        if let m = oModule {
+            loraBackwardDA(m, gradients: gradients, input: ws.attentionOut.pointer, rows: N, dropout: dropout, ws: ws)
+        }
         ropeBackward(ws.dq.pointer, positions: batch.positions, rows: N, heads: c.heads, table: rope, style: .halfSplit)
         ropeBackward(
             ws.dk.pointer, positions: batch.positions, rows: N, heads: c.kvHeads, table: rope, style: .halfSplit)

@@ -1,13 +1,22 @@
 // TrainingWorkspace: the activations a training step keeps for its backward pass, and the gradient scratch.
 //
 // Per layer l (N = B·T rows): the block input x_l (always kept), and unless `recompute` is set: rstd of both
-// norms, q and k after RoPE, v, the attention output, its log-sum-exp, the residual after attention x2, the
-// gate and up projections, and each LoRA module's A·x. With `recompute`, one set of those buffers serves every
+// norms, q and k after RoPE, v, the attention's log-sum-exp, the residual after attention x2, the gate and up
+// projections, and each LoRA module's A·x. The attention output is not kept: the attention backward needs only
+// its log-sum-exp, and recomputes the output for the o projection's LoRA gradient when there is one. With `recompute`, one set of those buffers serves every
 // layer and the backward re-runs each block's forward from x_l first: memory falls from O(layers) sets to one,
 // for one extra forward pass. Normalised inputs and silu(gate)⊙up are recomputed in either mode (cheap,
 // elementwise).
 
 import TensorKernels
+
+/// A region of a workspace's arena: a pointer and a length, zeroable like a FloatBuffer.
+struct Region {
+    let pointer: UnsafeMutablePointer<Float>
+    let count: Int
+
+    func zero() { pointer.update(repeating: 0, count: count) }
+}
 
 /// Saved activations of one block.
 struct BlockBuffers {
@@ -15,7 +24,6 @@ struct BlockBuffers {
     let q: FloatBuffer  // (N, qDim) after RoPE
     let k: FloatBuffer  // (N, kvDim) after RoPE
     let v: FloatBuffer  // (N, kvDim)
-    let attention: FloatBuffer  // (N, qDim)
     let lse: FloatBuffer  // (B, heads, T)
     let x2: FloatBuffer  // (N, dim)
     let rstd2: FloatBuffer  // (N)
@@ -29,7 +37,6 @@ struct BlockBuffers {
         q = FloatBuffer(count: N * c.qDim)
         k = FloatBuffer(count: N * c.kvDim)
         v = FloatBuffer(count: N * c.kvDim)
-        attention = FloatBuffer(count: N * c.qDim)
         lse = FloatBuffer(count: B * c.heads * T)
         x2 = FloatBuffer(count: N * c.dim)
         rstd2 = FloatBuffer(count: N)
@@ -57,31 +64,37 @@ public final class TrainingWorkspace: @unchecked Sendable {
     /// Rows of the vocabulary projection computed at once (bounds the logits buffer).
     public let logitChunk: Int
 
-    /// 256 rows: 48 MiB of logits over a 49k vocabulary. Each chunk streams the whole output matrix through
-    /// sgemm's packing, so fewer rows cost throughput: 128 rows measured 1 % slower per step and 64 rows 4 %
-    /// (SmolLM2-135M, 4 × 256, cairn-bench train).
-    public static let defaultLogitChunk = 256
+    /// The logits chunk fills the arena that the blocks' scratch needs anyway, within 64...256 rows. Each chunk
+    /// streams the whole output matrix through sgemm's packing, so fewer rows cost throughput: 128 rows
+    /// measured about 1 % slower per step than 256, and 64 rows 4 % slower. For SmolLM2-135M at 4 × 256 the
+    /// scratch holds 132 rows of its 49k vocabulary, which saves 23 MiB against 256 rows.
+    static func defaultLogitChunk(scratch: Int, vocabulary: Int, rows: Int) -> Int {
+        min(rows, max(64, min(256, scratch / max(1, vocabulary) / 16 * 16)))
+    }
 
     let rows: Int
     let residuals: FloatBuffer  // (layers + 1, N, dim): x_0 ... x_L
     let blocks: [BlockBuffers]  // layers entries, or one when recomputing
     let rstdFinal: FloatBuffer
-    let normedFinal: FloatBuffer  // (N, dim)
-    let logits: FloatBuffer  // (logitChunk, vocab)
+    let normedFinal: FloatBuffer  // (logitChunk, dim): the final norm's output, one chunk of rows at a time
     let losses: FloatBuffer
-    // Gradient and recomputation scratch.
-    let dx: FloatBuffer  // (N, dim): the residual stream's gradient, block by block
-    let dNormed: FloatBuffer  // (N, max(dim, qDim))
-    let normedScratch: FloatBuffer  // (N, dim): recomputed norm outputs
-    let dq: FloatBuffer
-    let dk: FloatBuffer
-    let dv: FloatBuffer
-    let dAttention: FloatBuffer
-    let hidden: FloatBuffer  // (N, ffnDim): silu(gate) ⊙ up
-    let dHidden: FloatBuffer
-    let loraScratch: FloatBuffer  // (N, max rank)
-    let dropped: FloatBuffer  // (N, max in) the dropped-out LoRA input, when dropout is on
-    let blockOutput: FloatBuffer  // (N, dim) where recomputed blocks write their unused output
+    let dNormed: FloatBuffer  // (N, max(dim, qDim)): the final norm's output gradient, then each block's
+    /// One allocation for two uses that are never live together: the logits chunk while the head runs, and the
+    /// blocks' scratch (the regions below) before it, in the forward, and after it, in the backward.
+    let arena: FloatBuffer
+    let logits: Region  // (logitChunk, vocab), the arena's start
+    let dx: Region  // (N, dim): the residual stream's gradient, block by block
+    let normedScratch: Region  // (N, max(dim, qDim)): norm outputs
+    let dq: Region
+    let dk: Region
+    let dv: Region
+    let dAttention: Region
+    let attentionOut: Region  // (N, qDim): the attention output, every layer's in turn (not kept)
+    let hidden: Region  // (N, ffnDim): silu(gate) ⊙ up
+    let dHidden: Region
+    let loraScratch: Region  // (N, max rank)
+    let dropped: Region  // (N, max in) the dropped-out LoRA input, when dropout is on
+    let blockOutput: Region  // (N, dim) where recomputed blocks write their unused output
 
     /// Allocates everything a step of `batch × length` needs for `adapter` on `model`.
     ///
@@ -90,7 +103,7 @@ public final class TrainingWorkspace: @unchecked Sendable {
     ///   - dropout: Whether LoRA dropout will be used (allocates its scratch).
     public init(
         model c: LlamaConfig, adapter: LoRAAdapter, batch: Int, length: Int, recompute: Bool, dropout: Bool = false,
-        logitChunk: Int = TrainingWorkspace.defaultLogitChunk
+        logitChunk: Int? = nil
     ) {
         precondition(batch > 0 && length > 0, "TrainingWorkspace: empty batch")
         self.batch = batch
@@ -98,7 +111,11 @@ public final class TrainingWorkspace: @unchecked Sendable {
         self.recompute = recompute
         let N = batch * length
         rows = N
-        self.logitChunk = min(logitChunk, N)
+        let sizes = Self.scratchSizes(model: c, adapter: adapter, rows: N, recompute: recompute, dropout: dropout)
+        let chunk =
+            logitChunk.map { min($0, N) }
+            ?? Self.defaultLogitChunk(scratch: sizes.reduce(0, +), vocabulary: c.vocabSize, rows: N)
+        self.logitChunk = chunk
         residuals = FloatBuffer(count: (c.layers + 1) * N * c.dim)
         let layersKept = recompute ? 1 : c.layers
         blocks = (0..<layersKept).map { l in
@@ -106,21 +123,42 @@ public final class TrainingWorkspace: @unchecked Sendable {
             return BlockBuffers(config: c, rows: N, batch: batch, length: length, modules: modules)
         }
         rstdFinal = FloatBuffer(count: N)
-        normedFinal = FloatBuffer(count: N * c.dim)
-        logits = FloatBuffer(count: self.logitChunk * c.vocabSize)
-        losses = FloatBuffer(count: self.logitChunk)
-        dx = FloatBuffer(count: N * c.dim)
+        normedFinal = FloatBuffer(count: chunk * c.dim)
+        losses = FloatBuffer(count: chunk)
         dNormed = FloatBuffer(count: N * max(c.dim, c.qDim))
-        normedScratch = FloatBuffer(count: N * max(c.dim, c.qDim))
-        dq = FloatBuffer(count: N * c.qDim)
-        dk = FloatBuffer(count: N * c.kvDim)
-        dv = FloatBuffer(count: N * c.kvDim)
-        dAttention = FloatBuffer(count: N * c.qDim)
-        hidden = FloatBuffer(count: N * c.ffnDim)
-        dHidden = FloatBuffer(count: N * c.ffnDim)
-        loraScratch = FloatBuffer(count: N * max(1, adapter.modules.map(\.rank).max() ?? 1))
-        dropped = FloatBuffer(count: dropout ? N * max(c.dim, c.qDim, c.ffnDim) : 0)
-        blockOutput = FloatBuffer(count: recompute ? N * c.dim : 0)
+        var offsets: [Int] = []
+        var total = 0
+        for size in sizes {
+            offsets.append(total)
+            total += (size + 15) & ~15  // 64-byte aligned regions
+        }
+        arena = FloatBuffer(count: max(total, chunk * c.vocabSize))
+        let base = arena.pointer
+        func region(_ i: Int) -> Region { Region(pointer: base + offsets[i], count: sizes[i]) }
+        logits = Region(pointer: base, count: chunk * c.vocabSize)
+        dx = region(0)
+        normedScratch = region(1)
+        dq = region(2)
+        dk = region(3)
+        dv = region(4)
+        dAttention = region(5)
+        attentionOut = region(6)
+        hidden = region(7)
+        dHidden = region(8)
+        loraScratch = region(9)
+        dropped = region(10)
+        blockOutput = region(11)
+    }
+
+    /// Sizes of the arena's scratch regions, in the order `init` assigns them.
+    static func scratchSizes(model c: LlamaConfig, adapter: LoRAAdapter, rows N: Int, recompute: Bool, dropout: Bool)
+        -> [Int]
+    {
+        [
+            N * c.dim, N * max(c.dim, c.qDim), N * c.qDim, N * c.kvDim, N * c.kvDim, N * c.qDim, N * c.qDim,
+            N * c.ffnDim, N * c.ffnDim, N * max(1, adapter.modules.map(\.rank).max() ?? 1),
+            dropout ? N * max(c.dim, c.qDim, c.ffnDim) : 0, recompute ? N * c.dim : 0,
+        ]
     }
 
     /// One module per target with the largest rank used by that target: the shared buffers of recompute mode.
@@ -137,12 +175,14 @@ public final class TrainingWorkspace: @unchecked Sendable {
         model c: LlamaConfig, adapter: LoRAAdapter, batch: Int, length: Int, recompute: Bool
     ) -> Int {
         let N = batch * length
-        let perBlock = N * (2 + 2 * c.qDim + 2 * c.kvDim + c.dim + 2 * c.ffnDim) + batch * c.heads * length
+        let perBlock = N * (2 + c.qDim + 2 * c.kvDim + c.dim + 2 * c.ffnDim) + batch * c.heads * length
         let loraPerLayer = N * adapter.modules.map(\.rank).reduce(0, +) / max(1, c.layers)
         let blocks = (recompute ? 1 : c.layers) * (perBlock + loraPerLayer)
-        let scratch =
-            N * (c.layers + 1) * c.dim + N * (4 * c.dim + 4 * c.qDim + 2 * c.kvDim + 2 * c.ffnDim)
-            + min(defaultLogitChunk, N) * c.vocabSize
+        let scratchTotal = scratchSizes(model: c, adapter: adapter, rows: N, recompute: recompute, dropout: false)
+            .reduce(0, +)
+        let arena = max(
+            scratchTotal, defaultLogitChunk(scratch: scratchTotal, vocabulary: c.vocabSize, rows: N) * c.vocabSize)
+        let scratch = N * (c.layers + 1) * c.dim + N * max(c.dim, c.qDim) + 256 * c.dim + arena
         return 4 * (blocks + scratch)
     }
 }

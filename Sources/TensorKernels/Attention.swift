@@ -122,14 +122,17 @@ public func attentionForward(
 ///   - dV: (B, S, NKV, HS) `+=`.
 ///   - dOut: (B, T, NH, HS).
 ///   - q, k, v: The forward inputs.
-///   - out: (B, T, NH, HS), the forward output.
 ///   - lse: (B, NH, T), saved by the forward.
+///   - recomputedOut: (B, T, NH, HS) receives the forward output P·V again, for a caller that needs it (the
+///     o projection's LoRA gradient) without having kept it; nil when none does. The backward itself needs
+///     only P and dP: its row term rowsum(dO ⊙ O) equals rowsum(P ⊙ dP).
 ///   - shape: The dimensions.
 ///   - keyStarts: As in the forward.
 public func attentionBackward(
     dQ: UnsafeMutablePointer<Float>, dK: UnsafeMutablePointer<Float>, dV: UnsafeMutablePointer<Float>,
     dOut: UnsafePointer<Float>, q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
-    out: UnsafePointer<Float>, lse: UnsafePointer<Float>, shape: AttentionShape, keyStarts: UnsafePointer<Int32>? = nil
+    lse: UnsafePointer<Float>, recomputedOut: UnsafeMutablePointer<Float>? = nil, shape: AttentionShape,
+    keyStarts: UnsafePointer<Int32>? = nil
 ) {
     let (B, T, S, NH, HS) = (shape.batch, shape.queries, shape.keyCapacity, shape.heads, shape.headDim)
     guard B > 0, T > 0 else { return }
@@ -169,9 +172,8 @@ public func attentionBackward(
                         let rowLSE = lse[(b * NH + h) * T + t0 + r]
                         let pRow = p + r * keys
                         let dPRow = dP + r * keys
-                        let d = dot(dOut + rowOffset + r * qs, out + rowOffset + r * qs, HS)
-                        // P = exp(S − lse); dS = P ⊙ (dP − d)
-                        cairn_softmax_backward_row(pRow + first, dPRow + first, visible - first, rowLSE, d)
+                        // P = exp(S − lse) and dS = P ⊙ (dP − rowsum(P ⊙ dP)) over the visible keys; zero elsewhere.
+                        cairn_softmax_backward_row(pRow + first, dPRow + first, visible - first, rowLSE)
                         for s in 0..<first {
                             pRow[s] = 0
                             dPRow[s] = 0
@@ -180,6 +182,12 @@ public func attentionBackward(
                             pRow[s] = 0
                             dPRow[s] = 0
                         }
+                    }
+                    if let recomputedOut {
+                        // O = P·V, as the forward computed it.
+                        BLAS.sgemm(
+                            transA: false, transB: false, m: rows, n: HS, k: keys, alpha: 1,
+                            a: p, lda: keys, b: vHead, ldb: kvs, beta: 0, c: recomputedOut + rowOffset, ldc: qs)
                     }
                     // dV += Pᵀ·dO
                     BLAS.sgemm(

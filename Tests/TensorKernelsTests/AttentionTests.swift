@@ -59,10 +59,12 @@ import TestSupport
             return projection(out, r)
         }
         _ = loss()
+        let again = FloatBuffer(count: q.count)
         let (dq, dk, dv) = (FloatBuffer(count: q.count), FloatBuffer(count: k.count), FloatBuffer(count: v.count))
         attentionBackward(
             dQ: dq.pointer, dK: dk.pointer, dV: dv.pointer, dOut: r.pointer, q: q.pointer, k: k.pointer,
-            v: v.pointer, out: out.pointer, lse: lse.pointer, shape: s)
+            v: v.pointer, lse: lse.pointer, recomputedOut: again.pointer, shape: s)
+        expectClose(again, out, tolerance: Tolerance.reordered, "the output recomputed by the backward")
         expectGradient(dq.array, numericGradient(of: q, step: 1e-3, loss: loss), "dQ")
         expectGradient(dk.array, numericGradient(of: k, step: 1e-3, loss: loss), "dK")
         expectGradient(dv.array, numericGradient(of: v, step: 1e-3, loss: loss), "dV")
@@ -116,10 +118,12 @@ import TestSupport
             return projection(out, r)
         }
         _ = loss()
+        let again = FloatBuffer(count: q.count)
         let (dq, dk, dv) = (FloatBuffer(count: q.count), FloatBuffer(count: k.count), FloatBuffer(count: v.count))
         attentionBackward(
             dQ: dq.pointer, dK: dk.pointer, dV: dv.pointer, dOut: r.pointer, q: q.pointer, k: k.pointer,
-            v: v.pointer, out: out.pointer, lse: lse.pointer, shape: Self.shape, keyStarts: Self.starts)
+            v: v.pointer, lse: lse.pointer, recomputedOut: again.pointer, shape: Self.shape, keyStarts: Self.starts)
+        expectClose(again, out, tolerance: Tolerance.reordered, "the output recomputed by the backward")
         expectGradient(dq.array, numericGradient(of: q, step: 1e-3, loss: loss), "dQ")
         expectGradient(dk.array, numericGradient(of: k, step: 1e-3, loss: loss), "dK")
         expectGradient(dv.array, numericGradient(of: v, step: 1e-3, loss: loss), "dV")

@@ -38,8 +38,9 @@ void cairn_swiglu_forward(float *out, const float *gate, const float *up, size_t
 void cairn_swiglu_backward(
     float *dgate, float *dup, const float *dout, const float *gate, const float *up, size_t n, int accumulate);
 
-/// Attention backward over one row of visible keys: p[i] = exp(p[i] - lse), then dp[i] = p[i] * (dp[i] - d).
-void cairn_softmax_backward_row(float *p, float *dp, size_t n, float lse, float d);
+/// Attention backward over one row of visible keys: p[i] = exp(p[i] - lse), then dp[i] = p[i] * (dp[i] - D)
+/// with D = the sum of p[i] * dp[i] (which equals the row's dO . O).
+void cairn_softmax_backward_row(float *p, float *dp, size_t n, float lse);
 
 /// Dequantises `blocks` GGUF blocks of 32 values each (formats.md §2) from `src` (any alignment) into `dst`:
 /// Q8_0 (d·q), Q4_0 (d·(q − 8)) and Q4_1 (d·q + m), rounding exactly as a scalar loop does (no fused
