@@ -29,10 +29,10 @@ extension LlamaWeights {
         let (scale, minimum): (Float, Float) = type == .q8_0 ? (0.04 / 127, 0) : (0.005, -0.0375)
         let d = floatToHalf(scale)
         let m = floatToHalf(minimum)
-        let shapes = Dictionary(uniqueKeysWithValues: tensorTable(config).map { ($0.name, $0.shape) })
-        for (name, (offset, _)) in weights.blockOffsets.sorted(by: { $0.value.offset < $1.value.offset }) {
-            let count = shapes[name]!.reduce(1, *) / type.blockSize
-            let base = blocks.baseAddress! + offset
+        for matrix in weights.quantized.values {
+            let count = matrix.rows * matrix.columns / type.blockSize
+            let base = weights.writableBytes(matrix)
+            let offset = base - blocks.baseAddress!
             Parallel.forRanges(count, grain: 4096) { range in
                 var rng = SeededGenerator(seed: seed &+ UInt64(offset) &+ UInt64(range.lowerBound))
                 for b in range {

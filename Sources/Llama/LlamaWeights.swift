@@ -81,10 +81,10 @@ public final class LlamaWeights: @unchecked Sendable {
     public let layout: BufferLayout
     /// The fp32 storage.
     public let storage: FloatBuffer
-    /// The block-quantised matrices' bytes (empty in f32 precision), at `blockOffsets`.
+    /// The block-quantised matrices' bytes (empty in f32 precision).
     let blocks: UnsafeMutableRawBufferPointer
-    /// Byte offset and type of each matrix kept in `blocks`, by Hugging Face name.
-    let blockOffsets: [String: (offset: Int, type: GGMLType)]
+    /// The matrices kept in `blocks`, by Hugging Face name.
+    let quantized: [String: FrozenMatrix]
     /// (vocabSize, dim) token embeddings.
     public let embedding: FrozenMatrix
     /// (dim) final RMSNorm weight.
@@ -190,19 +190,24 @@ public final class LlamaWeights: @unchecked Sendable {
             }
         }
         self.layout = layout
-        blockOffsets = offsets
         storage = FloatBuffer(count: layout.totalCount)
         blocks = .allocate(byteCount: blockBytes, alignment: 64)
         let base = storage.pointer
         let blockBase = blocks.baseAddress
         func at(_ name: String) -> UnsafeMutablePointer<Float> { base + layout[name]!.offset }
         func maybe(_ name: String) -> UnsafeMutablePointer<Float>? { layout[name].map { base + $0.offset } }
+        let quantized = Dictionary(
+            uniqueKeysWithValues: offsets.map { name, entry in
+                let shape = shapes[name]!
+                return (
+                    name,
+                    FrozenMatrix(type: entry.type, bytes: blockBase! + entry.offset, rows: shape[0], columns: shape[1])
+                )
+            })
+        self.quantized = quantized
         func matrix(_ name: String) -> FrozenMatrix {
             let shape = shapes[name]!
-            if let (offset, type) = offsets[name] {
-                return FrozenMatrix(type: type, bytes: blockBase! + offset, rows: shape[0], columns: shape[1])
-            }
-            return FrozenMatrix(at(name), rows: shape[0], columns: shape[1])
+            return quantized[name] ?? FrozenMatrix(at(name), rows: shape[0], columns: shape[1])
         }
         embedding = matrix("model.embed_tokens.weight")
         outputNorm = at("model.norm.weight")
@@ -232,13 +237,13 @@ public final class LlamaWeights: @unchecked Sendable {
         if let region = layout[name] {
             return Array(UnsafeBufferPointer(start: storage.pointer + region.offset, count: region.count))
         }
-        guard let (offset, type) = blockOffsets[name],
-            let spec = Self.tensorTable(config).first(where: { $0.name == name })
-        else { return nil }
-        return FrozenMatrix(
-            type: type, bytes: blocks.baseAddress! + offset, rows: spec.shape[0], columns: spec.shape[1]
-        )
-        .dequantized()
+        return quantized[name]?.dequantized()
+    }
+
+    /// Where a matrix kept in `blocks` starts, for filling it.
+    func writableBytes(_ matrix: FrozenMatrix) -> UnsafeMutableRawPointer {
+        guard case .blocks(_, let bytes) = matrix.storage else { preconditionFailure("not a block matrix") }
+        return UnsafeMutableRawPointer(mutating: bytes)
     }
 
     /// Bytes the weights occupy in memory (fp32 storage plus blocks).
@@ -315,9 +320,9 @@ extension LlamaWeights {
         for (spec, stored) in work {
             let permutationHeads: Int? =
                 if case .gguf(permutedQK: true) = naming { spec.permutationHeads } else { nil }
-            if let (offset, type) = weights.blockOffsets[spec.name] {
-                let rowBytes = spec.shape[1] / type.blockSize * type.blockBytes
-                let destination = weights.blocks.baseAddress! + offset
+            if let matrix = weights.quantized[spec.name] {
+                let rowBytes = matrix.rowBytes
+                let destination = weights.writableBytes(matrix)
                 withExtendedLifetime(stored) {
                     let source = stored.bytes.baseAddress!
                     guard let heads = permutationHeads else {

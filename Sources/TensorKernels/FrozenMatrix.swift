@@ -88,15 +88,10 @@ public struct FrozenMatrix: @unchecked Sendable, Equatable {
         case .f32(let w):
             matmul(out, x, w, M: n, N: rows, K: columns, transB: true, alpha: alpha, beta: beta, lda: lda, ldc: ldc)
         case .blocks(let type, let bytes):
-            let step = panelRows
-            PanelPool.shared.withPanel(step * columns) { panel in
-                for r0 in stride(from: 0, to: rows, by: step) {
-                    let count = min(step, rows - r0)
-                    dequantize(type, from: bytes + r0 * rowBytes, to: panel, count: count * columns)
-                    matmul(
-                        out + r0, x, panel, M: n, N: count, K: columns, transB: true, alpha: alpha, beta: beta,
-                        lda: lda, ldb: columns, ldc: ldc)
-                }
+            forEachPanel(type, bytes) { panel, r0, count in
+                matmul(
+                    out + r0, x, panel, M: n, N: count, K: columns, transB: true, alpha: alpha, beta: beta, lda: lda,
+                    ldb: columns, ldc: ldc)
             }
         }
     }
@@ -107,15 +102,26 @@ public struct FrozenMatrix: @unchecked Sendable, Equatable {
         case .f32(let w):
             matmul(out, dy, w, M: n, N: columns, K: rows, beta: beta)
         case .blocks(let type, let bytes):
-            let step = panelRows
-            PanelPool.shared.withPanel(step * columns) { panel in
-                for r0 in stride(from: 0, to: rows, by: step) {
-                    let count = min(step, rows - r0)
-                    dequantize(type, from: bytes + r0 * rowBytes, to: panel, count: count * columns)
-                    matmul(
-                        out, dy + r0, panel, M: n, N: columns, K: count, beta: r0 == 0 ? beta : 1, lda: rows,
-                        ldb: columns, ldc: columns)
-                }
+            // Each panel adds its rows' share: dx += dy[:, panel rows] · W[panel rows, :].
+            forEachPanel(type, bytes) { panel, r0, count in
+                matmul(
+                    out, dy + r0, panel, M: n, N: columns, K: count, beta: r0 == 0 ? beta : 1, lda: rows,
+                    ldb: columns, ldc: columns)
+            }
+        }
+    }
+
+    /// Dequantises a block matrix one panel of rows at a time into a pooled buffer and calls
+    /// `body(panel, first row, rows in the panel)` for each.
+    private func forEachPanel(
+        _ type: GGMLType, _ bytes: UnsafeRawPointer, _ body: (UnsafeMutablePointer<Float>, Int, Int) -> Void
+    ) {
+        let step = panelRows
+        PanelPool.shared.withPanel(step * columns) { panel in
+            for r0 in stride(from: 0, to: rows, by: step) {
+                let count = min(step, rows - r0)
+                dequantize(type, from: bytes + r0 * rowBytes, to: panel, count: count * columns)
+                body(panel, r0, count)
             }
         }
     }
