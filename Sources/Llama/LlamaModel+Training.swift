@@ -100,7 +100,6 @@ extension LlamaModel {
                 adapter: adapter, dropout: dropout, ws: ws)
         }
         let xL = x0 + c.layers * N * c.dim
-        if gradients != nil { ws.dNormed.zero() }
         var loss = StepLoss(sum: 0, tokens: 0)
         batch.targets.withUnsafeBufferPointer { targets in
             var r0 = 0
@@ -116,7 +115,7 @@ extension LlamaModel {
                     crossEntropyForwardBackward(
                         losses: ws.losses.pointer, logits: ws.logits.pointer, targets: targets.baseAddress! + r0,
                         dLoss: lossScale, rows: rows, vocabSize: c.vocabSize)
-                    // dh = dlogits · E (the output projection (vocab, dim)).
+                    // dh = dlogits · E (the output projection (vocab, dim)), written over this chunk's rows.
                     weights.output.multiply(ws.dNormed.pointer + r0 * c.dim, ws.logits.pointer, n: rows)
                 } else {
                     crossEntropyForward(
