@@ -71,7 +71,8 @@ struct Train: ParsableCommand {
             "auto (default), f32 or q: dequantise the base to fp32, or keep its matrices in the GGUF file's own quantisation.",
             discussion:
                 "q holds Q4_1/Q8_0/Q6_K/… matrices as stored and dequantises them tile by tile inside each product: "
-                + "4-8x less memory for the base, about 10 % slower, and (by default) activations recomputed. "
+                + "4-8x less memory for the base, products a few percent slower, and (by default) activations "
+                + "recomputed, so a step takes about 1.5x as long as with f32 (--recompute never keeps them). "
                 + "auto picks f32 when the fp32 weights fit in 80 % of the available memory."))
     var basePrecision: String?
     @Option(help: "Kernel threads (default all cores).") var threads: Int?
