@@ -48,8 +48,10 @@ struct CoordinatorCommand: ParsableCommand {
               cairn coordinator --http 0.0.0.0:7071     # the dashboard for other machines too (with the token)
               cairn coordinator token --ttl 1h
               cairn coordinator token --role client      # for `cairn client join` on a laptop
+              cairn coordinator export job-3 -o job-3-adapter   # the last journaled step's adapter, even unfinished
             """,
-        subcommands: [Serve.self, Token.self, RevokeToken.self, RevokeKey.self], defaultSubcommand: Serve.self)
+        subcommands: [Serve.self, Token.self, RevokeToken.self, RevokeKey.self, Export.self],
+        defaultSubcommand: Serve.self)
 
     struct Serve: ParsableCommand {
         static let configuration = CommandConfiguration(
@@ -163,6 +165,45 @@ extension CoordinatorCommand {
     }
 }
 
+extension CoordinatorCommand {
+    struct Export: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Write the adapter of a job's last journaled step, from the state directory alone.",
+            discussion: """
+                Works whether the job finished or not (running, cancelled, stopped with the coordinator) and whether \
+                the coordinator runs or not: for keeping what an interrupted job learnt. The adapter's lineage \
+                records how many steps it had. A finished job's adapter is the same as `cairn pull` gives.
+
+                Examples:
+                  cairn coordinator export --state /var/lib/cairn/coordinator job-3 -o job-3-adapter
+                  cairn coordinator export job-3 --format gguf -o job-3.gguf
+                """)
+        @Option(help: "State directory of the coordinator (default $CAIRN_STATE or ~/.local/state/cairn).")
+        var state: String?
+        @Argument(help: "The job id (see `cairn status`).")
+        var jobId: String
+        @Option(help: "peft (a directory) or gguf (a GGUF LoRA file for llama.cpp --lora).")
+        var format = "peft"
+        @Option(name: .shortAndLong, help: "Output directory (peft) or file (gguf); replaced once the new one is whole.")
+        var output: String
+
+        func run() throws {
+            guard let f = AdapterFileFormat(rawValue: format) else {
+                throw ValidationError("--format must be peft or gguf")
+            }
+            let written: JournaledAdapter
+            do {
+                written = try Coordinator.exportJournaledAdapter(
+                    stateDirectory: state ?? CredentialPaths.defaultState, job: jobId, format: f, to: output)
+            } catch { throw CLIError("\(error)") }
+            let note = written.totalSteps == written.step ? "" : " (the job is \(written.state))"
+            Terminal.note(
+                "\(jobId): \(format) adapter of \(written.unit) \(written.step) of \(written.totalSteps)\(note) "
+                    + "written to \(output)")
+        }
+    }
+}
+
 struct WorkerCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "worker", abstract: "Lend this machine to a coordinator.", subcommands: [Join.self])
@@ -174,7 +215,9 @@ struct WorkerCommand: ParsableCommand {
             discussion: """
                 The first time, pass the token from `cairn coordinator token`: the worker enrols a key pair of its own \
                 and keeps it (--credentials, default ~/.config/cairn/worker.json, mode 0600), so later joins need no \
-                token. The coordinator ships the base model into the cache (--cache) the first time.
+                token; a --token for the coordinator it is already enrolled with is not used again (so a service \
+                can pass the same token on every start). The coordinator ships the base model into the cache \
+                (--cache) the first time.
 
                 Examples:
                   cairn worker join tcp://coord:7070 --token cairn1…
@@ -215,9 +258,19 @@ struct WorkerCommand: ParsableCommand {
                 guard let t = JoinToken(parsing: token) else {
                     throw ValidationError("--token is not a Cairn join token (it starts with cairn1)")
                 }
-                creds = try ClusterClient.enrol(endpoint: endpoint, token: t, role: "worker", name: name)
-                try creds.save(to: credPath)
-                Terminal.note("enrolled; key pair saved to \(credPath)")
+                if let saved = try? Credentials.load(from: credPath), saved.serverKey == t.serverKey, saved.keys != nil {
+                    // Already enrolled with this coordinator: a service or batch script that passes the same
+                    // token on every start must not fail once the token is spent.
+                    creds = saved
+                    creds.endpoint = endpoint
+                    Terminal.note(
+                        "already enrolled with this coordinator (\(credPath)); the token was not used. "
+                            + "Delete that file to enrol again.")
+                } else {
+                    creds = try ClusterClient.enrol(endpoint: endpoint, token: t, role: "worker", name: name)
+                    try creds.save(to: credPath)
+                    Terminal.note("enrolled; key pair saved to \(credPath)")
+                }
             } else if FileManager.default.fileExists(atPath: credPath) {
                 creds = try Credentials.load(from: credPath)
                 creds.endpoint = endpoint
@@ -360,6 +413,9 @@ struct Status: ParsableCommand {
             With a job id, --json includes the job's journaled steps (loss, tokens, seconds, bytes, each worker's \
             rows, tokens and compute seconds; the most recent 800, or with --after N those after step N), its \
             evaluations, settings and lineage: the shapes of the dashboard's /api/jobs/ID.
+
+            With a job id, --watch returns when the job is finished, with exit status 0 if it is done and 1 if it \
+            failed or was cancelled: `cairn status JOB --watch && cairn pull JOB -o adapter` in scripts.
             """)
     @OptionGroup var client: ClientOptions
     @Argument(help: "A job id (default: all jobs).")
@@ -393,7 +449,13 @@ struct Status: ParsableCommand {
             let finished = jobs.allSatisfy {
                 ["done", "failed", "cancelled"].contains($0.objectValue?["state"]?.stringValue ?? "")
             }
-            if !watch || finished { break }
+            if !watch || finished {
+                if watch, let jobId, let state = jobs.first?.objectValue?["state"]?.stringValue, state != "done" {
+                    let why = jobs.first?.objectValue?["error"]?.stringValue.map { ": \($0)" } ?? ""
+                    throw CLIError("\(jobId) \(state)\(why)")
+                }
+                break
+            }
             Thread.sleep(forTimeInterval: 2)
         }
     }

@@ -178,30 +178,52 @@ struct Train: ParsableCommand {
 }
 
 /// SIGINT/SIGTERM: the first asks for a clean stop, the second quits at once.
+///
+/// The handler is installed with sigaction(2) before `init` returns, so a signal that comes at any moment after
+/// is seen (a dispatch signal source arms itself later, on another thread, and a signal in between was lost: a
+/// coordinator told to stop right after it started ran on). The handler does only async-signal-safe work: it
+/// counts, and wakes a thread through a pipe; that thread calls `onFirst`.
 final class StopSignal {
-    private final class Count: Sendable {
-        let value = Atomic<Int>(0)
-    }
-    private let count = Count()
-    private var sources: [any DispatchSourceSignal] = []
-
-    /// - Parameter onFirst: called (on a background queue) when the first signal arrives.
+    /// - Parameter onFirst: called (on a thread of its own) when the first signal arrives.
     init(onFirst: (@Sendable () -> Void)? = nil) {
-        for sig in [SIGINT, SIGTERM] {
-            signal(sig, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
-            source.setEventHandler { [count] in
-                let n = count.value.wrappingAdd(1, ordering: .relaxed).newValue
-                if n >= 2 { exit(130) }
+        var fds: [Int32] = [-1, -1]
+        if pipe(&fds) == 0 {
+            _ = fcntl(fds[1], F_SETFL, fcntl(fds[1], F_GETFL) | O_NONBLOCK)
+            stopSignalPipe = fds[1]
+            let readEnd = fds[0]
+            let waiter = Thread {
+                var byte: UInt8 = 0
+                while read(readEnd, &byte, 1) < 0, errno == EINTR {}
                 onFirst?()
             }
-            source.resume()
-            sources.append(source)
+            waiter.start()
         }
+        _ = stopSignalCount.load(ordering: .relaxed)  // initialised here, not first in the handler
+        var action = sigaction()
+        action.__sigaction_handler.sa_handler = { _ in
+            if stopSignalCount.add(1, ordering: .relaxed).newValue >= 2 { _exit(130) }
+            var byte: UInt8 = 1
+            _ = write(stopSignalPipe, &byte, 1)
+        }
+        sigemptyset(&action.sa_mask)
+        action.sa_flags = SA_RESTART
+        sigaction(SIGINT, &action, nil)
+        sigaction(SIGTERM, &action, nil)
+        // A parent may have started us with them blocked (the mask is inherited across exec): accept them here.
+        var set = sigset_t()
+        sigemptyset(&set)
+        sigaddset(&set, SIGINT)
+        sigaddset(&set, SIGTERM)
+        pthread_sigmask(SIG_UNBLOCK, &set, nil)
     }
 
-    var requested: Bool { count.value.load(ordering: .relaxed) > 0 }
+    var requested: Bool { stopSignalCount.load(ordering: .relaxed) > 0 }
 }
+
+/// SIGINT and SIGTERM received so far (StopSignal's handler).
+private let stopSignalCount = Atomic<Int>(0)
+/// The write end of StopSignal's pipe (-1: none).
+nonisolated(unsafe) private var stopSignalPipe: Int32 = -1
 
 /// Turns training events into a progress line (or JSON lines).
 final class TrainingDisplay {

@@ -185,6 +185,10 @@ public final class Store: @unchecked Sendable {
                         ALTER TABLE jobs ADD COLUMN validation_name TEXT;
                         """)
             }
+            // Processes that open a new state directory at once (a coordinator starting while a script issues
+            // tokens) would each see the migrations unapplied and run them twice: one at a time, under a lock.
+            let lock = try MigrationLock(directory: directory)
+            defer { lock.release() }
             try migrator.migrate(db)
         } catch let e as StoreError {
             throw e
@@ -491,5 +495,30 @@ public final class Store: @unchecked Sendable {
                     lastSeen: row["last_seen"], rows: row["rows"])
             }
         }
+    }
+}
+
+/// An exclusive flock(2) on STATE/cairn.sqlite.lock, held while the schema is migrated.
+private struct MigrationLock {
+    let fd: Int32
+
+    init(directory: String) throws(StoreError) {
+        let path = (directory as NSString).appendingPathComponent("cairn.sqlite.lock")
+        fd = open(path, O_CREAT | O_RDWR | O_CLOEXEC, 0o600)
+        guard fd >= 0 else {
+            throw StoreError("cannot open \(path): \(String(cString: strerror(errno))); is the state directory writable?")
+        }
+        while flock(fd, LOCK_EX) != 0 {
+            guard errno == EINTR else {
+                let message = String(cString: strerror(errno))
+                close(fd)
+                throw StoreError("cannot lock \(path): \(message)")
+            }
+        }
+    }
+
+    func release() {
+        flock(fd, LOCK_UN)
+        close(fd)
     }
 }

@@ -1,5 +1,6 @@
 import Coordinator
 import Foundation
+import Synchronization
 import TestSupport
 import Testing
 
@@ -7,6 +8,25 @@ import Testing
     func store() throws -> (Store, URL) {
         let dir = Fixtures.temporaryDirectory("cairn-store")
         return (try Store(directory: dir.path), dir)
+    }
+
+    /// A coordinator starting while a script issues tokens: both open a new state directory at the same moment.
+    /// Each open must find the schema whole, migrated once.
+    @Test func concurrentOpensOfANewStateDirectoryMigrateOnce() throws {
+        for round in 0..<5 {
+            let dir = Fixtures.temporaryDirectory("cairn-store-race-\(round)")
+            defer { try? FileManager.default.removeItem(at: dir) }
+            let failures = Mutex<[String]>([])
+            DispatchQueue.concurrentPerform(iterations: 6) { i in
+                do {
+                    let s = try Store(directory: dir.path)
+                    try s.addToken(id: "t\(i)", enrolKey: "k\(i)", role: "worker", expires: 1e12)
+                } catch { failures.withLock { $0.append("\(error)") } }
+            }
+            #expect(failures.withLock { $0 }.isEmpty, "round \(round)")
+            let s = try Store(directory: dir.path)
+            #expect(try (0..<6).allSatisfy { try s.usableToken(enrolKey: "k\($0)") != nil })
+        }
     }
 
     @Test func tokensAdmitOnceUntilTheyExpireOrAreRevoked() throws {
