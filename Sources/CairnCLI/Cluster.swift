@@ -184,7 +184,8 @@ extension CoordinatorCommand {
         var jobId: String
         @Option(help: "peft (a directory) or gguf (a GGUF LoRA file for llama.cpp --lora).")
         var format = "peft"
-        @Option(name: .shortAndLong, help: "Output directory (peft) or file (gguf); replaced once the new one is whole.")
+        @Option(
+            name: .shortAndLong, help: "Output directory (peft) or file (gguf); replaced once the new one is whole.")
         var output: String
 
         func run() throws {
@@ -258,7 +259,8 @@ struct WorkerCommand: ParsableCommand {
                 guard let t = JoinToken(parsing: token) else {
                     throw ValidationError("--token is not a Cairn join token (it starts with cairn1)")
                 }
-                if let saved = try? Credentials.load(from: credPath), saved.serverKey == t.serverKey, saved.keys != nil {
+                if let saved = try? Credentials.load(from: credPath), saved.serverKey == t.serverKey, saved.keys != nil
+                {
                     // Already enrolled with this coordinator: a service or batch script that passes the same
                     // token on every start must not fail once the token is spent.
                     creds = saved

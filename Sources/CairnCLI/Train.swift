@@ -182,12 +182,14 @@ struct Train: ParsableCommand {
 /// The handler is installed with sigaction(2) before `init` returns, so a signal that comes at any moment after
 /// is seen (a dispatch signal source arms itself later, on another thread, and a signal in between was lost: a
 /// coordinator told to stop right after it started ran on). The handler does only async-signal-safe work: it
-/// counts, and wakes a thread through a pipe; that thread calls `onFirst`.
+/// counts, and wakes a thread through a pipe; that thread calls `onFirst`. One per process.
 final class StopSignal {
     /// - Parameter onFirst: called (on a thread of its own) when the first signal arrives.
     init(onFirst: (@Sendable () -> Void)? = nil) {
         var fds: [Int32] = [-1, -1]
         if pipe(&fds) == 0 {
+            // Not inherited by the processes `cluster up` starts; the handler's write never blocks.
+            for fd in fds { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
             _ = fcntl(fds[1], F_SETFL, fcntl(fds[1], F_GETFL) | O_NONBLOCK)
             stopSignalPipe = fds[1]
             let readEnd = fds[0]

@@ -4,8 +4,8 @@
 
 import Foundation
 import Llama
-import Training
 import ModelFormats
+import Training
 
 /// The forms an exported adapter takes.
 public enum AdapterFileFormat: String, Sendable, CaseIterable {
@@ -36,7 +36,8 @@ extension Coordinator {
     ) throws(CoordinatorError) -> JournaledAdapter {
         let database = (dir as NSString).appendingPathComponent("cairn.sqlite")
         guard FileManager.default.fileExists(atPath: database) else {
-            throw CoordinatorError("\(dir) is not a coordinator's state directory (it has no cairn.sqlite); pass --state")
+            throw CoordinatorError(
+                "\(dir) is not a coordinator's state directory (it has no cairn.sqlite); pass --state")
         }
         let record: JobRecord
         let blobs: BlobStore
@@ -48,7 +49,8 @@ extension Coordinator {
             blobs = try BlobStore(root: StateFiles.blobs(dir))
         } catch let error as CoordinatorError { throw error } catch { throw CoordinatorError("\(error)") }
         guard record.checkpointBlob != nil else {
-            throw CoordinatorError("\(id) has no journaled step yet (it is \(record.state.rawValue)); nothing to export")
+            throw CoordinatorError(
+                "\(id) has no journaled step yet (it is \(record.state.rawValue)); nothing to export")
         }
         let job: any RunningJob
         do {

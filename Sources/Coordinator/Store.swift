@@ -144,6 +144,11 @@ public final class Store: @unchecked Sendable {
     public init(directory: String) throws(StoreError) {
         do {
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            // Processes that open a new state directory at once (a coordinator starting while a script issues
+            // tokens) would race to switch it to WAL and would each see the migrations unapplied and run them
+            // twice: they open it one at a time, under a lock.
+            let lock = try MigrationLock(directory: directory)
+            defer { lock.release() }
             var config = Configuration()
             config.busyMode = .timeout(10)
             db = try DatabasePool(
@@ -185,10 +190,6 @@ public final class Store: @unchecked Sendable {
                         ALTER TABLE jobs ADD COLUMN validation_name TEXT;
                         """)
             }
-            // Processes that open a new state directory at once (a coordinator starting while a script issues
-            // tokens) would each see the migrations unapplied and run them twice: one at a time, under a lock.
-            let lock = try MigrationLock(directory: directory)
-            defer { lock.release() }
             try migrator.migrate(db)
         } catch let e as StoreError {
             throw e
@@ -498,7 +499,7 @@ public final class Store: @unchecked Sendable {
     }
 }
 
-/// An exclusive flock(2) on STATE/cairn.sqlite.lock, held while the schema is migrated.
+/// An exclusive flock(2) on STATE/cairn.sqlite.lock, held while the database is opened and its schema migrated.
 private struct MigrationLock {
     let fd: Int32
 
@@ -506,7 +507,8 @@ private struct MigrationLock {
         let path = (directory as NSString).appendingPathComponent("cairn.sqlite.lock")
         fd = open(path, O_CREAT | O_RDWR | O_CLOEXEC, 0o600)
         guard fd >= 0 else {
-            throw StoreError("cannot open \(path): \(String(cString: strerror(errno))); is the state directory writable?")
+            throw StoreError(
+                "cannot open \(path): \(String(cString: strerror(errno))); is the state directory writable?")
         }
         while flock(fd, LOCK_EX) != 0 {
             guard errno == EINTR else {

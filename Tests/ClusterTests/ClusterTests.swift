@@ -175,6 +175,63 @@ import Wire
         #expect(relative < 1e-4, "‖cluster − one machine‖ / ‖one machine‖ = \(relative)")
     }
 
+    /// `cairn coordinator export` writes a job's adapter from the state directory alone: for a cancelled job the
+    /// adapter of its last journaled step (the lineage says how many steps), with the coordinator stopped; for a
+    /// finished job the very adapter `cairn pull` gives. Wrong job ids and directories are named.
+    @Test func exportWritesTheLastJournaledStepsAdapterFromTheStateDirectory() throws {
+        let c = ClusterHarness("export")
+        try c.startCluster(workers: ["w1"])
+        let long = try c.writeJob(
+            data: "long", job: "long", lines: ["stone on stone", "a cairn of pebbles"],
+            steps: 400, batch: 2, seqLen: 16, learningRate: 0.01)
+        let cancelled = try c.submit(long)
+        #expect(c.waitUntil(120) { (c.status(cancelled)?["step"]?.intValue ?? 0) >= 3 }, "\(c.logs)")
+        #expect(try c.cairn("cancel", cancelled).status == 0)
+        let short = try c.writeJob(
+            data: "short", job: "short", lines: ["the river runs", "north south east west"],
+            steps: 4, batch: 2, seqLen: 16, learningRate: 0.01)
+        let done = try c.submit(short)
+        #expect(c.waitForJob(done)?["state"] == "done", "\(c.logs)")
+        let pulled = c.dir.appendingPathComponent("pulled").path
+        #expect(try c.cairn("pull", done, "-o", pulled).status == 0)
+        let journaled = c.status(cancelled)?["step"]?.intValue ?? -1
+        c.killCoordinator()
+
+        func export(_ arguments: String...) throws -> CommandResult {
+            try runCommand(cairnExecutable, ["coordinator", "export", "--state", c.state] + arguments)
+        }
+        func lineageSteps(_ adapter: String) throws -> Int? {
+            let r = try runCommand(cairnExecutable, ["lineage", adapter, "--model", tinyModel, "--json"])
+            return (try? JSONValue.parse(r.stdout))?.objectValue?["steps"]?.intValue
+        }
+        let partial = c.dir.appendingPathComponent("partial").path
+        let r = try export(cancelled, "-o", partial)
+        #expect(r.status == 0 && r.stderr.contains("step \(journaled) of 400"), "\(r.stderr)")
+        #expect(journaled >= 3 && journaled < 400)
+        #expect(try lineageSteps(partial) == journaled, "the lineage records the journaled step")
+        let gguf = c.dir.appendingPathComponent("partial.gguf").path
+        #expect(try export(cancelled, "--format", "gguf", "-o", gguf).status == 0)
+        #expect(try lineageSteps(gguf) == journaled)
+
+        // A finished job: the same bytes as the coordinator's own adapter.
+        let exported = c.dir.appendingPathComponent("exported").path
+        #expect(try export(done, "-o", exported).status == 0)
+        let a = try Data(contentsOf: URL(fileURLWithPath: exported + "/adapter_model.safetensors"))
+        let b = try Data(contentsOf: URL(fileURLWithPath: pulled + "/adapter_model.safetensors"))
+        #expect(a == b, "export and pull of a finished job give the same adapter")
+        // Again over the same output: replaced whole.
+        #expect(try export(done, "-o", exported).status == 0)
+        #expect(try Data(contentsOf: URL(fileURLWithPath: exported + "/adapter_model.safetensors")) == b)
+
+        let noJob = try export("job-99", "-o", c.dir.appendingPathComponent("x").path)
+        #expect(noJob.status != 0 && noJob.stderr.contains("no job job-99"), "\(noJob.stderr)")
+        let empty = c.dir.appendingPathComponent("not-a-state").path
+        let notState = try runCommand(
+            cairnExecutable, ["coordinator", "export", "--state", empty, done, "-o", empty + "/out"])
+        #expect(notState.status != 0 && notState.stderr.contains("not a coordinator's state"), "\(notState.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: empty), "a wrong --state creates nothing")
+    }
+
     /// A coordinator that dies right after journaling a step, before evaluating after it, evaluates after the restart:
     /// every evaluation is journaled once, as on one machine.
     @Test func anEvaluationCutShortByACrashRunsAfterTheRestart() throws {
