@@ -95,12 +95,14 @@ class ClusterHarness {
         return r.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
-    /// Starts a worker that enrols with a fresh token and its own cache.
+    /// Starts a worker that enrols with a fresh token (or `token`) and its own cache.
     @discardableResult
-    func startWorker(_ name: String, threads: Int = 1, cache: String? = nil, data: String? = nil) throws -> Process {
+    func startWorker(
+        _ name: String, threads: Int = 1, cache: String? = nil, data: String? = nil, token given: String? = nil
+    ) throws -> Process {
         let p = try spawn(
             [
-                "worker", "join", endpoint, "--token", try token(), "--name", name, "--threads", "\(threads)",
+                "worker", "join", endpoint, "--token", try given ?? token(), "--name", name, "--threads", "\(threads)",
                 "--credentials", dir.appendingPathComponent("\(name).json").path,
                 "--cache", dir.appendingPathComponent(cache ?? "cache-\(name)").path,
             ] + (data.map { ["--data", $0] } ?? []), log: "\(name).log")

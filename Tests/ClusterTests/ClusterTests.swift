@@ -471,6 +471,29 @@ func runClusterUp(
 }
 
 @Suite struct ClusterCommandLineTests {
+    /// A service passes the same token on every start (systemd's Restart=, an env file): once the worker is
+    /// enrolled, the spent token is not used again and the worker joins with the key pair it kept.
+    @Test func aWorkerRestartedWithItsSpentTokenRejoinsWithItsKey() throws {
+        let c = ClusterHarness("rejoin")
+        try c.startCluster(workers: [])
+        let token = try c.token()
+        var logs: [String] = []
+        for start in 1...2 {
+            try c.startWorker("w1", token: token)
+            #expect(c.waitUntil(60) { c.connectedWorkers().count == 1 }, "start \(start): \(c.logs)")
+            c.killWorker("w1", signal: SIGTERM)
+            #expect(c.waitUntil(30) { c.connectedWorkers().isEmpty }, "start \(start): \(c.logs)")
+            logs.append(c.log("w1.log"))  // each start writes the log anew
+        }
+        #expect(logs[0].contains("enrolled; key pair saved"), "\(logs[0])")
+        #expect(
+            logs[1].contains("already enrolled with this coordinator") && !logs[1].contains("key pair saved"),
+            "\(logs[1])")
+        let workers = try c.cairn("workers", "--json")
+        #expect(
+            (try? JSONValue.parse(workers.stdout))?.arrayValue?.count == 1, "one worker, one key: \(workers.stdout)")
+    }
+
     @Test func insecureIsOnlyForLoopbackAndBadTokensAreNamed() throws {
         let dir = Fixtures.temporaryDirectory("cairn-cli-cluster")
         defer { try? FileManager.default.removeItem(at: dir) }
