@@ -6,7 +6,9 @@
 #      last step (the lineage says so), and no coordinator or worker process is left.
 #   2. A longer job, cancelled with `scancel` once some steps are journaled: the batch script stops cleanly and
 #      OUTDIR/adapter is the adapter of the last journaled step (its lineage's steps = the journal's step,
-#      short of the total). The same sbatch command again resumes that job and finishes it.
+#      short of the total). The same sbatch command resumes it, and is stopped the way a time limit stops it
+#      (USR1 to the batch shell, as the script's --signal=B:USR1@120 asks): the adapter of the new last step is
+#      kept. A third allocation resumes the job and finishes it.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . Tests/Deploy/lib.sh
@@ -129,33 +131,54 @@ if pgrep -f -- "--state $out/state" >/dev/null || pgrep -f "worker join tcp://$n
 fi
 pass "sbatch --wait ran a 6-step job on a coordinator and a worker; the adapter (PEFT and GGUF) has 6 steps"
 
-# 2. Cancelled midway, then resumed by the same command.
+# 2. Stopped midway twice, the way a cancel and a time limit stop it, then resumed to the end.
 write_job long 300
 out="$work/out-long"
-id=$(cd "$work/jobs" && sbatch --parsable --ntasks=2 --output="$work/long-%j.log" "$sbatch_script" long.yaml "$out")
-journaled() { # the job's journaled step, from the coordinator (0 when not yet known)
-    "$cairn_binary" status --state "$out/state" job-1 --json 2>/dev/null |
-        python3 -c 'import json, sys; print(json.load(sys.stdin)["jobs"][0]["step"])' 2>/dev/null || echo 0
-}
-three_steps() { [ "$(journaled)" -ge 3 ]; }
-wait_until 120 "the long job to journal 3 steps" three_steps
-scancel "$id"
-allocation_ended() { ! squeue -h -j "$id" 2>/dev/null | grep -q .; }
-wait_until 90 "the cancelled allocation to end" allocation_ended
-log=$(cat "$work"/long-"$id".log)
-check "OUTDIR/adapter exists after the cancel" test -f "$out/adapter/adapter_model.safetensors"
-kept=$(lineage_steps "$out/adapter")
-journal=$(python3 - "$out/state/cairn.sqlite" <<'PY'
-import sqlite3, sys
-print(sqlite3.connect(sys.argv[1]).execute("SELECT step FROM jobs WHERE id = 'job-1'").fetchone()[0])
+journal_step() { # the job's last journaled step, read from the coordinator's database (0 before there is one)
+    python3 - "$out/state/cairn.sqlite" <<'PY'
+import os, sqlite3, sys
+row = None
+if os.path.exists(sys.argv[1]):
+    db = sqlite3.connect(f"file:{sys.argv[1]}?mode=ro", uri=True, timeout=10)
+    row = db.execute("SELECT step FROM jobs WHERE id = 'job-1'").fetchone()
+print(row[0] if row else 0)
 PY
-)
-[ "$kept" = "$journal" ] || fail "the kept adapter has $kept steps but the journal's last step is $journal"
-[ "$kept" -ge 3 ] && [ "$kept" -lt 300 ] || fail "the kept adapter has $kept steps (expected 3 to 299)"
-echo "$log" | grep -q "last journaled step" || fail "the batch log does not say what was kept:
+}
+# stop_midway HOW AFTER: starts an allocation on the long job, stops it once the journal is past step AFTER
+# (HOW: scancel as is, or the time limit's USR1 to the batch shell, as --signal=B:USR1@120 sends it), and checks
+# that OUTDIR/adapter is then the adapter of the journal's last step. Prints that step.
+stop_midway() {
+    local how=$1 after=$2 id kept journal log
+    id=$(cd "$work/jobs" && sbatch --parsable --ntasks=2 --output="$work/long-%j.log" "$sbatch_script" long.yaml "$out")
+    past() { [ "$(journal_step)" -ge $((after + 3)) ]; }
+    wait_until 120 "the long job to journal step $((after + 3))" past
+    case $how in
+        scancel) scancel "$id" ;;
+        time-limit) scancel --batch --signal=USR1 "$id" ;;
+    esac
+    allocation_ended() { ! squeue -h -j "$id" 2>/dev/null | grep -q .; }
+    wait_until 90 "the stopped allocation ($how) to end" allocation_ended
+    log=$(cat "$work"/long-"$id".log)
+    check "OUTDIR/adapter exists after the stop ($how)" test -f "$out/adapter/adapter_model.safetensors"
+    kept=$(lineage_steps "$out/adapter")
+    journal=$(journal_step)
+    [ "$kept" = "$journal" ] || fail "$how: the kept adapter has $kept steps, the journal's last step is $journal"
+    [ "$kept" -gt "$after" ] && [ "$kept" -lt 300 ] || fail "$how: the kept adapter has $kept steps"
+    echo "$log" | grep -q "last journaled step" || fail "$how: the batch log does not say what was kept:
 $log"
-if pgrep -f -- "--state $out/state" >/dev/null; then fail "the coordinator outlived the cancelled allocation"; fi
-pass "scancel after $kept journaled steps: OUTDIR/adapter is step $kept's adapter; nothing left running"
+    if [ "$how" = time-limit ]; then
+        echo "$log" | grep -q "SIGUSR1: stopping" || fail "the batch script did not see the USR1:
+$log"
+    fi
+    if pgrep -f -- "--state $out/state" >/dev/null; then fail "$how: the coordinator outlived its allocation"; fi
+    echo "$kept"
+}
+first=$(stop_midway scancel 0)
+pass "scancel after $first journaled steps: OUTDIR/adapter is step $first's adapter; nothing left running"
+second=$(stop_midway time-limit "$first")
+grep -q "job-1 running from step $first of 300" "$(ls -t "$work"/long-*.log | head -1)" ||
+    fail "the second allocation did not resume job-1 from step $first"
+pass "resumed from step $first, stopped by the time limit's USR1 at step $second: its adapter kept"
 
 set +e
 (cd "$work/jobs" && sbatch --wait --ntasks=2 --output="$work/resume-%j.log" "$sbatch_script" long.yaml "$out")
@@ -164,7 +187,7 @@ set -e
 log=$(cat "$work"/resume-*.log)
 [ $rc -eq 0 ] || fail "the resumed allocation returned $rc:
 $log"
-echo "$log" | grep -q "resuming job-1" || fail "the second allocation did not resume job-1:
+echo "$log" | grep -q "resuming job-1" || fail "the third allocation did not resume job-1:
 $log"
 [ "$(lineage_steps "$out/adapter")" = 300 ] || fail "after resuming, the adapter is not of 300 steps"
-pass "the same sbatch command resumed job-1 from step $kept and finished its 300 steps"
+pass "the same sbatch command resumed job-1 from step $second and finished its 300 steps"
