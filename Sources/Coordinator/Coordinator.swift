@@ -634,8 +634,6 @@ public final class Coordinator: @unchecked Sendable {
         }
     }
 
-    private func unitName(_ job: any RunningJob) -> String { job is SyncJob ? "step" : "round" }
-
     private func tickSync(_ job: SyncJob, now: Double) {
         if job.work == nil, !job.isFinished, !readyWorkers(job).isEmpty { job.startStep(now: now) }
         if job.work != nil {
@@ -666,7 +664,7 @@ public final class Coordinator: @unchecked Sendable {
     /// Hands the held-out rows to the ready workers (forward only), and journals the evaluation once every row's
     /// loss is in.
     private func tickEvaluation(_ evaluation: Evaluation, of job: any RunningJob, now: Double) {
-        handOut(evaluation, of: job, label: "the evaluation after \(unitName(job)) \(evaluation.step)", now: now) { a in
+        handOut(evaluation, of: job, label: "the evaluation after \(job.unitName) \(evaluation.step)", now: now) { a in
             Message(
                 .evaluate,
                 [
@@ -687,7 +685,7 @@ public final class Coordinator: @unchecked Sendable {
             return
         }
         log(
-            "\(job.id) eval after \(unitName(job)) \(record.step): loss \(String(format: "%.4f", record.loss)) over "
+            "\(job.id) eval after \(job.unitName) \(record.step): loss \(String(format: "%.4f", record.loss)) over "
                 + "\(record.tokens) held-out tokens")
         if job.isFinished { complete(job) }
     }
@@ -841,8 +839,8 @@ public final class Coordinator: @unchecked Sendable {
             if let old = lastCheckpoint[job.id] ?? previous, old != blob { blobs.remove(old) }
             lastCheckpoint[job.id] = blob
         } catch {
-            log("cannot journal \(unitName(job)) \(record.step) of \(job.id): \(error); stopping the job")
-            try? store.setState(job.id, .failed, error: "cannot journal \(unitName(job)) \(record.step): \(error)")
+            log("cannot journal \(job.unitName) \(record.step) of \(job.id): \(error); stopping the job")
+            try? store.setState(job.id, .failed, error: "cannot journal \(job.unitName) \(record.step): \(error)")
             self.job = nil
             return
         }
@@ -851,7 +849,7 @@ public final class Coordinator: @unchecked Sendable {
         let shares = record.shares.sorted { $0.key < $1.key }.map { "\(name(of: $0.key))=\($0.value)" }.joined(
             separator: " ")
         log(
-            "\(job.id) \(unitName(job)) \(record.step)/\(job.units) loss \(String(format: "%.4f", record.loss)) "
+            "\(job.id) \(job.unitName) \(record.step)/\(job.units) loss \(String(format: "%.4f", record.loss)) "
                 + "\(record.tokens) tok \(String(format: "%.2f", record.seconds)) s \(record.bytes >> 10) KiB [\(shares)]"
         )
         if job.evaluationDue(after: record.step) {
@@ -874,13 +872,11 @@ public final class Coordinator: @unchecked Sendable {
         let runnable = records.filter { ($0.state == .running || $0.state == .queued) && !failedToLoad.contains($0.id) }
         guard let record = runnable.first(where: { $0.state == .running }) ?? runnable.first else { return }
         do {
-            let j: any RunningJob =
-                record.mode == DistributionMode.sync.rawValue
-                ? try SyncJob(record: record, blobs: blobs) : try RoundJob(record: record, blobs: blobs)
+            let j = try loadJob(record: record, blobs: blobs)
             try store.setState(record.id, .running)
             job = j as any RunningJob
             lastCheckpoint[j.id] = record.checkpointBlob
-            log("\(j.id) running from \(unitName(j)) \(j.step) of \(j.units)")
+            log("\(j.id) running from \(j.unitName) \(j.step) of \(j.units)")
             for (rid, p) in peers where p.worker != nil { sendJob(rid, j) }
             // Stopped between a step and its evaluation: evaluate now.
             if j.step > 0, j.evaluationDue(after: j.step), (try? store.lastEval(job: j.id))?.step != j.step {
@@ -914,7 +910,7 @@ public final class Coordinator: @unchecked Sendable {
                 job: job.id, outputs: outputs, adapterBlob: outputs["adapter_model.safetensors"]!,
                 baseBlob: job.record.modelBlob, dataBlob: job.record.dataBlob, steps: job.provenance().steps ?? job.step
             )
-            log("\(job.id) done after \(job.step) \(unitName(job))s; `cairn pull \(job.id)` fetches the adapter")
+            log("\(job.id) done after \(job.step) \(job.unitName)s; `cairn pull \(job.id)` fetches the adapter")
         } catch {
             log("\(job.id) finished training but its adapter cannot be written: \(error)")
             try? store.setState(job.id, .failed, error: "cannot write the adapter: \(error)")

@@ -5,7 +5,6 @@
 import Foundation
 import Llama
 import ModelFormats
-import Training
 
 /// The forms an exported adapter takes.
 public enum AdapterFileFormat: String, Sendable, CaseIterable {
@@ -53,11 +52,9 @@ extension Coordinator {
                 "\(id) has no journaled step yet (it is \(record.state.rawValue)); nothing to export")
         }
         let job: any RunningJob
-        do {
-            job =
-                record.mode == DistributionMode.sync.rawValue
-                ? try SyncJob(record: record, blobs: blobs) : try RoundJob(record: record, blobs: blobs)
-        } catch { throw CoordinatorError("cannot load \(id) from \(dir): \(error)") }
+        do { job = try loadJob(record: record, blobs: blobs) } catch {
+            throw CoordinatorError("cannot load \(id) from \(dir): \(error)")
+        }
 
         let fm = FileManager.default
         let folder = (path as NSString).deletingLastPathComponent
@@ -83,7 +80,7 @@ extension Coordinator {
             throw CoordinatorError("cannot write the adapter to \(path): \(error)")
         }
         return JournaledAdapter(
-            job: id, state: record.state.rawValue, unit: job is SyncJob ? "step" : "round", step: job.step,
+            job: id, state: record.state.rawValue, unit: job.unitName, step: job.step,
             totalSteps: job.units)
     }
 }

@@ -147,7 +147,7 @@ public final class Store: @unchecked Sendable {
             // Processes that open a new state directory at once (a coordinator starting while a script issues
             // tokens) would race to switch it to WAL and would each see the migrations unapplied and run them
             // twice: they open it one at a time, under a lock.
-            let lock = try MigrationLock(directory: directory)
+            let lock = try StateDirectoryLock(directory: directory)
             defer { lock.release() }
             var config = Configuration()
             config.busyMode = .timeout(10)
@@ -500,7 +500,7 @@ public final class Store: @unchecked Sendable {
 }
 
 /// An exclusive flock(2) on STATE/cairn.sqlite.lock, held while the database is opened and its schema migrated.
-private struct MigrationLock {
+private struct StateDirectoryLock {
     let fd: Int32
 
     init(directory: String) throws(StoreError) {

@@ -163,6 +163,17 @@ protocol RunningJob: AnyObject {
     func provenance() -> AdapterProvenance
 }
 
+extension RunningJob {
+    /// What the job journals: "step" (sync) or "round" (diloco, federated).
+    var unitName: String { self is SyncJob ? "step" : "round" }
+}
+
+/// Loads a job of any mode, fresh or from its last journaled checkpoint.
+func loadJob(record: JobRecord, blobs: BlobStore) throws(JobError) -> any RunningJob {
+    record.mode == DistributionMode.sync.rawValue
+        ? try SyncJob(record: record, blobs: blobs) : try RoundJob(record: record, blobs: blobs)
+}
+
 /// A running sync job.
 final class SyncJob: RunningJob, RowWork {
     let id: String
