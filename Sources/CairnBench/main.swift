@@ -181,7 +181,7 @@ func runTrain(_ args: Arguments, ceiling: (square: Double, projection: Double), 
 /// TIES-merges 8 random rank-16 adapters (all seven projections) to rank 16, reading only the model's shapes.
 func runMerge(_ args: Arguments, ceiling: Double) throws {
     let config = try ModelSource.resolve(args.model).config()
-    let lora = LoRAConfig(rank: 16, alpha: 32, targets: LoRATarget.allCases)
+    let lora = LoRAConfig(rank: 16, alpha: 32)
     let inputs = (0..<8).map { i -> MergeInput in
         let a = LoRAAdapter(model: config, config: lora, seed: UInt64(i))
         var rng = SeededGenerator(seed: 100 + UInt64(i))

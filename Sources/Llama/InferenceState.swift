@@ -27,6 +27,8 @@ public final class InferenceState: @unchecked Sendable {
     let attention: FloatBuffer
     let gate: FloatBuffer
     let up: FloatBuffer
+    /// (rows, max(dim, qDim)): q/k norm inputs, the attention and feed-forward outputs before their post-norms.
+    let scratch: FloatBuffer
     let positions: UnsafeMutablePointer<Int32>
     let kvDim: Int
 
@@ -54,6 +56,7 @@ public final class InferenceState: @unchecked Sendable {
         attention = FloatBuffer(count: rows * config.qDim)
         gate = FloatBuffer(count: rows * config.ffnDim)
         up = FloatBuffer(count: rows * config.ffnDim)
+        scratch = FloatBuffer(count: config.qkNorm || config.postNorms ? rows * max(config.dim, config.qDim) : 0)
         positions = .allocate(capacity: rows)
     }
 

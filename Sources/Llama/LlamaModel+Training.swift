@@ -94,6 +94,7 @@ extension LlamaModel {
         let dropout = dropout.flatMap { $0.probability > 0 ? $0 : nil }
         let x0 = ws.residuals.pointer
         embeddingForward(out: x0, tokens: batch.tokens, table: weights.embedding, count: N)
+        if let scale = c.embeddingScale { scaleInPlace(x0, N * c.dim, by: scale) }
         for l in 0..<c.layers {
             blockForward(
                 l, input: x0 + l * N * c.dim, output: x0 + (l + 1) * N * c.dim, buffers: ws.block(l), batch: batch,
@@ -109,12 +110,24 @@ extension LlamaModel {
                 rmsNormForward(
                     out: ws.normedFinal.pointer, rstd: ws.rstdFinal.pointer + r0, input: xL + r0 * c.dim,
                     weight: weights.outputNorm, rows: rows, dim: c.dim, eps: c.rmsEps)
-                logits(hidden: ws.normedFinal.pointer, rows: rows, into: ws.logits.pointer)
+                weights.output.multiplyTransposed(ws.logits.pointer, ws.normedFinal.pointer, n: rows)
+                if let cap = c.finalSoftCap {
+                    softCap(
+                        ws.logits.pointer, count: rows * c.vocabSize, cap: cap,
+                        derivative: gradients == nil ? nil : ws.logitCapDerivative.pointer)
+                }
                 if gradients != nil {
                     // Losses, and the logits turned into their gradients in place.
                     crossEntropyForwardBackward(
                         losses: ws.losses.pointer, logits: ws.logits.pointer, targets: targets.baseAddress! + r0,
                         dLoss: lossScale, rows: rows, vocabSize: c.vocabSize)
+                    if c.finalSoftCap != nil {
+                        // Through the cap: d(raw logit) = d(capped logit) · (1 − tanh²).
+                        let (g, d) = (ws.logits.pointer, ws.logitCapDerivative.pointer)
+                        Parallel.forRanges(rows * c.vocabSize, grain: 1 << 14) { range in
+                            for i in range { g[i] *= d[i] }
+                        }
+                    }
                     // dh = dlogits · E (the output projection (vocab, dim)), written over this chunk's rows.
                     weights.output.multiply(ws.dNormed.pointer + r0 * c.dim, ws.logits.pointer, n: rows)
                 } else {
@@ -150,10 +163,9 @@ extension LlamaModel {
         return loss
     }
 
-    private func attentionShape(_ batch: TrainingBatch) -> AttentionShape {
-        AttentionShape(
-            batch: batch.batch, queries: batch.length, keyCapacity: batch.length, start: 0, heads: config.heads,
-            kvHeads: config.kvHeads, headDim: config.headDim)
+    private func attentionShape(_ batch: TrainingBatch, layer l: Int) -> AttentionShape {
+        config.attentionShape(
+            layer: l, batch: batch.batch, queries: batch.length, keyCapacity: batch.length, start: 0)
     }
 
     /// Recomputes RMSNorm's output from its input and saved rstd: out = x · rstd · w.
@@ -170,16 +182,21 @@ extension LlamaModel {
         }
     }
 
-    /// y (N, out) += s·B·(A·drop(x)); saves A·drop(x) into `saved` (N, r).
+    /// y (N, out) += s·B·(A·drop(x)); saves A·drop(x) into `saved` (N, r). The output may come in parts: rows
+    /// `parts[i].rows` of B write into `parts[i].y` (a fused projection's q, k and v).
     private func loraForward(
-        _ m: LoRAModule, adapter: LoRAAdapter, input x: UnsafePointer<Float>, output y: UnsafeMutablePointer<Float>,
+        _ m: LoRAModule, adapter: LoRAAdapter, input x: UnsafePointer<Float>, parts: [LoRAPart],
         saved: UnsafeMutablePointer<Float>, rows N: Int, dropout: DropoutPlan?, ws: TrainingWorkspace
     ) {
         let a = adapter.parameters.pointer + m.aOffset
         let b = adapter.parameters.pointer + m.bOffset
         let source = droppedInput(m, x, rows: N, dropout: dropout, ws: ws)
         matmul(saved, source, a, M: N, N: m.rank, K: m.inFeatures, transB: true)
-        matmul(y, saved, b, M: N, N: m.outFeatures, K: m.rank, transB: true, alpha: m.scale, beta: 1)
+        for part in parts {
+            matmul(
+                part.y, saved, b + part.rows.lowerBound * m.rank, M: N, N: part.rows.count, K: m.rank, transB: true,
+                alpha: m.scale, beta: 1)
+        }
     }
 
     /// x, or x with this module's dropout mask applied and rescaled by 1/(1−p) (into scratch).
@@ -200,29 +217,35 @@ extension LlamaModel {
     /// Backward of one LoRA module: accumulates dA, dB and the gradient of its input.
     private func loraBackward(
         _ m: LoRAModule, adapter: LoRAAdapter, gradients: FloatBuffer, input x: UnsafePointer<Float>,
-        saved: UnsafePointer<Float>, dOut dy: UnsafePointer<Float>, dInput dx: UnsafeMutablePointer<Float>, rows N: Int,
+        saved: UnsafePointer<Float>, parts: [LoRAPart], dInput dx: UnsafeMutablePointer<Float>, rows N: Int,
         dropout: DropoutPlan?, ws: TrainingWorkspace
     ) {
         loraBackwardWithoutDA(
-            m, adapter: adapter, gradients: gradients, saved: saved, dOut: dy, dInput: dx, rows: N, dropout: dropout,
-            ws: ws)
+            m, adapter: adapter, gradients: gradients, saved: saved, parts: parts, dInput: dx, rows: N,
+            dropout: dropout, ws: ws)
         loraBackwardDA(m, gradients: gradients, input: x, rows: N, dropout: dropout, ws: ws)
     }
 
     /// The part of a LoRA module's backward that does not read its input: dB += s·dyᵀ·(A·x) from the saved A·x,
     /// t = dy·B (left in `ws.loraScratch` for `loraBackwardDA`), and dx += s·t·A, masked like the input when
-    /// dropout is on.
+    /// dropout is on. With parts, dy is the parts' gradients side by side: each part's rows of dB, and t sums
+    /// over the parts.
     private func loraBackwardWithoutDA(
         _ m: LoRAModule, adapter: LoRAAdapter, gradients: FloatBuffer, saved: UnsafePointer<Float>,
-        dOut dy: UnsafePointer<Float>, dInput dx: UnsafeMutablePointer<Float>, rows N: Int, dropout: DropoutPlan?,
+        parts: [LoRAPart], dInput dx: UnsafeMutablePointer<Float>, rows N: Int, dropout: DropoutPlan?,
         ws: TrainingWorkspace
     ) {
         let a = adapter.parameters.pointer + m.aOffset
         let b = adapter.parameters.pointer + m.bOffset
         let dB = gradients.pointer + m.bOffset
         let t = ws.loraScratch.pointer  // (N, r) = dy·B
-        matmul(dB, dy, saved, M: m.outFeatures, N: m.rank, K: N, transA: true, alpha: m.scale, beta: 1)
-        matmul(t, dy, b, M: N, N: m.rank, K: m.outFeatures)
+        for (i, part) in parts.enumerated() {
+            let rows = part.rows
+            matmul(
+                dB + rows.lowerBound * m.rank, part.y, saved, M: rows.count, N: m.rank, K: N, transA: true,
+                alpha: m.scale, beta: 1)
+            matmul(t, part.y, b + rows.lowerBound * m.rank, M: N, N: m.rank, K: rows.count, beta: i == 0 ? 0 : 1)
+        }
         guard let dropout else {
             matmul(dx, t, a, M: N, N: m.inFeatures, K: m.rank, alpha: m.scale, beta: 1)
             return
@@ -257,9 +280,39 @@ extension LlamaModel {
         linearForward(out: y, input: x, weight: weight, bias: bias, rows: N)
         if let m = adapter.module(layer: layer, target: target) {
             loraForward(
-                m, adapter: adapter, input: x, output: y, saved: buffers.lora.pointer + buffers.loraOffsets[target]!,
-                rows: N,
-                dropout: dropout, ws: ws)
+                m, adapter: adapter, input: x, parts: [LoRAPart(y: y, rows: 0..<m.outFeatures)],
+                saved: buffers.lora.pointer + buffers.loraOffsets[target]!, rows: N, dropout: dropout, ws: ws)
+        }
+    }
+
+    /// Several projections of one input whose LoRA may be one fused module (Phi-3's qkv and gate_up): each
+    /// output gets its base product, then the fused module's parts, or each its own module.
+    private func projectGroup(
+        _ group: [(
+            target: LoRATarget, weight: FrozenMatrix, bias: UnsafeMutablePointer<Float>?, y: UnsafeMutablePointer<Float>
+        )],
+        fused: LoRATarget?, layer: Int, input x: UnsafePointer<Float>, buffers: BlockBuffers, rows N: Int,
+        adapter: LoRAAdapter, dropout: DropoutPlan?, ws: TrainingWorkspace
+    ) {
+        guard let fused else {
+            for p in group {
+                project(
+                    p.target, layer: layer, weight: p.weight, bias: p.bias, input: x, output: p.y, buffers: buffers,
+                    rows: N, adapter: adapter, dropout: dropout, ws: ws)
+            }
+            return
+        }
+        for p in group { linearForward(out: p.y, input: x, weight: p.weight, bias: p.bias, rows: N) }
+        if let m = adapter.module(layer: layer, target: fused) {
+            var parts: [LoRAPart] = []
+            var row = 0
+            for p in group {
+                parts.append(LoRAPart(y: p.y, rows: row..<row + p.weight.rows))
+                row += p.weight.rows
+            }
+            loraForward(
+                m, adapter: adapter, input: x, parts: parts, saved: buffers.lora.pointer + buffers.loraOffsets[fused]!,
+                rows: N, dropout: dropout, ws: ws)
         }
     }
 
@@ -274,7 +327,37 @@ extension LlamaModel {
             loraBackward(
                 m, adapter: adapter, gradients: gradients, input: x,
                 saved: buffers.lora.pointer + buffers.loraOffsets[target]!,
-                dOut: dy, dInput: dx, rows: N, dropout: dropout, ws: ws)
+                parts: [LoRAPart(y: UnsafeMutablePointer(mutating: dy), rows: 0..<m.outFeatures)], dInput: dx, rows: N,
+                dropout: dropout, ws: ws)
+        }
+    }
+
+    /// The backward of `projectGroup`: dx = Σ dy_i·W_i plus the LoRA parts (overwriting dx first).
+    private func projectGroupBackward(
+        _ group: [(target: LoRATarget, weight: FrozenMatrix, dy: UnsafeMutablePointer<Float>)], fused: LoRATarget?,
+        layer: Int, input x: UnsafePointer<Float>, dInput dx: UnsafeMutablePointer<Float>, buffers: BlockBuffers,
+        rows N: Int, adapter: LoRAAdapter, gradients: FloatBuffer, dropout: DropoutPlan?, ws: TrainingWorkspace
+    ) {
+        guard let fused else {
+            for (i, p) in group.enumerated() {
+                projectBackward(
+                    p.target, layer: layer, weight: p.weight, input: x, dOut: p.dy, dInput: dx, accumulate: i > 0,
+                    buffers: buffers, rows: N, adapter: adapter, gradients: gradients, dropout: dropout, ws: ws)
+            }
+            return
+        }
+        for (i, p) in group.enumerated() { p.weight.multiply(dx, p.dy, n: N, beta: i > 0 ? 1 : 0) }
+        if let m = adapter.module(layer: layer, target: fused) {
+            var parts: [LoRAPart] = []
+            var row = 0
+            for p in group {
+                parts.append(LoRAPart(y: p.dy, rows: row..<row + p.weight.rows))
+                row += p.weight.rows
+            }
+            loraBackward(
+                m, adapter: adapter, gradients: gradients, input: x,
+                saved: buffers.lora.pointer + buffers.loraOffsets[fused]!, parts: parts, dInput: dx, rows: N,
+                dropout: dropout, ws: ws)
         }
     }
 
@@ -286,41 +369,64 @@ extension LlamaModel {
         let w = weights.layers[l]
         let N = ws.rows
         let h = ws.normedScratch.pointer
+        let table = rope(layer: l, positions: batch.length)
         rmsNormForward(
             out: h, rstd: s.rstd1.pointer, input: x, weight: w.attentionNorm, rows: N, dim: c.dim, eps: c.rmsEps)
-        project(
-            .q, layer: l, weight: w.q, bias: w.qBias, input: h, output: s.q.pointer, buffers: s, rows: N,
-            adapter: adapter, dropout: dropout, ws: ws)
-        project(
-            .k, layer: l, weight: w.k, bias: w.kBias, input: h, output: s.k.pointer, buffers: s, rows: N,
-            adapter: adapter, dropout: dropout, ws: ws)
-        project(
-            .v, layer: l, weight: w.v, bias: w.vBias, input: h, output: s.v.pointer, buffers: s, rows: N,
-            adapter: adapter, dropout: dropout, ws: ws)
-        ropeForward(s.q.pointer, positions: batch.positions, rows: N, heads: c.heads, table: rope, style: .halfSplit)
-        ropeForward(s.k.pointer, positions: batch.positions, rows: N, heads: c.kvHeads, table: rope, style: .halfSplit)
+        // With q/k norms the projections land in qRaw/kRaw and the norms write q/k.
+        let qOut = c.qkNorm ? s.qRaw.pointer : s.q.pointer
+        let kOut = c.qkNorm ? s.kRaw.pointer : s.k.pointer
+        projectGroup(
+            [(.q, w.q, w.qBias, qOut), (.k, w.k, w.kBias, kOut), (.v, w.v, w.vBias, s.v.pointer)],
+            fused: c.fusedProjections ? .qkv : nil, layer: l, input: h, buffers: s, rows: N, adapter: adapter,
+            dropout: dropout, ws: ws)
+        if let qNorm = w.qNorm, let kNorm = w.kNorm {
+            rmsNormForward(
+                out: s.q.pointer, rstd: s.qRstd.pointer, input: qOut, weight: qNorm, rows: N * c.heads,
+                dim: c.headDim, eps: c.rmsEps)
+            rmsNormForward(
+                out: s.k.pointer, rstd: s.kRstd.pointer, input: kOut, weight: kNorm, rows: N * c.kvHeads,
+                dim: c.headDim, eps: c.rmsEps)
+        }
+        ropeForward(s.q.pointer, positions: batch.positions, rows: N, heads: c.heads, table: table, style: .halfSplit)
+        ropeForward(s.k.pointer, positions: batch.positions, rows: N, heads: c.kvHeads, table: table, style: .halfSplit)
         attentionForward(
             out: ws.attentionOut.pointer, lse: s.lse.pointer, q: s.q.pointer, k: s.k.pointer, v: s.v.pointer,
-            shape: attentionShape(batch), keyStarts: batch.documentStarts)
-        // x2 = x + o(attention)
-        project(
-            .o, layer: l, weight: w.o, bias: w.oBias, input: ws.attentionOut.pointer, output: s.x2.pointer, buffers: s,
-            rows: N, adapter: adapter, dropout: dropout, ws: ws)
+            shape: attentionShape(batch, layer: l), keyStarts: batch.documentStarts)
+        // x2 = x + o(attention), or x + PostNorm(o(attention))
+        if let post = w.postAttentionNorm {
+            project(
+                .o, layer: l, weight: w.o, bias: w.oBias, input: ws.attentionOut.pointer,
+                output: s.attentionProjection.pointer, buffers: s, rows: N, adapter: adapter, dropout: dropout, ws: ws)
+            rmsNormForward(
+                out: s.x2.pointer, rstd: s.rstdPostAttention.pointer, input: s.attentionProjection.pointer,
+                weight: post, rows: N, dim: c.dim, eps: c.rmsEps)
+        } else {
+            project(
+                .o, layer: l, weight: w.o, bias: w.oBias, input: ws.attentionOut.pointer, output: s.x2.pointer,
+                buffers: s, rows: N, adapter: adapter, dropout: dropout, ws: ws)
+        }
         addInPlace(s.x2.pointer, x, count: N * c.dim)
         rmsNormForward(
             out: h, rstd: s.rstd2.pointer, input: s.x2.pointer, weight: w.ffnNorm, rows: N, dim: c.dim, eps: c.rmsEps)
-        project(
-            .gate, layer: l, weight: w.gate, bias: nil, input: h, output: s.gate.pointer, buffers: s, rows: N,
-            adapter: adapter, dropout: dropout, ws: ws)
-        project(
-            .up, layer: l, weight: w.up, bias: nil, input: h, output: s.up.pointer, buffers: s, rows: N,
-            adapter: adapter, dropout: dropout, ws: ws)
-        let m = ws.hidden.pointer
-        swigluForward(out: m, gate: s.gate.pointer, up: s.up.pointer, count: N * c.ffnDim)
-        // x' = x2 + down(m)
-        project(
-            .down, layer: l, weight: w.down, bias: nil, input: m, output: output, buffers: s, rows: N, adapter: adapter,
+        projectGroup(
+            [(.gate, w.gate, nil, s.gate.pointer), (.up, w.up, nil, s.up.pointer)],
+            fused: c.fusedProjections ? .gateUp : nil, layer: l, input: h, buffers: s, rows: N, adapter: adapter,
             dropout: dropout, ws: ws)
+        let m = ws.hidden.pointer
+        gatedForward(c.activation, out: m, gate: s.gate.pointer, up: s.up.pointer, count: N * c.ffnDim)
+        // x' = x2 + down(m), or x2 + PostNorm(down(m))
+        if let post = w.postFFNNorm {
+            project(
+                .down, layer: l, weight: w.down, bias: nil, input: m, output: s.ffnOutput.pointer, buffers: s,
+                rows: N, adapter: adapter, dropout: dropout, ws: ws)
+            rmsNormForward(
+                out: output, rstd: s.rstdPostFFN.pointer, input: s.ffnOutput.pointer, weight: post, rows: N,
+                dim: c.dim, eps: c.rmsEps)
+        } else {
+            project(
+                .down, layer: l, weight: w.down, bias: nil, input: m, output: output, buffers: s, rows: N,
+                adapter: adapter, dropout: dropout, ws: ws)
+        }
         addInPlace(output, s.x2.pointer, count: N * c.dim)
     }
 
@@ -334,37 +440,52 @@ extension LlamaModel {
         let dx = ws.dx.pointer  // in: gradient of the block output; out: gradient of its input
         let h = ws.normedScratch.pointer
         let dh = ws.dNormed.pointer
-        // Feed-forward: x' = x2 + down(silu(gate(h2)) ⊙ up(h2)).
+        let table = rope(layer: l, positions: batch.length)
+        // Feed-forward: x' = x2 + [PostNorm](down(act(gate(h2)) ⊙ up(h2))).
         normalized(h, s.x2.pointer, s.rstd2.pointer, w.ffnNorm, rows: N)
-        swigluForward(out: ws.hidden.pointer, gate: s.gate.pointer, up: s.up.pointer, count: N * c.ffnDim)
+        gatedForward(c.activation, out: ws.hidden.pointer, gate: s.gate.pointer, up: s.up.pointer, count: N * c.ffnDim)
+        var dDown = UnsafePointer(dx)
+        if let post = w.postFFNNorm {
+            ws.dPost.zero()
+            rmsNormBackward(
+                dInput: ws.dPost.pointer, dWeight: nil, dOut: dx, input: s.ffnOutput.pointer, weight: post,
+                rstd: s.rstdPostFFN.pointer, rows: N, dim: c.dim)
+            dDown = UnsafePointer(ws.dPost.pointer)
+        }
         projectBackward(
-            .down, layer: l, weight: w.down, input: ws.hidden.pointer, dOut: dx, dInput: ws.dHidden.pointer,
+            .down, layer: l, weight: w.down, input: ws.hidden.pointer, dOut: dDown, dInput: ws.dHidden.pointer,
             accumulate: false, buffers: s, rows: N, adapter: adapter, gradients: gradients, dropout: dropout, ws: ws)
         // The saved gate and up activations become their gradients in place (this layer needs them no more).
         let dGate = s.gate.pointer
         let dUp = s.up.pointer
-        swigluBackward(
-            dGate: dGate, dUp: dUp, dOut: ws.dHidden.pointer, gate: s.gate.pointer, up: s.up.pointer,
+        gatedBackward(
+            c.activation, dGate: dGate, dUp: dUp, dOut: ws.dHidden.pointer, gate: s.gate.pointer, up: s.up.pointer,
             count: N * c.ffnDim, accumulate: false)
-        projectBackward(
-            .gate, layer: l, weight: w.gate, input: h, dOut: dGate, dInput: dh, accumulate: false,
-            buffers: s, rows: N, adapter: adapter, gradients: gradients, dropout: dropout, ws: ws)
-        projectBackward(
-            .up, layer: l, weight: w.up, input: h, dOut: dUp, dInput: dh, accumulate: true, buffers: s,
-            rows: N, adapter: adapter, gradients: gradients, dropout: dropout, ws: ws)
+        projectGroupBackward(
+            [(.gate, w.gate, dGate), (.up, w.up, dUp)], fused: c.fusedProjections ? .gateUp : nil, layer: l, input: h,
+            dInput: dh, buffers: s, rows: N, adapter: adapter, gradients: gradients, dropout: dropout, ws: ws)
         rmsNormBackward(
             dInput: dx, dWeight: nil, dOut: dh, input: s.x2.pointer, weight: w.ffnNorm, rstd: s.rstd2.pointer, rows: N,
             dim: c.dim)
-        // Attention: x2 = x + o(attention(rope(q(h1)), rope(k(h1)), v(h1))). The attention output is not kept:
-        // o's backward runs without its input, the attention backward recomputes the output when o's LoRA A
-        // needs it, and dA follows.
+        // Attention: x2 = x + [PostNorm](o(attention(rope(q(h1)), rope(k(h1)), v(h1)))). The attention output is
+        // not kept: o's backward runs without its input, the attention backward recomputes the output when o's
+        // LoRA A needs it, and dA follows.
+        var dO = UnsafePointer(dx)
+        if let post = w.postAttentionNorm {
+            ws.dPost.zero()
+            rmsNormBackward(
+                dInput: ws.dPost.pointer, dWeight: nil, dOut: dx, input: s.attentionProjection.pointer, weight: post,
+                rstd: s.rstdPostAttention.pointer, rows: N, dim: c.dim)
+            dO = UnsafePointer(ws.dPost.pointer)
+        }
         let dAtt = ws.dAttention.pointer
-        w.o.multiply(dAtt, dx, n: N)
+        w.o.multiply(dAtt, dO, n: N)
         let oModule = adapter.module(layer: l, target: .o)
         if let m = oModule {
             loraBackwardWithoutDA(
-                m, adapter: adapter, gradients: gradients, saved: s.lora.pointer + s.loraOffsets[.o]!, dOut: dx,
-                dInput: dAtt, rows: N, dropout: dropout, ws: ws)
+                m, adapter: adapter, gradients: gradients, saved: s.lora.pointer + s.loraOffsets[.o]!,
+                parts: [LoRAPart(y: UnsafeMutablePointer(mutating: dO), rows: 0..<m.outFeatures)], dInput: dAtt,
+                rows: N, dropout: dropout, ws: ws)
         }
         ws.dq.zero()
         ws.dk.zero()
@@ -372,22 +493,32 @@ extension LlamaModel {
         attentionBackward(
             dQ: ws.dq.pointer, dK: ws.dk.pointer, dV: ws.dv.pointer, dOut: dAtt, q: s.q.pointer, k: s.k.pointer,
             v: s.v.pointer, lse: s.lse.pointer, recomputedOut: oModule == nil ? nil : ws.attentionOut.pointer,
-            shape: attentionShape(batch), keyStarts: batch.documentStarts)
+            shape: attentionShape(batch, layer: l), keyStarts: batch.documentStarts)
         if let m = oModule {
             loraBackwardDA(m, gradients: gradients, input: ws.attentionOut.pointer, rows: N, dropout: dropout, ws: ws)
         }
-        ropeBackward(ws.dq.pointer, positions: batch.positions, rows: N, heads: c.heads, table: rope, style: .halfSplit)
         ropeBackward(
-            ws.dk.pointer, positions: batch.positions, rows: N, heads: c.kvHeads, table: rope, style: .halfSplit)
+            ws.dq.pointer, positions: batch.positions, rows: N, heads: c.heads, table: table, style: .halfSplit)
+        ropeBackward(
+            ws.dk.pointer, positions: batch.positions, rows: N, heads: c.kvHeads, table: table, style: .halfSplit)
+        var dQ = ws.dq.pointer
+        var dK = ws.dk.pointer
+        if let qNorm = w.qNorm, let kNorm = w.kNorm {
+            ws.dqRaw.zero()
+            ws.dkRaw.zero()
+            rmsNormBackward(
+                dInput: ws.dqRaw.pointer, dWeight: nil, dOut: ws.dq.pointer, input: s.qRaw.pointer, weight: qNorm,
+                rstd: s.qRstd.pointer, rows: N * c.heads, dim: c.headDim)
+            rmsNormBackward(
+                dInput: ws.dkRaw.pointer, dWeight: nil, dOut: ws.dk.pointer, input: s.kRaw.pointer, weight: kNorm,
+                rstd: s.kRstd.pointer, rows: N * c.kvHeads, dim: c.headDim)
+            dQ = ws.dqRaw.pointer
+            dK = ws.dkRaw.pointer
+        }
         normalized(h, x, s.rstd1.pointer, w.attentionNorm, rows: N)
-        projectBackward(
-            .q, layer: l, weight: w.q, input: h, dOut: ws.dq.pointer, dInput: dh, accumulate: false, buffers: s,
-            rows: N, adapter: adapter, gradients: gradients, dropout: dropout, ws: ws)
-        projectBackward(
-            .k, layer: l, weight: w.k, input: h, dOut: ws.dk.pointer, dInput: dh, accumulate: true, buffers: s, rows: N,
-            adapter: adapter, gradients: gradients, dropout: dropout, ws: ws)
-        projectBackward(
-            .v, layer: l, weight: w.v, input: h, dOut: ws.dv.pointer, dInput: dh, accumulate: true, buffers: s, rows: N,
+        projectGroupBackward(
+            [(.q, w.q, dQ), (.k, w.k, dK), (.v, w.v, ws.dv.pointer)],
+            fused: c.fusedProjections ? .qkv : nil, layer: l, input: h, dInput: dh, buffers: s, rows: N,
             adapter: adapter, gradients: gradients, dropout: dropout, ws: ws)
         rmsNormBackward(
             dInput: dx, dWeight: nil, dOut: dh, input: x, weight: w.attentionNorm, rstd: s.rstd1.pointer, rows: N,
@@ -418,4 +549,13 @@ extension LlamaModel {
         }
         return forward + backward + lora
     }
+}
+
+/// Rows `rows` of a LoRA module's output (B's rows) and where they go: the whole output of an ordinary module,
+/// or one projection's share of a fused one.
+struct LoRAPart {
+    /// (N, rows.count) written (forward) or read (backward: the gradient).
+    var y: UnsafeMutablePointer<Float>
+    /// Rows of B.
+    var rows: Range<Int>
 }

@@ -1,12 +1,15 @@
 // LlamaModel: the forward pass of a llama-family decoder (formats.md §9), in fp32 over the flat weights.
 //
-//   x = embed(tokens)
-//   per block:  h = RMSNorm(x)·w;  q,k,v = h·Wᵀ (+b);  RoPE(q,k);  a = causal GQA attention(q, K, V)
-//               x += a·Woᵀ (+b);  h = RMSNorm(x)·w;  x += (silu(h·Wgᵀ) ⊙ h·Wuᵀ)·Wdᵀ
-//   out = RMSNorm(x)·w;  logits = out·Eᵀ (E = embedding table when tied)
+//   x = embed(tokens) (· √C for Gemma)
+//   per block:  h = RMSNorm(x)·w;  q,k,v = h·Wᵀ (+b);  [q, k = RMSNorm per head];  RoPE(q,k)
+//               a = causal GQA attention(q, K, V) [scale, soft cap, sliding window of the layer]
+//               x += [PostNorm](a·Woᵀ (+b));  h = RMSNorm(x)·w;  x += [PostNorm]((act(h·Wgᵀ) ⊙ h·Wuᵀ)·Wdᵀ)
+//   out = RMSNorm(x)·w;  logits = out·Eᵀ (E = embedding table when tied) [c·tanh(logits/c) for Gemma 2]
+// Bracketed steps belong to some families only (LlamaConfig); act is silu or tanh GELU.
 //
 // Dims in comments: N = B·T rows processed in one call; C = dim; the rest as LlamaConfig names them.
 
+import Foundation
 import TensorKernels
 
 /// A loaded model: configuration, weights and RoPE table.
@@ -15,8 +18,12 @@ public final class LlamaModel: @unchecked Sendable {
     public let config: LlamaConfig
     /// The frozen weights (Hugging Face layout).
     public let weights: LlamaWeights
-    /// cos/sin for every usable position.
-    public let rope: RoPETable
+    /// The distinct cos/sin tables the layers use (one for most models; Gemma 3 has a local and a global one).
+    public let ropeTables: [RoPETable]
+    /// Each layer's table, for sequences within LongRoPE's original context (or any, for other models).
+    let layerTable: [Int]
+    /// Each layer's table for longer sequences, when the model uses LongRoPE.
+    let layerTableLong: [Int]?
     /// Positions this model runs: the context length, capped at `positionLimit`.
     public let maxPositions: Int
 
@@ -28,7 +35,31 @@ public final class LlamaModel: @unchecked Sendable {
         self.weights = weights
         config = weights.config
         maxPositions = min(config.contextLength, Self.positionLimit)
-        rope = RoPETable(headDim: config.headDim, positions: maxPositions, base: config.ropeTheta)
+        let c = weights.config
+        let positions = maxPositions
+        var tables: [RoPETable] = []
+        var seen: [RoPEFrequencies] = []
+        func table(_ f: RoPEFrequencies) -> Int {
+            if let i = seen.firstIndex(of: f) { return i }
+            seen.append(f)
+            tables.append(RoPETable(headDim: c.headDim, positions: positions, frequencies: f))
+            return tables.count - 1
+        }
+        layerTable = (0..<c.layers).map { table(c.ropeFrequencies(layer: $0, positions: 1)) }
+        if c.ropeLongFactors != nil, let original = c.ropeOriginalContext, positions > original {
+            layerTableLong = (0..<c.layers).map { table(c.ropeFrequencies(layer: $0, positions: original + 1)) }
+        } else {
+            layerTableLong = nil
+        }
+        ropeTables = tables
+    }
+
+    /// The RoPE table of layer `l` for sequences of up to `positions` positions.
+    public func rope(layer l: Int, positions: Int) -> RoPETable {
+        if let long = layerTableLong, let original = config.ropeOriginalContext, positions > original {
+            return ropeTables[long[l]]
+        }
+        return ropeTables[layerTable[l]]
     }
 
     /// Runs `T` new tokens of each of the state's B sequences through the model, after the positions already
@@ -63,19 +94,28 @@ public final class LlamaModel: @unchecked Sendable {
         let att = state.attention.pointer
         let gate = state.gate.pointer
         let up = state.up.pointer
-        let shape = AttentionShape(
-            batch: B, queries: T, keyCapacity: state.capacity, start: start, heads: c.heads, kvHeads: c.kvHeads,
-            headDim: c.headDim)
+        let scratch = state.scratch.pointer
         let layerCache = B * state.capacity * c.kvDim
 
         embeddingForward(out: x, tokens: tokens, table: weights.embedding, count: N)
+        if let scale = c.embeddingScale { scaleInPlace(x, N * c.dim, by: scale) }
         for (l, w) in weights.layers.enumerated() {
+            let table = rope(layer: l, positions: state.capacity)
             rmsNormForward(out: h, rstd: nil, input: x, weight: w.attentionNorm, rows: N, dim: c.dim, eps: c.rmsEps)
             linearForward(out: q, input: h, weight: w.q, bias: w.qBias, rows: N)
             linearForward(out: k, input: h, weight: w.k, bias: w.kBias, rows: N)
             linearForward(out: v, input: h, weight: w.v, bias: w.vBias, rows: N)
-            ropeForward(q, positions: state.positions, rows: N, heads: c.heads, table: rope, style: .halfSplit)
-            ropeForward(k, positions: state.positions, rows: N, heads: c.kvHeads, table: rope, style: .halfSplit)
+            if let qNorm = w.qNorm, let kNorm = w.kNorm {
+                scratch.update(from: q, count: N * c.qDim)
+                rmsNormForward(
+                    out: q, rstd: nil, input: scratch, weight: qNorm, rows: N * c.heads, dim: c.headDim, eps: c.rmsEps)
+                scratch.update(from: k, count: N * c.kvDim)
+                rmsNormForward(
+                    out: k, rstd: nil, input: scratch, weight: kNorm, rows: N * c.kvHeads, dim: c.headDim,
+                    eps: c.rmsEps)
+            }
+            ropeForward(q, positions: state.positions, rows: N, heads: c.heads, table: table, style: .halfSplit)
+            ropeForward(k, positions: state.positions, rows: N, heads: c.kvHeads, table: table, style: .halfSplit)
             // Append this chunk's keys and values to the cache: sequence b, positions start..<start+T.
             let keys = state.keys.pointer + l * layerCache
             let values = state.values.pointer + l * layerCache
@@ -84,21 +124,41 @@ public final class LlamaModel: @unchecked Sendable {
                 (keys + row).update(from: k + b * T * c.kvDim, count: T * c.kvDim)
                 (values + row).update(from: v + b * T * c.kvDim, count: T * c.kvDim)
             }
+            let shape = c.attentionShape(layer: l, batch: B, queries: T, keyCapacity: state.capacity, start: start)
             attentionForward(out: att, lse: nil, q: q, k: keys, v: values, shape: shape)
-            // x += att·Woᵀ (+ bias): the residual is the matmul's beta = 1.
-            w.o.multiplyTransposed(x, att, n: N, beta: 1)
-            if let bias = w.oBias {
-                for r in 0..<N { for i in 0..<c.dim { x[r * c.dim + i] += bias[i] } }
+            if let post = w.postAttentionNorm {
+                // x += PostNorm(att·Woᵀ)
+                w.o.multiplyTransposed(scratch, att, n: N)
+                rmsNormForward(out: h, rstd: nil, input: scratch, weight: post, rows: N, dim: c.dim, eps: c.rmsEps)
+                addInPlace(x, h, count: N * c.dim)
+            } else {
+                // x += att·Woᵀ (+ bias): the residual is the matmul's beta = 1.
+                w.o.multiplyTransposed(x, att, n: N, beta: 1)
+                if let bias = w.oBias {
+                    for r in 0..<N { for i in 0..<c.dim { x[r * c.dim + i] += bias[i] } }
+                }
             }
             rmsNormForward(out: h, rstd: nil, input: x, weight: w.ffnNorm, rows: N, dim: c.dim, eps: c.rmsEps)
             linearForward(out: gate, input: h, weight: w.gate, bias: nil, rows: N)
             linearForward(out: up, input: h, weight: w.up, bias: nil, rows: N)
-            swigluForward(out: gate, gate: gate, up: up, count: N * c.ffnDim)
-            w.down.multiplyTransposed(x, gate, n: N, beta: 1)
+            gatedForward(c.activation, out: gate, gate: gate, up: up, count: N * c.ffnDim)
+            if let post = w.postFFNNorm {
+                w.down.multiplyTransposed(scratch, gate, n: N)
+                rmsNormForward(out: h, rstd: nil, input: scratch, weight: post, rows: N, dim: c.dim, eps: c.rmsEps)
+                addInPlace(x, h, count: N * c.dim)
+            } else {
+                w.down.multiplyTransposed(x, gate, n: N, beta: 1)
+            }
         }
         rmsNormForward(out: h, rstd: nil, input: x, weight: weights.outputNorm, rows: N, dim: c.dim, eps: c.rmsEps)
         state.length += T
         return UnsafePointer(h)
+    }
+
+    private func addInPlace(_ y: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, count: Int) {
+        Parallel.forRanges(count, grain: 1 << 14) { range in
+            for i in range { y[i] += x[i] }
+        }
     }
 
     /// Logits of hidden states: `logits = hidden · outputᵀ`.
@@ -111,6 +171,20 @@ public final class LlamaModel: @unchecked Sendable {
         hidden: UnsafePointer<Float>, rows: Int, rowStride: Int? = nil, into logits: UnsafeMutablePointer<Float>
     ) {
         weights.output.multiplyTransposed(logits, hidden, n: rows, lda: rowStride ?? config.dim)
+        if let cap = config.finalSoftCap { softCap(logits, count: rows * config.vocabSize, cap: cap, derivative: nil) }
+    }
+
+    /// logits → c·tanh(logits/c) in place (Gemma 2's final soft cap); with `derivative`, 1 − tanh² there too.
+    func softCap(
+        _ logits: UnsafeMutablePointer<Float>, count: Int, cap: Float, derivative: UnsafeMutablePointer<Float>?
+    ) {
+        Parallel.forRanges(count, grain: 1 << 14) { range in
+            for i in range {
+                let t = Foundation.tanh(logits[i] / cap)
+                logits[i] = cap * t
+                derivative?[i] = 1 - t * t
+            }
+        }
     }
 
     /// FLOPs of one forward pass over `tokens` new tokens after `past` cached positions, counting the matrix

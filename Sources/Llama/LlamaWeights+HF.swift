@@ -13,7 +13,8 @@ extension LlamaWeights {
         var w = SafetensorsWriter()
         w.metadata = metadata.merging(["format": "pt"]) { mine, _ in mine }
         Self.forEachTensor(config) { spec in
-            let values = self.values(spec.name)!
+            var values = self.values(spec.name)!
+            if spec.huggingFaceOffset != 0 { values = values.map { $0 - spec.huggingFaceOffset } }
             let chosen: FusedType = spec.shape.count == 2 ? type : .f32
             let dtype: SafetensorsDType =
                 switch chosen {

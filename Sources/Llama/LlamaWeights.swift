@@ -15,7 +15,7 @@ import TensorKernels
 public struct LayerWeights: @unchecked Sendable {
     /// (dim) input RMSNorm weight.
     public var attentionNorm: UnsafeMutablePointer<Float>
-    /// (qDim, dim)
+    /// (qDim, dim); with fused projections, rows of `qkv`.
     public var q: FrozenMatrix
     /// (kvDim, dim)
     public var k: FrozenMatrix
@@ -27,7 +27,11 @@ public struct LayerWeights: @unchecked Sendable {
     public var qBias, kBias, vBias: UnsafeMutablePointer<Float>?
     /// (dim) when the model has an attention output bias.
     public var oBias: UnsafeMutablePointer<Float>?
-    /// (dim) post-attention RMSNorm weight.
+    /// (headDim) RMSNorm weights of each query and key head (Qwen3, Gemma 3).
+    public var qNorm, kNorm: UnsafeMutablePointer<Float>?
+    /// (dim) norms of the attention output and the feed-forward output (Gemma 2/3).
+    public var postAttentionNorm, postFFNNorm: UnsafeMutablePointer<Float>?
+    /// (dim) the feed-forward's input RMSNorm weight.
     public var ffnNorm: UnsafeMutablePointer<Float>
     /// (ffnDim, dim)
     public var gate: FrozenMatrix
@@ -35,6 +39,9 @@ public struct LayerWeights: @unchecked Sendable {
     public var up: FrozenMatrix
     /// (dim, ffnDim)
     public var down: FrozenMatrix
+    /// (qDim + 2·kvDim, dim) and (2·ffnDim, dim), the fused matrices `q`, `k`, `v` and `gate`, `up` are rows of
+    /// (Phi-3).
+    public var qkv, gateUp: FrozenMatrix?
 
     /// The matrix a LoRA target adapts.
     public subscript(target: LoRATarget) -> FrozenMatrix {
@@ -46,6 +53,8 @@ public struct LayerWeights: @unchecked Sendable {
         case .gate: gate
         case .up: up
         case .down: down
+        case .qkv: qkv!
+        case .gateUp: gateUp!
         }
     }
 }
@@ -69,6 +78,9 @@ public struct LlamaTensorSpec: Sendable, Equatable {
     public var shape: [Int]
     /// For Q and K weights and biases: the head count for the GGUF row permutation.
     public var permutationHeads: Int?
+    /// Added to the values Hugging Face stores to get those the model uses: 1 for Gemma's (1 + w) norms, which
+    /// GGUF files store with the 1 already added.
+    public var huggingFaceOffset: Float = 0
 }
 
 /// The frozen base weights: fp32 tensors in one buffer, block-quantised matrices in another.
@@ -107,6 +119,11 @@ public final class LlamaWeights: @unchecked Sendable {
     /// Visits the tensors a configuration needs, in storage order, until `visit` returns false; a loader
     /// checking a file with absurd metadata stops early instead of listing millions of layers.
     public static func forEachTensor(_ c: LlamaConfig, _ visit: (LlamaTensorSpec) -> Bool) {
+        let gemma = c.family == .gemma2 || c.family == .gemma3
+        let normOffset: Float = gemma ? 1 : 0
+        func norm(_ hf: String, _ gguf: String, _ size: Int) -> LlamaTensorSpec {
+            LlamaTensorSpec(name: hf, ggufName: gguf, shape: [size], huggingFaceOffset: normOffset)
+        }
         guard
             visit(
                 LlamaTensorSpec(
@@ -115,19 +132,27 @@ public final class LlamaWeights: @unchecked Sendable {
         for l in 0..<c.layers {
             let hf = "model.layers.\(l)."
             let gg = "blk.\(l)."
-            var layer = [
-                LlamaTensorSpec(name: hf + "input_layernorm.weight", ggufName: gg + "attn_norm.weight", shape: [c.dim]),
+            var layer = [norm(hf + "input_layernorm.weight", gg + "attn_norm.weight", c.dim)]
+            if c.fusedProjections {
+                layer.append(
+                    LlamaTensorSpec(
+                        name: hf + "self_attn.qkv_proj.weight", ggufName: gg + "attn_qkv.weight",
+                        shape: [c.qDim + 2 * c.kvDim, c.dim]))
+            } else {
+                layer += [
+                    LlamaTensorSpec(
+                        name: hf + "self_attn.q_proj.weight", ggufName: gg + "attn_q.weight", shape: [c.qDim, c.dim],
+                        permutationHeads: c.heads),
+                    LlamaTensorSpec(
+                        name: hf + "self_attn.k_proj.weight", ggufName: gg + "attn_k.weight", shape: [c.kvDim, c.dim],
+                        permutationHeads: c.kvHeads),
+                    LlamaTensorSpec(
+                        name: hf + "self_attn.v_proj.weight", ggufName: gg + "attn_v.weight", shape: [c.kvDim, c.dim]),
+                ]
+            }
+            layer.append(
                 LlamaTensorSpec(
-                    name: hf + "self_attn.q_proj.weight", ggufName: gg + "attn_q.weight", shape: [c.qDim, c.dim],
-                    permutationHeads: c.heads),
-                LlamaTensorSpec(
-                    name: hf + "self_attn.k_proj.weight", ggufName: gg + "attn_k.weight", shape: [c.kvDim, c.dim],
-                    permutationHeads: c.kvHeads),
-                LlamaTensorSpec(
-                    name: hf + "self_attn.v_proj.weight", ggufName: gg + "attn_v.weight", shape: [c.kvDim, c.dim]),
-                LlamaTensorSpec(
-                    name: hf + "self_attn.o_proj.weight", ggufName: gg + "attn_output.weight", shape: [c.dim, c.qDim]),
-            ]
+                    name: hf + "self_attn.o_proj.weight", ggufName: gg + "attn_output.weight", shape: [c.dim, c.qDim]))
             if c.qkvBias {
                 layer += [
                     LlamaTensorSpec(
@@ -144,21 +169,42 @@ public final class LlamaWeights: @unchecked Sendable {
                     LlamaTensorSpec(
                         name: hf + "self_attn.o_proj.bias", ggufName: gg + "attn_output.bias", shape: [c.dim]))
             }
-            layer += [
+            if c.qkNorm {
+                layer += [
+                    norm(hf + "self_attn.q_norm.weight", gg + "attn_q_norm.weight", c.headDim),
+                    norm(hf + "self_attn.k_norm.weight", gg + "attn_k_norm.weight", c.headDim),
+                ]
+            }
+            if c.postNorms {
+                // Gemma's names: post_attention_layernorm is the attention output's norm, and the feed-forward's
+                // input norm is pre_feedforward_layernorm.
+                layer += [
+                    norm(hf + "post_attention_layernorm.weight", gg + "post_attention_norm.weight", c.dim),
+                    norm(hf + "pre_feedforward_layernorm.weight", gg + "ffn_norm.weight", c.dim),
+                    norm(hf + "post_feedforward_layernorm.weight", gg + "post_ffw_norm.weight", c.dim),
+                ]
+            } else {
+                layer.append(norm(hf + "post_attention_layernorm.weight", gg + "ffn_norm.weight", c.dim))
+            }
+            if c.fusedProjections {
+                layer.append(
+                    LlamaTensorSpec(
+                        name: hf + "mlp.gate_up_proj.weight", ggufName: gg + "ffn_up.weight",
+                        shape: [2 * c.ffnDim, c.dim]))
+            } else {
+                layer += [
+                    LlamaTensorSpec(
+                        name: hf + "mlp.gate_proj.weight", ggufName: gg + "ffn_gate.weight", shape: [c.ffnDim, c.dim]),
+                    LlamaTensorSpec(
+                        name: hf + "mlp.up_proj.weight", ggufName: gg + "ffn_up.weight", shape: [c.ffnDim, c.dim]),
+                ]
+            }
+            layer.append(
                 LlamaTensorSpec(
-                    name: hf + "post_attention_layernorm.weight", ggufName: gg + "ffn_norm.weight", shape: [c.dim]),
-                LlamaTensorSpec(
-                    name: hf + "mlp.gate_proj.weight", ggufName: gg + "ffn_gate.weight", shape: [c.ffnDim, c.dim]),
-                LlamaTensorSpec(
-                    name: hf + "mlp.up_proj.weight", ggufName: gg + "ffn_up.weight", shape: [c.ffnDim, c.dim]),
-                LlamaTensorSpec(
-                    name: hf + "mlp.down_proj.weight", ggufName: gg + "ffn_down.weight", shape: [c.dim, c.ffnDim]),
-            ]
+                    name: hf + "mlp.down_proj.weight", ggufName: gg + "ffn_down.weight", shape: [c.dim, c.ffnDim]))
             for spec in layer where !visit(spec) { return }
         }
-        guard visit(LlamaTensorSpec(name: "model.norm.weight", ggufName: "output_norm.weight", shape: [c.dim])) else {
-            return
-        }
+        guard visit(norm("model.norm.weight", "output_norm.weight", c.dim)) else { return }
         if !c.tiedEmbeddings {
             _ = visit(LlamaTensorSpec(name: "lm_head.weight", ggufName: "output.weight", shape: [c.vocabSize, c.dim]))
         }
@@ -214,14 +260,34 @@ public final class LlamaWeights: @unchecked Sendable {
         output = c.tiedEmbeddings ? embedding : matrix("lm_head.weight")
         layers = (0..<c.layers).map { l in
             let p = "model.layers.\(l)."
+            var q, k, v, gate, up: FrozenMatrix
+            var qkv, gateUp: FrozenMatrix?
+            if c.fusedProjections {
+                let fused = matrix(p + "self_attn.qkv_proj.weight")
+                q = fused.rowRange(0..<c.qDim)
+                k = fused.rowRange(c.qDim..<c.qDim + c.kvDim)
+                v = fused.rowRange(c.qDim + c.kvDim..<c.qDim + 2 * c.kvDim)
+                let fusedFFN = matrix(p + "mlp.gate_up_proj.weight")
+                gate = fusedFFN.rowRange(0..<c.ffnDim)
+                up = fusedFFN.rowRange(c.ffnDim..<2 * c.ffnDim)
+                (qkv, gateUp) = (fused, fusedFFN)
+            } else {
+                q = matrix(p + "self_attn.q_proj.weight")
+                k = matrix(p + "self_attn.k_proj.weight")
+                v = matrix(p + "self_attn.v_proj.weight")
+                gate = matrix(p + "mlp.gate_proj.weight")
+                up = matrix(p + "mlp.up_proj.weight")
+            }
             return LayerWeights(
-                attentionNorm: at(p + "input_layernorm.weight"), q: matrix(p + "self_attn.q_proj.weight"),
-                k: matrix(p + "self_attn.k_proj.weight"), v: matrix(p + "self_attn.v_proj.weight"),
+                attentionNorm: at(p + "input_layernorm.weight"), q: q, k: k, v: v,
                 o: matrix(p + "self_attn.o_proj.weight"), qBias: maybe(p + "self_attn.q_proj.bias"),
                 kBias: maybe(p + "self_attn.k_proj.bias"), vBias: maybe(p + "self_attn.v_proj.bias"),
-                oBias: maybe(p + "self_attn.o_proj.bias"), ffnNorm: at(p + "post_attention_layernorm.weight"),
-                gate: matrix(p + "mlp.gate_proj.weight"), up: matrix(p + "mlp.up_proj.weight"),
-                down: matrix(p + "mlp.down_proj.weight"))
+                oBias: maybe(p + "self_attn.o_proj.bias"), qNorm: maybe(p + "self_attn.q_norm.weight"),
+                kNorm: maybe(p + "self_attn.k_norm.weight"),
+                postAttentionNorm: c.postNorms ? at(p + "post_attention_layernorm.weight") : nil,
+                postFFNNorm: maybe(p + "post_feedforward_layernorm.weight"),
+                ffnNorm: at(p + (c.postNorms ? "pre_feedforward_layernorm.weight" : "post_attention_layernorm.weight")),
+                gate: gate, up: up, down: matrix(p + "mlp.down_proj.weight"), qkv: qkv, gateUp: gateUp)
         }
     }
 
@@ -339,6 +405,10 @@ extension LlamaWeights {
             }
             let destination = weights.pointer(spec.name)!
             stored.dequantize(into: destination)
+            if case .huggingFace = naming, spec.huggingFaceOffset != 0 {
+                let count = spec.shape.reduce(1, *)
+                for i in 0..<count { destination[i] += spec.huggingFaceOffset }
+            }
             if let heads = permutationHeads {
                 unpermuteRows(
                     destination, heads: heads, rows: spec.shape[0], columns: spec.shape.count == 2 ? spec.shape[1] : 1)

@@ -13,12 +13,14 @@ import TensorKernels
 /// A projection of a llama block that LoRA can adapt, named as Hugging Face and PEFT name it.
 public enum LoRATarget: String, CaseIterable, Sendable, Codable, Comparable {
     case q = "q_proj", k = "k_proj", v = "v_proj", o = "o_proj", gate = "gate_proj", up = "up_proj", down = "down_proj"
+    /// Phi-3's fused projections: q, k and v in one matrix, gate and up in another.
+    case qkv = "qkv_proj", gateUp = "gate_up_proj"
 
     /// The module path inside a Hugging Face layer (`self_attn.q_proj`).
     public var huggingFacePath: String {
         switch self {
-        case .q, .k, .v, .o: "self_attn.\(rawValue)"
-        case .gate, .up, .down: "mlp.\(rawValue)"
+        case .q, .k, .v, .o, .qkv: "self_attn.\(rawValue)"
+        case .gate, .up, .down, .gateUp: "mlp.\(rawValue)"
         }
     }
 
@@ -32,6 +34,8 @@ public enum LoRATarget: String, CaseIterable, Sendable, Codable, Comparable {
         case .gate: "ffn_gate"
         case .up: "ffn_up"
         case .down: "ffn_down"
+        case .qkv: "attn_qkv"
+        case .gateUp: "ffn_up"
         }
     }
 
@@ -43,6 +47,24 @@ public enum LoRATarget: String, CaseIterable, Sendable, Codable, Comparable {
         case .o: (c.qDim, c.dim)
         case .gate, .up: (c.dim, c.ffnDim)
         case .down: (c.ffnDim, c.dim)
+        case .qkv: (c.dim, c.qDim + 2 * c.kvDim)
+        case .gateUp: (c.dim, 2 * c.ffnDim)
+        }
+    }
+
+    /// The targets a model has: the split projections, or Phi-3's fused ones in place of q, k, v and gate, up.
+    public static func available(in c: LlamaConfig) -> [LoRATarget] {
+        c.fusedProjections ? [.qkv, .o, .gateUp, .down] : [.q, .k, .v, .o, .gate, .up, .down]
+    }
+
+    /// The projection as a model names it: on a fused model, q, k and v are `qkv` and gate and up `gateUp` (the
+    /// group names `all-linear`, `attention` and `mlp` expand to the split names first).
+    public func resolved(for c: LlamaConfig) -> LoRATarget {
+        guard c.fusedProjections else { return self }
+        switch self {
+        case .q, .k, .v: return .qkv
+        case .gate, .up: return .gateUp
+        default: return self
         }
     }
 
@@ -59,7 +81,7 @@ public enum LoRATarget: String, CaseIterable, Sendable, Codable, Comparable {
         for raw in names {
             let name = raw.trimmingCharacters(in: .whitespaces).lowercased()
             switch name {
-            case "all-linear", "all_linear", "all": set.formUnion(allCases)
+            case "all-linear", "all_linear", "all": set.formUnion([.q, .k, .v, .o, .gate, .up, .down])
             case "attention", "attn": set.formUnion([.q, .k, .v, .o])
             case "mlp", "ffn": set.formUnion([.gate, .up, .down])
             default:
@@ -109,7 +131,7 @@ public struct LoRAConfig: Sendable, Equatable, Codable {
     /// A configuration; `validate(for:)` checks it against a model.
     public init(
         rank: Int = 8, alpha: Double = 16, useRSLoRA: Bool = false, dropout: Double = 0,
-        targets: [LoRATarget] = LoRATarget.allCases, layers: [Int]? = nil
+        targets: [LoRATarget] = [.q, .k, .v, .o, .gate, .up, .down], layers: [Int]? = nil
     ) {
         self.rank = rank
         self.alpha = alpha
@@ -128,6 +150,12 @@ public struct LoRAConfig: Sendable, Equatable, Codable {
         guard alpha.isFinite, alpha > 0 else { throw .invalid("alpha \(alpha) must be positive") }
         guard dropout >= 0, dropout < 1 else { throw .invalid("dropout \(dropout) must be in [0, 1)") }
         guard !targets.isEmpty else { throw .noTargets }
+        let available = LoRATarget.available(in: model)
+        for t in targets where !available.contains(t.resolved(for: model)) {
+            throw .invalid(
+                "\(model.architecture) models have no \(t.rawValue); their projections are "
+                    + available.map(\.rawValue).joined(separator: ", "))
+        }
         if let layers {
             guard !layers.isEmpty else { throw .invalid("the layer list is empty") }
             for l in layers where l < 0 || l >= model.layers {
@@ -167,7 +195,7 @@ public final class LoRAAdapter: @unchecked Sendable {
     public let modules: [LoRAModule]
     /// The A and B matrices.
     public let parameters: FloatBuffer
-    private let index: [Int: Int]  // layer * 8 + target → module
+    private let index: [Int: Int]  // layer * 16 + target → module
 
     /// An adapter with zeroed matrices for the given modules.
     ///
@@ -199,8 +227,10 @@ public final class LoRAAdapter: @unchecked Sendable {
     /// the adapted model starts equal to the base.
     public convenience init(model: LlamaConfig, config: LoRAConfig, seed: UInt64) {
         let layers = config.layers ?? Array(0..<model.layers)
+        var targets: [LoRATarget] = []
+        for t in config.targets.map({ $0.resolved(for: model) }) where !targets.contains(t) { targets.append(t) }
         let specs = layers.flatMap { l in
-            config.targets.map { (layer: l, target: $0, rank: config.rank, scale: config.scale) }
+            targets.map { (layer: l, target: $0, rank: config.rank, scale: config.scale) }
         }
         self.init(model: model, modules: specs)
         var rng = SeededGenerator(seed: seed)
@@ -212,7 +242,7 @@ public final class LoRAAdapter: @unchecked Sendable {
     }
 
     private static func key(_ layer: Int, _ target: LoRATarget) -> Int {
-        layer * 8 + LoRATarget.allCases.firstIndex(of: target)!
+        layer * 16 + LoRATarget.allCases.firstIndex(of: target)!
     }
 
     /// The module adapting `target` of `layer`, if any.

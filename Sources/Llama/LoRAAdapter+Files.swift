@@ -362,7 +362,7 @@ extension LoRAAdapter {
             let parts = base.split(separator: ".")
             guard parts.count == 4, parts[0] == "blk", let layer = Int(parts[1]), layer >= 0, layer < model.layers,
                 parts[3] == "weight",
-                let target = LoRATarget.allCases.first(where: { $0.ggufName == parts[2] })
+                let target = LoRATarget.available(in: model).first(where: { $0.ggufName == parts[2] })
             else {
                 problems.append("\(t.name): not a LoRA weight of a llama projection this model has")
                 continue

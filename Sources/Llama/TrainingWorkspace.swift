@@ -31,6 +31,16 @@ struct BlockBuffers {
     let up: FloatBuffer  // (N, ffnDim)
     let lora: FloatBuffer  // A·x of each module of the layer, (N, rank) each, at loraOffsets
     let loraOffsets: [LoRATarget: Int]
+    // q/k norms (Qwen3, Gemma 3): the projections before the norm and each head's rstd.
+    let qRaw: FloatBuffer  // (N, qDim)
+    let kRaw: FloatBuffer  // (N, kvDim)
+    let qRstd: FloatBuffer  // (N·heads)
+    let kRstd: FloatBuffer  // (N·kvHeads)
+    // Post-norms (Gemma): the attention and feed-forward outputs before their norms, and the norms' rstd.
+    let attentionProjection: FloatBuffer  // (N, dim)
+    let rstdPostAttention: FloatBuffer  // (N)
+    let ffnOutput: FloatBuffer  // (N, dim)
+    let rstdPostFFN: FloatBuffer  // (N)
 
     init(config c: LlamaConfig, rows N: Int, batch B: Int, length T: Int, modules: [LoRAModule]) {
         rstd1 = FloatBuffer(count: N)
@@ -50,6 +60,15 @@ struct BlockBuffers {
         }
         loraOffsets = offsets
         lora = FloatBuffer(count: total)
+        let (qk, post) = (c.qkNorm ? 1 : 0, c.postNorms ? 1 : 0)
+        qRaw = FloatBuffer(count: qk * N * c.qDim)
+        kRaw = FloatBuffer(count: qk * N * c.kvDim)
+        qRstd = FloatBuffer(count: qk * N * c.heads)
+        kRstd = FloatBuffer(count: qk * N * c.kvHeads)
+        attentionProjection = FloatBuffer(count: post * N * c.dim)
+        rstdPostAttention = FloatBuffer(count: post * N)
+        ffnOutput = FloatBuffer(count: post * N * c.dim)
+        rstdPostFFN = FloatBuffer(count: post * N)
     }
 }
 
@@ -95,6 +114,11 @@ public final class TrainingWorkspace: @unchecked Sendable {
     let loraScratch: Region  // (N, max rank)
     let dropped: Region  // (N, max in) the dropped-out LoRA input, when dropout is on
     let blockOutput: Region  // (N, dim) where recomputed blocks write their unused output
+    let dPost: Region  // (N, dim) the gradient before a post-norm (Gemma)
+    let dqRaw: Region  // (N, qDim) the gradient before the q norm (Qwen3, Gemma 3)
+    let dkRaw: Region  // (N, kvDim)
+    /// (logitChunk, vocab) 1 − tanh² of the capped logits, when the model soft-caps them (Gemma 2).
+    let logitCapDerivative: FloatBuffer
 
     /// Allocates everything a step of `batch × length` needs for `adapter` on `model`.
     ///
@@ -148,6 +172,10 @@ public final class TrainingWorkspace: @unchecked Sendable {
         loraScratch = region(9)
         dropped = region(10)
         blockOutput = region(11)
+        dPost = region(12)
+        dqRaw = region(13)
+        dkRaw = region(14)
+        logitCapDerivative = FloatBuffer(count: c.finalSoftCap == nil ? 0 : chunk * c.vocabSize)
     }
 
     /// Sizes of the arena's scratch regions, in the order `init` assigns them.
@@ -158,6 +186,7 @@ public final class TrainingWorkspace: @unchecked Sendable {
             N * c.dim, N * max(c.dim, c.qDim), N * c.qDim, N * c.kvDim, N * c.kvDim, N * c.qDim, N * c.qDim,
             N * c.ffnDim, N * c.ffnDim, N * max(1, adapter.modules.map(\.rank).max() ?? 1),
             dropout ? N * max(c.dim, c.qDim, c.ffnDim) : 0, recompute ? N * c.dim : 0,
+            c.postNorms ? N * c.dim : 0, c.qkNorm ? N * c.qDim : 0, c.qkNorm ? N * c.kvDim : 0,
         ]
     }
 
@@ -175,14 +204,17 @@ public final class TrainingWorkspace: @unchecked Sendable {
         model c: LlamaConfig, adapter: LoRAAdapter, batch: Int, length: Int, recompute: Bool
     ) -> Int {
         let N = batch * length
-        let perBlock = N * (2 + c.qDim + 2 * c.kvDim + c.dim + 2 * c.ffnDim) + batch * c.heads * length
+        var perBlock = N * (2 + c.qDim + 2 * c.kvDim + c.dim + 2 * c.ffnDim) + batch * c.heads * length
+        if c.qkNorm { perBlock += N * (c.qDim + c.kvDim + c.heads + c.kvHeads) }
+        if c.postNorms { perBlock += N * (2 * c.dim + 2) }
         let loraPerLayer = N * adapter.modules.map(\.rank).reduce(0, +) / max(1, c.layers)
         let blocks = (recompute ? 1 : c.layers) * (perBlock + loraPerLayer)
         let scratchTotal = scratchSizes(model: c, adapter: adapter, rows: N, recompute: recompute, dropout: false)
             .reduce(0, +)
         let arena = max(
             scratchTotal, defaultLogitChunk(scratch: scratchTotal, vocabulary: c.vocabSize, rows: N) * c.vocabSize)
-        let scratch = N * (c.layers + 1) * c.dim + N * max(c.dim, c.qDim) + 256 * c.dim + arena
+        let capDerivative = c.finalSoftCap == nil ? 0 : 256 * c.vocabSize
+        let scratch = N * (c.layers + 1) * c.dim + N * max(c.dim, c.qDim) + 256 * c.dim + arena + capDerivative
         return 4 * (blocks + scratch)
     }
 }

@@ -6,10 +6,14 @@
 //   T   = query rows per sequence; query t sits at position `start + t`
 //   S   = key/value capacity per sequence (the cache length); keys 0..<start+T are valid
 //   NH  = query heads, NKV = key/value heads (NH % NKV == 0); query head h reads kv head h / (NH/NKV)
-//   HS  = head size; scale = 1/sqrt(HS)
+//   HS  = head size; scale = 1/sqrt(HS) unless the model sets another (Gemma's query_pre_attn_scalar^-1/2)
 // Layouts (row-major): q, out (B, T, NH, HS); k, v (B, S, NKV, HS); lse (B, NH, T).
 // Query t attends to keys s ≤ start + t (causal; formats.md §9). With `keyStarts` (B, T), query t of sequence b
 // also ignores keys before keyStarts[b, t]: several documents packed into one row never attend to each other.
+// With a sliding window W (Mistral v0.1, Gemma 2/3's local layers), query t also ignores keys s ≤ start + t − W:
+// it sees itself and the W − 1 keys before it.
+// With a soft cap c (Gemma 2), a score z becomes c·tanh(z/c) before the softmax; its backward multiplies dS by
+// 1 − tanh²(z/c).
 //
 // Forward per (b, h) and tile of queries: scores = scale·Q·Kᵀ (sgemm), masked softmax, out = P·V (sgemm).
 // It saves only lse = log Σ exp(scores) per query row; the backward recomputes P = exp(scores − lse)
@@ -36,10 +40,21 @@ public struct AttentionShape: Sendable, Equatable {
     public var kvHeads: Int
     /// HS, head size.
     public var headDim: Int
+    /// The factor on q·k (1/√HS by default).
+    public var scale: Float
+    /// c of the score soft cap c·tanh(z/c) (Gemma 2), or nil.
+    public var softCap: Float?
+    /// W, the sliding window (a query sees itself and the W − 1 keys before it), or nil for none.
+    public var window: Int?
 
     /// Describes an attention call; see the file header for the layouts.
-    public init(batch: Int, queries: Int, keyCapacity: Int, start: Int, heads: Int, kvHeads: Int, headDim: Int) {
+    public init(
+        batch: Int, queries: Int, keyCapacity: Int, start: Int, heads: Int, kvHeads: Int, headDim: Int,
+        scale: Float? = nil, softCap: Float? = nil, window: Int? = nil
+    ) {
         precondition(batch >= 0 && queries >= 0 && start >= 0 && heads > 0 && kvHeads > 0 && headDim > 0)
+        precondition(softCap.map { $0 > 0 } ?? true, "attention: soft cap must be positive")
+        precondition(window.map { $0 > 0 } ?? true, "attention: window must be positive")
         precondition(heads % kvHeads == 0, "attention: \(heads) heads not divisible by \(kvHeads) kv heads")
         precondition(
             start + queries <= keyCapacity, "attention: start \(start) + T \(queries) > capacity \(keyCapacity)")
@@ -50,9 +65,11 @@ public struct AttentionShape: Sendable, Equatable {
         self.heads = heads
         self.kvHeads = kvHeads
         self.headDim = headDim
+        self.scale = scale ?? 1 / Float(headDim).squareRoot()
+        self.softCap = softCap
+        self.window = window
     }
 
-    var scale: Float { 1 / Float(headDim).squareRoot() }
     var qRowStride: Int { heads * headDim }
     var kvRowStride: Int { kvHeads * headDim }
     var groupSize: Int { heads / kvHeads }
@@ -98,7 +115,8 @@ public func attentionForward(
             for r in 0..<rows {
                 let row = scores + r * keys
                 let visible = start + t0 + r + 1
-                let first = firstKey(keyStarts, b * T + t0 + r, visible)
+                let first = firstKey(keyStarts, b * T + t0 + r, visible, window: shape.window)
+                if let cap = shape.softCap { softCapInPlace(row + first, visible - first, cap: cap, derivative: nil) }
                 let m = maxValue(row + first, visible - first)
                 let sum = expShiftedInPlace(row + first, visible - first, shift: m)
                 scaleInPlace(row + first, visible - first, by: 1 / sum)
@@ -149,8 +167,10 @@ public func attentionBackward(
         let vHead = v + b * S * kvs + g * HS
         let dKHead = dK + b * S * kvs + g * HS
         let dVHead = dV + b * S * kvs + g * HS
-        PanelPool.shared.withPanel(2 * queryTile * (start + T)) { p in
+        let panels = shape.softCap == nil ? 2 : 3
+        PanelPool.shared.withPanel(panels * queryTile * (start + T)) { p in
             let dP = p + queryTile * (start + T)
+            let capDerivative = dP + queryTile * (start + T)  // 1 − tanh², soft cap only
             for h in g * shape.groupSize..<(g + 1) * shape.groupSize {
                 var t0 = 0
                 while t0 < T {
@@ -168,12 +188,20 @@ public func attentionBackward(
                         a: dOut + rowOffset, lda: qs, b: vHead, ldb: kvs, beta: 0, c: dP, ldc: keys)
                     for r in 0..<rows {
                         let visible = start + t0 + r + 1
-                        let first = firstKey(keyStarts, b * T + t0 + r, visible)
+                        let first = firstKey(keyStarts, b * T + t0 + r, visible, window: shape.window)
                         let rowLSE = lse[(b * NH + h) * T + t0 + r]
                         let pRow = p + r * keys
                         let dPRow = dP + r * keys
+                        if let cap = shape.softCap {
+                            softCapInPlace(
+                                pRow + first, visible - first, cap: cap, derivative: capDerivative + r * keys + first)
+                        }
                         // P = exp(S − lse) and dS = P ⊙ (dP − rowsum(P ⊙ dP)) over the visible keys; zero elsewhere.
                         cairn_softmax_backward_row(pRow + first, dPRow + first, visible - first, rowLSE)
+                        if shape.softCap != nil {
+                            let d = capDerivative + r * keys
+                            for s in first..<visible { dPRow[s] *= d[s] }
+                        }
                         for s in 0..<first {
                             pRow[s] = 0
                             dPRow[s] = 0
@@ -221,13 +249,15 @@ public func attentionForwardNaive(
                 let g = h / shape.groupSize
                 let qRow = q + (b * T + t) * qs + h * HS
                 let visible = shape.start + t + 1
-                let first = keyStarts.map { Int($0[b * T + t]) } ?? 0
+                var first = keyStarts.map { Int($0[b * T + t]) } ?? 0
+                if let w = shape.window { first = max(first, visible - w) }
                 var scores = [Double](repeating: -.infinity, count: visible)
                 for s in first..<visible {
                     let kRow = k + (b * S + s) * kvs + g * HS
                     var sum = 0.0
                     for i in 0..<HS { sum += Double(qRow[i]) * Double(kRow[i]) }
-                    scores[s] = sum / Double(HS).squareRoot()
+                    scores[s] = sum * Double(shape.scale)
+                    if let cap = shape.softCap { scores[s] = Double(cap) * Foundation.tanh(scores[s] / Double(cap)) }
                 }
                 let m = scores.max()!
                 let z = scores.reduce(0) { $0 + Foundation.exp($1 - m) }
@@ -245,11 +275,26 @@ public func attentionForwardNaive(
     }
 }
 
-/// The first key a query row may see: its document's start, clamped to the causal horizon.
+/// The first key a query row may see: its document's start and the sliding window's, within the causal horizon.
 @inline(__always)
-private func firstKey(_ keyStarts: UnsafePointer<Int32>?, _ row: Int, _ visible: Int) -> Int {
-    guard let keyStarts else { return 0 }
-    let first = Int(keyStarts[row])
-    precondition(first >= 0 && first < visible, "attention: key start \(first) outside 0..<\(visible)")
+private func firstKey(_ keyStarts: UnsafePointer<Int32>?, _ row: Int, _ visible: Int, window: Int?) -> Int {
+    var first = 0
+    if let keyStarts {
+        first = Int(keyStarts[row])
+        precondition(first >= 0 && first < visible, "attention: key start \(first) outside 0..<\(visible)")
+    }
+    if let window { first = max(first, visible - window) }
     return first
+}
+
+/// z → c·tanh(z/c) over `count` scores; with `derivative`, also writes 1 − tanh²(z/c) there.
+@inline(__always)
+private func softCapInPlace(
+    _ z: UnsafeMutablePointer<Float>, _ count: Int, cap: Float, derivative: UnsafeMutablePointer<Float>?
+) {
+    for i in 0..<count {
+        let t = Foundation.tanh(z[i] / cap)
+        z[i] = cap * t
+        derivative?[i] = 1 - t * t
+    }
 }

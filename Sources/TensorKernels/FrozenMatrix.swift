@@ -47,6 +47,17 @@ public struct FrozenMatrix: @unchecked Sendable, Equatable {
         self.columns = columns
     }
 
+    /// Rows `range` as a matrix of their own, sharing the storage (the parts of a fused projection).
+    public func rowRange(_ range: Range<Int>) -> FrozenMatrix {
+        precondition(range.lowerBound >= 0 && range.upperBound <= rows, "FrozenMatrix: rows \(range) of \(rows)")
+        switch storage {
+        case .f32(let p): return FrozenMatrix(p + range.lowerBound * columns, rows: range.count, columns: columns)
+        case .blocks(let type, let bytes):
+            return FrozenMatrix(
+                type: type, bytes: bytes + range.lowerBound * rowBytes, rows: range.count, columns: columns)
+        }
+    }
+
     /// The fp32 values, or nil when the matrix is kept quantised.
     public var floats: UnsafeMutablePointer<Float>? {
         if case .f32(let p) = storage { return p }

@@ -9,7 +9,13 @@
 // Cairn keeps weights in the Hugging Face layout internally and uses .halfSplit; GGUF Q/K rows are
 // un-permuted at load. Both conventions are implemented and tested.
 //
-// Backward: a rotation's transpose is the rotation by −θ, applied in place to the gradient.
+// With partial rotary embeddings (Phi-4-mini) only the first RD = rotaryDim values of each head rotate, paired
+// as above within those RD values, with θ_i = p · base^(−2i/RD); the rest pass through. Frequencies may be
+// divided by per-pair factors (Llama 3.1 scaling, LongRoPE) and cos/sin multiplied by an attention factor
+// (LongRoPE), in which case the map is a scaled rotation.
+//
+// Backward: a rotation's transpose is the rotation by −θ, applied in place to the gradient; a scaled
+// rotation's transpose is the same scaled rotation by −θ.
 
 import Foundation
 
@@ -21,13 +27,49 @@ public enum RoPEStyle: String, Sendable, CaseIterable {
     case halfSplit
 }
 
+/// How the rotation frequencies of a model are derived: the base and the optional per-frequency factors,
+/// partial rotary dimensions, and a factor on cos and sin (LongRoPE's attention factor).
+public struct RoPEFrequencies: Sendable, Equatable {
+    /// The frequency base (`rope_theta`).
+    public var base: Double
+    /// Dims of each head that rotate, from the start of the head (the head size unless rotary is partial).
+    public var rotaryDim: Int
+    /// Optional (rotaryDim/2) divisors of the inverse frequencies (llama3 scaling, LongRoPE factors, a GGUF
+    /// `rope_freqs` tensor).
+    public var factors: [Double]?
+    /// Multiplies cos and sin (LongRoPE's and YaRN's attention factor); 1 otherwise.
+    public var attentionFactor: Double
+    /// Divides every position (linear scaling: Gemma 3's global layers at 4B and up); 1 otherwise.
+    public var linearScale: Double
+
+    /// Frequencies for `rotaryDim` rotating dims.
+    public init(
+        base: Double, rotaryDim: Int, factors: [Double]? = nil, attentionFactor: Double = 1, linearScale: Double = 1
+    ) {
+        self.base = base
+        self.rotaryDim = rotaryDim
+        self.factors = factors
+        self.attentionFactor = attentionFactor
+        self.linearScale = linearScale
+    }
+
+    /// θ_i / position for pair i: base^(−2i/rotaryDim) / factor_i / linearScale.
+    public func inverseFrequency(_ i: Int) -> Double {
+        var f = Foundation.pow(base, -Double(2 * i) / Double(rotaryDim)) / linearScale
+        if let factors { f /= factors[i] }
+        return f
+    }
+}
+
 /// Precomputed cos/sin of θ_i·p for every position below `positions`.
 public struct RoPETable: Sendable {
-    /// Head size the table was built for.
+    /// Head size (the stride between heads).
     public let headDim: Int
+    /// Dims of each head that rotate (the first `rotaryDim`; the rest pass through).
+    public let rotaryDim: Int
     /// Number of positions covered, 0..<positions.
     public let positions: Int
-    let cos: FloatBuffer  // (positions, HS/2)
+    let cos: FloatBuffer  // (positions, rotaryDim/2)
     let sin: FloatBuffer
 
     /// Builds the table.
@@ -38,20 +80,30 @@ public struct RoPETable: Sendable {
     ///   - base: The frequency base (`rope_theta`; 10000 for Llama 2, 100000 for SmolLM2).
     ///   - frequencyFactors: Optional (HS/2) divisors of the frequencies (llama-3.1 style rope scaling).
     public init(headDim: Int, positions: Int, base: Double, frequencyFactors: [Double]? = nil) {
+        self.init(
+            headDim: headDim, positions: positions,
+            frequencies: RoPEFrequencies(base: base, rotaryDim: headDim, factors: frequencyFactors))
+    }
+
+    /// Builds the table for a head of `headDim` whose first `frequencies.rotaryDim` dims rotate.
+    public init(headDim: Int, positions: Int, frequencies f: RoPEFrequencies) {
         precondition(headDim > 0 && headDim % 2 == 0, "RoPETable: head size \(headDim) must be even")
-        precondition(frequencyFactors == nil || frequencyFactors!.count == headDim / 2, "RoPETable: factor count")
+        precondition(
+            f.rotaryDim > 0 && f.rotaryDim % 2 == 0 && f.rotaryDim <= headDim,
+            "RoPETable: rotary dims \(f.rotaryDim) must be even and at most the head size \(headDim)")
+        precondition(f.factors == nil || f.factors!.count == f.rotaryDim / 2, "RoPETable: factor count")
         self.headDim = headDim
+        rotaryDim = f.rotaryDim
         self.positions = positions
-        let half = headDim / 2
+        let half = f.rotaryDim / 2
         cos = FloatBuffer(count: positions * half)
         sin = FloatBuffer(count: positions * half)
         for i in 0..<half {
-            var inverseFrequency = Foundation.pow(base, -Double(2 * i) / Double(headDim))
-            if let f = frequencyFactors { inverseFrequency /= f[i] }
+            let inverseFrequency = f.inverseFrequency(i)
             for p in 0..<positions {
                 let angle = Double(p) * inverseFrequency
-                cos[p * half + i] = Float(Foundation.cos(angle))
-                sin[p * half + i] = Float(Foundation.sin(angle))
+                cos[p * half + i] = Float(Foundation.cos(angle) * f.attentionFactor)
+                sin[p * half + i] = Float(Foundation.sin(angle) * f.attentionFactor)
             }
         }
     }
@@ -89,7 +141,7 @@ private func ropeRotate(
     table: RoPETable, style: RoPEStyle, sign: Float
 ) {
     let HS = table.headDim
-    let half = HS / 2
+    let half = table.rotaryDim / 2
     let cosTable = table.cos.pointer
     let sinTable = table.sin.pointer
     Parallel.forRanges(N, grain: 16) { range in
@@ -131,16 +183,28 @@ public func ropeForwardNaive(
     _ x: UnsafeMutablePointer<Float>, positions: UnsafePointer<Int32>, rows N: Int, heads NH: Int,
     headDim HS: Int, base: Double, style: RoPEStyle
 ) {
+    ropeForwardNaive(
+        x, positions: positions, rows: N, heads: NH, headDim: HS,
+        frequencies: RoPEFrequencies(base: base, rotaryDim: HS), style: style)
+}
+
+/// The reference for `ropeForward` with any frequencies: angles computed per element in Double, no table.
+public func ropeForwardNaive(
+    _ x: UnsafeMutablePointer<Float>, positions: UnsafePointer<Int32>, rows N: Int, heads NH: Int,
+    headDim HS: Int, frequencies f: RoPEFrequencies, style: RoPEStyle
+) {
+    let RD = f.rotaryDim
     for n in 0..<N {
         for h in 0..<NH {
             let head = x + (n * NH + h) * HS
-            for i in 0..<HS / 2 {
-                let angle = Double(positions[n]) * Foundation.pow(base, -Double(2 * i) / Double(HS))
-                let (a, b) = style == .halfSplit ? (i, i + HS / 2) : (2 * i, 2 * i + 1)
+            for i in 0..<RD / 2 {
+                let angle = Double(positions[n]) * f.inverseFrequency(i)
+                let (a, b) = style == .halfSplit ? (i, i + RD / 2) : (2 * i, 2 * i + 1)
                 let x0 = Double(head[a])
                 let x1 = Double(head[b])
-                head[a] = Float(x0 * Foundation.cos(angle) - x1 * Foundation.sin(angle))
-                head[b] = Float(x0 * Foundation.sin(angle) + x1 * Foundation.cos(angle))
+                let (c, s) = (Foundation.cos(angle) * f.attentionFactor, Foundation.sin(angle) * f.attentionFactor)
+                head[a] = Float(x0 * c - x1 * s)
+                head[b] = Float(x0 * s + x1 * c)
             }
         }
     }

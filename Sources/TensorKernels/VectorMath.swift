@@ -55,9 +55,9 @@ func expShiftedInPlace(_ x: UnsafeMutablePointer<Float>, _ n: Int, shift: Float)
 @inline(__always)
 func expSum(_ x: UnsafePointer<Float>, _ n: Int, shift: Float) -> Float { cairn_exp_shifted_sum(x, n, shift) }
 
-/// x[i] *= scale
+/// x[i] *= scale for i in 0..<n.
 @inline(__always)
-func scaleInPlace(_ x: UnsafeMutablePointer<Float>, _ n: Int, by scale: Float) { cairn_scale(x, n, scale) }
+public func scaleInPlace(_ x: UnsafeMutablePointer<Float>, _ n: Int, by scale: Float) { cairn_scale(x, n, scale) }
 
 /// exp(x[i]) for every i (CKernels' exp: within 2 ulp; 0 below −87.34, +inf above 88.72, NaN kept).
 public func vectorExp(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, count n: Int) { cairn_exp(x, y, n) }

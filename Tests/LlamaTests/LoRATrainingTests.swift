@@ -96,7 +96,7 @@ enum TinyTraining {
     }
 
     @Test func targetsParseAndConfigurationsValidate() throws {
-        #expect(try LoRATarget.parse(["all-linear"]).get() == LoRATarget.allCases)
+        #expect(try LoRATarget.parse(["all-linear"]).get() == [.q, .k, .v, .o, .gate, .up, .down])
         #expect(try LoRATarget.parse(["v_proj", "q", "mlp"]).get() == [.q, .v, .gate, .up, .down])
         #expect(throws: LoRAConfigError.self) { try LoRATarget.parse(["lm_head"]).get() }
         let c = TinyTraining.model.config
@@ -112,6 +112,15 @@ enum TinyTraining {
         let values = (0..<4 * 32).map { adapter.parameters[a.aOffset + $0] }
         #expect(values.allSatisfy { abs($0) <= bound } && Set(values).count > 100)
         #expect((0..<4 * 32).allSatisfy { adapter.parameters[a.bOffset + $0] == 0 })
+        // A fused model (Phi-3) adapts qkv_proj and gate_up_proj where the split names are asked for; a split
+        // model refuses the fused names.
+        var fused = c
+        fused.fusedProjections = true
+        let phi = LoRAAdapter(model: fused, config: LoRAConfig(rank: 2, alpha: 4), seed: 3)
+        #expect(phi.modules.filter { $0.layer == 0 }.map(\.target) == [.o, .down, .qkv, .gateUp])
+        #expect(phi.module(layer: 0, target: .qkv)!.outFeatures == c.qDim + 2 * c.kvDim)
+        #expect(throws: LoRAConfigError.self) { try LoRAConfig(targets: [.qkv]).validate(for: c) }
+        try LoRAConfig(targets: [.qkv, .q]).validate(for: fused)
     }
 }
 

@@ -129,3 +129,88 @@ import TestSupport
         expectGradient(dv.array, numericGradient(of: v, step: 1e-3, loss: loss), "dV")
     }
 }
+
+/// Gemma's variations: a scale other than 1/√HS, a soft cap on the scores, and a sliding window, alone and
+/// together, with packed documents, against the naive reference and by finite differences.
+@Suite struct AttentionVariantTests {
+    static func shape(queries: Int, start: Int, capacity: Int, softCap: Float?, window: Int?) -> AttentionShape {
+        AttentionShape(
+            batch: 2, queries: queries, keyCapacity: capacity, start: start, heads: 4, kvHeads: 2, headDim: 8,
+            scale: 0.3, softCap: softCap, window: window)
+    }
+
+    static let variants: [(Float?, Int?)] = [(nil, 3), (2.5, nil), (1.5, 4), (nil, 1)]
+
+    @Test(arguments: variants)
+    func forwardMatchesNaive(softCap: Float?, window: Int?) {
+        for (queries, start, capacity) in [(9, 0, 9), (70, 0, 70), (3, 5, 10)] {
+            let s = Self.shape(queries: queries, start: start, capacity: capacity, softCap: softCap, window: window)
+            let q = randomBuffer(2 * queries * 32, seed: 31, in: -3...3)
+            let k = randomBuffer(2 * capacity * 16, seed: 32, in: -3...3)
+            let v = randomBuffer(2 * capacity * 16, seed: 33)
+            let (fast, naive) = (FloatBuffer(count: q.count), FloatBuffer(count: q.count))
+            let (lseFast, lseNaive) = (FloatBuffer(count: 8 * queries), FloatBuffer(count: 8 * queries))
+            attentionForward(
+                out: fast.pointer, lse: lseFast.pointer, q: q.pointer, k: k.pointer, v: v.pointer, shape: s)
+            attentionForwardNaive(
+                out: naive.pointer, lse: lseNaive.pointer, q: q.pointer, k: k.pointer, v: v.pointer, shape: s)
+            expectClose(fast, naive, tolerance: Tolerance.fastVersusNaive, "out \(queries) after \(start)")
+            expectClose(lseFast, lseNaive, tolerance: Tolerance.fastVersusNaive, "lse \(queries) after \(start)")
+        }
+    }
+
+    /// A window of W: a query's output does not depend on keys W or more positions back.
+    @Test func windowHidesOlderKeys() {
+        let s = Self.shape(queries: 8, start: 0, capacity: 8, softCap: nil, window: 3)
+        let q = randomBuffer(2 * 8 * 32, seed: 34)
+        let k = randomBuffer(2 * 8 * 16, seed: 35)
+        let v = randomBuffer(2 * 8 * 16, seed: 36)
+        let first = FloatBuffer(count: q.count)
+        attentionForward(out: first.pointer, lse: nil, q: q.pointer, k: k.pointer, v: v.pointer, shape: s)
+        for b in 0..<2 { for i in 0..<16 { v[(b * 8 + 0) * 16 + i] = 1e3 } }  // key 0: seen by queries 0...2 only
+        let second = FloatBuffer(count: q.count)
+        attentionForward(out: second.pointer, lse: nil, q: q.pointer, k: k.pointer, v: v.pointer, shape: s)
+        for b in 0..<2 {
+            for t in 0..<8 {
+                let row = Array(first.array[(b * 8 + t) * 32..<(b * 8 + t + 1) * 32])
+                let again = Array(second.array[(b * 8 + t) * 32..<(b * 8 + t + 1) * 32])
+                #expect((row == again) == (t >= 3), "query \(t) of sequence \(b)")
+            }
+        }
+    }
+
+    @Test(arguments: variants)
+    func backwardMatchesFiniteDifferences(softCap: Float?, window: Int?) {
+        let starts: [Int32] = (0..<2).flatMap { _ in [0, 0, 0, 0, 0, 5, 5, 5, 5] as [Int32] }
+        check(softCap: softCap, window: window, keyStarts: nil)
+        starts.withUnsafeBufferPointer { check(softCap: softCap, window: window, keyStarts: $0.baseAddress) }
+    }
+
+    private func check(softCap: Float?, window: Int?, keyStarts: UnsafePointer<Int32>?) {
+        do {
+            let s = Self.shape(queries: 9, start: 0, capacity: 9, softCap: softCap, window: window)
+            let q = randomBuffer(2 * 9 * 32, seed: 37, in: -2...2)
+            let k = randomBuffer(2 * 9 * 16, seed: 38, in: -2...2)
+            let v = randomBuffer(2 * 9 * 16, seed: 39)
+            let r = randomBuffer(q.count, seed: 40)
+            let out = FloatBuffer(count: q.count)
+            let lse = FloatBuffer(count: 8 * 9)
+            func loss() -> Double {
+                attentionForward(
+                    out: out.pointer, lse: lse.pointer, q: q.pointer, k: k.pointer, v: v.pointer, shape: s,
+                    keyStarts: keyStarts)
+                return projection(out, r)
+            }
+            _ = loss()
+            let again = FloatBuffer(count: q.count)
+            let (dq, dk, dv) = (FloatBuffer(count: q.count), FloatBuffer(count: k.count), FloatBuffer(count: v.count))
+            attentionBackward(
+                dQ: dq.pointer, dK: dk.pointer, dV: dv.pointer, dOut: r.pointer, q: q.pointer, k: k.pointer,
+                v: v.pointer, lse: lse.pointer, recomputedOut: again.pointer, shape: s, keyStarts: keyStarts)
+            expectClose(again, out, tolerance: Tolerance.reordered, "the output recomputed by the backward")
+            expectGradient(dq.array, numericGradient(of: q, step: 1e-3, loss: loss), "dQ")
+            expectGradient(dk.array, numericGradient(of: k, step: 1e-3, loss: loss), "dK")
+            expectGradient(dv.array, numericGradient(of: v, step: 1e-3, loss: loss), "dV")
+        }
+    }
+}

@@ -100,6 +100,38 @@ import TestSupport
         expectGradient(dx.array, numericGradient(of: x, loss: loss), "dx")
     }
 
+    /// Partial rotary dims, per-pair factors and an attention factor (Phi-4-mini's LongRoPE shape): the table
+    /// against the per-element reference, the untouched tail of each head, and the backward by finite
+    /// differences.
+    @Test(arguments: RoPEStyle.allCases)
+    func partialScaledRotation(style: RoPEStyle) {
+        let frequencies = RoPEFrequencies(
+            base: 500, rotaryDim: 6, factors: [1, 2.5, 7], attentionFactor: 1.19, linearScale: 2)
+        let positions: [Int32] = [0, 1, 4, 7, 13, 15]
+        let table = RoPETable(headDim: Self.HS, positions: 16, frequencies: frequencies)
+        let x = randomBuffer(Self.N * Self.NH * Self.HS, seed: 5)
+        let fast = FloatBuffer(x.array)
+        let naive = FloatBuffer(x.array)
+        ropeForward(fast.pointer, positions: positions, rows: Self.N, heads: Self.NH, table: table, style: style)
+        ropeForwardNaive(
+            naive.pointer, positions: positions, rows: Self.N, heads: Self.NH, headDim: Self.HS,
+            frequencies: frequencies, style: style)
+        expectClose(fast, naive, tolerance: Tolerance.fastVersusNaive)
+        for head in 0..<Self.N * Self.NH {
+            for i in 6..<Self.HS { #expect(fast[head * Self.HS + i] == x[head * Self.HS + i]) }
+        }
+        let r = randomBuffer(x.count, seed: 6)
+        let work = FloatBuffer(count: x.count)
+        func loss() -> Double {
+            work.pointer.update(from: x.pointer, count: x.count)
+            ropeForward(work.pointer, positions: positions, rows: Self.N, heads: Self.NH, table: table, style: style)
+            return projection(work, r)
+        }
+        let dx = FloatBuffer(r.array)
+        ropeBackward(dx.pointer, positions: positions, rows: Self.N, heads: Self.NH, table: table, style: style)
+        expectGradient(dx.array, numericGradient(of: x, loss: loss), "dx")
+    }
+
     /// formats.md §4: permuting a head's rows from the half-split to the interleaved layout turns
     /// half-split RoPE into interleaved RoPE. This is why un-permuting GGUF Q/K rows at load is exact.
     @Test func interleavedOnPermutedRowsEqualsHalfSplitOnOriginalRows() {
@@ -118,6 +150,39 @@ import TestSupport
             #expect(gguf[2 * i] == hf[i])
             #expect(gguf[2 * i + 1] == hf[i + HS / 2])
         }
+    }
+}
+
+@Suite struct GeGLUTests {
+    @Test func forwardMatchesNaiveAndBackwardMatchesFiniteDifferences() {
+        let n = 40
+        let gate = randomBuffer(n, seed: 11, in: -4...4)
+        let up = randomBuffer(n, seed: 12)
+        let out = FloatBuffer(count: n)
+        let naive = FloatBuffer(count: n)
+        gegluForward(out: out.pointer, gate: gate.pointer, up: up.pointer, count: n)
+        gegluForwardNaive(out: naive.pointer, gate: gate.pointer, up: up.pointer, count: n)
+        expectClose(out, naive, tolerance: Tolerance.fastVersusNaive)
+
+        let r = randomBuffer(n, seed: 13)
+        func loss() -> Double {
+            gegluForward(out: out.pointer, gate: gate.pointer, up: up.pointer, count: n)
+            return projection(out, r)
+        }
+        let dGate = FloatBuffer(count: n)
+        let dUp = FloatBuffer(count: n)
+        gegluBackward(
+            dGate: dGate.pointer, dUp: dUp.pointer, dOut: r.pointer, gate: gate.pointer, up: up.pointer, count: n)
+        expectGradient(dGate.array, numericGradient(of: gate, step: 1e-3, loss: loss), "dGate")
+        expectGradient(dUp.array, numericGradient(of: up, step: 1e-3, loss: loss), "dUp")
+        // In place, overwriting: the saved activations become their gradients.
+        let g2 = FloatBuffer(gate.array)
+        let u2 = FloatBuffer(up.array)
+        gegluBackward(
+            dGate: g2.pointer, dUp: u2.pointer, dOut: r.pointer, gate: g2.pointer, up: u2.pointer, count: n,
+            accumulate: false)
+        #expect(g2.array == dGate.array)
+        #expect(u2.array == dUp.array)
     }
 }
 
