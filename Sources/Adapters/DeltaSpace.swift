@@ -261,7 +261,7 @@ public func compareAdapters(_ a: LoRAAdapter, _ b: LoRAAdapter) -> [ModuleCompar
     var keys = Set<Int>()
     for m in a.modules + b.modules { keys.insert(m.layer * 16 + LoRATarget.allCases.firstIndex(of: m.target)!) }
     return keys.sorted().map { key in
-        let layer = key / 8
+        let layer = key / 16
         let target = LoRATarget.allCases[key % 16]
         func delta(_ x: LoRAAdapter) -> LowRankDelta? {
             x.module(layer: layer, target: target).map {

@@ -33,9 +33,11 @@ struct Tokenize: ParsableCommand {
 
     func run() throws {
         let text = try input.read(what: "text to tokenize")
-        let lm = try modelOptions.load()
+        // The vocabulary only: a vocabulary-only GGUF file (llama.cpp's tokenizer tests) works too.
         let tokenizer: BPETokenizer
-        do { tokenizer = try lm.requireTokenizer() } catch { throw CLIError(error.description) }
+        do { tokenizer = try ModelSource.resolve(modelOptions.model).tokenizer().tokenizer } catch {
+            throw CLIError(error.description)
+        }
         let ids = tokenizer.encode(text, parseSpecial: !noSpecial, addSpecialTokens: addBos)
         if json {
             Terminal.printJSON(["ids": .array(ids.map { .integer(Int64($0)) })])

@@ -178,13 +178,7 @@ public final class LanguageModel: @unchecked Sendable {
             let permuted = LlamaConfig.permutedArchitectures.contains(config.architecture)
             let weights = try LlamaWeights.load(
                 from: file, config: config, naming: .gguf(permutedQK: permuted), precision: precision)
-            let tokenizer: Result<BPETokenizer, FormatError>
-            do throws(FormatError) {
-                tokenizer = .success(try BPETokenizer(gguf: file.metadata))
-            } catch {
-                tokenizer = .failure(error)
-            }
-            let template = try file.metadata.string("tokenizer.chat_template")
+            let (tokenizer, template) = try Self.tokenizer(gguf: file)
             return (weights, tokenizer, template)
         case .huggingFace(let path):
             let directory = try HFModelDirectory(path: path)
@@ -192,36 +186,54 @@ public final class LanguageModel: @unchecked Sendable {
                 huggingFace: directory.config, path: (path as NSString).appendingPathComponent("config.json"))
             let weights = try LlamaWeights.load(
                 from: directory, config: config, naming: .huggingFace, precision: precision)
-            let tokenizer: Result<BPETokenizer, FormatError>
-            if let json = directory.sideFile("tokenizer.json") {
-                do throws(FormatError) {
-                    tokenizer = .success(
-                        try BPETokenizer(
-                            tokenizerJSON: json, tokenizerConfig: directory.tokenizerConfig,
-                            generationConfig: directory.generationConfig))
-                } catch {
-                    tokenizer = .failure(error)
-                }
-            } else {
-                tokenizer = .failure(
-                    FormatError(
-                        .missing, path: path, "has no tokenizer.json; text commands need one (token ids still work)"))
-            }
-            // A string, or (newer tokenizer_config.json) a list of {name, template} with a "default" entry.
-            var template: String?
-            switch directory.tokenizerConfig?["chat_template"] {
-            case .string(let text): template = text
-            case .array(let items):
-                template =
-                    items.compactMap(\.objectValue).first { $0["name"]?.stringValue == "default" }?["template"]?
-                    .stringValue
-            default: template = nil
-            }
-            if template == nil, let file = directory.sideFile("chat_template.jinja") {
-                template = try? String(contentsOfFile: file, encoding: .utf8)
-            }
+            let (tokenizer, template) = Self.tokenizer(huggingFace: directory)
             return (weights, tokenizer, template)
         }
+    }
+
+    /// The tokenizer of a GGUF file's metadata (or why it has none) and its chat template.
+    static func tokenizer(gguf file: GGUFFile) throws(FormatError) -> (Result<BPETokenizer, FormatError>, String?) {
+        let tokenizer: Result<BPETokenizer, FormatError>
+        do throws(FormatError) {
+            tokenizer = .success(try BPETokenizer(gguf: file.metadata))
+        } catch {
+            tokenizer = .failure(error)
+        }
+        return (tokenizer, try file.metadata.string("tokenizer.chat_template"))
+    }
+
+    /// The tokenizer of a Hugging Face directory (or why it has none) and its chat template.
+    static func tokenizer(huggingFace directory: HFModelDirectory) -> (Result<BPETokenizer, FormatError>, String?) {
+        let path = directory.path
+        let tokenizer: Result<BPETokenizer, FormatError>
+        if let json = directory.sideFile("tokenizer.json") {
+            do throws(FormatError) {
+                tokenizer = .success(
+                    try BPETokenizer(
+                        tokenizerJSON: json, tokenizerConfig: directory.tokenizerConfig,
+                        generationConfig: directory.generationConfig))
+            } catch {
+                tokenizer = .failure(error)
+            }
+        } else {
+            tokenizer = .failure(
+                FormatError(
+                    .missing, path: path, "has no tokenizer.json; text commands need one (token ids still work)"))
+        }
+        // A string, or (newer tokenizer_config.json) a list of {name, template} with a "default" entry.
+        var template: String?
+        switch directory.tokenizerConfig?["chat_template"] {
+        case .string(let text): template = text
+        case .array(let items):
+            template =
+                items.compactMap(\.objectValue).first { $0["name"]?.stringValue == "default" }?["template"]?
+                .stringValue
+        default: template = nil
+        }
+        if template == nil, let file = directory.sideFile("chat_template.jinja") {
+            template = try? String(contentsOfFile: file, encoding: .utf8)
+        }
+        return (tokenizer, template)
     }
 
     /// The tokenizer, or the reason there is none.
@@ -253,20 +265,24 @@ public final class LanguageModel: @unchecked Sendable {
 }
 
 extension ModelSource {
-    /// The tokenizer and chat template (Jinja source, if any), without loading the weights.
+    /// The tokenizer and chat template (Jinja source, if any), without loading the weights. A GGUF file may hold
+    /// a vocabulary only (as llama.cpp's tokenizer tests ship them).
     public func tokenizer() throws(FormatError) -> (tokenizer: BPETokenizer, chatTemplate: String?) {
         switch self {
         case .gguf(let path):
             let file = try GGUFFile(path: path)
-            let tokenizer = try BPETokenizer(gguf: file.metadata)
-            guard tokenizer.vocabularySize <= (try LlamaConfig(gguf: file)).vocabSize else {
-                throw FormatError(
-                    .invalidValue, path: path, field: "tokenizer", "has more tokens than the model's embedding")
+            let (result, template) = try LanguageModel.tokenizer(gguf: file)
+            let tokenizer = try result.get()
+            if !file.tensors.isEmpty {
+                guard tokenizer.vocabularySize <= (try LlamaConfig(gguf: file)).vocabSize else {
+                    throw FormatError(
+                        .invalidValue, path: path, field: "tokenizer", "has more tokens than the model's embedding")
+                }
             }
-            return (tokenizer, try file.metadata.string("tokenizer.chat_template"))
-        case .huggingFace:
-            let lm = try LanguageModel.load(self)
-            return (try lm.requireTokenizer(), lm.chatTemplateSource)
+            return (tokenizer, template)
+        case .huggingFace(let path):
+            let (result, template) = LanguageModel.tokenizer(huggingFace: try HFModelDirectory(path: path))
+            return (try result.get(), template)
         }
     }
 

@@ -31,6 +31,8 @@ public struct AdapterProvenance: Sendable, Equatable {
     public var lineage: JSONValue?
     /// The content hash recorded when the file was written (`LoRAAdapter.contentHash`); set by loading.
     public var adapterHash: String?
+    /// The base's architecture (`LlamaConfig.architecture`) recorded when the file was written; set by loading.
+    public var architecture: String?
 
     /// Empty provenance.
     public init() {}
@@ -39,6 +41,7 @@ public struct AdapterProvenance: Sendable, Equatable {
     func json(adapter: LoRAAdapter) -> JSONValue {
         guard case .object(var o) = json else { return json }
         o["adapter_sha256"] = .string(adapter.contentHash)
+        o["architecture"] = .string(adapter.modelConfig.architecture)
         return .object(o)
     }
 
@@ -63,6 +66,7 @@ public struct AdapterProvenance: Sendable, Equatable {
         steps = o["steps"]?.intValue
         lineage = o["lineage"]
         adapterHash = o["adapter_sha256"]?.stringValue
+        architecture = o["architecture"]?.stringValue
     }
 }
 
@@ -184,6 +188,15 @@ extension LoRAAdapter {
                 problems.append("\(info.name): not a LoRA weight of a llama projection")
                 continue
             }
+            guard LoRATarget.available(in: model).contains(parsed.target) else {
+                let fused = parsed.target == .qkv || parsed.target == .gateUp
+                problems.append(
+                    "\(info.name): \(model.architecture) models have no \(parsed.target.rawValue)"
+                        + (fused
+                            ? " (the adapter is for a model with fused projections, such as phi3)"
+                            : " (the adapter is for a model with separate q/k/v and gate/up projections)"))
+                continue
+            }
             guard parsed.layer < model.layers else {
                 problems.append("\(info.name): layer \(parsed.layer) does not exist (the model has \(model.layers))")
                 continue
@@ -233,6 +246,11 @@ extension LoRAAdapter {
             b.dequantize(into: adapter.parameters.pointer + m.bOffset)
         }
         var provenance = AdapterProvenance(json: file.metadata["cairn"].flatMap { try? JSONValue.parse($0) })
+        if let arch = provenance.architecture, arch != model.architecture {
+            throw FormatError(
+                .invalidValue, path: weightsPath, field: "__metadata__.cairn.architecture",
+                "the adapter was trained on a \(arch) model; this model is \(model.architecture)")
+        }
         if provenance.baseModelName == nil { provenance.baseModelName = config["base_model_name_or_path"]?.stringValue }
         return (adapter, provenance)
     }

@@ -166,6 +166,21 @@ public struct GGUFMetadata: Sendable {
         return out
     }
 
+    /// The array of numbers at `key` (float or integer elements), nil when absent.
+    public func floats(_ key: String) throws(FormatError) -> [Float]? {
+        guard let v = self[key] else { return nil }
+        guard case .array(_, let items) = v else { throw wrongType(key, v, "an array of numbers") }
+        var out: [Float] = []
+        out.reserveCapacity(items.count)
+        for item in items {
+            guard let x = item.doubleValue ?? item.intValue.map(Double.init) else {
+                throw wrongType(key, v, "an array of numbers")
+            }
+            out.append(Float(x))
+        }
+        return out
+    }
+
     /// A required value: the lookup's result, or a `.missing` error naming the key.
     public func require<T>(_ key: String, _ lookup: (String) throws(FormatError) -> T?) throws(FormatError) -> T {
         guard let value = try lookup(key) else {

@@ -35,11 +35,7 @@ extension BPETokenizer {
             throw FormatError(
                 .unsupported, path: path, field: "model.type", "\"\(type)\" is not supported (only byte-level BPE)")
         }
-        if model["byte_fallback"]?.boolValue == true {
-            throw FormatError(
-                .unsupported, path: path, field: "model.byte_fallback",
-                "SentencePiece-style BPE with byte fallback is not supported (only byte-level BPE)")
-        }
+        let sentencePiece = model["byte_fallback"]?.boolValue == true
         guard let vocab = model["vocab"]?.objectValue else {
             throw FormatError(.missing, path: path, field: "model.vocab", "missing or not an object")
         }
@@ -97,21 +93,28 @@ extension BPETokenizer {
             }
         }
 
-        let pre = try Self.recognisePreTokenizer(root["pre_tokenizer"] ?? .null, path: path)
+        var pre = PreTokenizer.gpt2
         var nfc = false
-        switch root["normalizer"] ?? .null {
-        case .null: break
-        case .object(let n) where n["type"]?.stringValue == "NFC": nfc = true
-        case let other:
-            throw FormatError(
-                .unsupported, path: path, field: "normalizer",
-                "\(other.objectValue?["type"]?.stringValue ?? other.kindDescription) is not supported (only none or NFC)"
-            )
-        }
-        if let decoder = root["decoder"]?.objectValue, decoder["type"]?.stringValue != "ByteLevel" {
-            throw FormatError(
-                .unsupported, path: path, field: "decoder",
-                "\(decoder["type"]?.stringValue ?? "?") is not supported (only ByteLevel)")
+        var encoding = TokenizerEncoding.byteLevel
+        if sentencePiece {
+            let prefix = try Self.recogniseSentencePiece(root, path: path)
+            encoding = .sentencePiece(SentencePieceOptions(prefix: prefix, scores: nil))
+        } else {
+            pre = try Self.recognisePreTokenizer(root["pre_tokenizer"] ?? .null, path: path)
+            switch root["normalizer"] ?? .null {
+            case .null: break
+            case .object(let n) where n["type"]?.stringValue == "NFC": nfc = true
+            case let other:
+                throw FormatError(
+                    .unsupported, path: path, field: "normalizer",
+                    "\(other.objectValue?["type"]?.stringValue ?? other.kindDescription) is not supported (only none or NFC)"
+                )
+            }
+            if let decoder = root["decoder"]?.objectValue, decoder["type"]?.stringValue != "ByteLevel" {
+                throw FormatError(
+                    .unsupported, path: path, field: "decoder",
+                    "\(decoder["type"]?.stringValue ?? "?") is not supported for byte-level BPE (only ByteLevel)")
+            }
         }
 
         let ids = Dictionary(
@@ -151,7 +154,68 @@ extension BPETokenizer {
         try self.init(
             tokens: tokens, merges: merges, preTokenizer: pre, addedIds: added, controlIds: control, bosId: bos,
             eosId: eos, addsBOS: addsBOS, endOfGenerationIds: endOfGeneration,
-            ignoresMerges: model["ignore_merges"]?.boolValue ?? false, normalizesNFC: nfc, source: path)
+            ignoresMerges: model["ignore_merges"]?.boolValue ?? false, normalizesNFC: nfc, encoding: encoding,
+            unknownId: model["unk_token"]?.stringValue.flatMap { ids[ExactString($0)] }, source: path)
+    }
+
+    /// Where a SentencePiece-style tokenizer.json (BPE with byte fallback) puts its "▁" prefix, from its
+    /// normalizer and pre-tokenizer: Llama 2's Prepend + Replace, Mistral's Metaspace, Gemma's bare Replace.
+    static func recogniseSentencePiece(_ root: JSONObject, path: String) throws(FormatError)
+        -> SentencePieceOptions.Prefix
+    {
+        func type(_ o: JSONObject?) -> String? { o?["type"]?.stringValue }
+        func unsupported(_ field: String, _ why: String) -> FormatError {
+            FormatError(
+                .unsupported, path: path, field: field,
+                "\(why); supported SentencePiece layouts: Prepend(▁)+Replace( →▁) (Llama 2), Metaspace without split "
+                    + "(Mistral), Replace( →▁) (Gemma)")
+        }
+        func isSpaceReplace(_ o: JSONObject) -> Bool {
+            type(o) == "Replace" && o["pattern"]?.objectValue?["String"]?.stringValue == " "
+                && o["content"]?.stringValue == "\u{2581}"
+        }
+        var prefix: SentencePieceOptions.Prefix?
+        switch root["normalizer"] ?? .null {
+        case .null: break
+        case .object(let n):
+            let steps = type(n) == "Sequence" ? (n["normalizers"]?.arrayValue ?? []).compactMap(\.objectValue) : [n]
+            if steps.count == 2, type(steps[0]) == "Prepend", steps[0]["prepend"]?.stringValue == "\u{2581}",
+                isSpaceReplace(steps[1])
+            {
+                prefix = .everyStretch
+            } else if steps.count == 1, isSpaceReplace(steps[0]) {
+                prefix = SentencePieceOptions.Prefix.none
+            } else {
+                throw unsupported("normalizer", "\(steps.compactMap { type($0) }) is not recognised")
+            }
+        default: throw unsupported("normalizer", "not an object")
+        }
+        switch root["pre_tokenizer"] ?? .null {
+        case .null: break
+        case .object(let p) where type(p) == "Metaspace":
+            guard prefix == nil else { throw unsupported("pre_tokenizer", "Metaspace after a normalizer") }
+            guard p["replacement"]?.stringValue ?? "\u{2581}" == "\u{2581}" else {
+                throw unsupported("pre_tokenizer", "a Metaspace replacement other than ▁")
+            }
+            guard p["split"]?.boolValue == false else {
+                throw unsupported("pre_tokenizer", "Metaspace with split (pieces split at every ▁)")
+            }
+            switch p["prepend_scheme"]?.stringValue ?? "always" {
+            case "first": prefix = .firstUnlessSpace
+            case "never": prefix = SentencePieceOptions.Prefix.none
+            default: prefix = .everyStretchUnlessSpace
+            }
+        case .object(let p)
+        where type(p) == "Split" && p["pattern"]?.objectValue?["String"]?.stringValue == " "
+            && prefix == SentencePieceOptions.Prefix.none:
+            break  // Gemma: splitting at spaces after they became ▁ changes nothing
+        case let other:
+            throw unsupported("pre_tokenizer", "\(type(other.objectValue) ?? other.kindDescription) is not recognised")
+        }
+        guard let prefix else {
+            throw unsupported("normalizer", "neither a normalizer nor Metaspace turns spaces into ▁")
+        }
+        return prefix
     }
 
     static func recognisePreTokenizer(_ value: JSONValue, path: String) throws(FormatError) -> PreTokenizer {

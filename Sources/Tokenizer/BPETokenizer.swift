@@ -1,10 +1,17 @@
-// BPETokenizer: byte-level BPE as GPT-2, Llama 3, Qwen2 and SmolLM use it (formats.md §8).
+// BPETokenizer: the two BPE tokenizers of the llama family.
 //
-// Encoding: (1) with special-token parsing on, the text is first partitioned on the special tokens, longest
-// match first; (2) each remaining stretch is split by the pre-tokenizer; (3) each piece's UTF-8 bytes are
-// mapped to the byte-level alphabet, one symbol per byte; (4) adjacent symbols are merged, always the pair
-// with the lowest merge rank, ties to the leftmost, until no pair has a rank; (5) symbols become ids.
-// Decoding maps ids back to token strings and the byte-level alphabet back to bytes.
+// Byte-level BPE (GPT-2, Llama 3, Qwen, SmolLM; formats.md §8): (1) with special-token parsing on, the text is
+// first partitioned on the special tokens, longest match first; (2) each remaining stretch is split by the
+// pre-tokenizer; (3) each piece's UTF-8 bytes are mapped to the byte-level alphabet, one symbol per byte; (4)
+// adjacent symbols are merged, always the pair with the lowest merge rank, ties to the leftmost, until no pair has
+// a rank; (5) symbols become ids. Decoding maps ids back to token strings and the alphabet back to bytes.
+//
+// SentencePiece BPE (Llama 2, TinyLlama, Mistral v0.1–v0.3, Phi-3, Gemma): after the same partition, each
+// stretch gets a leading space where the vocabulary asks for one (SentencePiece's dummy prefix), spaces become
+// "▁", and the characters are merged: by score (GGUF `tokenizer.ggml.scores`, llama.cpp's algorithm: the
+// adjacent pair whose concatenation is the best-scoring token, ties to the leftmost) or by rank (tokenizer.json
+// merges). A character no token covers falls back to its UTF-8 bytes as `<0xXX>` tokens. See
+// BPETokenizer+SentencePiece.swift.
 
 import ModelFormats
 import Synchronization
@@ -32,6 +39,14 @@ public final class BPETokenizer: Sendable {
     public let ignoresMerges: Bool
     /// Whether text is NFC-normalized first (Qwen2's tokenizer.json).
     public let normalizesNFC: Bool
+    /// Byte-level or SentencePiece.
+    public let encoding: TokenizerEncoding
+    /// SentencePiece's byte tokens: `byteTokens[b]` is the id of `<0xXX>`, or −1.
+    let byteTokens: [Int32]
+    /// The byte each byte token stands for, by id.
+    let byteOfToken: [Int32: UInt8]
+    /// The unknown token (SentencePiece).
+    let unknownId: Int32?
 
     private let ids: [ExactString: Int32]
     private let merges: [UInt64: (rank: Int32, merged: Int32)]
@@ -54,7 +69,8 @@ public final class BPETokenizer: Sendable {
         tokens: [String], merges: [(String, String)], preTokenizer: PreTokenizer, addedIds: Set<Int32>,
         controlIds: Set<Int32>,
         bosId: Int32?, eosId: Int32?, addsBOS: Bool, endOfGenerationIds: Set<Int32>, ignoresMerges: Bool = false,
-        normalizesNFC: Bool = false, source: String
+        normalizesNFC: Bool = false, encoding: TokenizerEncoding = .byteLevel, unknownId: Int32? = nil,
+        source: String
     ) throws(FormatError) {
         guard !tokens.isEmpty, tokens.count < Int(Int32.max) else {
             throw FormatError(.invalidValue, path: source, field: "tokens", "the vocabulary is empty or too large")
@@ -100,7 +116,26 @@ public final class BPETokenizer: Sendable {
         self.endOfGenerationIds = endOfGenerationIds
         self.ignoresMerges = ignoresMerges
         self.normalizesNFC = normalizesNFC
+        self.encoding = encoding
+        self.unknownId = unknownId
         specialsByFirstScalar = specials
+        var byteTokens = [Int32](repeating: -1, count: 256)
+        var byteOfToken: [Int32: UInt8] = [:]
+        if case .sentencePiece = encoding {
+            for b in 0..<256 {
+                if let id = ids[ExactString(Self.byteTokenText(UInt8(b)))] {
+                    byteTokens[b] = id
+                    byteOfToken[id] = UInt8(b)
+                }
+            }
+            if let scores = encoding.scores, scores.count != tokens.count {
+                throw FormatError(
+                    .invalidValue, path: source, field: "scores",
+                    "has \(scores.count) entries for \(tokens.count) tokens")
+            }
+        }
+        self.byteTokens = byteTokens
+        self.byteOfToken = byteOfToken
     }
 
     /// The id of a token string, or nil.
@@ -117,23 +152,30 @@ public final class BPETokenizer: Sendable {
         var out: [Int32] = []
         if addSpecialTokens, addsBOS, let bos = bosId { out.append(bos) }
         let normalized = normalizesNFC ? text.nfc : text
-        if !parseSpecial || addedIds.isEmpty {
-            encodeOrdinary(normalized, into: &out)
+        // User-defined added tokens (MPT's runs of spaces, say) are matched whole even when special tokens are
+        // not parsed, as llama.cpp and the tokenizers library do; control tokens only when they are.
+        if addedIds.isEmpty || (!parseSpecial && addedIds.count == controlIds.count) {
+            encodeOrdinary(normalized, first: true, afterSpecial: true, into: &out)
             return out
         }
         let scalars = Array(normalized.unicodeScalars)
         var segmentStart = 0
+        var afterSpecial = true
         var i = 0
         while i < scalars.count {
             if let candidates = specialsByFirstScalar[scalars[i].value],
                 let match = candidates.first(where: { c in
-                    i + c.text.count <= scalars.count && scalars[i..<i + c.text.count].elementsEqual(c.text)
+                    (parseSpecial || !controlIds.contains(c.id)) && i + c.text.count <= scalars.count
+                        && scalars[i..<i + c.text.count].elementsEqual(c.text)
                 })
             {
                 if i > segmentStart {
-                    encodeOrdinary(String(String.UnicodeScalarView(scalars[segmentStart..<i])), into: &out)
+                    encodeOrdinary(
+                        String(String.UnicodeScalarView(scalars[segmentStart..<i])), first: segmentStart == 0,
+                        afterSpecial: afterSpecial, into: &out)
                 }
                 out.append(match.id)
+                afterSpecial = true
                 i += match.text.count
                 segmentStart = i
             } else {
@@ -141,12 +183,43 @@ public final class BPETokenizer: Sendable {
             }
         }
         if segmentStart < scalars.count {
-            encodeOrdinary(String(String.UnicodeScalarView(scalars[segmentStart...])), into: &out)
+            encodeOrdinary(
+                String(String.UnicodeScalarView(scalars[segmentStart...])), first: segmentStart == 0,
+                afterSpecial: afterSpecial, into: &out)
         }
         return out
     }
 
-    private func encodeOrdinary(_ text: String, into out: inout [Int32]) {
+    /// Encodes a stretch of text without special tokens: the start of the text (`first`) or one that follows a
+    /// special token (`afterSpecial`) may get SentencePiece's dummy prefix.
+    private func encodeOrdinary(_ text: String, first: Bool, afterSpecial: Bool, into out: inout [Int32]) {
+        guard case .sentencePiece(let options) = encoding else {
+            encodeByteLevel(text, into: &out)
+            return
+        }
+        guard !text.isEmpty else { return }
+        // Scalar by scalar: a space followed by a combining mark is one Character, which String's own
+        // replacement would skip.
+        var view = String.UnicodeScalarView()
+        for c in text.unicodeScalars { view.append(c == " " ? "\u{2581}" : c) }
+        var escaped = String(view)
+        let startsWithSpace = escaped.unicodeScalars.first == "\u{2581}"
+        switch options.prefix {
+        case .none: break
+        case .everyStretch: if afterSpecial { escaped = "\u{2581}" + escaped }
+        case .firstUnlessSpace: if first && !startsWithSpace { escaped = "\u{2581}" + escaped }
+        case .everyStretchUnlessSpace: if !startsWithSpace { escaped = "\u{2581}" + escaped }
+        }
+        if let cached = cache.get(escaped) {
+            out.append(contentsOf: cached)
+            return
+        }
+        let ids = options.scores != nil ? sentencePieceByScore(escaped) : sentencePieceByRank(escaped)
+        cache.put(escaped, ids)
+        out.append(contentsOf: ids)
+    }
+
+    private func encodeByteLevel(_ text: String, into out: inout [Int32]) {
         for piece in preTokenizer.split(text) {
             if let cached = cache.get(piece) {
                 out.append(contentsOf: cached)
@@ -170,7 +243,7 @@ public final class BPETokenizer: Sendable {
     }
 
     /// Applies merges in rank order (ties: leftmost first) over a linked list, with a heap of candidate pairs.
-    private func mergeSymbols(_ symbols: inout [Int32]) {
+    func mergeSymbols(_ symbols: inout [Int32]) {
         let n = symbols.count
         var next = Array(1...n)
         var prev = Array(-1..<n - 1)
@@ -214,7 +287,14 @@ public final class BPETokenizer: Sendable {
     public func decode(_ ids: [Int32], renderSpecial: Bool = false) -> String {
         var bytes: [UInt8] = []
         for id in ids { appendBytes(of: id, renderSpecial: renderSpecial, to: &bytes) }
+        if removesDecodedPrefix, bytes.first == 0x20 { bytes.removeFirst() }
         return String(decoding: bytes, as: UTF8.self)
+    }
+
+    /// Whether decoding drops the dummy prefix's space at the start (SentencePiece vocabularies that add one).
+    var removesDecodedPrefix: Bool {
+        if case .sentencePiece(let o) = encoding { return o.prefix != .none }
+        return false
     }
 
     /// Appends the bytes of one token.
@@ -224,7 +304,31 @@ public final class BPETokenizer: Sendable {
             if renderSpecial || !controlIds.contains(id) { bytes.append(contentsOf: tokens[Int(id)].utf8) }
             return
         }
-        ByteLevel.decode(tokens[Int(id)], into: &bytes)
+        guard case .sentencePiece = encoding else {
+            ByteLevel.decode(tokens[Int(id)], into: &bytes)
+            return
+        }
+        if let byte = byteOfToken[id] {
+            bytes.append(byte)
+            return
+        }
+        for b in tokens[Int(id)].utf8 {
+            bytes.append(b)
+        }
+        // "▁" (E2 96 81) is a space.
+        var i = bytes.count - tokens[Int(id)].utf8.count
+        var out = i
+        while i < bytes.count {
+            if i + 2 < bytes.count, bytes[i] == 0xE2, bytes[i + 1] == 0x96, bytes[i + 2] == 0x81 {
+                bytes[out] = 0x20
+                i += 3
+            } else {
+                bytes[out] = bytes[i]
+                i += 1
+            }
+            out += 1
+        }
+        bytes.removeLast(bytes.count - out)
     }
 }
 
@@ -234,6 +338,7 @@ public struct StreamingDecoder {
     private let tokenizer: BPETokenizer
     private var pending: [UInt8] = []
     private let renderSpecial: Bool
+    private var started = false
 
     /// A decoder over `tokenizer`.
     public init(tokenizer: BPETokenizer, renderSpecial: Bool = false) {
@@ -244,6 +349,10 @@ public struct StreamingDecoder {
     /// Adds a token and returns the text it completes (possibly empty).
     public mutating func push(_ id: Int32) -> String {
         tokenizer.appendBytes(of: id, renderSpecial: renderSpecial, to: &pending)
+        if !started, !pending.isEmpty {
+            started = true
+            if tokenizer.removesDecodedPrefix, pending.first == 0x20 { pending.removeFirst() }
+        }
         let complete = completeLength(pending)
         let text = String(decoding: pending[..<complete], as: UTF8.self)
         pending.removeFirst(complete)
@@ -326,5 +435,46 @@ final class PieceCache: Sendable {
             if $0.count >= limit { $0.removeAll(keepingCapacity: true) }
             $0[ExactString(key)] = value
         }
+    }
+}
+
+/// How a tokenizer turns text into symbols.
+public enum TokenizerEncoding: Sendable, Equatable {
+    /// GPT-2's byte-level alphabet (Llama 3, Qwen, SmolLM, Phi-4).
+    case byteLevel
+    /// SentencePiece: spaces as "▁", byte-fallback tokens, a dummy prefix.
+    case sentencePiece(SentencePieceOptions)
+
+    /// The per-token scores that drive SentencePiece merging, if any.
+    var scores: [Float]? {
+        if case .sentencePiece(let o) = self { return o.scores }
+        return nil
+    }
+}
+
+/// SentencePiece's settings.
+public struct SentencePieceOptions: Sendable, Equatable {
+    /// Where a leading "▁" is added.
+    public enum Prefix: Sendable, Equatable {
+        /// Never (Gemma).
+        case none
+        /// To the text and to every stretch after a special token (SentencePiece's dummy prefix as llama.cpp and
+        /// the Prepend normalizer of Llama 2's tokenizer.json apply it).
+        case everyStretch
+        /// To the start of the text unless it already starts with a space (Metaspace, prepend_scheme first).
+        case firstUnlessSpace
+        /// To every stretch that does not start with a space (Metaspace, prepend_scheme always).
+        case everyStretchUnlessSpace
+    }
+
+    /// Where a leading "▁" is added.
+    public var prefix: Prefix
+    /// Per-token scores (GGUF): merge by score as llama.cpp does; nil: merge by the merges' ranks.
+    public var scores: [Float]?
+
+    /// Options.
+    public init(prefix: Prefix, scores: [Float]?) {
+        self.prefix = prefix
+        self.scores = scores
     }
 }

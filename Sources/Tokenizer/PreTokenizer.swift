@@ -10,6 +10,12 @@
 //           \s*[\r\n]+|\s+(?!\S)|\s+
 //   qwen2   llama3 with \p{N} (one digit) in place of \p{N}{1,3}
 // Pieces are the matches; with these patterns every scalar belongs to exactly one match.
+//
+// The other pre-tokenizers llama.cpp knows (DeepSeek's, Falcon's, GPT-4o's for Phi-4, Tekken for Mistral NeMo,
+// and the default of an unnamed BPE vocabulary) are lists of regular expressions applied one after the other,
+// each splitting the pieces the previous one left, with llama.cpp's meaning of the character classes
+// (SplitPattern's `.llamaCpp` flavour). Their patterns are llama.cpp's (src/llama-vocab.cpp), which define the
+// split these vocabularies were tested with.
 
 /// The pre-tokenizer of a byte-level BPE vocabulary.
 public enum PreTokenizer: String, Sendable, CaseIterable {
@@ -21,6 +27,55 @@ public enum PreTokenizer: String, Sendable, CaseIterable {
     case llama3
     /// Qwen2's pattern (Llama 3's with single digits).
     case qwen2
+    /// DeepSeek LLM's (and the R1 Llama distills' earlier base's) list.
+    case deepseekLLM = "deepseek-llm"
+    /// DeepSeek Coder's list.
+    case deepseekCoder = "deepseek-coder"
+    /// DeepSeek V3's list.
+    case deepseekV3 = "deepseek-v3"
+    /// Falcon's list.
+    case falcon
+    /// GPT-4o's pattern (Phi-4, Phi-4-mini), with llama.cpp's rewrite of its case classes.
+    case gpt4o = "gpt-4o"
+    /// Tekken (Mistral NeMo and later), likewise rewritten.
+    case tekken
+    /// llama.cpp's default for a byte-level vocabulary that names no pre-tokenizer.
+    case `default`
+
+    /// The regular expressions of the list-based pre-tokenizers, in order; the GPT-2 pattern stands for the
+    /// hand-written matcher.
+    static let patternLists: [PreTokenizer: [String]] = [
+        .deepseekLLM: [
+            "[\r\n]",
+            "\\s?[A-Za-zµÀ-ÖØ-öø-ƺƼ-ƿǄ-ʓʕ-ʯͰ-ͳͶͷͻ-ͽͿΆΈ-ΊΌΎ-ΡΣ-ϵϷ-ҁҊ-ԯԱ-ՖႠ-ჅᎠ-Ᏽᏸ-ᏽᲐ-ᲺᲽ-Ჿᴀ-ᴫᵫ-ᵷᵹ-ᶚḀ-ἕἘ-Ἕἠ-ὅὈ-Ὅὐ-ὗὙὛὝὟ-ώᾀ-ᾴᾶ-ᾼιῂ-ῄῆ-ῌῐ-ΐῖ-Ίῠ-Ῥῲ-ῴῶ-ῼℂℇℊ-ℓℕℙ-ℝℤΩℨK-ℭℯ-ℴℹℼ-ℿⅅ-ⅉⅎↃↄⰀ-ⱻⱾ-ⳤⳫ-ⳮⳲⳳꙀ-ꙭꚀ-ꚛꜢ-ꝯꝱ-ꞇꞋ-ꞎꭰ-ꮿﬀ-ﬆﬓ-ﬗＡ-Ｚａ-ｚ𐐀-𐑏𐒰-𐓓𐓘-𐓻𐲀-𐲲𐳀-𐳲𑢠-𑣟𞤀-𞥃]+",
+            "\\s?[!-/:-~！-／：-～‘-‟　-。]+",
+            "\\s+$",
+            "[一-龥ࠀ-一가-퟿]+",
+            "\\p{N}+",
+        ],
+        .deepseekCoder: ["[\r\n]", "\\s?\\p{L}+", "\\s?\\p{P}+", "[一-龥ࠀ-一가-퟿]+", "\\p{N}"],
+        .deepseekV3: [
+            "\\p{N}{1,3}",
+            "[一-龥぀-ゟ゠-ヿ]+",
+            "[!\"#$%&'()*+,\\-./:;<=>?@\\[\\\\\\]^_`{|}~][A-Za-z]+|[^\r\n\\p{L}\\p{P}\\p{S}]?[\\p{L}\\p{M}]+| ?[\\p{P}\\p{S}]+[\r\n]*|\\s*[\r\n]+|\\s+(?!\\S)|\\s+",
+        ],
+        .falcon: ["[\\p{P}\\$\\+<=>\\^~\\|`]+", gpt2Pattern, "[0-9][0-9][0-9]"],
+        .gpt4o: [
+            "[^\\r\\n\\p{L}\\p{N}]?((?=[\\p{L}])([^a-z]))*((?=[\\p{L}])([^A-Z]))+(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])?|[^\\r\\n\\p{L}\\p{N}]?((?=[\\p{L}])([^a-z]))+((?=[\\p{L}])([^A-Z]))*(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])?|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"
+        ],
+        .tekken: [
+            "[^\\r\\n\\p{L}\\p{N}]?((?=[\\p{L}])([^a-z]))*((?=[\\p{L}])([^A-Z]))+|[^\\r\\n\\p{L}\\p{N}]?((?=[\\p{L}])([^a-z]))+((?=[\\p{L}])([^A-Z]))*|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"
+        ],
+        .default: ["[\\p{P}\\$\\+<=>\\^~\\|]+", gpt2Pattern, "\\p{N}+", "[0-9][0-9][0-9]"],
+    ]
+
+    /// GPT-2's pattern as llama.cpp spells it (run by the hand-written matcher).
+    static let gpt2Pattern = "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)"
+
+    /// The compiled lists (nil for the GPT-2 pattern's place).
+    static let compiledLists: [PreTokenizer: [SplitPattern?]] = patternLists.mapValues { list in
+        list.map { $0 == gpt2Pattern ? nil : try! SplitPattern($0, flavour: .llamaCpp) }
+    }
 
     /// The pieces of `text`, in order; their concatenation is `text`.
     public func split(_ text: String) -> [String] {
@@ -41,6 +96,27 @@ public enum PreTokenizer: String, Sendable, CaseIterable {
             Self.llama3(scalars[...], maxDigits: 3, into: &pieces)
         case .qwen2:
             Self.llama3(scalars[...], maxDigits: 1, into: &pieces)
+        default:
+            var ranges = scalars.isEmpty ? [] : [0..<scalars.count]
+            for pattern in Self.compiledLists[self]! {
+                if let pattern {
+                    ranges = pattern.split(scalars, pieces: ranges)
+                } else {
+                    var next: [Range<Int>] = []
+                    for r in ranges {
+                        var local: [String] = []
+                        Self.gpt2(scalars[r], into: &local)
+                        var at = r.lowerBound
+                        for piece in local {
+                            let n = piece.unicodeScalars.count
+                            next.append(at..<at + n)
+                            at += n
+                        }
+                    }
+                    ranges = next
+                }
+            }
+            for r in ranges { Self.emit(scalars[...], r.lowerBound, r.upperBound, into: &pieces) }
         }
         return pieces
     }

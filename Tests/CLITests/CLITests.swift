@@ -35,6 +35,29 @@ let tinyModel = Fixtures.path("tiny-llama/a.gguf")
         #expect(try cairn("tokenize", "--model", tinyModel, "--text-file", "-", input: "ab").stdout == "4 5\n")
     }
 
+    /// A vocabulary-only GGUF file (no weights, as llama.cpp's tokenizer tests ship them) with a SentencePiece
+    /// vocabulary: a dummy-prefix space, merges by score, byte fallback for characters without a token.
+    @Test func tokenizesWithAVocabularyOnlySentencePieceFile() throws {
+        let dir = Fixtures.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let bytes = (0..<256).map { String(format: "<0x%02X>", $0) }
+        let pieces = ["<unk>", "<s>", "</s>"] + bytes + ["\u{2581}", "h", "i", "\u{2581}h", "\u{2581}hi"]
+        var w = GGUFWriter()
+        w.set("general.architecture", .string("llama"))
+        w.set("tokenizer.ggml.model", .string("llama"))
+        w.set("tokenizer.ggml.tokens", .array(.string, pieces.map(GGUFValue.string)))
+        w.set("tokenizer.ggml.scores", .array(.float32, pieces.indices.map { .float32(-Float($0)) }))
+        w.set(
+            "tokenizer.ggml.token_type",
+            .array(.int32, pieces.indices.map { .int32($0 == 0 ? 2 : $0 < 3 ? 3 : $0 < 259 ? 6 : 1) }))
+        let path = dir.appendingPathComponent("vocab.gguf").path
+        try w.write(to: path)
+        // "hi h!": ▁hi ▁h, then "!" (0x21) through its byte token.
+        let r = try cairn("tokenize", "--model", path, "--text", "hi h!", "--add-bos")
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(r.stdout == "1 263 262 36\n")
+    }
+
     @Test func generateStreamsAndReportsJSON() throws {
         let json = try cairn("generate", "--model", tinyModel, "--prompt", "hello", "--max-tokens", "5", "--json")
         #expect(json.status == 0, "\(json.stderr)")

@@ -14,7 +14,7 @@ enum TokenizerFixtures {
 
 @Suite struct PreTokenizerTests {
     /// HF `tokenizers`' pre-tokenizers on the whole corpus (pieces in the byte-level alphabet).
-    @Test(arguments: PreTokenizer.allCases)
+    @Test(arguments: [PreTokenizer.gpt2, .smollm, .llama3, .qwen2])
     func matchesHuggingFaceOnTheCorpus(pre: PreTokenizer) throws {
         let expected = try #require(TokenizerFixtures.json("pretokenized.json").objectValue?[pre.rawValue]?.arrayValue)
         #expect(expected.count == TokenizerFixtures.corpus.count)
@@ -89,7 +89,7 @@ enum TokenizerFixtures {
             (#"{"model": {"type": "Unigram", "vocab": []}}"#, "model.type"),
             (
                 #"{"model": {"type": "BPE", "vocab": {"a": 0}, "merges": [], "byte_fallback": true}}"#,
-                "model.byte_fallback"
+                "normalizer"
             ),
             (
                 #"{"model": {"type": "BPE", "vocab": {"a": 0, "b": 2}, "merges": []}, "pre_tokenizer": {"type": "ByteLevel"}}"#,
@@ -101,6 +101,10 @@ enum TokenizerFixtures {
             ),
             (
                 #"{"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}, "pre_tokenizer": {"type": "Metaspace"}}"#,
+                "pre_tokenizer"
+            ),
+            (
+                #"{"model": {"type": "BPE", "vocab": {"a": 0}, "merges": [], "byte_fallback": true}, "pre_tokenizer": {"type": "Metaspace", "split": true}}"#,
                 "pre_tokenizer"
             ),
             (
@@ -221,7 +225,7 @@ enum TokenizerFixtures {
             }
         }
         #expect(try load { _ in } == nil, "the baseline is valid")
-        #expect(try load { $0.set("tokenizer.ggml.model", .string("llama")) }?.field == "tokenizer.ggml.model")
+        #expect(try load { $0.set("tokenizer.ggml.model", .string("t5")) }?.field == "tokenizer.ggml.model")
         #expect(try load { $0.set("tokenizer.ggml.pre", .string("mystery")) }?.field == "tokenizer.ggml.pre")
         #expect(try load { $0.set("tokenizer.ggml.bos_token_id", .uint32(99)) }?.field == "tokenizer.ggml.bos_token_id")
         #expect(
@@ -232,5 +236,39 @@ enum TokenizerFixtures {
             try load { $0.set("tokenizer.ggml.merges", .array(.string, [.string("ab")])) }?.field
                 == "tokenizer.ggml.merges[0]")
         #expect(try load { $0.set("tokenizer.ggml.tokens", .array(.string, [])) }?.field == "tokens")
+    }
+}
+
+/// SentencePiece vocabularies as tokenizer.json (Scripts/fixtures/spm_tokenizers.py): Llama 2's Prepend layout,
+/// Mistral's Metaspace, Gemma's bare Replace, against the tokenizers library's ids and decoding on the corpus
+/// and on text around special and user-defined tokens.
+@Suite struct SentencePieceTokenizerTests {
+    @Test(arguments: ["spm-legacy", "spm-first", "spm-gemma"])
+    func matchesTheTokenizersLibrary(name: String) throws {
+        let directory = Fixtures.path("tokenizer/\(name)")
+        let config = try HFModelDirectory.readJSON(directory + "/tokenizer_config.json").objectValue
+        let tokenizer = try BPETokenizer(tokenizerJSON: directory + "/tokenizer.json", tokenizerConfig: config)
+        guard case .sentencePiece = tokenizer.encoding else {
+            Issue.record("\(name) was not read as SentencePiece")
+            return
+        }
+        let reference = try #require(HFModelDirectory.readJSON(directory + "/ids.json").objectValue)
+        let texts = try #require(reference["texts"]?.arrayValue).map { $0.stringValue! }
+        let ids = TokenizerFixtures.ids(try #require(reference["ids"]))
+        let decoded = try #require(reference["decoded"]?.arrayValue).map { $0.stringValue! }
+        var wrong: [String] = []
+        var wrongDecoding: [String] = []
+        for (i, text) in texts.enumerated() {
+            let ours = tokenizer.encode(text)
+            if ours != ids[i] { wrong.append("\(text.debugDescription): \(ours) vs \(ids[i])") }
+            let back = tokenizer.decode(ids[i])
+            if back != decoded[i] { wrongDecoding.append("\(text.debugDescription): \(back.debugDescription)") }
+        }
+        #expect(texts.count > 300)
+        #expect(wrong.isEmpty, "\(name): \(wrong.count) of \(texts.count) differ, first: \(wrong.prefix(3))")
+        #expect(
+            wrongDecoding.isEmpty,
+            "\(name): \(wrongDecoding.count) decodings differ, first: \(wrongDecoding.prefix(3))")
+        #expect(tokenizer.addsBOS && tokenizer.bosId == 1)
     }
 }
