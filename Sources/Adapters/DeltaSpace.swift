@@ -259,10 +259,9 @@ extension LowRankDelta {
 /// Per-module comparison of two adapters of the same base (modules of either, in layer order).
 public func compareAdapters(_ a: LoRAAdapter, _ b: LoRAAdapter) -> [ModuleComparison] {
     var keys = Set<Int>()
-    for m in a.modules + b.modules { keys.insert(m.layer * 16 + LoRATarget.allCases.firstIndex(of: m.target)!) }
+    for m in a.modules + b.modules { keys.insert(LoRAAdapter.key(m.layer, m.target)) }
     return keys.sorted().map { key in
-        let layer = key / 16
-        let target = LoRATarget.allCases[key % 16]
+        let (layer, target) = LoRAAdapter.module(ofKey: key)
         func delta(_ x: LoRAAdapter) -> LowRankDelta? {
             x.module(layer: layer, target: target).map {
                 LowRankDelta(module: $0, parameters: UnsafeBufferPointer(x.parameters.buffer))

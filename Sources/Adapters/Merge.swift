@@ -149,14 +149,13 @@ public enum AdapterMerge {
         guard inputs.count >= 3 else { return [] }
         var keys = Set<Int>()
         for input in inputs {
-            for m in input.adapter.modules { keys.insert(m.layer * 16 + LoRATarget.allCases.firstIndex(of: m.target)!) }
+            for m in input.adapter.modules { keys.insert(LoRAAdapter.key(m.layer, m.target)) }
         }
         var squaredNorms = [Double](repeating: 0, count: inputs.count)
         var cosineSums = [Double](repeating: 0, count: inputs.count)
         var cosineCounts = [Double](repeating: 0, count: inputs.count)
         for key in keys {
-            let layer = key / 16
-            let target = LoRATarget.allCases[key % 16]
+            let (layer, target) = LoRAAdapter.module(ofKey: key)
             let deltas = inputs.map { input in
                 input.adapter.module(layer: layer, target: target).map {
                     LowRankDelta(module: $0, parameters: UnsafeBufferPointer(input.adapter.parameters.buffer))
@@ -226,7 +225,7 @@ public enum AdapterMerge {
                 [:]
         for input in inputs {
             for m in input.adapter.modules {
-                let key = m.layer * 16 + LoRATarget.allCases.firstIndex(of: m.target)!
+                let key = LoRAAdapter.key(m.layer, m.target)
                 var s = shapes[key] ?? (m.layer, m.target, m.inFeatures, m.outFeatures, 0, 0)
                 s.maxRank = max(s.maxRank, m.rank)
                 s.sumRank += m.rank

@@ -33,7 +33,7 @@ struct Eval: ParsableCommand {
     @Option(help: "With --data: auto (assistant turns and completions) or all.")
     var lossOn = "auto"
 
-    @Option(help: "With --data: chatml, smollm2, llama3 or mistral instead of the model's template.")
+    @Option(help: "With --data: chatml, smollm2, llama3, mistral, gemma or phi3 instead of the model's template.")
     var chatTemplate: String?
 
     @OptionGroup var input: TextInput

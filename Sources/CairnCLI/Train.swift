@@ -62,7 +62,8 @@ struct Train: ParsableCommand {
     @Option(help: "Checkpoint every N steps (default 50).") var saveEvery: Int?
     @Option(help: "Seed for initialisation, shuffling and dropout (default 0).") var seed: UInt64?
     @Flag(help: "Skip and count malformed records instead of stopping at the first.") var skipBadRecords = false
-    @Option(help: "chatml, smollm2, llama3 or mistral instead of the model's template.") var chatTemplate: String?
+    @Option(help: "chatml, smollm2, llama3, mistral, gemma or phi3 instead of the model's template.")
+    var chatTemplate: String?
     @Option(help: "auto (default), always or never: recompute activations in the backward to save memory.")
     var recompute: String?
 

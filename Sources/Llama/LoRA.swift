@@ -241,8 +241,14 @@ public final class LoRAAdapter: @unchecked Sendable {
         }
     }
 
-    private static func key(_ layer: Int, _ target: LoRATarget) -> Int {
+    /// A module's position as one integer, ordered by layer, then target: for sets and sorting of modules.
+    public static func key(_ layer: Int, _ target: LoRATarget) -> Int {
         layer * 16 + LoRATarget.allCases.firstIndex(of: target)!
+    }
+
+    /// The (layer, target) of a `key(_:_:)`.
+    public static func module(ofKey key: Int) -> (layer: Int, target: LoRATarget) {
+        (key / 16, LoRATarget.allCases[key % 16])
     }
 
     /// The module adapting `target` of `layer`, if any.

@@ -37,11 +37,12 @@ public struct AdapterProvenance: Sendable, Equatable {
     /// Empty provenance.
     public init() {}
 
-    /// The provenance with the adapter's own content hash (`adapter_sha256`).
-    func json(adapter: LoRAAdapter) -> JSONValue {
+    /// The provenance with the adapter's own content hash (`adapter_sha256`) and, for PEFT files, which hold no
+    /// architecture of their own, the base's architecture (GGUF LoRA files have `general.architecture`).
+    func json(adapter: LoRAAdapter, recordArchitecture: Bool = false) -> JSONValue {
         guard case .object(var o) = json else { return json }
         o["adapter_sha256"] = .string(adapter.contentHash)
-        o["architecture"] = .string(adapter.modelConfig.architecture)
+        if recordArchitecture { o["architecture"] = .string(adapter.modelConfig.architecture) }
         return .object(o)
     }
 
@@ -333,7 +334,10 @@ extension LoRAAdapter {
             "use_rslora": .bool(rsLoRA),
         ]
         var writer = SafetensorsWriter()
-        writer.metadata = ["format": "pt", "cairn": provenance.json(adapter: self).serialized(sortedKeys: true)]
+        writer.metadata = [
+            "format": "pt",
+            "cairn": provenance.json(adapter: self, recordArchitecture: true).serialized(sortedKeys: true),
+        ]
         for m in modules {
             writer.add(
                 m.peftName + ".lora_A.weight", shape: [m.rank, m.inFeatures],

@@ -1,12 +1,15 @@
 // ChatTemplate: renders a conversation as the prompt text a chat model was trained on. Models ship their
-// template as Jinja source (GGUF `tokenizer.chat_template`, tokenizer_config.json `chat_template`). Cairn
-// does not interpret Jinja; it recognises the family from the template text and renders it natively, and
-// refuses, with the override to use, a template it does not recognise. Recognised:
-//   ChatML     <|im_start|>{role}\n{content}<|im_end|>\n ... ; generation prompt <|im_start|>assistant\n.
-//              When the template injects a default system message if the first message is not a system
-//              message (SmolLM2, Qwen2.5), that default is taken from the template text.
-//   Llama 3    <|begin_of_text|><|start_header_id|>{role}<|end_header_id|>\n\n{content, trimmed}<|eot_id|>
-//   Mistral    <s>[INST] {user} [/INST]{assistant}</s>... (user/assistant alternating; no system role)
+// template as Jinja source (GGUF `tokenizer.chat_template`, tokenizer_config.json `chat_template`); Cairn renders
+// that source with its own Jinja interpreter (Jinja/), as Hugging Face's transformers does: messages, tools and
+// documents (none), add_generation_prompt, and the tokenizer's special tokens. A construct outside the subset is
+// an error naming it and its line; `--chat-template NAME` picks a built-in template instead.
+//
+// For training, the rendered text is split into segments: a message's own content (tokenized as plain text, so
+// a user typing "<|im_end|>" does not end the turn) and template markup (special tokens parsed). Assistant
+// content is trained on, and so is the markup after it up to and including the first end-of-turn token, so the
+// model learns to stop.
+
+import Foundation
 
 /// One message of a conversation.
 public struct ChatMessage: Sendable, Equatable, Codable {
@@ -22,155 +25,154 @@ public struct ChatMessage: Sendable, Equatable, Codable {
     }
 }
 
-/// A chat template Cairn can render.
-public struct ChatTemplate: Sendable, Equatable {
-    /// The template families.
-    public enum Family: String, Sendable, CaseIterable {
-        case chatml, llama3, mistral
-    }
+/// A chat template: Jinja source, parsed.
+public struct ChatTemplate: @unchecked Sendable {
+    /// The Jinja source.
+    public let source: String
+    /// The built-in template's name, when it is one.
+    public let name: String?
+    let template: JinjaTemplate
 
-    /// The family.
-    public var family: Family
-    /// A system message inserted when the conversation does not start with one (ChatML variants).
-    public var defaultSystemPrompt: String?
-
-    /// A template of a family, optionally with a default system prompt.
-    public init(family: Family, defaultSystemPrompt: String? = nil) {
-        self.family = family
-        self.defaultSystemPrompt = defaultSystemPrompt
-    }
-
-    /// Recognises the family of a Jinja chat template.
+    /// Parses a model's Jinja template.
     ///
-    /// - Throws: `ChatTemplateError.unrecognised` with the names `--chat-template` accepts.
+    /// - Throws: `ChatTemplateError.template` naming the construct Cairn does not support, or the syntax error,
+    ///   with its line.
     public init(jinja source: String) throws(ChatTemplateError) {
-        if source.contains("<|im_start|>") {
-            self.init(family: .chatml, defaultSystemPrompt: Self.injectedSystemPrompt(in: source))
-        } else if source.contains("<|start_header_id|>") && source.contains("<|eot_id|>") {
-            guard !source.contains("Cutting Knowledge Date") else {
-                throw .unrecognised("a Llama 3.1+ template (with a knowledge-date system header)")
-            }
-            self.init(family: .llama3)
-        } else if source.contains("[INST]") && source.contains("[/INST]") {
-            guard !source.contains("[SYSTEM_PROMPT]"), !source.contains("[AVAILABLE_TOOLS]") else {
-                throw .unrecognised("a Mistral template with system or tool blocks")
-            }
-            self.init(family: .mistral)
-        } else {
-            throw .unrecognised("a template of an unknown family")
+        try self.init(source: source, name: nil)
+    }
+
+    init(source: String, name: String?) throws(ChatTemplateError) {
+        self.source = source
+        self.name = name
+        do throws(JinjaError) {
+            template = try JinjaTemplate(source)
+        } catch {
+            throw .template(error)
         }
     }
 
-    /// A template by the name given to `--chat-template`: `chatml`, `llama3`, `mistral`, or `smollm2`
-    /// (ChatML with SmolLM2's default system prompt).
+    /// A built-in template by the name given to `--chat-template`.
     public init?(name: String) {
-        switch name.lowercased() {
-        case "chatml": self.init(family: .chatml)
-        case "llama3", "llama-3": self.init(family: .llama3)
-        case "mistral": self.init(family: .mistral)
-        case "smollm2", "smollm":
-            self.init(
-                family: .chatml,
-                defaultSystemPrompt: "You are a helpful AI assistant named SmolLM, trained by Hugging Face")
-        default: return nil
-        }
+        guard let source = Self.builtIn[name.lowercased()] else { return nil }
+        try? self.init(source: source, name: name.lowercased())
     }
 
     /// Names accepted by `init(name:)`.
-    public static let names = ["chatml", "smollm2", "llama3", "mistral"]
+    public static let names = ["chatml", "smollm2", "llama3", "mistral", "gemma", "phi3"]
 
-    /// The system text a ChatML template writes when the first message is not a system message: the string
-    /// literal `<|im_start|>system\n…<|im_end|>` inside an `!= 'system'` or `else` branch.
-    static func injectedSystemPrompt(in source: String) -> String? {
-        guard source.contains("!= 'system'") || source.contains("!= \"system\"") || source.contains("== 'system'")
-        else {
-            return nil
-        }
-        for opener in ["<|im_start|>system\n", "<|im_start|>system\\n"] {
-            var searchStart = source.startIndex
-            while let r = source.range(of: opener, range: searchStart..<source.endIndex) {
-                searchStart = r.upperBound
-                guard let end = source.range(of: "<|im_end|>", range: r.upperBound..<source.endIndex) else { break }
-                let text = String(source[r.upperBound..<end.lowerBound])
-                // A literal, not an expression like `' + message['content'] + '`.
-                if !text.isEmpty, !text.contains("'"), !text.contains("\""), !text.contains("{") {
-                    return text.replacingEscapes()
-                }
-            }
-        }
-        return nil
-    }
+    /// The built-in templates, for models that ship none or one that needs overriding.
+    static let builtIn: [String: String] = [
+        "chatml":
+            "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+            + "'<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+            + "{% endif %}",
+        "smollm2":
+            "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+            + "{{ '<|im_start|>system\\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face"
+            + "<|im_end|>\\n' }}{% endif %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+            + "'<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+            + "{% endif %}",
+        "llama3":
+            "{{ bos_token }}{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + "
+            + "'<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>' }}{% endfor %}"
+            + "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}",
+        "mistral":
+            "{{ bos_token }}{% for message in messages %}"
+            + "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+            + "{{ raise_exception('Mistral\\'s template needs user and assistant turns alternating, starting with "
+            + "user') }}{% endif %}{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}"
+            + "{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token }}"
+            + "{% else %}{{ raise_exception('Mistral\\'s template has only user and assistant roles') }}{% endif %}"
+            + "{% endfor %}",
+        "gemma":
+            "{{ bos_token }}{% for message in messages %}{% set role = 'model' if message['role'] == 'assistant' "
+            + "else message['role'] %}{{ '<start_of_turn>' + role + '\\n' + message['content'] | trim + "
+            + "'<end_of_turn>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}"
+            + "{% endif %}",
+        "phi3":
+            "{% for message in messages %}{{ '<|' + message['role'] + '|>\\n' + message['content'] + '<|end|>\\n' }}"
+            + "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}",
+    ]
 
     /// Renders a conversation.
     ///
     /// - Parameters:
     ///   - messages: The conversation so far.
     ///   - addGenerationPrompt: End with the header of an assistant turn, for generation.
-    ///   - bosText: The BOS token's text (Llama 3, Mistral templates start with it).
-    ///   - eosText: The EOS token's text (Mistral closes assistant turns with it).
-    /// - Throws: `ChatTemplateError.invalidConversation` for roles the family cannot express.
+    ///   - bosText: The BOS token's text (`bos_token`), empty when the tokenizer has none.
+    ///   - eosText: The EOS token's text (`eos_token`).
+    /// - Throws: `ChatTemplateError.invalidConversation` when the template refuses the conversation
+    ///   (`raise_exception`), `.template` for an error while rendering.
+    ///   - date: What `strftime_now` sees (templates that print today's date).
     public func render(
-        _ messages: [ChatMessage], addGenerationPrompt: Bool, bosText: String = "", eosText: String = ""
+        _ messages: [ChatMessage], addGenerationPrompt: Bool, bosText: String = "", eosText: String = "",
+        date: Date = Date()
     ) throws(ChatTemplateError) -> String {
-        try segments(messages, addGenerationPrompt: addGenerationPrompt, bosText: bosText, eosText: eosText)
-            .map(\.text).joined()
+        try renderTagged(
+            messages, addGenerationPrompt: addGenerationPrompt, bosText: bosText, eosText: eosText, date: date
+        ).string
+    }
+
+    func renderTagged(
+        _ messages: [ChatMessage], addGenerationPrompt: Bool, bosText: String, eosText: String, date: Date = Date()
+    ) throws(ChatTemplateError) -> JinjaText {
+        var globals: [String: JinjaValue] = [
+            "messages": .list(
+                messages.enumerated().map { i, m in
+                    .dict(
+                        JinjaDict([("role", .text(m.role)), ("content", .string(JinjaText(m.content, tag: Int32(i))))]))
+                }),
+            "add_generation_prompt": .bool(addGenerationPrompt), "tools": .none, "documents": .none,
+        ]
+        if !bosText.isEmpty { globals["bos_token"] = .text(bosText) }
+        if !eosText.isEmpty { globals["eos_token"] = .text(eosText) }
+        var interpreter = JinjaInterpreter(globals: globals, date: date)
+        do throws(JinjaError) {
+            _ = try interpreter.render(template.body)
+        } catch {
+            if error.kind == .raised { throw .invalidConversation(error.message) }
+            throw .template(error)
+        }
+        return interpreter.output
     }
 
     /// The rendered conversation as segments: template markup (which may contain special tokens) and message
-    /// content (plain text, where `<|im_end|>` typed by a user is not a token), each marked as trained or not.
-    /// An assistant turn trains on its content and the markup that ends it (the end-of-turn token), so the
-    /// model learns to stop. Concatenated, the segments are `render`'s text.
+    /// content (plain text), each marked as trained or not. An assistant turn trains on its content and on the
+    /// markup after it through the first of `endOfTurn` (the tokenizer's end-of-generation texts), so the model
+    /// learns to stop. Concatenated, the segments are `render`'s text.
     public func segments(
-        _ messages: [ChatMessage], addGenerationPrompt: Bool, bosText: String = "", eosText: String = ""
+        _ messages: [ChatMessage], addGenerationPrompt: Bool, bosText: String = "", eosText: String = "",
+        endOfTurn: [String] = []
     ) throws(ChatTemplateError) -> [ChatSegment] {
+        let text = try renderTagged(
+            messages, addGenerationPrompt: addGenerationPrompt, bosText: bosText, eosText: eosText)
+        var runs: [(text: String, tag: Int32)] = []
+        var start = 0
+        for i in 1...text.count where i == text.count || text.tags[i] != text.tags[start] {
+            runs.append((text[start..<i].string, text.tags[start]))
+            start = i
+        }
+        let ends = (endOfTurn + (eosText.isEmpty ? [] : [eosText])).filter { !$0.isEmpty }
         var out: [ChatSegment] = []
-        func markup(_ text: String, trained: Bool = false) {
-            out.append(ChatSegment(text: text, isContent: false, isTrained: trained))
-        }
-        func content(_ text: String, trained: Bool) {
-            out.append(ChatSegment(text: text, isContent: true, isTrained: trained))
-        }
-        switch family {
-        case .chatml:
-            if let system = defaultSystemPrompt, messages.first?.role != "system" {
-                markup("<|im_start|>system\n\(system)<|im_end|>\n")
+        var afterAssistant = false
+        for run in runs {
+            if run.tag >= 0 {
+                let assistant = Int(run.tag) < messages.count && messages[Int(run.tag)].role == "assistant"
+                out.append(ChatSegment(text: run.text, isContent: true, isTrained: assistant))
+                afterAssistant = assistant
+                continue
             }
-            for m in messages {
-                let assistant = m.role == "assistant"
-                markup("<|im_start|>\(m.role)\n")
-                content(m.content, trained: assistant)
-                markup("<|im_end|>", trained: assistant)
-                markup("\n")
+            if afterAssistant,
+                let end = ends.compactMap({ run.text.range(of: $0) }).min(by: { $0.upperBound < $1.upperBound })
+            {
+                let head = String(run.text[..<end.upperBound])
+                let tail = String(run.text[end.upperBound...])
+                out.append(ChatSegment(text: head, isContent: false, isTrained: true))
+                if !tail.isEmpty { out.append(ChatSegment(text: tail, isContent: false, isTrained: false)) }
+            } else {
+                out.append(ChatSegment(text: run.text, isContent: false, isTrained: false))
             }
-            if addGenerationPrompt { markup("<|im_start|>assistant\n") }
-        case .llama3:
-            markup(bosText)
-            for m in messages {
-                let assistant = m.role == "assistant"
-                markup("<|start_header_id|>\(m.role)<|end_header_id|>\n\n")
-                content(m.content.jinjaTrimmed, trained: assistant)
-                markup("<|eot_id|>", trained: assistant)
-            }
-            if addGenerationPrompt { markup("<|start_header_id|>assistant<|end_header_id|>\n\n") }
-        case .mistral:
-            markup(bosText)
-            for (i, m) in messages.enumerated() {
-                guard (m.role == "user") == (i % 2 == 0) else {
-                    throw .invalidConversation(
-                        "Mistral's template needs user and assistant turns alternating, starting with user")
-                }
-                switch m.role {
-                case "user":
-                    markup("[INST] ")
-                    content(m.content, trained: false)
-                    markup(" [/INST]")
-                case "assistant":
-                    content(m.content, trained: true)
-                    markup(eosText, trained: true)
-                default:
-                    throw .invalidConversation("Mistral's template has no \"\(m.role)\" role (only user and assistant)")
-                }
-            }
+            afterAssistant = false
         }
         return out.filter { !$0.text.isEmpty }
     }
@@ -184,52 +186,33 @@ public struct ChatSegment: Sendable, Equatable {
     public var isContent: Bool
     /// Whether training takes its loss on these tokens (assistant content and end of turn).
     public var isTrained: Bool
+
+    /// A segment.
+    public init(text: String, isContent: Bool, isTrained: Bool) {
+        self.text = text
+        self.isContent = isContent
+        self.isTrained = isTrained
+    }
 }
 
 /// Why a chat template could not be used.
 public enum ChatTemplateError: Error, Sendable, Equatable, CustomStringConvertible {
-    /// The model's template is not one Cairn recognises.
+    /// The model ships no template, or `--chat-template` named none Cairn has.
     case unrecognised(String)
-    /// The conversation cannot be expressed in the template.
+    /// The template uses a construct Cairn's Jinja does not support, or is not valid Jinja.
+    case template(JinjaError)
+    /// The template refused the conversation (its own `raise_exception`).
     case invalidConversation(String)
 
     public var description: String {
         switch self {
         case .unrecognised(let what):
-            "the model's chat template is \(what), which Cairn does not recognise; pass --chat-template with one of "
+            "the chat template is \(what); pass --chat-template with one of "
                 + "\(ChatTemplate.names.joined(separator: ", ")), or --raw to send the prompt as is"
-        case .invalidConversation(let why): why
+        case .template(let error):
+            "the model's chat template cannot be rendered: \(error); pass --chat-template with one of "
+                + "\(ChatTemplate.names.joined(separator: ", ")), or --raw to send the prompt as is"
+        case .invalidConversation(let why): "the chat template refuses this conversation: \(why)"
         }
-    }
-}
-
-extension String {
-    /// Jinja's `trim`: strips leading and trailing whitespace.
-    var jinjaTrimmed: String {
-        var scalars = Substring(self).unicodeScalars
-        while let f = scalars.first, f.properties.isWhitespace { scalars.removeFirst() }
-        while let l = scalars.last, l.properties.isWhitespace { scalars.removeLast() }
-        return String(scalars)
-    }
-
-    /// Turns `\n` and `\t` escapes of a Jinja string literal into characters.
-    func replacingEscapes() -> String {
-        var out = ""
-        var escape = false
-        for c in self {
-            if escape {
-                switch c {
-                case "n": out.append("\n")
-                case "t": out.append("\t")
-                default: out.append(c)
-                }
-                escape = false
-            } else if c == "\\" {
-                escape = true
-            } else {
-                out.append(c)
-            }
-        }
-        return out
     }
 }

@@ -60,7 +60,10 @@ public struct ExampleBuilder: Sendable {
             guard let template else { throw .unrecognised("missing (the model ships no chat template)") }
             let bos = tokenizer.bosId.map { tokenizer.tokens[Int($0)] } ?? ""
             let eos = tokenizer.eosId.map { tokenizer.tokens[Int($0)] } ?? ""
-            for segment in try template.segments(messages, addGenerationPrompt: false, bosText: bos, eosText: eos) {
+            let endOfTurn = tokenizer.endOfGenerationIds.sorted().map { tokenizer.tokens[Int($0)] }
+            for segment in try template.segments(
+                messages, addGenerationPrompt: false, bosText: bos, eosText: eos, endOfTurn: endOfTurn)
+            {
                 add(tokenizer.encode(segment.text, parseSpecial: !segment.isContent), segment.isTrained)
             }
         }

@@ -34,7 +34,7 @@ extension TrainingConfig {
         ("eval_every", "evaluate every N steps (default 0: at the end)"),
         ("save_every", "checkpoint every N steps (default 50)"), ("seed", "default 0"),
         ("skip_bad_records", "skip and count malformed records (default false)"),
-        ("chat_template", "chatml, smollm2, llama3 or mistral instead of the model's"),
+        ("chat_template", "chatml, smollm2, llama3, mistral, gemma or phi3 instead of the model's"),
         ("recompute", "auto (default), always or never: recompute activations in the backward"),
         (
             "base_precision",

@@ -77,3 +77,33 @@ import Llama
         }
     }
 }
+
+/// The quantised base (matrices kept as Q8_0 blocks) on the families whose blocks are used in new ways: Qwen3's
+/// q/k norms, Gemma 3's post-norms and windows, Phi-3's fused matrices split into row views of blocks. Logits and
+/// LoRA gradients equal the fp32 base's of the same file up to summation order.
+@Suite struct QuantisedFamilyTests {
+    @Test(arguments: ["qwen3", "gemma3", "phi3"])
+    func quantisedBaseMatchesItsDequantisedValues(family: String) throws {
+        let path = Fixtures.path("families/\(family)/model-q8_0.gguf")
+        let f32 = try LanguageModel.load(.gguf(path), precision: .f32).model
+        let q = try LanguageModel.load(.gguf(path), precision: .q).model
+        #expect(q.weights.precision == .q && q.weights.residentBytes < f32.weights.residentBytes)
+        let ref = try FamilyTests.Reference(family)
+        expectClose(
+            runFull(q, ref.tokens, batch: 2, length: 12), runFull(f32, ref.tokens, batch: 2, length: 12),
+            tolerance: Tolerance.reordered, "\(family) logits")
+        let (adapter, _) = try LoRAAdapter.load(path: Fixtures.path("families/\(family)/peft"), model: f32.config)
+        let batch = TrainingBatch(rows: [Array(ref.tokens[0..<12]), Array(ref.tokens[12..<24])])
+        var results: [(StepLoss, [Float])] = []
+        for model in [f32, q] {
+            let gradients = FloatBuffer(count: adapter.parameters.count)
+            let ws = TrainingWorkspace(model: model.config, adapter: adapter, batch: 2, length: 12, recompute: true)
+            let loss = model.trainingStep(
+                batch: batch, adapter: adapter, gradients: gradients, lossScale: 1 / Float(batch.targetCount),
+                workspace: ws)
+            results.append((loss, gradients.array))
+        }
+        #expect(abs(results[0].0.mean - results[1].0.mean) < 1e-5)
+        expectClose(results[1].1, results[0].1, tolerance: Tolerance.reordered, "\(family) gradients")
+    }
+}

@@ -272,6 +272,6 @@ func runFull(_ model: LlamaModel, _ tokens: [Int32], batch: Int, length: Int) ->
         try Data(config.serialized().utf8).write(to: dir.appendingPathComponent("tokenizer_config.json"))
         let lm = try LanguageModel.load(dir.path)
         #expect(lm.chatTemplateSource == chatml)
-        #expect(try lm.chatTemplate().family == .chatml)
+        #expect(try lm.chatTemplate().source == chatml)
     }
 }

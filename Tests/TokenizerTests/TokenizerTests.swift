@@ -155,40 +155,152 @@ enum TokenizerFixtures {
 }
 
 @Suite struct ChatTemplateTests {
-    /// Each template's renderings by jinja2 (as transformers renders them), and recognition from its text.
-    @Test func rendersLikeJinja() throws {
+    /// The built-in templates render as Python's Jinja2 renders their source (chat-templates.json: SmolLM2's,
+    /// ChatML, Llama 3's and Mistral's).
+    @Test func builtInTemplatesRenderLikeJinja() throws {
         let cases = TokenizerFixtures.json("chat-templates.json").arrayValue!
         #expect(cases.count == 4)
         for c in cases.map({ $0.objectValue! }) {
-            let template = try ChatTemplate(jinja: c["template"]!.stringValue!)
-            #expect(template.family.rawValue == c["family"]!.stringValue!)
-            #expect(template.defaultSystemPrompt == c["default_system"]!.stringValue)
-            let isMistral = template.family == .mistral
+            let name = c["name"]!.stringValue!
+            let fromSource = try ChatTemplate(jinja: c["template"]!.stringValue!)
+            let builtIn = try #require(ChatTemplate(name: name))
+            let isMistral = name == "mistral"
             for r in c["renders"]!.arrayValue!.map({ $0.objectValue! }) {
                 let messages = r["messages"]!.arrayValue!.map {
                     ChatMessage(
                         role: $0.objectValue!["role"]!.stringValue!, content: $0.objectValue!["content"]!.stringValue!)
                 }
-                let text = try template.render(
-                    messages, addGenerationPrompt: r["add_generation_prompt"]!.boolValue!,
-                    bosText: isMistral ? "<s>" : "<|begin_of_text|>", eosText: isMistral ? "</s>" : "<|eot_id|>")
-                #expect(text == r["text"]!.stringValue!, "\(c["name"]!.stringValue!)")
+                for template in [fromSource, builtIn] {
+                    let text = try template.render(
+                        messages, addGenerationPrompt: r["add_generation_prompt"]!.boolValue!,
+                        bosText: isMistral ? "<s>" : "<|begin_of_text|>", eosText: isMistral ? "</s>" : "<|eot_id|>")
+                    #expect(text == r["text"]!.stringValue!, "\(name)")
+                }
             }
         }
     }
 
-    @Test func unknownTemplatesAndImpossibleConversationsAreClearErrors() {
-        #expect(throws: ChatTemplateError.self) { try ChatTemplate(jinja: "{{ messages[0].content }}") }
-        do {
-            _ = try ChatTemplate(jinja: "<|start_header_id|> Cutting Knowledge Date <|eot_id|>")
-        } catch {
-            #expect(error.description.contains("--chat-template"))
+    @Test func unsupportedConstructsAndRefusedConversationsAreClearErrors() {
+        #expect {
+            try ChatTemplate(jinja: "{{ 'a' }}\n{% include 'other.jinja' %}")
+        } throws: { error in
+            let e = (error as? ChatTemplateError)?.description ?? ""
+            return e.contains("include") && e.contains("line 2") && e.contains("--chat-template")
         }
-        #expect(throws: ChatTemplateError.self) {
-            try ChatTemplate(family: .mistral).render(
+        #expect {
+            try ChatTemplate(jinja: "{{ messages | wordwrap }}")
+        } throws: { ($0 as? ChatTemplateError)?.description.contains("wordwrap") == true }
+        #expect {
+            try ChatTemplate(name: "mistral")!.render(
                 [ChatMessage(role: "system", content: "x")], addGenerationPrompt: true)
+        } throws: { ($0 as? ChatTemplateError)?.description.contains("alternating") == true }
+        #expect(ChatTemplate(name: "nope") == nil)
+    }
+
+    /// Segments: message content apart from markup, assistant content and the end of its turn trained, and
+    /// content that looks like a special token still content.
+    @Test func segmentsSeparateContentFromMarkup() throws {
+        let template = try #require(ChatTemplate(name: "chatml"))
+        let segments = try template.segments(
+            [
+                ChatMessage(role: "user", content: "Hi <|im_end|>"),
+                ChatMessage(role: "assistant", content: "  Hello"),
+            ], addGenerationPrompt: false, endOfTurn: ["<|im_end|>"])
+        #expect(
+            segments == [
+                ChatSegment(text: "<|im_start|>user\n", isContent: false, isTrained: false),
+                ChatSegment(text: "Hi <|im_end|>", isContent: true, isTrained: false),
+                ChatSegment(text: "<|im_end|>\n<|im_start|>assistant\n", isContent: false, isTrained: false),
+                ChatSegment(text: "  Hello", isContent: true, isTrained: true),
+                ChatSegment(text: "<|im_end|>", isContent: false, isTrained: true),
+                ChatSegment(text: "\n", isContent: false, isTrained: false),
+            ])
+        // Content the template transforms (Llama 3 trims it) keeps its provenance.
+        let llama = try #require(ChatTemplate(name: "llama3"))
+        let trimmed = try llama.segments(
+            [ChatMessage(role: "assistant", content: "  Paris.  ")], addGenerationPrompt: false, bosText: "<s>",
+            endOfTurn: ["<|eot_id|>"])
+        #expect(trimmed.contains(ChatSegment(text: "Paris.", isContent: true, isTrained: true)))
+        #expect(trimmed.contains(ChatSegment(text: "<|eot_id|>", isContent: false, isTrained: true)))
+    }
+}
+
+/// Every template llama.cpp ships (the families' real ones among them: Llama 3.1/3.2/3.3, Qwen2.5, Qwen3, the
+/// DeepSeek-R1 distills, Mistral NeMo, Gemma 2, Phi-3.5) and SmolLM2's, rendered over fourteen conversations
+/// with and without the generation prompt, byte for byte as Python's Jinja2 renders them through transformers
+/// (Scripts/fixtures/chat_templates.py), refusals included. Templates are read from llama.cpp's source
+/// directory (CAIRN_LLAMACPP) and the SmolLM2 model (CAIRN_REAL_MODEL).
+@Suite(.enabled(if: ProcessInfo.processInfo.environment["CAIRN_LLAMACPP"] != nil))
+struct JinjaConformanceTests {
+    /// Families whose templates must render exactly; the others are reported.
+    static let families = [
+        "meta-llama-Llama-3.1-8B-Instruct.jinja", "meta-llama-Llama-3.2-3B-Instruct.jinja",
+        "meta-llama-Llama-3.3-70B-Instruct.jinja", "Qwen-Qwen2.5-7B-Instruct.jinja", "Qwen-Qwen3-0.6B.jinja",
+        "deepseek-ai-DeepSeek-R1-Distill-Llama-8B.jinja", "deepseek-ai-DeepSeek-R1-Distill-Qwen-32B.jinja",
+        "mistralai-Mistral-Nemo-Instruct-2407.jinja", "google-gemma-2-2b-it.jinja",
+        "microsoft-Phi-3.5-mini-instruct.jinja", "Qwen-QwQ-32B.jinja", "HuggingFaceTB-SmolLM3-3B.jinja",
+    ]
+
+    /// The date the fixtures were rendered with (2026-11-26 12:00 UTC).
+    static let pinnedDate = Date(timeIntervalSince1970: 1_795_694_400)
+
+    @Test func rendersLikePythonJinja() throws {
+        let root = try #require(HFModelDirectory.readJSON(Fixtures.path("chat/renders.json")).objectValue)
+        let conversations = try #require(root["conversations"]?.objectValue)
+        let templates = try #require(root["templates"]?.objectValue)
+        let directory = ProcessInfo.processInfo.environment["CAIRN_LLAMACPP"]! + "/models/templates/"
+        var exact = 0
+        var report: [String] = []
+        for (file, entry) in templates.members.sorted(by: { $0.key < $1.key }) {
+            let source: String
+            if file.hasSuffix(".gguf") {
+                guard let model = ProcessInfo.processInfo.environment["CAIRN_REAL_MODEL"],
+                    let s = try GGUFFile(path: model).metadata.string("tokenizer.chat_template")
+                else { continue }
+                source = s
+            } else {
+                source = try String(contentsOfFile: directory + file, encoding: .utf8)
+            }
+            let tokens = entry.objectValue?["tokens"]?.objectValue
+            let cases = entry.objectValue?["cases"]?.arrayValue ?? []
+            var failures: [String] = []
+            let template: ChatTemplate
+            do {
+                template = try ChatTemplate(jinja: source)
+            } catch {
+                report.append("\(file): \(error)")
+                #expect(!Self.families.contains(file), "\(file): \(error)")
+                continue
+            }
+            for c in cases.compactMap(\.objectValue) {
+                let name = c["conversation"]!.stringValue!
+                let messages = conversations[name]!.arrayValue!.map {
+                    ChatMessage(
+                        role: $0.objectValue!["role"]!.stringValue!, content: $0.objectValue!["content"]!.stringValue!)
+                }
+                let generation = c["add_generation_prompt"]!.boolValue!
+                do {
+                    let text = try template.render(
+                        messages, addGenerationPrompt: generation, bosText: tokens?["bos_token"]?.stringValue ?? "",
+                        eosText: tokens?["eos_token"]?.stringValue ?? "", date: Self.pinnedDate)
+                    if let expected = c["text"]?.stringValue {
+                        if text != expected { failures.append("\(name) \(generation): \(text.debugDescription)") }
+                    } else {
+                        failures.append("\(name) \(generation): rendered, Python raised \(c["error"]!.stringValue!)")
+                    }
+                } catch {
+                    if c["text"] != nil { failures.append("\(name) \(generation): \(error)") }
+                }
+            }
+            if failures.isEmpty {
+                exact += 1
+            } else {
+                report.append("\(file): \(failures.count) of \(cases.count) differ, first: \(failures[0])")
+            }
+            #expect(!Self.families.contains(file) || failures.isEmpty, "\(file): \(failures.prefix(2))")
         }
-        #expect(ChatTemplate(name: "smollm2")?.defaultSystemPrompt?.hasPrefix("You are a helpful AI assistant") == true)
+        print("chat templates: \(exact) of \(templates.count) render exactly as Python's Jinja2")
+        for line in report { print("  \(line)") }
     }
 }
 
