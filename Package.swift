@@ -91,7 +91,7 @@ let package = Package(
             name: "ClusterTests",
             dependencies: ["TestSupport", "ModelFormats", "Transport", "Wire", "TensorKernels", "Coordinator"]),
         // Runs the built `cairn` binary as a user would (tiny fixtures; the real model when CAIRN_REAL_MODEL is set).
-        .testTarget(name: "CLITests", dependencies: ["TestSupport", "ModelFormats", "Llama"]),
+        .testTarget(name: "CLITests", dependencies: ["TestSupport", "ModelFormats", "Llama", "TensorKernels"]),
         // Checks on the real model (SmolLM2-135M); enabled when CAIRN_REAL_MODEL names the GGUF file.
         .testTarget(
             name: "RealModelTests", dependencies: ["Llama", "Tokenizer", "ModelFormats", "Training", "TestSupport"]),

@@ -9,8 +9,9 @@
 //             GFLOP per token counted from the shapes (LlamaModel.trainingFLOPs), the ratio to the ceiling, the
 //             mean loss of the timed steps, and the process's peak RSS. Run it in its own process so the RSS is
 //             training's alone. --base-precision q keeps the base quantised (activations then recomputed, as
-//             cairn train does; --recompute overrides); --model synthetic-360m|synthetic-1.1b trains random
-//             Q4_1 weights of those llama shapes.
+//             cairn train does; --recompute overrides); --model synthetic-360m|synthetic-1.1b|
+//             synthetic-qwen2.5-0.5b|synthetic-llama3.2-1b trains random Q4_1 weights of those shapes (dequantised
+//             to fp32 with --base-precision f32).
 //   merge     TIES-merge 8 random rank-16 adapters on all seven projections of the model's shapes to rank 16:
 //             seconds and peak RSS (the target: under 5 s and 300 MiB), with the sgemm ceiling for scale;
 //             CAIRN_BENCH_PHASES=1 first times each phase on the largest module
@@ -34,6 +35,8 @@ struct Arguments {
     var threads: Int?
     var json = false
     var precision = BasePrecision.f32
+    /// Whether --base-precision was given (synthetic shapes default to q, files to f32).
+    var precisionGiven = false
     var recompute = RecomputeMode.auto
 
     init(_ argv: [String]) throws {
@@ -68,9 +71,10 @@ struct Arguments {
                     throw BenchError("--base-precision is f32 or q, not \(v)")
                 }
                 precision = p
+                precisionGiven = true
             case "--help", "-h":
                 print(
-                    "usage: cairn-bench [forward|train|merge] [--model NAME|PATH|synthetic-360m|synthetic-1.1b] [--batch 4] [--sequence 256] [--repeats 3] [--rank 8] [--threads N] [--base-precision f32|q] [--recompute auto|always|never] [--json]"
+                    "usage: cairn-bench [forward|train|merge] [--model NAME|PATH|synthetic-360m|synthetic-1.1b|synthetic-qwen2.5-0.5b|synthetic-llama3.2-1b] [--batch 4] [--sequence 256] [--repeats 3] [--rank 8] [--threads N] [--base-precision f32|q] [--recompute auto|always|never] [--json]"
                 )
                 exit(0)
             default: throw BenchError("unknown argument \(argv[i]); see --help")
@@ -258,7 +262,9 @@ func run() throws {
     let name: String
     if let shape = LlamaWeights.syntheticShapes[args.model] {
         guard args.mode == "train" else { throw BenchError("\(args.model) is for train only") }
-        model = LlamaModel(weights: LlamaWeights.synthetic(config: shape))
+        let weights = LlamaWeights.synthetic(config: shape)
+        let f32 = args.precisionGiven && args.precision == .f32
+        model = LlamaModel(weights: f32 ? weights.dequantizedToF32() : weights)
         name = args.model
     } else {
         let lm = try LanguageModel.load(args.model, precision: args.precision)

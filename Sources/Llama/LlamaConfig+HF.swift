@@ -220,7 +220,7 @@ extension LlamaConfig {
     /// Llama 3.1's frequency divisors (transformers' `_compute_llama3_parameters`, the factors llama.cpp's
     /// converter writes as `rope_freqs`): wavelengths shorter than original/high stay, longer than
     /// original/low are divided by `factor`, and those between are interpolated.
-    static func llama3FrequencyFactors(
+    public static func llama3FrequencyFactors(
         theta: Double, rotaryDim: Int, factor: Double, lowFrequencyFactor low: Double,
         highFrequencyFactor high: Double, originalContext: Int
     ) -> [Double] {

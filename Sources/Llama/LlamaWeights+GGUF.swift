@@ -50,6 +50,17 @@ extension LlamaWeights {
             w.addTensor(name: spec.ggufName, ne: ne, type: chosen.ggml, bytes: Self.encode(values, as: chosen))
             return true
         }
+        // RoPE frequency factors live in tensors: LongRoPE's pair, or llama3's divisors.
+        func factors(_ name: String, _ values: [Double]) {
+            let floats = values.map(Float.init)
+            w.addTensor(name: name, ne: [floats.count], type: .f32, bytes: Self.encode(floats, as: .f32))
+        }
+        if let long = config.ropeLongFactors, let short = config.ropeFactors {
+            factors("rope_factors_long.weight", long)
+            factors("rope_factors_short.weight", short)
+        } else if let divisors = config.ropeFactors {
+            factors("rope_freqs.weight", divisors)
+        }
         return w
     }
 

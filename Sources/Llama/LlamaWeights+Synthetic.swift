@@ -5,9 +5,24 @@
 import TensorKernels
 
 extension LlamaWeights {
-    /// The shapes the scaling study uses beside the real model: `synthetic-360m` (SmolLM2-360M's shape) and
-    /// `synthetic-1.1b` (TinyLlama-1.1B's).
-    public static let syntheticShapes: [String: LlamaConfig] = [
+    /// The shapes the benchmarks use beside the real model: `synthetic-360m` (SmolLM2-360M's shape),
+    /// `synthetic-1.1b` (TinyLlama-1.1B's), `synthetic-qwen2.5-0.5b` (Qwen2.5-0.5B's: q/k/v biases, 152k
+    /// vocabulary, tied) and `synthetic-llama3.2-1b` (Llama-3.2-1B's: llama3 RoPE scaling, 128k vocabulary, tied).
+    public static let syntheticShapes: [String: LlamaConfig] = {
+        var qwen = LlamaConfig(
+            architecture: "qwen2", dim: 896, layers: 24, heads: 14, kvHeads: 2, ffnDim: 4864, vocabSize: 151_936,
+            contextLength: 32768, ropeTheta: 1_000_000, rmsEps: 1e-6, tiedEmbeddings: true, qkvBias: true)
+        qwen.ropeDim = 64
+        var llama = LlamaConfig(
+            dim: 2048, layers: 16, heads: 32, kvHeads: 8, ffnDim: 8192, vocabSize: 128_256, contextLength: 131_072,
+            ropeTheta: 500_000, tiedEmbeddings: true)
+        llama.ropeFactors = LlamaConfig.llama3FrequencyFactors(
+            theta: 500_000, rotaryDim: 64, factor: 32, lowFrequencyFactor: 1, highFrequencyFactor: 4,
+            originalContext: 8192)
+        return shapes.merging(["synthetic-qwen2.5-0.5b": qwen, "synthetic-llama3.2-1b": llama]) { a, _ in a }
+    }()
+
+    static let shapes: [String: LlamaConfig] = [
         "synthetic-360m": LlamaConfig(
             dim: 960, layers: 32, heads: 15, kvHeads: 5, ffnDim: 2560, vocabSize: 49152, contextLength: 8192,
             ropeTheta: 100_000),
@@ -15,6 +30,16 @@ extension LlamaWeights {
             dim: 2048, layers: 22, heads: 32, kvHeads: 4, ffnDim: 5632, vocabSize: 32000, contextLength: 2048,
             tiedEmbeddings: false),
     ]
+
+    /// The same weights with every matrix dequantised to fp32 (the f32 base of a synthetic shape).
+    public func dequantizedToF32() -> LlamaWeights {
+        let out = LlamaWeights(config: config)
+        for spec in Self.tensorTable(config) {
+            let values = self.values(spec.name)!
+            out.pointer(spec.name)!.update(from: values, count: values.count)
+        }
+        return out
+    }
 
     /// Random weights of `config` with every matrix kept in `type` (Q4_0, Q4_1 or Q8_0) and every vector 1.
     public static func synthetic(config: LlamaConfig, type: GGMLType = .q4_1, seed: UInt64 = 1) -> LlamaWeights {

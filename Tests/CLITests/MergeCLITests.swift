@@ -2,6 +2,7 @@
 
 import Foundation
 import Llama
+import TensorKernels
 import ModelFormats
 import TestSupport
 import Testing
@@ -140,5 +141,35 @@ import Testing
             "fuse", "--model", tinyModel, "--adapter", adapter, "--type", "q8_0", "-o", dir.path + "/y",
         ])
         #expect(q8.status != 0 && q8.stderr.contains("q8_0 is a GGUF type"), "\(q8.stderr)")
+    }
+}
+
+/// `cairn fuse` of a PEFT adapter into each family's GGUF base, written as GGUF and as a Hugging Face directory
+/// (whose config.json Cairn writes for the family): both load again and give the logits of base + adapter.
+@Suite struct FamilyFuseTests {
+    @Test(arguments: ["llama3", "qwen2", "qwen3", "mistral", "gemma2", "gemma3", "phi3"])
+    func fusedModelsReloadWithTheAdaptersLogits(family: String) throws {
+        let dir = Fixtures.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let base = Fixtures.path("families/\(family)/model.gguf")
+        let adapter = Fixtures.path("families/\(family)/peft")
+        let tokens: [Int32] = [1, 5, 9, 33, 2, 7, 63, 0, 14, 14, 40, 3]
+        func logits(_ path: String, adapters: [String] = []) throws -> [Float] {
+            let model = try LanguageModel.load(path, adapters: adapters).model
+            let state = InferenceState(config: model.config, batch: 1, capacity: 12, maxChunk: 12)
+            let hidden = tokens.withUnsafeBufferPointer {
+                model.forward(tokens: $0.baseAddress!, count: 12, state: state)
+            }
+            let out = FloatBuffer(count: 12 * model.config.vocabSize)
+            model.logits(hidden: hidden, rows: 12, into: out.pointer)
+            return out.array
+        }
+        let expected = try logits(base, adapters: [adapter])
+        for (output, type) in [("fused.gguf", "f32"), ("fused-hf", "f32")] {
+            let path = dir.appendingPathComponent(output).path
+            let r = try cairn("fuse", "--model", base, "--adapter", adapter, "--type", type, "-o", path)
+            #expect(r.status == 0, "\(r.stderr)")
+            expectClose(try logits(path), expected, tolerance: Tolerance.reordered, "\(family) \(output)")
+        }
     }
 }

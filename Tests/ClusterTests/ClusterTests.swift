@@ -62,6 +62,23 @@ import Wire
         #expect(diff != nil && diff! < 1e-4, "cluster \(curve) vs one machine \(reference)")
     }
 
+    /// A family other than llama (a tiny Qwen3: q/k norms, a head size apart from width/heads, untied output) in
+    /// sync mode across two workers trains exactly as one machine does.
+    @Test func syncOnAQwen3ModelReproducesSingleMachineTraining() throws {
+        let c = ClusterHarness("qwen3")
+        try c.startCluster(workers: ["w1", "w2"])
+        let job = try c.writeJob(
+            data: "data", job: "job", lines: ["the cat sat on the mat", "a dog ran in the park", "one two three"],
+            steps: 4, batch: 4, seqLen: 24, learningRate: 0.01, model: Fixtures.path("families/qwen3/model.gguf"))
+        let id = try c.submit(job)
+        let final = c.waitForJob(id)
+        #expect(final?["state"] == "done", "\(c.logs)")
+        let curve = ClusterHarness.losses(final).map(\.loss)
+        let reference = try c.reference(job).steps
+        let diff = maxRelativeDifference(curve, reference)
+        #expect(curve.count == 4 && diff != nil && diff! < 1e-4, "cluster \(curve) vs one machine \(reference)")
+    }
+
     /// A worker SIGKILLed mid-job: its rows go to the other worker, no step is lost or counted twice, and since
     /// sync arithmetic does not depend on who computed which rows, the curve still matches one machine's.
     @Test func aWorkerKilledMidJobLosesNothing() throws {

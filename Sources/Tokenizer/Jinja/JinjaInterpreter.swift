@@ -345,7 +345,6 @@ struct JinjaInterpreter {
             guard let i = index.integer else { return .undefined("item") }
             let j = i < 0 ? s.count + i : i
             return j >= 0 && j < s.count ? .string(s[j..<j + 1]) : .undefined("item \(i)")
-        case (.string, .string): return .undefined("item")
         default:
             if case .string(let k) = index { return try attribute(value, k.string) }
             return .undefined("item")
