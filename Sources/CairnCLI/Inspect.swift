@@ -207,7 +207,36 @@ struct Inspect: ParsableCommand {
             ("ffn dim", .integer(Int64(c.ffnDim))), ("vocabulary", .integer(Int64(c.vocabSize))),
             ("context", .integer(Int64(c.contextLength))), ("rope theta", .number(c.ropeTheta)),
             ("tied embeddings", .bool(c.tiedEmbeddings)), ("parameters", .integer(Int64(c.parameterCount))),
-        ]
+        ] + (Self.features(c).isEmpty ? [] : [("features", .string(Self.features(c).joined(separator: "; ")))])
+    }
+
+    /// What the model adds to the plain llama block, in words.
+    static func features(_ c: LlamaConfig) -> [String] {
+        var out: [String] = []
+        if c.qkvBias { out.append("q/k/v biases") }
+        if c.qkNorm { out.append("q/k norms") }
+        if c.fusedProjections { out.append("fused qkv and gate_up") }
+        if c.activation == .geluTanh { out.append("GeGLU (tanh)") }
+        if c.postNorms { out.append("post-norms") }
+        if let s = c.embeddingScale { out.append(String(format: "embeddings × %.3g", s)) }
+        if let s = c.attentionScale { out.append(String(format: "attention scale %.4g", s)) }
+        if let cap = c.attentionSoftCap { out.append("attention soft cap \(cap)") }
+        if let cap = c.finalSoftCap { out.append("final soft cap \(cap)") }
+        if let w = c.slidingWindow {
+            out.append("sliding window \(w) on \(c.slidingLayers.filter { $0 }.count) of \(c.layers) layers")
+        }
+        if let local = c.localRopeTheta { out.append("local rope theta \(local)") }
+        if c.ropeDim != c.headDim { out.append("rotary \(c.ropeDim) of \(c.headDim) dims") }
+        if c.ropeLongFactors != nil {
+            out.append(
+                String(
+                    format: "LongRoPE (original context %d, attention factor %.4f)", c.ropeOriginalContext ?? 0,
+                    c.ropeAttentionFactor))
+        } else if c.ropeFactors != nil {
+            out.append("rope frequency factors (llama3)")
+        }
+        if c.ropeLinearScale != 1 { out.append("rope linear scaling × \(c.ropeLinearScale)") }
+        return out
     }
 
     func json(_ v: GGUFValue) -> JSONValue {

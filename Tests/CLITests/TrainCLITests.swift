@@ -194,3 +194,43 @@ enum TrainData {
         #expect(tty.stdout.contains("step 12/12"), "the final state stays")
     }
 }
+
+/// Every family from the command line: `cairn train` a few steps (f32 base, and the quantised base where the
+/// fixture has Q8_0 matrices), `generate` with the run's PEFT adapter and with its GGUF export alike, `eval`, and
+/// `inspect` naming the architecture.
+@Suite struct FamilyCLITests {
+    @Test(arguments: ["llama3", "qwen2", "qwen3", "mistral", "gemma2", "gemma3", "phi3"])
+    func trainsGeneratesExportsAndInspects(family: String) throws {
+        let dir = Fixtures.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let data = try TrainData.write(dir)
+        let hasQ8 = ["qwen3", "gemma3", "phi3"].contains(family)
+        let model = Fixtures.path("families/\(family)/\(hasQ8 ? "model-q8_0.gguf" : "model.gguf")")
+        for precision in hasQ8 ? ["f32", "q"] : ["f32"] {
+            let run = dir.appendingPathComponent("run-\(precision)").path
+            let r = try cairn(
+                "train", "--model", model, "--data", data, "--output", run, "--steps", "3", "--rank", "4",
+                "--seq-len", "16", "--batch", "2", "--base-precision", precision, "--json")
+            #expect(r.status == 0, "\(family) \(precision): \(r.stderr)")
+            let steps = r.stdout.split(separator: "\n").filter { $0.contains("\"event\":\"step\"") }
+            #expect(steps.count == 3, "\(family) \(precision): \(r.stdout)")
+        }
+        let run = dir.appendingPathComponent("run-f32").path
+        let gguf = dir.appendingPathComponent("run.gguf").path
+        #expect(try cairn("export", run, "--format", "gguf", "-o", gguf).status == 0)
+        var generated: [JSONValue?] = []
+        for adapter in [run, gguf] {
+            let g = try cairn(
+                "generate", "--model", model, "--adapter", adapter, "--raw", "--prompt", "the cat", "--max-tokens", "5",
+                "--json")
+            #expect(g.status == 0, "\(family): \(g.stderr)")
+            generated.append(try JSONValue.parse(g.stdout).objectValue?["tokens"])
+        }
+        #expect(generated[0] != nil && generated[0] == generated[1], "\(family): PEFT and GGUF forms act alike")
+        let e = try cairn("eval", "--model", model, "--adapter", run, "--data", data, "--json")
+        #expect(e.status == 0, "\(family): \(e.stderr)")
+        let inspected = try cairn("inspect", model)
+        let architecture = family == "llama3" || family == "mistral" ? "llama" : family
+        #expect(inspected.status == 0 && inspected.stdout.contains(architecture), "\(inspected.stdout)")
+    }
+}
