@@ -400,13 +400,9 @@ extension LlamaConfig {
                 finalSoftCap = try double("final_logit_softcapping").map(Float.init)
             }
         }
-        // llama.cpp ignores phi3's window (its converter writes it inconsistently); so does Cairn for phi3 GGUF.
-        if family == .llama || family == .qwen2 || family == .qwen3,
-            let window = try int("attention.sliding_window"), window > 0, window < contextLength
-        {
-            slidingWindow = window
-            slidingLayers = Array(repeating: true, count: layers)
-        }
+        // Only Gemma's windows are applied to GGUF files: llama.cpp runs llama, qwen2, qwen3 and phi3 files
+        // without one (a Mistral v0.1 window, a phi3 window its converter writes inconsistently), and Cairn
+        // matches the runtime those files are made for.
         if let problem = inconsistencies().first {
             throw FormatError(.invalidValue, path: path, field: "\(arch).*", problem)
         }

@@ -369,7 +369,8 @@ extension LlamaModel {
         let w = weights.layers[l]
         let N = ws.rows
         let h = ws.normedScratch.pointer
-        let table = rope(layer: l, positions: batch.length)
+        // LongRoPE picks its factors by the furthest position in the batch, as transformers does.
+        let table = rope(layer: l, positions: Int(batch.positions.max() ?? 0) + 1)
         rmsNormForward(
             out: h, rstd: s.rstd1.pointer, input: x, weight: w.attentionNorm, rows: N, dim: c.dim, eps: c.rmsEps)
         // With q/k norms the projections land in qRaw/kRaw and the norms write q/k.
@@ -440,7 +441,8 @@ extension LlamaModel {
         let dx = ws.dx.pointer  // in: gradient of the block output; out: gradient of its input
         let h = ws.normedScratch.pointer
         let dh = ws.dNormed.pointer
-        let table = rope(layer: l, positions: batch.length)
+        // LongRoPE picks its factors by the furthest position in the batch, as transformers does.
+        let table = rope(layer: l, positions: Int(batch.positions.max() ?? 0) + 1)
         // Feed-forward: x' = x2 + [PostNorm](down(act(gate(h2)) ⊙ up(h2))).
         normalized(h, s.x2.pointer, s.rstd2.pointer, w.ffnNorm, rows: N)
         gatedForward(c.activation, out: ws.hidden.pointer, gate: s.gate.pointer, up: s.up.pointer, count: N * c.ffnDim)
