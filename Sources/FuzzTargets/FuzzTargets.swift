@@ -1,7 +1,8 @@
 // FuzzTargets: the entry points the fuzzers feed with arbitrary bytes: the wire decoder, the JSON parser under
-// it, the GGUF and safetensors readers, the tokenizer, the job file parser and the dashboard's HTTP request parser. Each may only return or throw its
-// typed error; a crash, a hang or an unbounded allocation is a bug. The tokenizer target also checks a property:
-// byte-level BPE gives back exactly the text it was given.
+// it, the GGUF and safetensors readers, the tokenizer, the job file parser, the dashboard's HTTP request parser, the
+// chat-template interpreter and the pre-tokenizers. Each may only return or throw its typed error; a crash, a hang
+// or an unbounded allocation is a bug. The tokenizer target also checks a property: byte-level BPE gives back
+// exactly the text it was given; the pre-tokenizer target another: every pre-tokenizer's pieces are the text.
 //
 // Run by `cairn-fuzz` (libFuzzer, or a seeded mutation loop; see Scripts/fuzz); crashes it finds are kept in
 // Tests/Fixtures/fuzz and replayed by FuzzRegressionTests.
@@ -15,7 +16,7 @@ import Wire
 
 /// A parser the fuzzers exercise.
 public enum FuzzTarget: String, CaseIterable, Sendable {
-    case wire, json, gguf, safetensors, tokenizer, job, http
+    case wire, json, gguf, safetensors, tokenizer, job, http, template, pretokenizer
 
     /// Feeds `data` to the target.
     public func run(_ data: [UInt8]) {
@@ -44,6 +45,20 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
         case .job:
             var config = TrainingConfig()
             _ = try? config.apply(yaml: String(decoding: data, as: UTF8.self), source: "fuzz.yaml")
+        case .template:
+            // A model's chat template is untrusted: parse it, render a conversation; errors only.
+            let source = String(decoding: data, as: UTF8.self)
+            if let template = try? ChatTemplate(jinja: source) {
+                _ = try? template.render(
+                    [ChatMessage(role: "system", content: "s"), ChatMessage(role: "user", content: "hi {{ x }}")],
+                    addGenerationPrompt: true, bosText: "<s>", eosText: "</s>")
+            }
+        case .pretokenizer:
+            let text = String(decoding: data, as: UTF8.self)
+            for pre in PreTokenizer.allCases {
+                let pieces = pre.split(text)
+                precondition(pieces.joined() == text, "\(pre) lost text: \(Array(text.utf8)) → \(pieces)")
+            }
         case .http:
             // What the dashboard's server does with a connection's bytes: find the head, parse it.
             let head = HTTPRequest.headLength(data).map { data[0..<$0] } ?? data[...]

@@ -85,6 +85,29 @@ extension FuzzTarget {
                             .utf8)
                 ),
             ]
+        case .template:
+            return [
+                (
+                    "chatml",
+                    Array(
+                        ("{%- for message in messages %}{% if loop.first and message.role != 'system' %}{{ '<|im_start|>"
+                            + "system\nYou are helpful.<|im_end|>\n' }}{% endif %}{{ '<|im_start|>' + message['role'] + "
+                            + "'\n' + message.content | trim + '<|im_end|>\n' }}{% endfor -%}\n{% if add_generation_prompt "
+                            + "%}{{ '<|im_start|>assistant\n' }}{% endif %}").utf8)
+                ),
+                (
+                    "namespace",
+                    Array(
+                        ("{% set ns = namespace(n=0, s='') %}{% for m in messages[::-1] if m.role is string %}{% set "
+                            + "ns.n = ns.n + loop.index0 %}{% set ns.s = ns.s ~ m.content.split(' ')[0] %}{% endfor %}"
+                            + "{{ ns.n }}{{ ns.s | tojson(indent=2) }}{{ raise_exception('x') if ns.n > 5 }}").utf8)
+                ),
+            ]
+        case .pretokenizer:
+            return [
+                ("mixed", Array("Hello, y'all! How are you 😁 ?我想在apple工作1314151天～\n\n  \t x".utf8)),
+                ("marks", Array("e\u{301}\u{301} Ünïcödé ١٢٣ Ⅷ — “quoted” \u{a0}\u{3000}end".utf8)),
+            ]
         }
     }
 }

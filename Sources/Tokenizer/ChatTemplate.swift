@@ -41,7 +41,13 @@ public struct ChatTemplate: @unchecked Sendable {
         try self.init(source: source, name: nil)
     }
 
+    /// The longest template accepted (real ones are a few KiB; Qwen3's is about 4).
+    public static let maxSourceBytes = 1 << 20
+
     init(source: String, name: String?) throws(ChatTemplateError) {
+        guard source.utf8.count <= Self.maxSourceBytes else {
+            throw .template(JinjaError(.unsupported, "the template is longer than \(Self.maxSourceBytes) bytes"))
+        }
         self.source = source
         self.name = name
         do throws(JinjaError) {

@@ -384,3 +384,24 @@ struct JinjaConformanceTests {
         #expect(tokenizer.addsBOS && tokenizer.bosId == 1)
     }
 }
+
+/// Templates come from model files: ones that never end, recurse, nest absurdly or grow without bound are errors,
+/// not hangs or crashes.
+@Suite struct HostileTemplateTests {
+    @Test(arguments: [
+        "{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}",
+        "{% for i in range(100000) %}{% for j in range(100000) %}{{ i }}{% endfor %}{% endfor %}",
+        "{% for i in range(30000) %}{% for j in range(30000) %}{{ i }}{% endfor %}{% endfor %}",
+        String(repeating: "(", count: 5000) + "1" + String(repeating: ")", count: 5000),
+        String(repeating: "{% if true %}", count: 5000),
+        "{{ ('x' * 10000) * 10000 }}", "{{ [1] * 10000 * 10000 }}", "{{ not not not " + String(repeating: "not ", count: 5000) + "x }}",
+        "{% for x in messages %}", "{{ 'unclosed ", "{% if %}", "{{ 1 +* 2 }}",
+    ])
+    func hostileTemplatesAreErrors(source: String) {
+        let wrapped = source.hasPrefix("{") ? source : "{{ " + source + " }}"
+        #expect(throws: ChatTemplateError.self) {
+            let template = try ChatTemplate(jinja: wrapped)
+            _ = try template.render([ChatMessage(role: "user", content: "hi")], addGenerationPrompt: true)
+        }
+    }
+}

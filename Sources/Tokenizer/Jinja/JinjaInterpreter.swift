@@ -14,8 +14,11 @@ struct JinjaInterpreter {
     var output = JinjaText("")
     /// The current line, for runtime errors.
     var line = 0
+    /// The bounds a template from an untrusted file runs within, shared with the macros it calls.
+    let limits: JinjaLimits
 
-    init(globals: [String: JinjaValue], date: Date = Date()) {
+    init(globals: [String: JinjaValue], date: Date = Date(), limits: JinjaLimits = JinjaLimits()) {
+        self.limits = limits
         var builtins = Self.builtins
         builtins["strftime_now"] = Self.strftime(date)
         scopes = [builtins, globals]
@@ -68,6 +71,10 @@ struct JinjaInterpreter {
 
     mutating func render(_ nodes: [JinjaNode]) throws(JinjaError) -> Flow {
         for node in nodes {
+            try limits.step(line: line)
+            if output.count > JinjaLimits.maxOutput {
+                throw JinjaError(.runtime, "the template's output passed \(JinjaLimits.maxOutput) characters", line: line)
+            }
             switch node {
             case .text(let t): output.append(t)
             case .output(let e, let l):
@@ -187,7 +194,12 @@ struct JinjaInterpreter {
         let globalsAtDefinition = scopes
         return .function(
             JinjaFunction(name: name) { args, kwargs throws(JinjaError) in
-                var inner = JinjaInterpreter(globals: [:])
+                guard limits.depth < JinjaLimits.maxDepth else {
+                    throw JinjaError(.runtime, "macros nested more than \(JinjaLimits.maxDepth) deep (\(name))")
+                }
+                limits.depth += 1
+                defer { limits.depth -= 1 }
+                var inner = JinjaInterpreter(globals: [:], limits: limits)
                 inner.scopes = globalsAtDefinition
                 var scope: [String: JinjaValue] = [:]
                 for (k, (parameter, defaultValue)) in parameters.enumerated() {
@@ -220,6 +232,7 @@ struct JinjaInterpreter {
     }
 
     mutating func evaluate(_ e: JinjaExpr) throws(JinjaError) -> JinjaValue {
+        try limits.step(line: line)
         switch e {
         case .literal(let v): return v
         case .name(let n): return lookup(n)
@@ -400,11 +413,17 @@ struct JinjaInterpreter {
         case ("+", .tuple(let x), .tuple(let y)): return .tuple(x + y)
         case ("*", .string(let s), _), ("*", _, .string(let s)):
             guard let n = (a.integer ?? b.integer) else { throw typeError() }
+            guard s.count * max(0, min(n, 10_000)) <= JinjaLimits.maxOutput else {
+                throw JinjaError(.runtime, "a string repeated past \(JinjaLimits.maxOutput) characters", line: line)
+            }
             var out = JinjaText("")
             for _ in 0..<max(0, min(n, 10_000)) { out.append(s) }
             return .string(out)
         case ("*", .list(let l), _), ("*", _, .list(let l)):
             guard let n = (a.integer ?? b.integer) else { throw typeError() }
+            guard l.count * max(0, min(n, 10_000)) <= JinjaLimits.maxOutput else {
+                throw JinjaError(.runtime, "a list repeated past \(JinjaLimits.maxOutput) items", line: line)
+            }
             return .list(Array(repeating: l, count: max(0, min(n, 10_000))).flatMap { $0 })
         default: break
         }
@@ -497,6 +516,27 @@ struct JinjaInterpreter {
             case ">": return order > 0
             default: return order >= 0
             }
+        }
+    }
+}
+
+/// How far a template may go: templates come from model files, which are untrusted, so a loop that never ends or
+/// a macro that calls itself is an error, not a hang or a crash.
+final class JinjaLimits: @unchecked Sendable {
+    /// Statements and expressions evaluated per render.
+    static let maxSteps = 1_000_000
+    /// Macro calls nested inside each other.
+    static let maxDepth = 64
+    /// Characters of output (and items or characters of any repeated value).
+    static let maxOutput = 16 << 20
+
+    var steps = 0
+    var depth = 0
+
+    func step(line: Int) throws(JinjaError) {
+        steps += 1
+        if steps > Self.maxSteps {
+            throw JinjaError(.runtime, "the template ran more than \(Self.maxSteps) steps", line: line)
         }
     }
 }

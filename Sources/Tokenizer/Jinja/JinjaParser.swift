@@ -344,11 +344,18 @@ extension Unicode.Scalar {
 struct JinjaStatementParser {
     let items: [JinjaItem]
     var k = 0
+    /// Blocks nested inside each other, bounded like expressions.
+    var depth = 0
 
     init(items: [JinjaItem]) { self.items = items }
 
     /// Parses nodes until a statement whose first word is in `ends`; leaves k at that statement.
     mutating func parseBody(until ends: Set<String>) throws(JinjaError) -> [JinjaNode] {
+        depth += 1
+        defer { depth -= 1 }
+        guard depth <= JinjaExpressionParser.maxDepth else {
+            throw JinjaError(.unsupported, "blocks nest more than \(JinjaExpressionParser.maxDepth) deep")
+        }
         var nodes: [JinjaNode] = []
         while k < items.count {
             switch items[k] {
@@ -556,7 +563,15 @@ struct JinjaExpressionParser {
         return t.text
     }
 
+    /// How deep expressions nest (parentheses, brackets, operands): a bound, so hostile templates cannot overflow
+    /// the stack.
+    static let maxDepth = 100
+    var depth = 0
+
     mutating func parseExpression(allowConditional: Bool = true) throws(JinjaError) -> JinjaExpr {
+        depth += 1
+        defer { depth -= 1 }
+        guard depth <= Self.maxDepth else { throw error("expressions nest more than \(Self.maxDepth) deep") }
         let e = try parseOr()
         if allowConditional, peekWord("if") {
             advance()
@@ -592,6 +607,9 @@ struct JinjaExpressionParser {
     mutating func parseNot() throws(JinjaError) -> JinjaExpr {
         if peekWord("not") {
             advance()
+            depth += 1
+            defer { depth -= 1 }
+            guard depth <= Self.maxDepth else { throw error("expressions nest more than \(Self.maxDepth) deep") }
             return .not(try parseNot())
         }
         return try parseCompare()
@@ -652,6 +670,9 @@ struct JinjaExpressionParser {
         if peek("-") || peek("+") {
             let op = current!.text
             advance()
+            depth += 1
+            defer { depth -= 1 }
+            guard depth <= Self.maxDepth else { throw error("expressions nest more than \(Self.maxDepth) deep") }
             e = .unary(op, try parseUnary(withFilters: false))
         } else {
             e = try parsePostfix(try parsePrimary())
