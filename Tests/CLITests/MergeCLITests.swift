@@ -173,3 +173,64 @@ import Testing
         }
     }
 }
+
+/// Cairn's exports of each family's PEFT adapter, as the tools people load them with saw them
+/// (Scripts/fixtures/family_exports.py): today's exports are byte for byte those files; PEFT's loss on Cairn's
+/// PEFT export is Cairn's; llama.cpp's logits with Cairn's GGUF LoRA are Cairn's; and the GGUF LoRA llama.cpp's
+/// own converter makes from the PEFT adapter loads in Cairn with PEFT's loss.
+@Suite struct FamilyExportTests {
+    static func loss(_ model: LlamaModel, _ tokens: [Int32]) -> Double {
+        let batch = TrainingBatch(rows: [Array(tokens[0..<12]), Array(tokens[12..<24])])
+        let ws = TrainingWorkspace(
+            model: model.config, adapter: LoRAAdapter(model: model.config, modules: []), batch: 2, length: 12,
+            recompute: false)
+        return model.trainingStep(
+            batch: batch, adapter: LoRAAdapter(model: model.config, modules: []), gradients: nil, workspace: ws
+        ).mean
+    }
+
+    @Test(arguments: ["llama3", "qwen2", "qwen3", "mistral", "gemma2", "gemma3", "phi3"])
+    func exportsLoadInPEFTAndLlamaCpp(family: String) throws {
+        let directory = Fixtures.path("families/\(family)")
+        let dir = Fixtures.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let model = directory + "/model.gguf"
+        let peft = dir.appendingPathComponent("peft").path
+        let gguf = dir.appendingPathComponent("lora.gguf").path
+        #expect(try cairn("export", directory + "/peft", "--model", model, "--format", "peft", "-o", peft).status == 0)
+        #expect(try cairn("export", directory + "/peft", "--model", model, "--format", "gguf", "-o", gguf).status == 0)
+        for file in ["adapter_config.json", "adapter_model.safetensors"] {
+            #expect(
+                try Data(contentsOf: URL(fileURLWithPath: peft + "/" + file))
+                    == Data(contentsOf: URL(fileURLWithPath: directory + "/cairn-export/" + file)), "\(family) \(file)")
+        }
+        #expect(
+            try Data(contentsOf: URL(fileURLWithPath: gguf))
+                == Data(contentsOf: URL(fileURLWithPath: directory + "/cairn-export.gguf")), "\(family) GGUF LoRA")
+        let exports = try SafetensorsFile(path: directory + "/exports.safetensors")
+        let reference = try SafetensorsFile(path: directory + "/reference.safetensors")
+        let raw = reference.data(for: try #require(reference.tensor(named: "tokens")))
+        let tokens = (0..<raw.count / 4).map { raw.loadUnaligned(fromByteOffset: 4 * $0, as: Int32.self) }
+        // PEFT on Cairn's PEFT export.
+        let peftLoss = try #require(Double(exports.metadata["peft_loss"] ?? ""))
+        let withExport = try LanguageModel.load(directory + "/hf", adapters: [directory + "/cairn-export"]).model
+        #expect(abs(Self.loss(withExport, tokens) - peftLoss) < 1e-4, "\(family): PEFT \(peftLoss)")
+        // llama.cpp with Cairn's GGUF LoRA, first row.
+        let tuned = try LanguageModel.load(model, adapters: [directory + "/cairn-export.gguf"]).model
+        let first = Array(tokens[0..<12])
+        let state = InferenceState(config: tuned.config, batch: 1, capacity: 12, maxChunk: 12)
+        let hidden = first.withUnsafeBufferPointer { tuned.forward(tokens: $0.baseAddress!, count: 12, state: state) }
+        let logits = FloatBuffer(count: 12 * tuned.config.vocabSize)
+        tuned.logits(hidden: hidden, rows: 12, into: logits.pointer)
+        let llamaCpp = try #require(exports.storedTensor(named: "lora")).floats()
+        // ggml's CPU GELU reads an fp16 table (GGML_GELU_FP16), so Gemma's logits in llama.cpp sit about 6e-4
+        // (relative) from transformers' and Cairn's, which agree within 1e-4 (FamilyTests).
+        let tolerance: Float = family.hasPrefix("gemma") ? 1e-3 : Tolerance.reference
+        expectClose(
+            logits.array, llamaCpp, tolerance: tolerance, "\(family): llama.cpp's logits with Cairn's GGUF LoRA")
+        // llama.cpp's converter's GGUF LoRA, in Cairn.
+        let loraLoss = try #require(Double(reference.metadata["lora_loss"] ?? ""))
+        let converted = try LanguageModel.load(model, adapters: [directory + "/llamacpp-lora.gguf"]).model
+        #expect(abs(Self.loss(converted, tokens) - loraLoss) < 1e-4, "\(family): llama.cpp's converter's LoRA")
+    }
+}

@@ -394,7 +394,8 @@ struct JinjaConformanceTests {
         "{% for i in range(30000) %}{% for j in range(30000) %}{{ i }}{% endfor %}{% endfor %}",
         String(repeating: "(", count: 5000) + "1" + String(repeating: ")", count: 5000),
         String(repeating: "{% if true %}", count: 5000),
-        "{{ ('x' * 10000) * 10000 }}", "{{ [1] * 10000 * 10000 }}", "{{ not not not " + String(repeating: "not ", count: 5000) + "x }}",
+        "{{ ('x' * 10000) * 10000 }}", "{{ [1] * 10000 * 10000 }}",
+        "{{ not not not " + String(repeating: "not ", count: 5000) + "x }}",
         "{% for x in messages %}", "{{ 'unclosed ", "{% if %}", "{{ 1 +* 2 }}",
     ])
     func hostileTemplatesAreErrors(source: String) {

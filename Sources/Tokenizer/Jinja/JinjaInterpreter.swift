@@ -73,7 +73,8 @@ struct JinjaInterpreter {
         for node in nodes {
             try limits.step(line: line)
             if output.count > JinjaLimits.maxOutput {
-                throw JinjaError(.runtime, "the template's output passed \(JinjaLimits.maxOutput) characters", line: line)
+                throw JinjaError(
+                    .runtime, "the template's output passed \(JinjaLimits.maxOutput) characters", line: line)
             }
             switch node {
             case .text(let t): output.append(t)
