@@ -181,10 +181,11 @@ extension LlamaConfig {
                 ropeOriginalContext = original
                 if let f = try double("attention_factor", in: global) {
                     ropeAttentionFactor = f
+                } else if let factor = try double("factor", in: global) {
+                    ropeAttentionFactor = Self.longRoPEAttentionFactor(scale: factor, original: original)
                 } else {
-                    let factor = try double("factor", in: global).map { $0 } ?? Double(context) / Double(original)
-                    ropeAttentionFactor =
-                        factor <= 1 ? 1 : (1 + Foundation.log(factor) / Foundation.log(Double(original))).squareRoot()
+                    ropeAttentionFactor = Self.longRoPEAttentionFactor(
+                        scale: Double(context) / Double(original), original: original)
                 }
             default:
                 throw FormatError(

@@ -357,7 +357,8 @@ extension LlamaConfig {
             if let f = try double("rope.scaling.attn_factor") {
                 ropeAttentionFactor = f
             } else if let original = ropeOriginalContext {
-                ropeAttentionFactor = Self.longRoPEAttentionFactor(context: contextLength, original: original)
+                ropeAttentionFactor = Self.longRoPEAttentionFactor(
+                    scale: Double(contextLength) / Double(original), original: original)
             }
         }
 
@@ -369,7 +370,6 @@ extension LlamaConfig {
             activation = .geluTanh
             embeddingScale = Float(dim).squareRoot()
             postNorms = true
-            tiedEmbeddings = file.tensor(named: "output.weight") == nil
             // llama.cpp scales queries by 1/√(dim/heads) for the 27B models and 1/√headDim otherwise
             // (query_pre_attn_scalar is not written to GGUF); an explicit attention.scale wins.
             if let scale = try double("attention.scale") {
@@ -408,9 +408,8 @@ extension LlamaConfig {
         }
     }
 
-    /// LongRoPE's default attention factor √(1 + ln(s)/ln(original)), s = context / original (1 when s ≤ 1).
-    static func longRoPEAttentionFactor(context: Int, original: Int) -> Double {
-        let s = Double(context) / Double(original)
-        return s <= 1 ? 1 : (1 + Foundation.log(s) / Foundation.log(Double(original))).squareRoot()
+    /// LongRoPE's default attention factor √(1 + ln(s)/ln(original)) for a context scale s (1 when s ≤ 1).
+    static func longRoPEAttentionFactor(scale s: Double, original: Int) -> Double {
+        s <= 1 ? 1 : (1 + Foundation.log(s) / Foundation.log(Double(original))).squareRoot()
     }
 }
