@@ -304,12 +304,7 @@ extension LlamaModel {
         }
         for p in group { linearForward(out: p.y, input: x, weight: p.weight, bias: p.bias, rows: N) }
         if let m = adapter.module(layer: layer, target: fused) {
-            var parts: [LoRAPart] = []
-            var row = 0
-            for p in group {
-                parts.append(LoRAPart(y: p.y, rows: row..<row + p.weight.rows))
-                row += p.weight.rows
-            }
+            let parts = LoRAPart.split(group.map { ($0.y, $0.weight.rows) })
             loraForward(
                 m, adapter: adapter, input: x, parts: parts, saved: buffers.lora.pointer + buffers.loraOffsets[fused]!,
                 rows: N, dropout: dropout, ws: ws)
@@ -348,12 +343,7 @@ extension LlamaModel {
         }
         for (i, p) in group.enumerated() { p.weight.multiply(dx, p.dy, n: N, beta: i > 0 ? 1 : 0) }
         if let m = adapter.module(layer: layer, target: fused) {
-            var parts: [LoRAPart] = []
-            var row = 0
-            for p in group {
-                parts.append(LoRAPart(y: p.dy, rows: row..<row + p.weight.rows))
-                row += p.weight.rows
-            }
+            let parts = LoRAPart.split(group.map { ($0.dy, $0.weight.rows) })
             loraBackward(
                 m, adapter: adapter, gradients: gradients, input: x,
                 saved: buffers.lora.pointer + buffers.loraOffsets[fused]!, parts: parts, dInput: dx, rows: N,
@@ -560,4 +550,15 @@ struct LoRAPart {
     var y: UnsafeMutablePointer<Float>
     /// Rows of B.
     var rows: Range<Int>
+
+    /// Consecutive parts, one per output of `rows` rows, in order (a fused module's q, k, v).
+    static func split(_ outputs: [(UnsafeMutablePointer<Float>, Int)]) -> [LoRAPart] {
+        var parts: [LoRAPart] = []
+        var row = 0
+        for (y, rows) in outputs {
+            parts.append(LoRAPart(y: y, rows: row..<row + rows))
+            row += rows
+        }
+        return parts
+    }
 }

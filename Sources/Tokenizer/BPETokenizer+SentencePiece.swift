@@ -50,7 +50,7 @@ extension BPETokenizer {
         var prev = Array(-1..<count - 1)
         var next = Array(1...count)
         next[count - 1] = -1
-        var heap = ScoreHeap()
+        var heap = PriorityHeap<ScoredPair>()
         func lookup(_ from: Int, _ n: Int) -> Int32? {
             id(of: String(decoding: utf8[from..<from + n], as: UTF8.self))
         }
@@ -58,7 +58,7 @@ extension BPETokenizer {
             guard l >= 0, r >= 0 else { return }
             let size = length[l] + length[r]
             guard let id = lookup(start[l], size) else { return }
-            heap.push(ScoreHeap.Entry(score: scores[Int(id)], left: l, right: r, size: size))
+            heap.push(ScoredPair(score: scores[Int(id)], left: l, right: r, size: size))
         }
         for j in 1..<count { tryPair(j - 1, j) }
         while let e = heap.pop() {
@@ -106,45 +106,11 @@ extension BPETokenizer {
     }
 }
 
-/// A max-heap of SentencePiece merge candidates by (score, then leftmost).
-struct ScoreHeap {
-    struct Entry {
-        var score: Float
-        var left: Int
-        var right: Int
-        var size: Int
-        func precedes(_ o: Entry) -> Bool { score != o.score ? score > o.score : left < o.left }
-    }
-    private var items: [Entry] = []
-
-    mutating func push(_ e: Entry) {
-        items.append(e)
-        var i = items.count - 1
-        while i > 0 {
-            let parent = (i - 1) / 2
-            guard items[i].precedes(items[parent]) else { break }
-            items.swapAt(i, parent)
-            i = parent
-        }
-    }
-
-    mutating func pop() -> Entry? {
-        guard let first = items.first else { return nil }
-        let last = items.removeLast()
-        if !items.isEmpty {
-            items[0] = last
-            var i = 0
-            while true {
-                let l = 2 * i + 1
-                let r = l + 1
-                var best = i
-                if l < items.count, items[l].precedes(items[best]) { best = l }
-                if r < items.count, items[r].precedes(items[best]) { best = r }
-                if best == i { break }
-                items.swapAt(i, best)
-                i = best
-            }
-        }
-        return first
-    }
+/// A SentencePiece merge candidate: the best score first, then the leftmost.
+struct ScoredPair: HeapOrdered {
+    var score: Float
+    var left: Int
+    var right: Int
+    var size: Int
+    func precedes(_ o: ScoredPair) -> Bool { score != o.score ? score > o.score : left < o.left }
 }

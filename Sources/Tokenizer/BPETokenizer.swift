@@ -255,7 +255,7 @@ public final class BPETokenizer: Sendable {
             let key = UInt64(UInt32(symbols[left])) << 32 | UInt64(UInt32(symbols[right]))
             if let m = merges[key] {
                 heap.push(
-                    PairHeap.Entry(rank: m.rank, left: Int32(left), leftId: symbols[left], rightId: symbols[right]))
+                    PairCandidate(rank: m.rank, left: Int32(left), leftId: symbols[left], rightId: symbols[right]))
             }
         }
         for i in 0..<n - 1 { push(i) }
@@ -380,15 +380,25 @@ public struct StreamingDecoder {
     }
 }
 
-/// A min-heap of merge candidates ordered by (rank, left position).
-struct PairHeap {
-    struct Entry {
-        var rank: Int32
-        var left: Int32
-        var leftId: Int32
-        var rightId: Int32
-        func precedes(_ o: Entry) -> Bool { rank != o.rank ? rank < o.rank : left < o.left }
-    }
+/// A merge candidate of byte-level BPE, first by rank, then leftmost.
+struct PairCandidate: HeapOrdered {
+    var rank: Int32
+    var left: Int32
+    var leftId: Int32
+    var rightId: Int32
+    func precedes(_ o: PairCandidate) -> Bool { rank != o.rank ? rank < o.rank : left < o.left }
+}
+
+/// Merge candidates by rank.
+typealias PairHeap = PriorityHeap<PairCandidate>
+
+/// What a `PriorityHeap` orders: `precedes` is true when `self` comes out first.
+protocol HeapOrdered {
+    func precedes(_ other: Self) -> Bool
+}
+
+/// A binary heap that pops the element that precedes all others.
+struct PriorityHeap<Entry: HeapOrdered> {
     private var items: [Entry] = []
 
     mutating func push(_ e: Entry) {

@@ -531,6 +531,8 @@ extension JinjaInterpreter {
         }
     }
 
+    /// A JSON string as Python's json.dumps writes it: short escapes for \b and \f (ModelFormats' JSON writer
+    /// uses \u escapes there) and, with `ensureASCII`, \u escapes with surrogate pairs for everything past ASCII.
     func jsonString(_ s: String, ensureASCII: Bool) -> String {
         var out = "\""
         for c in s.unicodeScalars {
