@@ -133,6 +133,7 @@ public struct ChatTemplate: @unchecked Sendable {
         if !bosText.isEmpty { globals["bos_token"] = .text(bosText) }
         if !eosText.isEmpty { globals["eos_token"] = .text(eosText) }
         var interpreter = JinjaInterpreter(globals: globals, date: date)
+        defer { interpreter.limits.releaseNamespaces() }
         do throws(JinjaError) {
             _ = try interpreter.render(template.body)
         } catch {

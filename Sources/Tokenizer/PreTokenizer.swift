@@ -72,9 +72,11 @@ public enum PreTokenizer: String, Sendable, CaseIterable {
     /// GPT-2's pattern as llama.cpp spells it (run by the hand-written matcher).
     static let gpt2Pattern = "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)"
 
-    /// The compiled lists (nil for the GPT-2 pattern's place).
-    static let compiledLists: [PreTokenizer: [SplitPattern?]] = patternLists.mapValues { list in
-        list.map { $0 == gpt2Pattern ? nil : try! SplitPattern($0, flavour: .llamaCpp) }
+    /// The compiled list of a list-based pre-tokenizer (nil for the GPT-2 pattern's place). Compiled on each
+    /// call, which costs microseconds: a compiled pattern's tree is an indirect enum, whose tagged pointers a
+    /// process-wide cache would hide from leak checkers (the fuzzers run under LeakSanitizer).
+    func compiledList() -> [SplitPattern?] {
+        (Self.patternLists[self] ?? []).map { $0 == Self.gpt2Pattern ? nil : try! SplitPattern($0, flavour: .llamaCpp) }
     }
 
     /// The pieces of `text`, in order; their concatenation is `text`.
@@ -98,7 +100,7 @@ public enum PreTokenizer: String, Sendable, CaseIterable {
             Self.llama3(scalars[...], maxDigits: 1, into: &pieces)
         default:
             var ranges = scalars.isEmpty ? [] : [0..<scalars.count]
-            for pattern in Self.compiledLists[self]! {
+            for pattern in compiledList() {
                 if let pattern {
                     ranges = pattern.split(scalars, pieces: ranges)
                 } else {

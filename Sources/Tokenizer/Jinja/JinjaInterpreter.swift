@@ -21,6 +21,15 @@ struct JinjaInterpreter {
         self.limits = limits
         var builtins = Self.builtins
         builtins["strftime_now"] = Self.strftime(date)
+        builtins["namespace"] = .function(
+            JinjaFunction(name: "namespace") { [limits] args, kwargs throws(JinjaError) in
+                var attributes = JinjaDict()
+                if case .dict(let d)? = args.first { attributes = d }
+                for (k, v) in kwargs.pairs { attributes[k] = v }
+                let namespace = JinjaNamespace(attributes)
+                limits.namespaces.append(namespace)
+                return .namespace(namespace)
+            })
         scopes = [builtins, globals]
     }
 
@@ -44,13 +53,6 @@ struct JinjaInterpreter {
         "raise_exception": .function(
             JinjaFunction(name: "raise_exception") { args, _ throws(JinjaError) in
                 throw JinjaError(.raised, args.first.map { $0.text.string } ?? "raise_exception was called")
-            }),
-        "namespace": .function(
-            JinjaFunction(name: "namespace") { args, kwargs throws(JinjaError) in
-                var attributes = JinjaDict()
-                if case .dict(let d)? = args.first { attributes = d }
-                for (k, v) in kwargs.pairs { attributes[k] = v }
-                return .namespace(JinjaNamespace(attributes))
             }),
         "range": .function(
             JinjaFunction(name: "range") { args, _ throws(JinjaError) in
@@ -533,6 +535,15 @@ final class JinjaLimits: @unchecked Sendable {
 
     var steps = 0
     var depth = 0
+    /// The render's namespace objects: the only references in a template's values, so the only way to a cycle
+    /// (`set ns.me = ns`); `releaseNamespaces` breaks them when the render ends.
+    var namespaces: [JinjaNamespace] = []
+
+    /// Empties every namespace the render made, so no cycle outlives it.
+    func releaseNamespaces() {
+        for namespace in namespaces { namespace.attributes = JinjaDict() }
+        namespaces = []
+    }
 
     func step(line: Int) throws(JinjaError) {
         steps += 1
