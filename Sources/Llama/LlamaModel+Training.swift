@@ -421,6 +421,19 @@ extension LlamaModel {
         addInPlace(output, s.x2.pointer, count: N * c.dim)
     }
 
+    /// The gradient before a post-norm (Gemma), in `ws.dPost`; without one, `dOut` itself.
+    private func postNormBackward(
+        _ weight: UnsafeMutablePointer<Float>?, dOut: UnsafePointer<Float>, input: UnsafePointer<Float>,
+        rstd: UnsafePointer<Float>, ws: TrainingWorkspace
+    ) -> UnsafePointer<Float> {
+        guard let weight else { return dOut }
+        ws.dPost.zero()
+        rmsNormBackward(
+            dInput: ws.dPost.pointer, dWeight: nil, dOut: dOut, input: input, weight: weight, rstd: rstd, rows: ws.rows,
+            dim: config.dim)
+        return UnsafePointer(ws.dPost.pointer)
+    }
+
     private func blockBackward(
         _ l: Int, input x: UnsafePointer<Float>, buffers s: BlockBuffers, batch: TrainingBatch, adapter: LoRAAdapter,
         gradients: FloatBuffer, dropout: DropoutPlan?, ws: TrainingWorkspace
@@ -436,14 +449,8 @@ extension LlamaModel {
         // Feed-forward: x' = x2 + [PostNorm](down(act(gate(h2)) ⊙ up(h2))).
         normalized(h, s.x2.pointer, s.rstd2.pointer, w.ffnNorm, rows: N)
         gatedForward(c.activation, out: ws.hidden.pointer, gate: s.gate.pointer, up: s.up.pointer, count: N * c.ffnDim)
-        var dDown = UnsafePointer(dx)
-        if let post = w.postFFNNorm {
-            ws.dPost.zero()
-            rmsNormBackward(
-                dInput: ws.dPost.pointer, dWeight: nil, dOut: dx, input: s.ffnOutput.pointer, weight: post,
-                rstd: s.rstdPostFFN.pointer, rows: N, dim: c.dim)
-            dDown = UnsafePointer(ws.dPost.pointer)
-        }
+        let dDown = postNormBackward(
+            w.postFFNNorm, dOut: dx, input: s.ffnOutput.pointer, rstd: s.rstdPostFFN.pointer, ws: ws)
         projectBackward(
             .down, layer: l, weight: w.down, input: ws.hidden.pointer, dOut: dDown, dInput: ws.dHidden.pointer,
             accumulate: false, buffers: s, rows: N, adapter: adapter, gradients: gradients, dropout: dropout, ws: ws)
@@ -462,14 +469,9 @@ extension LlamaModel {
         // Attention: x2 = x + [PostNorm](o(attention(rope(q(h1)), rope(k(h1)), v(h1)))). The attention output is
         // not kept: o's backward runs without its input, the attention backward recomputes the output when o's
         // LoRA A needs it, and dA follows.
-        var dO = UnsafePointer(dx)
-        if let post = w.postAttentionNorm {
-            ws.dPost.zero()
-            rmsNormBackward(
-                dInput: ws.dPost.pointer, dWeight: nil, dOut: dx, input: s.attentionProjection.pointer, weight: post,
-                rstd: s.rstdPostAttention.pointer, rows: N, dim: c.dim)
-            dO = UnsafePointer(ws.dPost.pointer)
-        }
+        let dO = postNormBackward(
+            w.postAttentionNorm, dOut: dx, input: s.attentionProjection.pointer, rstd: s.rstdPostAttention.pointer,
+            ws: ws)
         let dAtt = ws.dAttention.pointer
         w.o.multiply(dAtt, dO, n: N)
         let oModule = adapter.module(layer: l, target: .o)
