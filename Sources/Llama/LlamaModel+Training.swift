@@ -519,11 +519,6 @@ extension LlamaModel {
             dim: c.dim)
     }
 
-    private func addInPlace(_ y: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, count: Int) {
-        Parallel.forRanges(count, grain: 1 << 14) { range in
-            for i in range { y[i] += x[i] }
-        }
-    }
 }
 
 extension LlamaModel {

@@ -155,7 +155,8 @@ public final class LlamaModel: @unchecked Sendable {
         return UnsafePointer(h)
     }
 
-    private func addInPlace(_ y: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, count: Int) {
+    /// y += x over `count` values (residual adds), split across cores.
+    func addInPlace(_ y: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, count: Int) {
         Parallel.forRanges(count, grain: 1 << 14) { range in
             for i in range { y[i] += x[i] }
         }
