@@ -1,6 +1,6 @@
 // The chaos scenarios: real sync jobs on the tiny model across network namespaces (Cluster/netns), each fault
 // injected mid-job, each final adapter compared with one machine's `cairn train` of the same job file (the
-// splits differ, so floating-point sums reorder: within 1e-5, not bit for bit), each journal checked step by
+// splits differ, so floating-point sums reorder: within 1e-5 per 300 steps, not bit for bit), each journal checked step by
 // step. Every test appends its row of Docs/RELIABILITY.md to $CAIRN_RELIABILITY_OUT.
 //
 // Rerun one: CAIRN_CHAOS=1 swift test -c release --filter ChaosTests/<name>   (as root)
@@ -12,16 +12,20 @@ import TestSupport
 import Testing
 
 @Suite(.serialized, .enabled(if: NetnsCluster.enabled)) struct ChaosTests {
-    static let tolerance = 1e-5
+    /// How far (relative L2, per tensor) the cluster's adapter may be from one machine's after `steps` steps. Each
+    /// step's sums reorder with the split, and Adam carries the last-bit differences forward, so the gap grows with
+    /// the steps: measured 1.2e-6 at 300 steps and 5.7e-6 to 1.1e-5 at 1000 (the share done on one worker alone
+    /// moves it). A lost or doubled row changes a whole step's gradient by an eighth, not in its last bits.
+    static func tolerance(steps: Int) -> Double { 1e-5 * max(1, Double(steps) / 300) }
 
     /// The checks every scenario ends with: the job finished, every step journaled exactly once, the adapter
-    /// within 1e-5 of one machine's. Returns the adapter difference.
+    /// within `tolerance(steps:)` of one machine's. Returns the adapter difference.
     func finish(_ c: NetnsCluster, _ id: String, jobFile: String, steps: Int) throws -> Double {
         let final = c.waitForJob(id, seconds: 300)
         #expect(final?["state"] == "done", "\(c.logs)")
         #expect(try c.journaledSteps(id) == Array(1...steps), "each step journaled exactly once")
         let difference = try c.adapterDifferenceFromOneMachine(job: id, jobFile: jobFile)
-        #expect(difference < Self.tolerance, "final adapter vs one machine: \(difference)")
+        #expect(difference < Self.tolerance(steps: steps), "final adapter vs one machine: \(difference)")
         return difference
     }
 
