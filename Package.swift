@@ -84,7 +84,8 @@ let package = Package(
         .testTarget(
             name: "CoordinatorTests",
             dependencies: [
-                "Coordinator", "Worker", "Transport", "Wire", "Training", "Llama", "ModelFormats", "TestSupport",
+                "Coordinator", "Worker", "Transport", "Wire", "Training", "Llama", "ModelFormats", "TensorKernels",
+                "TestSupport",
             ]),
         // Real processes and real sockets on loopback: a coordinator and workers started from the built binary.
         .testTarget(

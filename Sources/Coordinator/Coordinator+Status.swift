@@ -165,7 +165,7 @@ extension Coordinator {
                 v.state = "failed"
                 v.error = fault.message
             } else {
-                let busy = job?.busyWorkers.contains(w.id) ?? false
+                let busy = schedule?.busyWorkers.contains(w.id) ?? false
                 v.state = busy ? "computing" : job == nil ? "idle" : w.readyJob == job?.id ? "ready" : "loading"
             }
             v.lastHeard = max(0, now - p.lastSeen)

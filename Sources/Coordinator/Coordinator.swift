@@ -119,6 +119,8 @@ public final class Coordinator: @unchecked Sendable {
     private var router: RouterEndpoint?
     var peers: [[UInt8]: Peer] = [:]
     var job: (any RunningJob)?
+    /// The running job's schedule: what to compute, by whom, and when a unit is complete.
+    var schedule: JobSchedule?
     /// What this process has counted (traffic, step times, transfers, shares).
     var metrics = CoordinatorMetrics()
     /// The dashboard, JSON API and /metrics; requests wait in the mailbox for this thread to answer them.
@@ -410,40 +412,34 @@ public final class Coordinator: @unchecked Sendable {
         peers[rid]?.worker?.fault = (job.id, "\(m.string("code")): \(text)")
         peers[rid]?.worker?.readyJob = nil
         log("worker \(peers[rid]!.label) cannot take part in \(job.id) and is left out of it: \(text)")
-        if let sync = job as? SyncJob { sync.updateWork { $0.lose(worker: worker.id) } }
-        job.evaluation?.updateWork { $0.lose(worker: worker.id) }
+        schedule(.gone(worker: worker.id), now: Self.now)
     }
 
     private func ready(_ rid: [UInt8], _ m: Message) {
-        guard let job, m.string("job") == job.id, peers[rid]?.worker != nil else { return }
+        guard let job, m.string("job") == job.id, let w = peers[rid]?.worker else { return }
         peers[rid]?.worker?.readyJob = job.id
         log("worker \(peers[rid]!.label) is ready for \(job.id)")
+        schedule(
+            .ready(worker: w.id, gflops: w.gflops, rowsPerSecond: w.rowsPerSecond, localExamples: w.localExamples),
+            now: Self.now)
     }
 
     private func result(_ rid: [UInt8], _ m: Message, now: Double) {
         guard let job = job as? SyncJob, m.string("job") == job.id, let worker = peers[rid]?.worker else { return }
-        guard m.int("step") == job.step + 1 else { return }
-        var accepted: Assignment?
-        job.updateWork { accepted = $0.complete(m.int("assignment"), worker: worker.id) }
-        guard let a = accepted else {
-            log("ignored a result for assignment \(m.int("assignment")) from \(worker.name) (no longer outstanding)")
-            return
-        }
         guard let g = m.tensor("gradient"), g.dtype == .f32, g.count == job.adapter.parameters.count else {
             log("dropped a malformed gradient from \(worker.name); its rows go to others")
-            job.updateWork { $0.lose(worker: worker.id) }
             peers[rid]?.bad += 1
+            schedule(.malformed(worker: worker.id, assignment: m.int("assignment")), now: now)
             return
         }
-        job.add(
-            gradient: g.floats(), loss: m.double("loss"), tokens: m.int("tokens"), seconds: m.double("seconds"),
-            worker: worker.id)
-        // Speed from the turnaround (sent to received), not the compute time the worker reports: a worker on a
-        // slow link is slower to the job however fast it computes, and gets fewer rows.
-        let seconds = max(1e-3, now - a.started, m.double("seconds"))
-        let speed = Double(a.rows.count) / seconds
-        let previous = peers[rid]?.worker?.rowsPerSecond
-        peers[rid]?.worker?.rowsPerSecond = previous.map { 0.5 * $0 + 0.5 * speed } ?? speed
+        let event = JobSchedule.Event.result(
+            worker: worker.id, assignment: m.int("assignment"), kind: .step, unit: m.int("step"),
+            seconds: m.double("seconds"))
+        schedule(event, now: now) { _ in
+            job.add(
+                gradient: g.floats(), loss: m.double("loss"), tokens: m.int("tokens"), seconds: m.double("seconds"),
+                worker: worker.id)
+        }
     }
 
     private func fetch(_ rid: [UInt8], _ m: Message) {
@@ -481,13 +477,11 @@ public final class Coordinator: @unchecked Sendable {
         guard let peer = peers.removeValue(forKey: rid) else { return }
         guard let worker = peer.worker else { return }
         if why.hasPrefix("lost (silent") { workersDeclaredSilent += 1 }
-        var lost: [Assignment] = []
-        if let sync = job as? SyncJob { sync.updateWork { lost = $0.lose(worker: worker.id) } }
-        if let rounds = job as? RoundJob { lost = rounds.lose(worker: worker.id) }
-        job?.evaluation?.updateWork { lost += $0.lose(worker: worker.id) }
-        log(
-            "worker \(peer.label) \(why)"
-                + (lost.isEmpty ? "" : "; its \(lost.reduce(0) { $0 + $1.rows.count }) rows go to others"))
+        let released = schedule(.gone(worker: worker.id), now: Self.now).reduce(0) {
+            if case .released(let a, _) = $1 { return $0 + a.rows.count }
+            return $0
+        }
+        log("worker \(peer.label) \(why)" + (released == 0 ? "" : "; its \(released) rows go to others"))
     }
 
     // MARK: Clients
@@ -553,12 +547,13 @@ public final class Coordinator: @unchecked Sendable {
             return
         }
         if let job, job.id == id {
+            let busy = schedule?.busyWorkers ?? []
             for (prid, p) in peers {
-                if let w = p.worker, job.busyWorkers.contains(w.id) {
+                if let w = p.worker, busy.contains(w.id) {
                     send(prid, Message(.revoke, ["job": .string(id), "assignment": 0]))
                 }
             }
-            self.job = nil
+            stopJob()
         }
         try? store.setState(id, .cancelled)
         log("\(id) cancelled")
@@ -625,31 +620,102 @@ public final class Coordinator: @unchecked Sendable {
             }
         }
         if job == nil { activateNextJob() }
-        if let job, let evaluation = job.evaluation {
-            tickEvaluation(evaluation, of: job, now: now)
-        } else if let sync = job as? SyncJob {
-            tickSync(sync, now: now)
-        } else if let rounds = job as? RoundJob {
-            tickRounds(rounds, now: now)
+        schedule(.tick, now: now)
+    }
+
+    // MARK: Scheduling
+
+    /// Hands an event to the running job's schedule and performs the actions it returns, in order (an `accept` by
+    /// `accept`, which adds the result's payload); returns them. Stops early when an action ends the job.
+    @discardableResult
+    private func schedule(
+        _ event: JobSchedule.Event, now: Double, accept: (Assignment) -> Void = { _ in }
+    ) -> [JobSchedule.Action] {
+        guard let job, var s = schedule else { return [] }
+        let actions = s.handle(event, now: now)
+        schedule = s
+        for (rid, p) in peers {
+            if let id = p.worker?.id, let speed = s.workers[id]?.rowsPerSecond { peers[rid]?.worker?.rowsPerSecond = speed }
+        }
+        for action in actions {
+            guard self.job === job else { break }
+            if case .accept(let a, _) = action { accept(a) } else { perform(action, job: job, now: now) }
+        }
+        return actions
+    }
+
+    private func perform(_ action: JobSchedule.Action, job: any RunningJob, now: Double) {
+        switch action {
+        case .begin(.step, _): (job as? SyncJob)?.startStep(now: now)
+        case .begin(.round, _): (job as? RoundJob)?.startRound(now: now)
+        case .begin(.evaluation, let after):
+            if let plan = job.prepared.validationPlan {
+                job.evaluation = Evaluation(step: after, plan: plan, length: job.prepared.config.sequenceLength)
+            }
+        case .assign(let a, let kind, let unit):
+            guard let rid = peers.first(where: { $0.value.worker?.id == a.worker })?.key,
+                let m = assignment(a, kind, unit: unit, of: job)
+            else { return }
+            job.countBytes(send(rid, m))
+        case .revoke(let a, let kind):
+            log(
+                kind == .round
+                    ? "\(name(of: a.worker)) missed the deadline of round \(job.step + 1); the round goes on without it"
+                    : "assignment \(a.id) of \(kind == .step ? "step \(job.step + 1)" : "the evaluation") missed its "
+                        + "deadline; its \(a.rows.count) rows go to others")
+            if let rid = peers.first(where: { $0.value.worker?.id == a.worker })?.key {
+                send(rid, Message(.revoke, ["job": .string(job.id), "assignment": .integer(Int64(a.id))]))
+            }
+        case .released, .accept: break
+        case .ignore(let worker, let assignment, let kind):
+            log("ignored a \(kind.rawValue) result for assignment \(assignment) from \(name(of: worker)) (not outstanding)")
+        case .finish(.step, _, let rows):
+            guard let sync = job as? SyncJob else { return }
+            let (record, checkpoint) = sync.finishStep(now: now, rows: rows)
+            journal(job, record: record, checkpoint: checkpoint)
+        case .finish(.round, _, _):
+            guard let rounds = job as? RoundJob else { return }
+            let (record, checkpoint) = rounds.finishRound(now: now)
+            journal(job, record: record, checkpoint: checkpoint)
+        case .finish(.evaluation, _, _):
+            guard let evaluation = job.evaluation else { return }
+            job.evaluation = nil
+            journalEvaluation(evaluation, of: job)
+        case .complete: complete(job)
         }
     }
 
-    private func tickSync(_ job: SyncJob, now: Double) {
-        if job.work == nil, !job.isFinished, !readyWorkers(job).isEmpty { job.startStep(now: now) }
-        if job.work != nil {
-            handOut(job, of: job, label: "step \(job.step + 1)", now: now) { a in
-                let batch = job.batch(rows: a.rows)
-                return Message(
-                    .assign,
-                    [
-                        "job": .string(job.id), "assignment": .integer(Int64(a.id)),
-                        "step": .integer(Int64(job.step + 1)), "rows": .integer(Int64(a.rows.count)),
-                    ],
-                    tensors: [Tensor(name: "parameters", floats: UnsafeBufferPointer(job.adapter.parameters.buffer))]
-                        + Self.rowTensors(batch))
-            }
+    /// The message that hands an assignment to its worker.
+    private func assignment(_ a: Assignment, _ kind: WorkKind, unit: Int, of job: any RunningJob) -> Message? {
+        let parameters = Tensor(name: "parameters", floats: UnsafeBufferPointer(job.adapter.parameters.buffer))
+        switch kind {
+        case .step:
+            guard let sync = job as? SyncJob else { return nil }
+            return Message(
+                .assign,
+                [
+                    "job": .string(job.id), "assignment": .integer(Int64(a.id)), "step": .integer(Int64(unit)),
+                    "rows": .integer(Int64(a.rows.count)),
+                ], tensors: [parameters] + Self.rowTensors(sync.batch(rows: a.rows)))
+        case .evaluation:
+            guard let evaluation = job.evaluation else { return nil }
+            return Message(
+                .evaluate,
+                [
+                    "job": .string(job.id), "assignment": .integer(Int64(a.id)), "step": .integer(Int64(unit)),
+                    "rows": .integer(Int64(a.rows.count)),
+                ], tensors: [parameters] + Self.rowTensors(evaluation.batch(rows: a.rows)))
+        case .round:
+            guard let rounds = job as? RoundJob else { return nil }
+            let steps = rounds.stepsThisRound
+            return Message(
+                .roundAssign,
+                [
+                    "job": .string(job.id), "assignment": .integer(Int64(a.id)), "round": .integer(Int64(unit)),
+                    "first_step": .integer(Int64((unit - 1) * rounds.innerSteps)), "steps": .integer(Int64(steps)),
+                    "rows_per_step": .integer(Int64(job.prepared.rowsPerStep)),
+                ], tensors: [rounds.parametersTensor()] + (rounds.batch(rows: a.rows.count).map(Self.rowTensors) ?? []))
         }
-        if let work = job.work, work.isComplete { finishStep(job, now: now) }
     }
 
     static func rowTensors(_ batch: TrainingBatch) -> [Tensor] {
@@ -659,173 +725,37 @@ public final class Coordinator: @unchecked Sendable {
         ]
     }
 
-    // MARK: Evaluation
-
-    /// Hands the held-out rows to the ready workers (forward only), and journals the evaluation once every row's
-    /// loss is in.
-    private func tickEvaluation(_ evaluation: Evaluation, of job: any RunningJob, now: Double) {
-        handOut(evaluation, of: job, label: "the evaluation after \(job.unitName) \(evaluation.step)", now: now) { a in
-            Message(
-                .evaluate,
-                [
-                    "job": .string(job.id), "assignment": .integer(Int64(a.id)),
-                    "step": .integer(Int64(evaluation.step)), "rows": .integer(Int64(a.rows.count)),
-                ],
-                tensors: [Tensor(name: "parameters", floats: UnsafeBufferPointer(job.adapter.parameters.buffer))]
-                    + Self.rowTensors(evaluation.batch(rows: a.rows)))
-        }
-        guard evaluation.isComplete else { return }
-        nextEvaluationAssignment = evaluation.work.nextAssignmentId
-        job.evaluation = nil
-        let record = evaluation.record
-        do { try store.journalEval(job: job.id, record) } catch {
-            log("cannot journal the evaluation of \(job.id): \(error); stopping the job")
-            try? store.setState(job.id, .failed, error: "cannot journal an evaluation: \(error)")
-            self.job = nil
+    private func roundResult(_ rid: [UInt8], _ m: Message, now: Double) {
+        guard let job = job as? RoundJob, m.string("job") == job.id, let worker = peers[rid]?.worker else { return }
+        guard let delta = job.delta(of: m) else {
+            log("dropped a round result from \(worker.name) whose tensors do not fit the job; the round goes on without it")
+            peers[rid]?.bad += 1
+            schedule(.malformed(worker: worker.id, assignment: m.int("assignment")), now: now)
             return
         }
-        log(
-            "\(job.id) eval after \(job.unitName) \(record.step): loss \(String(format: "%.4f", record.loss)) over "
-                + "\(record.tokens) held-out tokens")
-        if job.isFinished { complete(job) }
-    }
-
-    /// Begins an evaluation of the job's adapter as it is after `step`.
-    private func startEvaluation(_ job: any RunningJob, after step: Int) {
-        guard let plan = job.prepared.validationPlan else { return }
-        job.evaluation = Evaluation(
-            step: step, plan: plan, length: job.prepared.config.sequenceLength,
-            firstAssignment: nextEvaluationAssignment)
+        let event = JobSchedule.Event.result(
+            worker: worker.id, assignment: m.int("assignment"), kind: .round, unit: m.int("round"),
+            seconds: m.double("seconds"))
+        schedule(event, now: now) { a in
+            job.add(
+                delta: delta, loss: m.double("loss"), tokens: m.int("tokens"), seconds: m.double("seconds"),
+                rows: a.rows.count, worker: worker.id)
+        }
     }
 
     private func evalResult(_ rid: [UInt8], _ m: Message) {
-        guard let job, m.string("job") == job.id, let evaluation = job.evaluation, m.int("step") == evaluation.step,
-            let worker = peers[rid]?.worker
+        guard let job, m.string("job") == job.id, let evaluation = job.evaluation, let worker = peers[rid]?.worker
         else { return }
-        var accepted: Assignment?
-        evaluation.updateWork { accepted = $0.complete(m.int("assignment"), worker: worker.id) }
-        guard accepted != nil else {
-            log("ignored an evaluation result from \(worker.name) (no longer outstanding)")
-            return
-        }
-        evaluation.add(loss: m.double("loss"), tokens: m.int("tokens"))
+        let event = JobSchedule.Event.result(
+            worker: worker.id, assignment: m.int("assignment"), kind: .evaluation, unit: m.int("step"),
+            seconds: m.double("seconds"))
+        schedule(event, now: Self.now) { _ in evaluation.add(loss: m.double("loss"), tokens: m.int("tokens")) }
     }
 
-    private func tickRounds(_ job: RoundJob, now: Double) {
-        let ready = readyWorkers(job).filter { !job.federated || ($0.worker.localExamples ?? 0) > 0 }
-        if !job.inProgress, !job.isFinished, !ready.isEmpty { job.startRound(now: now) }
-        guard job.inProgress else { return }
-        for a in job.expire(now: now) {
-            log("\(a.worker) missed the deadline of round \(job.step + 1); the round goes on without it")
-            if let rid = peers.first(where: { $0.value.worker?.id == a.worker })?.key {
-                send(rid, Message(.revoke, ["job": .string(job.id), "assignment": .integer(Int64(a.id))]))
-            }
-        }
-        let busy = job.busyWorkers
-        for (rid, w) in ready where !busy.contains(w.id) && !job.participants.contains(w.id) {
-            let steps = job.stepsThisRound
-            let deadline: Double =
-                w.rowsPerSecond.map {
-                    max(
-                        options.deadlineFloor, 3 * Double(steps * job.prepared.rowsPerStep) / $0 + options.deadlineFloor
-                    )
-                } ?? options.firstDeadline * 3
-            guard let (a, batch) = job.assign(worker: w.id, now: now, deadline: deadline) else { continue }
-            var tensors = [job.parametersTensor()]
-            if let batch {
-                tensors += [
-                    Tensor(name: "tokens", ints: batch.tokens), Tensor(name: "targets", ints: batch.targets),
-                    Tensor(name: "positions", ints: batch.positions),
-                    Tensor(name: "starts", ints: batch.documentStarts),
-                ]
-            }
-            let m = Message(
-                .roundAssign,
-                [
-                    "job": .string(job.id), "assignment": .integer(Int64(a.id)), "round": .integer(Int64(job.step + 1)),
-                    "first_step": .integer(Int64(job.step * job.innerSteps)), "steps": .integer(Int64(steps)),
-                    "rows_per_step": .integer(Int64(job.prepared.rowsPerStep)),
-                ], tensors: tensors)
-            job.countBytes(send(rid, m))
-        }
-        if job.roundComplete { finishRound(job, now: now) }
-    }
+    // MARK: Journal
 
-    private func roundResult(_ rid: [UInt8], _ m: Message, now: Double) {
-        guard let job = job as? RoundJob, m.string("job") == job.id, let worker = peers[rid]?.worker else { return }
-        guard job.accept(m, worker: worker.id) else {
-            log("ignored a round result from \(worker.name) (not outstanding, or its tensors do not fit)")
-            return
-        }
-        let rows = Double(job.stepsThisRound * job.prepared.rowsPerStep)
-        let speed = rows / max(1e-3, m.double("seconds"))
-        let previous = peers[rid]?.worker?.rowsPerSecond
-        peers[rid]?.worker?.rowsPerSecond = previous.map { 0.5 * $0 + 0.5 * speed } ?? speed
-    }
-
-    private func finishRound(_ job: RoundJob, now: Double) {
-        let (record, checkpoint) = job.finishRound(now: now)
-        journal(job, record: record, checkpoint: checkpoint)
-    }
-
-    private func readyWorkers(_ job: any RunningJob) -> [(rid: [UInt8], worker: WorkerInfo)] {
-        peers.compactMap { rid, p in
-            guard let w = p.worker, w.readyJob == job.id else { return nil }
-            return (rid, w)
-        }.sorted { $0.worker.id < $1.worker.id }
-    }
-
-    /// Revokes the assignments of `rows` past their deadline (their rows become pending again) and hands the
-    /// pending rows to the job's idle ready workers; `message` builds what an assignment sends.
-    private func handOut(
-        _ rows: any RowWork, of job: any RunningJob, label: String, now: Double, message: (Assignment) -> Message
-    ) {
-        var late: [Assignment] = []
-        rows.updateWork { late = $0.expire(now: now) }
-        for a in late {
-            log("assignment \(a.id) of \(label) missed its deadline; its \(a.rows.count) rows go to others")
-            if let rid = peers.first(where: { $0.value.worker?.id == a.worker })?.key {
-                send(rid, Message(.revoke, ["job": .string(job.id), "assignment": .integer(Int64(a.id))]))
-            }
-        }
-        let ready = readyWorkers(job)
-        guard !ready.isEmpty, let work = rows.rowWork, !work.pending.isEmpty else { return }
-        let busy = job.busyWorkers
-        let idle = ready.filter { !busy.contains($0.worker.id) }
-        guard !idle.isEmpty else { return }
-        // Speeds: measured rows/s when every idle worker has one, else the kernel benchmark.
-        let measured = idle.allSatisfy { $0.worker.rowsPerSecond != nil }
-        let speeds = idle.map {
-            (worker: $0.worker.id, speed: measured ? $0.worker.rowsPerSecond! : max(0.1, $0.worker.gflops))
-        }
-        let byId = Dictionary(idle.map { ($0.worker.id, $0) }, uniquingKeysWith: { a, _ in a })
-        var assignments: [Assignment] = []
-        rows.updateWork {
-            assignments = $0.distribute(idle: speeds, now: now) { id, rows in
-                guard let rps = byId[id]?.worker.rowsPerSecond else { return self.options.firstDeadline }
-                return max(self.options.deadlineFloor, 3 * Double(rows) / rps + self.options.deadlineFloor / 2)
-            }
-        }
-        // A ready worker left without rows (too slow for a share, e.g. behind a slow link) has its speed estimate
-        // raised a little each time, so every few dozen steps it is tried again with a row and re-measured: a link
-        // that got better is noticed, and a straggler costs at most an occasional slow step.
-        let assigned = Set(assignments.map(\.worker))
-        for w in idle where !assigned.contains(w.worker.id) {
-            if let s = peers[w.rid]?.worker?.rowsPerSecond { peers[w.rid]?.worker?.rowsPerSecond = s * 1.1 }
-        }
-        for a in assignments {
-            guard let rid = byId[a.worker]?.rid else { continue }
-            job.countBytes(send(rid, message(a)))
-        }
-    }
-
-    private func finishStep(_ job: SyncJob, now: Double) {
-        let (record, checkpoint) = job.finishStep(now: now)
-        journal(job, record: record, checkpoint: checkpoint)
-    }
-
-    /// Journals a completed step or round (checkpoint blob first, then the step's row and the job's pointer in
-    /// one transaction), drops the previous checkpoint, and completes the job after its last unit.
+    /// Journals a completed step or round: checkpoint blob first, then the step's row and the job's pointer in one
+    /// transaction, then the previous checkpoint dropped.
     private func journal(_ job: any RunningJob, record: StepRecord, checkpoint: Checkpoint) {
         let previous = job.record.checkpointBlob
         do {
@@ -841,7 +771,7 @@ public final class Coordinator: @unchecked Sendable {
         } catch {
             log("cannot journal \(job.unitName) \(record.step) of \(job.id): \(error); stopping the job")
             try? store.setState(job.id, .failed, error: "cannot journal \(job.unitName) \(record.step): \(error)")
-            self.job = nil
+            stopJob()
             return
         }
         metrics.observeStep(mode: job.record.mode, seconds: record.seconds)
@@ -852,16 +782,28 @@ public final class Coordinator: @unchecked Sendable {
             "\(job.id) \(job.unitName) \(record.step)/\(job.units) loss \(String(format: "%.4f", record.loss)) "
                 + "\(record.tokens) tok \(String(format: "%.2f", record.seconds)) s \(record.bytes >> 10) KiB [\(shares)]"
         )
-        if job.evaluationDue(after: record.step) {
-            startEvaluation(job, after: record.step)
-        } else if job.isFinished {
-            complete(job)
+    }
+
+    private func journalEvaluation(_ evaluation: Evaluation, of job: any RunningJob) {
+        let record = evaluation.record
+        do { try store.journalEval(job: job.id, record) } catch {
+            log("cannot journal the evaluation of \(job.id): \(error); stopping the job")
+            try? store.setState(job.id, .failed, error: "cannot journal an evaluation: \(error)")
+            stopJob()
+            return
         }
+        log(
+            "\(job.id) eval after \(job.unitName) \(record.step): loss \(String(format: "%.4f", record.loss)) over "
+                + "\(record.tokens) held-out tokens")
+    }
+
+    /// Drops the running job (cancelled, failed or done) and its schedule.
+    private func stopJob() {
+        job = nil
+        schedule = nil
     }
 
     private var lastCheckpoint: [String: String] = [:]
-    /// Evaluation assignment ids, like steps', start at a random point per coordinator run.
-    private var nextEvaluationAssignment = Int.random(in: 1...(1 << 31)) << 20
 
     private func name(of workerId: String) -> String {
         peers.values.first { $0.worker?.id == workerId }?.worker?.name ?? workerId
@@ -875,15 +817,17 @@ public final class Coordinator: @unchecked Sendable {
             let j = try loadJob(record: record, blobs: blobs)
             try store.setState(record.id, .running)
             job = j as any RunningJob
+            // Assignment ids start at a random point per run, so a result computed for an assignment of an earlier
+            // run (before a restart) never matches one of this run. Stopped between a unit and its evaluation: the
+            // evaluation runs first.
+            schedule = JobSchedule(
+                plan: j.plan, unit: j.step,
+                evaluationPending: j.step > 0 && (try? store.lastEval(job: j.id))?.step != j.step,
+                firstAssignment: Int.random(in: 1...(1 << 31)) << 20,
+                deadlines: Deadlines(floor: options.deadlineFloor, first: options.firstDeadline))
             lastCheckpoint[j.id] = record.checkpointBlob
             log("\(j.id) running from \(j.unitName) \(j.step) of \(j.units)")
             for (rid, p) in peers where p.worker != nil { sendJob(rid, j) }
-            // Stopped between a step and its evaluation: evaluate now.
-            if j.step > 0, j.evaluationDue(after: j.step), (try? store.lastEval(job: j.id))?.step != j.step {
-                startEvaluation(j, after: j.step)
-            } else if j.isFinished {
-                complete(j)
-            }
         } catch {
             failedToLoad.insert(record.id)
             log("\(record.id) cannot run: \(error)")
@@ -915,7 +859,7 @@ public final class Coordinator: @unchecked Sendable {
             log("\(job.id) finished training but its adapter cannot be written: \(error)")
             try? store.setState(job.id, .failed, error: "cannot write the adapter: \(error)")
         }
-        self.job = nil
+        stopJob()
     }
 }
 

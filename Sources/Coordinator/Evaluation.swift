@@ -1,6 +1,7 @@
-// Evaluation: one pass of a job's adapter over its held-out rows, split across workers like a sync step (the same
-// StepWork bookkeeping: shares by speed, deadlines, a lost worker's rows back to the others, results accepted once),
-// but forward only: each worker returns the summed loss and the token count of its rows. The held-out loss is the
+// Evaluation: one pass of a job's adapter over its held-out rows, split across workers like a sync step (the
+// JobSchedule hands them out with the same StepWork bookkeeping: shares by speed, deadlines, a lost worker's rows
+// back to the others, results accepted once), but forward only: each worker returns the summed loss and the token
+// count of its rows. The held-out loss is the
 // sum over all rows divided by their tokens, as `cairn train` computes it on one machine.
 //
 // When: after the steps (or rounds) where `cairn train` would evaluate (every eval_every optimizer steps, and after
@@ -10,28 +11,19 @@
 import Llama
 import Training
 
-/// Rows shared out among workers: a sync step's, or an evaluation's.
-protocol RowWork: AnyObject {
-    /// The bookkeeping, when work is in progress.
-    var rowWork: StepWork? { get }
-    func updateWork(_ body: (inout StepWork) -> Void)
-}
-
-/// An evaluation in progress.
-final class Evaluation: RowWork {
+/// An evaluation in progress: its rows and the losses summed so far.
+final class Evaluation {
     /// The step or round of the job it evaluates (the unit the job journals).
     let step: Int
-    private(set) var work: StepWork
     private let rows: [TrainingBatch]
     private let length: Int
     private(set) var lossSum = 0.0
     private(set) var tokens = 0
 
-    init(step: Int, plan: RowPlan, length: Int, firstAssignment: Int) {
+    init(step: Int, plan: RowPlan, length: Int) {
         self.step = step
         self.length = length
         rows = (0..<plan.rowCount(epoch: 0)).map { plan.row(at: $0).row }
-        work = StepWork(rows: rows.count, firstAssignment: firstAssignment)
     }
 
     /// The rows of an assignment as one batch.
@@ -39,23 +31,12 @@ final class Evaluation: RowWork {
         TrainingBatch(concatenating: indices.map { rows[$0] }, length: length)
     }
 
-    var rowWork: StepWork? { work }
-    func updateWork(_ body: (inout StepWork) -> Void) { body(&work) }
-
     /// Adds an accepted result.
     func add(loss: Double, tokens n: Int) {
         lossSum += loss
         tokens += n
     }
 
-    var isComplete: Bool { work.isComplete }
-
     /// The record to journal.
     var record: EvalRecord { EvalRecord(step: step, loss: tokens > 0 ? lossSum / Double(tokens) : 0, tokens: tokens) }
-
-    /// Whether `cairn train` would evaluate after optimizer step `local` having been at `previous` before (the
-    /// unit just journaled covered the steps in between): every `every` steps (0: never), and after the last.
-    static func due(every: Int, previous: Int, local: Int, total: Int) -> Bool {
-        local >= total || (every > 0 && local / every > previous / every)
-    }
 }

@@ -5,9 +5,8 @@
 // ΔW space (Adapters.OuterOptimizer). With compression on, the global adapter is kept bf16-representable, so the
 // bf16 copy broadcast to workers is exactly the coordinator's.
 //
-// A worker takes at most one assignment per round. A worker lost mid-round contributes nothing to it (its rows
-// are skipped, not counted); the round completes when every outstanding assignment is in or given up on and at
-// least one result arrived.
+// Who takes part in a round, deadlines and when it is complete are the JobSchedule's; this is the round's
+// arithmetic. A worker lost mid-round contributes nothing to it (its rows are skipped, not counted).
 
 import Adapters
 import Foundation
@@ -38,17 +37,14 @@ final class RoundJob: RunningJob {
     /// Local steps each worker has taken so far.
     var localSteps: Int { min(totalSteps, round * innerSteps) }
     var isFinished: Bool { round >= rounds }
+    var evaluation: Evaluation?
 
-    private(set) var inProgress = false
-    private(set) var outstanding: [Int: Assignment] = [:]
-    private(set) var participants: Set<String> = []
     private var results: [(parameters: [Float], weight: Double)] = []
     private var lossSum = 0.0
     private var tokens = 0
     private var shares: [String: WorkerShare] = [:]
     private var bytes = 0
     private var started = 0.0
-    private var nextAssignment = Int.random(in: 1...(1 << 31)) << 20
 
     init(record: JobRecord, blobs: BlobStore) throws(JobError) {
         id = record.id
@@ -97,10 +93,7 @@ final class RoundJob: RunningJob {
     }
 
     func startRound(now: Double) {
-        precondition(!inProgress && !isFinished)
-        inProgress = true
-        outstanding = [:]
-        participants = []
+        precondition(!isFinished)
         results = []
         lossSum = 0
         tokens = 0
@@ -111,75 +104,36 @@ final class RoundJob: RunningJob {
 
     func countBytes(_ n: Int) { bytes += n }
 
-    /// Hands a round's work to a worker; nil when it already took part in this round. For diloco, the rows
-    /// (steps × rows per step) come from the data stream.
-    func assign(worker: String, now: Double, deadline: Double) -> (Assignment, TrainingBatch?)? {
-        guard inProgress, !participants.contains(worker) else { return nil }
-        participants.insert(worker)
-        let rowCount = stepsThisRound * prepared.rowsPerStep
-        var batch: TrainingBatch?
-        if !federated {
-            batch = prepared.plan!.batch(from: cursor, count: rowCount)
-            cursor += rowCount
-        }
-        let a = Assignment(id: nextAssignment, worker: worker, rows: Array(0..<rowCount), deadline: now + deadline)
-        nextAssignment += 1
-        outstanding[a.id] = a
-        return (a, batch)
+    /// The rows of a diloco assignment of `count` rows, taken from the data stream (nil for federated jobs: the
+    /// workers train on their own data).
+    func batch(rows count: Int) -> TrainingBatch? {
+        guard !federated else { return nil }
+        defer { cursor += count }
+        return prepared.plan!.batch(from: cursor, count: count)
     }
 
-    /// Takes a worker's pseudo-gradient; false when the assignment is not outstanding or the tensors do not fit.
-    func accept(_ m: Message, worker: String) -> Bool {
-        guard let a = outstanding[m.int("assignment")], a.worker == worker, m.int("round") == round + 1 else {
-            return false
-        }
+    /// A result's pseudo-gradient, when its tensors fit the job.
+    func delta(of m: Message) -> [Float]? {
         guard let delta = compression.decode(m.tensors, name: "delta", count: adapter.parameters.count),
             delta.allSatisfy(\.isFinite)
-        else { return false }
-        outstanding[a.id] = nil
+        else { return nil }
+        return delta
+    }
+
+    /// Takes an accepted result: the worker's adapter (global − Δ), weighed by its trained tokens.
+    func add(delta: [Float], loss: Double, tokens n: Int, seconds: Double, rows: Int, worker: String) {
         let global = adapter.parameters.pointer
-        results.append(((0..<delta.count).map { global[$0] - delta[$0] }, Double(m.int("tokens"))))
-        lossSum += m.double("loss")
-        tokens += m.int("tokens")
-        shares[worker, default: WorkerShare(rows: 0)].add(
-            rows: a.rows.count, tokens: m.int("tokens"), seconds: m.double("seconds"))
-        return true
+        results.append(((0..<delta.count).map { global[$0] - delta[$0] }, Double(n)))
+        lossSum += loss
+        tokens += n
+        shares[worker, default: WorkerShare(rows: 0)].add(rows: rows, tokens: n, seconds: seconds)
     }
-
-    /// Gives up on a worker's assignment (its work this round is skipped).
-    @discardableResult
-    func lose(worker: String) -> [Assignment] {
-        let lost = outstanding.values.filter { $0.worker == worker }
-        for a in lost { outstanding[a.id] = nil }
-        return lost
-    }
-
-    func expire(now: Double) -> [Assignment] {
-        let late = outstanding.values.filter { $0.deadline <= now }
-        for a in late { outstanding[a.id] = nil }
-        return late
-    }
-
-    var busyWorkers: Set<String> {
-        Set(outstanding.values.map(\.worker)).union(evaluation?.work.busyWorkers ?? [])
-    }
-    var evaluation: Evaluation?
-
-    func evaluationDue(after unit: Int) -> Bool {
-        prepared.validationPlan != nil
-            && Evaluation.due(
-                every: prepared.config.evalEvery, previous: min(totalSteps, (unit - 1) * innerSteps),
-                local: min(totalSteps, unit * innerSteps), total: totalSteps)
-    }
-
-    var roundComplete: Bool { inProgress && outstanding.isEmpty && !results.isEmpty }
 
     /// Applies the outer step; returns the round's record and the checkpoint to journal.
     func finishRound(now: Double) -> (StepRecord, Checkpoint) {
         outer.step(global: adapter, workers: results)
         canonicalize()
         round += 1
-        inProgress = false
         let record = StepRecord(
             step: round, loss: tokens > 0 ? lossSum / Double(tokens) : 0, tokens: tokens, seconds: now - started,
             bytes: bytes, workers: shares, computeSeconds: shares.computeSeconds)

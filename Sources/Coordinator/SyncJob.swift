@@ -143,7 +143,8 @@ extension PreparedJob {
     }
 }
 
-/// What the coordinator's loop needs of any running job.
+/// What the coordinator's loop needs of any running job: its arithmetic and its files. Who computes what, and
+/// when a unit is complete, is the JobSchedule's.
 protocol RunningJob: AnyObject {
     var id: String { get }
     var record: JobRecord { get }
@@ -153,12 +154,8 @@ protocol RunningJob: AnyObject {
     var step: Int { get }
     var units: Int { get }
     var isFinished: Bool { get }
-    /// Workers with a step, round or evaluation assignment outstanding.
-    var busyWorkers: Set<String> { get }
     /// The evaluation on held-out rows in progress (the job waits for it).
     var evaluation: Evaluation? { get set }
-    /// Whether the unit (step or round) just journaled is one to evaluate after.
-    func evaluationDue(after unit: Int) -> Bool
     func countBytes(_ n: Int)
     func provenance() -> AdapterProvenance
 }
@@ -166,6 +163,15 @@ protocol RunningJob: AnyObject {
 extension RunningJob {
     /// What the job journals: "step" (sync) or "round" (diloco, federated).
     var unitName: String { self is SyncJob ? "step" : "round" }
+
+    /// The job's shape, for its schedule.
+    var plan: JobPlan {
+        let c = prepared.config
+        return JobPlan(
+            mode: JobPlan.Mode(rawValue: c.mode.rawValue) ?? .sync, totalSteps: prepared.totalSteps,
+            rowsPerStep: prepared.rowsPerStep, innerSteps: c.innerSteps,
+            evaluationRows: prepared.validationPlan?.rowCount(epoch: 0) ?? 0, evalEvery: c.evalEvery)
+    }
 }
 
 /// Loads a job of any mode, fresh or from its last journaled checkpoint.
@@ -175,7 +181,7 @@ func loadJob(record: JobRecord, blobs: BlobStore) throws(JobError) -> any Runnin
 }
 
 /// A running sync job.
-final class SyncJob: RunningJob, RowWork {
+final class SyncJob: RunningJob {
     let id: String
     let record: JobRecord
     let prepared: PreparedJob
@@ -187,25 +193,14 @@ final class SyncJob: RunningJob, RowWork {
     var totalSteps: Int { prepared.totalSteps }
     var isFinished: Bool { step >= totalSteps }
     var units: Int { totalSteps }
-    var busyWorkers: Set<String> { (work?.busyWorkers ?? []).union(evaluation?.work.busyWorkers ?? []) }
     var evaluation: Evaluation?
 
-    func evaluationDue(after unit: Int) -> Bool {
-        prepared.validationPlan != nil
-            && Evaluation.due(every: prepared.config.evalEvery, previous: unit - 1, local: unit, total: totalSteps)
-    }
-
-    /// The step in progress.
-    private(set) var work: StepWork?
     private let gradientSum: FloatBuffer
     private var lossSum = 0.0
     private var tokens = 0
     private var shares: [String: WorkerShare] = [:]
     private(set) var stepBytes = 0
     private var stepStarted = 0.0
-    /// Assignment ids start at a random point per coordinator run, so a result computed for an assignment of an
-    /// earlier run (before a restart) can never match one of this run.
-    private var nextAssignment = Int.random(in: 1...(1 << 31)) << 20
     /// Rows of the step in progress (a batch per row, by index).
     private var stepRows: [TrainingBatch] = []
 
@@ -244,12 +239,11 @@ final class SyncJob: RunningJob, RowWork {
         }
     }
 
-    /// Begins the next step: its rows become pending.
+    /// Begins the next step: its rows, nothing summed yet.
     func startStep(now: Double) {
-        precondition(work == nil && !isFinished)
+        precondition(!isFinished)
         let plan = prepared.plan!
         stepRows = (0..<prepared.rowsPerStep).map { plan.row(at: cursor + $0).row }
-        work = StepWork(rows: prepared.rowsPerStep, firstAssignment: nextAssignment)
         gradientSum.zero()
         lossSum = 0
         tokens = 0
@@ -263,20 +257,11 @@ final class SyncJob: RunningJob, RowWork {
         TrainingBatch(concatenating: rows.map { stepRows[$0] }, length: prepared.config.sequenceLength)
     }
 
-    var rowWork: StepWork? { work }
-
-    func updateWork(_ body: (inout StepWork) -> Void) {
-        guard var w = work else { return }
-        body(&w)
-        nextAssignment = w.nextAssignmentId
-        work = w
-    }
-
     func countBytes(_ n: Int) { stepBytes += n }
 
     /// Adds an accepted result's gradient share, computed by `worker` in `seconds`.
     func add(gradient: [Float], loss: Double, tokens n: Int, seconds: Double, worker: String) {
-        // Rows are counted by the step's bookkeeping (StepWork.completedRows) and filled in at the end.
+        // Rows are counted by the step's schedule and filled in at the end.
         shares[worker, default: WorkerShare(rows: 0)].add(rows: 0, tokens: n, seconds: seconds)
         gradient.withUnsafeBufferPointer { g in
             let s = gradientSum.pointer
@@ -286,10 +271,10 @@ final class SyncJob: RunningJob, RowWork {
         tokens += n
     }
 
-    /// Completes the step: the averaged gradient, clipping, the AdamW update. Returns the step's record and the
-    /// checkpoint to journal.
-    func finishStep(now: Double) -> (StepRecord, Checkpoint) {
-        for (worker, rows) in work?.completedRows ?? [:] { shares[worker, default: WorkerShare(rows: 0)].rows = rows }
+    /// Completes the step: the averaged gradient, clipping, the AdamW update. `rows` gives each worker's rows.
+    /// Returns the step's record and the checkpoint to journal.
+    func finishStep(now: Double, rows: [String: Int]) -> (StepRecord, Checkpoint) {
+        for (worker, n) in rows { shares[worker, default: WorkerShare(rows: 0)].rows = n }
         if tokens > 0 {
             let scale = 1 / Float(tokens)
             for i in 0..<gradientSum.count { gradientSum.pointer[i] *= scale }
@@ -301,7 +286,6 @@ final class SyncJob: RunningJob, RowWork {
             optimizer.stepCount += 1
         }
         cursor += prepared.rowsPerStep
-        work = nil
         let stepRecord = StepRecord(
             step: optimizer.stepCount, loss: tokens > 0 ? lossSum / Double(tokens) : 0, tokens: tokens,
             seconds: now - stepStarted, bytes: stepBytes, workers: shares,
