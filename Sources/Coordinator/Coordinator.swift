@@ -635,7 +635,9 @@ public final class Coordinator: @unchecked Sendable {
         let actions = s.handle(event, now: now)
         schedule = s
         for (rid, p) in peers {
-            if let id = p.worker?.id, let speed = s.workers[id]?.rowsPerSecond { peers[rid]?.worker?.rowsPerSecond = speed }
+            if let id = p.worker?.id, let speed = s.workers[id]?.rowsPerSecond {
+                peers[rid]?.worker?.rowsPerSecond = speed
+            }
         }
         for action in actions {
             guard self.job === job else { break }
@@ -668,7 +670,9 @@ public final class Coordinator: @unchecked Sendable {
             }
         case .released, .accept: break
         case .ignore(let worker, let assignment, let kind):
-            log("ignored a \(kind.rawValue) result for assignment \(assignment) from \(name(of: worker)) (not outstanding)")
+            log(
+                "ignored a \(kind.rawValue) result for assignment \(assignment) from \(name(of: worker)) (not outstanding)"
+            )
         case .finish(.step, _, let rows):
             guard let sync = job as? SyncJob else { return }
             let (record, checkpoint) = sync.finishStep(now: now, rows: rows)
@@ -728,7 +732,9 @@ public final class Coordinator: @unchecked Sendable {
     private func roundResult(_ rid: [UInt8], _ m: Message, now: Double) {
         guard let job = job as? RoundJob, m.string("job") == job.id, let worker = peers[rid]?.worker else { return }
         guard let delta = job.delta(of: m) else {
-            log("dropped a round result from \(worker.name) whose tensors do not fit the job; the round goes on without it")
+            log(
+                "dropped a round result from \(worker.name) whose tensors do not fit the job; the round goes on without it"
+            )
             peers[rid]?.bad += 1
             schedule(.malformed(worker: worker.id, assignment: m.int("assignment")), now: now)
             return

@@ -381,7 +381,9 @@ public struct JobSchedule: Sendable {
         guard !idle.isEmpty, !w.pending.isEmpty else { return out }
         // Speeds: measured rows/s when every idle worker has one, else the kernel benchmark.
         let measured = idle.allSatisfy { $0.worker.rowsPerSecond != nil }
-        let speeds = idle.map { (worker: $0.id, speed: measured ? $0.worker.rowsPerSecond! : max(0.1, $0.worker.gflops)) }
+        let speeds = idle.map {
+            (worker: $0.id, speed: measured ? $0.worker.rowsPerSecond! : max(0.1, $0.worker.gflops))
+        }
         let deadlines = self.deadlines
         let known = workers
         let assignments = w.distribute(idle: speeds, now: now) { id, rows in
@@ -416,7 +418,8 @@ public struct JobSchedule: Sendable {
             let deadline =
                 (w.rowsPerSecond.map { max(deadlines.floor, 3 * Double(rows) / $0 + deadlines.floor) }
                     ?? deadlines.first * 3) * w.patience
-            let a = Assignment(id: nextAssignment, worker: id, rows: Array(0..<rows), deadline: now + deadline, started: now)
+            let a = Assignment(
+                id: nextAssignment, worker: id, rows: Array(0..<rows), deadline: now + deadline, started: now)
             nextAssignment += 1
             r.participants.insert(id)
             r.outstanding[a.id] = a

@@ -49,9 +49,11 @@ import Testing
 
     /// A malformed gradient gives its rows back (they were once counted done and skipped).
     @Test func aMalformedResultGivesItsRowsBack() {
-        var s = JobSchedule(plan: JobPlan(mode: .sync, totalSteps: 1, rowsPerStep: 4), firstAssignment: 1, deadlines: deadlines)
+        var s = JobSchedule(
+            plan: JobPlan(mode: .sync, totalSteps: 1, rowsPerStep: 4), firstAssignment: 1, deadlines: deadlines)
         let a = assignments(s.handle(ready("w0"), now: 0))
-        #expect(a.count == 1 && a[0].worker == "w0" && a[0].rows == [0, 1, 2, 3], "the step, to the first ready worker")
+        #expect(
+            a.count == 1 && a[0].worker == "w0" && a[0].rows == [0, 1, 2, 3], "the step, to the first ready worker")
         #expect(assignments(s.handle(ready("w1"), now: 0)).isEmpty, "nothing left to hand out")
         let back = s.handle(.malformed(worker: "w0", assignment: a[0].id), now: 1)
         #expect(back.first == .released(a[0], .step))
@@ -61,13 +63,17 @@ import Testing
         for b in again {
             finished += s.handle(.result(worker: b.worker, assignment: b.id, kind: .step, unit: 1, seconds: 1), now: 2)
         }
-        #expect(finished.contains { if case .finish(.step, 1, let rows) = $0 { rows.values.reduce(0, +) == 4 } else { false } })
+        #expect(
+            finished.contains {
+                if case .finish(.step, 1, let rows) = $0 { rows.values.reduce(0, +) == 4 } else { false }
+            })
         #expect(finished.last == .complete)
     }
 
     /// Results are accepted once, from the worker holding the assignment, for the unit in progress.
     @Test func onlyTheHolderOfAnAssignmentCompletesIt() {
-        var s = JobSchedule(plan: JobPlan(mode: .sync, totalSteps: 2, rowsPerStep: 2), firstAssignment: 7, deadlines: deadlines)
+        var s = JobSchedule(
+            plan: JobPlan(mode: .sync, totalSteps: 2, rowsPerStep: 2), firstAssignment: 7, deadlines: deadlines)
         let a = assignments(s.handle(ready("w0"), now: 0))[0]
         _ = s.handle(ready("w1"), now: 0)
         let forged = JobSchedule.Event.result(worker: "w1", assignment: a.id, kind: .step, unit: 1, seconds: 1)

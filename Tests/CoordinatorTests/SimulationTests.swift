@@ -26,7 +26,9 @@ import Testing
             var simulation = Simulation(seed: seed)
             let report = simulation.run()
             events += report.events
-            for job in report.jobs { modes[String(job.split(separator: " ")[0].split(separator: ":")[1]), default: 0] += 1 }
+            for job in report.jobs {
+                modes[String(job.split(separator: " ")[0].split(separator: ":")[1]), default: 0] += 1
+            }
             if !report.passed { failed.append(report) }
         }
         let summary =

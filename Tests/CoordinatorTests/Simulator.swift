@@ -142,8 +142,10 @@ struct Simulation {
             let mode = [JobPlan.Mode.sync, .diloco, .federated][Int.random(in: 0..<3, using: &rng)]
             let evaluate = Bool.random(using: &rng)
             let plan = JobPlan(
-                mode: mode, totalSteps: Int.random(in: 3...24, using: &rng), rowsPerStep: Int.random(in: 1...9, using: &rng),
-                innerSteps: Int.random(in: 1...4, using: &rng), evaluationRows: evaluate ? Int.random(in: 1...7, using: &rng) : 0,
+                mode: mode, totalSteps: Int.random(in: 3...24, using: &rng),
+                rowsPerStep: Int.random(in: 1...9, using: &rng),
+                innerSteps: Int.random(in: 1...4, using: &rng),
+                evaluationRows: evaluate ? Int.random(in: 1...7, using: &rng) : 0,
                 evalEvery: evaluate ? Int.random(in: 0...6, using: &rng) : 0)
             jobs.append(Job(plan: plan))
             report.jobs.append("\(j):\(mode.rawValue) \(plan.units) units")
@@ -154,7 +156,9 @@ struct Simulation {
                 id: id, speed: [2.0, 10, 40][Int.random(in: 0..<3, using: &rng)],
                 localExamples: i == 0 || Bool.random(using: &rng) ? Int.random(in: 1...50, using: &rng) : 0)
             // Some workers cannot hold some jobs' models; w0 always can.
-            if i > 0, Int.random(in: 0..<8, using: &rng) == 0 { w.fullDiskFor = [Int.random(in: 0..<jobCount, using: &rng)] }
+            if i > 0, Int.random(in: 0..<8, using: &rng) == 0 {
+                w.fullDiskFor = [Int.random(in: 0..<jobCount, using: &rng)]
+            }
             workers[id] = w
         }
         planFaults(workerCount: workerCount)
@@ -201,7 +205,9 @@ struct Simulation {
             // `patience` seconds, whatever the workers' speeds and deadlines.
             if now > max(faultWindow, lastProgress) + patience {
                 violation(
-                    String(format: "stalled: nothing journaled for %.0f s after the faults ended", now - max(faultWindow, lastProgress)))
+                    String(
+                        format: "stalled: nothing journaled for %.0f s after the faults ended",
+                        now - max(faultWindow, lastProgress)))
                 break
             }
             if report.violations.count > 20 { break }
@@ -224,7 +230,10 @@ struct Simulation {
     }
 
     private var stateSummary: String {
-        let s = schedule.map { " [schedule: unit \($0.unit)/\($0.plan.units) \($0.current.map { "\($0.kind) \($0.unit)" } ?? "idle"), ready \($0.workers.keys.sorted()), outstanding \($0.outstanding.count)]" } ?? ""
+        let s =
+            schedule.map {
+                " [schedule: unit \($0.unit)/\($0.plan.units) \($0.current.map { "\($0.kind) \($0.unit)" } ?? "idle"), ready \($0.workers.keys.sorted()), outstanding \($0.outstanding.count)]"
+            } ?? ""
         return " (job \(running.map(String.init) ?? "none")\(s))"
     }
 
@@ -239,7 +248,9 @@ struct Simulation {
             if Double.random(in: 0..<1, using: &rng) < duplicateRate { copies += 1 }
         }
         for _ in 0..<copies {
-            let delay = 0.002 + (inFaultWindow ? Double.random(in: 0..<0.3, using: &rng) : Double.random(in: 0..<0.01, using: &rng))
+            let delay =
+                0.002
+                + (inFaultWindow ? Double.random(in: 0..<0.3, using: &rng) : Double.random(in: 0..<0.01, using: &rng))
             at(now + delay, .deliver(to: to, from: from, message, incarnation: incarnation))
         }
     }
@@ -275,7 +286,8 @@ struct Simulation {
             else { return }
             let work = w.queue.remove(at: i)
             w.computing = nil
-            let value = Self.value(job: work.job, kind: work.kind, unit: work.unit, rows: work.assignment.rows, worker: id)
+            let value = Self.value(
+                job: work.job, kind: work.kind, unit: work.unit, rows: work.assignment.rows, worker: id)
             send(
                 .result(
                     job: work.job, assignment: assignment, kind: work.kind, unit: work.unit, value: value,
@@ -351,7 +363,9 @@ struct Simulation {
         w.computing = work.assignment.id
         let rows = Double(work.assignment.rows.count)
         let slow = inFaultWindow && Int.random(in: 0..<10, using: &rng) == 0 ? 5.0 : 1.0
-        at(now + slow * rows / w.speed + 0.001, .computed(w.id, assignment: work.assignment.id, incarnation: w.incarnation))
+        at(
+            now + slow * rows / w.speed + 0.001,
+            .computed(w.id, assignment: work.assignment.id, incarnation: w.incarnation))
     }
 
     /// The stand-in training: each row of a step or evaluation has a value, a worker returns the sum over its rows;
@@ -522,16 +536,22 @@ struct Simulation {
         case .step, .evaluation:
             let count = kind == .step ? plan.rowsPerStep : plan.evaluationRows
             if unitRows.sorted() != Array(0..<count) {
-                violation("\(kind) \(unit) of job \(job) finished with rows \(unitRows.sorted()), not each of 0..<\(count) once")
+                violation(
+                    "\(kind) \(unit) of job \(job) finished with rows \(unitRows.sorted()), not each of 0..<\(count) once"
+                )
             }
             let expected = Self.value(job: job, kind: kind, unit: unit, rows: Array(0..<count), worker: "")
-            if unitSum != expected { violation("\(kind) \(unit) of job \(job) summed \(unitSum), one machine \(expected)") }
+            if unitSum != expected {
+                violation("\(kind) \(unit) of job \(job) summed \(unitSum), one machine \(expected)")
+            }
             if rows.values.reduce(0, +) != count { violation("\(kind) \(unit) counted \(rows) rows, not \(count)") }
         case .round:
             if roundResults == 0 { violation("round \(unit) of job \(job) finished with no result") }
         }
         if kind == .evaluation {
-            if jobs[job].evaluations[unit] != nil { violation("the evaluation after \(unit) of job \(job) was journaled twice") }
+            if jobs[job].evaluations[unit] != nil {
+                violation("the evaluation after \(unit) of job \(job) was journaled twice")
+            }
             jobs[job].evaluations[unit] = unitSum
         } else {
             if unit != jobs[job].journal.count + 1 {
@@ -569,11 +589,14 @@ struct Simulation {
             return
         }
         let before = s.outstanding
-        let actions = s.handle(.result(worker: id, assignment: assignment, kind: kind, unit: unit, seconds: seconds), now: now)
+        let actions = s.handle(
+            .result(worker: id, assignment: assignment, kind: kind, unit: unit, seconds: seconds), now: now)
         for a in actions {
             if case .accept = a { violation("a forged result from \(id) for assignment \(assignment) was accepted") }
         }
-        if s.outstanding.keys.sorted() != before.keys.sorted(), actions.allSatisfy({ if case .ignore = $0 { true } else { false } }) {
+        if s.outstanding.keys.sorted() != before.keys.sorted(),
+            actions.allSatisfy({ if case .ignore = $0 { true } else { false } })
+        {
             violation("a forged result from \(id) changed the outstanding assignments")
         }
         // The runner performs what the schedule decided (a tick's worth of hand-outs may ride along).
@@ -596,10 +619,13 @@ struct Simulation {
     private mutating func finalChecks() {
         for (i, job) in jobs.enumerated() where job.done {
             let plan = job.plan
-            if job.journal.count != plan.units { violation("job \(i): \(job.journal.count) units journaled of \(plan.units)") }
+            if job.journal.count != plan.units {
+                violation("job \(i): \(job.journal.count) units journaled of \(plan.units)")
+            }
             if plan.mode == .sync {
                 for (n, sum) in job.journal.enumerated() {
-                    let expected = Self.value(job: i, kind: .step, unit: n + 1, rows: Array(0..<plan.rowsPerStep), worker: "")
+                    let expected = Self.value(
+                        job: i, kind: .step, unit: n + 1, rows: Array(0..<plan.rowsPerStep), worker: "")
                     if sum != expected { violation("job \(i) step \(n + 1): \(sum), one machine \(expected)") }
                 }
             }
