@@ -71,7 +71,7 @@ final class NetnsCluster: ClusterHarness {
 
     /// A job long enough to outlast the faults: 200 lines of 40 words, 64-token rows, 8 rows a step, a small
     /// learning rate (the final adapters of two runs with different splits stay within ChaosTests.tolerance).
-    func writeLongJob(steps: Int) throws -> String {
+    func writeLongJob(steps: Int, extra: String = "") throws -> String {
         var rng = SeededGenerator(seed: 42)
         let words = """
             the cat sat on mat a dog ran in park bread and butter one two three hello world pebbles pile north \
@@ -81,7 +81,8 @@ final class NetnsCluster: ClusterHarness {
             (0..<40).map { _ in String(words[Int(rng.next() % UInt64(words.count))]) }.joined(separator: " ")
         }
         return try writeJob(
-            data: "long", job: "long", lines: lines, steps: steps, batch: 8, seqLen: 64, learningRate: 0.002)
+            data: "long", job: "long", lines: lines, steps: steps, batch: 8, seqLen: 64, learningRate: 0.002,
+            extra: extra)
     }
 
     /// The worst relative L2 difference, over the adapter's tensors, between the job's pulled adapter and

@@ -39,8 +39,12 @@ packages=$(grep -v '^#' "$work/$name/DEPENDS" | sort | paste -sd ' ')
 note "tarball $(basename "$tarball"): $(($(stat -c %s "$tarball") / 1048576)) MiB; needs $packages"
 
 # --- A fresh root: minbase plus DEPENDS, nothing else ------------------------------------------------------
-mirror=$(sed -n 's/^URIs: *\(http[^ ]*debian\/\{0,1\}\)$/\1/p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -1)
-mirror=${mirror:-http://deb.debian.org/debian}
+# The Debian archive this machine's apt already uses: deb822 sources first, then the one-line format.
+mirror=$(cat /etc/apt/sources.list.d/*.sources 2>/dev/null | sed -n 's/^URIs: *\(http[^ ]*debian\/\{0,1\}\)$/\1/p' | head -1)
+[ -n "$mirror" ] || mirror=$(sed -n 's/^deb  *\(\[[^]]*\]  *\)\{0,1\}\(http[^ ]*debian\/\{0,1\}\)  *bookworm .*/\2/p' \
+    /etc/apt/sources.list 2>/dev/null | head -1)
+[ -n "$mirror" ] || fail "no Debian archive in this machine's apt sources (/etc/apt/sources.list.d/*.sources or
+  /etc/apt/sources.list) for debootstrap to use; add the one apt should use, then rerun"
 cache="${CAIRN_HOME:-$HOME/.cache/cairn}/deploy-test"
 key=$(echo "bookworm minbase $packages $mirror" | sha256sum | cut -c1-16)
 base="$cache/root-$key.tar"
