@@ -691,24 +691,25 @@ public final class Coordinator: @unchecked Sendable {
 
     /// The message that hands an assignment to its worker.
     private func assignment(_ a: Assignment, _ kind: WorkKind, unit: Int, of job: any RunningJob) -> Message? {
-        let parameters = Tensor(name: "parameters", floats: UnsafeBufferPointer(job.adapter.parameters.buffer))
         switch kind {
-        case .step:
-            guard let sync = job as? SyncJob else { return nil }
+        case .step, .evaluation:
+            // The rows of a step, or of the evaluation after step (or round) `unit`, with the current parameters.
+            let batch: TrainingBatch
+            if kind == .step {
+                guard let sync = job as? SyncJob else { return nil }
+                batch = sync.batch(rows: a.rows)
+            } else {
+                guard let evaluation = job.evaluation else { return nil }
+                batch = evaluation.batch(rows: a.rows)
+            }
             return Message(
-                .assign,
+                kind == .step ? .assign : .evaluate,
                 [
                     "job": .string(job.id), "assignment": .integer(Int64(a.id)), "step": .integer(Int64(unit)),
                     "rows": .integer(Int64(a.rows.count)),
-                ], tensors: [parameters] + Self.rowTensors(sync.batch(rows: a.rows)))
-        case .evaluation:
-            guard let evaluation = job.evaluation else { return nil }
-            return Message(
-                .evaluate,
-                [
-                    "job": .string(job.id), "assignment": .integer(Int64(a.id)), "step": .integer(Int64(unit)),
-                    "rows": .integer(Int64(a.rows.count)),
-                ], tensors: [parameters] + Self.rowTensors(evaluation.batch(rows: a.rows)))
+                ],
+                tensors: [Tensor(name: "parameters", floats: UnsafeBufferPointer(job.adapter.parameters.buffer))]
+                    + Self.rowTensors(batch))
         case .round:
             guard let rounds = job as? RoundJob else { return nil }
             let steps = rounds.stepsThisRound

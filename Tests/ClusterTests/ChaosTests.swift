@@ -1,7 +1,8 @@
-// The chaos scenarios: real sync jobs on the tiny model across network namespaces (Cluster/netns), each fault
-// injected mid-job, each final adapter compared with one machine's `cairn train` of the same job file (the
-// splits differ, so floating-point sums reorder: within 1e-5 per 300 steps, not bit for bit), each journal checked step by
-// step. Every test appends its row of Docs/RELIABILITY.md to $CAIRN_RELIABILITY_OUT.
+// The chaos scenarios: real jobs on the tiny model across network namespaces (Cluster/netns), each fault injected
+// mid-job, each journal checked step by step. Sync jobs' final adapters are compared with one machine's `cairn
+// train` of the same job file (the splits differ, so floating-point sums reorder: within 1e-5 per 300 steps, not
+// bit for bit); the diloco scenario checks its rounds. Every test appends its row of Docs/RELIABILITY.md to
+// $CAIRN_RELIABILITY_OUT.
 //
 // Rerun one: CAIRN_CHAOS=1 swift test -c release --filter ChaosTests/<name>   (as root)
 

@@ -10,6 +10,7 @@
 // worker is up, and each job must then finish. Invariants are checked after every event and at the end.
 
 import Coordinator
+import ModelFormats
 import TensorKernels
 
 /// What one simulated run found.
@@ -55,12 +56,11 @@ struct Simulation {
         case forge
     }
 
-    struct Scheduled: Comparable {
+    struct Scheduled: HeapOrdered {
         var time: Double
         var order: Int
         var event: Event
-        static func < (a: Self, b: Self) -> Bool { (a.time, a.order) < (b.time, b.order) }
-        static func == (a: Self, b: Self) -> Bool { a.time == b.time && a.order == b.order }
+        func precedes(_ other: Self) -> Bool { (time, order) < (other.time, other.order) }
     }
 
     struct Job {
@@ -101,7 +101,7 @@ struct Simulation {
     let seed: UInt64
     private var rng: SeededGenerator
     private var now = 0.0
-    private var queue = PriorityQueue<Scheduled>()
+    private var queue = PriorityHeap<Scheduled>()
     private var order = 0
     private var jobs: [Job] = []
     private var workers: [String: Worker] = [:]
@@ -641,39 +641,5 @@ extension Simulation.Message {
     var isForged: Bool {
         if case .result(_, _, _, _, let value, _) = self { return value < 0 }
         return false
-    }
-}
-
-/// A binary min-heap.
-struct PriorityQueue<Element: Comparable> {
-    private var items: [Element] = []
-
-    mutating func push(_ e: Element) {
-        items.append(e)
-        var i = items.count - 1
-        while i > 0 {
-            let parent = (i - 1) / 2
-            guard items[i] < items[parent] else { break }
-            items.swapAt(i, parent)
-            i = parent
-        }
-    }
-
-    mutating func pop() -> Element? {
-        guard !items.isEmpty else { return nil }
-        items.swapAt(0, items.count - 1)
-        let top = items.removeLast()
-        var i = 0
-        while true {
-            let l = 2 * i + 1
-            let r = l + 1
-            var m = i
-            if l < items.count, items[l] < items[m] { m = l }
-            if r < items.count, items[r] < items[m] { m = r }
-            guard m != i else { break }
-            items.swapAt(i, m)
-            i = m
-        }
-        return top
     }
 }
