@@ -234,9 +234,10 @@ public struct JobSchedule: Sendable {
         case .round(var r):
             let lost = r.outstanding.values.filter { $0.worker == id }.sorted { $0.id < $1.id }
             for a in lost { r.outstanding[a.id] = nil }
-            // It contributed nothing to this round: back, it may take the round again (a lone worker restarted
-            // would otherwise leave the round waiting on nobody).
-            r.participants.remove(id)
+            // Lost with its assignment, it contributed nothing to this round: back, it may take the round again (a
+            // lone worker restarted would otherwise leave the round waiting on nobody). One whose result is in
+            // stays a participant: a worker adds at most one result to a round.
+            if !lost.isEmpty { r.participants.remove(id) }
             phase = .round(r)
             return lost.map { .released($0, .round) }
         }

@@ -31,6 +31,19 @@ import Testing
         #expect(s.unit == 1)
     }
 
+    /// A worker whose round result is in stays a participant when it reconnects: one result per worker a round.
+    @Test func aWorkerAddsAtMostOneResultToARound() {
+        var s = JobSchedule(
+            plan: JobPlan(mode: .diloco, totalSteps: 2, rowsPerStep: 1, innerSteps: 2), firstAssignment: 1,
+            deadlines: deadlines)
+        let a = assignments(s.handle(ready("w0"), now: 0)) + assignments(s.handle(ready("w1"), now: 0))
+        #expect(a.map(\.worker) == ["w0", "w1"])
+        _ = s.handle(.result(worker: "w0", assignment: a[0].id, kind: .round, unit: 1, seconds: 1), now: 1)
+        #expect(s.handle(.gone(worker: "w0"), now: 2).isEmpty)
+        #expect(assignments(s.handle(ready("w0"), now: 3)).isEmpty, "w0's result is in: no second assignment")
+        #expect(s.unit == 0, "the round waits for w1")
+    }
+
     /// A round assignment past its deadline is revoked; the worker may take the round again, with twice the time.
     @Test func aMissedRoundDeadlineHandsTheRoundOutAgainWithMoreTime() {
         var s = JobSchedule(

@@ -43,8 +43,10 @@ import Testing
     }
 
     /// Seeds that found defects, kept: 13 (a lone diloco worker crashed mid-round; on its return the round waited
-    /// on nobody), 1 and 25 (the same stall in federated jobs, after crashes of the coordinator and of a worker).
-    @Test(arguments: [13, 1, 25] as [UInt64]) func regression(seed: UInt64) {
+    /// on nobody), 1 and 25 (the same stall in federated jobs, after crashes of the coordinator and of a worker),
+    /// 3 (the first fix of that stall let a worker whose round result was in take the round again after a
+    /// reconnect, and add a second result).
+    @Test(arguments: [13, 1, 25, 3] as [UInt64]) func regression(seed: UInt64) {
         var simulation = Simulation(seed: seed)
         let report = simulation.run()
         #expect(report.passed, "\(report)")

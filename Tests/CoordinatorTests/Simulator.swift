@@ -117,6 +117,7 @@ struct Simulation {
     private var unitSum = 0
     private var unitRows: [Int] = []
     private var roundResults = 0
+    private var roundContributors: Set<String> = []
     // The world's settings.
     private let faultWindow: Double
     private let lossRate: Double
@@ -458,6 +459,7 @@ struct Simulation {
         unitSum = 0
         unitRows = []
         roundResults = 0
+        roundContributors = []
         for id in peers.keys.sorted() {
             peers[id]?.ready = false
             peers[id]?.fault = false
@@ -490,6 +492,7 @@ struct Simulation {
             unitSum = 0
             unitRows = []
             roundResults = 0
+            roundContributors = []
             _ = kind
         case .assign(let a, let kind, let unit):
             guard peers[a.worker] != nil else {
@@ -509,6 +512,9 @@ struct Simulation {
             if worker != a.worker { violation("accepted \(a.worker)'s assignment \(a.id) from \(worker)") }
             if kind == .round {
                 roundResults += 1
+                if !roundContributors.insert(worker).inserted {
+                    violation("\(worker) added a second result to round \(jobs[job].journal.count + 1)")
+                }
             } else {
                 unitSum += value
                 unitRows += a.rows
@@ -562,6 +568,7 @@ struct Simulation {
         unitSum = 0
         unitRows = []
         roundResults = 0
+        roundContributors = []
     }
 
     // MARK: Forgeries
