@@ -51,23 +51,7 @@ import TestSupport
         let q = randomBuffer(2 * queries * 4 * 8, seed: 7)
         let k = randomBuffer(2 * capacity * 2 * 8, seed: 8)
         let v = randomBuffer(2 * capacity * 2 * 8, seed: 9)
-        let r = randomBuffer(q.count, seed: 10)
-        let out = FloatBuffer(count: q.count)
-        let lse = FloatBuffer(count: 2 * 4 * queries)
-        func loss() -> Double {
-            attentionForward(out: out.pointer, lse: lse.pointer, q: q.pointer, k: k.pointer, v: v.pointer, shape: s)
-            return projection(out, r)
-        }
-        _ = loss()
-        let again = FloatBuffer(count: q.count)
-        let (dq, dk, dv) = (FloatBuffer(count: q.count), FloatBuffer(count: k.count), FloatBuffer(count: v.count))
-        attentionBackward(
-            dQ: dq.pointer, dK: dk.pointer, dV: dv.pointer, dOut: r.pointer, q: q.pointer, k: k.pointer,
-            v: v.pointer, lse: lse.pointer, recomputedOut: again.pointer, shape: s)
-        expectClose(again, out, tolerance: Tolerance.reordered, "the output recomputed by the backward")
-        expectGradient(dq.array, numericGradient(of: q, step: 1e-3, loss: loss), "dQ")
-        expectGradient(dk.array, numericGradient(of: k, step: 1e-3, loss: loss), "dK")
-        expectGradient(dv.array, numericGradient(of: v, step: 1e-3, loss: loss), "dV")
+        expectAttentionGradients(q: q, k: k, v: v, r: randomBuffer(q.count, seed: 10), shape: s)
     }
 }
 
@@ -108,25 +92,10 @@ import TestSupport
         let q = randomBuffer(9 * 32, seed: 24)
         let k = randomBuffer(9 * 16, seed: 25)
         let v = randomBuffer(9 * 16, seed: 26)
-        let r = randomBuffer(q.count, seed: 27)
-        let out = FloatBuffer(count: q.count)
-        let lse = FloatBuffer(count: 4 * 9)
-        func loss() -> Double {
-            attentionForward(
-                out: out.pointer, lse: lse.pointer, q: q.pointer, k: k.pointer, v: v.pointer, shape: Self.shape,
-                keyStarts: Self.starts)
-            return projection(out, r)
+        Self.starts.withUnsafeBufferPointer {
+            expectAttentionGradients(
+                q: q, k: k, v: v, r: randomBuffer(q.count, seed: 27), shape: Self.shape, keyStarts: $0.baseAddress)
         }
-        _ = loss()
-        let again = FloatBuffer(count: q.count)
-        let (dq, dk, dv) = (FloatBuffer(count: q.count), FloatBuffer(count: k.count), FloatBuffer(count: v.count))
-        attentionBackward(
-            dQ: dq.pointer, dK: dk.pointer, dV: dv.pointer, dOut: r.pointer, q: q.pointer, k: k.pointer,
-            v: v.pointer, lse: lse.pointer, recomputedOut: again.pointer, shape: Self.shape, keyStarts: Self.starts)
-        expectClose(again, out, tolerance: Tolerance.reordered, "the output recomputed by the backward")
-        expectGradient(dq.array, numericGradient(of: q, step: 1e-3, loss: loss), "dQ")
-        expectGradient(dk.array, numericGradient(of: k, step: 1e-3, loss: loss), "dK")
-        expectGradient(dv.array, numericGradient(of: v, step: 1e-3, loss: loss), "dV")
     }
 }
 
@@ -187,30 +156,36 @@ import TestSupport
     }
 
     private func check(softCap: Float?, window: Int?, keyStarts: UnsafePointer<Int32>?) {
-        do {
-            let s = Self.shape(queries: 9, start: 0, capacity: 9, softCap: softCap, window: window)
-            let q = randomBuffer(2 * 9 * 32, seed: 37, in: -2...2)
-            let k = randomBuffer(2 * 9 * 16, seed: 38, in: -2...2)
-            let v = randomBuffer(2 * 9 * 16, seed: 39)
-            let r = randomBuffer(q.count, seed: 40)
-            let out = FloatBuffer(count: q.count)
-            let lse = FloatBuffer(count: 8 * 9)
-            func loss() -> Double {
-                attentionForward(
-                    out: out.pointer, lse: lse.pointer, q: q.pointer, k: k.pointer, v: v.pointer, shape: s,
-                    keyStarts: keyStarts)
-                return projection(out, r)
-            }
-            _ = loss()
-            let again = FloatBuffer(count: q.count)
-            let (dq, dk, dv) = (FloatBuffer(count: q.count), FloatBuffer(count: k.count), FloatBuffer(count: v.count))
-            attentionBackward(
-                dQ: dq.pointer, dK: dk.pointer, dV: dv.pointer, dOut: r.pointer, q: q.pointer, k: k.pointer,
-                v: v.pointer, lse: lse.pointer, recomputedOut: again.pointer, shape: s, keyStarts: keyStarts)
-            expectClose(again, out, tolerance: Tolerance.reordered, "the output recomputed by the backward")
-            expectGradient(dq.array, numericGradient(of: q, step: 1e-3, loss: loss), "dQ")
-            expectGradient(dk.array, numericGradient(of: k, step: 1e-3, loss: loss), "dK")
-            expectGradient(dv.array, numericGradient(of: v, step: 1e-3, loss: loss), "dV")
-        }
+        let s = Self.shape(queries: 9, start: 0, capacity: 9, softCap: softCap, window: window)
+        let q = randomBuffer(2 * 9 * 32, seed: 37, in: -2...2)
+        let k = randomBuffer(2 * 9 * 16, seed: 38, in: -2...2)
+        let v = randomBuffer(2 * 9 * 16, seed: 39)
+        expectAttentionGradients(q: q, k: k, v: v, r: randomBuffer(q.count, seed: 40), shape: s, keyStarts: keyStarts)
     }
+}
+
+/// Attention's backward against central finite differences of the output projected on `r`, and the output the
+/// backward recomputes against the forward's.
+func expectAttentionGradients(
+    q: FloatBuffer, k: FloatBuffer, v: FloatBuffer, r: FloatBuffer, shape s: AttentionShape,
+    keyStarts: UnsafePointer<Int32>? = nil
+) {
+    let out = FloatBuffer(count: q.count)
+    let lse = FloatBuffer(count: s.batch * s.heads * s.queries)
+    func loss() -> Double {
+        attentionForward(
+            out: out.pointer, lse: lse.pointer, q: q.pointer, k: k.pointer, v: v.pointer, shape: s,
+            keyStarts: keyStarts)
+        return projection(out, r)
+    }
+    _ = loss()
+    let again = FloatBuffer(count: q.count)
+    let (dq, dk, dv) = (FloatBuffer(count: q.count), FloatBuffer(count: k.count), FloatBuffer(count: v.count))
+    attentionBackward(
+        dQ: dq.pointer, dK: dk.pointer, dV: dv.pointer, dOut: r.pointer, q: q.pointer, k: k.pointer,
+        v: v.pointer, lse: lse.pointer, recomputedOut: again.pointer, shape: s, keyStarts: keyStarts)
+    expectClose(again, out, tolerance: Tolerance.reordered, "the output recomputed by the backward")
+    expectGradient(dq.array, numericGradient(of: q, step: 1e-3, loss: loss), "dQ")
+    expectGradient(dk.array, numericGradient(of: k, step: 1e-3, loss: loss), "dK")
+    expectGradient(dv.array, numericGradient(of: v, step: 1e-3, loss: loss), "dV")
 }

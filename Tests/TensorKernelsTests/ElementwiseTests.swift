@@ -153,61 +153,44 @@ import TestSupport
     }
 }
 
-@Suite struct GeGLUTests {
-    @Test func forwardMatchesNaiveAndBackwardMatchesFiniteDifferences() {
+/// SwiGLU and GeGLU through the dispatch the model uses: forward against the naive version in Double, backward
+/// against finite differences, and the in-place backward that turns the saved activations into their gradients.
+@Suite struct GatedFeedForwardTests {
+    @Test(arguments: GateActivation.allCases)
+    func forwardMatchesNaiveAndBackwardMatchesFiniteDifferences(activation: GateActivation) {
         let n = 40
-        let gate = randomBuffer(n, seed: 11, in: -4...4)
-        let up = randomBuffer(n, seed: 12)
+        let seed: UInt64 = activation == .silu ? 1 : 11
+        let gate = randomBuffer(n, seed: seed, in: -4...4)
+        let up = randomBuffer(n, seed: seed + 1)
         let out = FloatBuffer(count: n)
         let naive = FloatBuffer(count: n)
-        gegluForward(out: out.pointer, gate: gate.pointer, up: up.pointer, count: n)
-        gegluForwardNaive(out: naive.pointer, gate: gate.pointer, up: up.pointer, count: n)
+        gatedForward(activation, out: out.pointer, gate: gate.pointer, up: up.pointer, count: n)
+        switch activation {
+        case .silu: swigluForwardNaive(out: naive.pointer, gate: gate.pointer, up: up.pointer, count: n)
+        case .geluTanh: gegluForwardNaive(out: naive.pointer, gate: gate.pointer, up: up.pointer, count: n)
+        }
         expectClose(out, naive, tolerance: Tolerance.fastVersusNaive)
 
-        let r = randomBuffer(n, seed: 13)
+        let r = randomBuffer(n, seed: seed + 2)
         func loss() -> Double {
-            gegluForward(out: out.pointer, gate: gate.pointer, up: up.pointer, count: n)
+            gatedForward(activation, out: out.pointer, gate: gate.pointer, up: up.pointer, count: n)
             return projection(out, r)
         }
         let dGate = FloatBuffer(count: n)
         let dUp = FloatBuffer(count: n)
-        gegluBackward(
-            dGate: dGate.pointer, dUp: dUp.pointer, dOut: r.pointer, gate: gate.pointer, up: up.pointer, count: n)
+        gatedBackward(
+            activation, dGate: dGate.pointer, dUp: dUp.pointer, dOut: r.pointer, gate: gate.pointer, up: up.pointer,
+            count: n)
         expectGradient(dGate.array, numericGradient(of: gate, step: 1e-3, loss: loss), "dGate")
         expectGradient(dUp.array, numericGradient(of: up, step: 1e-3, loss: loss), "dUp")
         // In place, overwriting: the saved activations become their gradients.
         let g2 = FloatBuffer(gate.array)
         let u2 = FloatBuffer(up.array)
-        gegluBackward(
-            dGate: g2.pointer, dUp: u2.pointer, dOut: r.pointer, gate: g2.pointer, up: u2.pointer, count: n,
-            accumulate: false)
+        gatedBackward(
+            activation, dGate: g2.pointer, dUp: u2.pointer, dOut: r.pointer, gate: g2.pointer, up: u2.pointer,
+            count: n, accumulate: false)
         #expect(g2.array == dGate.array)
         #expect(u2.array == dUp.array)
-    }
-}
-
-@Suite struct SwiGLUTests {
-    @Test func forwardMatchesNaiveAndBackwardMatchesFiniteDifferences() {
-        let n = 40
-        let gate = randomBuffer(n, seed: 1, in: -4...4)
-        let up = randomBuffer(n, seed: 2)
-        let out = FloatBuffer(count: n)
-        let naive = FloatBuffer(count: n)
-        swigluForward(out: out.pointer, gate: gate.pointer, up: up.pointer, count: n)
-        swigluForwardNaive(out: naive.pointer, gate: gate.pointer, up: up.pointer, count: n)
-        expectClose(out, naive, tolerance: Tolerance.fastVersusNaive)
-
-        let r = randomBuffer(n, seed: 3)
-        func loss() -> Double {
-            swigluForward(out: out.pointer, gate: gate.pointer, up: up.pointer, count: n)
-            return projection(out, r)
-        }
-        let dGate = FloatBuffer(count: n)
-        let dUp = FloatBuffer(count: n)
-        swigluBackward(
-            dGate: dGate.pointer, dUp: dUp.pointer, dOut: r.pointer, gate: gate.pointer, up: up.pointer, count: n)
-        expectGradient(dGate.array, numericGradient(of: gate, step: 1e-3, loss: loss), "dGate")
-        expectGradient(dUp.array, numericGradient(of: up, step: 1e-3, loss: loss), "dUp")
     }
 }
 
