@@ -161,6 +161,8 @@ extension Coordinator {
                 record: r, traffic: metrics.workers[r.id] ?? Traffic(), transfer: metrics.transfers[r.id])
             guard let (w, p) = connected[r.id] else { return v }
             v.info = w
+            // The running job's schedule holds the speeds it measures; a worker's own is the last job's.
+            v.info?.rowsPerSecond = schedule?.workers[w.id]?.rowsPerSecond ?? w.rowsPerSecond
             if let job, let fault = w.fault, fault.job == job.id {
                 v.state = "failed"
                 v.error = fault.message

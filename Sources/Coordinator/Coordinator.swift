@@ -634,11 +634,6 @@ public final class Coordinator: @unchecked Sendable {
         guard let job, var s = schedule else { return [] }
         let actions = s.handle(event, now: now)
         schedule = s
-        for (rid, p) in peers {
-            if let id = p.worker?.id, let speed = s.workers[id]?.rowsPerSecond {
-                peers[rid]?.worker?.rowsPerSecond = speed
-            }
-        }
         for action in actions {
             guard self.job === job else { break }
             if case .accept(let a, _) = action { accept(a) } else { perform(action, job: job, now: now) }
@@ -804,8 +799,14 @@ public final class Coordinator: @unchecked Sendable {
                 + "\(record.tokens) held-out tokens")
     }
 
-    /// Drops the running job (cancelled, failed or done) and its schedule.
+    /// Drops the running job (cancelled, failed or done) and its schedule, keeping the speeds it measured for the
+    /// next job.
     private func stopJob() {
+        for (rid, p) in peers {
+            if let id = p.worker?.id, let speed = schedule?.workers[id]?.rowsPerSecond {
+                peers[rid]?.worker?.rowsPerSecond = speed
+            }
+        }
         job = nil
         schedule = nil
     }
@@ -884,7 +885,8 @@ struct WorkerInfo {
     var host: String?
     /// The job whose model and data it has loaded.
     var readyJob: String?
-    /// Measured rows per second of compute (moving average).
+    /// Measured rows per second (moving average) when the last job ended; the running job's schedule holds the
+    /// current figure.
     var rowsPerSecond: Double?
     /// When the running job was last announced to it.
     var jobSentAt = 0.0

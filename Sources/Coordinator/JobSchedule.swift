@@ -156,9 +156,6 @@ public struct JobSchedule: Sendable {
 
     public var isFinished: Bool { unit >= plan.units }
 
-    /// Whether the job is done and said so.
-    public var isComplete: Bool { completed }
-
     /// Workers with an assignment outstanding.
     public var busyWorkers: Set<String> {
         switch phase {

@@ -96,6 +96,18 @@ public final class LlamaModel: @unchecked Sendable {
         let up = state.up.pointer
         let scratch = state.scratch.pointer
         let layerCache = B * state.capacity * c.kvDim
+        /// x += PostNorm(input·Wᵀ) where the family norms its branches (Gemma), else x += input·Wᵀ (the residual
+        /// is the matmul's beta = 1).
+        func addBranch(_ m: FrozenMatrix, _ input: UnsafeMutablePointer<Float>, postNorm: UnsafeMutablePointer<Float>?)
+        {
+            guard let post = postNorm else {
+                m.multiplyTransposed(x, input, n: N, beta: 1)
+                return
+            }
+            m.multiplyTransposed(scratch, input, n: N)
+            rmsNormForward(out: h, rstd: nil, input: scratch, weight: post, rows: N, dim: c.dim, eps: c.rmsEps)
+            addInPlace(x, h, count: N * c.dim)
+        }
 
         embeddingForward(out: x, tokens: tokens, table: weights.embedding, count: N)
         if let scale = c.embeddingScale { scaleInPlace(x, N * c.dim, by: scale) }
@@ -126,29 +138,16 @@ public final class LlamaModel: @unchecked Sendable {
             }
             let shape = c.attentionShape(layer: l, batch: B, queries: T, keyCapacity: state.capacity, start: start)
             attentionForward(out: att, lse: nil, q: q, k: keys, v: values, shape: shape)
-            if let post = w.postAttentionNorm {
-                // x += PostNorm(att·Woᵀ)
-                w.o.multiplyTransposed(scratch, att, n: N)
-                rmsNormForward(out: h, rstd: nil, input: scratch, weight: post, rows: N, dim: c.dim, eps: c.rmsEps)
-                addInPlace(x, h, count: N * c.dim)
-            } else {
-                // x += att·Woᵀ (+ bias): the residual is the matmul's beta = 1.
-                w.o.multiplyTransposed(x, att, n: N, beta: 1)
-                if let bias = w.oBias {
-                    for r in 0..<N { for i in 0..<c.dim { x[r * c.dim + i] += bias[i] } }
-                }
+            addBranch(w.o, att, postNorm: w.postAttentionNorm)
+            // The output projection's bias (Qwen2 has none on o, but a model may; no post-norm family has one).
+            if w.postAttentionNorm == nil, let bias = w.oBias {
+                for r in 0..<N { for i in 0..<c.dim { x[r * c.dim + i] += bias[i] } }
             }
             rmsNormForward(out: h, rstd: nil, input: x, weight: w.ffnNorm, rows: N, dim: c.dim, eps: c.rmsEps)
             linearForward(out: gate, input: h, weight: w.gate, bias: nil, rows: N)
             linearForward(out: up, input: h, weight: w.up, bias: nil, rows: N)
             gatedForward(c.activation, out: gate, gate: gate, up: up, count: N * c.ffnDim)
-            if let post = w.postFFNNorm {
-                w.down.multiplyTransposed(scratch, gate, n: N)
-                rmsNormForward(out: h, rstd: nil, input: scratch, weight: post, rows: N, dim: c.dim, eps: c.rmsEps)
-                addInPlace(x, h, count: N * c.dim)
-            } else {
-                w.down.multiplyTransposed(x, gate, n: N, beta: 1)
-            }
+            addBranch(w.down, gate, postNorm: w.postFFNNorm)
         }
         rmsNormForward(out: h, rstd: nil, input: x, weight: weights.outputNorm, rows: N, dim: c.dim, eps: c.rmsEps)
         state.length += T
