@@ -399,6 +399,7 @@ public final class Coordinator: @unchecked Sendable {
                 [
                     "job": .string(job.id), "spec": .string(job.prepared.config.yaml()),
                     "model_blob": .string(job.record.modelBlob),
+                    "total_steps": .integer(Int64(job.prepared.totalSteps)),
                     "model_bytes": .integer(Int64(blobs.size(job.record.modelBlob) ?? 0)),
                     "mode": .string(job.record.mode),
                 ]))

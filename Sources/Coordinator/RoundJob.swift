@@ -59,16 +59,12 @@ final class RoundJob: RunningJob {
         outer = OuterOptimizer(
             modules: adapter.modules.count, learningRate: Float(c.outerLearningRate), momentum: Float(c.outerMomentum))
         if let blob = record.checkpointBlob {
-            let checkpoint: Checkpoint
-            do { checkpoint = try Checkpoint.read(from: blobs.path(blob)) } catch {
-                throw JobError("the job's last checkpoint cannot be read: \(error)")
+            let checkpoint = try record.checkpoint(blob, in: blobs)
+            guard outer.restore(checkpoint.extra["outer_momentum"] ?? [], modules: adapter.modules) else {
+                throw JobError("the job's last checkpoint does not match its settings (its outer momentum)")
             }
-            guard checkpoint.parameters.count == adapter.parameters.count,
-                outer.restore(checkpoint.extra["outer_momentum"] ?? [], modules: adapter.modules)
-            else { throw JobError("the job's last checkpoint does not match its settings") }
-            adapter.parameters.pointer.update(from: checkpoint.parameters, count: checkpoint.parameters.count)
+            cursor = try restore(checkpoint, into: adapter, moments: nil)
             round = checkpoint.step
-            cursor = checkpoint.cursor
         }
         canonicalize()
     }
@@ -139,19 +135,15 @@ final class RoundJob: RunningJob {
             bytes: bytes, workers: shares, computeSeconds: shares.computeSeconds)
         var checkpoint = Checkpoint(
             step: round, cursor: cursor, dataHash: prepared.dataHash, baseModelHash: self.record.modelBlob,
-            modules: adapter.modules.map { ($0.layer, $0.target, $0.rank, $0.scale) },
-            parameters: adapter.parameters.array, firstMoment: [], secondMoment: [])
+            adapter: adapter, moments: nil)
         checkpoint.extra["outer_momentum"] = outer.state()
         results = []
         return (record, checkpoint)
     }
 
     func provenance() -> AdapterProvenance {
-        var p = AdapterProvenance()
-        p.baseModelHash = record.modelBlob
-        p.dataHash = federated ? nil : prepared.dataHash
-        p.recipe = try? JSONValue.parse(Trainer.recipeJSON(prepared.config))
-        p.steps = localSteps
-        return p
+        AdapterProvenance(
+            training: prepared.config, baseModelHash: record.modelBlob, dataHash: federated ? nil : prepared.dataHash,
+            steps: localSteps)
     }
 }

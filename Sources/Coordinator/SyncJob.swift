@@ -73,63 +73,45 @@ public struct PreparedJob: Sendable {
         }
         let problems = config.problems()
         guard problems.isEmpty else { throw JobError("\(source): " + problems.joined(separator: "; ")) }
-        let source_ = ModelSource.gguf(modelPath)
+        if config.mode == .federated, config.steps <= 0 {
+            throw JobError("\(source): steps: federated jobs need steps (local steps per worker); epochs do not apply")
+        }
+        let model = ModelSource.gguf(modelPath)
         let modelConfig: LlamaConfig
         let tokenizer: BPETokenizer
         let templateSource: String?
         do {
-            modelConfig = try source_.config()
-            (tokenizer, templateSource) = try source_.tokenizer()
+            modelConfig = try model.config()
+            (tokenizer, templateSource) = try model.tokenizer()
         } catch { throw JobError(error.description) }
-        do { try config.lora.validate(for: modelConfig) } catch { throw JobError("\(source): \(error.description)") }
-        guard config.sequenceLength <= min(modelConfig.contextLength, LlamaModel.positionLimit) else {
-            throw JobError("\(source): seq_len \(config.sequenceLength) is longer than the model's context")
-        }
-        let rowsPerStep = config.batchSize * config.gradientAccumulation
-        let template: Result<ChatTemplate, ChatTemplateError>
-        do throws(ChatTemplateError) {
-            template = .success(try LanguageModel.chatTemplate(override: config.chatTemplate, source: templateSource))
-        } catch { template = .failure(error) }
-        func load(_ c: TrainingConfig) throws(JobError) -> TrainingData {
-            do { return try TrainingData.load(config: c, tokenizer: tokenizer, template: template) } catch {
+        do { try config.check(model: modelConfig) } catch { throw JobError("\(source): \(error.description)") }
+        let template = ChatTemplate.forJob(override: config.chatTemplate, source: templateSource)
+        func load(_ c: TrainingConfig, shuffled: Bool = true) throws(JobError) -> JobRows {
+            do {
+                return try JobRows.load(config: c, tokenizer: tokenizer, template: template, shuffled: shuffled)
+            } catch {
                 var text = error.description.replacingOccurrences(of: dataPath, with: dataName)
                 if let validation { text = text.replacingOccurrences(of: validation.path, with: validation.name) }
                 throw JobError(text)
             }
         }
-        func rows(_ examples: [Example], seed: UInt64?) -> RowPlan {
-            RowPlan(
-                examples: examples, length: config.sequenceLength, mode: config.batchMode,
-                padId: tokenizer.eosId ?? 0, seed: seed)
-        }
         if config.mode == .federated {
-            guard config.steps > 0 else {
-                throw JobError(
-                    "\(source): steps: federated jobs need steps (local steps per worker); epochs do not apply")
-            }
             var validationPlan: RowPlan?
             if let path = config.validationData {
                 // The held-out file read as data: its examples are the only ones the coordinator has.
                 var c = config
                 c.data = path
                 c.validationData = nil
-                validationPlan = rows(try load(c).train, seed: nil)
+                validationPlan = try load(c, shuffled: false).train
             }
             return PreparedJob(
                 config: config, modelConfig: modelConfig, plan: nil, validationPlan: validationPlan, dataHash: "",
-                totalSteps: config.steps, rowsPerStep: rowsPerStep)
+                totalSteps: config.steps, rowsPerStep: config.batchSize * config.gradientAccumulation)
         }
-        let data = try load(config)
-        let plan = rows(data.train, seed: config.seed)
-        guard plan.exampleCount > 0 else { throw JobError("\(dataName): no example has a trained token") }
-        let totalSteps =
-            config.steps > 0
-            ? config.steps
-            : max(1, Int((Double(plan.rowCount(epoch: 0)) * config.epochs / Double(rowsPerStep)).rounded(.up)))
+        let rows = try load(config)
         return PreparedJob(
-            config: config, modelConfig: modelConfig, plan: plan,
-            validationPlan: data.validation.isEmpty ? nil : rows(data.validation, seed: nil), dataHash: data.hash,
-            totalSteps: totalSteps, rowsPerStep: rowsPerStep)
+            config: config, modelConfig: modelConfig, plan: rows.train, validationPlan: rows.validation,
+            dataHash: rows.dataHash, totalSteps: rows.totalSteps, rowsPerStep: rows.rowsPerStep)
     }
 }
 
@@ -174,6 +156,29 @@ extension RunningJob {
     }
 }
 
+extension RunningJob {
+    /// Loads the job's checkpoint into its adapter (and AdamW state); returns the data cursor.
+    func restore(_ checkpoint: Checkpoint, into adapter: LoRAAdapter, moments: AdamWOptimizer?) throws(JobError)
+        -> Int
+    {
+        do {
+            try checkpoint.restore(
+                into: adapter, moments: moments, dataHash: prepared.plan == nil ? nil : prepared.dataHash,
+                baseModelHash: record.modelBlob)
+        } catch { throw JobError("the job's last checkpoint cannot be used: \(error)") }
+        return checkpoint.cursor
+    }
+}
+
+extension JobRecord {
+    /// The checkpoint journaled as `blob`.
+    func checkpoint(_ blob: String, in blobs: BlobStore) throws(JobError) -> Checkpoint {
+        do { return try Checkpoint.read(from: blobs.path(blob)) } catch {
+            throw JobError("the job's last checkpoint cannot be read: \(error)")
+        }
+    }
+}
+
 /// Loads a job of any mode, fresh or from its last journaled checkpoint.
 func loadJob(record: JobRecord, blobs: BlobStore) throws(JobError) -> any RunningJob {
     record.mode == DistributionMode.sync.rawValue
@@ -185,9 +190,8 @@ final class SyncJob: RunningJob {
     let id: String
     let record: JobRecord
     let prepared: PreparedJob
-    let adapter: LoRAAdapter
-    let optimizer: AdamWOptimizer
-    let schedule: LearningRateSchedule
+    let optimizer: AdapterOptimizer
+    var adapter: LoRAAdapter { optimizer.adapter }
     private(set) var cursor: Int
     var step: Int { optimizer.stepCount }
     var totalSteps: Int { prepared.totalSteps }
@@ -215,27 +219,13 @@ final class SyncJob: RunningJob {
         }
         prepared = try PreparedJob.prepare(record: record, blobs: blobs)
         let c = prepared.config
-        adapter = LoRAAdapter(model: prepared.modelConfig, config: c.lora, seed: c.seed)
-        optimizer = AdamWOptimizer(
-            count: adapter.parameters.count, beta1: Float(c.beta1), beta2: Float(c.beta2), epsilon: Float(c.epsilon),
-            weightDecay: Float(c.weightDecay))
-        schedule = LearningRateSchedule(
-            peak: c.learningRate, warmupSteps: c.warmupSteps, totalSteps: prepared.totalSteps, kind: c.schedule,
-            minRatio: c.minLearningRateRatio)
-        gradientSum = FloatBuffer(count: adapter.parameters.count)
+        optimizer = AdapterOptimizer(
+            adapter: LoRAAdapter(model: prepared.modelConfig, config: c.lora, seed: c.seed), config: c,
+            totalSteps: prepared.totalSteps)
+        gradientSum = FloatBuffer(count: optimizer.adapter.parameters.count)
         cursor = 0
         if let blob = record.checkpointBlob {
-            let checkpoint: Checkpoint
-            do { checkpoint = try Checkpoint.read(from: blobs.path(blob)) } catch {
-                throw JobError("the job's last checkpoint cannot be read: \(error)")
-            }
-            guard checkpoint.parameters.count == adapter.parameters.count, checkpoint.dataHash == prepared.dataHash
-            else { throw JobError("the job's last checkpoint does not match its settings and data") }
-            adapter.parameters.pointer.update(from: checkpoint.parameters, count: checkpoint.parameters.count)
-            optimizer.m.pointer.update(from: checkpoint.firstMoment, count: checkpoint.firstMoment.count)
-            optimizer.v.pointer.update(from: checkpoint.secondMoment, count: checkpoint.secondMoment.count)
-            optimizer.stepCount = checkpoint.step
-            cursor = checkpoint.cursor
+            cursor = try restore(record.checkpoint(blob, in: blobs), into: optimizer.adapter, moments: optimizer.adamW)
         }
     }
 
@@ -275,35 +265,21 @@ final class SyncJob: RunningJob {
     /// Returns the step's record and the checkpoint to journal.
     func finishStep(now: Double, rows: [String: Int]) -> (StepRecord, Checkpoint) {
         for (worker, n) in rows { shares[worker, default: WorkerShare(rows: 0)].rows = n }
-        if tokens > 0 {
-            let scale = 1 / Float(tokens)
-            for i in 0..<gradientSum.count { gradientSum.pointer[i] *= scale }
-            _ = clipGradients(gradientSum, maxNorm: prepared.config.maxGradNorm)
-            optimizer.update(
-                parameters: adapter.parameters, gradients: gradientSum,
-                learningRate: schedule.rate(step: optimizer.stepCount))
-        } else {
-            optimizer.stepCount += 1
-        }
+        optimizer.step(gradientSum, loss: StepLoss(sum: lossSum, tokens: tokens), summed: true)
         cursor += prepared.rowsPerStep
         let stepRecord = StepRecord(
             step: optimizer.stepCount, loss: tokens > 0 ? lossSum / Double(tokens) : 0, tokens: tokens,
             seconds: now - stepStarted, bytes: stepBytes, workers: shares,
             computeSeconds: shares.computeSeconds)
-        let checkpoint = Checkpoint(
-            step: optimizer.stepCount, cursor: cursor, dataHash: prepared.dataHash, baseModelHash: record.modelBlob,
-            modules: adapter.modules.map { ($0.layer, $0.target, $0.rank, $0.scale) },
-            parameters: adapter.parameters.array, firstMoment: optimizer.m.array, secondMoment: optimizer.v.array)
-        return (stepRecord, checkpoint)
+        return (
+            stepRecord,
+            Checkpoint(optimizer, cursor: cursor, dataHash: prepared.dataHash, baseModelHash: record.modelBlob)
+        )
     }
 
     /// The adapter's provenance for its exported files.
     func provenance() -> AdapterProvenance {
-        var p = AdapterProvenance()
-        p.baseModelHash = record.modelBlob
-        p.dataHash = prepared.dataHash
-        p.recipe = try? JSONValue.parse(Trainer.recipeJSON(prepared.config))
-        p.steps = step
-        return p
+        AdapterProvenance(
+            training: prepared.config, baseModelHash: record.modelBlob, dataHash: prepared.dataHash, steps: step)
     }
 }

@@ -126,36 +126,18 @@ public final class Trainer {
             baseHash = try FileHash.modelIdentity(path: lm.source.path)
         } catch { throw .file(error) }
         let model = lm.model
-        do { try config.lora.validate(for: model.config) } catch { throw .config([error.description]) }
-        guard config.sequenceLength <= model.maxPositions else {
-            throw .config([
-                "seq_len: \(config.sequenceLength) is longer than the model's context (\(model.maxPositions) tokens)"
-            ])
-        }
+        try config.check(model: model.config)
         let tokenizer: BPETokenizer
         do { tokenizer = try lm.requireTokenizer() } catch { throw .file(error) }
-        let template: Result<ChatTemplate, ChatTemplateError>
-        do throws(ChatTemplateError) { template = .success(try lm.chatTemplate(override: config.chatTemplate)) } catch {
-            template = .failure(error)
-        }
 
         // Data.
-        let data = try TrainingData.load(config: config, tokenizer: tokenizer, template: template)
-        let (train, validation, skipped, dataHash) = (data.train, data.validation, data.skipped, data.hash)
+        let rows = try JobRows.load(
+            config: config, tokenizer: tokenizer,
+            template: ChatTemplate.forJob(override: config.chatTemplate, source: lm.chatTemplateSource))
+        let (plan, validationPlan, rowsPerStep, totalSteps) = (
+            rows.train, rows.validation, rows.rowsPerStep, rows.totalSteps
+        )
         let padId = tokenizer.eosId ?? 0
-        let plan = RowPlan(
-            examples: train, length: config.sequenceLength, mode: config.batchMode, padId: padId, seed: config.seed)
-        guard plan.exampleCount > 0 else { throw .run("no example has a trained token (check loss_on and the data)") }
-        let validationPlan =
-            validation.isEmpty
-            ? nil
-            : RowPlan(
-                examples: validation, length: config.sequenceLength, mode: config.batchMode, padId: padId, seed: nil)
-        let rowsPerStep = config.batchSize * config.gradientAccumulation
-        let totalSteps =
-            config.steps > 0
-            ? config.steps
-            : max(1, Int((Double(plan.rowCount(epoch: 0)) * config.epochs / Double(rowsPerStep)).rounded(.up)))
 
         // Adapter and optimizer state.
         let adapter: LoRAAdapter
@@ -167,34 +149,13 @@ public final class Trainer {
         let recompute = config.recomputes(
             model: model.config, adapter: adapter, precision: model.weights.precision)
         let session = TrainingSession(
-            model: model, adapter: adapter,
-            schedule: LearningRateSchedule(
-                peak: config.learningRate, warmupSteps: config.warmupSteps, totalSteps: totalSteps,
-                kind: config.schedule, minRatio: config.minLearningRateRatio),
-            weightDecay: config.weightDecay, beta1: config.beta1, beta2: config.beta2, epsilon: config.epsilon,
-            maxGradNorm: config.maxGradNorm, dropout: config.lora.dropout, seed: config.seed, recompute: recompute)
+            model: model, adapter: adapter, config: config, totalSteps: totalSteps, recompute: recompute)
         var cursor = 0
         if resuming {
             let c: Checkpoint
             do { c = try Checkpoint.read(from: checkpointPath) } catch { throw .file(error) }
-            guard c.dataHash == dataHash else {
-                throw .run(
-                    "the training data changed since the checkpoint (its SHA-256 differs); resume needs the same data, or start a new run"
-                )
-            }
-            guard c.baseModelHash == baseHash else {
-                throw .run("the base model changed since the checkpoint; resume needs the same model")
-            }
-            guard c.modules.count == adapter.modules.count,
-                zip(c.modules, adapter.modules).allSatisfy({
-                    $0.0.layer == $0.1.layer && $0.0.target == $0.1.target && $0.0.rank == $0.1.rank
-                }),
-                c.parameters.count == adapter.parameters.count
-            else { throw .run("the checkpoint's adapter does not match the job's LoRA settings") }
-            adapter.parameters.pointer.update(from: c.parameters, count: c.parameters.count)
-            session.optimizer.m.pointer.update(from: c.firstMoment, count: c.firstMoment.count)
-            session.optimizer.v.pointer.update(from: c.secondMoment, count: c.secondMoment.count)
-            session.optimizer.stepCount = c.step
+            try c.restore(
+                into: adapter, moments: session.optimizer.adamW, dataHash: rows.dataHash, baseModelHash: baseHash)
             cursor = c.cursor
             try trimMetrics(after: c.step)
         }
@@ -209,9 +170,9 @@ public final class Trainer {
         _ = onEvent(
             .planned(
                 TrainingPlan(
-                    examples: plan.exampleCount, skippedRecords: skipped, truncatedExamples: plan.truncatedCount,
+                    examples: plan.exampleCount, skippedRecords: rows.skipped, truncatedExamples: plan.truncatedCount,
                     emptyExamples: plan.emptyCount,
-                    validationExamples: validation.count, rowsPerEpoch: plan.rowCount(epoch: 0),
+                    validationExamples: rows.validationExamples, rowsPerEpoch: plan.rowCount(epoch: 0),
                     trainedTokensPerEpoch: plan.trainedTokensPerEpoch,
                     totalSteps: totalSteps, startStep: session.stepCount,
                     tokensPerStep: rowsPerStep * config.sequenceLength,
@@ -219,20 +180,14 @@ public final class Trainer {
                     basePrecision: model.weights.precision, baseBytes: model.weights.residentBytes,
                     flopsPerStep: flops)))
 
-        var provenance = AdapterProvenance()
-        provenance.baseModelHash = baseHash
-        provenance.baseModelName = (lm.source.path as NSString).lastPathComponent
-        provenance.dataHash = dataHash
-        provenance.recipe = try? JSONValue.parse(Self.recipeJSON(config))
+        let baseName = (lm.source.path as NSString).lastPathComponent
         func save() throws(TrainingError) {
-            provenance.steps = session.stepCount
-            let c = Checkpoint(
-                step: session.stepCount, cursor: cursor, dataHash: dataHash, baseModelHash: baseHash,
-                modules: adapter.modules.map { ($0.layer, $0.target, $0.rank, $0.scale) },
-                parameters: adapter.parameters.array,
-                firstMoment: session.optimizer.m.array, secondMoment: session.optimizer.v.array)
+            let provenance = AdapterProvenance(
+                training: config, baseModelHash: baseHash, baseModelName: baseName, dataHash: rows.dataHash,
+                steps: session.stepCount)
             do {
-                try c.write(to: checkpointPath)
+                try Checkpoint(session.optimizer, cursor: cursor, dataHash: rows.dataHash, baseModelHash: baseHash)
+                    .write(to: checkpointPath)
                 try adapter.savePEFT(
                     directory: dir, provenance: provenance, recipe: config.initAdapter == nil ? config.lora : nil)
             } catch { throw .file(error) }
@@ -264,11 +219,8 @@ public final class Trainer {
         let clock = ContinuousClock()
         while session.stepCount < totalSteps {
             let started = clock.now
-            let micro = (0..<config.gradientAccumulation).map { i in
-                plan.batch(from: cursor + i * config.batchSize, count: config.batchSize)
-            }
+            let result = session.step(rows.step(at: cursor, batchSize: config.batchSize))
             cursor += rowsPerStep
-            let result = session.step(micro)
             let seconds = (clock.now - started).seconds
             summary.steps = session.stepCount
             summary.lastLoss = result.loss.mean

@@ -1,6 +1,7 @@
 // TrainingSession: the engine of one adapter's training: gradients, optimizer state, workspaces, and the two
-// halves of a step (compute the gradient of a set of micro-batches; clip and update). The Trainer drives it
-// from data; a cluster worker drives it from the coordinator's messages.
+// halves of a step (compute the gradient of a set of micro-batches; the AdapterOptimizer's clip and update). The
+// Trainer drives it from data; a cluster worker drives it from the coordinator's messages (`localRound` for the
+// round modes, in TrainingJob.swift).
 
 import Llama
 import TensorKernels
@@ -25,12 +26,8 @@ public final class TrainingSession: @unchecked Sendable {
     public let adapter: LoRAAdapter
     /// Gradients of the last `computeGradients`, laid out like `adapter.parameters`.
     public let gradients: FloatBuffer
-    /// AdamW moments and step count.
-    public let optimizer: AdamWOptimizer
-    /// Learning rate by step.
-    public let schedule: LearningRateSchedule
-    /// Clip the global gradient norm to this (0: off).
-    public let maxGradNorm: Double
+    /// AdamW state, schedule and clipping.
+    public let optimizer: AdapterOptimizer
     /// LoRA dropout probability.
     public let dropout: Double
     /// Seed of the dropout masks.
@@ -49,14 +46,22 @@ public final class TrainingSession: @unchecked Sendable {
         self.model = model
         self.adapter = adapter
         gradients = FloatBuffer(count: adapter.parameters.count)
-        optimizer = AdamWOptimizer(
-            count: adapter.parameters.count, beta1: Float(beta1), beta2: Float(beta2), epsilon: Float(epsilon),
-            weightDecay: Float(weightDecay))
-        self.schedule = schedule
-        self.maxGradNorm = maxGradNorm
+        optimizer = AdapterOptimizer(
+            adapter: adapter, schedule: schedule, weightDecay: weightDecay, beta1: beta1, beta2: beta2,
+            epsilon: epsilon, maxGradNorm: maxGradNorm)
         self.dropout = dropout
         self.seed = seed
         self.recompute = recompute
+    }
+
+    /// The session a job's settings describe, for a job of `totalSteps` optimizer steps.
+    public convenience init(
+        model: LlamaModel, adapter: LoRAAdapter, config c: TrainingConfig, totalSteps: Int, recompute: Bool
+    ) {
+        self.init(
+            model: model, adapter: adapter, schedule: c.learningRateSchedule(totalSteps: totalSteps),
+            weightDecay: c.weightDecay, beta1: c.beta1, beta2: c.beta2, epsilon: c.epsilon,
+            maxGradNorm: c.maxGradNorm, dropout: c.lora.dropout, seed: c.seed, recompute: recompute)
     }
 
     /// Optimizer steps taken so far.
@@ -96,25 +101,9 @@ public final class TrainingSession: @unchecked Sendable {
         return total
     }
 
-    /// Clips the gradients and applies one AdamW update at the schedule's rate.
-    public func applyUpdate() -> (gradientNorm: Double, learningRate: Double) {
-        let norm = clipGradients(gradients, maxNorm: maxGradNorm)
-        let lr = schedule.rate(step: stepCount)
-        optimizer.update(parameters: adapter.parameters, gradients: gradients, learningRate: lr)
-        return (norm, lr)
-    }
-
-    /// One optimizer step over the micro-batches of a step.
-    public func step(_ microBatches: [TrainingBatch]) -> StepResult {
-        let loss = computeGradients(microBatches)
-        if loss.tokens == 0 {
-            // Nothing trained in these rows: count the step, leave the weights as they are.
-            optimizer.stepCount += 1
-            return StepResult(
-                step: stepCount, loss: loss, gradientNorm: 0, learningRate: schedule.rate(step: stepCount - 1))
-        }
-        let (norm, lr) = applyUpdate()
-        return StepResult(step: stepCount, loss: loss, gradientNorm: norm, learningRate: lr)
+    /// One optimizer step over the micro-batches of a step (`scheduleStep`: see `AdapterOptimizer.step`).
+    public func step(_ microBatches: [TrainingBatch], scheduleStep: Int? = nil) -> StepResult {
+        optimizer.step(gradients, loss: computeGradients(microBatches), scheduleStep: scheduleStep)
     }
 
     /// The loss of the current adapter on batches, without gradients or dropout.

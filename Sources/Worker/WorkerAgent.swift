@@ -83,20 +83,22 @@ public final class WorkerAgent: @unchecked Sendable {
         let plan: RowPlan?
         var cursor = 0
         /// Compression error carried into the next round's pseudo-gradient.
-        var errorFeedback: [Float]
+        var errorFeedback: ErrorFeedback
 
         init(id: String, session: TrainingSession, config: TrainingConfig, plan: RowPlan?) {
             self.id = id
             self.session = session
             self.config = config
             self.plan = plan
-            errorFeedback = [Float](repeating: 0, count: session.adapter.parameters.count)
+            errorFeedback = ErrorFeedback(count: session.adapter.parameters.count)
         }
     }
 
     private struct JobState {
         var id: String
         var config: TrainingConfig
+        /// The job's optimizer steps (its learning-rate schedule spans them).
+        var totalSteps: Int
         var modelBlob: String
         var download: BlobDownload?
         var modelBytes = 0
@@ -320,7 +322,9 @@ public final class WorkerAgent: @unchecked Sendable {
         }
         let blob = m.string("model_blob")
         guard BlobStore.isHash(blob) else { return }
-        job = JobState(id: id, config: config, modelBlob: blob)
+        // Coordinators before `total_steps` was sent: the spec's steps.
+        let totalSteps = m.int("total_steps") > 0 ? m.int("total_steps") : max(1, config.steps)
+        job = JobState(id: id, config: config, totalSteps: totalSteps, modelBlob: blob)
         if loaded.contains(where: { $0.id == id }) {
             job?.ready = true
             send(Message(.ready, ["job": .string(id)]))
@@ -453,6 +457,7 @@ public final class WorkerAgent: @unchecked Sendable {
         let path = blobs.path(job.modelBlob)
         let config = job.config
         let id = job.id
+        let totalSteps = job.totalSteps
         log("loading the model for \(id)")
         Thread.detachNewThread { [self] in
             do {
@@ -464,12 +469,7 @@ public final class WorkerAgent: @unchecked Sendable {
                     model: lm.model.config, adapter: adapter, precision: lm.model.weights.precision)
                 // The job's own optimizer settings: diloco and federated rounds take local AdamW steps.
                 let session = TrainingSession(
-                    model: lm.model, adapter: adapter,
-                    schedule: LearningRateSchedule(
-                        peak: config.learningRate, warmupSteps: config.warmupSteps, totalSteps: max(1, config.steps),
-                        kind: config.schedule, minRatio: config.minLearningRateRatio),
-                    weightDecay: config.weightDecay, beta1: config.beta1, beta2: config.beta2, epsilon: config.epsilon,
-                    maxGradNorm: config.maxGradNorm, recompute: recompute)
+                    model: lm.model, adapter: adapter, config: config, totalSteps: totalSteps, recompute: recompute)
                 var plan: RowPlan?
                 if config.mode == .federated {
                     guard let local = options.localData else {
@@ -477,19 +477,11 @@ public final class WorkerAgent: @unchecked Sendable {
                     }
                     var c = config
                     c.data = local
-                    let template: Result<ChatTemplate, ChatTemplateError>
-                    do throws(ChatTemplateError) {
-                        template = .success(try lm.chatTemplate(override: c.chatTemplate))
-                    } catch {
-                        template = .failure(error)
-                    }
-                    let data = try TrainingData.load(
-                        config: c, tokenizer: try lm.requireTokenizer(), template: template)
-                    let p = RowPlan(
-                        examples: data.train, length: c.sequenceLength, mode: c.batchMode,
-                        padId: (try lm.requireTokenizer()).eosId ?? 0, seed: c.seed)
-                    guard p.exampleCount > 0 else { throw WorkerError("\(local): no example has a trained token") }
-                    plan = p
+                    plan =
+                        try JobRows.load(
+                            config: c, tokenizer: try lm.requireTokenizer(),
+                            template: ChatTemplate.forJob(override: c.chatTemplate, source: lm.chatTemplateSource)
+                        ).train
                 }
                 let weights = lm.model.weights
                 log(
@@ -597,40 +589,23 @@ public final class WorkerAgent: @unchecked Sendable {
         computing = assignment
         Thread.detachNewThread { [self] in
             let started = Self.now
-            let global = params.floats()
-            session.adapter.parameters.pointer.update(from: global, count: n)
-            var total = StepLoss()
-            for h in 0..<steps {
-                let rows: TrainingBatch
-                if let plan = job.plan {
-                    rows = plan.batch(from: job.cursor, count: perStep)
-                    job.cursor += perStep
-                } else {
-                    rows = sent!.rows(h * perStep..<(h + 1) * perStep)
-                }
-                let loss = session.computeGradients(rows.split(maxRows: config.batchSize))
-                total += loss
-                guard loss.tokens > 0 else { continue }
-                _ = clipGradients(session.gradients, maxNorm: session.maxGradNorm)
-                session.optimizer.update(
-                    parameters: session.adapter.parameters, gradients: session.gradients,
-                    learningRate: session.schedule.rate(step: m.int("first_step") + h))
+            let (loss, delta) = session.localRound(
+                from: params.floats(), steps: steps, firstStep: m.int("first_step"), microBatch: config.batchSize
+            ) { h in
+                guard let plan = job.plan else { return sent!.rows(h * perStep..<(h + 1) * perStep) }
+                defer { job.cursor += perStep }
+                return plan.batch(from: job.cursor, count: perStep)
             }
-            // Pseudo-gradient with error feedback.
-            let local = session.adapter.parameters.pointer
-            var corrected = [Float](repeating: 0, count: n)
-            for i in 0..<n { corrected[i] = global[i] - local[i] + job.errorFeedback[i] }
+            let corrected = job.errorFeedback.corrected(delta)
             let tensors = corrected.withUnsafeBufferPointer { compression.encode($0, name: "delta") }
-            if let arrived = compression.decode(tensors, name: "delta", count: n) {
-                for i in 0..<n { job.errorFeedback[i] = corrected[i] - arrived[i] }
-            }
+            job.errorFeedback.carry(sent: corrected, arrived: compression.decode(tensors, name: "delta", count: n))
             post(
                 Message(
                     .roundResult,
                     [
                         "job": .string(job.id), "assignment": .integer(Int64(assignment)),
-                        "round": .integer(Int64(m.int("round"))), "loss": .number(total.sum),
-                        "tokens": .integer(Int64(total.tokens)), "seconds": .number(Self.now - started),
+                        "round": .integer(Int64(m.int("round"))), "loss": .number(loss.sum),
+                        "tokens": .integer(Int64(loss.tokens)), "seconds": .number(Self.now - started),
                     ], tensors: tensors))
         }
     }

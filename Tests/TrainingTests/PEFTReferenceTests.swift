@@ -83,7 +83,7 @@ enum PEFTFixtures {
                     }
                 }
             }
-            _ = session.applyUpdate()
+            session.optimizer.step(session.gradients, loss: loss)
         }
     }
 
