@@ -102,6 +102,7 @@ public final class TrainingSession: @unchecked Sendable {
     }
 
     /// One optimizer step over the micro-batches of a step (`scheduleStep`: see `AdapterOptimizer.step`).
+    @discardableResult
     public func step(_ microBatches: [TrainingBatch], scheduleStep: Int? = nil) -> StepResult {
         optimizer.step(gradients, loss: computeGradients(microBatches), scheduleStep: scheduleStep)
     }

@@ -1,0 +1,595 @@
+// WorkerSession: a cluster worker's decisions as a state machine. It takes events (time passed, a connection
+// opened, frames from the coordinator, a model loaded, an assignment computed, a stop asked for) and returns
+// actions (connect, send, load a model, compute, log, leave). It owns the connection's liveness (heartbeats,
+// silence, reconnecting with backoff), the job in hand, the model transfer (credit-based, resumable, shared with
+// the other workers of a cache), and the assignments: one computing, the others queued, revoked ones dropped.
+//
+// No sockets, threads or clock inside: `WorkerAgent` turns its socket, its threads and the wall clock into
+// events and performs the actions, and tests drive the session directly. The one outside thing it touches is the
+// model cache, through `ModelCache` (the blob store on disk; a simulated one in tests).
+
+import Llama
+import ModelFormats
+import Training
+import Wire
+
+/// The model cache as a worker's session uses it.
+public protocol ModelCache: AnyObject {
+    func contains(_ blob: String) -> Bool
+    /// Bytes of the blob received so far (its partial file).
+    func partialSize(_ blob: String) -> Int
+    /// Free bytes where the cache lives (nil: unknown).
+    var freeBytes: Int? { get }
+    /// The exclusive right to fetch `blob` into the cache, shared with other workers; nil while another holds it.
+    func claim(_ blob: String) -> (any CacheClaim)?
+    func appendPartial(_ blob: String, _ bytes: [UInt8]) throws(FormatError)
+    /// Verifies the partial file's SHA-256 and makes it the blob.
+    func completePartial(_ blob: String) throws(FormatError)
+    func path(_ blob: String) -> String
+}
+
+/// A held claim on fetching a blob.
+public protocol CacheClaim: AnyObject {
+    func release()
+}
+
+extension BlobStore.Claim: CacheClaim {}
+
+extension BlobStore: ModelCache {
+    public var freeBytes: Int? { Self.freeBytes(atPath: root) }
+    public func claim(_ blob: String) -> (any CacheClaim)? { claim(blob) as Claim? }
+}
+
+/// A cluster worker's session with its coordinator.
+public struct WorkerSession {
+    /// What the worker says of itself in `hello`.
+    public struct Machine: Sendable {
+        public var name: String
+        public var cores: Int
+        public var memory: Int
+        /// Measured sgemm rate.
+        public var gflops: Double
+        public var threads: Int
+        public var host: String
+        /// Examples in this worker's own data (federated jobs); 0 without.
+        public var localExamples: Int
+        /// The coordinator's address and the cache directory, for messages.
+        public var endpoint: String
+        public var cacheDirectory: String
+
+        public init(
+            name: String, cores: Int, memory: Int, gflops: Double, threads: Int, host: String, localExamples: Int,
+            endpoint: String, cacheDirectory: String
+        ) {
+            self.name = name
+            self.cores = cores
+            self.memory = memory
+            self.gflops = gflops
+            self.threads = threads
+            self.host = host
+            self.localExamples = localExamples
+            self.endpoint = endpoint
+            self.cacheDirectory = cacheDirectory
+        }
+    }
+
+    /// A job's model to load.
+    public struct JobSpec: Sendable {
+        public var id: String
+        public var config: TrainingConfig
+        /// The job's optimizer steps (its learning-rate schedule spans them).
+        public var totalSteps: Int
+        public var modelPath: String
+    }
+
+    /// What the session needs to know of a loaded job to check its assignments.
+    public struct LoadedJob: Sendable, Equatable {
+        public var id: String
+        public var parameterCount: Int
+        public var vocabularySize: Int
+        public var sequenceLength: Int
+        public var federated: Bool
+
+        public init(id: String, parameterCount: Int, vocabularySize: Int, sequenceLength: Int, federated: Bool) {
+            self.id = id
+            self.parameterCount = parameterCount
+            self.vocabularySize = vocabularySize
+            self.sequenceLength = sequenceLength
+            self.federated = federated
+        }
+    }
+
+    /// An assignment, checked against the loaded job: what the compute thread runs.
+    public struct Work: Sendable {
+        public enum Kind: Sendable, Equatable {
+            /// A sync step's rows: the gradient of their summed loss.
+            case gradient
+            /// Held-out rows: their loss, forward only.
+            case evaluation
+            /// A diloco or federated round: `steps` local steps of `rowsPerStep` rows from `firstStep` on.
+            case round(round: Int, firstStep: Int, steps: Int, rowsPerStep: Int)
+        }
+        public var kind: Kind
+        public var job: String
+        public var assignment: Int
+        /// The step an assignment belongs to (sync and evaluations).
+        public var step: Int
+        /// The adapter's parameters to start from.
+        public var parameters: [Float]
+        /// The rows (nil for a federated round: the worker's own data).
+        public var rows: TrainingBatch?
+    }
+
+    public enum Event: Sendable {
+        /// Time passed.
+        case tick
+        /// Leave after returning the assignment in hand.
+        case stop
+        /// The connection asked for by `.connect` is open, or why not.
+        case connected
+        case connectFailed(String)
+        case received([[UInt8]])
+        /// The coordinator refused this worker's key.
+        case refused
+        case loaded(LoadedJob)
+        case loadFailed(job: String, message: String)
+        /// A `result`, `round_result` or `eval_result` of the work in hand.
+        case computed(Message)
+    }
+
+    public enum Action: Sendable {
+        case connect
+        case disconnect
+        case send(Message)
+        case load(JobSpec)
+        case compute(Work)
+        case log(String)
+        /// Stop running: the worker has left.
+        case leave
+        /// Stop running with an error.
+        case fail(WorkerError)
+    }
+
+    public let machine: Machine
+    private let cache: any ModelCache
+
+    // The connection.
+    public private(set) var connected = false
+    public private(set) var welcomed = false
+    private var heartbeat = Double(Wire.heartbeatMilliseconds) / 1000
+    private var liveness = Wire.heartbeatLiveness
+    private var lastHeard = 0.0
+    private var lastSent = 0.0
+    private var connectedAt = 0.0
+    private var backoff = 0.5
+    private var nextAttempt = 0.0
+    public private(set) var leaving = false
+    public private(set) var finished = false
+
+    // The job in hand and its model transfer.
+    private struct JobState {
+        var id: String
+        var config: TrainingConfig
+        var totalSteps: Int
+        var modelBlob: String
+        var modelBytes: Int
+        var download: BlobDownload?
+        /// This worker's claim on fetching the model into the shared cache.
+        var claim: (any CacheClaim)?
+        var waitingForPeer = false
+        var loading = false
+        var ready = false
+        /// This worker cannot take part (reported to the coordinator); nothing more is tried for the job.
+        var failed = false
+    }
+    private var job: JobState?
+    private var lastChunk = 0.0
+    /// When the transfer in progress started (and from how many bytes), and when its progress was last logged.
+    private var transferStarted = (time: 0.0, bytes: 0)
+    private var transferLogged = 0.0
+    private var failedFetches = 0
+
+    // Assignments.
+    public private(set) var loaded: LoadedJob?
+    public private(set) var computing: Int?
+    private var revoked: Set<Int> = []
+    private var queued: [Message] = []
+
+    private var out: [Action] = []
+    private var now = 0.0
+
+    public init(machine: Machine, cache: any ModelCache) {
+        self.machine = machine
+        self.cache = cache
+    }
+
+    /// Takes one event at time `now` (seconds); returns what to do, in order.
+    public mutating func handle(_ event: Event, now: Double) -> [Action] {
+        guard !finished else { return [] }
+        self.now = now
+        out = []
+        switch event {
+        case .tick: tick()
+        case .stop:
+            if !leaving {
+                leaving = true
+                if computing != nil { log("stopping: finishing the assignment in hand first") }
+            }
+        case .connected:
+            connected = true
+            welcomed = false
+            connectedAt = now
+            sayHello()
+        case .connectFailed(let why):
+            log("cannot connect to \(machine.endpoint): \(why)")
+            disconnect(retry: true)
+        case .received(let frames): receive(frames)
+        case .refused:
+            disconnect(retry: false)
+            out.append(
+                .fail(
+                    WorkerError(
+                        "the coordinator refused this worker's key (not enrolled, or revoked); join again with a new "
+                            + "token")))
+            finished = true
+        case .loaded(let info):
+            loaded = info
+            if job?.id == info.id {
+                job?.ready = true
+                job?.loading = false
+                send(Message(.ready, ["job": .string(info.id)]))
+            }
+        case .loadFailed(let id, let message):
+            // Logged here and reported, so the coordinator leaves this worker out of the job and says why.
+            log(message)
+            if job?.id == id {
+                job?.loading = false
+                job?.failed = true
+            }
+            send(Message(.error, ["code": "load", "job": .string(id), "message": .string(message)]))
+        case .computed(let result):
+            computing = nil
+            if revoked.remove(result.int("assignment")) == nil { send(result) }
+            if !leaving, !queued.isEmpty { start(queued.removeFirst()) }
+        }
+        if leaving, computing == nil, !finished { leave() }
+        return out
+    }
+
+    // MARK: The connection
+
+    private mutating func tick() {
+        guard connected else {
+            if !leaving, now >= nextAttempt { out.append(.connect) }
+            return
+        }
+        // Heartbeats even before `welcome` (a coordinator that lost our hello answers `hello_first`).
+        if now - lastSent >= heartbeat { send(Message(.heartbeat)) }
+        // Another worker on this machine was fetching the model: see whether it is there now (or whether the
+        // other worker died and left its claim, in which case this one resumes the transfer).
+        if job?.waitingForPeer == true { startFetch() }
+        // A transfer that stopped moving (a request or chunk was lost): ask again from what we have.
+        if var d = job?.download, !d.outstanding.isEmpty, now - lastChunk > max(2, 5 * heartbeat) {
+            d.reset()
+            job?.download = d
+            lastChunk = now
+            requestChunks()
+        }
+        let silent = now - max(lastHeard, connectedAt)
+        if silent > heartbeat * Double(liveness) {
+            log(
+                welcomed
+                    ? "the coordinator is silent (\(Self.seconds(silent))); reconnecting"
+                    : "no answer from \(machine.endpoint) yet; retrying")
+            disconnect(retry: true)
+        }
+    }
+
+    private mutating func disconnect(retry: Bool) {
+        if connected { out.append(.disconnect) }
+        connected = false
+        welcomed = false
+        if retry {
+            nextAttempt = now + backoff
+            backoff = min(backoff * 2, 30)
+        }
+    }
+
+    private mutating func leave() {
+        if connected, welcomed { send(Message(.bye, ["reason": "stopped"])) }
+        disconnect(retry: false)
+        log("left the cluster")
+        out.append(.leave)
+        finished = true
+    }
+
+    private mutating func send(_ m: Message) {
+        // Without a connection a message is lost; the coordinator re-assigns what it does not hear back about.
+        guard connected else { return }
+        out.append(.send(m))
+        lastSent = now
+    }
+
+    private mutating func log(_ text: String) { out.append(.log(text)) }
+
+    private mutating func sayHello() {
+        let m = machine
+        send(
+            Message(
+                .hello,
+                [
+                    "name": .string(m.name), "cores": .integer(Int64(m.cores)), "memory": .integer(Int64(m.memory)),
+                    "gflops": .number(m.gflops), "threads": .integer(Int64(m.threads)),
+                    "host": .string(String(m.host.prefix(256))),
+                    "local_examples": m.localExamples > 0 ? .integer(Int64(m.localExamples)) : .null,
+                ]))
+    }
+
+    // MARK: Messages
+
+    private mutating func receive(_ frames: [[UInt8]]) {
+        lastHeard = now
+        backoff = 0.5
+        let m: Message
+        do { m = try Message.decode(frames) } catch {
+            log("dropped a message from the coordinator: \(error)")
+            return
+        }
+        switch m.type {
+        case .welcome:
+            welcomed = true
+            heartbeat = Double(min(max(m.int("heartbeat_ms"), 10), 60_000)) / 1000
+            liveness = min(max(m.int("liveness"), 1), 100)
+            log("connected to \(machine.endpoint) as \(m.string("worker"))")
+            // A transfer the lost connection interrupted goes on from what arrived.
+            if job?.download != nil {
+                job?.download?.reset()
+                lastChunk = now
+                requestChunks()
+            }
+        case .job: receiveJob(m)
+        case .chunk: receiveChunk(m)
+        case .assign, .roundAssign, .evaluate:
+            if computing == nil, !leaving { start(m) } else { queued.append(m) }
+        case .revoke:
+            // Assignment 0: every assignment of the job (it was cancelled).
+            let id = m.int("assignment")
+            if let c = computing, id == 0 || c == id { revoked.insert(c) }
+            queued.removeAll { id == 0 ? $0.string("job") == m.string("job") : $0.int("assignment") == id }
+        case .error:
+            if m.string("code") == "hello_first" {
+                sayHello()
+            } else {
+                log("coordinator: \(m.string("message"))")
+            }
+        default: break
+        }
+    }
+
+    private mutating func receiveJob(_ m: Message) {
+        let id = m.string("job")
+        if let job, job.id == id, !job.failed {
+            if job.ready { send(Message(.ready, ["job": .string(id)])) }
+            return
+        }
+        var config = TrainingConfig()
+        do { try config.apply(yaml: m.string("spec"), source: "\(id) job") } catch {
+            log("cannot read \(id)'s settings: \(error)")
+            return
+        }
+        let blob = m.string("model_blob")
+        guard BlobStore.isHash(blob) else { return }
+        job?.claim?.release()
+        // Coordinators before `total_steps` was sent: the spec's steps.
+        let totalSteps = m.int("total_steps") > 0 ? m.int("total_steps") : max(1, config.steps)
+        job = JobState(
+            id: id, config: config, totalSteps: totalSteps, modelBlob: blob, modelBytes: max(0, m.int("model_bytes")))
+        if loaded?.id == id {
+            job?.ready = true
+            send(Message(.ready, ["job": .string(id)]))
+            return
+        }
+        startFetch()
+    }
+
+    // MARK: The model
+
+    /// Loads the job's model if cached; otherwise fetches it, unless another worker sharing this cache already
+    /// is (then the tick checks back until the blob appears or the other's claim lapses).
+    private mutating func startFetch() {
+        guard let job, job.download == nil, !job.loading, !job.ready, !job.failed else { return }
+        let blob = job.modelBlob
+        if cache.contains(blob) {
+            load()
+            return
+        }
+        // A cache that cannot hold the model is said at once, not after filling the disk.
+        let needed = job.modelBytes - cache.partialSize(blob)
+        if let free = cache.freeBytes, free < needed {
+            fault(
+                "cache",
+                "the cache \(machine.cacheDirectory) has \(Self.size(free)) free and the model needs "
+                    + "\(Self.size(needed)); free space there, or start the worker with --cache on a roomier disk")
+            return
+        }
+        guard let claim = cache.claim(blob) else {
+            if !job.waitingForPeer { log("another worker on this machine is fetching the model; waiting for it") }
+            self.job?.waitingForPeer = true
+            return
+        }
+        if cache.contains(blob) {
+            claim.release()
+            load()
+            return
+        }
+        self.job?.waitingForPeer = false
+        self.job?.claim = claim
+        let have = cache.partialSize(blob)
+        log(
+            "fetching the model (\(job.modelBytes >> 20) MiB" + (have > 0 ? ", resuming at \(have >> 20) MiB)" : ")"))
+        self.job?.download = BlobDownload(hash: blob, total: job.modelBytes, received: have)
+        lastChunk = now
+        transferStarted = (now, have)
+        transferLogged = now
+        requestChunks()
+    }
+
+    /// Reports that this worker cannot take part in the current job, and stops trying.
+    private mutating func fault(_ code: String, _ message: String) {
+        guard let id = job?.id else { return }
+        log("cannot take part in \(id): \(message)")
+        job?.failed = true
+        send(Message(.error, ["code": .string(code), "job": .string(id), "message": .string(message)]))
+    }
+
+    private mutating func releaseClaim() {
+        job?.claim?.release()
+        job?.claim = nil
+    }
+
+    private mutating func requestChunks() {
+        guard var d = job?.download else { return }
+        if d.isComplete {
+            job?.download = nil
+            defer { releaseClaim() }
+            do { try cache.completePartial(d.hash) } catch {
+                failedFetches += 1
+                guard failedFetches < 3 else {
+                    fault("cache", "\(error); gave up on this job's model after three tries")
+                    return
+                }
+                log("\(error); fetching again")
+                job?.download = BlobDownload(hash: d.hash, total: d.total)
+                requestChunks()
+                return
+            }
+            log("model received and verified (SHA-256)")
+            load()
+            return
+        }
+        for r in d.requests() { send(r) }
+        job?.download = d
+    }
+
+    private mutating func receiveChunk(_ m: Message) {
+        guard var d = job?.download else { return }
+        lastChunk = now
+        let bytes: [UInt8]
+        do { bytes = try d.accept(m) } catch {
+            log("dropped a chunk: \(error)")
+            return
+        }
+        if !bytes.isEmpty {
+            do { try cache.appendPartial(d.hash, bytes) } catch {
+                // The cache cannot take it (a full disk, a read-only directory): retrying would not help.
+                job?.download = nil
+                releaseClaim()
+                fault("cache", "cannot write the model into the cache \(machine.cacheDirectory): \(error)")
+                return
+            }
+        }
+        job?.download = d
+        logTransfer(d)
+        requestChunks()
+    }
+
+    /// A line every 10 s while the model arrives: how far, how fast, how long still.
+    private mutating func logTransfer(_ d: BlobDownload) {
+        guard now - transferLogged >= 10, !d.isComplete else { return }
+        transferLogged = now
+        let rate = Double(d.received - transferStarted.bytes) / max(1e-3, now - transferStarted.time)
+        let left = rate > 0 ? Double(d.total - d.received) / rate : 0
+        log(
+            "fetching the model: \(Int(100 * Double(d.received) / Double(max(1, d.total))))% "
+                + "(\(Self.size(d.received)) of \(Self.size(d.total))) · \(Self.mebibytes(rate))/s · "
+                + "\(Int(left.rounded())) s left")
+    }
+
+    private mutating func load() {
+        guard let job, !job.loading else { return }
+        self.job?.loading = true
+        log("loading the model for \(job.id)")
+        out.append(
+            .load(
+                JobSpec(
+                    id: job.id, config: job.config, totalSteps: job.totalSteps, modelPath: cache.path(job.modelBlob))))
+    }
+
+    // MARK: Assignments
+
+    private mutating func start(_ m: Message) {
+        let id = m.string("job")
+        guard let loaded, loaded.id == id else {
+            log("assignment for \(id), which is not loaded here; ignored")
+            return
+        }
+        guard let work = Self.work(of: m, loaded: loaded) else {
+            log("dropped a malformed \(m.type) (tensor sizes, or ids out of range)")
+            return
+        }
+        computing = work.assignment
+        out.append(.compute(work))
+    }
+
+    /// An assignment checked against the loaded job, or nil when its tensors do not fit it (untrusted input: it
+    /// must be checked before it reaches the kernels).
+    static func work(of m: Message, loaded: LoadedJob) -> Work? {
+        guard let p = m.tensor("parameters"), p.count == loaded.parameterCount else { return nil }
+        let job = m.string("job")
+        let assignment = m.int("assignment")
+        switch m.type {
+        case .assign, .evaluate:
+            guard p.dtype == .f32, let rows = rows(of: m, count: m.int("rows"), loaded: loaded) else { return nil }
+            return Work(
+                kind: m.type == .assign ? .gradient : .evaluation, job: job, assignment: assignment,
+                step: m.int("step"), parameters: p.floats(), rows: rows)
+        case .roundAssign:
+            let steps = m.int("steps")
+            let perStep = m.int("rows_per_step")
+            guard p.dtype == .f32 || p.dtype == .bf16, (1...1_000_000).contains(steps),
+                (1...1_000_000).contains(perStep), m.int("first_step") >= 0
+            else { return nil }
+            var rows: TrainingBatch?
+            if !loaded.federated {
+                guard let r = Self.rows(of: m, count: steps * perStep, loaded: loaded) else { return nil }
+                rows = r
+            }
+            return Work(
+                kind: .round(round: m.int("round"), firstStep: m.int("first_step"), steps: steps, rowsPerStep: perStep),
+                job: job, assignment: assignment, step: 0, parameters: p.floats(), rows: rows)
+        default: return nil
+        }
+    }
+
+    /// The rows an assignment carries, or nil when its tensors are not `count` rows of the job's length or hold
+    /// ids the model cannot index.
+    static func rows(of m: Message, count: Int, loaded: LoadedJob) -> TrainingBatch? {
+        let length = loaded.sequenceLength
+        guard count > 0, count <= 1 << 20 else { return nil }
+        let n = count * length
+        guard let t = m.tensor("tokens"), t.dtype == .i32, t.count == n, let g = m.tensor("targets"), g.dtype == .i32,
+            g.count == n, let p = m.tensor("positions"), p.dtype == .i32, p.count == n,
+            let s = m.tensor("starts"), s.dtype == .i32, s.count == n
+        else { return nil }
+        let batch = TrainingBatch(
+            batch: count, length: length, tokens: t.ints(), targets: g.ints(), positions: p.ints(),
+            documentStarts: s.ints())
+        return batch.isValid(vocabularySize: loaded.vocabularySize) ? batch : nil
+    }
+
+    // MARK: Formatting
+
+    static func size(_ bytes: Int) -> String {
+        bytes >= 1 << 20 ? mebibytes(Double(bytes)) : "\(max(0, bytes) >> 10) KiB"
+    }
+
+    static func mebibytes(_ bytes: Double) -> String {
+        let tenths = Int((bytes / 104857.6).rounded())
+        return "\(tenths / 10).\(tenths % 10) MiB"
+    }
+
+    static func seconds(_ s: Double) -> String {
+        let tenths = Int((s * 10).rounded())
+        return "\(tenths / 10).\(tenths % 10) s"
+    }
+}
