@@ -1,4 +1,4 @@
-// LlamaConfig: the hyperparameters of a llama-family decoder, read from GGUF metadata (formats.md §3) or a Hugging
+// LlamaConfig: the hyperparameters of a llama-family decoder, read from GGUF metadata (Docs/FORMATS.md §3) or a Hugging
 // Face config.json. The families Cairn runs are the plain llama block and the variations listed in
 // `ModelFamily`; each variation is a field here (q/k norms, post-norms, GeGLU, soft caps, sliding windows,
 // scaled or partial rotary embeddings, fused projections). Anything the forward pass would get wrong (YaRN, MLP
@@ -253,7 +253,7 @@ public struct LlamaConfig: Sendable, Equatable {
 }
 
 extension LlamaConfig {
-    /// Architectures whose GGUF files store Q/K rows permuted for interleaved RoPE (formats.md §4): llama.cpp's
+    /// Architectures whose GGUF files store Q/K rows permuted for interleaved RoPE (Docs/FORMATS.md §4): llama.cpp's
     /// converter permutes them for `llama` only; the others use NEOX rotation on rows as Hugging Face stores them.
     static let permutedArchitectures: Set<String> = ["llama"]
 

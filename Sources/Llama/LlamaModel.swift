@@ -1,4 +1,4 @@
-// LlamaModel: the forward pass of a llama-family decoder (formats.md §9), in fp32 over the flat weights.
+// LlamaModel: the forward pass of a llama-family decoder (Docs/FORMATS.md §9), in fp32 over the flat weights.
 //
 //   x = embed(tokens) (· √C for Gemma)
 //   per block:  h = RMSNorm(x)·w;  q,k,v = h·Wᵀ (+b);  [q, k = RMSNorm per head];  RoPE(q,k)

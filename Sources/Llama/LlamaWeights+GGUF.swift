@@ -1,5 +1,5 @@
 // Writing a model back to GGUF: the weights (with any adapters already merged into them) in GGUF naming and
-// order, Q/K rows permuted back to llama.cpp's interleaved layout for llama bases (formats.md §4), metadata copied
+// order, Q/K rows permuted back to llama.cpp's interleaved layout for llama bases (Docs/FORMATS.md §4), metadata copied
 // from the source file (tokenizer, chat template, hyperparameters) with the file type updated. Matrices are
 // written as F32, F16 or Q8_0 (ggml's reference rounding: d = amax/127, q = round(x/d), d stored as f16); norms
 // stay F32, as llama.cpp's converter writes them.

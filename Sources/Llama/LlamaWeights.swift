@@ -1,12 +1,12 @@
 // LlamaWeights: all weights of the frozen base model in one Float buffer with named regions (llm.c's
 // malloc_and_point_parameters), and the table of tensors a config implies, with their names in Hugging Face
-// checkpoints and in GGUF files (formats.md §3). With `BasePrecision.q` the matrices (projections, embedding,
+// checkpoints and in GGUF files (Docs/FORMATS.md §3). With `BasePrecision.q` the matrices (projections, embedding,
 // output) stay in the block types their file stores, copied into one byte buffer; only norms and biases are
 // fp32. Every product goes through `FrozenMatrix`, which handles both.
 //
 // Layout convention: Hugging Face's. Projection weights are row-major (out, in); Q and K rows are in HF's
 // half-split order, so RoPE is applied with RoPEStyle.halfSplit. GGUF llama files store Q/K rows
-// interleaved; the loader un-permutes them (formats.md §4), which is exact: only rows move.
+// interleaved; the loader un-permutes them (Docs/FORMATS.md §4), which is exact: only rows move.
 
 import ModelFormats
 import TensorKernels
@@ -417,7 +417,7 @@ extension LlamaWeights {
         return weights
     }
 
-    /// The GGUF row that holds Hugging Face row `row` of a Q or K matrix with `heads` heads (formats.md §4).
+    /// The GGUF row that holds Hugging Face row `row` of a Q or K matrix with `heads` heads (Docs/FORMATS.md §4).
     static func ggufRow(ofHuggingFaceRow row: Int, heads: Int, rows: Int) -> Int {
         let headDim = rows / heads
         let half = headDim / 2
@@ -426,7 +426,7 @@ extension LlamaWeights {
         return head * headDim + 2 * (within % half) + within / half
     }
 
-    /// GGUF → HF row order inside each head: `hf[h*hd + t*(hd/2) + i] = gguf[h*hd + 2*i + t]` (formats.md §4).
+    /// GGUF → HF row order inside each head: `hf[h*hd + t*(hd/2) + i] = gguf[h*hd + 2*i + t]` (Docs/FORMATS.md §4).
     static func unpermuteRows(_ w: UnsafeMutablePointer<Float>, heads: Int, rows: Int, columns: Int) {
         let headDim = rows / heads
         let half = headDim / 2

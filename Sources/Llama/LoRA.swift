@@ -1,4 +1,4 @@
-// LoRA: low-rank adapters on the projections of a llama block (formats.md §6).
+// LoRA: low-rank adapters on the projections of a llama block (Docs/FORMATS.md §6).
 //
 // A module adapts one projection W (out, in) of one layer: y = W·x + s·B·(A·x), A (r, in), B (out, r),
 // s = alpha/r (or alpha/√r with rsLoRA). The model declares its targets (LoRATarget); an adapter holds any

@@ -1,4 +1,4 @@
-// LoRAAdapter+Files: adapters in the formats people share (formats.md §5, §6).
+// LoRAAdapter+Files: adapters in the formats people share (Docs/FORMATS.md §5, §6).
 //
 // PEFT directory: adapter_config.json + adapter_model.safetensors, tensors
 //   base_model.model.model.layers.{l}.{self_attn|mlp}.{name}.lora_A.weight  (r, in)

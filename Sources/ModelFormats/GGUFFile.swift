@@ -1,5 +1,5 @@
 // GGUFFile: a memory-mapped GGUF v2/v3 file, validated by the rules of llama.cpp's reference reader
-// (formats.md §1, ggml gguf.cpp): magic, version, bounded string and array lengths, no duplicate keys or
+// (Docs/FORMATS.md §1, ggml gguf.cpp): magic, version, bounded string and array lengths, no duplicate keys or
 // tensor names, no nested arrays, `general.alignment` a u32 power of two, tensor names under 64 bytes,
 // at most 4 dimensions, a known type whose block size divides ne[0], aligned offsets that are contiguous in
 // tensor-info order, and every tensor inside the file. Counts are checked against the bytes left before

@@ -1,4 +1,4 @@
-// GGUFValue: the typed values of GGUF metadata (formats.md §1.2).
+// GGUFValue: the typed values of GGUF metadata (Docs/FORMATS.md §1.2).
 
 import TensorKernels
 
@@ -45,7 +45,7 @@ public enum GGUFValue: Sendable, Equatable {
         }
     }
 
-    /// Any integer type as Int (counts may be u32 or u64 by convention, formats.md §1.2), or nil.
+    /// Any integer type as Int (counts may be u32 or u64 by convention, Docs/FORMATS.md §1.2), or nil.
     public var intValue: Int? {
         switch self {
         case .uint8(let v): Int(v)

@@ -1,6 +1,6 @@
 // GGUFWriter: writes GGUF v3 files that llama.cpp's reader accepts: metadata in insertion order, tensor
 // infos, zero padding to the alignment, then tensor data contiguous in info order, each padded to the
-// alignment (formats.md §1.4). The file is written atomically.
+// alignment (Docs/FORMATS.md §1.4). The file is written atomically.
 
 import TensorKernels
 

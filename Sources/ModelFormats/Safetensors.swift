@@ -1,4 +1,4 @@
-// Safetensors: reader and writer for Hugging Face's safetensors format (formats.md §7), validated like the
+// Safetensors: reader and writer for Hugging Face's safetensors format (Docs/FORMATS.md §7), validated like the
 // reference implementation: u64 header length ≤ 100 MB and inside the file, a JSON object header, known
 // dtypes, string-valued `__metadata__`, byte sizes equal to shape × dtype size, tensors that tile the data
 // buffer exactly from offset 0 (no holes, no overlaps) and end exactly at the end of the file.

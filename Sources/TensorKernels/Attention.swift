@@ -8,7 +8,7 @@
 //   NH  = query heads, NKV = key/value heads (NH % NKV == 0); query head h reads kv head h / (NH/NKV)
 //   HS  = head size; scale = 1/sqrt(HS) unless the model sets another (Gemma's query_pre_attn_scalar^-1/2)
 // Layouts (row-major): q, out (B, T, NH, HS); k, v (B, S, NKV, HS); lse (B, NH, T).
-// Query t attends to keys s ≤ start + t (causal; formats.md §9). With `keyStarts` (B, T), query t of sequence b
+// Query t attends to keys s ≤ start + t (causal; Docs/FORMATS.md §9). With `keyStarts` (B, T), query t of sequence b
 // also ignores keys before keyStarts[b, t]: several documents packed into one row never attend to each other.
 // With a sliding window W (Mistral v0.1, Gemma 2/3's local layers), query t also ignores keys s ≤ start + t − W:
 // it sees itself and the W − 1 keys before it.

@@ -1,6 +1,6 @@
 // Dequantize: GGUF tensor bytes to Float, for F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K.
 //
-// Block layouts and formulas: formats.md §2 (ggml-common.h structs, ggml-quants.c dequantize_row_*).
+// Block layouts and formulas: Docs/FORMATS.md §2 (ggml-common.h structs, ggml-quants.c dequantize_row_*).
 // Blocks are packed back to back along a row; 4-bit types store element j in the low nibble of qs[j] and
 // element j+16 in the high nibble (not adjacent pairs). The fast path works block by block across cores;
 // `dequantizeNaive` computes each element independently from its index, straight from the spec, and the

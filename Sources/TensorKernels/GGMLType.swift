@@ -1,4 +1,4 @@
-// GGMLType: ggml's element types as numbered in GGUF files (formats.md §1.6), with block sizes, so a GGUF
+// GGMLType: ggml's element types as numbered in GGUF files (Docs/FORMATS.md §1.6), with block sizes, so a GGUF
 // reader can validate every tensor's byte size, and the subset Cairn can dequantize.
 
 /// An element type of ggml, numbered as in GGUF tensor infos.
@@ -32,7 +32,8 @@ public enum GGMLType: UInt32, Sendable, CaseIterable, CustomStringConvertible {
         case .q5_0: 22
         case .q5_1: 24
         case .q8_0: 34
-        case .q8_1: 40
+        // ggml-common.h: two halves and 32 quants (36 bytes; gguf-py's table still says 40, from an older layout).
+        case .q8_1: 36
         case .q2_K: 84
         case .q3_K: 110
         case .q4_K: 144

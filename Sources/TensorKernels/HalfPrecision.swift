@@ -1,4 +1,4 @@
-// HalfPrecision: IEEE binary16 and bfloat16 conversions, bit-exact with ggml (formats.md §2).
+// HalfPrecision: IEEE binary16 and bfloat16 conversions, bit-exact with ggml (Docs/FORMATS.md §2).
 
 /// Decodes an IEEE-754 binary16 value given as its bits.
 @inline(__always)

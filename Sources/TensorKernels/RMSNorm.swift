@@ -1,4 +1,4 @@
-// RMSNorm: y = w ⊙ x / sqrt(mean(x²) + eps), row by row, as in llama (formats.md §9): eps inside the square
+// RMSNorm: y = w ⊙ x / sqrt(mean(x²) + eps), row by row, as in llama (Docs/FORMATS.md §9): eps inside the square
 // root, the weight applied after normalising, no bias, no mean subtraction.
 //
 // Dims: N = rows (tokens), C = row length. `rstd` (N) saves 1/sqrt(mean(x²) + eps) for the backward.

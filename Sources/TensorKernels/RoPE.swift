@@ -3,7 +3,7 @@
 // Dims: N = rows (tokens), NH = heads in the row, HS = head size. Each row holds NH heads of HS values and
 // has a position p. For i in 0..<HS/2, θ_i = p · base^(−2i/HS), and one pair of values per i is rotated:
 //   (x0, x1) → (x0·cos θ_i − x1·sin θ_i,  x0·sin θ_i + x1·cos θ_i)
-// Which two values form pair i is the convention (formats.md §4):
+// Which two values form pair i is the convention (Docs/FORMATS.md §4):
 //   .interleaved  (x[2i], x[2i+1])      GGUF / llama.cpp "NORM", Meta's original layout
 //   .halfSplit    (x[i], x[i + HS/2])   Hugging Face `rotate_half`, llama.cpp "NEOX"
 // Cairn keeps weights in the Hugging Face layout internally and uses .halfSplit; GGUF Q/K rows are

@@ -1,4 +1,4 @@
-// BPETokenizer+GGUF: the tokenizer stored in a GGUF file's `tokenizer.ggml.*` metadata (formats.md §8).
+// BPETokenizer+GGUF: the tokenizer stored in a GGUF file's `tokenizer.ggml.*` metadata (Docs/FORMATS.md §8).
 
 import ModelFormats
 
@@ -137,7 +137,7 @@ extension BPETokenizer {
         var merges: [(String, String)] = []
         merges.reserveCapacity(mergeStrings.count)
         for (i, m) in mergeStrings.enumerated() {
-            // Split at the first space after the first character (formats.md §8).
+            // Split at the first space after the first character (Docs/FORMATS.md §8).
             let chars = Array(m)
             guard chars.count >= 3, let space = chars.dropFirst().firstIndex(of: " ") else {
                 throw FormatError(

@@ -1,6 +1,6 @@
 // BPETokenizer: the two BPE tokenizers of the llama family.
 //
-// Byte-level BPE (GPT-2, Llama 3, Qwen, SmolLM; formats.md §8): (1) with special-token parsing on, the text is
+// Byte-level BPE (GPT-2, Llama 3, Qwen, SmolLM; Docs/FORMATS.md §8): (1) with special-token parsing on, the text is
 // first partitioned on the special tokens, longest match first; (2) each remaining stretch is split by the
 // pre-tokenizer; (3) each piece's UTF-8 bytes are mapped to the byte-level alphabet, one symbol per byte; (4)
 // adjacent symbols are merged, always the pair with the lowest merge rank, ties to the leftmost, until no pair has

@@ -1,4 +1,4 @@
-// ByteLevel: GPT-2's reversible map from bytes to printable Unicode scalars (formats.md §8). Bytes
+// ByteLevel: GPT-2's reversible map from bytes to printable Unicode scalars (Docs/FORMATS.md §8). Bytes
 // 0x21–0x7E, 0xA1–0xAC and 0xAE–0xFF map to themselves; the other 68 map, in byte order, to U+0100 upward
 // (space → U+0120 'Ġ', newline → U+010A 'Ċ'). BPE runs on the mapped text, so every byte is a symbol.
 

@@ -90,10 +90,11 @@ public enum MessageType: UInt8, Sendable, CaseIterable, CustomStringConvertible 
         case .heartbeat, .workers:
             return Schema([:])
         case .job:
-            return Schema([
-                "job": id, "spec": .string(maxBytes: 64 << 10), "model_blob": id, "model_bytes": count,
-                "mode": .string(maxBytes: 32),
-            ])
+            return Schema(
+                [
+                    "job": id, "spec": .string(maxBytes: 64 << 10), "model_blob": id, "model_bytes": count,
+                    "mode": .string(maxBytes: 32),
+                ], optional: ["total_steps": .int(1, 1 << 30)])
         case .assign:
             return Schema(
                 ["job": id, "assignment": count, "step": count, "rows": .int(1, 1 << 20)],

@@ -1,8 +1,9 @@
 // The chaos scenarios: real jobs on the tiny model across network namespaces (Cluster/netns), each fault injected
-// mid-job, each journal checked step by step. Sync jobs' final adapters are compared with one machine's `cairn
-// train` of the same job file (the splits differ, so floating-point sums reorder: within 1e-5 per 300 steps, not
-// bit for bit); the diloco scenario checks its rounds. Every test appends its row of Docs/RELIABILITY.md to
-// $CAIRN_RELIABILITY_OUT.
+// mid-job, each journal checked step by step. Scenarios 1–7 run in each of the three modes. Sync jobs' final
+// adapters are compared with one machine's `cairn train` of the same job file (the splits differ, so
+// floating-point sums reorder: within 1e-5 per 300 steps, not bit for bit). A diloco or federated job's result
+// depends on who took part in each round, so there the checks are every round journaled exactly once and a loss
+// that fell. Every test appends its row of Docs/RELIABILITY.md to $CAIRN_RELIABILITY_OUT.
 //
 // Rerun one: CAIRN_CHAOS=1 swift test -c release --filter ChaosTests/<name>   (as root)
 
@@ -12,6 +13,39 @@ import ModelFormats
 import TestSupport
 import Testing
 
+/// The mode a scenario runs in, and what its jobs and checks are in that mode.
+enum ChaosMode: String, CaseIterable, CustomTestStringConvertible, Sendable {
+    case sync, diloco, federated
+
+    var testDescription: String { rawValue }
+
+    /// Local steps per round (diloco, federated).
+    static let innerSteps = 5
+
+    /// The unit a job in this mode journals.
+    var unit: String { self == .sync ? "step" : "round" }
+
+    /// `steps` sync steps' worth of progress in this mode's units (a round is `innerSteps` local steps, on every
+    /// participant at once), at least 1.
+    func units(_ steps: Int) -> Int { self == .sync ? steps : max(1, steps / Self.innerSteps) }
+
+    /// Workers with data of their own (federated jobs train on it).
+    func workerData(_ workers: Int) -> Int { self == .federated ? workers : 0 }
+
+    /// Writes the long job in this mode with `units` units; returns its path.
+    func writeJob(_ c: NetnsCluster, units: Int) throws -> String {
+        guard self != .sync else { return try c.writeLongJob(steps: units) }
+        let path = try c.writeLongJob(
+            steps: units * Self.innerSteps, extra: "mode: \(rawValue)\ninner_steps: \(Self.innerSteps)")
+        guard self == .federated else { return path }
+        // A federated job names no data: each worker trains on its own (NetnsCluster's workerData).
+        let text = try String(contentsOfFile: path, encoding: .utf8)
+        let kept = text.split(separator: "\n", omittingEmptySubsequences: false).filter { !$0.hasPrefix("data:") }
+        try Data(kept.joined(separator: "\n").utf8).write(to: URL(fileURLWithPath: path))
+        return path
+    }
+}
+
 @Suite(.serialized, .enabled(if: NetnsCluster.enabled)) struct ChaosTests {
     /// How far (relative L2, per tensor) the cluster's adapter may be from one machine's after `steps` steps. Each
     /// step's sums reorder with the split, and Adam carries the last-bit differences forward, so the gap grows with
@@ -19,128 +53,154 @@ import Testing
     /// moves it). A lost or doubled row changes a whole step's gradient by an eighth, not in its last bits.
     static func tolerance(steps: Int) -> Double { 1e-5 * max(1, Double(steps) / 300) }
 
-    /// The checks every scenario ends with: the job finished, every step journaled exactly once, the adapter
-    /// within `tolerance(steps:)` of one machine's. Returns the adapter difference.
-    func finish(_ c: NetnsCluster, _ id: String, jobFile: String, steps: Int) throws -> Double {
+    /// The checks every scenario ends with: the job finished, every unit journaled exactly once; in sync mode the
+    /// adapter within `tolerance(steps:)` of one machine's, in the round modes (whose result depends on who took
+    /// part in each round) a training loss that fell. Returns what was found, for the table.
+    func finish(_ c: NetnsCluster, _ id: String, jobFile: String, units: Int, mode: ChaosMode) throws -> String {
         let final = c.waitForJob(id, seconds: 300)
         #expect(final?["state"] == "done", "\(c.logs)")
-        #expect(try c.journaledSteps(id) == Array(1...steps), "each step journaled exactly once")
+        #expect(try c.journaledSteps(id) == Array(1...units), "each \(mode.unit) journaled exactly once")
+        guard mode == .sync else {
+            let losses = try Store(directory: c.coordinatorState).steps(job: id).map(\.loss)
+            let (first, last) = (losses.first ?? 0, losses.last ?? 0)
+            #expect(losses.allSatisfy(\.isFinite) && last < first, "the loss fell: \(losses)")
+            return String(format: "passed; loss %.2f → %.2f over the rounds", first, last)
+        }
         let difference = try c.adapterDifferenceFromOneMachine(job: id, jobFile: jobFile)
-        #expect(difference < Self.tolerance(steps: steps), "final adapter vs one machine: \(difference)")
-        return difference
+        #expect(difference < Self.tolerance(steps: units), "final adapter vs one machine: \(difference)")
+        return String(format: "passed; adapter within %.1e", difference)
+    }
+
+    /// What a scenario checked at the end, in the table's words.
+    static func compared(_ mode: ChaosMode) -> String {
+        mode == .sync ? "adapter vs one machine" : "every round journaled once, the loss fell"
     }
 
     /// 1. A worker SIGKILLed while it computes: its rows go to the other worker once it is declared gone.
-    @Test func workerKilledMidStep() throws {
-        let c = try NetnsCluster("kill", workers: 2)
-        let steps = 300
-        let job = try c.writeLongJob(steps: steps)
+    @Test(arguments: ChaosMode.allCases)
+    func workerKilledMidStep(mode: ChaosMode) throws {
+        let c = try NetnsCluster("kill-\(mode)", workers: 2, workerData: mode.workerData(2))
+        let units = mode.units(300)
+        let job = try mode.writeJob(c, units: units)
         let id = try c.submit(job)
-        #expect(c.waitUntil(60) { c.step(id) >= 30 && c.rowsDone("w1") > 0 }, "\(c.logs)")
+        #expect(c.waitUntil(60) { c.step(id) >= mode.units(30) && c.rowsDone("w1") > 0 }, "\(c.logs)")
         try c.netns(["kill", "w1", "KILL"])
         let at = c.step(id)
         let recovery = c.secondsUntil(60) { c.step(id) > at + 1 }
         #expect(recovery != nil, "the job moved on without w1")
-        let difference = try finish(c, id, jobFile: job, steps: steps)
+        let result = try finish(c, id, jobFile: job, units: units, mode: mode)
         ReliabilityRow(
-            scenario: "1. SIGKILL a worker mid-step",
-            checked: "\(steps) sync steps on 2 workers, w1 killed at step \(at); adapter vs one machine",
-            result: String(format: "passed; adapter within %.1e", difference), stepsLost: 0, dataLost: 0,
-            recovery: String(format: "%.1f s to the next journaled step", recovery ?? -1),
+            scenario: "1. SIGKILL a worker mid-\(mode.unit) (\(mode))",
+            checked:
+                "\(units) \(mode) \(mode.unit)s on 2 workers, w1 killed at \(mode.unit) \(at); \(Self.compared(mode))",
+            result: result, stepsLost: 0, dataLost: 0,
+            recovery: String(format: "%.1f s to the next journaled \(mode.unit)", recovery ?? -1),
             test: "ChaosTests/workerKilledMidStep"
         ).record()
     }
 
     /// 2. A worker's link down for 20 s: the job goes on without it; restored, it reconnects and takes rows again.
-    @Test func linkCutFor20Seconds() throws {
-        let c = try NetnsCluster("link", workers: 2)
-        let steps = 1000
-        let job = try c.writeLongJob(steps: steps)
+    @Test(arguments: ChaosMode.allCases)
+    func linkCutFor20Seconds(mode: ChaosMode) throws {
+        let c = try NetnsCluster("link-\(mode)", workers: 2, workerData: mode.workerData(2))
+        // Long enough to outlast the cut and the rejoin: a round of 5 local steps on w2 alone takes ~0.05 s here.
+        let units = mode == .sync ? 1000 : 800
+        let job = try mode.writeJob(c, units: units)
         let id = try c.submit(job)
-        #expect(c.waitUntil(60) { c.step(id) >= 20 && c.rowsDone("w1") > 0 }, "\(c.logs)")
+        #expect(c.waitUntil(60) { c.step(id) >= mode.units(20) && c.rowsDone("w1") > 0 }, "\(c.logs)")
         try c.netns(["link", "w1", "down"])
         let cutAt = c.step(id)
         let cut = Date()
         #expect(c.waitUntil(20) { c.worker("w1")?["state"] == "gone" }, "the coordinator noticed the cut")
         _ = c.waitUntil(20 - Date().timeIntervalSince(cut)) { false }  // the cut lasts 20 s, whatever happens
         let duringCut = c.step(id) - cutAt
-        #expect(duringCut > 0, "steps went on during the cut")
+        #expect(duringCut > 0, "\(mode.unit)s went on during the cut")
         let rowsBefore = c.rowsDone("w1")
         try c.netns(["link", "w1", "up"])
         let rejoin = c.secondsUntil(60) { c.rowsDone("w1") > rowsBefore }
-        #expect(rejoin != nil, "w1 came back and took rows: \(c.hostLog("w1"))")
+        #expect(rejoin != nil, "w1 came back and took rows: \(c.hostLog("w1"))\n\(c.hostLog("coord").suffix(4000))")
         #expect(c.status(id)?["state"] == "running", "the job outlasted the cut (make it longer if not)")
-        let difference = try finish(c, id, jobFile: job, steps: steps)
+        let result = try finish(c, id, jobFile: job, units: units, mode: mode)
         ReliabilityRow(
-            scenario: "2. A worker's link down 20 s, then up",
-            checked: "\(steps) steps; \(duringCut) steps done on w2 alone during the cut; adapter vs one machine",
-            result: String(format: "passed; adapter within %.1e", difference), stepsLost: 0, dataLost: 0,
+            scenario: "2. A worker's link down 20 s, then up (\(mode))",
+            checked:
+                "\(units) \(mode.unit)s; \(duringCut) done on w2 alone during the cut; \(Self.compared(mode))",
+            result: result, stepsLost: 0, dataLost: 0,
             recovery: String(format: "%.1f s from link up to w1's next rows", rejoin ?? -1),
             test: "ChaosTests/linkCutFor20Seconds"
         ).record()
     }
 
     /// 3. The coordinator SIGKILLed mid-job and restarted on its state: the job resumes from its journal.
-    @Test func coordinatorKilledAndRestarted() throws {
-        let c = try NetnsCluster("coordinator", workers: 2)
-        let steps = 300
-        let job = try c.writeLongJob(steps: steps)
+    @Test(arguments: ChaosMode.allCases)
+    func coordinatorKilledAndRestarted(mode: ChaosMode) throws {
+        let c = try NetnsCluster("coordinator-\(mode)", workers: 2, workerData: mode.workerData(2))
+        let units = mode.units(300)
+        let job = try mode.writeJob(c, units: units)
         let id = try c.submit(job)
-        #expect(c.waitUntil(60) { c.step(id) >= 40 }, "\(c.logs)")
+        #expect(c.waitUntil(60) { c.step(id) >= mode.units(40) }, "\(c.logs)")
         try c.netns(["kill", "coord", "KILL"])
         let journaled = try c.journaledSteps(id).last ?? 0
         let restart = try c.netns(["start", "coord"])
         #expect(restart.status == 0, "\(restart.stderr)")
         let recovery = c.secondsUntil(60) { c.step(id) > journaled }
         #expect(recovery != nil, "the restarted coordinator resumed the job: \(c.hostLog("coord"))")
-        let difference = try finish(c, id, jobFile: job, steps: steps)
+        let result = try finish(c, id, jobFile: job, units: units, mode: mode)
         ReliabilityRow(
-            scenario: "3. SIGKILL the coordinator mid-job, restart it",
-            checked: "\(steps) steps; killed after step \(journaled) was journaled; workers reconnect by themselves",
-            result: String(format: "passed; adapter within %.1e", difference), stepsLost: 0, dataLost: 0,
-            recovery: String(format: "%.1f s from restart to the next journaled step", recovery ?? -1),
+            scenario: "3. SIGKILL the coordinator mid-job, restart it (\(mode))",
+            checked:
+                "\(units) \(mode.unit)s; killed after \(mode.unit) \(journaled) was journaled; workers reconnect by "
+                + "themselves",
+            result: result, stepsLost: 0, dataLost: 0,
+            recovery: String(format: "%.1f s from restart to the next journaled \(mode.unit)", recovery ?? -1),
             test: "ChaosTests/coordinatorKilledAndRestarted"
         ).record()
     }
 
-    /// 4. A worker on a 5 mbit link: the job keeps moving, the straggler gets a smaller share.
-    @Test func stragglerOnA5MbitLink() throws {
-        let c = try NetnsCluster("straggler", workers: 2)
+    /// 4. A worker on a 5 mbit link: the job keeps moving; in sync mode the straggler gets a smaller share.
+    @Test(arguments: ChaosMode.allCases)
+    func stragglerOnA5MbitLink(mode: ChaosMode) throws {
+        let c = try NetnsCluster("straggler-\(mode)", workers: 2, workerData: mode.workerData(2))
         let rate = try c.netns(["rate", "w2", "5mbit"])
         #expect(rate.status == 0, "tc: \(rate.stderr)")
-        let steps = 300
-        let job = try c.writeLongJob(steps: steps)
+        let units = mode.units(300)
+        let job = try mode.writeJob(c, units: units)
         let id = try c.submit(job)
-        let difference = try finish(c, id, jobFile: job, steps: steps)
+        let result = try finish(c, id, jobFile: job, units: units, mode: mode)
         let (fast, slow) = (c.rowsDone("w1"), c.rowsDone("w2"))
         let share = Double(slow) / Double(max(1, fast + slow))
-        // Behind a link ~20× slower than the step's compute, the straggler gets a small share, but not none: it is
-        // tried again now and then, so a link that recovers would be noticed.
-        #expect(slow > 0 && share < 0.25, "the straggler's share: w1 \(fast) rows, w2 \(slow)")
+        if mode == .sync {
+            // Behind a link ~20× slower than the step's compute, the straggler gets a small share, but not none: it
+            // is tried again now and then, so a link that recovers would be noticed.
+            #expect(slow > 0 && share < 0.25, "the straggler's share: w1 \(fast) rows, w2 \(slow)")
+        } else {
+            // A round waits for its participants within a deadline: the straggler keeps taking part.
+            #expect(slow > 0, "the straggler took part: w1 \(fast) rows, w2 \(slow)")
+        }
         ReliabilityRow(
-            scenario: "4. A worker on a 5 mbit link (tc tbf)",
-            checked: "\(steps) steps; rows per worker",
-            result: String(
-                format: "passed; the straggler took %.0f%% of the rows (%d of %d); adapter within %.1e", 100 * share,
-                slow, fast + slow, difference), stepsLost: 0, dataLost: 0, recovery: "n/a (no failure)",
-            test: "ChaosTests/stragglerOnA5MbitLink"
+            scenario: "4. A worker on a 5 mbit link (tc tbf) (\(mode))",
+            checked: "\(units) \(mode.unit)s; rows per worker",
+            result: result
+                + String(format: "; the straggler took %.0f%% of the rows (%d of %d)", 100 * share, slow, fast + slow),
+            stepsLost: 0, dataLost: 0, recovery: "n/a (no failure)", test: "ChaosTests/stragglerOnA5MbitLink"
         ).record()
     }
 
     /// 5. Workers leaving (SIGKILL or SIGTERM) and joining every few steps for the whole job.
-    @Test func churnForAWholeJob() throws {
-        let c = try NetnsCluster("churn", workers: 3)
-        let steps = 400
-        let job = try c.writeLongJob(steps: steps)
+    @Test(arguments: ChaosMode.allCases)
+    func churnForAWholeJob(mode: ChaosMode) throws {
+        let c = try NetnsCluster("churn-\(mode)", workers: 3, workerData: mode.workerData(3))
+        let units = mode.units(400)
+        let job = try mode.writeJob(c, units: units)
         let id = try c.submit(job)
         var running: Set<String> = ["w1", "w2", "w3"]
         var events = 0
         var round = 0
-        // Bounded: at most 60 churn rounds, each waiting for a few steps of progress.
+        // Bounded: at most 60 churn rounds, each waiting for a few units of progress.
         while round < 60, c.status(id)?["state"]?.stringValue != "done" {
             round += 1
             let at = c.step(id)
-            _ = c.waitUntil(30) { c.step(id) >= at + 15 || c.status(id)?["state"] == "done" }
+            _ = c.waitUntil(30) { c.step(id) >= at + mode.units(15) || c.status(id)?["state"] == "done" }
             let victim = running.sorted()[round % running.count]
             if running.count > 1 {
                 try c.netns(["kill", victim, round % 2 == 0 ? "KILL" : "TERM"])
@@ -153,54 +213,55 @@ import Testing
                 events += 1
             }
         }
-        let difference = try finish(c, id, jobFile: job, steps: steps)
+        let result = try finish(c, id, jobFile: job, units: units, mode: mode)
         ReliabilityRow(
-            scenario: "5. Churn: workers leave (SIGKILL, SIGTERM) and join every ~15 steps",
-            checked: "\(steps) steps, 3 workers, \(events) leave/join events",
-            result: String(format: "passed; adapter within %.1e", difference), stepsLost: 0, dataLost: 0,
-            recovery: "continuous", test: "ChaosTests/churnForAWholeJob"
+            scenario:
+                "5. Churn: workers leave (SIGKILL, SIGTERM) and join every ~\(mode.units(15)) \(mode.unit)s (\(mode))",
+            checked: "\(units) \(mode.unit)s, 3 workers, \(events) leave/join events",
+            result: result, stepsLost: 0, dataLost: 0, recovery: "continuous", test: "ChaosTests/churnForAWholeJob"
         ).record()
     }
 
     /// 6. A worker whose cache disk is full says so, is left out of the job, and the job runs on the others.
-    @Test func aWorkerWithAFullDiskIsExcluded() throws {
-        let c = try NetnsCluster("disk", workers: 2, extra: ["--tmpfs-cache", "w2:32k"])
-        let steps = 100
-        let job = try c.writeLongJob(steps: steps)
+    @Test(arguments: ChaosMode.allCases)
+    func aWorkerWithAFullDiskIsExcluded(mode: ChaosMode) throws {
+        let c = try NetnsCluster(
+            "disk-\(mode)", workers: 2, workerData: mode.workerData(2), extra: ["--tmpfs-cache", "w2:32k"])
+        let units = mode.units(100)
+        let job = try mode.writeJob(c, units: units)
         let id = try c.submit(job)
         #expect(c.waitUntil(60) { c.worker("w2")?["state"] == "failed" }, "\(c.logs)")
         let error = c.worker("w2")?["error"]?.stringValue ?? ""
         #expect(error.contains("free") && error.contains("--cache"), "a clear error: \(error)")
-        let difference = try finish(c, id, jobFile: job, steps: steps)
+        let result = try finish(c, id, jobFile: job, units: units, mode: mode)
         #expect(c.rowsDone("w2") == 0)
         ReliabilityRow(
-            scenario: "6. A worker's cache on a full disk (32 KiB tmpfs)",
+            scenario: "6. A worker's cache on a full disk (32 KiB tmpfs) (\(mode))",
             checked: "cairn workers shows it failed, with the reason; the job runs on the other worker",
-            result:
-                "passed; \"…\(error.range(of: " has ").map { error[$0.lowerBound...].prefix(80) } ?? "")…\"; "
-                + "adapter within \(String(format: "%.1e", difference))",
+            result: result + "; \"…\(error.range(of: " has ").map { error[$0.lowerBound...].prefix(60) } ?? "")…\"",
             stepsLost: 0, dataLost: 0, recovery: "n/a (excluded at once)",
             test: "ChaosTests/aWorkerWithAFullDiskIsExcluded"
         ).record()
     }
 
     /// 7. The coordinator SIGKILLed inside its journal write, at each of its three points: the journal stays
-    /// consistent (steps contiguous, the job's pointer at the last one, its checkpoint present), and the job
-    /// resumes and finishes as one machine's would.
-    @Test(arguments: ["checkpoint", "transaction", "cleanup"])
-    func killedDuringTheStateWrite(point: String) throws {
-        let crashStep = 25
+    /// consistent (units contiguous, the job's pointer at the last one, its checkpoint present), and the job
+    /// resumes and finishes.
+    @Test(arguments: ["checkpoint", "transaction", "cleanup"], ChaosMode.allCases)
+    func killedDuringTheStateWrite(point: String, mode: ChaosMode) throws {
+        let crashAt = mode.units(25)
         let c = try NetnsCluster(
-            "write-\(point)", workers: 2, environment: ["CAIRN_CRASH_AT": "\(point):\(crashStep)"])
-        let steps = 80
-        let job = try c.writeLongJob(steps: steps)
+            "write-\(point)-\(mode)", workers: 2, workerData: mode.workerData(2),
+            environment: ["CAIRN_CRASH_AT": "\(point):\(crashAt)"])
+        let units = mode.units(80)
+        let job = try mode.writeJob(c, units: units)
         let id = try c.submit(job)
-        #expect(c.waitUntil(120) { !c.coordinatorAlive }, "the coordinator died at \(point) of step \(crashStep)")
+        #expect(c.waitUntil(120) { !c.coordinatorAlive }, "the coordinator died at \(point) of \(mode.unit) \(crashAt)")
         // The journal as the crash left it.
         let store = try Store(directory: c.coordinatorState)
         let journaled = try store.steps(job: id).map(\.step)
-        let expected = point == "cleanup" ? crashStep : crashStep - 1
-        #expect(journaled == Array(1...expected), "\(point): steps \(journaled)")
+        let expected = point == "cleanup" ? crashAt : crashAt - 1
+        #expect(journaled == Array(1...expected), "\(point): \(journaled)")
         let record = try #require(try store.job(id))
         #expect(record.step == expected)
         let checkpoint = try #require(record.checkpointBlob)
@@ -210,12 +271,13 @@ import Testing
         let restart = try c.netns(["start", "coord"])
         #expect(restart.status == 0, "\(restart.stderr)")
         let recovery = c.secondsUntil(60) { c.step(id) > expected }
-        let difference = try finish(c, id, jobFile: job, steps: steps)
+        let result = try finish(c, id, jobFile: job, units: units, mode: mode)
         ReliabilityRow(
-            scenario: "7. SIGKILL inside the coordinator's journal write (\(point))",
-            checked: "journal opened after the crash: steps 1…\(expected) once each, pointer and checkpoint agree",
-            result: String(format: "passed; adapter within %.1e", difference), stepsLost: 0, dataLost: 0,
-            recovery: String(format: "%.1f s from restart to the next journaled step", recovery ?? -1),
+            scenario: "7. SIGKILL inside the coordinator's journal write (\(point)) (\(mode))",
+            checked:
+                "journal opened after the crash: \(mode.unit)s 1…\(expected) once each, pointer and checkpoint agree",
+            result: result, stepsLost: 0, dataLost: 0,
+            recovery: String(format: "%.1f s from restart to the next journaled \(mode.unit)", recovery ?? -1),
             test: "ChaosTests/killedDuringTheStateWrite"
         ).record()
     }

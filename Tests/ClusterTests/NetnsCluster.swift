@@ -23,8 +23,24 @@ final class NetnsCluster: ClusterHarness {
     var coordinatorState: String { netnsDir + "/coord" }
 
     /// Brings up a coordinator and `workers` workers (heartbeat 250 ms, so a silent peer is gone after 1.25 s).
-    init(_ label: String, workers: Int, extra: [String] = [], environment: [String: String] = [:]) throws {
+    /// With `workerData`, each worker wN gets its own share of the long job's lines as its `--data` (federated
+    /// jobs), hosts w1…w`workerData` (restarted ones keep theirs).
+    init(
+        _ label: String, workers: Int, workerData: Int = 0, extra: [String] = [], environment: [String: String] = [:]
+    ) throws {
         super.init("netns-\(label)")
+        var extra = extra
+        if workerData > 0 {
+            let data = dir.appendingPathComponent("worker-data")
+            try FileManager.default.createDirectory(at: data, withIntermediateDirectories: true)
+            let lines = Self.longLines
+            for w in 1...workerData {
+                let mine = lines.indices.filter { $0 % workerData == w - 1 }.map { lines[$0] }
+                try Data(mine.map { JSONValue.object(["text": .string($0)]).serialized() + "\n" }.joined().utf8).write(
+                    to: data.appendingPathComponent("w\(w).jsonl"))
+            }
+            extra += ["--worker-data", data.path]
+        }
         let r = try netns(
             ["up", "--workers", "\(workers)", "--heartbeat-ms", "\(heartbeatMs)"] + extra, environment: environment)
         #expect(r.status == 0, "Cluster/netns up: \(r.stderr)")
@@ -72,18 +88,22 @@ final class NetnsCluster: ClusterHarness {
     /// A job long enough to outlast the faults: 200 lines of 40 words, 64-token rows, 8 rows a step, a small
     /// learning rate (the final adapters of two runs with different splits stay within ChaosTests.tolerance).
     func writeLongJob(steps: Int, extra: String = "") throws -> String {
+        try writeJob(
+            data: "long", job: "long", lines: Self.longLines, steps: steps, batch: 8, seqLen: 64, learningRate: 0.002,
+            extra: extra)
+    }
+
+    /// The long job's data: 200 lines of 40 words.
+    static let longLines: [String] = {
         var rng = SeededGenerator(seed: 42)
         let words = """
             the cat sat on mat a dog ran in park bread and butter one two three hello world pebbles pile north \
             south east west red green blue stones river runs
             """.split(separator: " ")
-        let lines = (0..<200).map { _ in
+        return (0..<200).map { _ in
             (0..<40).map { _ in String(words[Int(rng.next() % UInt64(words.count))]) }.joined(separator: " ")
         }
-        return try writeJob(
-            data: "long", job: "long", lines: lines, steps: steps, batch: 8, seqLen: 64, learningRate: 0.002,
-            extra: extra)
-    }
+    }()
 
     /// The worst relative L2 difference, over the adapter's tensors, between the job's pulled adapter and
     /// `cairn train` of the same job file on one machine.

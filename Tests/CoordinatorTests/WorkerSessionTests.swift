@@ -3,7 +3,7 @@ import Testing
 import ModelFormats
 import Training
 import Wire
-@testable import Worker
+import Worker
 
 /// The worker's session, driven directly: no socket, no thread, no clock; virtual time and an in-memory cache.
 @Suite struct WorkerSessionTests {

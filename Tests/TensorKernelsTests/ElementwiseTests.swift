@@ -132,7 +132,7 @@ import TestSupport
         expectGradient(dx.array, numericGradient(of: x, loss: loss), "dx")
     }
 
-    /// formats.md §4: permuting a head's rows from the half-split to the interleaved layout turns
+    /// Docs/FORMATS.md §4: permuting a head's rows from the half-split to the interleaved layout turns
     /// half-split RoPE into interleaved RoPE. This is why un-permuting GGUF Q/K rows at load is exact.
     @Test func interleavedOnPermutedRowsEqualsHalfSplitOnOriginalRows() {
         let HS = Self.HS

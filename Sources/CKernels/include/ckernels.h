@@ -42,7 +42,7 @@ void cairn_swiglu_backward(
 /// with D = the sum of p[i] * dp[i] (which equals the row's dO . O).
 void cairn_softmax_backward_row(float *p, float *dp, size_t n, float lse);
 
-/// Dequantises `blocks` GGUF blocks of 32 values each (formats.md §2) from `src` (any alignment) into `dst`:
+/// Dequantises `blocks` GGUF blocks of 32 values each (Docs/FORMATS.md §2) from `src` (any alignment) into `dst`:
 /// Q8_0 (d·q), Q4_0 (d·(q − 8)) and Q4_1 (d·q + m), rounding exactly as a scalar loop does (no fused
 /// multiply-add), so every build gives the same floats.
 void cairn_dequantize_q8_0(const void *src, float *dst, size_t blocks);
