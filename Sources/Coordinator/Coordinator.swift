@@ -400,6 +400,7 @@ public final class Coordinator: @unchecked Sendable {
                     "job": .string(job.id), "spec": .string(job.prepared.config.yaml()),
                     "model_blob": .string(job.record.modelBlob),
                     "total_steps": .integer(Int64(job.prepared.totalSteps)),
+                    "spec_version": .integer(Int64(Wire.jobSpecVersion)),
                     "model_bytes": .integer(Int64(blobs.size(job.record.modelBlob) ?? 0)),
                     "mode": .string(job.record.mode),
                 ]))

@@ -33,6 +33,10 @@ public enum Wire {
     /// Blob chunk size, and how many chunks a fetcher may have outstanding (its credit).
     public static let chunkBytes = 1 << 20
     public static let chunkCredit = 8
+    /// Version of the job spec a `job` message carries (its settings YAML and how a worker runs them). A worker that
+    /// gets a newer one says so (`error`, code `version`) instead of guessing; raise it whenever a spec would run
+    /// differently on an older worker.
+    public static let jobSpecVersion = 1
 }
 
 /// Element types of tensor frames.

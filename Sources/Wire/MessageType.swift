@@ -94,7 +94,7 @@ public enum MessageType: UInt8, Sendable, CaseIterable, CustomStringConvertible 
                 [
                     "job": id, "spec": .string(maxBytes: 64 << 10), "model_blob": id, "model_bytes": count,
                     "mode": .string(maxBytes: 32),
-                ], optional: ["total_steps": .int(1, 1 << 30)])
+                ], optional: ["total_steps": .int(1, 1 << 30), "spec_version": .int(1, 1 << 20)])
         case .assign:
             return Schema(
                 ["job": id, "assignment": count, "step": count, "rows": .int(1, 1 << 20)],

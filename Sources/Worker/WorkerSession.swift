@@ -372,14 +372,25 @@ public struct WorkerSession {
             if job.ready { send(Message(.ready, ["job": .string(id)])) }
             return
         }
-        var config = TrainingConfig()
-        do { try config.apply(yaml: m.string("spec"), source: "\(id) job") } catch {
-            log("cannot read \(id)'s settings: \(error)")
-            return
-        }
         let blob = m.string("model_blob")
         guard BlobStore.isHash(blob) else { return }
         job?.claim?.release()
+        // A job this worker cannot run is said to the coordinator (it leaves the worker out and shows why), not
+        // guessed at or silently ignored.
+        let version = m.metadata["spec_version"] == nil ? 1 : m.int("spec_version")
+        var config = TrainingConfig()
+        do {
+            guard version <= Wire.jobSpecVersion else {
+                throw WorkerError(
+                    "the job's spec is version \(version) and this worker's cairn reads up to \(Wire.jobSpecVersion); "
+                        + "update cairn on this machine")
+            }
+            try config.apply(yaml: m.string("spec"), source: "\(id) job")
+        } catch {
+            job = JobState(id: id, config: config, totalSteps: 1, modelBlob: blob, modelBytes: 0)
+            fault(version > Wire.jobSpecVersion ? "version" : "spec", "cannot run \(id): \(error)")
+            return
+        }
         // Coordinators before `total_steps` was sent: the spec's steps.
         let totalSteps = m.int("total_steps") > 0 ? m.int("total_steps") : max(1, config.steps)
         job = JobState(

@@ -237,6 +237,28 @@ import Worker
         #expect(l.sent.last?.type == .error && l.sent.last?.string("code") == "load")
     }
 
+    /// A job spec newer than this worker reads, or settings it does not know, are said to the coordinator as the
+    /// job's `error` (which leaves the worker out and shows why) instead of stalling the job.
+    @Test func aSpecThisWorkerCannotRunIsReported() {
+        var newer = Harness()
+        newer.join()
+        var m = Self.job()
+        m.metadata["spec_version"] = .integer(Int64(Wire.jobSpecVersion + 1))
+        #expect(Self.loads(newer.receive(m)).isEmpty)
+        let version = newer.sent.last
+        #expect(version?.type == .error && version?.string("code") == "version")
+        #expect(version?.string("message").contains("update cairn on this machine") == true)
+
+        var unknown = Harness()
+        unknown.join()
+        m = Self.job()
+        m.metadata["spec"] = "steps: 3\nfuture_setting: 1"
+        #expect(Self.loads(unknown.receive(m)).isEmpty)
+        let spec = unknown.sent.last
+        #expect(spec?.type == .error && spec?.string("code") == "spec" && spec?.string("job") == "job-1")
+        #expect(spec?.string("message").contains("future_setting") == true)
+    }
+
     /// Another worker sharing the cache is fetching: wait, then load what it fetched.
     @Test func waitsForAnotherWorkerSharingTheCache() {
         var h = Harness()
