@@ -21,8 +21,9 @@ let package = Package(
         // System libraries from Debian: libopenblas-dev (cblas + LAPACK) and libzmq3-dev.
         .systemLibrary(
             name: "CBLAS", path: "Sources/CBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
-        .systemLibrary(
-            name: "CZeroMQ", path: "Sources/CZeroMQ", pkgConfig: "libzmq", providers: [.apt(["libzmq3-dev"])]),
+        // No pkgConfig for libzmq: zmq.h is in /usr/include, the module map links zmq, and Debian's libzmq.pc pulls
+        // in krb5's `-isystem` flags, which SwiftPM refuses with a warning on every build.
+        .systemLibrary(name: "CZeroMQ", path: "Sources/CZeroMQ", providers: [.apt(["libzmq3-dev"])]),
 
         // The elementwise inner loops in C: AVX2+FMA versions picked at run time, portable ones otherwise.
         .target(name: "CKernels", path: "Sources/CKernels"),

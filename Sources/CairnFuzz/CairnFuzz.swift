@@ -68,7 +68,7 @@ import FuzzTargets
         if let dir = option("--write-seeds") {
             try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
             for (seedName, bytes) in target.seeds {
-                FileManager.default.createFile(atPath: "\(dir)/seed-\(seedName)", contents: Data(bytes))
+                _ = FileManager.default.createFile(atPath: "\(dir)/seed-\(seedName)", contents: Data(bytes))
             }
             return
         }

@@ -6,6 +6,11 @@ import CZeroMQ
 import Crypto
 import Foundation
 
+/// The text of a NUL-terminated C string that libzmq wrote into a buffer of ours.
+private func text(_ buffer: [CChar]) -> String {
+    String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+}
+
 /// A libzmq failure, with the operation and the library's message.
 public struct TransportError: Error, Sendable, CustomStringConvertible {
     public enum Kind: Sendable, Equatable {
@@ -182,7 +187,7 @@ public final class Socket: @unchecked Sendable {
         var buffer = [CChar](repeating: 0, count: 256)
         var size = buffer.count
         guard zmq_getsockopt(h, ZMQ_LAST_ENDPOINT, &buffer, &size) == 0 else { return "" }
-        return String(cString: buffer)
+        return text(buffer)
     }
 
     /// Sends frames as one multipart message without blocking.
@@ -258,7 +263,7 @@ public struct CurveKeyPair: Sendable, Equatable {
         var pub = [CChar](repeating: 0, count: 41)
         var sec = [CChar](repeating: 0, count: 41)
         guard zmq_curve_keypair(&pub, &sec) == 0 else { throw TransportError("curve_keypair") }
-        return CurveKeyPair(publicKey: String(cString: pub), secretKey: String(cString: sec))
+        return CurveKeyPair(publicKey: text(pub), secretKey: text(sec))
     }
 
     /// The key pair derived from an enrolment secret: the coordinator (which issued the secret) and the joining
@@ -269,7 +274,7 @@ public struct CurveKeyPair: Sendable, Equatable {
         guard let sec = z85Encode(digest) else { throw TransportError("z85_encode", errno: EINVAL) }
         var pub = [CChar](repeating: 0, count: 41)
         guard zmq_curve_public(&pub, sec) == 0 else { throw TransportError("curve_public") }
-        return CurveKeyPair(publicKey: String(cString: pub), secretKey: sec)
+        return CurveKeyPair(publicKey: text(pub), secretKey: sec)
     }
 
     /// Z85 text of 32 bytes (a CURVE key).
@@ -277,7 +282,7 @@ public struct CurveKeyPair: Sendable, Equatable {
         guard bytes.count % 4 == 0 else { return nil }
         var out = [CChar](repeating: 0, count: bytes.count * 5 / 4 + 1)
         guard zmq_z85_encode(&out, bytes, bytes.count) != nil else { return nil }
-        return String(cString: out)
+        return text(out)
     }
 
     /// Whether text is a well-formed Z85 CURVE key.

@@ -431,7 +431,7 @@ func runClusterUp(
     job: String, state: String, workers: Int = 2, timeout: Double = 300, check: (String) throws -> Void
 ) throws {
     let log = state + ".log"
-    FileManager.default.createFile(atPath: log, contents: nil)
+    _ = FileManager.default.createFile(atPath: log, contents: nil)
     let p = Process()
     p.executableURL = URL(fileURLWithPath: cairnExecutable)
     p.arguments = ["cluster", "up", "--workers", "\(workers)", "--state", state, "--listen", "tcp://127.0.0.1:*"]
