@@ -157,7 +157,9 @@ struct ReliabilityRow {
             "`CAIRN_CHAOS=1 swift test -c release --filter \(test)`",
         ].map { $0.replacingOccurrences(of: "|", with: "\\|") }
         let line = "| " + cells.joined(separator: " | ") + " |\n"
-        if !FileManager.default.fileExists(atPath: path) { _ = FileManager.default.createFile(atPath: path, contents: nil) }
+        if !FileManager.default.fileExists(atPath: path) {
+            _ = FileManager.default.createFile(atPath: path, contents: nil)
+        }
         if let h = FileHandle(forWritingAtPath: path) {
             h.seekToEndOfFile()
             h.write(Data(line.utf8))
