@@ -1,7 +1,8 @@
 // swift-tools-version: 6.0
 // Cairn: distributed LoRA fine-tuning for llama-family models. The module map is in Docs/ARCHITECTURE.md;
 // dependencies point downward only: CLI → Coordinator/Worker → Training/Wire/Transport → Llama → Tokenizer →
-// ModelFormats → TensorKernels → CBLAS, CKernels. Coordinator and Worker share only Wire.
+// ModelFormats → TensorKernels → CBLAS, CKernels; ModelFormats, Wire, Dashboard and Transport → Support (no BLAS).
+// Coordinator and Worker share only Wire.
 import PackageDescription
 
 let package = Package(
@@ -28,8 +29,9 @@ let package = Package(
         // The elementwise inner loops in C: AVX2+FMA versions picked at run time, portable ones otherwise.
         .target(name: "CKernels", path: "Sources/CKernels"),
         .target(name: "TensorKernels", dependencies: ["CBLAS", "CKernels"]),
-        .target(
-            name: "ModelFormats", dependencies: ["TensorKernels", .product(name: "Crypto", package: "swift-crypto")]),
+        // General utilities without BLAS: JSON, typed file errors, SHA-256 hashing, atomic files, the blob store.
+        .target(name: "Support", dependencies: [.product(name: "Crypto", package: "swift-crypto")]),
+        .target(name: "ModelFormats", dependencies: ["Support", "TensorKernels"]),
         .target(name: "Tokenizer", dependencies: ["ModelFormats"]),
         .target(name: "Llama", dependencies: ["TensorKernels", "ModelFormats", "Tokenizer"]),
         .target(
@@ -38,14 +40,15 @@ let package = Package(
                 "TensorKernels", "ModelFormats", "Tokenizer", "Llama", .product(name: "Yams", package: "Yams"),
             ]),
         .target(name: "Adapters", dependencies: ["Llama", "TensorKernels", "ModelFormats"]),
-        .target(name: "Wire", dependencies: ["ModelFormats"]),
+        // The cluster protocol: pure (no sockets), and without BLAS.
+        .target(name: "Wire", dependencies: ["Support"]),
         // A small read-only HTTP/1.1 server (POSIX sockets): the coordinator's dashboard, JSON API and /metrics.
         .target(name: "HTTP"),
         // The dashboard page (page.html, embedded in the binary), the report built from it, Prometheus text.
-        .target(name: "Dashboard", dependencies: ["ModelFormats"], resources: [.embedInCode("page.html")]),
+        .target(name: "Dashboard", dependencies: ["Support"], resources: [.embedInCode("page.html")]),
         .target(
             name: "Transport",
-            dependencies: ["CZeroMQ", "ModelFormats", .product(name: "Crypto", package: "swift-crypto")]),
+            dependencies: ["CZeroMQ", "Support", .product(name: "Crypto", package: "swift-crypto")]),
         .target(
             name: "Coordinator",
             dependencies: [
@@ -77,9 +80,9 @@ let package = Package(
         .testTarget(
             name: "TrainingTests", dependencies: ["Training", "Llama", "Tokenizer", "ModelFormats", "TestSupport"]),
         .testTarget(name: "AdaptersTests", dependencies: ["Adapters", "Llama", "TensorKernels", "TestSupport"]),
-        .testTarget(name: "WireTests", dependencies: ["Wire", "ModelFormats"]),
+        .testTarget(name: "WireTests", dependencies: ["Wire", "Support"]),
         .testTarget(name: "FuzzTests", dependencies: ["FuzzTargets", "Wire", "HTTP", "TestSupport"]),
-        .testTarget(name: "TransportTests", dependencies: ["Transport", "ModelFormats"]),
+        .testTarget(name: "TransportTests", dependencies: ["Transport", "Support"]),
         .testTarget(name: "HTTPTests", dependencies: ["HTTP", "TestSupport", "TensorKernels"]),
         .testTarget(name: "DashboardTests", dependencies: ["Dashboard", "ModelFormats", "TestSupport"]),
         .testTarget(

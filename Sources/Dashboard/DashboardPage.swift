@@ -3,7 +3,7 @@
 // as a report, it reads the data embedded in it, so the file is self-contained and works offline.
 
 import Foundation
-import ModelFormats
+import Support
 
 /// The dashboard page, live or as a report.
 public enum DashboardPage {

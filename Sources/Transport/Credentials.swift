@@ -5,7 +5,7 @@
 import CZeroMQ
 import Crypto
 import Foundation
-import ModelFormats
+import Support
 
 /// A peer's connection settings and keys.
 public struct Credentials: Sendable, Equatable {

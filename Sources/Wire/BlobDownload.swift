@@ -3,7 +3,7 @@
 // was asked for), appends them in order to a partial file, and resumes from the partial file's size after a
 // restart or a lost connection. The caller verifies the SHA-256 of the whole file before using it.
 
-import ModelFormats
+import Support
 
 /// Progress of one blob transfer.
 public struct BlobDownload: Sendable {

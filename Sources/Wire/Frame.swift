@@ -8,7 +8,7 @@
 // Decoding validates all of it and the message type's required fields (`MessageType.schema`), so a handler
 // only ever sees well-formed messages. Docs/PROTOCOL.md describes the message table and state machines.
 
-import ModelFormats
+import Support
 
 /// Protocol constants.
 public enum Wire {

@@ -1,7 +1,7 @@
 // The message table: every type, who sends it, its required metadata fields and tensor frames. Decoding checks
 // a message against its schema, so handlers read fields without re-checking kinds or bounds.
 
-import ModelFormats
+import Support
 
 /// Message types of protocol version 1. Raw values are the header's fourth byte; never reuse one.
 public enum MessageType: UInt8, Sendable, CaseIterable, CustomStringConvertible {

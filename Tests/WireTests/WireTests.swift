@@ -1,5 +1,5 @@
 import Foundation
-import ModelFormats
+import Support
 import Testing
 import Wire
 

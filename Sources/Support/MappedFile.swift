@@ -13,9 +13,9 @@
 public final class MappedFile: @unchecked Sendable {
     /// The path it was opened from.
     public let path: String
-    /// The file's bytes, valid while this object lives. Internal: types that store their `MappedFile` may
-    /// hand out views of it; everyone else goes through `withUnsafeBytes`, which keeps the mapping alive.
-    let bytes: UnsafeRawBufferPointer
+    /// The file's bytes, valid while this object lives. Package-only: the readers that store their `MappedFile`
+    /// may hand out views of it; everyone else goes through `withUnsafeBytes`, which keeps the mapping alive.
+    package let bytes: UnsafeRawBufferPointer
     /// Whether `bytes` is a heap copy (`init(copying:)`) rather than a mapping.
     private let copied: Bool
 
