@@ -17,6 +17,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
         .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
     ],
     targets: [
         // System libraries from Debian: libopenblas-dev (cblas + LAPACK) and libzmq3-dev.
@@ -54,16 +55,21 @@ let package = Package(
             dependencies: [
                 "Wire", "Transport", "Training", "Adapters", "Llama", "Tokenizer", "ModelFormats", "TensorKernels",
                 "HTTP", "Dashboard", .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "Logging", package: "swift-log"),
             ]),
         .target(
             name: "Worker",
-            dependencies: ["Wire", "Transport", "Training", "Llama", "Tokenizer", "ModelFormats", "TensorKernels"]),
+            dependencies: [
+                "Wire", "Transport", "Training", "Llama", "Tokenizer", "ModelFormats", "TensorKernels",
+                .product(name: "Logging", package: "swift-log"),
+            ]),
         .executableTarget(
             name: "CairnCLI",
             dependencies: [
                 "TensorKernels", "ModelFormats", "Tokenizer", "Llama", "Training", "Adapters", "Transport", "Wire",
                 "Coordinator", "Dashboard",
                 "Worker", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
             ]),
         .executableTarget(
             name: "CairnBench", dependencies: ["TensorKernels", "ModelFormats", "Llama", "Training", "Adapters"]),
@@ -89,7 +95,7 @@ let package = Package(
             name: "CoordinatorTests",
             dependencies: [
                 "Coordinator", "Worker", "Transport", "Wire", "Training", "Llama", "ModelFormats", "TensorKernels",
-                "TestSupport",
+                "TestSupport", .product(name: "Logging", package: "swift-log"),
             ]),
         // Real processes and real sockets on loopback: a coordinator and workers started from the built binary.
         .testTarget(

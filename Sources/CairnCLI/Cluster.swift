@@ -10,14 +10,6 @@ import Transport
 import Wire
 import Worker
 
-func timestamped(_ prefix: String) -> @Sendable (String) -> Void {
-    { line in
-        let f = DateFormatter()
-        f.dateFormat = "HH:mm:ss"
-        Terminal.note("\(f.string(from: Date())) \(prefix)\(line)")
-    }
-}
-
 /// Parses "90s", "30m", "24h", "7d" (or plain seconds).
 func parseDuration(_ text: String) -> Double? {
     let units: [Character: Double] = ["s": 1, "m": 60, "h": 3600, "d": 86400]
@@ -90,7 +82,7 @@ struct CoordinatorCommand: ParsableCommand {
                         + "Use it only for demos on this machine.")
             }
             let coordinator: Coordinator
-            do { coordinator = try Coordinator(options: options, log: timestamped("")) } catch {
+            do { coordinator = try Coordinator(options: options, logger: lineLogger("cairn.coordinator")) } catch {
                 throw CLIError("\(error)")
             }
             let signals = StopSignal(onFirst: { coordinator.stop() })
@@ -286,7 +278,7 @@ struct WorkerCommand: ParsableCommand {
                 cacheDirectory: cache ?? ((ModelSource.home as NSString).appendingPathComponent("worker")))
             options.threads = threads
             options.localData = data
-            let agent = try WorkerAgent(options: options, log: timestamped("[\(name)] "))
+            let agent = try WorkerAgent(options: options, logger: lineLogger("cairn.worker", who: name))
             let signals = StopSignal(onFirst: { agent.stop() })
             do { try agent.run() } catch { throw CLIError("\(error)") }
             _ = signals
@@ -649,7 +641,8 @@ struct ClusterCommand: ParsableCommand {
             do {
                 var options = CoordinatorOptions(stateDirectory: dir, listen: listen)
                 dashboard.apply(to: &options)
-                coordinator = try Coordinator(options: options, log: timestamped("[coordinator] "))
+                coordinator = try Coordinator(
+                    options: options, logger: lineLogger("cairn.coordinator", who: "coordinator"))
             } catch { throw CLIError("\(error)") }
             let endpoint = coordinator.endpoint.replacingOccurrences(of: "0.0.0.0", with: "127.0.0.1")
             let perWorker = threads ?? max(1, ProcessInfo.processInfo.activeProcessorCount / max(1, workers))

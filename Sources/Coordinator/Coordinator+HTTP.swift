@@ -13,6 +13,7 @@
 import Dashboard
 import Foundation
 import HTTP
+import Logging
 import ModelFormats
 
 /// HTTP requests waiting for the coordinator's thread.
@@ -94,7 +95,7 @@ extension Coordinator {
         } catch {
             let message = "dashboard: \(error.message)"
             if options.httpRequired { throw CoordinatorError(message) }
-            log(message + "; serving without a dashboard")
+            log(.warning, message + "; serving without a dashboard")
             return
         }
         if !server.isLoopback { tokenBox.token = try StateFiles.loadOrCreateHTTPToken(options.stateDirectory) }

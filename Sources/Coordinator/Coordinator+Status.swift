@@ -187,6 +187,8 @@ extension Coordinator {
                     "rows_done": .integer(Int64(r.rows)), "connected": .bool(v.connected), "state": .string(v.state),
                 ]
                 o["error"] = v.error.map(JSONValue.string)
+                // How its last connection ended (left, silent, unreachable, reconnected), while it is away.
+                o["departure"] = v.connected ? nil : departures[r.id].map { .string($0.name) }
                 o["rows_per_second"] = v.info?.rowsPerSecond.map(JSONValue.number)
                 o["job"] = v.info?.readyJob.map(JSONValue.string)
                 o["host"] = v.info?.host.map(JSONValue.string)
@@ -215,6 +217,9 @@ extension Coordinator {
         var o: JSONObject = [
             "heartbeat_ms": .integer(Int64(options.heartbeatMilliseconds)), "worker_message_gap_ms": .object(gaps),
             "workers_declared_silent": .integer(Int64(workersDeclaredSilent)),
+            "messages_rate_limited": .integer(Int64(messagesRateLimited)),
+            "messages_rejected": .integer(Int64(messagesRejected)),
+            "blob_bytes_sent": .integer(Int64(metrics.blobBytesSent)),
         ]
         if let d = dashboardAddress { o["dashboard"] = .string(d) }
         return .object(o)

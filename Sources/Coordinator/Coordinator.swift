@@ -11,6 +11,7 @@
 //   client.json      credentials of the local client key, enrolled at first start (0600)
 
 import Foundation
+import Logging
 import HTTP
 import Llama
 import ModelFormats
@@ -129,7 +130,14 @@ public final class Coordinator: @unchecked Sendable {
     /// Where the dashboard is served (HOST:PORT), when it is.
     public internal(set) var dashboardAddress: String?
     private var failedToLoad: Set<String> = []
-    let log: @Sendable (String) -> Void
+    /// The coordinator's log (swift-log: the CLI prints it; tests collect it). Nothing decides on its wording.
+    let logger: Logger
+
+    func log(_ message: String) { logger.info("\(message)") }
+
+    func log(_ level: Logger.Level, _ message: String, _ metadata: Logger.Metadata? = nil) {
+        logger.log(level: level, "\(message)", metadata: metadata)
+    }
     private let stopLock = NSLock()
     private var stopRequested = false
     /// The endpoint bound (with the port resolved).
@@ -140,10 +148,11 @@ public final class Coordinator: @unchecked Sendable {
     /// - Parameter transport: an endpoint to serve instead of binding `options.listen` (an in-memory network
     ///   in tests; peers' roles then come from the user ids that network assigns).
     public init(
-        options: CoordinatorOptions, transport: RouterEndpoint? = nil, log: @escaping @Sendable (String) -> Void
+        options: CoordinatorOptions, transport: RouterEndpoint? = nil,
+        logger: Logger = Logger(label: "cairn.coordinator")
     ) throws(CoordinatorError) {
         self.options = options
-        self.log = log
+        self.logger = logger
         if options.insecure, !StateFiles.isLoopback(options.listen) {
             throw CoordinatorError(
                 "--insecure listens without encryption or keys; it is allowed only on loopback (tcp://127.0.0.1:PORT), not \(options.listen)"
@@ -214,7 +223,7 @@ public final class Coordinator: @unchecked Sendable {
                 answerHTTPRequests()
             } catch {
                 if error.kind == .closed { break }
-                log("transport error: \(error)")
+                log(.warning, "transport error: \(error)")
             }
         }
         httpServer?.stop()
@@ -233,7 +242,7 @@ public final class Coordinator: @unchecked Sendable {
         if now - (refusalsLogged[key] ?? 0) > 60 {
             if refusalsLogged.count > 10_000 { refusalsLogged = [:] }
             refusalsLogged[key] = now
-            log("refused a connection from an unenrolled key \(key.prefix(8))…")
+            log(.notice, "refused a connection from an unenrolled key \(key.prefix(8))…")
         }
         return nil
     }
@@ -256,8 +265,10 @@ public final class Coordinator: @unchecked Sendable {
         if peer.worker != nil { heartbeatGaps.record(now - peer.lastSeen) }
         guard peer.allowance >= 1 else {
             peer.dropped += 1
+            messagesRateLimited += 1
             if now - peer.droppedLogged >= 5 {
                 log(
+                    .warning,
                     "rate-limited \(peer.label): dropped \(peer.dropped) messages so far (over "
                         + "\(Int(options.messagesPerSecond))/s)")
                 peer.droppedLogged = now
@@ -272,17 +283,19 @@ public final class Coordinator: @unchecked Sendable {
             message = try Message.decode(Array(received.frames.dropFirst()))
         } catch {
             peer.bad += 1
-            log("dropped a message from \(peer.label): \(error)")
+            messagesRejected += 1
+            log(.warning, "dropped a message from \(peer.label): \(error)")
             if peer.bad >= Peer.badLimit {
                 peer.ignored = true
-                log("ignoring \(peer.label) for the rest of its connection after \(peer.bad) bad messages")
+                log(.warning, "ignoring \(peer.label) for the rest of its connection after \(peer.bad) bad messages")
             }
             peers[rid] = peer
             return
         }
         guard peer.role.allows(message.type) else {
             peer.bad += 1
-            log("dropped \(message.type) from \(peer.label): not allowed for a \(peer.role.name)")
+            messagesRejected += 1
+            log(.warning, "dropped \(message.type) from \(peer.label): not allowed for a \(peer.role.name)")
             peers[rid] = peer
             fail(rid, "forbidden", "\(message.type) is not allowed for a \(peer.role.name)")
             return
@@ -308,7 +321,7 @@ public final class Coordinator: @unchecked Sendable {
         case .roundResult: roundResult(rid, message, now: now)
         case .evalResult: evalResult(rid, message)
         case .fetch: fetch(rid, message)
-        case .bye: lose(rid, why: "left (\(message.string("reason")))")
+        case .bye: lose(rid, .left(reason: message.string("reason")))
         case .error: workerFault(rid, message)
         case .submit: submit(rid, message)
         case .status: status(rid, message)
@@ -334,9 +347,9 @@ public final class Coordinator: @unchecked Sendable {
             return bytes
         } catch {
             if error.kind == .unreachable {
-                lose(rid, why: "unreachable")
+                lose(rid, .unreachable)
             } else {
-                log("cannot send \(message.type) to \(peers[rid]?.label ?? "a peer"): \(error)")
+                log(.warning, "cannot send \(message.type) to \(peers[rid]?.label ?? "a peer"): \(error)")
             }
             return 0
         }
@@ -366,7 +379,7 @@ public final class Coordinator: @unchecked Sendable {
         guard var peer = peers[rid] else { return }
         let id = peer.key.map { String(FileHash.sha256(Array($0.utf8)).prefix(10)) } ?? "w-" + m.string("name")
         // The same worker reconnecting: its old connection's work goes back to the pool.
-        for (other, p) in peers where other != rid && p.worker?.id == id { lose(other, why: "reconnected") }
+        for (other, p) in peers where other != rid && p.worker?.id == id { lose(other, .reconnected) }
         peer.worker = WorkerInfo(
             id: id, name: m.string("name"), cores: m.int("cores"), memory: m.int("memory"), gflops: m.double("gflops"),
             threads: m.int("threads"), localExamples: m.optionalInt("local_examples"), host: m.optionalString("host"))
@@ -413,7 +426,7 @@ public final class Coordinator: @unchecked Sendable {
         let text = String(m.string("message").prefix(500))
         peers[rid]?.worker?.fault = (job.id, "\(m.string("code")): \(text)")
         peers[rid]?.worker?.readyJob = nil
-        log("worker \(peers[rid]!.label) cannot take part in \(job.id) and is left out of it: \(text)")
+        log(.warning, "worker \(peers[rid]!.label) cannot take part in \(job.id) and is left out of it: \(text)")
         schedule(.gone(worker: worker.id), now: Self.now)
     }
 
@@ -429,7 +442,7 @@ public final class Coordinator: @unchecked Sendable {
     private func result(_ rid: [UInt8], _ m: Message, now: Double) {
         guard let job = job as? SyncJob, m.string("job") == job.id, let worker = peers[rid]?.worker else { return }
         guard let g = m.tensor("gradient"), g.dtype == .f32, g.count == job.adapter.parameters.count else {
-            log("dropped a malformed gradient from \(worker.name); its rows go to others")
+            log(.warning, "dropped a malformed gradient from \(worker.name); its rows go to others")
             peers[rid]?.bad += 1
             schedule(.malformed(worker: worker.id, assignment: m.int("assignment")), now: now)
             return
@@ -475,15 +488,25 @@ public final class Coordinator: @unchecked Sendable {
     var heartbeatGaps = GapSamples()
     var workersDeclaredSilent = 0
 
-    private func lose(_ rid: [UInt8], why: String) {
+    /// Messages dropped by the per-connection rate limit since this coordinator started.
+    var messagesRateLimited = 0
+    /// Messages refused since this coordinator started: malformed, or not allowed for the sender's role.
+    var messagesRejected = 0
+    /// How each worker's last connection ended (by worker id), for `cairn workers`.
+    var departures: [String: Departure] = [:]
+
+    private func lose(_ rid: [UInt8], _ why: Departure) {
         guard let peer = peers.removeValue(forKey: rid) else { return }
         guard let worker = peer.worker else { return }
-        if why.hasPrefix("lost (silent") { workersDeclaredSilent += 1 }
+        departures[worker.id] = why
+        if case .silent = why { workersDeclaredSilent += 1 }
         let released = schedule(.gone(worker: worker.id), now: Self.now).reduce(0) {
             if case .released(let a, _) = $1 { return $0 + a.rows.count }
             return $0
         }
-        log("worker \(peer.label) \(why)" + (released == 0 ? "" : "; its \(released) rows go to others"))
+        log(
+            .notice, "worker \(peer.label) \(why)" + (released == 0 ? "" : "; its \(released) rows go to others"),
+            ["worker": "\(worker.id)", "departure": "\(why.name)"])
     }
 
     // MARK: Clients
@@ -606,7 +629,7 @@ public final class Coordinator: @unchecked Sendable {
         let interval = Double(options.heartbeatMilliseconds) / 1000
         for (rid, p) in peers {
             if now - p.lastSeen > interval * Double(options.liveness) {
-                lose(rid, why: "lost (silent for \(String(format: "%.1f", now - p.lastSeen)) s)")
+                lose(rid, .silent(seconds: now - p.lastSeen))
             } else if p.worker != nil, now - p.lastSent >= interval {
                 send(rid, Message(.heartbeat))
             }
@@ -773,7 +796,7 @@ public final class Coordinator: @unchecked Sendable {
             if let old = lastCheckpoint[job.id] ?? previous, old != blob { blobs.remove(old) }
             lastCheckpoint[job.id] = blob
         } catch {
-            log("cannot journal \(job.unitName) \(record.step) of \(job.id): \(error); stopping the job")
+            log(.error, "cannot journal \(job.unitName) \(record.step) of \(job.id): \(error); stopping the job")
             try? store.setState(job.id, .failed, error: "cannot journal \(job.unitName) \(record.step): \(error)")
             stopJob()
             return
@@ -791,7 +814,7 @@ public final class Coordinator: @unchecked Sendable {
     private func journalEvaluation(_ evaluation: Evaluation, of job: any RunningJob) {
         let record = evaluation.record
         do { try store.journalEval(job: job.id, record) } catch {
-            log("cannot journal the evaluation of \(job.id): \(error); stopping the job")
+            log(.error, "cannot journal the evaluation of \(job.id): \(error); stopping the job")
             try? store.setState(job.id, .failed, error: "cannot journal an evaluation: \(error)")
             stopJob()
             return
@@ -840,7 +863,7 @@ public final class Coordinator: @unchecked Sendable {
             for (rid, p) in peers where p.worker != nil { sendJob(rid, j) }
         } catch {
             failedToLoad.insert(record.id)
-            log("\(record.id) cannot run: \(error)")
+            log(.error, "\(record.id) cannot run: \(error)")
             try? store.setState(record.id, .failed, error: "\(error)")
         }
     }
@@ -866,7 +889,7 @@ public final class Coordinator: @unchecked Sendable {
             )
             log("\(job.id) done after \(job.step) \(job.unitName)s; `cairn pull \(job.id)` fetches the adapter")
         } catch {
-            log("\(job.id) finished training but its adapter cannot be written: \(error)")
+            log(.error, "\(job.id) finished training but its adapter cannot be written: \(error)")
             try? store.setState(job.id, .failed, error: "cannot write the adapter: \(error)")
         }
         stopJob()
@@ -986,5 +1009,36 @@ struct GapSamples {
         guard !samples.isEmpty else { return 0 }
         let sorted = samples.sorted()
         return sorted[min(sorted.count - 1, Int(q * Double(sorted.count - 1)))]
+    }
+}
+
+/// Why a worker's connection ended.
+enum Departure: Sendable, Equatable, CustomStringConvertible {
+    /// It said `bye`.
+    case left(reason: String)
+    /// Nothing heard from it for the liveness window.
+    case silent(seconds: Double)
+    /// Its connection refused a send (the process died, the TCP connection closed).
+    case unreachable
+    /// The same worker connected again; the old connection is dropped.
+    case reconnected
+
+    /// One word, for `cairn workers --json` and metrics.
+    var name: String {
+        switch self {
+        case .left: "left"
+        case .silent: "silent"
+        case .unreachable: "unreachable"
+        case .reconnected: "reconnected"
+        }
+    }
+
+    var description: String {
+        switch self {
+        case .left(let reason): "left (\(reason))"
+        case .silent(let seconds): "lost (silent for \(String(format: "%.1f", seconds)) s)"
+        case .unreachable: "unreachable"
+        case .reconnected: "reconnected"
+        }
     }
 }

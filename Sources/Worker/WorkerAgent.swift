@@ -7,6 +7,7 @@
 
 import Foundation
 import Llama
+import Logging
 import ModelFormats
 import TensorKernels
 import Training
@@ -44,7 +45,7 @@ public struct WorkerOptions: Sendable {
 /// A cluster worker.
 public final class WorkerAgent: @unchecked Sendable {
     public let options: WorkerOptions
-    private let log: @Sendable (String) -> Void
+    private let logger: Logger
     private let blobs: BlobStore
     private let context = Context()
     private var socket: DealerEndpoint?
@@ -76,9 +77,9 @@ public final class WorkerAgent: @unchecked Sendable {
         }
     }
 
-    public init(options: WorkerOptions, log: @escaping @Sendable (String) -> Void) throws(WorkerError) {
+    public init(options: WorkerOptions, logger: Logger = Logger(label: "cairn.worker")) throws(WorkerError) {
         self.options = options
-        self.log = log
+        self.logger = logger
         do { blobs = try BlobStore(root: (options.cacheDirectory as NSString).appendingPathComponent("blobs")) } catch {
             throw WorkerError("\(error)")
         }
@@ -101,7 +102,7 @@ public final class WorkerAgent: @unchecked Sendable {
     public func run() throws(WorkerError) {
         if let t = options.threads { Parallel.threadCount = t }
         let gflops = Self.measureGFLOPs()
-        log("kernel throughput \(String(format: "%.1f", gflops)) GFLOP/s on \(Parallel.threadCount) threads")
+        logger.info("kernel throughput \(String(format: "%.1f", gflops)) GFLOP/s on \(Parallel.threadCount) threads")
         let info = ProcessInfo.processInfo
         var session = WorkerSession(
             machine: WorkerSession.Machine(
@@ -146,7 +147,7 @@ public final class WorkerAgent: @unchecked Sendable {
             } catch let e as WorkerError {
                 throw e
             } catch {
-                log("transport error: \(error)")
+                logger.warning("transport error: \(error)")
             }
             if socket.refused(), try feed(.refused) { return }
         }
@@ -165,12 +166,12 @@ public final class WorkerAgent: @unchecked Sendable {
             }
         case .disconnect: close()
         case .send(let m):
-            do { try socket?.send(m.encode()) } catch { log("cannot send \(m.type): \(error)") }
+            do { try socket?.send(m.encode()) } catch { logger.warning("cannot send \(m.type): \(error)") }
             // A bye is the last thing sent: give it a moment to leave before the socket closes.
             if m.type == .bye { Thread.sleep(forTimeInterval: 0.05) }
         case .load(let spec): load(spec)
         case .compute(let work): compute(work)
-        case .log(let text): log(text)
+        case .log(let level, let text): logger.log(level: level, "\(text)")
         case .leave: close()
         case .fail(let error):
             close()
@@ -217,9 +218,10 @@ public final class WorkerAgent: @unchecked Sendable {
                         ).train
                 }
                 let weights = lm.model.weights
-                log(
-                    "loaded \(id): base \(weights.precision == .q ? "kept quantised" : "in fp32") "
-                        + "(\(weights.residentBytes >> 20) MiB), activations \(recompute ? "recomputed" : "kept")")
+                let base = weights.precision == .q ? "kept quantised" : "in fp32"
+                logger.info(
+                    "loaded \(id): base \(base) (\(weights.residentBytes >> 20) MiB), activations \(recompute ? "recomputed" : "kept")"
+                )
                 let engine = Engine(id: id, session: session, config: config, plan: plan)
                 lock.withLock { self.engine = engine }
                 post(

@@ -9,6 +9,7 @@
 // model cache, through `ModelCache` (the blob store on disk; a simulated one in tests).
 
 import Llama
+import Logging
 import ModelFormats
 import Training
 import Wire
@@ -143,7 +144,7 @@ public struct WorkerSession {
         case send(Message)
         case load(JobSpec)
         case compute(Work)
-        case log(String)
+        case log(Logger.Level, String)
         /// Stop running: the worker has left.
         case leave
         /// Stop running with an error.
@@ -221,7 +222,7 @@ public struct WorkerSession {
             connectedAt = now
             sayHello()
         case .connectFailed(let why):
-            log("cannot connect to \(machine.endpoint): \(why)")
+            log(.warning, "cannot connect to \(machine.endpoint): \(why)")
             disconnect(retry: true)
         case .received(let frames): receive(frames)
         case .refused:
@@ -241,7 +242,7 @@ public struct WorkerSession {
             }
         case .loadFailed(let id, let message):
             // Logged here and reported, so the coordinator leaves this worker out of the job and says why.
-            log(message)
+            log(.error, message)
             if job?.id == id {
                 job?.loading = false
                 job?.failed = true
@@ -278,6 +279,7 @@ public struct WorkerSession {
         let silent = now - max(lastHeard, connectedAt)
         if silent > heartbeat * Double(liveness) {
             log(
+                .notice,
                 welcomed
                     ? "the coordinator is silent (\(Self.seconds(silent))); reconnecting"
                     : "no answer from \(machine.endpoint) yet; retrying")
@@ -310,7 +312,8 @@ public struct WorkerSession {
         lastSent = now
     }
 
-    private mutating func log(_ text: String) { out.append(.log(text)) }
+    private mutating func log(_ text: String) { out.append(.log(.info, text)) }
+    private mutating func log(_ level: Logger.Level, _ text: String) { out.append(.log(level, text)) }
 
     private mutating func sayHello() {
         let m = machine
@@ -332,7 +335,7 @@ public struct WorkerSession {
         backoff = 0.5
         let m: Message
         do { m = try Message.decode(frames) } catch {
-            log("dropped a message from the coordinator: \(error)")
+            log(.warning, "dropped a message from the coordinator: \(error)")
             return
         }
         switch m.type {
@@ -360,7 +363,7 @@ public struct WorkerSession {
             if m.string("code") == "hello_first" {
                 sayHello()
             } else {
-                log("coordinator: \(m.string("message"))")
+                log(.warning, "coordinator: \(m.string("message"))")
             }
         default: break
         }
@@ -448,7 +451,7 @@ public struct WorkerSession {
     /// Reports that this worker cannot take part in the current job, and stops trying.
     private mutating func fault(_ code: String, _ message: String) {
         guard let id = job?.id else { return }
-        log("cannot take part in \(id): \(message)")
+        log(.error, "cannot take part in \(id): \(message)")
         job?.failed = true
         send(Message(.error, ["code": .string(code), "job": .string(id), "message": .string(message)]))
     }
@@ -469,7 +472,7 @@ public struct WorkerSession {
                     fault("cache", "\(error); gave up on this job's model after three tries")
                     return
                 }
-                log("\(error); fetching again")
+                log(.warning, "\(error); fetching again")
                 job?.download = BlobDownload(hash: d.hash, total: d.total)
                 requestChunks()
                 return
@@ -487,7 +490,7 @@ public struct WorkerSession {
         lastChunk = now
         let bytes: [UInt8]
         do { bytes = try d.accept(m) } catch {
-            log("dropped a chunk: \(error)")
+            log(.warning, "dropped a chunk: \(error)")
             return
         }
         if !bytes.isEmpty {
@@ -531,11 +534,11 @@ public struct WorkerSession {
     private mutating func start(_ m: Message) {
         let id = m.string("job")
         guard let loaded, loaded.id == id else {
-            log("assignment for \(id), which is not loaded here; ignored")
+            log(.warning, "assignment for \(id), which is not loaded here; ignored")
             return
         }
         guard let work = Self.work(of: m, loaded: loaded) else {
-            log("dropped a malformed \(m.type) (tensor sizes, or ids out of range)")
+            log(.warning, "dropped a malformed \(m.type) (tensor sizes, or ids out of range)")
             return
         }
         computing = work.assignment

@@ -148,6 +148,20 @@ class ClusterHarness {
     }
 
     /// Workers connected and ready or computing.
+    /// A worker's row of `cairn workers --json`.
+    func worker(_ name: String) -> JSONObject? {
+        guard let r = try? client(["workers", "--json"]), r.status == 0 else { return nil }
+        return (try? JSONValue.parse(r.stdout))?.arrayValue?.compactMap(\.objectValue).first {
+            $0["name"]?.stringValue == name
+        }
+    }
+
+    /// The coordinator's own counters: `coordinator` of `cairn status --json`.
+    func coordinatorHealth() -> JSONObject? {
+        guard let r = try? client(["status", "--json"]), r.status == 0 else { return nil }
+        return (try? JSONValue.parse(r.stdout))?.objectValue?["coordinator"]?.objectValue
+    }
+
     func connectedWorkers() -> [JSONObject] {
         guard let r = try? cairn("workers", "--json"), r.status == 0,
             let list = (try? JSONValue.parse(r.stdout))?.arrayValue

@@ -73,14 +73,6 @@ final class NetnsCluster: ClusterHarness {
         (try? String(contentsOfFile: "\(netnsDir)/\(host).log", encoding: .utf8)) ?? ""
     }
 
-    /// A worker's row of `cairn workers --json`.
-    func worker(_ name: String) -> JSONObject? {
-        guard let r = try? client(["workers", "--json"]), r.status == 0 else { return nil }
-        return (try? JSONValue.parse(r.stdout))?.arrayValue?.compactMap(\.objectValue).first {
-            $0["name"]?.stringValue == name
-        }
-    }
-
     func rowsDone(_ name: String) -> Int { worker(name)?["rows_done"]?.intValue ?? 0 }
 
     func step(_ job: String) -> Int { status(job)?["step"]?.intValue ?? 0 }

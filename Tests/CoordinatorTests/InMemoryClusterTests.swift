@@ -4,6 +4,7 @@
 
 import Coordinator
 import Foundation
+import Logging
 import ModelFormats
 import TestSupport
 import Testing
@@ -30,7 +31,8 @@ final class MemoryCluster {
         options.deadlineFloor = 0.5
         options.firstDeadline = 5
         let sink = LogSink()
-        coordinator = try Coordinator(options: options, transport: network.router()) { sink.add("[coordinator] " + $0) }
+        coordinator = try Coordinator(
+            options: options, transport: network.router(), logger: sink.logger("coordinator"))
         self.sink = sink
         let c = coordinator
         let t = Thread { try? c.run() }
@@ -45,6 +47,23 @@ final class MemoryCluster {
         private var lines: [String] = []
         func add(_ s: String) { lock.withLock { lines.append(s) } }
         var text: String { lock.withLock { lines.joined(separator: "\n") } }
+
+        /// A logger whose records land here, "[who] message", for a failing test's report.
+        func logger(_ who: String) -> Logger {
+            Logger(label: "cairn.test.\(who)") { _ in Handler(sink: self, who: who) }
+        }
+
+        struct Handler: LogHandler {
+            let sink: LogSink
+            let who: String
+            var logLevel: Logger.Level = .trace
+            var metadata: Logger.Metadata = [:]
+            subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+                get { metadata[key] }
+                set { metadata[key] = newValue }
+            }
+            func log(event: LogEvent) { sink.add("[\(who)] \(event.message)") }
+        }
     }
 
     /// Starts a worker whose connections all go through one link of the network (reconnects reuse it).
@@ -62,7 +81,7 @@ final class MemoryCluster {
             return endpoint
         }
         let sink = self.sink
-        let agent = try WorkerAgent(options: options) { sink.add("[\(name)] " + $0) }
+        let agent = try WorkerAgent(options: options, logger: sink.logger(name))
         agents[name] = agent
         boxes[name] = box
         let t = Thread { try? agent.run() }
