@@ -237,9 +237,11 @@ public final class WorkerAgent: @unchecked Sendable {
 
     /// Runs an assignment on a background thread; posts its result.
     private func compute(_ work: WorkerSession.Work) {
+        // The session checked the job against what it knows is loaded, but a newer job's model may have replaced it
+        // since (its `loaded` event still on the way).
         guard let engine = lock.withLock({ self.engine }), engine.id == work.job else {
-            // The session checked the job against what was loaded; this cannot happen.
-            preconditionFailure("an assignment for \(work.job), which is not loaded")
+            post(.computeFailed(assignment: work.assignment, why: "\(work.job)'s model is no longer loaded here"))
+            return
         }
         Thread.detachNewThread { [self] in
             let started = Self.now

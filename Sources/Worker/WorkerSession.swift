@@ -136,6 +136,8 @@ public struct WorkerSession {
         case loadFailed(job: String, message: String)
         /// A `result`, `round_result` or `eval_result` of the work in hand.
         case computed(Message)
+        /// The work in hand could not run (its job's model was replaced by another job's meanwhile).
+        case computeFailed(assignment: Int, why: String)
     }
 
     public enum Action: Sendable {
@@ -251,6 +253,12 @@ public struct WorkerSession {
         case .computed(let result):
             computing = nil
             if revoked.remove(result.int("assignment")) == nil { send(result) }
+            if !leaving, !queued.isEmpty { start(queued.removeFirst()) }
+        case .computeFailed(let assignment, let why):
+            // Nothing goes back: the coordinator gives the work to another worker when its deadline passes.
+            computing = nil
+            revoked.remove(assignment)
+            log(.warning, "assignment \(assignment) not computed: \(why)")
             if !leaving, !queued.isEmpty { start(queued.removeFirst()) }
         }
         if leaving, computing == nil, !finished { leave() }

@@ -295,6 +295,11 @@ import Worker
             #expect(h.session.computing == nil)
         }
         #expect(Self.work(h.receive(Self.assign(6, type: .evaluate))).first?.kind == .evaluation)
+        // Work that could not run (its model replaced meanwhile) frees the worker for the next, and sends nothing.
+        #expect(Self.work(h.receive(Self.assign(7))).isEmpty)
+        let sent = h.sent.count
+        let after = Self.work(h.feed(.computeFailed(assignment: 6, why: "replaced")))
+        #expect(after.map(\.assignment) == [7] && h.sent.count == sent)
     }
 
     /// Asked to stop while computing: the result goes back first, then `bye`, then the worker leaves.
