@@ -147,9 +147,10 @@ public final class Coordinator: @unchecked Sendable {
     ///
     /// - Parameter transport: an endpoint to serve instead of binding `options.listen` (an in-memory network
     ///   in tests; peers' roles then come from the user ids that network assigns).
+    /// - Parameter logger: where its log goes (default: nowhere; a library never prints).
     public init(
         options: CoordinatorOptions, transport: RouterEndpoint? = nil,
-        logger: Logger = Logger(label: "cairn.coordinator")
+        logger: Logger = Logger(label: "cairn.coordinator", factory: { _ in SwiftLogNoOpLogHandler() })
     ) throws(CoordinatorError) {
         self.options = options
         self.logger = logger

@@ -77,7 +77,11 @@ public final class WorkerAgent: @unchecked Sendable {
         }
     }
 
-    public init(options: WorkerOptions, logger: Logger = Logger(label: "cairn.worker")) throws(WorkerError) {
+    /// A worker; `logger` is where its log goes (default: nowhere; a library never prints).
+    public init(
+        options: WorkerOptions,
+        logger: Logger = Logger(label: "cairn.worker", factory: { _ in SwiftLogNoOpLogHandler() })
+    ) throws(WorkerError) {
         self.options = options
         self.logger = logger
         do { blobs = try BlobStore(root: (options.cacheDirectory as NSString).appendingPathComponent("blobs")) } catch {
