@@ -63,7 +63,7 @@ final class RoundJob: RunningJob {
             guard outer.restore(checkpoint.extra["outer_momentum"] ?? [], modules: adapter.modules) else {
                 throw JobError("the job's last checkpoint does not match its settings (its outer momentum)")
             }
-            cursor = try restore(checkpoint, into: adapter, moments: nil)
+            cursor = try restore(checkpoint, moments: nil)
             round = checkpoint.step
         }
         canonicalize()

@@ -158,9 +158,7 @@ extension RunningJob {
 
 extension RunningJob {
     /// Loads the job's checkpoint into its adapter (and AdamW state); returns the data cursor.
-    func restore(_ checkpoint: Checkpoint, into adapter: LoRAAdapter, moments: AdamWOptimizer?) throws(JobError)
-        -> Int
-    {
+    func restore(_ checkpoint: Checkpoint, moments: AdamWOptimizer?) throws(JobError) -> Int {
         do {
             try checkpoint.restore(
                 into: adapter, moments: moments, dataHash: prepared.plan == nil ? nil : prepared.dataHash,
@@ -225,7 +223,7 @@ final class SyncJob: RunningJob {
         gradientSum = FloatBuffer(count: optimizer.adapter.parameters.count)
         cursor = 0
         if let blob = record.checkpointBlob {
-            cursor = try restore(record.checkpoint(blob, in: blobs), into: optimizer.adapter, moments: optimizer.adamW)
+            cursor = try restore(record.checkpoint(blob, in: blobs), moments: optimizer.adamW)
         }
     }
 
