@@ -378,11 +378,10 @@ struct Submit: ParsableCommand {
                 "\(config.data) is \(data.count >> 20) MiB; cluster jobs take at most \(Wire.maxTensorBytes >> 20) MiB of data"
             )
         }
-        var tensors = [Tensor(name: "data", dtype: .u8, shape: [data.count], bytes: Array(data))]
-        var meta: JSONObject = [
-            "spec": .string(try String(contentsOfFile: job, encoding: .utf8)),
-            "data_name": .string(config.data.isEmpty ? "(workers' own)" : (config.data as NSString).lastPathComponent),
-        ]
+        var submit = JobSubmission(
+            spec: try String(contentsOfFile: job, encoding: .utf8),
+            dataName: config.data.isEmpty ? "(workers' own)" : (config.data as NSString).lastPathComponent,
+            data: Array(data))
         if let path = config.validationData {
             guard let v = FileManager.default.contents(atPath: path) else {
                 throw CLIError("\(job): validation_data: cannot read \(path)")
@@ -391,12 +390,12 @@ struct Submit: ParsableCommand {
                 throw CLIError(
                     "\(path) is \(v.count >> 20) MiB; at most \(Wire.maxTensorBytes >> 20) MiB of held-out data")
             }
-            tensors.append(Tensor(name: "validation", dtype: .u8, shape: [v.count], bytes: Array(v)))
-            meta["validation_name"] = .string((path as NSString).lastPathComponent)
+            submit.validation = Array(v)
+            submit.validationName = (path as NSString).lastPathComponent
         }
         let c = try client.connect()
-        let reply = try c.request(Message(.submit, meta, tensors: tensors), expect: .submitted, timeout: 300)
-        Terminal.write(reply.string("job") + "\n")
+        let reply = try c.request(submit.message, expect: .submitted, timeout: 300)
+        Terminal.write(try reply.decodeJobRequest().job + "\n")
     }
 }
 
@@ -430,23 +429,19 @@ struct Status: ParsableCommand {
         let c = try client.connect()
         var shown = ""
         while true {
-            var meta: JSONObject = [:]
-            if let jobId { meta["job"] = .string(jobId) }
-            if let after { meta["after"] = .integer(Int64(after)) }
-            let reply = try c.request(Message(.status, meta), expect: .statusReply)
-            let body = reply.metadata["body"] ?? .null
+            let reply = try c.request(StatusRequest(job: jobId, after: after).message, expect: .statusReply)
+            let json = reply.metadata["body"] ?? .null
+            let body: StatusBody
+            do { body = try StatusBody(json: json) } catch {
+                throw CLIError("bad status from the coordinator: \(error)")
+            }
             // Watching: print only when something changed.
-            let text = json ? body.serialized() + "\n" : Self.render(body)
+            let text = self.json ? json.serialized() + "\n" : Self.render(body)
             if text != shown { Terminal.write(text) }
             shown = text
-            let jobs = body.objectValue?["jobs"]?.arrayValue ?? []
-            let finished = jobs.allSatisfy {
-                ["done", "failed", "cancelled"].contains($0.objectValue?["state"]?.stringValue ?? "")
-            }
-            if !watch || finished {
-                if watch, let jobId, let state = jobs.first?.objectValue?["state"]?.stringValue, state != "done" {
-                    let why = jobs.first?.objectValue?["error"]?.stringValue.map { ": \($0)" } ?? ""
-                    throw CLIError("\(jobId) \(state)\(why)")
+            if !watch || body.jobs.allSatisfy(\.isFinished) {
+                if watch, let jobId, let job = body.jobs.first, job.state != "done" {
+                    throw CLIError("\(jobId) \(job.state)\(job.error.map { ": \($0)" } ?? "")")
                 }
                 break
             }
@@ -454,24 +449,19 @@ struct Status: ParsableCommand {
         }
     }
 
-    static func render(_ body: JSONValue) -> String {
+    static func render(_ body: StatusBody) -> String {
         var out = ""
-        let jobs = body.objectValue?["jobs"]?.arrayValue ?? []
-        if jobs.isEmpty { out += "no jobs\n" }
-        for j in jobs.compactMap(\.objectValue) {
-            var facts = [
-                j["id"]?.stringValue ?? "", j["state"]?.stringValue ?? "", j["mode"]?.stringValue ?? "",
-                "\(j["mode"]?.stringValue == "sync" ? "step" : "round") \(j["step"]?.intValue ?? 0)/"
-                    + "\(j["total_steps"]?.intValue ?? 0)",
-            ]
-            if let v = j["loss"]?.doubleValue { facts.append(String(format: "loss %.4f", v)) }
-            if let v = j["eval_loss"]?.doubleValue { facts.append(String(format: "eval %.4f", v)) }
-            if let v = j["tokens_per_second"]?.doubleValue { facts.append(String(format: "%.0f trained tok/s", v)) }
-            if let v = j["eta_seconds"]?.doubleValue { facts.append("eta \(formatDuration(v))") }
+        if body.jobs.isEmpty { out += "no jobs\n" }
+        for j in body.jobs {
+            var facts = [j.id, j.state, j.mode, "\(j.mode == "sync" ? "step" : "round") \(j.step)/\(j.totalSteps)"]
+            if let v = j.loss { facts.append(String(format: "loss %.4f", v)) }
+            if let v = j.evalLoss { facts.append(String(format: "eval %.4f", v)) }
+            if let v = j.tokensPerSecond { facts.append(String(format: "%.0f trained tok/s", v)) }
+            if let v = j.etaSeconds { facts.append("eta \(formatDuration(v))") }
             out += facts.joined(separator: "  ") + "\n"
-            if let e = j["error"]?.stringValue { out += "  error: \(e)\n" }
+            if let e = j.error { out += "  error: \(e)\n" }
         }
-        out += Workers.render(body.objectValue?["workers"] ?? .array([]))
+        out += Workers.render(body.workers)
         return out
     }
 }
@@ -501,10 +491,16 @@ struct Workers: ParsableCommand {
     }
 
     func run() throws {
-        let body =
-            try wait.map(waitFor) ?? client.connect().request(Message(.workers), expect: .workersReply)
-            .metadata["body"] ?? .array([])
-        if json { Terminal.printJSON(body) } else { Terminal.write(Self.render(body)) }
+        let json =
+            try wait.map(waitFor) ?? client.connect().request(Message(.workers), expect: .workersReply).metadata["body"]
+            ?? .array([])
+        if self.json {
+            Terminal.printJSON(json)
+        } else {
+            do { Terminal.write(Self.render(try WorkerStatus.list(json: json))) } catch {
+                throw CLIError("bad workers list from the coordinator: \(error)")
+            }
+        }
     }
 
     /// Polls until `count` workers are connected; the coordinator (and its client credentials) may not be up yet.
@@ -521,7 +517,7 @@ struct Workers: ParsableCommand {
                 let body =
                     try c!.request(Message(.workers), expect: .workersReply, timeout: 5).metadata["body"]
                     ?? .array([])
-                connected = (body.arrayValue ?? []).filter { $0.objectValue?["connected"] == .bool(true) }.count
+                connected = ((try? WorkerStatus.list(json: body)) ?? []).filter(\.connected).count
                 if connected >= count { return body }
                 problem = "\(connected) of \(count) connected"
             } catch {
@@ -536,18 +532,15 @@ struct Workers: ParsableCommand {
         )
     }
 
-    static func render(_ body: JSONValue) -> String {
-        let workers = body.arrayValue?.compactMap(\.objectValue) ?? []
+    static func render(_ workers: [WorkerStatus]) -> String {
         if workers.isEmpty { return "no workers\n" }
         var out = ""
         for w in workers {
-            let speed = w["rows_per_second"]?.doubleValue.map { String(format: "%.2f rows/s", $0) } ?? ""
+            let speed = w.rowsPerSecond.map { String(format: "%.2f rows/s", $0) } ?? ""
             out +=
-                "worker \(w["name"]?.stringValue ?? "") [\(w["id"]?.stringValue ?? "")]  \(w["state"]?.stringValue ?? "")  "
-            out +=
-                "\(w["cores"]?.intValue ?? 0) cores  \(String(format: "%.1f", w["gflops"]?.doubleValue ?? 0)) GFLOP/s  "
-            out += "\(speed)  rows done \(w["rows_done"]?.intValue ?? 0)\n"
-            if let error = w["error"]?.stringValue { out += "  \(error)\n" }
+                "worker \(w.name) [\(w.id)]  \(w.state)  \(w.cores) cores  \(String(format: "%.1f", w.gflops)) GFLOP/s  "
+            out += "\(speed)  rows done \(w.rowsDone)\n"
+            if let error = w.error { out += "  \(error)\n" }
         }
         return out
     }
@@ -559,7 +552,7 @@ struct Cancel: ParsableCommand {
     @Argument var jobId: String
 
     func run() throws {
-        _ = try client.connect().request(Message(.cancel, ["job": .string(jobId)]), expect: .cancelled)
+        _ = try client.connect().request(JobRequest(.cancel, job: jobId).message, expect: .cancelled)
         Terminal.note("\(jobId) cancelled")
     }
 }
@@ -587,15 +580,9 @@ struct Pull: ParsableCommand {
         default: throw ValidationError("--format must be peft, gguf or checkpoint")
         }
         let c = try client.connect()
-        let reply = try c.request(Message(.pull, ["job": .string(jobId)]), expect: .pullReply)
+        let reply = try c.request(JobRequest(.pull, job: jobId).message, expect: .pullReply).decode(as: PullReply.self)
         var files: [String: (blob: String, bytes: Int)] = [:]
-        for f in reply.metadata["files"]?.arrayValue?.compactMap(\.objectValue) ?? [] {
-            if let n = f["name"]?.stringValue, let b = f["blob"]?.stringValue, BlobStore.isHash(b),
-                let size = f["bytes"]?.intValue
-            {
-                files[n] = (b, size)
-            }
-        }
+        for f in reply.files where BlobStore.isHash(f.blob) { files[f.name] = (f.blob, f.bytes) }
         if format == "peft" {
             try FileManager.default.createDirectory(atPath: output, withIntermediateDirectories: true)
         }

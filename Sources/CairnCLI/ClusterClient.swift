@@ -71,7 +71,9 @@ final class ClusterClient {
             let m: Message
             do { m = try Message.decode(r.frames) } catch { throw CLIError("bad reply from the coordinator: \(error)") }
             if m.type == .heartbeat { continue }
-            if m.type == .error { throw CLIError("coordinator: \(m.string("message"))") }
+            if m.type == .error {
+                throw CLIError("coordinator: \((try? m.decode(as: ErrorReport.self))?.text ?? "an error")")
+            }
             return m
         }
         throw CLIError(
@@ -120,7 +122,7 @@ final class ClusterClient {
         let client = try ClusterClient(Credentials(endpoint: endpoint, serverKey: token.serverKey, keys: enrolment))
         do {
             _ = try client.request(
-                Message(.enrol, ["public_key": .string(keys.publicKey), "role": .string(role), "name": .string(name)]),
+                Enrol(publicKey: keys.publicKey, role: role, name: name).message,
                 expect: .enrolled, timeout: 20)
         } catch let e as CLIError where e.description.contains("refused this key") {
             throw CLIError(

@@ -52,32 +52,31 @@ struct Report: ParsableCommand {
     /// The job as the coordinator reports it, every step fetched page by page.
     func clusterJob() throws -> JSONObject {
         let c = try client.connect()
-        var steps: [JSONValue] = []
-        var detail = JSONObject()
-        var workers: JSONValue = .array([])
+        var steps: [StepStatus] = []
+        var detail: JobStatus?
+        var workers: [WorkerStatus] = []
         var after = 0
         let progress = ProgressLine("report \(job)", total: nil)
         for _ in 0..<1_000_000 {
-            let reply = try c.request(
-                Message(.status, ["job": .string(job), "after": .integer(Int64(after))]), expect: .statusReply)
-            let body = reply.metadata["body"]?.objectValue
-            guard let page = body?["jobs"]?.arrayValue?.first?.objectValue else {
-                throw CLIError("the coordinator sent no job \(job)")
+            let reply = try c.request(StatusRequest(job: job, after: after).message, expect: .statusReply)
+            let body: StatusBody
+            do { body = try StatusBody(json: reply.metadata["body"] ?? .null) } catch {
+                throw CLIError("bad status from the coordinator: \(error)")
             }
-            let fetched = page["steps"]?.arrayValue ?? []
+            guard let page = body.jobs.first else { throw CLIError("the coordinator sent no job \(job)") }
+            let fetched = page.steps ?? []
             steps += fetched
             detail = page
-            workers = body?["workers"] ?? .array([])
+            workers = body.workers
             progress.update(steps.count, unit: "steps")
-            guard page["steps_more"]?.boolValue == true, let last = fetched.last?.objectValue?["step"]?.intValue,
-                last > after
-            else { break }
+            guard page.stepsMore == true, let last = fetched.last?.step, last > after else { break }
             after = last
         }
         progress.finish()
-        detail["steps"] = .array(steps)
-        detail["steps_more"] = nil
-        return ["generated": .string(Self.now), "job": .object(detail), "workers": workers]
+        guard var detail else { throw CLIError("the coordinator sent no job \(job)") }
+        detail.steps = steps
+        detail.stepsMore = nil
+        return ["generated": .string(Self.now), "job": detail.json, "workers": .array(workers.map(\.json))]
     }
 
     /// A `cairn train` run directory in the same shapes: its job file, metrics.jsonl and adapter.
@@ -87,8 +86,8 @@ struct Report: ParsableCommand {
         do { try config.apply(yamlFile: file("job.yaml")) } catch {
             throw CLIError("\(dir) is not a run directory of `cairn train` (\(error.description))")
         }
-        var steps: [JSONValue] = []
-        var evals: [JSONValue] = []
+        var steps: [StepStatus] = []
+        var evals: [EvalStatus] = []
         let text = (try? String(contentsOfFile: file("metrics.jsonl"), encoding: .utf8)) ?? ""
         for (n, line) in text.split(separator: "\n").enumerated() {
             guard let o = try? JSONValue.parse(Array(line.utf8)).objectValue, let step = o["step"]?.intValue else {
@@ -97,42 +96,34 @@ struct Report: ParsableCommand {
             if let loss = o["loss"]?.doubleValue {
                 let tokens = o["trained_tokens"]?.intValue ?? 0
                 let seconds = o["seconds"]?.doubleValue ?? 0
-                steps.append([
-                    "step": .integer(Int64(step)), "loss": .number(loss), "tokens": .integer(Int64(tokens)),
-                    "seconds": .number(seconds),
-                    "workers": ["local": ["tokens": .integer(Int64(tokens)), "seconds": .number(seconds)]],
-                ])
+                steps.append(
+                    StepStatus(
+                        step: step, loss: loss, tokens: tokens, seconds: seconds,
+                        workers: ["local": StepStatus.Work(tokens: tokens, seconds: seconds)]))
             } else if let loss = o["eval_loss"]?.doubleValue {
-                evals.append([
-                    "step": .integer(Int64(step)), "loss": .number(loss),
-                    "tokens": .integer(Int64(o["eval_tokens"]?.intValue ?? 0)),
-                ])
+                evals.append(EvalStatus(step: step, loss: loss, tokens: o["eval_tokens"]?.intValue ?? 0))
             }
         }
-        let done = steps.last?.objectValue?["step"]?.intValue ?? 0
+        let done = steps.last?.step ?? 0
         let total = config.steps > 0 ? config.steps : done
-        var detail: JSONObject = [
-            "id": .string((dir as NSString).lastPathComponent), "state": .string(done >= total ? "done" : "stopped"),
-            "mode": "one machine", "step": .integer(Int64(done)), "total_steps": .integer(Int64(total)),
-            "data": .string((config.data as NSString).lastPathComponent), "steps": .array(steps),
-            "evals": .array(evals),
-            "settings": .object(JSONObject(config.settings().map { ($0.key, JSONValue.string($0.value)) })),
-            "worker_names": ["local": .string(ProcessInfo.processInfo.hostName)],
-        ]
-        if let last = steps.last?.objectValue { detail["loss"] = last["loss"] }
-        if let last = evals.last?.objectValue { detail["eval_loss"] = last["loss"] }
-        let recent = steps.suffix(5).compactMap(\.objectValue)
-        let seconds = recent.reduce(0) { $0 + ($1["seconds"]?.doubleValue ?? 0) }
-        if seconds > 0 {
-            let tokens = recent.reduce(0) { $0 + ($1["tokens"]?.intValue ?? 0) }
-            detail["tokens_per_second"] = .number(Double(tokens) / seconds)
-        }
+        var detail = JobStatus(
+            id: (dir as NSString).lastPathComponent, state: done >= total ? "done" : "stopped", mode: "one machine",
+            step: done, totalSteps: total, data: (config.data as NSString).lastPathComponent)
+        detail.steps = steps
+        detail.evals = evals
+        detail.settings = config.settings()
+        detail.workerNames = ["local": ProcessInfo.processInfo.hostName]
+        detail.loss = steps.last?.loss
+        detail.evalLoss = evals.last?.loss
+        let recent = steps.suffix(5)
+        let seconds = recent.reduce(0) { $0 + $1.seconds }
+        if seconds > 0 { detail.tokensPerSecond = Double(recent.reduce(0) { $0 + $1.tokens }) / seconds }
         let provenance =
             AdapterProvenance.recorded(inPEFTFile: file("adapter_model.safetensors")) ?? AdapterProvenance()
         var lineage = provenance.lineageNode(name: (dir as NSString).lastPathComponent, hash: provenance.adapterHash)
         lineage["base_model"] = .string(config.model)
-        lineage["data"] = detail["data"]
-        detail["lineage"] = .object(lineage)
-        return ["generated": .string(now), "job": .object(detail)]
+        lineage["data"] = .string(detail.data)
+        detail.lineage = lineage
+        return ["generated": .string(now), "job": detail.json]
     }
 }

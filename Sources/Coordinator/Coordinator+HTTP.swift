@@ -150,8 +150,8 @@ extension Coordinator {
         let path =
             request.path.hasSuffix("/") && request.path.count > 1 ? String(request.path.dropLast()) : request.path
         switch path {
-        case "/api/status": return .json(statusBody().serialized())
-        case "/api/workers": return .json(workersBody().serialized())
+        case "/api/status": return .json(statusBody().json.serialized())
+        case "/api/workers": return .json(JSONValue.array(workerStatuses().map { $0.json }).serialized())
         case "/metrics": return .body(Array(metricsText().utf8), type: MetricsText.contentType)
         default: break
         }
@@ -165,7 +165,7 @@ extension Coordinator {
             guard let detail = jobDetail(id, after: after, limit: Self.maxStepsInHTTP) else {
                 return .error(404, "no job \(id)")
             }
-            return .json(JSONValue.object(detail).serialized())
+            return .json(detail.json.serialized())
         }
         return .error(404, "nothing at \(request.path); try /, /api/status, /api/workers, /api/jobs/ID or /metrics")
     }
@@ -254,7 +254,7 @@ extension Coordinator {
         m.single(
             "cairn_workers_declared_silent_total", .counter,
             help: "Workers dropped for heartbeat silence since this coordinator started.",
-            value: Double(workersDeclaredSilent))
+            value: Double(core.workersDeclaredSilent))
         return m.text
     }
 }

@@ -40,10 +40,7 @@ public struct BlobDownload: Sendable {
         var out: [Message] = []
         while outstanding.count + early.count < credit, nextOffset < total {
             let length = min(chunkBytes, total - nextOffset)
-            out.append(
-                Message(
-                    .fetch,
-                    ["blob": .string(hash), "offset": .integer(Int64(nextOffset)), "length": .integer(Int64(length))]))
+            out.append(Fetch(blob: hash, offset: nextOffset, length: length).message)
             outstanding.insert(nextOffset)
             nextOffset += length
         }
@@ -62,8 +59,10 @@ public struct BlobDownload: Sendable {
     ///
     /// - Throws: `WireError` for a chunk of another blob, of the wrong size, or never asked for.
     public mutating func accept(_ m: Message) throws(WireError) -> [UInt8] {
-        let offset = m.int("offset")
-        guard m.string("blob") == hash, m.int("total") == total, let data = m.tensor("data")?.bytes else {
+        let chunk = try m.decode(as: Chunk.self)
+        let offset = chunk.offset
+        let data = chunk.data
+        guard chunk.blob == hash, chunk.total == total else {
             throw WireError(.schema, "chunk of another blob or size")
         }
         guard outstanding.contains(offset), data.count == min(chunkBytes, total - offset) else {

@@ -249,14 +249,10 @@ public final class WorkerAgent: @unchecked Sendable {
         }
         Thread.detachNewThread { [self] in
             let started = Self.now
-            var fields: JSONObject = [
-                "job": .string(work.job), "assignment": .integer(Int64(work.assignment)),
-            ]
-            let type: MessageType
-            var tensors: [Tensor] = []
             let session = engine.session
             let size = engine.config.batchSize
-            let loss: StepLoss
+            let seconds = { Self.now - started }
+            let result: Message
             switch work.kind {
             case .gradient, .evaluation:
                 // Rounds start from the parameters the coordinator sends, so an evaluation between them overwrites
@@ -265,14 +261,21 @@ public final class WorkerAgent: @unchecked Sendable {
                 let batch = work.rows!
                 if work.kind == .evaluation {
                     // Batches of the training shape, so the training workspace serves them.
-                    loss = session.evaluate(batch.split(maxRows: size).map { $0.padded(toRows: size, padId: 0) })
-                    type = .evalResult
+                    let loss = session.evaluate(batch.split(maxRows: size).map { $0.padded(toRows: size, padId: 0) })
+                    result =
+                        EvalResult(
+                            job: work.job, assignment: work.assignment, step: work.step, loss: loss.sum,
+                            tokens: loss.tokens, seconds: seconds()
+                        ).message
                 } else {
-                    loss = session.computeGradients(batch.split(maxRows: size), normalize: false)
-                    tensors = [Tensor(name: "gradient", floats: UnsafeBufferPointer(session.gradients.buffer))]
-                    type = .result
+                    let loss = session.computeGradients(batch.split(maxRows: size), normalize: false)
+                    result =
+                        StepResult(
+                            job: work.job, assignment: work.assignment, step: work.step, loss: loss.sum,
+                            tokens: loss.tokens, seconds: seconds(),
+                            gradient: Tensor(name: "gradient", floats: UnsafeBufferPointer(session.gradients.buffer))
+                        ).message
                 }
-                fields["step"] = .integer(Int64(work.step))
             case .round(let round, let firstStep, let steps, let perStep):
                 // Local AdamW steps from the global adapter, then the compressed pseudo-gradient (global − local,
                 // plus the error left over from the last round).
@@ -283,19 +286,19 @@ public final class WorkerAgent: @unchecked Sendable {
                     defer { engine.cursor += perStep }
                     return plan.batch(from: engine.cursor, count: perStep)
                 }
-                loss = r.loss
                 let compression = Compression(rawValue: engine.config.compression.rawValue) ?? .int8
                 let corrected = engine.errorFeedback.corrected(r.delta)
-                tensors = corrected.withUnsafeBufferPointer { compression.encode($0, name: "delta") }
+                let delta = corrected.withUnsafeBufferPointer { compression.encode($0, name: "delta") }
                 engine.errorFeedback.carry(
-                    sent: corrected, arrived: compression.decode(tensors, name: "delta", count: corrected.count))
-                fields["round"] = .integer(Int64(round))
-                type = .roundResult
+                    sent: corrected, arrived: compression.decode(delta, name: "delta", count: corrected.count))
+                result =
+                    RoundResult(
+                        job: work.job, assignment: work.assignment, round: round, loss: r.loss.sum,
+                        tokens: r.loss.tokens,
+                        seconds: seconds(), delta: delta
+                    ).message
             }
-            fields["loss"] = .number(loss.sum)
-            fields["tokens"] = .integer(Int64(loss.tokens))
-            fields["seconds"] = .number(Self.now - started)
-            post(.computed(Message(type, fields, tensors: tensors)))
+            post(.computed(assignment: work.assignment, result: result))
         }
     }
 

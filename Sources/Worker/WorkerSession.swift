@@ -135,7 +135,7 @@ public struct WorkerSession {
         case loaded(LoadedJob)
         case loadFailed(job: String, message: String)
         /// A `result`, `round_result` or `eval_result` of the work in hand.
-        case computed(Message)
+        case computed(assignment: Int, result: Message)
         /// The work in hand could not run (its job's model was replaced by another job's meanwhile).
         case computeFailed(assignment: Int, why: String)
     }
@@ -196,7 +196,27 @@ public struct WorkerSession {
     public private(set) var loaded: LoadedJob?
     public private(set) var computing: Int?
     private var revoked: Set<Int> = []
-    private var queued: [Message] = []
+    private var queued: [Incoming] = []
+
+    /// An assignment as it arrived (checked against the loaded job when it starts).
+    enum Incoming {
+        case step(StepAssignment)
+        case round(RoundAssignment)
+
+        var job: String {
+            switch self {
+            case .step(let a): a.job
+            case .round(let a): a.job
+            }
+        }
+
+        var assignment: Int {
+            switch self {
+            case .step(let a): a.assignment
+            case .round(let a): a.assignment
+            }
+        }
+    }
 
     private var out: [Action] = []
     private var now = 0.0
@@ -240,7 +260,7 @@ public struct WorkerSession {
             if job?.id == info.id {
                 job?.ready = true
                 job?.loading = false
-                send(Message(.ready, ["job": .string(info.id)]))
+                send(Ready(job: info.id).message)
             }
         case .loadFailed(let id, let message):
             // Logged here and reported, so the coordinator leaves this worker out of the job and says why.
@@ -249,10 +269,10 @@ public struct WorkerSession {
                 job?.loading = false
                 job?.failed = true
             }
-            send(Message(.error, ["code": "load", "job": .string(id), "message": .string(message)]))
-        case .computed(let result):
+            send(ErrorReport(code: "load", text: message, job: id).message)
+        case .computed(let assignment, let result):
             computing = nil
-            if revoked.remove(result.int("assignment")) == nil { send(result) }
+            if revoked.remove(assignment) == nil { send(result) }
             if !leaving, !queued.isEmpty { start(queued.removeFirst()) }
         case .computeFailed(let assignment, let why):
             // Nothing goes back: the coordinator gives the work to another worker when its deadline passes.
@@ -306,7 +326,7 @@ public struct WorkerSession {
     }
 
     private mutating func leave() {
-        if connected, welcomed { send(Message(.bye, ["reason": "stopped"])) }
+        if connected, welcomed { send(Bye(reason: "stopped").message) }
         disconnect(retry: false)
         log("left the cluster")
         out.append(.leave)
@@ -326,14 +346,10 @@ public struct WorkerSession {
     private mutating func sayHello() {
         let m = machine
         send(
-            Message(
-                .hello,
-                [
-                    "name": .string(m.name), "cores": .integer(Int64(m.cores)), "memory": .integer(Int64(m.memory)),
-                    "gflops": .number(m.gflops), "threads": .integer(Int64(m.threads)),
-                    "host": .string(String(m.host.prefix(256))),
-                    "local_examples": m.localExamples > 0 ? .integer(Int64(m.localExamples)) : .null,
-                ]))
+            Hello(
+                name: m.name, cores: m.cores, memory: m.memory, gflops: m.gflops, threads: m.threads,
+                localExamples: m.localExamples > 0 ? m.localExamples : nil, host: String(m.host.prefix(256))
+            ).message)
     }
 
     // MARK: Messages
@@ -348,47 +364,55 @@ public struct WorkerSession {
         }
         switch m.type {
         case .welcome:
+            guard let w = try? m.decode(as: Welcome.self) else { return }
             welcomed = true
-            heartbeat = Double(min(max(m.int("heartbeat_ms"), 10), 60_000)) / 1000
-            liveness = min(max(m.int("liveness"), 1), 100)
-            log("connected to \(machine.endpoint) as \(m.string("worker"))")
+            heartbeat = Double(min(max(w.heartbeatMilliseconds, 10), 60_000)) / 1000
+            liveness = min(max(w.liveness, 1), 100)
+            log("connected to \(machine.endpoint) as \(w.worker)")
             // A transfer the lost connection interrupted goes on from what arrived.
             if job?.download != nil {
                 job?.download?.reset()
                 lastChunk = now
                 requestChunks()
             }
-        case .job: receiveJob(m)
+        case .job: if let j = try? m.decode(as: JobAnnouncement.self) { receiveJob(j) }
         case .chunk: receiveChunk(m)
         case .assign, .roundAssign, .evaluate:
-            if computing == nil, !leaving { start(m) } else { queued.append(m) }
+            let a: Incoming
+            do {
+                a =
+                    m.type == .roundAssign
+                    ? .round(try m.decode(as: RoundAssignment.self)) : .step(try m.decodeStepAssignment())
+            } catch { return }
+            if computing == nil, !leaving { start(a) } else { queued.append(a) }
         case .revoke:
+            guard let r = try? m.decode(as: Revoke.self) else { return }
             // Assignment 0: every assignment of the job (it was cancelled).
-            let id = m.int("assignment")
-            if let c = computing, id == 0 || c == id { revoked.insert(c) }
-            queued.removeAll { id == 0 ? $0.string("job") == m.string("job") : $0.int("assignment") == id }
+            if let c = computing, r.assignment == 0 || c == r.assignment { revoked.insert(c) }
+            queued.removeAll { r.assignment == 0 ? $0.job == r.job : $0.assignment == r.assignment }
         case .error:
-            if m.string("code") == "hello_first" {
+            guard let e = try? m.decode(as: ErrorReport.self) else { return }
+            if e.code == "hello_first" {
                 sayHello()
             } else {
-                log(.warning, "coordinator: \(m.string("message"))")
+                log(.warning, "coordinator: \(e.text)")
             }
         default: break
         }
     }
 
-    private mutating func receiveJob(_ m: Message) {
-        let id = m.string("job")
+    private mutating func receiveJob(_ m: JobAnnouncement) {
+        let id = m.job
         if let job, job.id == id, !job.failed {
-            if job.ready { send(Message(.ready, ["job": .string(id)])) }
+            if job.ready { send(Ready(job: id).message) }
             return
         }
-        let blob = m.string("model_blob")
+        let blob = m.modelBlob
         guard BlobStore.isHash(blob) else { return }
         job?.claim?.release()
         // A job this worker cannot run is said to the coordinator (it leaves the worker out and shows why), not
         // guessed at or silently ignored.
-        let version = m.metadata["spec_version"] == nil ? 1 : m.int("spec_version")
+        let version = m.specVersion
         var config = TrainingConfig()
         do {
             guard version <= Wire.jobSpecVersion else {
@@ -396,19 +420,18 @@ public struct WorkerSession {
                     "the job's spec is version \(version) and this worker's cairn reads up to \(Wire.jobSpecVersion); "
                         + "update cairn on this machine")
             }
-            try config.apply(yaml: m.string("spec"), source: "\(id) job")
+            try config.apply(yaml: m.spec, source: "\(id) job")
         } catch {
             job = JobState(id: id, config: config, totalSteps: 1, modelBlob: blob, modelBytes: 0)
             fault(version > Wire.jobSpecVersion ? "version" : "spec", "cannot run \(id): \(error)")
             return
         }
         // Coordinators before `total_steps` was sent: the spec's steps.
-        let totalSteps = m.int("total_steps") > 0 ? m.int("total_steps") : max(1, config.steps)
-        job = JobState(
-            id: id, config: config, totalSteps: totalSteps, modelBlob: blob, modelBytes: max(0, m.int("model_bytes")))
+        let totalSteps = m.totalSteps ?? max(1, config.steps)
+        job = JobState(id: id, config: config, totalSteps: totalSteps, modelBlob: blob, modelBytes: m.modelBytes)
         if loaded?.id == id {
             job?.ready = true
-            send(Message(.ready, ["job": .string(id)]))
+            send(Ready(job: id).message)
             return
         }
         startFetch()
@@ -461,7 +484,7 @@ public struct WorkerSession {
         guard let id = job?.id else { return }
         log(.error, "cannot take part in \(id): \(message)")
         job?.failed = true
-        send(Message(.error, ["code": .string(code), "job": .string(id), "message": .string(message)]))
+        send(ErrorReport(code: code, text: message, job: id).message)
     }
 
     private mutating func releaseClaim() {
@@ -539,14 +562,13 @@ public struct WorkerSession {
 
     // MARK: Assignments
 
-    private mutating func start(_ m: Message) {
-        let id = m.string("job")
-        guard let loaded, loaded.id == id else {
-            log(.warning, "assignment for \(id), which is not loaded here; ignored")
+    private mutating func start(_ a: Incoming) {
+        guard let loaded, loaded.id == a.job else {
+            log(.warning, "assignment for \(a.job), which is not loaded here; ignored")
             return
         }
-        guard let work = Self.work(of: m, loaded: loaded) else {
-            log(.warning, "dropped a malformed \(m.type) (tensor sizes, or ids out of range)")
+        guard let work = Self.work(of: a, loaded: loaded) else {
+            log(.warning, "dropped a malformed assignment (tensor sizes, or ids out of range)")
             return
         }
         computing = work.assignment
@@ -555,47 +577,41 @@ public struct WorkerSession {
 
     /// An assignment checked against the loaded job, or nil when its tensors do not fit it (untrusted input: it
     /// must be checked before it reaches the kernels).
-    static func work(of m: Message, loaded: LoadedJob) -> Work? {
-        guard let p = m.tensor("parameters"), p.count == loaded.parameterCount else { return nil }
-        let job = m.string("job")
-        let assignment = m.int("assignment")
-        switch m.type {
-        case .assign, .evaluate:
-            guard p.dtype == .f32, let rows = rows(of: m, count: m.int("rows"), loaded: loaded) else { return nil }
+    static func work(of a: Incoming, loaded: LoadedJob) -> Work? {
+        switch a {
+        case .step(let m):
+            let p = m.parameters
+            guard p.count == loaded.parameterCount, p.dtype == .f32,
+                let rows = rows(of: m.rowTensors, count: m.rows, loaded: loaded)
+            else { return nil }
             return Work(
-                kind: m.type == .assign ? .gradient : .evaluation, job: job, assignment: assignment,
-                step: m.int("step"), parameters: p.floats(), rows: rows)
-        case .roundAssign:
-            let steps = m.int("steps")
-            let perStep = m.int("rows_per_step")
-            guard p.dtype == .f32 || p.dtype == .bf16, (1...1_000_000).contains(steps),
-                (1...1_000_000).contains(perStep), m.int("first_step") >= 0
+                kind: m.evaluation ? .evaluation : .gradient, job: m.job, assignment: m.assignment, step: m.step,
+                parameters: p.floats(), rows: rows)
+        case .round(let m):
+            let p = m.parameters
+            guard p.count == loaded.parameterCount, p.dtype == .f32 || p.dtype == .bf16,
+                (1...1_000_000).contains(m.steps), (1...1_000_000).contains(m.rowsPerStep)
             else { return nil }
             var rows: TrainingBatch?
             if !loaded.federated {
-                guard let r = Self.rows(of: m, count: steps * perStep, loaded: loaded) else { return nil }
+                guard let t = m.rowTensors, let r = Self.rows(of: t, count: m.steps * m.rowsPerStep, loaded: loaded)
+                else { return nil }
                 rows = r
             }
             return Work(
-                kind: .round(round: m.int("round"), firstStep: m.int("first_step"), steps: steps, rowsPerStep: perStep),
-                job: job, assignment: assignment, step: 0, parameters: p.floats(), rows: rows)
-        default: return nil
+                kind: .round(round: m.round, firstStep: m.firstStep, steps: m.steps, rowsPerStep: m.rowsPerStep),
+                job: m.job, assignment: m.assignment, step: 0, parameters: p.floats(), rows: rows)
         }
     }
 
     /// The rows an assignment carries, or nil when its tensors are not `count` rows of the job's length or hold
     /// ids the model cannot index.
-    static func rows(of m: Message, count: Int, loaded: LoadedJob) -> TrainingBatch? {
+    static func rows(of t: RowTensors, count: Int, loaded: LoadedJob) -> TrainingBatch? {
         let length = loaded.sequenceLength
-        guard count > 0, count <= 1 << 20 else { return nil }
-        let n = count * length
-        guard let t = m.tensor("tokens"), t.dtype == .i32, t.count == n, let g = m.tensor("targets"), g.dtype == .i32,
-            g.count == n, let p = m.tensor("positions"), p.dtype == .i32, p.count == n,
-            let s = m.tensor("starts"), s.dtype == .i32, s.count == n
-        else { return nil }
+        guard count > 0, count <= 1 << 20, let r = t.ints(elements: count * length) else { return nil }
         let batch = TrainingBatch(
-            batch: count, length: length, tokens: t.ints(), targets: g.ints(), positions: p.ints(),
-            documentStarts: s.ints())
+            batch: count, length: length, tokens: r.tokens, targets: r.targets, positions: r.positions,
+            documentStarts: r.starts)
         return batch.isValid(vocabularySize: loaded.vocabularySize) ? batch : nil
     }
 

@@ -1,10 +1,12 @@
-// A deterministic simulator of a cluster around the coordinator's JobSchedule: a virtual clock, a network that
-// loses, duplicates, delays and reorders messages and cuts links, workers that crash (losing their memory),
-// restart, run slow or find their disk full, a coordinator that crashes and restarts on its journal, forged
-// results, and several jobs in a row in all three modes. The runner here plays the coordinator's part around the
-// schedule the way Coordinator does (peers declared gone after silence, the job announced again to workers that
-// are not ready, results handed to the schedule); the training is a stand-in whose sums the checker can verify
-// exactly: each row of a step or evaluation has a known value, a worker returns the sum over its rows.
+// A deterministic simulator of a cluster around the coordinator's own core (CoordinatorCore, the code the real
+// coordinator runs): a virtual clock, a network that loses, duplicates, delays and reorders messages and cuts
+// links, workers that crash (losing their memory), restart, run slow or find their disk full, a coordinator that
+// crashes and restarts on its journal (a fresh core; the journal is the simulation's), forged results from workers,
+// from a peer that never said hello and from a client, and several jobs in a row in all three modes. Workers speak
+// the real protocol: their messages are Wire frames the core decodes, checks and acts on. The runner here does what
+// Coordinator does with the core's actions (send, assign, accept, journal, complete); the training is a stand-in
+// whose sums the checker can verify exactly: each row of a step or evaluation has a known value, a worker returns
+// the sum over its rows.
 //
 // Everything comes from one seed. Faults happen in a window at the start; after it the network is clean and every
 // worker is up, and each job must then finish. Invariants are checked after every event and at the end.
@@ -12,6 +14,7 @@
 import Coordinator
 import ModelFormats
 import TensorKernels
+import Wire
 
 /// What one simulated run found.
 struct SimulationReport: CustomStringConvertible {
@@ -36,17 +39,20 @@ struct SimulationReport: CustomStringConvertible {
 struct Simulation {
     // MARK: The world
 
-    enum Message {
-        case hello, ready(job: Int), heartbeat
-        case result(job: Int, assignment: Int, kind: WorkKind, unit: Int, value: Int, seconds: Double)
-        case diskFull(job: Int)
-        // coordinator → worker
-        case helloFirst, welcome, announce(job: Int), assign(job: Int, Assignment, WorkKind, unit: Int), revoke(Int)
-        case beat
+    /// What travels to a worker: a protocol message, or an assignment (the runner's part: the real one adds the
+    /// parameters and rows as tensors).
+    enum Packet {
+        case wire(Message)
+        case assign(job: String, Assignment, WorkKind, unit: Int)
     }
 
+    /// How a forged result was sent.
+    enum Forger: String { case worker, stranger, client }
+
     enum Event {
-        case deliver(to: String, from: String, Message, incarnation: Int)
+        case toCoordinator(connection: [UInt8], userId: String, frames: [[UInt8]])
+        case toWorker(String, Packet, incarnation: Int)
+        case forged(connection: [UInt8], userId: String, frames: [[UInt8]], by: Forger)
         case coordinatorTick, workerBeat(String, incarnation: Int)
         case loaded(String, job: Int, incarnation: Int)
         case computed(String, assignment: Int, incarnation: Int)
@@ -73,7 +79,7 @@ struct Simulation {
 
     struct Work {
         var assignment: Assignment
-        var job: Int
+        var job: String
         var kind: WorkKind
         var unit: Int
     }
@@ -89,14 +95,14 @@ struct Simulation {
         var computing: Int?
         var localExamples: Int
         var fullDiskFor: Set<Int> = []
+
+        /// Its connection to the coordinator: a new one for each start.
+        var connection: [UInt8] { Array("\(id)/\(incarnation)".utf8) }
+        var userId: String { "worker key-\(id)" }
     }
 
-    struct Peer {
-        var lastSeen: Double
-        var ready = false
-        var fault = false
-        var announcedAt: Double
-    }
+    /// The job index of a job id ("job-2" → 2).
+    static func index(of job: String) -> Int? { Int(job.dropFirst(4)) }
 
     let seed: UInt64
     private var rng: SeededGenerator
@@ -107,12 +113,11 @@ struct Simulation {
     private var workers: [String: Worker] = [:]
     private var cut: Set<String> = []
     private var report: SimulationReport
-    // The coordinator's process.
+    // The coordinator's process: its core, and the running job's sums (what SyncJob and RoundJob hold).
     private var coordinatorUp = true
     private var coordinatorRun = 0
-    private var peers: [String: Peer] = [:]
+    private var core: CoordinatorCore
     private var running: Int?
-    private var schedule: JobSchedule?
     /// Sums accepted for the unit in progress, and the rows they covered.
     private var unitSum = 0
     private var unitRows: [Int] = []
@@ -123,9 +128,15 @@ struct Simulation {
     private let lossRate: Double
     private let duplicateRate: Double
     private let heartbeat = 0.25
-    private let liveness = 3.0
     private let tickEvery = 0.1
-    private let deadlines = Deadlines(floor: 1, first: 30)
+    private static let settings = {
+        var s = CoordinatorCore.Settings()
+        s.heartbeatMilliseconds = 250
+        s.liveness = 3
+        s.messagesPerSecond = 1e6
+        s.deadlines = Deadlines(floor: 1, first: 30)
+        return s
+    }()
     private let patience = 400.0
     /// When a unit, an evaluation or a job was last journaled.
     private var lastProgress = 0.0
@@ -134,6 +145,7 @@ struct Simulation {
         self.seed = seed
         rng = SeededGenerator(seed: seed)
         report = SimulationReport(seed: seed)
+        core = CoordinatorCore(settings: Self.settings)
         faultWindow = Double.random(in: 5...40, using: &rng)
         lossRate = [0, 0.01, 0.05, 0.2][Int.random(in: 0..<4, using: &rng)]
         duplicateRate = [0, 0.02, 0.1][Int.random(in: 0..<3, using: &rng)]
@@ -187,7 +199,7 @@ struct Simulation {
                 report.faults.append(String(format: "coordinator crash %.1f", t))
             default:
                 at(t, .forge)
-                report.faults.append(String(format: "forged result %.1f", t))
+                report.faults.append(String(format: "forgery %.1f", t))
             }
         }
     }
@@ -232,17 +244,15 @@ struct Simulation {
 
     private var stateSummary: String {
         let s =
-            schedule.map {
+            core.schedule.map {
                 " [schedule: unit \($0.unit)/\($0.plan.units) \($0.current.map { "\($0.kind) \($0.unit)" } ?? "idle"), ready \($0.workers.keys.sorted()), outstanding \($0.outstanding.count)]"
             } ?? ""
         return " (job \(running.map(String.init) ?? "none")\(s))"
     }
 
     /// Sends over the network: lost, duplicated, delayed and reordered while faults last; cut links drop it.
-    private mutating func send(_ message: Message, from: String, to: String) {
-        let worker = from == "coordinator" ? to : from
+    private mutating func transmit(worker: String, _ event: (Int) -> Event) {
         guard !cut.contains(worker) else { return }
-        let incarnation = workers[worker]?.incarnation ?? 0
         var copies = 1
         if inFaultWindow {
             if Double.random(in: 0..<1, using: &rng) < lossRate { copies = 0 }
@@ -252,47 +262,65 @@ struct Simulation {
             let delay =
                 0.002
                 + (inFaultWindow ? Double.random(in: 0..<0.3, using: &rng) : Double.random(in: 0..<0.01, using: &rng))
-            at(now + delay, .deliver(to: to, from: from, message, incarnation: incarnation))
+            at(now + delay, event(0))
         }
+    }
+
+    /// A worker's message to the coordinator, as frames on its current connection.
+    private mutating func send(_ message: Message, from w: Worker) {
+        let connection = w.connection
+        let userId = w.userId
+        let frames = message.encode()
+        transmit(worker: w.id) { _ in .toCoordinator(connection: connection, userId: userId, frames: frames) }
+    }
+
+    /// The coordinator's packet to the worker of `connection` (dropped when that connection is not the worker's
+    /// current one: the process it belonged to is gone).
+    private mutating func send(_ packet: Packet, to connection: [UInt8]) {
+        let name = String(decoding: connection, as: UTF8.self)
+        let parts = name.split(separator: "/")
+        guard parts.count == 2, let incarnation = Int(parts[1]) else { return }
+        let id = String(parts[0])
+        transmit(worker: id) { _ in .toWorker(id, packet, incarnation: incarnation) }
     }
 
     private mutating func handle(_ event: Event) {
         switch event {
-        case .deliver(let to, let from, let message, let incarnation):
-            if to == "coordinator" {
-                // Messages a worker sent before it crashed may still arrive: they are not filtered here.
-                guard coordinatorUp else { return }
-                coordinatorReceives(message, from: from)
-            } else {
-                guard var w = workers[to], w.alive, w.incarnation == incarnation else { return }
-                workerReceives(message, &w)
-                workers[to] = w
-            }
+        case .toCoordinator(let connection, let userId, let frames):
+            // Messages a worker sent before it crashed may still arrive: they are not filtered here.
+            guard coordinatorUp else { return }
+            coordinator(.received(connection, userId: userId, frames: frames))
+        case .forged(let connection, let userId, let frames, let forger):
+            guard coordinatorUp else { return }
+            forged(connection: connection, userId: userId, frames: frames, by: forger)
+        case .toWorker(let id, let packet, let incarnation):
+            guard var w = workers[id], w.alive, w.incarnation == incarnation else { return }
+            workerReceives(packet, &w)
+            workers[id] = w
         case .coordinatorTick:
-            if coordinatorUp { coordinatorTick() }
+            if coordinatorUp {
+                if core.job == nil { activateNextJob() }
+                coordinator(.tick)
+            }
             at(now + tickEvery, .coordinatorTick)
         case .workerBeat(let id, let incarnation):
             guard let w = workers[id], w.alive, w.incarnation == incarnation else { return }
-            send(.heartbeat, from: id, to: "coordinator")
+            send(Message(.heartbeat), from: w)
             at(now + heartbeat, .workerBeat(id, incarnation: incarnation))
         case .loaded(let id, let job, let incarnation):
             guard var w = workers[id], w.alive, w.incarnation == incarnation else { return }
             w.loading.remove(job)
             w.loaded.insert(job)
             workers[id] = w
-            send(.ready(job: job), from: id, to: "coordinator")
+            send(Ready(job: "job-\(job)").message, from: w)
         case .computed(let id, let assignment, let incarnation):
             guard var w = workers[id], w.alive, w.incarnation == incarnation, w.computing == assignment,
                 let i = w.queue.firstIndex(where: { $0.assignment.id == assignment })
             else { return }
             let work = w.queue.remove(at: i)
             w.computing = nil
-            let value = Self.value(
-                job: work.job, kind: work.kind, unit: work.unit, rows: work.assignment.rows, worker: id)
-            send(
-                .result(
-                    job: work.job, assignment: assignment, kind: work.kind, unit: work.unit, value: value,
-                    seconds: Double(work.assignment.rows.count) / w.speed), from: id, to: "coordinator")
+            let seconds = Double(work.assignment.rows.count) / w.speed
+            send(Self.result(of: work, seconds: seconds), from: w)
             startNext(&w)
             workers[id] = w
         case .crashWorker(let id):
@@ -314,7 +342,8 @@ struct Simulation {
 
     // MARK: Workers
 
-    /// Starts (or restarts) a worker: a new incarnation with an empty memory and the model cache it had.
+    /// Starts (or restarts) a worker: a new incarnation (a new connection) with an empty memory and the model cache
+    /// it had.
     private mutating func startWorker(_ id: String) {
         guard var w = workers[id] else { return }
         w.alive = true
@@ -323,39 +352,54 @@ struct Simulation {
         w.computing = nil
         w.loading = []
         workers[id] = w
-        send(.hello, from: id, to: "coordinator")
+        sayHello(w)
         at(now + heartbeat, .workerBeat(id, incarnation: w.incarnation))
     }
 
-    private mutating func workerReceives(_ message: Message, _ w: inout Worker) {
-        switch message {
-        case .helloFirst:
-            send(.hello, from: w.id, to: "coordinator")
-        case .welcome:
-            // A new session: work of the old one is dropped.
-            w.queue = []
-            w.computing = nil
-        case .announce(let job):
-            if w.fullDiskFor.contains(job) {
-                send(.diskFull(job: job), from: w.id, to: "coordinator")
-            } else if w.loaded.contains(job) {
-                send(.ready(job: job), from: w.id, to: "coordinator")
-            } else if !w.loading.contains(job) {
-                w.loading.insert(job)
-                at(now + Double.random(in: 0.05...2, using: &rng), .loaded(w.id, job: job, incarnation: w.incarnation))
-            }
+    private mutating func sayHello(_ w: Worker) {
+        send(
+            Hello(
+                name: w.id, cores: 2, memory: 1 << 30, gflops: w.speed, threads: 2,
+                localExamples: w.localExamples > 0 ? w.localExamples : nil
+            ).message, from: w)
+    }
+
+    private mutating func workerReceives(_ packet: Packet, _ w: inout Worker) {
+        switch packet {
         case .assign(let job, let a, let kind, let unit):
             guard !w.queue.contains(where: { $0.assignment.id == a.id }) else { return }
             w.queue.append(Work(assignment: a, job: job, kind: kind, unit: unit))
             if w.computing == nil { startNext(&w) }
-        case .revoke(let id):
-            w.queue.removeAll { $0.assignment.id == id }
-            if w.computing == id {
+        case .wire(let m):
+            switch m.type {
+            case .error:
+                if (try? m.decode(as: ErrorReport.self))?.code == "hello_first" { sayHello(w) }
+            case .welcome:
+                // A new session: work of the old one is dropped.
+                w.queue = []
                 w.computing = nil
-                startNext(&w)
+            case .job:
+                guard let a = try? m.decode(as: JobAnnouncement.self), let job = Self.index(of: a.job) else { return }
+                if w.fullDiskFor.contains(job) {
+                    send(ErrorReport(code: "cache", text: "the disk is full", job: a.job).message, from: w)
+                } else if w.loaded.contains(job) {
+                    send(Ready(job: a.job).message, from: w)
+                } else if !w.loading.contains(job) {
+                    w.loading.insert(job)
+                    at(
+                        now + Double.random(in: 0.05...2, using: &rng),
+                        .loaded(w.id, job: job, incarnation: w.incarnation))
+                }
+            case .revoke:
+                guard let r = try? m.decode(as: Revoke.self) else { return }
+                let dropped = w.queue.filter { r.assignment == 0 ? $0.job == r.job : $0.assignment.id == r.assignment }
+                w.queue.removeAll { r.assignment == 0 ? $0.job == r.job : $0.assignment.id == r.assignment }
+                if let c = w.computing, dropped.contains(where: { $0.assignment.id == c }) {
+                    w.computing = nil
+                    startNext(&w)
+                }
+            default: break
             }
-        case .beat: break
-        default: break
         }
     }
 
@@ -369,9 +413,43 @@ struct Simulation {
             .computed(w.id, assignment: work.assignment.id, incarnation: w.incarnation))
     }
 
+    /// The result message of a piece of work: a gradient of one value (the rows' sum), an evaluation's loss (the
+    /// sum), or a round's delta of one value (1: the checker counts contributions).
+    static func result(of work: Work, seconds: Double, forged: Bool = false) -> Message {
+        result(
+            job: work.job, kind: work.kind, unit: work.unit, assignment: work.assignment.id, rows: work.assignment.rows,
+            seconds: seconds, forged: forged)
+    }
+
+    static func result(
+        job: String, kind: WorkKind, unit: Int, assignment a: Int, rows: [Int], seconds: Double, forged: Bool = false
+    ) -> Message {
+        let value = forged ? -1 : Self.value(job: Self.index(of: job) ?? 0, kind: kind, unit: unit, rows: rows)
+        let seconds = forged ? forgedSeconds : seconds
+        switch kind {
+        case .step:
+            return StepResult(
+                job: job, assignment: a, step: unit, loss: 0, tokens: rows.count, seconds: seconds,
+                gradient: Tensor(name: "gradient", floats: [Float(value)])
+            ).message
+        case .evaluation:
+            return EvalResult(
+                job: job, assignment: a, step: unit, loss: Double(max(0, value)), tokens: rows.count, seconds: seconds
+            ).message
+        case .round:
+            return RoundResult(
+                job: job, assignment: a, round: unit, loss: 0, tokens: 1, seconds: seconds,
+                delta: [Tensor(name: "delta", floats: [Float(value)])]
+            ).message
+        }
+    }
+
+    /// What marks a forged result (a real worker's compute seconds never take this value).
+    static let forgedSeconds = 12345.0
+
     /// The stand-in training: each row of a step or evaluation has a value, a worker returns the sum over its rows;
     /// a round's result is the worker's own contribution.
-    static func value(job: Int, kind: WorkKind, unit: Int, rows: [Int], worker: String) -> Int {
+    static func value(job: Int, kind: WorkKind, unit: Int, rows: [Int]) -> Int {
         switch kind {
         case .round: return 1
         case .step, .evaluation:
@@ -385,154 +463,103 @@ struct Simulation {
         return Int(h >> 44)
     }
 
-    // MARK: The coordinator's part
+    // MARK: The coordinator's part: the core, and a runner like Coordinator's
 
-    private mutating func coordinatorReceives(_ message: Message, from id: String) {
-        if case .hello = message {
-            // The same worker again: its old session's work goes back to the pool.
-            if peers[id] != nil { step(.gone(worker: id)) }
-            peers[id] = Peer(lastSeen: now, announcedAt: now)
-            send(.welcome, from: "coordinator", to: id)
-            if let job = running { send(.announce(job: job), from: "coordinator", to: id) }
-            return
-        }
-        guard var peer = peers[id] else {
-            if case .result = message, message.isForged {
-                // A forged result from a peer the coordinator never met reaches the schedule only if the runner
-                // let it through; the schedule must ignore it all the same.
-                forgedResult(message, from: id)
-                return
+    /// Hands an event to the core, performs its actions, checks the invariants.
+    private mutating func coordinator(_ event: CoordinatorCore.Event) {
+        let before = core.schedule?.unit
+        let job = running
+        perform(core.handle(event, now: now))
+        if let s = core.schedule, job == running, let before { checkInvariants(s, before: before) }
+    }
+
+    private mutating func perform(_ actions: [CoordinatorCore.Action]) {
+        for action in actions {
+            switch action {
+            case .send(let c, let m): send(.wire(m), to: c)
+            case .assign(let c, let a, let kind, let unit):
+                guard let job = running else {
+                    violation("assigned \(a.id) with no job running")
+                    continue
+                }
+                guard let peer = core.peers[c], peer.worker?.id == a.worker else {
+                    violation("assigned \(a.id) to \(a.worker) on a connection that is not its own")
+                    continue
+                }
+                if peer.worker?.readyJob != "job-\(job)" {
+                    violation("assigned \(a.id) to \(a.worker), who is not ready")
+                }
+                send(.assign(job: "job-\(job)", a, kind, unit: unit), to: c)
+            case .begin:
+                unitSum = 0
+                unitRows = []
+                roundResults = 0
+                roundContributors = []
+            case .accept(let a, let kind, let r):
+                if r.seconds == Self.forgedSeconds {
+                    violation("a forged \(kind) result for assignment \(a.id) was accepted")
+                    continue
+                }
+                if r.worker != a.worker { violation("accepted \(a.worker)'s assignment \(a.id) from \(r.worker)") }
+                switch kind {
+                case .round:
+                    roundResults += 1
+                    if !roundContributors.insert(r.worker).inserted {
+                        violation("\(r.worker) added a second result to round \(jobs[running!].journal.count + 1)")
+                    }
+                case .step:
+                    unitSum += Int(r.values.first ?? 0)
+                    unitRows += a.rows
+                case .evaluation:
+                    unitSum += Int(r.loss)
+                    unitRows += a.rows
+                }
+            case .finish(let kind, let unit, let rows):
+                guard let job = running else { continue }
+                finish(kind, unit: unit, rows: rows, job: job)
+            case .complete:
+                guard let job = running else { continue }
+                let units = jobs[job].plan.units
+                if jobs[job].journal.count != units {
+                    violation("job \(job) completed with \(jobs[job].journal.count) of \(units) units journaled")
+                }
+                jobs[job].done = true
+                jobs[job].doneAt = now
+                lastProgress = now
+                running = nil
+                perform(core.handle(.stopped(revoke: false), now: now))
+            case .serve(_, let request):
+                if case .status = request { continue }
+                violation("a request the simulation never makes reached the store: \(request)")
+            case .jobTraffic, .saw, .log: break
             }
-            send(.helloFirst, from: "coordinator", to: id)
-            return
-        }
-        peer.lastSeen = now
-        peers[id] = peer
-        switch message {
-        case .ready(let job):
-            guard job == running, let w = workers[id] else { return }
-            peers[id]?.ready = true
-            step(.ready(worker: id, gflops: w.speed, rowsPerSecond: nil, localExamples: w.localExamples))
-        case .diskFull(let job):
-            guard job == running else { return }
-            peers[id]?.fault = true
-            peers[id]?.ready = false
-            step(.gone(worker: id))
-        case .result(let job, let assignment, let kind, let unit, let value, let seconds):
-            guard job == running else { return }
-            if message.isForged {
-                forgedResult(message, from: id)
-                return
-            }
-            step(.result(worker: id, assignment: assignment, kind: kind, unit: unit, seconds: seconds), value: value)
-        default: break
         }
     }
 
-    private mutating func coordinatorTick() {
-        for (id, p) in peers.sorted(by: { $0.key < $1.key }) {
-            if now - p.lastSeen > heartbeat * liveness {
-                peers[id] = nil
-                step(.gone(worker: id))
-            } else {
-                send(.beat, from: "coordinator", to: id)
-            }
-        }
-        if let job = running {
-            for (id, p) in peers.sorted(by: { $0.key < $1.key }) where !p.ready && !p.fault && now - p.announcedAt > 2 {
-                peers[id]?.announcedAt = now
-                send(.announce(job: job), from: "coordinator", to: id)
-            }
-        }
-        if running == nil { activateNextJob() }
-        step(.tick)
-    }
-
+    /// Loads the first unfinished job from the journal, as Coordinator does from its store.
     private mutating func activateNextJob() {
         guard let next = jobs.indices.first(where: { !jobs[$0].done }) else { return }
         running = next
         let job = jobs[next]
         let unit = job.journal.count
-        schedule = JobSchedule(
-            plan: job.plan, unit: unit, evaluationPending: unit > 0 && job.evaluations[unit] == nil,
-            firstAssignment: Int.random(in: 1...(1 << 31), using: &rng) << 20, deadlines: deadlines)
         unitSum = 0
         unitRows = []
         roundResults = 0
         roundContributors = []
-        for id in peers.keys.sorted() {
-            peers[id]?.ready = false
-            peers[id]?.fault = false
-            peers[id]?.announcedAt = now
-            send(.announce(job: next), from: "coordinator", to: id)
-        }
+        let active = CoordinatorCore.ActiveJob(
+            announcement: JobAnnouncement(
+                job: "job-\(next)", spec: "", modelBlob: "model-\(next)", modelBytes: 0, mode: job.plan.mode.rawValue,
+                totalSteps: job.plan.totalSteps),
+            plan: job.plan, unit: unit, evaluationPending: unit > 0 && job.evaluations[unit] == nil,
+            parameterCount: 1, compression: .none, firstAssignment: Int.random(in: 1...(1 << 31), using: &rng) << 20)
+        perform(core.handle(.started(active), now: now))
     }
 
     private mutating func restartCoordinator() {
         coordinatorUp = true
         coordinatorRun += 1
-        peers = [:]
+        core = CoordinatorCore(settings: Self.settings)
         running = nil
-        schedule = nil
-    }
-
-    /// Hands an event to the schedule and performs its actions; `value` is the result's payload.
-    private mutating func step(_ event: JobSchedule.Event, value: Int = 0) {
-        guard var s = schedule, let job = running else { return }
-        let before = s.unit
-        let actions = s.handle(event, now: now)
-        schedule = s
-        for action in actions { perform(action, job: job, value: value, event: event) }
-        checkInvariants(s, before: before, job: job)
-    }
-
-    private mutating func perform(_ action: JobSchedule.Action, job: Int, value: Int, event: JobSchedule.Event) {
-        switch action {
-        case .begin(let kind, _):
-            unitSum = 0
-            unitRows = []
-            roundResults = 0
-            roundContributors = []
-            _ = kind
-        case .assign(let a, let kind, let unit):
-            guard peers[a.worker] != nil else {
-                violation("assigned \(a.id) to \(a.worker), who is not connected")
-                return
-            }
-            if peers[a.worker]?.ready != true { violation("assigned \(a.id) to \(a.worker), who is not ready") }
-            send(.assign(job: job, a, kind, unit: unit), from: "coordinator", to: a.worker)
-        case .revoke(let a, _):
-            send(.revoke(a.id), from: "coordinator", to: a.worker)
-        case .released: break
-        case .accept(let a, let kind):
-            guard case .result(let worker, _, _, _, _) = event else {
-                violation("accepted \(a.id) without a result")
-                return
-            }
-            if worker != a.worker { violation("accepted \(a.worker)'s assignment \(a.id) from \(worker)") }
-            if kind == .round {
-                roundResults += 1
-                if !roundContributors.insert(worker).inserted {
-                    violation("\(worker) added a second result to round \(jobs[job].journal.count + 1)")
-                }
-            } else {
-                unitSum += value
-                unitRows += a.rows
-            }
-        case .ignore: break
-        case .finish(let kind, let unit, let rows):
-            finish(kind, unit: unit, rows: rows, job: job)
-        case .complete:
-            let units = jobs[job].plan.units
-            if jobs[job].journal.count != units {
-                violation("job \(job) completed with \(jobs[job].journal.count) of \(units) units journaled")
-            }
-            jobs[job].done = true
-            jobs[job].doneAt = now
-            lastProgress = now
-            running = nil
-            schedule = nil
-        }
     }
 
     private mutating func finish(_ kind: WorkKind, unit: Int, rows: [String: Int], job: Int) {
@@ -546,7 +573,7 @@ struct Simulation {
                     "\(kind) \(unit) of job \(job) finished with rows \(unitRows.sorted()), not each of 0..<\(count) once"
                 )
             }
-            let expected = Self.value(job: job, kind: kind, unit: unit, rows: Array(0..<count), worker: "")
+            let expected = Self.value(job: job, kind: kind, unit: unit, rows: Array(0..<count))
             if unitSum != expected {
                 violation("\(kind) \(unit) of job \(job) summed \(unitSum), one machine \(expected)")
             }
@@ -573,47 +600,52 @@ struct Simulation {
 
     // MARK: Forgeries
 
-    /// A result from a worker for an assignment it does not hold (another's outstanding one, or a made-up id), or
-    /// from a peer the coordinator never met.
+    /// A result for an assignment its sender does not hold (another worker's outstanding one, or a made-up id):
+    /// from an enrolled worker, from a worker key that never said hello on its connection, or from a client.
     private mutating func forge() {
-        guard let job = running, let s = schedule else { return }
+        guard let job = running, let s = core.schedule else { return }
         let outstanding = s.outstanding.values.sorted { $0.id < $1.id }
-        let ids = workers.keys.sorted() + ["intruder"]
-        let from = ids[Int.random(in: 0..<ids.count, using: &rng)]
-        let target = outstanding.filter { $0.worker != from }.first
+        let forger = [Forger.worker, .stranger, .client][Int.random(in: 0..<3, using: &rng)]
+        let ids = workers.keys.sorted()
+        let w = workers[ids[Int.random(in: 0..<ids.count, using: &rng)]]!
+        let (connection, userId): ([UInt8], String) =
+            switch forger {
+            case .worker: (w.connection, w.userId)
+            case .stranger: (Array("stranger/\(coordinatorRun)".utf8), "worker key-stranger")
+            case .client: (Array("client/\(coordinatorRun)".utf8), "client key-client")
+            }
+        let coreId = core.peers[w.connection]?.worker?.id
+        let target = outstanding.first { forger != .worker || $0.worker != coreId }
         let assignment = target?.id ?? Int.random(in: 1...(1 << 40), using: &rng)
         let (kind, unit) = s.current ?? (.step, s.unit + 1)
-        at(
-            now + 0.01,
-            .deliver(
-                to: "coordinator", from: from,
-                .result(job: job, assignment: assignment, kind: kind, unit: unit, value: -1, seconds: 1),
-                incarnation: -1))
+        let message = Self.result(
+            job: "job-\(job)", kind: kind, unit: unit, assignment: assignment, rows: target?.rows ?? [0], seconds: 0,
+            forged: true)
+        at(now + 0.01, .forged(connection: connection, userId: userId, frames: message.encode(), by: forger))
     }
 
-    private mutating func forgedResult(_ message: Message, from id: String) {
-        guard case .result(_, let assignment, let kind, let unit, _, let seconds) = message, var s = schedule else {
-            return
+    /// Delivers a forged result. Nothing from a peer that is not a worker the core met on that connection may change
+    /// the schedule; from a worker, the result must be ignored (the accept check in `perform` catches the rest).
+    private mutating func forged(connection: [UInt8], userId: String, frames: [[UInt8]], by forger: Forger) {
+        let before = core.schedule.map { ($0.unit, $0.outstanding.keys.sorted(), $0.workers.keys.sorted()) }
+        let actions = core.handle(.received(connection, userId: userId, frames: frames), now: now)
+        if forger != .worker {
+            let after = core.schedule.map { ($0.unit, $0.outstanding.keys.sorted(), $0.workers.keys.sorted()) }
+            if before?.0 != after?.0 || before?.1 != after?.1 || before?.2 != after?.2 {
+                violation("a result from a \(forger.rawValue) (\(userId)) changed the schedule")
+            }
+            if core.peers[connection]?.worker != nil { violation("a \(forger.rawValue) became a worker without hello") }
+            let refused = actions.contains {
+                if case .send(_, let m) = $0, m.type == .error { true } else { false }
+            }
+            if !refused { violation("a result from a \(forger.rawValue) was not refused") }
         }
-        let before = s.outstanding
-        let actions = s.handle(
-            .result(worker: id, assignment: assignment, kind: kind, unit: unit, seconds: seconds), now: now)
-        for a in actions {
-            if case .accept = a { violation("a forged result from \(id) for assignment \(assignment) was accepted") }
-        }
-        if s.outstanding.keys.sorted() != before.keys.sorted(),
-            actions.allSatisfy({ if case .ignore = $0 { true } else { false } })
-        {
-            violation("a forged result from \(id) changed the outstanding assignments")
-        }
-        // The runner performs what the schedule decided (a tick's worth of hand-outs may ride along).
-        schedule = s
-        if let job = running { for a in actions { perform(a, job: job, value: 0, event: .tick) } }
+        perform(actions)
     }
 
     // MARK: Invariants
 
-    private mutating func checkInvariants(_ s: JobSchedule, before: Int, job: Int) {
+    private mutating func checkInvariants(_ s: JobSchedule, before: Int) {
         if s.unit < before { violation("the schedule went back from unit \(before) to \(s.unit)") }
         if s.unit > s.plan.units { violation("unit \(s.unit) is past the job's \(s.plan.units)") }
         for a in s.outstanding.values where s.workers[a.worker] == nil {
@@ -631,8 +663,7 @@ struct Simulation {
             }
             if plan.mode == .sync {
                 for (n, sum) in job.journal.enumerated() {
-                    let expected = Self.value(
-                        job: i, kind: .step, unit: n + 1, rows: Array(0..<plan.rowsPerStep), worker: "")
+                    let expected = Self.value(job: i, kind: .step, unit: n + 1, rows: Array(0..<plan.rowsPerStep))
                     if sum != expected { violation("job \(i) step \(n + 1): \(sum), one machine \(expected)") }
                 }
             }
@@ -640,13 +671,5 @@ struct Simulation {
                 if job.evaluations[unit] == nil { violation("job \(i): the evaluation after unit \(unit) is missing") }
             }
         }
-    }
-}
-
-extension Simulation.Message {
-    /// Forged results carry the value -1 (a real worker's sums are never negative).
-    var isForged: Bool {
-        if case .result(_, _, _, _, let value, _) = self { return value < 0 }
-        return false
     }
 }

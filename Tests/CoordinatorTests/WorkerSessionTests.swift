@@ -283,10 +283,10 @@ import Worker
         #expect(first.count == 1 && first[0].kind == .gradient && first[0].rows?.tokens == [3, 1])
         #expect(Self.work(h.receive(Self.assign(2))).isEmpty)
         _ = h.receive(Message(.revoke, ["job": "job-1", "assignment": 1]))
-        let next = Self.work(h.feed(.computed(Self.result(1))))
+        let next = Self.work(h.feed(.computed(assignment: 1, result: Self.result(1))))
         #expect(!h.sent.contains { $0.type == .result })
         #expect(next.map(\.assignment) == [2])
-        h.feed(.computed(Self.result(2)))
+        h.feed(.computed(assignment: 2, result: Self.result(2)))
         #expect(h.sent.filter { $0.type == .result }.map { $0.int("assignment") } == [2])
         for bad in [Self.assign(3, parameters: 5), Self.assign(4, token: 10), Self.assign(5, type: .evaluate)] {
             var m = bad
@@ -312,7 +312,7 @@ import Worker
         _ = h.receive(Self.assign(1))
         #expect(!h.feed(.stop).contains { if case .leave = $0 { true } else { false } })
         _ = h.receive(Self.assign(2))
-        let end = h.feed(.computed(Self.result(1)))
+        let end = h.feed(.computed(assignment: 1, result: Self.result(1)))
         #expect(h.sent.suffix(2).map(\.type) == [.result, .bye])
         #expect(end.contains { if case .leave = $0 { true } else { false } })
         #expect(Self.work(end).isEmpty && h.session.finished)

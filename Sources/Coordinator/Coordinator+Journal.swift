@@ -1,0 +1,115 @@
+// Coordinator+Journal: the running job's life in the store: loading the next job, journaling each finished step or
+// round (checkpoint blob, then one transaction, then the old checkpoint dropped), evaluations, and the export of the
+// finished adapter. A failure to journal fails the job; nothing half-written is ever read back as a step.
+
+import Foundation
+import Llama
+import ModelFormats
+import Training
+import Wire
+
+extension Coordinator {
+    /// Loads the first runnable job from the store and tells the core it runs.
+    func activateNextJob() {
+        guard let records = try? store.jobs() else { return }
+        let runnable = records.filter { ($0.state == .running || $0.state == .queued) && !failedToLoad.contains($0.id) }
+        guard let record = runnable.first(where: { $0.state == .running }) ?? runnable.first else { return }
+        do {
+            let j = try loadJob(record: record, blobs: blobs)
+            try store.setState(record.id, .running)
+            job = j as any RunningJob
+            lastCheckpoint[j.id] = record.checkpointBlob
+            log("\(j.id) running from \(j.unitName) \(j.step) of \(j.units)")
+            let announcement = JobAnnouncement(
+                job: j.id, spec: j.prepared.config.yaml(), modelBlob: record.modelBlob,
+                modelBytes: blobs.size(record.modelBlob) ?? 0, mode: record.mode, totalSteps: j.prepared.totalSteps)
+            let active = CoordinatorCore.ActiveJob(
+                announcement: announcement, plan: j.plan, unit: j.step,
+                evaluationPending: j.step > 0 && (try? store.lastEval(job: j.id))?.step != j.step,
+                parameterCount: j.adapter.parameters.count, compression: (j as? RoundJob)?.compression ?? .none,
+                firstAssignment: Int.random(in: 1...(1 << 31)) << 20)
+            perform(core.handle(.started(active), now: Self.now))
+        } catch {
+            failedToLoad.insert(record.id)
+            log(.error, "\(record.id) cannot run: \(error)")
+            try? store.setState(record.id, .failed, error: "\(error)")
+        }
+    }
+
+    /// Drops the running job (cancelled, failed or done); with `revoke` its busy workers are told to stop.
+    func stopJob(revoke: Bool = false) {
+        job = nil
+        perform(core.handle(.stopped(revoke: revoke), now: Self.now))
+    }
+
+    /// Journals a completed step or round: checkpoint blob first, then the step's row and the job's pointer in one
+    /// transaction, then the previous checkpoint dropped.
+    func journal(_ job: any RunningJob, record: StepRecord, checkpoint: Checkpoint) {
+        let previous = job.record.checkpointBlob
+        do {
+            let tmp = (options.stateDirectory as NSString).appendingPathComponent("checkpoint.tmp")
+            try checkpoint.write(to: tmp)
+            let blob = try blobs.adopt(file: tmp)
+            let probe = options.journalProbe
+            probe?("checkpoint", record.step)
+            try store.journal(job: job.id, step: record, checkpointBlob: blob) { probe?("transaction", record.step) }
+            probe?("cleanup", record.step)
+            if let old = lastCheckpoint[job.id] ?? previous, old != blob { blobs.remove(old) }
+            lastCheckpoint[job.id] = blob
+        } catch {
+            log(.error, "cannot journal \(job.unitName) \(record.step) of \(job.id): \(error); stopping the job")
+            try? store.setState(job.id, .failed, error: "cannot journal \(job.unitName) \(record.step): \(error)")
+            stopJob()
+            return
+        }
+        metrics.observeStep(mode: job.record.mode, seconds: record.seconds)
+        metrics.step(rows: record.shares)
+        let shares = record.shares.sorted { $0.key < $1.key }.map { "\(core.name(of: $0.key))=\($0.value)" }.joined(
+            separator: " ")
+        log(
+            "\(job.id) \(job.unitName) \(record.step)/\(job.units) loss \(String(format: "%.4f", record.loss)) "
+                + "\(record.tokens) tok \(String(format: "%.2f", record.seconds)) s \(record.bytes >> 10) KiB [\(shares)]"
+        )
+    }
+
+    func journalEvaluation(_ evaluation: Evaluation, of job: any RunningJob) {
+        let record = evaluation.record
+        do { try store.journalEval(job: job.id, record) } catch {
+            log(.error, "cannot journal the evaluation of \(job.id): \(error); stopping the job")
+            try? store.setState(job.id, .failed, error: "cannot journal an evaluation: \(error)")
+            stopJob()
+            return
+        }
+        log(
+            "\(job.id) eval after \(job.unitName) \(record.step): loss \(String(format: "%.4f", record.loss)) over "
+                + "\(record.tokens) held-out tokens")
+    }
+
+    /// Every unit journaled: exports the adapter (PEFT and GGUF) into the blob store and marks the job done.
+    func complete(_ job: any RunningJob) {
+        let tmp = (options.stateDirectory as NSString).appendingPathComponent("export-\(job.id)")
+        defer { try? FileManager.default.removeItem(atPath: tmp) }
+        do {
+            try? FileManager.default.removeItem(atPath: tmp)
+            try FileManager.default.createDirectory(atPath: tmp, withIntermediateDirectories: true)
+            let provenance = job.provenance()
+            try job.adapter.savePEFT(directory: tmp, provenance: provenance, recipe: job.prepared.config.lora)
+            try job.adapter.saveGGUF(
+                path: (tmp as NSString).appendingPathComponent("adapter.gguf"), provenance: provenance, name: job.id)
+            var outputs: [String: String] = [:]
+            for name in ["adapter_config.json", "adapter_model.safetensors", "adapter.gguf"] {
+                outputs[name] = try blobs.add(file: (tmp as NSString).appendingPathComponent(name))
+            }
+            if let c = lastCheckpoint[job.id] { outputs["checkpoint.safetensors"] = c }
+            try store.finish(
+                job: job.id, outputs: outputs, adapterBlob: outputs["adapter_model.safetensors"]!,
+                baseBlob: job.record.modelBlob, dataBlob: job.record.dataBlob, steps: job.provenance().steps ?? job.step
+            )
+            log("\(job.id) done after \(job.step) \(job.unitName)s; `cairn pull \(job.id)` fetches the adapter")
+        } catch {
+            log(.error, "\(job.id) finished training but its adapter cannot be written: \(error)")
+            try? store.setState(job.id, .failed, error: "cannot write the adapter: \(error)")
+        }
+        stopJob()
+    }
+}
