@@ -244,7 +244,10 @@ public struct ErrorReport: WireMessage, Equatable {
         self.init(code: m.string("code"), text: m.string("message"), job: m.optionalString("job"))
     }
     public var message: Message {
-        var o: JSONObject = ["code": .string(code), "message": .string(String(text.prefix(4000)))]
+        // At most 4000 bytes of text (the schema allows 4096), cut on a byte boundary.
+        var o: JSONObject = [
+            "code": .string(code), "message": .string(String(decoding: text.utf8.prefix(4000), as: UTF8.self)),
+        ]
         o["job"] = job.map(JSONValue.string)
         return Message(.error, o)
     }

@@ -65,13 +65,16 @@ import Wire
     }
 
     /// A message of another type, or one built by hand with a field out of bounds, is refused by `decode(as:)`.
-    @Test func decodingChecksTheTypeAndTheSchema() {
+    @Test func decodingChecksTheTypeAndTheSchema() throws {
         #expect(throws: WireError.self) { try Ready(job: "job-1").message.decode(as: Bye.self) }
         let negative = Message(.fetch, ["blob": "ab", "offset": -1, "length": 10])
         #expect(throws: WireError.self) { try negative.decode(as: Fetch.self) }
         let missing = Message(.welcome, ["worker": "abc"])
         #expect(throws: WireError.self) { try missing.decode(as: Welcome.self) }
         #expect(throws: WireError.self) { try Message(.status).decodeJobRequest() }
+        // An error's text is cut to what the schema allows, on a byte boundary, so a long one still arrives.
+        let long = ErrorReport(code: "load", text: String(repeating: "é", count: 3000), job: "job-1")
+        #expect(try Message.decode(long.message.encode()).decode(as: ErrorReport.self).text.utf8.count <= 4096)
         // A row tensor of the wrong type or length is caught by the receiver's check.
         #expect(Self.rows.ints(elements: 2) != nil && Self.rows.ints(elements: 3) == nil)
     }
