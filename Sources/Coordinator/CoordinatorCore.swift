@@ -166,7 +166,11 @@ public struct CoordinatorCore: Sendable {
         return out
     }
 
-    /// The connection of a worker, by its id.
+    /// Every connection in a fixed order (a dictionary's order changes from one process to the next; the core's
+    /// actions must not, so that a simulated seed replays exactly).
+    private var connections: [Connection] { peers.keys.sorted { $0.lexicographicallyPrecedes($1) } }
+
+    /// The connection of a worker, by its id (at most one: a worker's new connection drops its old one).
     public func connection(of worker: String) -> Connection? {
         peers.first { $0.value.worker?.id == worker }?.key
     }
@@ -275,7 +279,7 @@ public struct CoordinatorCore: Sendable {
         guard var peer = peers[c] else { return }
         let id = peer.key.map { String(FileHash.sha256(Array($0.utf8)).prefix(10)) } ?? "w-" + h.name
         // The same worker reconnecting: its old connection's work goes back to the pool.
-        for (other, p) in peers where other != c && p.worker?.id == id { lose(other, .reconnected) }
+        for other in connections where other != c && peers[other]?.worker?.id == id { lose(other, .reconnected) }
         var info = WorkerInfo(
             id: id, name: h.name, cores: h.cores, memory: h.memory, gflops: h.gflops, threads: h.threads,
             localExamples: h.localExamples, host: h.host)
@@ -388,7 +392,8 @@ public struct CoordinatorCore: Sendable {
 
     private mutating func tick() {
         let interval = settings.heartbeat
-        for (c, p) in peers {
+        for c in connections {
+            guard let p = peers[c] else { continue }
             if now - p.lastSeen > interval * Double(settings.liveness) {
                 lose(c, .silent(seconds: now - p.lastSeen))
             } else if p.worker != nil, now - p.lastSent >= interval {
@@ -398,8 +403,8 @@ public struct CoordinatorCore: Sendable {
         // A worker not ready for the running job long after it was told (the `job` or its `ready` was lost): tell
         // it again. Workers treat a repeated `job` as a no-op, or answer `ready` again.
         if let job {
-            for (c, p) in peers {
-                guard let w = p.worker, w.readyJob != job.id, w.fault?.job != job.id,
+            for c in connections {
+                guard let w = peers[c]?.worker, w.readyJob != job.id, w.fault?.job != job.id,
                     now - w.jobSentAt > max(2, 5 * interval)
                 else { continue }
                 announce(to: c)
@@ -415,15 +420,15 @@ public struct CoordinatorCore: Sendable {
         schedule = JobSchedule(
             plan: active.plan, unit: active.unit, evaluationPending: active.evaluationPending,
             firstAssignment: active.firstAssignment, deadlines: settings.deadlines)
-        for (c, p) in peers where p.worker != nil { announce(to: c) }
+        for c in connections where peers[c]?.worker != nil { announce(to: c) }
     }
 
     /// Drops the running job and its schedule, keeping the speeds it measured for the next job.
     private mutating func stop(revoke: Bool) {
         guard let job, let schedule else { return }
         if revoke {
-            for (c, p) in peers {
-                if let w = p.worker, schedule.busyWorkers.contains(w.id) {
+            for c in connections {
+                if let w = peers[c]?.worker, schedule.busyWorkers.contains(w.id) {
                     send(c, Revoke(job: job.id, assignment: 0).message)
                 }
             }
