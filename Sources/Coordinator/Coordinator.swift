@@ -214,7 +214,7 @@ public final class Coordinator: @unchecked Sendable {
         case .assign(let c, let a, let kind, let unit):
             guard let m = assignment(a, kind, unit: unit, of: job) else { return }
             job.countBytes(send(c, m))
-        case .accept(let a, .step, let r):
+        case .accept(_, .step, let r):
             (job as? SyncJob)?.add(
                 gradient: r.values, loss: r.loss, tokens: r.tokens, seconds: r.seconds, worker: r.worker)
         case .accept(let a, .round, let r):

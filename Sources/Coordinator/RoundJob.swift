@@ -108,14 +108,6 @@ final class RoundJob: RunningJob {
         return prepared.plan!.batch(from: cursor, count: count)
     }
 
-    /// A result's pseudo-gradient, when its tensors fit the job.
-    func delta(of m: Message) -> [Float]? {
-        guard let delta = compression.decode(m.tensors, name: "delta", count: adapter.parameters.count),
-            delta.allSatisfy(\.isFinite)
-        else { return nil }
-        return delta
-    }
-
     /// Takes an accepted result: the worker's adapter (global − Δ), weighed by its trained tokens.
     func add(delta: [Float], loss: Double, tokens n: Int, seconds: Double, rows: Int, worker: String) {
         let global = adapter.parameters.pointer
