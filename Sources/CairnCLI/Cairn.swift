@@ -25,6 +25,7 @@ struct Cairn: ParsableCommand {
               cairn submit --state /tmp/cairn Cluster/examples/capitals.yaml
               cairn status --state /tmp/cairn --watch      # or the dashboard: http://127.0.0.1:7071/
               cairn report --state /tmp/cairn job-1 -o job-1.html
+              cairn publish --state /tmp/cairn job-1 --name capitals   # then `cairn adapters`, `cairn fetch`
             """,
         version: version,
         subcommands: [
@@ -33,7 +34,7 @@ struct Cairn: ParsableCommand {
             Inspect.self,
             CoordinatorCommand.self,
             WorkerCommand.self, ClientCommand.self, Submit.self, Status.self, Workers.self, Cancel.self, Pull.self,
-            Report.self, ClusterCommand.self,
+            PublishCommand.self, AdaptersCommand.self, FetchCommand.self, Report.self, ClusterCommand.self,
         ]
     )
 }

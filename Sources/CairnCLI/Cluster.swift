@@ -95,18 +95,23 @@ struct CoordinatorCommand: ParsableCommand {
     struct Token: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Print a one-time join token for a worker (or a client).",
-            discussion:
-                "The token carries the coordinator's public key and a one-time secret. It is used once and expires.")
+            discussion: """
+                The token carries the coordinator's public key and a one-time secret. It is used once and expires. \
+                A client may submit, watch and pull jobs, and list and fetch published adapters; a publisher is a \
+                client that may also publish adapters (`cairn publish`). Workers may list and fetch adapters too.
+                """)
 
         @Option(help: "State directory of the coordinator.")
         var state: String?
-        @Option(help: "worker or client.")
+        @Option(help: "worker, client or publisher.")
         var role = "worker"
         @Option(help: "How long the token stays valid: 90s, 30m, 24h, 7d.")
         var ttl = "24h"
 
         func run() throws {
-            guard ["worker", "client"].contains(role) else { throw ValidationError("--role must be worker or client") }
+            guard ["worker", "client", "publisher"].contains(role) else {
+                throw ValidationError("--role must be worker, client or publisher")
+            }
             guard let seconds = parseDuration(ttl) else { throw ValidationError("--ttl: expected e.g. 30m, 24h or 7d") }
             let token: JoinToken
             do {
@@ -293,7 +298,8 @@ struct ClientCommand: ParsableCommand {
     struct Join: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract:
-                "Enrol with a token from `cairn coordinator token --role client`; then submit/status/pull work here.")
+                "Enrol with a token from `cairn coordinator token --role client` (or `--role publisher`); then "
+                + "submit/status/pull (and publish) work here.")
         @Argument(help: "The coordinator's endpoint.")
         var endpoint: String
         @Option(help: "Join token.")
@@ -351,7 +357,9 @@ struct Submit: ParsableCommand {
         discussion: """
             The job file has the keys of `cairn train --list-keys`, plus `mode` (sync). The data file it names is \
             sent with the job; the model is resolved on the coordinator (a cached name such as smollm2-135m, or a \
-            path there). See Cluster/examples/.
+            path there). init_adapter names an adapter in the coordinator's registry (`cairn adapters`): the job \
+            trains it further, with its rank and projections, and its lineage records it as the parent. See \
+            Cluster/examples/.
             """)
     @OptionGroup var client: ClientOptions
     @Argument(help: "The job file (YAML).")
@@ -360,6 +368,11 @@ struct Submit: ParsableCommand {
     func run() throws {
         var config = TrainingConfig()
         do { try config.apply(yamlFile: job) } catch { throw CLIError(error.description) }
+        if let path = config.initAdapter, FileManager.default.fileExists(atPath: path) {
+            throw CLIError(
+                "\(job): init_adapter: \(path) is on this machine; a cluster job starts from a published adapter: "
+                    + "`cairn publish \(path) --name NAME`, then init_adapter: NAME")
+        }
         var data = Data()
         if config.mode == .federated {
             guard config.data.isEmpty else {

@@ -36,7 +36,13 @@ struct Train: ParsableCommand {
     @Option(help: "Held-out JSONL for evaluation.") var validationData: String?
     @Option(help: "Fraction of the data held out for evaluation.") var validationSplit: Double?
     @Option(name: .shortAndLong, help: "The run directory.") var output: String?
-    @Option(help: "Start from this adapter (PEFT directory or GGUF LoRA).") var initAdapter: String?
+    @Option(
+        help: ArgumentHelp(
+            "Start from this adapter: a PEFT directory, a GGUF LoRA file, or a name in a coordinator's registry.",
+            discussion:
+                "A name (NAME or NAME@VERSION) is fetched once into $CAIRN_HOME/adapters from the coordinator that "
+                + "--state or --credentials reach (default: this user's client credentials)."))
+    var initAdapter: String?
 
     @Option(help: "LoRA rank (default 8).") var rank: Int?
     @Option(help: "LoRA alpha (default 16).") var alpha: Double?
@@ -78,6 +84,7 @@ struct Train: ParsableCommand {
     var basePrecision: String?
     @Option(help: "Kernel threads (default all cores).") var threads: Int?
     @Flag(help: "Report progress as JSON lines on stdout.") var json = false
+    @OptionGroup(title: "Registry (for --init-adapter NAME)") var registry: ClientOptions
 
     func run() throws {
         if listKeys {
@@ -94,7 +101,11 @@ struct Train: ParsableCommand {
             }
             do { trainer = try Trainer(resuming: resume) } catch { throw CLIError(error.description) }
         } else {
-            trainer = Trainer(config: try settings())
+            var config = try settings()
+            if let reference = config.initAdapter, !FileManager.default.fileExists(atPath: reference) {
+                config.initAdapter = try FetchCommand.cached(reference, client: registry)
+            }
+            trainer = Trainer(config: config)
         }
         let stop = StopSignal()
         let display = TrainingDisplay(json: json)

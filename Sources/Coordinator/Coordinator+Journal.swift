@@ -103,8 +103,9 @@ extension Coordinator {
             if let c = lastCheckpoint[job.id] { outputs["checkpoint.safetensors"] = c }
             try store.finish(
                 job: job.id, outputs: outputs, adapterBlob: outputs["adapter_model.safetensors"]!,
-                baseBlob: job.record.modelBlob, dataBlob: job.record.dataBlob, steps: job.provenance().steps ?? job.step
-            )
+                baseBlob: job.record.modelBlob, dataBlob: job.record.dataBlob,
+                steps: job.provenance().steps ?? job.step,
+                parents: job.record.initAdapter.map { [$0.sha256] } ?? [])
             log("\(job.id) done after \(job.step) \(job.unitName)s; `cairn pull \(job.id)` fetches the adapter")
         } catch {
             log(.error, "\(job.id) finished training but its adapter cannot be written: \(error)")

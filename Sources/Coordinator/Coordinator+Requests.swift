@@ -18,6 +18,44 @@ extension Coordinator {
         case .cancel(let id): cancel(c, id)
         case .pull(let id): pull(c, id)
         case .fetch(let f, let worker): fetch(c, f, worker: worker)
+        case .publish(let p, let key): publish(c, p, key: key)
+        case .adapters(let request): listAdapters(c, request)
+        case .resolve(let r): resolve(c, r)
+        }
+    }
+
+    // MARK: The registry
+
+    func publish(_ c: CoordinatorCore.Connection, _ p: Publish, key: String?) {
+        let publisher =
+            key.map { k in "\((try? store.keyName(k)).flatMap { $0 } ?? "key") (\(k.prefix(8))…)" }
+            ?? "local (insecure)"
+        do {
+            let published = try registry.publish(p, publisher: publisher, now: Self.now)
+            log(
+                published.created
+                    ? "published \(published.name)@\(published.version) (adapter \(published.sha256.prefix(12))…) by \(publisher)"
+                    : "\(published.name)@\(published.version) published again unchanged by \(publisher)")
+            send(c, published.message)
+        } catch {
+            log(.warning, "refused to publish \(p.name): \(error.message)")
+            fail(c, error.code, error.message)
+        }
+    }
+
+    func listAdapters(_ c: CoordinatorCore.Connection, _ request: AdapterListRequest) {
+        do {
+            let (entries, omitted) = try registry.list(request)
+            var o: JSONObject = ["body": .array(entries.map(\.json))]
+            if omitted > 0 { o["omitted"] = .integer(Int64(omitted)) }
+            send(c, Message(.adaptersReply, o))
+        } catch { fail(c, error.code, error.message) }
+    }
+
+    func resolve(_ c: CoordinatorCore.Connection, _ r: Resolve) {
+        do { send(c, Message(.resolved, ["body": try registry.resolve(r.reference).json])) } catch {
+            if error.code == "corrupt" { log(.error, error.message) }
+            fail(c, error.code, error.message)
         }
     }
 
@@ -79,13 +117,30 @@ extension Coordinator {
             let modelBlob = try blobs.add(file: modelPath)
             var validation: (blob: String, name: String)?
             if let v = s.validation { validation = (try blobs.add(v), s.validationName ?? "validation_data") }
+            var initial: RegistryEntry?
+            if let reference = config.initAdapter {
+                do { initial = try registry.resolve(reference) } catch {
+                    fail(c, "bad_job", "job file: init_adapter: \(error.message)")
+                    return
+                }
+                if let e = initial, e.baseHash != modelBlob {
+                    fail(
+                        c, "bad_job",
+                        "job file: init_adapter: \(e.reference) is an adapter of base \(e.baseName) "
+                            + "(sha256 \(e.baseHash.prefix(12))…), not of the job's model \(config.model) "
+                            + "(sha256 \(modelBlob.prefix(12))…)")
+                    return
+                }
+            }
             let prepared = try PreparedJob.prepare(
                 spec: s.spec, source: "job file", modelPath: blobs.path(modelBlob), dataPath: blobs.path(dataBlob),
-                dataName: s.dataName, validation: validation.map { (blobs.path($0.blob), $0.name) })
+                dataName: s.dataName, validation: validation.map { (blobs.path($0.blob), $0.name) },
+                initial: initial.map { ($0, blobs) })
             let id = try store.addJob(
                 spec: s.spec, mode: prepared.config.mode.rawValue, modelBlob: modelBlob, dataBlob: dataBlob,
-                dataName: s.dataName, validation: validation, totalSteps: prepared.units)
+                dataName: s.dataName, validation: validation, initAdapter: initial, totalSteps: prepared.units)
             let job = prepared.config
+            if let e = initial { log("\(id) starts from \(e.reference) (adapter \(e.sha256.prefix(12))…)") }
             log(
                 job.mode == .sync
                     ? "\(id) submitted: sync, \(prepared.totalSteps) steps of \(prepared.rowsPerStep) rows × \(job.sequenceLength) tokens"

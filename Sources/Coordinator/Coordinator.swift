@@ -27,6 +27,8 @@ public final class Coordinator: @unchecked Sendable {
     public let options: CoordinatorOptions
     let store: Store
     let blobs: BlobStore
+    /// Published adapters (over the store and the blobs).
+    var registry: Registry { Registry(store: store, blobs: blobs, scratch: options.stateDirectory) }
     let serverKeys: CurveKeyPair?
     private let context = Context()
     private var router: RouterEndpoint?
@@ -115,7 +117,7 @@ public final class Coordinator: @unchecked Sendable {
             var keys = (try? Credentials.load(from: path))?.keys
             if serverKeys != nil, keys == nil { keys = try CurveKeyPair.generate() }
             if serverKeys == nil { keys = nil }
-            if let keys { try store.addKey(keys.publicKey, role: "client", name: "local") }
+            if let keys { try store.addKey(keys.publicKey, role: "publisher", name: "local") }
             try Credentials(endpoint: connect, serverKey: serverKeys?.publicKey, keys: keys).save(to: path)
         } catch { throw CoordinatorError("cannot write \(path): \(error)") }
     }

@@ -102,6 +102,10 @@ public struct CoordinatorCore: Sendable {
         case cancel(job: String)
         case pull(job: String)
         case fetch(Fetch, worker: String?)
+        /// Publish an adapter; `publisher` is the sender's key (nil on an insecure loopback coordinator).
+        case publish(Publish, publisher: String?)
+        case adapters(AdapterListRequest)
+        case resolve(Resolve)
     }
 
     public enum Action: Sendable {
@@ -229,7 +233,7 @@ public struct CoordinatorCore: Sendable {
         }
         peers[c] = peer
         let fromWorker: Set<MessageType> = [.heartbeat, .ready, .result, .roundResult, .evalResult]
-        if peer.worker == nil, fromWorker.contains(message.type), peer.role != .client {
+        if peer.worker == nil, fromWorker.contains(message.type), !peer.role.isClient {
             // A worker this coordinator has not met (it restarted): ask it to say hello again.
             refuse(c, "hello_first", "unknown worker; send hello")
             return
@@ -257,6 +261,9 @@ public struct CoordinatorCore: Sendable {
             case .workers: out.append(.serve(c, .workers))
             case .cancel: out.append(.serve(c, .cancel(job: try message.decodeJobRequest().job)))
             case .pull: out.append(.serve(c, .pull(job: try message.decodeJobRequest().job)))
+            case .publish: out.append(.serve(c, .publish(try message.decode(), publisher: peer.key)))
+            case .adapters: out.append(.serve(c, .adapters(try message.decode())))
+            case .resolve: out.append(.serve(c, .resolve(try message.decode())))
             default: break
             }
         } catch {
@@ -522,12 +529,16 @@ public struct WorkerInfo: Sendable {
 /// A connection to the coordinator's ROUTER socket.
 public struct Peer: Sendable {
     public enum Role: Sendable, Equatable {
-        case worker, client, enrol(String), any
+        /// A publisher is a client that may also publish adapters to the registry.
+        case worker, client, publisher, enrol(String), any
+
+        var isClient: Bool { self == .client || self == .publisher }
 
         var name: String {
             switch self {
             case .worker: "worker"
             case .client: "client"
+            case .publisher: "publisher"
             case .enrol: "enrolment key"
             case .any: "peer"
             }
@@ -537,10 +548,14 @@ public struct Peer: Sendable {
             switch self {
             case .enrol: return t == .enrol
             case .worker:
-                return [.hello, .heartbeat, .ready, .result, .roundResult, .evalResult, .fetch, .bye, .error].contains(
-                    t)
-            case .client: return [.submit, .status, .workers, .cancel, .pull, .fetch, .heartbeat].contains(t)
-            case .any: return t != .enrol && Self.worker.allows(t) || Self.client.allows(t)
+                return [
+                    .hello, .heartbeat, .ready, .result, .roundResult, .evalResult, .fetch, .bye, .error, .adapters,
+                    .resolve,
+                ].contains(t)
+            case .client:
+                return [.submit, .status, .workers, .cancel, .pull, .fetch, .heartbeat, .adapters, .resolve].contains(t)
+            case .publisher: return t == .publish || Self.client.allows(t)
+            case .any: return t != .enrol && Self.worker.allows(t) || Self.publisher.allows(t)
             }
         }
     }
@@ -577,6 +592,9 @@ public struct Peer: Sendable {
             key = parts.count > 1 ? parts[1] : nil
         case "client":
             role = .client
+            key = parts.count > 1 ? parts[1] : nil
+        case "publisher":
+            role = .publisher
             key = parts.count > 1 ? parts[1] : nil
         case "enrol" where parts.count > 1: role = .enrol(parts[1])
         default: role = .enrol("")

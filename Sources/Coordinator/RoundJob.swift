@@ -55,7 +55,7 @@ final class RoundJob: RunningJob {
         compression = Compression(rawValue: c.compression.rawValue) ?? .int8
         innerSteps = c.innerSteps
         rounds = prepared.units
-        adapter = LoRAAdapter(model: prepared.modelConfig, config: c.lora, seed: c.seed)
+        adapter = prepared.startingAdapter()
         outer = OuterOptimizer(
             modules: adapter.modules.count, learningRate: Float(c.outerLearningRate), momentum: Float(c.outerMomentum))
         if let blob = record.checkpointBlob {
@@ -136,6 +136,6 @@ final class RoundJob: RunningJob {
     func provenance() -> AdapterProvenance {
         AdapterProvenance(
             training: prepared.config, baseModelHash: record.modelBlob, dataHash: federated ? nil : prepared.dataHash,
-            steps: localSteps)
+            steps: localSteps, startedFrom: prepared.initialNode)
     }
 }

@@ -7,6 +7,7 @@
 import Foundation
 import GRDB
 import ModelFormats
+import Wire
 
 /// Why the state directory cannot be used.
 public struct StoreError: Error, Sendable, CustomStringConvertible {
@@ -41,6 +42,9 @@ public struct JobRecord: Sendable, Equatable {
     public var error: String?
     /// Output files when done: name → blob.
     public var outputs: [String: String]
+    /// The registry entry the job's adapter starts from (as it was when the job was submitted); nil: a fresh
+    /// adapter.
+    public var initAdapter: RegistryEntry?
 }
 
 /// What one worker did in a step or round.
@@ -190,6 +194,20 @@ public final class Store: @unchecked Sendable {
                         ALTER TABLE jobs ADD COLUMN validation_name TEXT;
                         """)
             }
+            migrator.registerMigration("v4: adapter registry, scores, init adapters") { db in
+                try db.execute(
+                    sql: """
+                        CREATE TABLE registry (name TEXT NOT NULL, version INTEGER NOT NULL, sha256 TEXT NOT NULL,
+                            base_sha256 TEXT NOT NULL, base_name TEXT NOT NULL, description TEXT NOT NULL,
+                            publisher TEXT NOT NULL, created REAL NOT NULL, format TEXT NOT NULL, files TEXT NOT NULL,
+                            data_sha256 TEXT, steps INTEGER, lineage TEXT, job TEXT, PRIMARY KEY (name, version));
+                        CREATE INDEX registry_sha256 ON registry (sha256);
+                        CREATE TABLE scores (sha256 TEXT NOT NULL, data_sha256 TEXT NOT NULL, data_name TEXT NOT NULL,
+                            loss REAL NOT NULL, tokens INTEGER NOT NULL, job TEXT, created REAL NOT NULL,
+                            PRIMARY KEY (sha256, data_sha256));
+                        ALTER TABLE jobs ADD COLUMN init_adapter TEXT;
+                        """)
+            }
             try migrator.migrate(db)
         } catch let e as StoreError {
             throw e
@@ -198,11 +216,11 @@ public final class Store: @unchecked Sendable {
         }
     }
 
-    private func write<T>(_ body: (Database) throws -> T) throws(StoreError) -> T {
+    func write<T>(_ body: (Database) throws -> T) throws(StoreError) -> T {
         do { return try db.write(body) } catch { throw StoreError("state database: \(error)") }
     }
 
-    private func read<T>(_ body: (Database) throws -> T) throws(StoreError) -> T {
+    func read<T>(_ body: (Database) throws -> T) throws(StoreError) -> T {
         do { return try db.read(body) } catch { throw StoreError("state database: \(error)") }
     }
 
@@ -289,7 +307,7 @@ public final class Store: @unchecked Sendable {
     /// Adds a queued job and returns its id (job-1, job-2, …).
     public func addJob(
         spec: String, mode: String, modelBlob: String, dataBlob: String, dataName: String,
-        validation: (blob: String, name: String)? = nil, totalSteps: Int
+        validation: (blob: String, name: String)? = nil, initAdapter: RegistryEntry? = nil, totalSteps: Int
     ) throws(StoreError) -> String {
         try write { db in
             let seq = (try Int.fetchOne(db, sql: "SELECT MAX(seq) FROM jobs") ?? 0) + 1
@@ -297,12 +315,12 @@ public final class Store: @unchecked Sendable {
             try db.execute(
                 sql: """
                     INSERT INTO jobs (id, seq, spec, mode, state, created, model_blob, data_blob, data_name,
-                        validation_blob, validation_name, total_steps)
-                    VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?)
+                        validation_blob, validation_name, total_steps, init_adapter)
+                    VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?)
                     """,
                 arguments: [
                     id, seq, spec, mode, Self.now, modelBlob, dataBlob, dataName, validation?.blob, validation?.name,
-                    totalSteps,
+                    totalSteps, initAdapter?.json.serialized(),
                 ])
             return id
         }
@@ -318,7 +336,10 @@ public final class Store: @unchecked Sendable {
             modelBlob: row["model_blob"], dataBlob: row["data_blob"], dataName: row["data_name"],
             validationBlob: row["validation_blob"], validationName: row["validation_name"],
             totalSteps: row["total_steps"], step: row["step"], checkpointBlob: row["checkpoint_blob"],
-            error: row["error"], outputs: files)
+            error: row["error"], outputs: files,
+            initAdapter: (row["init_adapter"] as String?).flatMap { try? JSONValue.parse($0) }.flatMap {
+                try? RegistryEntry(json: $0)
+            })
     }
 
     /// All jobs, oldest first.
@@ -378,8 +399,10 @@ public final class Store: @unchecked Sendable {
 
     /// Marks a job done with its output files, and records the adapter's lineage.
     public func finish(
-        job: String, outputs: [String: String], adapterBlob: String, baseBlob: String, dataBlob: String, steps: Int
+        job: String, outputs: [String: String], adapterBlob: String, baseBlob: String, dataBlob: String, steps: Int,
+        parents: [String] = []
     ) throws(StoreError) {
+        let parentList = JSONValue.array(parents.map(JSONValue.string)).serialized()
         let files = JSONValue.object(JSONObject(outputs.sorted { $0.key < $1.key }.map { ($0.key, .string($0.value)) }))
         try write { db in
             try db.execute(
@@ -387,9 +410,9 @@ public final class Store: @unchecked Sendable {
             try db.execute(
                 sql: """
                     INSERT OR REPLACE INTO lineage (adapter_blob, job, base_blob, data_blob, method, parents, steps, created)
-                    VALUES (?, ?, ?, ?, 'train', '[]', ?, ?)
+                    VALUES (?, ?, ?, ?, 'train', ?, ?, ?)
                     """,
-                arguments: [adapterBlob, job, baseBlob, dataBlob, steps, Self.now])
+                arguments: [adapterBlob, job, baseBlob, dataBlob, parentList, steps, Self.now])
         }
     }
 

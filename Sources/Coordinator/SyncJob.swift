@@ -10,6 +10,7 @@ import ModelFormats
 import TensorKernels
 import Tokenizer
 import Training
+import Wire
 
 /// Why a job cannot run.
 public struct JobError: Error, Sendable, CustomStringConvertible {
@@ -31,6 +32,10 @@ public struct PreparedJob: Sendable {
     public var totalSteps: Int
     /// Rows per optimizer step (sync), or per local step of one worker (diloco, federated).
     public var rowsPerStep: Int
+    /// The adapter the job starts from (`init_adapter`, a registry entry), and its lineage node; nil: a fresh
+    /// adapter from the seed. `config.lora` then describes its layout.
+    public var initial: LoRAAdapter?
+    public var initialNode: JSONObject?
 
     /// Units of progress the coordinator journals: steps (sync) or rounds.
     public var units: Int {
@@ -45,7 +50,7 @@ public struct PreparedJob: Sendable {
     ///   - validation: the held-out data sent with the job (its path here, and the client's file name).
     public static func prepare(
         spec: String, source: String, modelPath: String, dataPath: String, dataName: String,
-        validation: (path: String, name: String)? = nil
+        validation: (path: String, name: String)? = nil, initial: (entry: RegistryEntry, blobs: BlobStore)? = nil
     ) throws(JobError) -> PreparedJob {
         var config = TrainingConfig()
         do { try config.apply(yaml: spec, source: source) } catch { throw JobError(error.description) }
@@ -63,8 +68,10 @@ public struct PreparedJob: Sendable {
                 "\(source): validation_split: a federated job's data stays on the workers; hold out data with "
                     + "validation_data (a file sent with the job) instead")
         }
-        if config.initAdapter != nil {
-            throw JobError("\(source): init_adapter is not available for cluster jobs yet")
+        if config.initAdapter != nil, initial == nil {
+            throw JobError(
+                "\(source): init_adapter: a cluster job starts from a published adapter; publish it first "
+                    + "(cairn publish DIR --name NAME) and give its name (init_adapter: NAME or NAME@VERSION)")
         }
         if config.lora.dropout > 0 {
             throw JobError(
@@ -85,6 +92,22 @@ public struct PreparedJob: Sendable {
             (tokenizer, templateSource) = try model.tokenizer()
         } catch { throw JobError(error.description) }
         do { try config.check(model: modelConfig) } catch { throw JobError("\(source): \(error.description)") }
+        var start: (adapter: LoRAAdapter, node: JSONObject)?
+        if let initial {
+            let e = initial.entry
+            let adapter: LoRAAdapter
+            do { adapter = try e.loadAdapter(model: modelConfig, blobs: initial.blobs).0 } catch {
+                throw JobError("\(source): init_adapter: \(e.reference) cannot be loaded: \(error)")
+            }
+            guard let lora = LoRAConfig(describing: adapter) else {
+                throw JobError(
+                    "\(source): init_adapter: \(e.reference) has modules of different ranks or scales; a cluster "
+                        + "job trains adapters of one rank and one scale over its layers and projections")
+            }
+            config.lora = lora
+            config.initAdapter = nil
+            start = (adapter, e.lineageNode)
+        }
         let template = ChatTemplate.forJob(override: config.chatTemplate, source: templateSource)
         func load(_ c: TrainingConfig, shuffled: Bool = true) throws(JobError) -> JobRows {
             do {
@@ -106,22 +129,35 @@ public struct PreparedJob: Sendable {
             }
             return PreparedJob(
                 config: config, modelConfig: modelConfig, plan: nil, validationPlan: validationPlan, dataHash: "",
-                totalSteps: config.steps, rowsPerStep: config.batchSize * config.gradientAccumulation)
+                totalSteps: config.steps, rowsPerStep: config.batchSize * config.gradientAccumulation,
+                initial: start?.adapter, initialNode: start?.node)
         }
         let rows = try load(config)
         return PreparedJob(
             config: config, modelConfig: modelConfig, plan: rows.train, validationPlan: rows.validation,
-            dataHash: rows.dataHash, totalSteps: rows.totalSteps, rowsPerStep: rows.rowsPerStep)
+            dataHash: rows.dataHash, totalSteps: rows.totalSteps, rowsPerStep: rows.rowsPerStep,
+            initial: start?.adapter, initialNode: start?.node)
     }
 }
 
 extension PreparedJob {
+    /// The job's adapter before its first step: a copy of the adapter it starts from, or a fresh one from the seed.
+    func startingAdapter() -> LoRAAdapter {
+        let adapter = LoRAAdapter(model: modelConfig, config: config.lora, seed: config.seed)
+        if let initial {
+            precondition(initial.modules == adapter.modules, "PreparedJob: the initial adapter's layout changed")
+            adapter.parameters.pointer.update(from: initial.parameters.pointer, count: adapter.parameters.count)
+        }
+        return adapter
+    }
+
     /// Prepares a stored job from the blobs it was submitted with.
     static func prepare(record: JobRecord, blobs: BlobStore) throws(JobError) -> PreparedJob {
         try prepare(
             spec: record.spec, source: "\(record.id) job file", modelPath: blobs.path(record.modelBlob),
             dataPath: blobs.path(record.dataBlob), dataName: record.dataName,
-            validation: record.validationBlob.map { (blobs.path($0), record.validationName ?? "validation_data") })
+            validation: record.validationBlob.map { (blobs.path($0), record.validationName ?? "validation_data") },
+            initial: record.initAdapter.map { ($0, blobs) })
     }
 }
 
@@ -218,8 +254,7 @@ final class SyncJob: RunningJob {
         prepared = try PreparedJob.prepare(record: record, blobs: blobs)
         let c = prepared.config
         optimizer = AdapterOptimizer(
-            adapter: LoRAAdapter(model: prepared.modelConfig, config: c.lora, seed: c.seed), config: c,
-            totalSteps: prepared.totalSteps)
+            adapter: prepared.startingAdapter(), config: c, totalSteps: prepared.totalSteps)
         gradientSum = FloatBuffer(count: optimizer.adapter.parameters.count)
         cursor = 0
         if let blob = record.checkpointBlob {
@@ -278,6 +313,7 @@ final class SyncJob: RunningJob {
     /// The adapter's provenance for its exported files.
     func provenance() -> AdapterProvenance {
         AdapterProvenance(
-            training: prepared.config, baseModelHash: record.modelBlob, dataHash: prepared.dataHash, steps: step)
+            training: prepared.config, baseModelHash: record.modelBlob, dataHash: prepared.dataHash, steps: step,
+            startedFrom: prepared.initialNode)
     }
 }

@@ -259,3 +259,23 @@ public final class LoRAAdapter: @unchecked Sendable {
     /// Number of trainable parameters.
     public var parameterCount: Int { parameters.count }
 }
+
+extension LoRAConfig {
+    /// The settings that build an adapter of exactly `adapter`'s layout (the same modules, ranks and scales), so
+    /// that its values can be copied into a fresh one: nil when its modules are not one rank and one scale over
+    /// every chosen layer × every chosen projection (a per-module rank or scale, or a ragged module set).
+    public init?(describing adapter: LoRAAdapter) {
+        guard let first = adapter.modules.first else { return nil }
+        let layers = Array(Set(adapter.modules.map(\.layer))).sorted()
+        var targets: [LoRATarget] = []
+        for m in adapter.modules where !targets.contains(m.target) { targets.append(m.target) }
+        guard adapter.modules.count == layers.count * targets.count,
+            adapter.modules.allSatisfy({ $0.rank == first.rank && $0.scale == first.scale })
+        else { return nil }
+        self.init(
+            rank: first.rank, alpha: Double(first.scale) * Double(first.rank), targets: targets,
+            layers: layers.count == adapter.modelConfig.layers ? nil : layers)
+        let rebuilt = LoRAAdapter(model: adapter.modelConfig, config: self, seed: 0)
+        guard rebuilt.modules == adapter.modules else { return nil }
+    }
+}

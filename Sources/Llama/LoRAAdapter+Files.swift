@@ -92,6 +92,15 @@ extension AdapterProvenance {
         else { return nil }
         return AdapterProvenance(json: json)
     }
+
+    /// The provenance a GGUF LoRA file records (`cairn.metadata`), read without its tensors; nil when the file
+    /// cannot be read or records none.
+    public static func recorded(inGGUFFile path: String) -> AdapterProvenance? {
+        guard let file = try? GGUFFile(path: path), let text = try? file.metadata.string("cairn.metadata"),
+            let json = try? JSONValue.parse(Array(text.utf8))
+        else { return nil }
+        return AdapterProvenance(json: json)
+    }
 }
 
 /// The adapter file formats.

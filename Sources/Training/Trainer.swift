@@ -141,8 +141,13 @@ public final class Trainer {
 
         // Adapter and optimizer state.
         let adapter: LoRAAdapter
+        var parent: JSONObject?
         if let initial = config.initAdapter {
-            do { adapter = try LoRAAdapter.load(path: initial, model: model.config).0 } catch { throw .file(error) }
+            let recorded: AdapterProvenance
+            do { (adapter, recorded) = try LoRAAdapter.load(path: initial, model: model.config) } catch {
+                throw .file(error)
+            }
+            parent = recorded.lineageNode(name: (initial as NSString).lastPathComponent, hash: adapter.contentHash)
         } else {
             adapter = LoRAAdapter(model: model.config, config: config.lora, seed: config.seed)
         }
@@ -184,7 +189,7 @@ public final class Trainer {
         func save() throws(TrainingError) {
             let provenance = AdapterProvenance(
                 training: config, baseModelHash: baseHash, baseModelName: baseName, dataHash: rows.dataHash,
-                steps: session.stepCount)
+                steps: session.stepCount, startedFrom: parent)
             do {
                 try Checkpoint(session.optimizer, cursor: cursor, dataHash: rows.dataHash, baseModelHash: baseHash)
                     .write(to: checkpointPath)

@@ -140,7 +140,11 @@ extension TrainingConfig {
             case "validation_data": validationData = try path()
             case "validation_split": validationSplit = try double()
             case "output": output = try path()
-            case "init_adapter": initAdapter = try path()
+            case "init_adapter":
+                // A path beside the job file, or else a name in a coordinator's registry (kept as written).
+                let raw = try string()
+                let resolved = try path()
+                initAdapter = FileManager.default.fileExists(atPath: resolved) ? resolved : raw
             case "rank": lora.rank = try int()
             case "alpha": lora.alpha = try double()
             case "rslora": lora.useRSLoRA = try bool()

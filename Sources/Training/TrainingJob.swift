@@ -208,10 +208,11 @@ extension Checkpoint {
 }
 
 extension AdapterProvenance {
-    /// What an adapter trained by a job records of itself: the base, the data, the recipe and the steps taken.
+    /// What an adapter trained by a job records of itself: the base, the data, the recipe and the steps taken,
+    /// and, when it started from another adapter (`init_adapter`), that adapter as its parent (a lineage node).
     public init(
         training config: TrainingConfig, baseModelHash: String, baseModelName: String? = nil, dataHash: String?,
-        steps: Int
+        steps: Int, startedFrom parent: JSONObject? = nil
     ) {
         self.init()
         self.baseModelHash = baseModelHash
@@ -219,6 +220,7 @@ extension AdapterProvenance {
         self.dataHash = dataHash
         recipe = try? JSONValue.parse(Trainer.recipeJSON(config))
         self.steps = steps
+        if let parent { lineage = ["method": "train", "parents": [.object(parent)]] }
     }
 }
 

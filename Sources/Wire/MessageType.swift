@@ -36,6 +36,13 @@ public enum MessageType: UInt8, Sendable, CaseIterable, CustomStringConvertible 
     case cancelled = 37
     case pull = 38
     case pullReply = 39
+    // The adapter registry
+    case publish = 40
+    case published = 41
+    case adapters = 42
+    case adaptersReply = 43
+    case resolve = 44
+    case resolved = 45
 
     public var description: String { name }
 
@@ -70,6 +77,12 @@ public enum MessageType: UInt8, Sendable, CaseIterable, CustomStringConvertible 
         case .cancelled: "cancelled"
         case .pull: "pull"
         case .pullReply: "pull_reply"
+        case .publish: "publish"
+        case .published: "published"
+        case .adapters: "adapters"
+        case .adaptersReply: "adapters_reply"
+        case .resolve: "resolve"
+        case .resolved: "resolved"
         }
     }
 
@@ -158,6 +171,23 @@ public enum MessageType: UInt8, Sendable, CaseIterable, CustomStringConvertible 
             return Schema(["body": .array])
         case .pullReply:
             return Schema(["job": id, "files": .array])
+        case .publish:
+            return Schema(
+                ["name": .string(maxBytes: RegistryName.maxBytes), "description": .string(maxBytes: 4096)],
+                optional: ["base": .string(maxBytes: 4096), "job": id],
+                tensorChoices: [[], Publish.peftFiles, [Publish.ggufFile]])
+        case .published:
+            return Schema(
+                ["name": .string(maxBytes: RegistryName.maxBytes), "version": .int(1, 1 << 30), "sha256": id],
+                optional: ["created": .bool])
+        case .adapters:
+            return Schema([:], optional: ["base": .string(maxBytes: 4096), "name": .string(maxBytes: 128)])
+        case .adaptersReply:
+            return Schema(["body": .array], optional: ["omitted": count])
+        case .resolve:
+            return Schema(["name": .string(maxBytes: 128)])
+        case .resolved:
+            return Schema(["body": .object])
         }
     }
 }

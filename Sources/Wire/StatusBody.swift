@@ -406,19 +406,19 @@ public struct StatusError: Error, Sendable, CustomStringConvertible {
 }
 
 extension JSONObject {
-    fileprivate func string(_ key: String) throws(StatusError) -> String {
+    func string(_ key: String) throws(StatusError) -> String {
         guard let s = self[key]?.stringValue else { throw StatusError("field \"\(key)\" is missing or not a string") }
         return s
     }
-    fileprivate func int(_ key: String) throws(StatusError) -> Int {
+    func int(_ key: String) throws(StatusError) -> Int {
         guard let n = self[key]?.intValue else { throw StatusError("field \"\(key)\" is missing or not an integer") }
         return n
     }
-    fileprivate func double(_ key: String) throws(StatusError) -> Double {
+    func double(_ key: String) throws(StatusError) -> Double {
         guard let x = self[key]?.doubleValue else { throw StatusError("field \"\(key)\" is missing or not a number") }
         return x
     }
-    fileprivate func optionalString(_ key: String) -> String? { self[key]?.stringValue }
-    fileprivate func optionalInt(_ key: String) -> Int? { self[key]?.intValue }
-    fileprivate func optionalDouble(_ key: String) -> Double? { self[key]?.doubleValue }
+    func optionalString(_ key: String) -> String? { self[key]?.stringValue }
+    func optionalInt(_ key: String) -> Int? { self[key]?.intValue }
+    func optionalDouble(_ key: String) -> Double? { self[key]?.doubleValue }
 }

@@ -1,0 +1,142 @@
+// The adapter registry with real processes: publish (by job id and as files), list, fetch byte for byte, the
+// publisher role, a cluster job that trains a published adapter further, and all of it across a SIGKILL of the
+// coordinator.
+
+import Foundation
+import ModelFormats
+import TestSupport
+import Testing
+import Wire
+
+@Suite(.serialized) struct RegistryClusterTests {
+    static let lines = [
+        "the cat sat on the mat", "a dog ran in the park", "bread and butter", "one two three", "hello world",
+        "pebbles in a pile", "north south east west", "red green blue", "stones on stones", "the river runs",
+    ]
+
+    /// `cairn adapters --json` (with extra arguments) as entries.
+    func adapters(_ c: ClusterHarness, _ extra: String...) throws -> [RegistryEntry] {
+        let r = try c.client(["adapters", "--json"] + extra)
+        #expect(r.status == 0, "\(r.stderr)")
+        let list = (try? JSONValue.parse(r.stdout))?.objectValue?["adapters"]?.arrayValue ?? []
+        return try list.map { try RegistryEntry(json: $0) }
+    }
+
+    @Test func publishFindFetchAndTrainFurtherAcrossACoordinatorKill() throws {
+        let c = ClusterHarness("registry")
+        try c.startCluster(workers: ["w1"])
+        let held = try c.writeHeldOut(lines: ["the mat sat on the cat", "three two one"])
+        let id = try c.submit(try c.writeJob(steps: 3, extra: "validation_data: \(held)"))
+        let first = c.waitForJob(id)
+        #expect(first?["state"] == "done", "\(c.logs)")
+
+        // A finished job's adapter by its id (the coordinator's own key publishes), then the same adapter pulled
+        // and published as files: one content hash.
+        let published = try c.cairn("publish", id, "--name", "tiny/first", "--description", "three steps")
+        #expect(published.status == 0 && published.stdout == "tiny/first@1\n", "\(published.stderr)\n\(c.logs)")
+        let pulled = c.dir.appendingPathComponent("pulled").path
+        #expect(try c.cairn("pull", id, "-o", pulled).status == 0)
+        #expect(try c.cairn("publish", pulled, "--name", "copy").stdout == "copy@1\n")
+        let listed = try adapters(c)
+        #expect(listed.map(\.reference) == ["copy@1", "tiny/first@1"])
+        let entry = try #require(listed.last)
+        #expect(listed.first?.sha256 == entry.sha256)
+        #expect(entry.steps == 3 && entry.baseName == "a.gguf" && entry.job == id && entry.description == "three steps")
+        // The job's held-out evaluation is the adapter's score.
+        let evalLoss = ClusterHarness.evals(first).last?.loss
+        #expect(entry.scores.count == 1 && entry.scores.first?.dataName == "held.jsonl")
+        #expect(evalLoss != nil && abs((entry.scores.first?.loss ?? 0) - evalLoss!) < 1e-9)
+        // Listing by base: the model on the coordinator, or a prefix of its hash.
+        #expect(try adapters(c, "--base", tinyModel).count == 2)
+        #expect(try adapters(c, "--base", String(entry.baseHash.prefix(8))).count == 2)
+        #expect(try adapters(c, "--base", "00000000").isEmpty)
+
+        // Fetched byte for byte; a misspelt name gets a suggestion.
+        let fetched = c.dir.appendingPathComponent("fetched").path
+        let fetch = try c.cairn("fetch", "tiny/first", "-o", fetched)
+        #expect(fetch.status == 0, "\(fetch.stderr)")
+        for name in Publish.peftFiles {
+            #expect(
+                FileManager.default.contents(atPath: "\(fetched)/\(name)")
+                    == FileManager.default.contents(atPath: "\(pulled)/\(name)"), "\(name)")
+        }
+        let misspelt = try c.cairn("fetch", "tiny/frist", "-o", fetched + "2")
+        #expect(misspelt.status != 0 && misspelt.stderr.contains("did you mean tiny/first"), "\(misspelt.stderr)")
+
+        // A client key lists and fetches but may not publish; a publisher key may.
+        func enrol(_ role: String, _ name: String) throws -> String {
+            let token = try runCommand(cairnExecutable, ["coordinator", "token", "--state", c.state, "--role", role])
+            let path = c.dir.appendingPathComponent("\(name).json").path
+            let join = try runCommand(
+                cairnExecutable,
+                [
+                    "client", "join", c.endpoint, "--token",
+                    token.stdout.trimmingCharacters(in: .whitespacesAndNewlines),
+                    "--credentials", path,
+                ])
+            #expect(join.status == 0, "\(join.stderr)")
+            return path
+        }
+        let laptop = try enrol("client", "laptop")
+        let refused = try runCommand(
+            cairnExecutable, ["publish", pulled, "--name", "mine", "--credentials", laptop])
+        #expect(refused.status != 0 && refused.stderr.contains("not allowed"), "\(refused.stderr)")
+        let asClient = try runCommand(cairnExecutable, ["adapters", "--credentials", laptop])
+        #expect(asClient.status == 0 && asClient.stdout.contains("tiny/first@1"), "\(asClient.stderr)")
+        let author = try enrol("publisher", "author")
+        let byAuthor = try runCommand(
+            cairnExecutable, ["publish", pulled, "--name", "authored", "--credentials", author])
+        #expect(byAuthor.status == 0, "\(byAuthor.stderr)")
+
+        // A job that starts from a published adapter: it trains it further and names it as its parent.
+        let next = try c.writeJob(
+            data: "data2", job: "next", lines: Self.lines, steps: 2, batch: 4, seqLen: 24, learningRate: 0.01,
+            extra: "init_adapter: tiny/first")
+        let id2 = try c.submit(next)
+        let second = c.waitForJob(id2)
+        #expect(second?["state"] == "done", "\(c.logs)")
+        let firstLosses = ClusterHarness.losses(first).map(\.loss)
+        let secondLosses = ClusterHarness.losses(second).map(\.loss)
+        #expect(
+            secondLosses.first != nil && firstLosses.first != nil && secondLosses.first! < firstLosses.first!,
+            "trained further: \(secondLosses) starts below \(firstLosses)")
+        #expect(try c.cairn("publish", id2, "--name", "tiny/second").status == 0)
+        let grown = try #require(try adapters(c, "--name", "tiny/second").first)
+        #expect(grown.parents == ["tiny/first@1"], "\(grown.json)")
+        // `cairn train --init-adapter NAME` on this machine: fetched once into the adapter cache, trained further,
+        // its lineage naming the published parent by content hash.
+        let home = c.dir.appendingPathComponent("home").path
+        let run = c.dir.appendingPathComponent("local-run").path
+        let local = try runCommand(
+            cairnExecutable,
+            [
+                "train", "--config", next, "--init-adapter", "tiny/first", "--state", c.state, "--output", run,
+                "--steps", "1",
+            ], environment: ["CAIRN_HOME": home])
+        #expect(local.status == 0, "\(local.stderr)")
+        #expect(FileManager.default.fileExists(atPath: "\(home)/adapters/tiny/first@1/adapter_model.safetensors"))
+        let lineage = try runCommand(cairnExecutable, ["lineage", run, "--model", tinyModel, "--json"])
+        let parent = (try? JSONValue.parse(lineage.stdout))?.objectValue?["lineage"]?.objectValue?["parents"]?
+            .arrayValue?.first?.objectValue
+        #expect(parent?["sha256"]?.stringValue == entry.sha256, "\(lineage.stdout) \(lineage.stderr)")
+        #expect(parent?["name"]?.stringValue == "first@1")
+
+        // An adapter of another base, or a name that is not there, is refused at submit.
+        let missing = try c.writeJob(
+            data: "data3", job: "missing", lines: Self.lines, steps: 1, batch: 4, seqLen: 24, learningRate: 0.01,
+            extra: "init_adapter: tiny/none")
+        let refusedJob = try c.cairn("submit", missing)
+        #expect(
+            refusedJob.status != 0 && refusedJob.stderr.contains("no adapter named tiny/none"), "\(refusedJob.stderr)")
+
+        // Everything survives a SIGKILL of the coordinator.
+        c.killCoordinator()
+        try c.startCoordinator()
+        #expect(try adapters(c).map(\.reference).sorted() == ["authored@1", "copy@1", "tiny/first@1", "tiny/second@1"])
+        let again = c.dir.appendingPathComponent("again").path
+        #expect(try c.cairn("fetch", "tiny/first@1", "-o", again).status == 0)
+        #expect(
+            FileManager.default.contents(atPath: "\(again)/adapter_model.safetensors")
+                == FileManager.default.contents(atPath: "\(pulled)/adapter_model.safetensors"))
+    }
+}
