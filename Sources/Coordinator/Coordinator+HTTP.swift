@@ -13,6 +13,7 @@
 import Dashboard
 import Foundation
 import HTTP
+import Wire
 import Logging
 import ModelFormats
 
@@ -153,6 +154,14 @@ extension Coordinator {
         case "/api/status": return .json(statusBody().json.serialized())
         case "/api/workers": return .json(JSONValue.array(workerStatuses().map { $0.json }).serialized())
         case "/metrics": return .body(Array(metricsText().utf8), type: MetricsText.contentType)
+        case "/api/adapters":
+            let request = AdapterListRequest(base: request.query["base"], name: request.query["name"])
+            do {
+                let (entries, omitted) = try registry.list(request, lineage: true, bytes: 8 << 20)
+                var o: JSONObject = ["adapters": .array(entries.map(\.json))]
+                if omitted > 0 { o["omitted"] = .integer(Int64(omitted)) }
+                return .json(JSONValue.object(o).serialized())
+            } catch { return .error(500, error.message) }
         default: break
         }
         if path.hasPrefix("/api/jobs/") {
@@ -167,7 +176,9 @@ extension Coordinator {
             }
             return .json(detail.json.serialized())
         }
-        return .error(404, "nothing at \(request.path); try /, /api/status, /api/workers, /api/jobs/ID or /metrics")
+        return .error(
+            404, "nothing at \(request.path); try /, /api/status, /api/workers, /api/jobs/ID, /api/adapters or /metrics"
+        )
     }
 
     /// The Prometheus exposition: durable facts from the store, this process's counters, the workers now.

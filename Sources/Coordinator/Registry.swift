@@ -38,7 +38,7 @@ public struct Registry: Sendable {
     }
 
     /// Most entries listed in one reply's metadata (the rest are counted as omitted).
-    static let listBytes = 192 << 10
+    public static let listBytes = 192 << 10
 
     // MARK: Publish
 
@@ -214,7 +214,14 @@ public struct Registry: Sendable {
 
     /// Entries (newest first) of a base (a model on the coordinator, a prefix of its SHA-256 of at least 8 hex
     /// digits, or its name as entries show it) or of a name, within the reply's size; and how many were left out.
-    public func list(_ request: AdapterListRequest) throws(RegistryError) -> (entries: [RegistryEntry], omitted: Int) {
+    ///
+    /// - Parameters:
+    ///   - lineage: keep each entry's lineage tree (the HTTP API); the wire's list leaves it out (its metadata is
+    ///     bounded), and `resolve` carries it.
+    ///   - bytes: the most bytes of entries' JSON to return.
+    public func list(_ request: AdapterListRequest, lineage: Bool = false, bytes budget: Int = listBytes)
+        throws(RegistryError) -> (entries: [RegistryEntry], omitted: Int)
+    {
         var all: [RegistryEntry]
         do { all = try store.registryEntries(name: request.name) } catch { throw RegistryError("internal", "\(error)") }
         if let base = request.base {
@@ -230,9 +237,9 @@ public struct Registry: Sendable {
         var out: [RegistryEntry] = []
         var bytes = 0
         for var e in all.reversed() {
-            e.lineage = nil
+            if !lineage { e.lineage = nil }
             let size = e.json.serialized().utf8.count
-            guard bytes + size <= Self.listBytes else { break }
+            guard bytes + size <= budget else { break }
             bytes += size
             out.append(e)
         }

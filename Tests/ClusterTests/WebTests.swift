@@ -98,6 +98,37 @@ struct WebTests {
         #expect(bytes.count > 10_000 && bytes.starts(with: [0x89, 0x50, 0x4E, 0x47]), "a PNG at \(png.path)")
     }
 
+    /// The registry on the dashboard: a row per published adapter, and the lineage tree of an adapter trained from
+    /// another, naming its parent.
+    @Test func theDashboardListsTheRegistryAndItsLineageTrees() throws {
+        let browser = try #require(Browser.find(), "chromium is installed (Scripts/setup --test)")
+        let c = ClusterHarness("web-registry")
+        try c.startCluster(workers: ["w1"])
+        let id = try c.submit(try c.writeJob(steps: 2))
+        #expect(c.waitForJob(id)?["state"] == "done", "\(c.logs)")
+        #expect(try c.cairn("publish", id, "--name", "first").status == 0)
+        let next = try c.writeJob(
+            data: "more", job: "next", lines: ["stones on stones", "the river runs", "hello world", "red green blue"],
+            steps: 2, batch: 4, seqLen: 24, learningRate: 0.01, extra: "init_adapter: first")
+        let id2 = try c.submit(next)
+        #expect(c.waitForJob(id2)?["state"] == "done", "\(c.logs)")
+        #expect(try c.cairn("publish", id2, "--name", "second").status == 0)
+        let port = try #require(c.dashboardPort())
+        let api = try httpGet(port: port, "/api/adapters")
+        let body = String(decoding: api.body, as: UTF8.self)
+        #expect(api.status == 200 && body.contains("\"first\"") && body.contains("\"lineage\""), "\(body)")
+        let dom = try browser.dom("http://127.0.0.1:\(port)/")
+        #expect(!HTMLTag.all("tr", in: dom, matching: ["data-adapter": "first@1"]).isEmpty, "first@1 is listed")
+        #expect(!HTMLTag.all("tr", in: dom, matching: ["data-adapter": "second@1"]).isEmpty, "second@1 is listed")
+        // second's tree: itself, then its parent first@1 beneath it.
+        let tree = try #require(dom.range(of: "data-lineage=\"second@1\""), "second@1 has a lineage tree")
+        let rest = dom[tree.upperBound...]
+        let end = rest.range(of: "</ul></details>")?.lowerBound ?? rest.endIndex
+        let shown = rest[..<end]
+        #expect(shown.contains("second@1") && shown.contains("first@1"), "\(shown.prefix(2000))")
+        #expect(HTMLTag.all("ul", in: dom, matching: ["data-lineage": "first@1"]).isEmpty, "first@1 has no parents")
+    }
+
     /// /metrics, parsed by the Prometheus client library's own parser, has the series the dashboard promises:
     /// steps, tokens, loss, the step-time histogram, bytes per mode, workers alive, blob transfer progress.
     @Test func metricsParseWithPrometheusOwnParserAndHaveTheSeries() throws {
