@@ -186,20 +186,63 @@ public final class OuterOptimizer: @unchecked Sendable {
         return true
     }
 
-    /// Updates the global adapter in place from the workers' adapters (flat buffers of the same layout).
-    public func step(global: LoRAAdapter, workers: [(parameters: [Float], weight: Double)]) {
-        let total = workers.reduce(0) { $0 + $1.weight }
-        guard total > 0 else { return }
+    /// Updates the global adapter in place from the workers' adapters (flat buffers of the same layout), combined
+    /// by `aggregation`; returns what each worker's update measured and how far it was scaled down.
+    @discardableResult
+    public func step(
+        global: LoRAAdapter, workers: [(parameters: [Float], weight: Double)],
+        aggregation: Aggregation = Aggregation()
+    ) -> [Aggregation.Participant] {
         let g = UnsafeMutableBufferPointer(start: global.parameters.pointer, count: global.parameters.count)
+        let participants = aggregation.participants(global: global, workers: workers)
+        let robust = aggregation.rule != .mean && workers.filter({ $0.weight > 0 }).count >= 3
+        let total = workers.reduce(0) { $0 + $1.weight }
+        guard total > 0 else { return participants }
+        let weights = zip(workers, participants).map { $0.weight / total * $1.scale }
         for (index, m) in global.modules.enumerated() {
             let current = LowRankDelta(module: m, parameters: UnsafeBufferPointer(g))
-            var gradient = current
-            for w in workers where w.weight > 0 {
-                w.parameters.withUnsafeBufferPointer { p in
-                    gradient.add(LowRankDelta(module: m, parameters: p), weight: -Float(w.weight / total))
+            var gradient: LowRankDelta
+            if robust {
+                // G = ΔW_global − robust(ΔWᵢ), entry by entry: a full-rank matrix, so the step is taken on the
+                // dense matrices and only its result brought back to the module's rank (with η = 1, μ = 0 the best
+                // rank-r approximation of the robust combination). Momentum keeps a truncated G.
+                let target = aggregation.combine(
+                    module: m, global: current, workers: workers, participants: participants)
+                let before = current.dense()
+                var update = zip(before, target).map { $0 - $1 }
+                if momentum > 0 {
+                    let g = AdapterMerge.truncate(
+                        dense: update, rows: m.outFeatures, columns: m.inFeatures,
+                        rank: min(m.rank * momentumRankFactor, m.outFeatures, m.inFeatures)
+                    ).0
+                    var mom = momentumState[index] ?? LowRankDelta(rows: m.outFeatures, columns: m.inFeatures)
+                    var next = LowRankDelta(rows: m.outFeatures, columns: m.inFeatures)
+                    next.add(mom, weight: momentum)
+                    next.add(g, weight: 1)
+                    mom = next.truncated(rank: m.rank * momentumRankFactor)
+                    momentumState[index] = mom
+                    for (i, x) in mom.dense().enumerated() { update[i] += momentum * x }
                 }
+                let next = zip(before, update).map { $0 - learningRate * $1 }
+                refactor(
+                    AdapterMerge.truncate(dense: next, rows: m.outFeatures, columns: m.inFeatures, rank: m.rank).0,
+                    into: m, parameters: g)
+                continue
+            } else {
+                // G = Σ wᵢ·sᵢ·(ΔW_global − ΔWᵢ) with Σ wᵢ = 1: the token-weighted mean of the (clipped) updates.
+                if participants.allSatisfy({ $0.scale == 1 }) {
+                    gradient = current
+                } else {
+                    gradient = LowRankDelta(rows: m.outFeatures, columns: m.inFeatures)
+                    gradient.add(current, weight: Float(weights.reduce(0, +)))
+                }
+                for (w, weight) in zip(workers, weights) where weight > 0 {
+                    w.parameters.withUnsafeBufferPointer { p in
+                        gradient.add(LowRankDelta(module: m, parameters: p), weight: -Float(weight))
+                    }
+                }
+                gradient = gradient.truncated(rank: m.rank * (workers.count + 1))
             }
-            gradient = gradient.truncated(rank: m.rank * (workers.count + 1))
             var update = gradient
             if momentum > 0 {
                 var mom = momentumState[index] ?? LowRankDelta(rows: m.outFeatures, columns: m.inFeatures)
@@ -214,6 +257,7 @@ public final class OuterOptimizer: @unchecked Sendable {
             next.add(update, weight: -learningRate)
             refactor(next, into: m, parameters: g)
         }
+        return participants
     }
 }
 

@@ -473,6 +473,18 @@ struct Status: ParsableCommand {
             if let v = j.etaSeconds { facts.append("eta \(formatDuration(v))") }
             out += facts.joined(separator: "  ") + "\n"
             if let e = j.error { out += "  error: \(e)\n" }
+            // Rounds in which a participant's update was left out or clipped.
+            for step in j.steps ?? [] {
+                for (id, w) in step.workers.sorted(by: { $0.key < $1.key }) {
+                    let name = j.workerNames?[id] ?? id
+                    if let why = w.leftOut { out += "  round \(step.step): \(name) left out: \(why)\n" }
+                    if let by = w.clipScale {
+                        out += "  round \(step.step): \(name)'s update clipped by \(String(format: "%.3f", by))"
+                        out += w.updateNorm.map { String(format: " (norm %.4g)", $0) } ?? ""
+                        out += "\n"
+                    }
+                }
+            }
         }
         out += Workers.render(body.workers)
         return out

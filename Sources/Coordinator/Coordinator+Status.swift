@@ -93,7 +93,11 @@ extension Coordinator {
         StepStatus(
             step: s.step, loss: s.loss, tokens: s.tokens, seconds: s.seconds, bytes: s.bytes,
             computeSeconds: s.computeSeconds, shares: s.workers.mapValues(\.rows),
-            workers: s.workers.mapValues { StepStatus.Work(tokens: $0.tokens, seconds: $0.seconds) })
+            workers: s.workers.mapValues {
+                StepStatus.Work(
+                    tokens: $0.tokens, seconds: $0.seconds, updateNorm: $0.updateNorm, clipScale: $0.clipScale,
+                    leftOut: $0.leftOut)
+            })
     }
 
     /// The job file's settings, as submitted (paths as the client named them).

@@ -39,7 +39,9 @@ final class RoundJob: RunningJob {
     var isFinished: Bool { round >= rounds }
     var evaluation: Evaluation?
 
-    private var results: [(parameters: [Float], weight: Double)] = []
+    private var results: [(parameters: [Float], weight: Double, worker: String)] = []
+    /// How the round's results are combined (the job's aggregate, trim_fraction, clip_update_norm).
+    let aggregation: Aggregation
     private var lossSum = 0.0
     private var tokens = 0
     private var shares: [String: WorkerShare] = [:]
@@ -54,6 +56,9 @@ final class RoundJob: RunningJob {
         federated = c.mode == .federated
         compression = Compression(rawValue: c.compression.rawValue) ?? .int8
         innerSteps = c.innerSteps
+        aggregation = Aggregation(
+            rule: Aggregation.Rule(rawValue: c.aggregate.rawValue) ?? .mean, trimFraction: c.trimFraction,
+            clipNorm: c.clipUpdateNorm)
         rounds = prepared.units
         adapter = prepared.startingAdapter()
         outer = OuterOptimizer(
@@ -66,8 +71,14 @@ final class RoundJob: RunningJob {
             cursor = try restore(checkpoint, moments: nil)
             round = checkpoint.step
         }
+        if c.scoreUpdates {
+            scorer = try UpdateScorer(prepared: prepared, modelPath: blobs.path(record.modelBlob), layout: adapter)
+        }
         canonicalize()
     }
+
+    /// `score_updates`: the held-out loss of adapters, on the coordinator.
+    private var scorer: UpdateScorer?
 
     /// Local steps in the current round (the last round may be shorter).
     var stepsThisRound: Int { min(innerSteps, totalSteps - round * innerSteps) }
@@ -111,7 +122,7 @@ final class RoundJob: RunningJob {
     /// Takes an accepted result: the worker's adapter (global − Δ), weighed by its trained tokens.
     func add(delta: [Float], loss: Double, tokens n: Int, seconds: Double, rows: Int, worker: String) {
         let global = adapter.parameters.pointer
-        results.append(((0..<delta.count).map { global[$0] - delta[$0] }, Double(n)))
+        results.append(((0..<delta.count).map { global[$0] - delta[$0] }, Double(n), worker))
         lossSum += loss
         tokens += n
         shares[worker, default: WorkerShare(rows: 0)].add(rows: rows, tokens: n, seconds: seconds)
@@ -119,7 +130,23 @@ final class RoundJob: RunningJob {
 
     /// Applies the outer step; returns the round's record and the checkpoint to journal.
     func finishRound(now: Double) -> (StepRecord, Checkpoint) {
-        outer.step(global: adapter, workers: results)
+        if let scorer, !results.isEmpty {
+            // Each participant's adapter against the global one on the held-out rows; worse ones are left out.
+            let without = scorer.loss(adapter.parameters.array)
+            for i in results.indices {
+                let with = scorer.loss(results[i].parameters)
+                guard !(with <= without) else { continue }
+                results[i].weight = 0
+                shares[results[i].worker]?.leftOut =
+                    "held-out loss \(Self.decimal(with)) with its update, \(Self.decimal(without)) without"
+            }
+        }
+        let measured = outer.step(
+            global: adapter, workers: results.map { ($0.parameters, $0.weight) }, aggregation: aggregation)
+        for (result, m) in zip(results, measured) {
+            shares[result.worker]?.updateNorm = m.norm
+            if m.scale < 1 { shares[result.worker]?.clipScale = m.scale }
+        }
         canonicalize()
         round += 1
         let record = StepRecord(
@@ -132,6 +159,8 @@ final class RoundJob: RunningJob {
         results = []
         return (record, checkpoint)
     }
+
+    static func decimal(_ x: Double) -> String { String(format: "%.4f", x) }
 
     func provenance() -> AdapterProvenance {
         AdapterProvenance(

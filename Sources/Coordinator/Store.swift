@@ -55,6 +55,10 @@ public struct WorkerShare: Sendable, Equatable {
     public var tokens: Int
     /// Seconds it spent computing them (as it reports).
     public var seconds: Double
+    /// Round modes: its update's norm, the factor the round clipped it by, and why the round left it out.
+    public var updateNorm: Double?
+    public var clipScale: Double?
+    public var leftOut: String?
 
     public init(rows: Int, tokens: Int = 0, seconds: Double = 0) {
         self.rows = rows
@@ -369,13 +373,16 @@ public final class Store: @unchecked Sendable {
         let workers = JSONValue.object(
             JSONObject(
                 step.workers.sorted { $0.key < $1.key }.map { id, w in
-                    (
-                        id,
-                        [
+                    {
+                        var o: JSONObject = [
                             "rows": .integer(Int64(w.rows)), "tokens": .integer(Int64(w.tokens)),
                             "seconds": .number(w.seconds),
                         ]
-                    )
+                        o["update_norm"] = w.updateNorm.map(JSONValue.number)
+                        o["clipped_by"] = w.clipScale.map(JSONValue.number)
+                        o["left_out"] = w.leftOut.map(JSONValue.string)
+                        return (id, JSONValue.object(o))
+                    }()
                 }))
         try write { db in
             try db.execute(
@@ -442,9 +449,13 @@ public final class Store: @unchecked Sendable {
         var workers: [String: WorkerShare] = [:]
         for (id, v) in (try? JSONValue.parse(row["workers"] as String))?.objectValue?.members ?? [] {
             let o = v.objectValue
-            workers[id] = WorkerShare(
+            var share = WorkerShare(
                 rows: o?["rows"]?.intValue ?? 0, tokens: o?["tokens"]?.intValue ?? 0,
                 seconds: o?["seconds"]?.doubleValue ?? 0)
+            share.updateNorm = o?["update_norm"]?.doubleValue
+            share.clipScale = o?["clipped_by"]?.doubleValue
+            share.leftOut = o?["left_out"]?.stringValue
+            workers[id] = share
         }
         // Steps journaled before per-worker figures were kept have rows only.
         if workers.isEmpty {

@@ -73,6 +73,15 @@ public struct PreparedJob: Sendable {
                 "\(source): init_adapter: a cluster job starts from a published adapter; publish it first "
                     + "(cairn publish DIR --name NAME) and give its name (init_adapter: NAME or NAME@VERSION)")
         }
+        if config.mode == .sync, config.aggregate != .mean || config.clipUpdateNorm > 0 || config.scoreUpdates {
+            throw JobError(
+                "\(source): aggregate, clip_update_norm and score_updates combine the updates of diloco and "
+                    + "federated rounds; a sync job sums exact gradients (set mode: diloco or federated)")
+        }
+        if config.scoreUpdates, config.validationData == nil, config.validationSplit <= 0 {
+            throw JobError(
+                "\(source): score_updates: needs held-out data to score the updates on (validation_data)")
+        }
         if config.lora.dropout > 0 {
             throw JobError(
                 "\(source): dropout: cluster jobs train without LoRA dropout for now (masks would depend on how rows are split)"

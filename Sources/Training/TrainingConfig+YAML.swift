@@ -52,6 +52,10 @@ extension TrainingConfig {
         ("outer_learning_rate", "diloco/federated: outer Nesterov learning rate (default 1: average the updates)"),
         ("outer_momentum", "diloco/federated: outer Nesterov momentum (default 0; DiLoCo pretraining uses 0.9)"),
         ("compression", "diloco/federated: int8 (default), bf16 or none for what workers send"),
+        ("aggregate", "diloco/federated: mean (default), median or trimmed_mean of the participants' updates"),
+        ("trim_fraction", "trimmed_mean: fraction of participants dropped at each end of each entry (default 0.2)"),
+        ("clip_update_norm", "diloco/federated: clip each participant's update norm to this (default 0: off)"),
+        ("score_updates", "diloco/federated: leave out updates that worsen the held-out loss (default false)"),
     ]
 
     /// Reads a YAML job file over the current values.
@@ -192,6 +196,10 @@ extension TrainingConfig {
             case "outer_learning_rate": outerLearningRate = try double()
             case "outer_momentum": outerMomentum = try double()
             case "compression": compression = try choice(RoundCompression.self)
+            case "aggregate": aggregate = try choice(RoundAggregation.self)
+            case "trim_fraction": trimFraction = try double()
+            case "clip_update_norm": clipUpdateNorm = try double()
+            case "score_updates": scoreUpdates = try bool()
             default: throw fail("unknown key")
             }
         }
@@ -268,6 +276,11 @@ extension TrainingConfig {
                 "inner_steps: \(innerSteps)", "outer_learning_rate: \(outerLearningRate)",
                 "outer_momentum: \(outerMomentum)", "compression: \(compression.rawValue)",
             ]
+            // Only when set: the coordinator applies them, and workers of earlier releases need not know them.
+            if aggregate != .mean { lines.append("aggregate: \(aggregate.rawValue)") }
+            if aggregate == .trimmedMean { lines.append("trim_fraction: \(trimFraction)") }
+            if clipUpdateNorm > 0 { lines.append("clip_update_norm: \(clipUpdateNorm)") }
+            if scoreUpdates { lines.append("score_updates: true") }
         }
         return lines.joined(separator: "\n") + "\n"
     }

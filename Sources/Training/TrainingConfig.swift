@@ -58,6 +58,12 @@ public enum RoundCompression: String, Sendable, Codable, CaseIterable {
     case none, bf16, int8
 }
 
+/// diloco/federated: how a round combines its participants' updates (`Adapters.Aggregation`).
+public enum RoundAggregation: String, Sendable, Codable, CaseIterable {
+    case mean, median
+    case trimmedMean = "trimmed_mean"
+}
+
 /// A LoRA training job.
 public struct TrainingConfig: Sendable, Equatable {
     /// `--model`: a GGUF file, HF directory or cached model name.
@@ -123,6 +129,16 @@ public struct TrainingConfig: Sendable, Equatable {
     public var outerMomentum = 0.0
     /// diloco/federated: pseudo-gradients up (with error feedback); the adapter down is bf16 unless `none`.
     public var compression = RoundCompression.int8
+    /// diloco/federated: the token-weighted mean of the updates, or (robust to a few bad participants) the
+    /// coordinate-wise median or trimmed mean of their ΔW.
+    public var aggregate = RoundAggregation.mean
+    /// trimmed_mean: the fraction of participants dropped at each end of each entry (at least one).
+    public var trimFraction = 0.2
+    /// diloco/federated: each participant's update norm (ΔW space, all modules) is clipped to this; 0: no clipping.
+    public var clipUpdateNorm = 0.0
+    /// diloco/federated: score each participant's update on the held-out data (on the coordinator) and leave out
+    /// those that make the held-out loss worse.
+    public var scoreUpdates = false
 
     /// Activations above this trigger recomputation in `auto` mode.
     public static let activationBudgetBytes = 1 << 30
@@ -207,6 +223,10 @@ public struct TrainingConfig: Sendable, Equatable {
         if innerSteps < 1 || innerSteps > 100_000 { p.append("inner_steps: must be between 1 and 100000") }
         if !(outerLearningRate > 0 && outerLearningRate <= 10) { p.append("outer_learning_rate: must be in (0, 10]") }
         if !(outerMomentum >= 0 && outerMomentum < 1) { p.append("outer_momentum: must be in [0, 1)") }
+        if !(trimFraction > 0 && trimFraction < 0.5) { p.append("trim_fraction: must be in (0, 0.5)") }
+        if !(clipUpdateNorm >= 0 && clipUpdateNorm.isFinite) {
+            p.append("clip_update_norm: must be 0 (off) or positive")
+        }
         return p
     }
 }

@@ -121,9 +121,34 @@ public struct StepStatus: Sendable, Equatable {
     public struct Work: Sendable, Equatable {
         public var tokens: Int
         public var seconds: Double
-        public init(tokens: Int, seconds: Double) {
+        /// Round modes: the norm of its update (ΔW space), the factor it was clipped by (when it was), and why
+        /// the round left it out (when it did).
+        public var updateNorm: Double?
+        public var clipScale: Double?
+        public var leftOut: String?
+        public init(
+            tokens: Int, seconds: Double, updateNorm: Double? = nil, clipScale: Double? = nil, leftOut: String? = nil
+        ) {
             self.tokens = tokens
             self.seconds = seconds
+            self.updateNorm = updateNorm
+            self.clipScale = clipScale
+            self.leftOut = leftOut
+        }
+
+        var json: JSONValue {
+            var o: JSONObject = ["tokens": .integer(Int64(tokens)), "seconds": .number(seconds)]
+            o["update_norm"] = updateNorm.map(JSONValue.number)
+            o["clipped_by"] = clipScale.map(JSONValue.number)
+            o["left_out"] = leftOut.map(JSONValue.string)
+            return .object(o)
+        }
+
+        init(json w: JSONObject) {
+            self.init(
+                tokens: w.optionalInt("tokens") ?? 0, seconds: w.optionalDouble("seconds") ?? 0,
+                updateNorm: w.optionalDouble("update_norm"), clipScale: w.optionalDouble("clipped_by"),
+                leftOut: w.optionalString("left_out"))
         }
     }
 
@@ -162,11 +187,7 @@ public struct StepStatus: Sendable, Equatable {
         o["bytes"] = bytes.map { .integer(Int64($0)) }
         o["compute_seconds"] = computeSeconds.map(JSONValue.number)
         o["shares"] = shares.map { s in .object(JSONObject(s.keys.sorted().map { ($0, .integer(Int64(s[$0]!))) })) }
-        o["workers"] = .object(
-            JSONObject(
-                workers.keys.sorted().map { id in
-                    (id, ["tokens": .integer(Int64(workers[id]!.tokens)), "seconds": .number(workers[id]!.seconds)])
-                }))
+        o["workers"] = .object(JSONObject(workers.keys.sorted().map { id in (id, workers[id]!.json) }))
         return .object(o)
     }
 
@@ -181,7 +202,7 @@ public struct StepStatus: Sendable, Equatable {
             })
         for (id, w) in o["workers"]?.objectValue?.members ?? [] {
             guard let w = w.objectValue else { continue }
-            workers[id] = Work(tokens: w.optionalInt("tokens") ?? 0, seconds: w.optionalDouble("seconds") ?? 0)
+            workers[id] = Work(json: w)
         }
     }
 }

@@ -100,6 +100,79 @@ import Testing
             }
         }
     }
+
+    /// η = 1, μ = 0 with the coordinate-wise median (and the trimmed mean) of five participants, one of them sending
+    /// its update sign-flipped and scaled: the new global ΔW is the best rank-r approximation of the dense
+    /// entry-by-entry median (trimmed mean) of their ΔW, computed here naively.
+    @Test func medianAndTrimmedMeanAreTakenEntryByEntryInDeltaSpace() {
+        for rule in [Aggregation.Rule.median, .trimmedMean] {
+            let global = trained(seed: 20)
+            let honest = (21...24).map { trained(seed: UInt64($0)) }
+            let poisoned = trained(seed: 25)
+            for i in 0..<poisoned.parameters.count {
+                // The update global − poisoned, flipped and scaled ×10: B of the poisoned adapter far out.
+                poisoned.parameters.pointer[i] =
+                    global.parameters.pointer[i] + 10 * (global.parameters.pointer[i] - poisoned.parameters.pointer[i])
+            }
+            let all = honest + [poisoned]
+            let outer = OuterOptimizer(modules: global.modules.count, learningRate: 1, momentum: 0)
+            let aggregation = Aggregation(rule: rule, trimFraction: 0.2)
+            #expect(aggregation.trimmed(of: 5) == 1)
+            outer.step(global: global, workers: all.map { ($0.parameters.array, 7) }, aggregation: aggregation)
+            for m in global.modules {
+                let ds = all.map { delta($0, m) }
+                var robust = [Float](repeating: 0, count: ds[0].count)
+                for e in 0..<robust.count {
+                    let v = ds.map { $0[e] }.sorted()
+                    robust[e] = rule == .median ? v[2] : (v[1] + v[2] + v[3]) / 3
+                }
+                expectClose(delta(global, m), bestRank(robust, m), tolerance: 1e-3, "\(rule) \(m.target)")
+                // The poisoned participant did not pull the result: closer to the honest mean than to it.
+                let honestMean = (0..<robust.count).map { e in ds[0..<4].map { $0[e] }.reduce(0, +) / 4 }
+                let moved = zip(delta(global, m), honestMean).map { abs($0 - $1) }.max() ?? 0
+                let plain =
+                    zip(
+                        ds.reduce([Float](repeating: 0, count: robust.count)) { zip($0, $1).map { $0 + $1 / 5 } },
+                        honestMean
+                    ).map { abs($0 - $1) }.max() ?? 0
+                #expect(moved < plain / 3, "\(rule): \(moved) vs the plain mean's \(plain)")
+            }
+        }
+    }
+
+    /// Clipping: each participant's update norm over all modules (from the factors) is reported, and one above the
+    /// limit is scaled to it; with the mean, the result is the mean of the clipped updates.
+    @Test func clippingScalesLargeUpdatesToTheLimit() {
+        let global = trained(seed: 30)
+        let small = trained(seed: 31)
+        let large = trained(seed: 32)
+        for i in 0..<large.parameters.count {
+            large.parameters.pointer[i] =
+                global.parameters.pointer[i] + 5 * (large.parameters.pointer[i] - global.parameters.pointer[i])
+        }
+        func norm(_ a: LoRAAdapter) -> Double {
+            global.modules.reduce(0.0) { sum, m in
+                sum + zip(delta(a, m), delta(global, m)).reduce(0.0) { $0 + Double($1.0 - $1.1) * Double($1.0 - $1.1) }
+            }.squareRoot()
+        }
+        let (smallNorm, largeNorm) = (norm(small), norm(large))
+        let limit = smallNorm * 1.5
+        let before = global.modules.map { delta(global, $0) }
+        let outer = OuterOptimizer(modules: global.modules.count, learningRate: 1, momentum: 0)
+        let report = outer.step(
+            global: global, workers: [(small.parameters.array, 1), (large.parameters.array, 1)],
+            aggregation: Aggregation(rule: .mean, clipNorm: limit))
+        #expect(abs(report[0].norm - smallNorm) < 1e-4 * smallNorm && report[0].scale == 1)
+        #expect(abs(report[1].norm - largeNorm) < 1e-4 * largeNorm)
+        #expect(abs(report[1].scale - limit / largeNorm) < 1e-4 * report[1].scale)
+        for (i, m) in global.modules.enumerated() {
+            let s = Float(report[1].scale)
+            let expected = zip(zip(delta(small, m), delta(large, m)), before[i]).map { pair, g in
+                0.5 * pair.0 + 0.5 * (g + s * (pair.1 - g))
+            }
+            expectClose(delta(global, m), bestRank(expected, m), tolerance: 1e-4)
+        }
+    }
 }
 
 @Suite struct OuterStateTests {

@@ -407,6 +407,39 @@ func sendRawBytes(to endpoint: String, _ bytes: [UInt8]) {
         #expect(try c.cairn("pull", id, "--format", "gguf", "-o", out).status == 0)
     }
 
+    /// A robust diloco job (median, every update clipped, updates scored on held-out data): `cairn status JOB`
+    /// names each round's clipped (and any left-out) participant, and the report carries the same facts.
+    @Test func clippedAndLeftOutParticipantsAreShownByStatusAndTheReport() throws {
+        let c = ClusterHarness("robust")
+        try c.startCluster(workers: ["w1", "w2"])
+        let held = try c.writeHeldOut(lines: ["the mat sat on the cat", "three two one"])
+        let job = try c.writeJob(
+            steps: 8, batch: 2,
+            extra: "mode: diloco\ninner_steps: 4\nvalidation_data: \(held)\naggregate: median\n"
+                + "clip_update_norm: 0.000001\nscore_updates: true")
+        let id = try c.submit(job)
+        let final = c.waitForJob(id)
+        #expect(final?["state"] == "done", "\(c.logs)")
+        let status = try c.cairn("status", id)
+        #expect(status.status == 0, "\(status.stderr)")
+        let lines = status.stdout.split(separator: "\n").filter { $0.contains("update clipped by") }
+        let participants = (final?["steps"]?.arrayValue ?? []).map {
+            $0.objectValue?["workers"]?.objectValue?.members.count ?? 0
+        }
+        #expect(lines.count == participants.reduce(0, +) && !lines.isEmpty, "\(status.stdout)")
+        #expect(lines.allSatisfy { $0.contains("round 1: w") || $0.contains("round 2: w") }, "\(status.stdout)")
+        // A sync job refuses the round-only settings, saying why.
+        let sync = try c.writeJob(
+            data: "sync", job: "sync", lines: ["one two three"], steps: 1, batch: 1, seqLen: 8, learningRate: 0.01,
+            extra: "aggregate: median")
+        let refused = try c.cairn("submit", sync)
+        #expect(refused.status != 0 && refused.stderr.contains("diloco and federated"), "\(refused.stderr)")
+        let report = c.dir.appendingPathComponent("robust.html").path
+        #expect(try c.cairn("report", id, "-o", report).status == 0)
+        let html = (try? String(contentsOfFile: report, encoding: .utf8)) ?? ""
+        #expect(html.contains("\"clipped_by\"") && html.contains("participantNotes"))
+    }
+
     /// federated: each worker trains on its own file, which never reaches the coordinator.
     @Test func federatedWorkersKeepTheirDataAndBothContribute() throws {
         let c = ClusterHarness("federated")

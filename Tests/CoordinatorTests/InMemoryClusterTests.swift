@@ -66,8 +66,9 @@ final class MemoryCluster {
         }
     }
 
-    /// Starts a worker whose connections all go through one link of the network (reconnects reuse it).
-    func startWorker(_ name: String) throws {
+    /// Starts a worker whose connections all go through one link of the network (reconnects reuse it); `tamper`
+    /// rewrites what it sends (an adversary on the wire).
+    func startWorker(_ name: String, tamper: (@Sendable ([[UInt8]]) -> [[UInt8]])? = nil) throws {
         let network = self.network
         let box = LinkBox()
         var options = WorkerOptions(
@@ -78,7 +79,7 @@ final class MemoryCluster {
             // A connection made later (a reconnect) gets the worker's link settings so far: cut stays cut, lossy
             // stays lossy.
             network.update(id, box.add(id))
-            return endpoint
+            return tamper.map { TamperingDealer(endpoint, $0) } ?? endpoint
         }
         let sink = self.sink
         let agent = try WorkerAgent(options: options, logger: sink.logger(name))
@@ -166,9 +167,9 @@ final class MemoryCluster {
         try? FileManager.default.removeItem(at: dir)
     }
 
-    /// Submits the tiny job (with `heldOut` lines as its validation data, evaluated every `evalEvery` steps);
-    /// returns its id and the job file (for the one-machine reference).
-    func submit(steps: Int, heldOut: [String] = [], evalEvery: Int = 0) throws -> (String, String) {
+    /// Submits the tiny job (with `heldOut` lines as its validation data, evaluated every `evalEvery` steps, and
+    /// `extra` lines in its job file); returns its id and the job file (for the one-machine reference).
+    func submit(steps: Int, heldOut: [String] = [], evalEvery: Int = 0, extra: String = "") throws -> (String, String) {
         let lines = [
             "the cat sat on the mat", "a dog ran in the park", "bread and butter", "one two three", "hello world",
             "pebbles in a pile", "north south east west", "red green blue", "stones on stones", "the river runs",
@@ -185,7 +186,7 @@ final class MemoryCluster {
             learning_rate: 0.01
             seed: 3
             eval_every: \(evalEvery)
-            """ + (heldOut.isEmpty ? "" : "\nvalidation_data: held.jsonl")
+            """ + (heldOut.isEmpty ? "" : "\nvalidation_data: held.jsonl") + (extra.isEmpty ? "" : "\n" + extra)
         let jobFile = dir.appendingPathComponent("job.yaml").path
         try Data(spec.utf8).write(to: URL(fileURLWithPath: jobFile))
         var tensors = [Tensor(name: "data", dtype: .u8, shape: [data.count], bytes: data)]
@@ -200,6 +201,23 @@ final class MemoryCluster {
         #expect(reply?.type == .submitted, "\(String(describing: reply?.metadata))")
         return (reply?.string("job") ?? "", jobFile)
     }
+}
+
+/// A worker's connection whose outgoing messages pass through `tamper` first.
+final class TamperingDealer: DealerEndpoint {
+    let inner: any DealerEndpoint
+    let tamper: @Sendable ([[UInt8]]) -> [[UInt8]]
+    init(_ inner: any DealerEndpoint, _ tamper: @escaping @Sendable ([[UInt8]]) -> [[UInt8]]) {
+        self.inner = inner
+        self.tamper = tamper
+    }
+    func receive(timeoutMilliseconds: Int) throws(TransportError) -> Received? {
+        try inner.receive(timeoutMilliseconds: timeoutMilliseconds)
+    }
+    func receiveNow() throws(TransportError) -> Received? { try inner.receiveNow() }
+    func send(_ frames: [[UInt8]]) throws(TransportError) { try inner.send(tamper(frames)) }
+    func refused() -> Bool { inner.refused() }
+    func close() { inner.close() }
 }
 
 /// The one-machine loss curve of a job file (`cairn train`).
