@@ -85,36 +85,19 @@ struct Eval: ParsableCommand {
 
     func scoreDataset(_ path: String) throws {
         let lm = try modelOptions.load(adapters: adapterOptions.adapters)
-        let tokenizer: BPETokenizer
-        do { tokenizer = try lm.requireTokenizer() } catch { throw CLIError(error.description) }
-        let dataset: Dataset
-        do { dataset = try Dataset(path: path) } catch { throw CLIError(error.description) }
-        let builder = ExampleBuilder(
-            tokenizer: tokenizer, template: try? lm.chatTemplate(override: chatTemplate),
-            lossOn: LossOn(rawValue: lossOn)!)
-        var examples: [Example] = []
-        for (line, record) in dataset.records {
-            do { examples.append(try builder.example(record)) } catch {
-                throw CLIError("\(path):\(line): \(error)")
-            }
-        }
-        let length = min(window, lm.model.maxPositions, examples.map(\.tokens.count).max() ?? 2)
-        let plan = RowPlan(
-            examples: examples, length: max(2, length), mode: .pad, padId: tokenizer.eosId ?? 0, seed: nil)
-        guard plan.exampleCount > 0 else { throw CLIError("\(path): no example has a token to score") }
-        let empty = LoRAAdapter(model: lm.model.config, modules: [])
-        let workspace = TrainingWorkspace(
-            model: lm.model.config, adapter: empty, batch: 1, length: plan.length, recompute: false)
-        let progress = ProgressLine("scoring", total: plan.rowCount(epoch: 0))
-        var total = StepLoss()
-        for i in 0..<plan.rowCount(epoch: 0) {
-            total += lm.model.trainingStep(
-                batch: plan.row(at: i).row, adapter: empty, gradients: nil, workspace: workspace)
-            progress.update(i + 1, unit: "examples")
+        let scorer: HeldOutScorer
+        do {
+            scorer = try HeldOutScorer(
+                model: lm, path: path, lossOn: LossOn(rawValue: lossOn)!, chatTemplate: chatTemplate, maxLength: window)
+        } catch { throw CLIError(error.description) }
+        let progress = ProgressLine("scoring", total: scorer.rows)
+        let total = scorer.loss(LoRAAdapter(model: lm.model.config, modules: [])) {
+            progress.update($0, unit: "examples")
         }
         progress.finish()
-        if plan.truncatedCount > 0 {
-            Terminal.note("note: \(plan.truncatedCount) examples longer than \(plan.length) tokens were truncated")
+        if scorer.plan.truncatedCount > 0 {
+            Terminal.note(
+                "note: \(scorer.plan.truncatedCount) examples longer than \(scorer.plan.length) tokens were truncated")
         }
         report(total.mean, total.tokens)
     }

@@ -5,6 +5,7 @@ import ArgumentParser
 import Foundation
 import Llama
 import ModelFormats
+import Training
 
 /// One adapter in a lineage tree, named after its file or directory.
 func lineageNode(path: String, provenance: AdapterProvenance, hash: String?) -> JSONObject {
@@ -31,8 +32,15 @@ struct Merge: ParsableCommand {
             Inputs: PEFT directories, GGUF LoRA files, cairn run directories, in any mix. Adapters for another \
             base are refused (architecture and shapes always; recorded base hashes unless --force).
 
+            --search finds the weights (and, for ties, dare and magnitude-prune, the density) that minimise the \
+            loss on held-out data (--data, JSONL as for cairn train), without gradients (Nelder–Mead, from the \
+            uniform merge, --budget evaluations). Each candidate's loss is printed; the chosen point is merged and \
+            the search (data fingerprint, method, the losses of the uniform merge and of each input alone) is \
+            recorded in the lineage.
+
             Examples:
               cairn merge alice/ bob.gguf carol/ --method ties --density 0.5 --weights 1,1,0.5 --rank 16 -o merged/
+              cairn merge a/ b/ c/ d/ --method linear --search --data held-out.jsonl --budget 40 -o searched/
               cairn merge a/ b/ --method cat -o merged/
               cairn merge a/ b/ c/ --method dare-ties --density 0.3 --seed 7 --format gguf -o merged.gguf
             """)
@@ -70,6 +78,18 @@ struct Merge: ParsableCommand {
     @Option(name: .shortAndLong, help: "Where to write the merged adapter.")
     var output: String
 
+    @Flag(help: "Search the weights (and density) that minimise the loss on --data.")
+    var search = false
+
+    @Option(help: "With --search: held-out JSONL to minimise the loss on.")
+    var data: String?
+
+    @Option(help: "With --search: candidates evaluated at most (the uniform merge is the first).")
+    var budget = 30
+
+    @Option(help: "With --search: the largest weight tried (weights are searched in [0, this]).")
+    var maxWeight = 1.5
+
     @Flag(help: "Print the per-module report as JSON.")
     var json = false
 
@@ -80,6 +100,15 @@ struct Merge: ParsableCommand {
                 "--method must be one of \(MergeMethod.allCases.map(\.rawValue).joined(separator: ", "))")
         }
         guard AdapterFormat(rawValue: format) != nil else { throw ValidationError("--format must be peft or gguf") }
+        if search {
+            guard data != nil else { throw ValidationError("--search needs held-out data: --data FILE.jsonl") }
+            guard weights == nil else { throw ValidationError("--search finds the weights; leave out --weights") }
+            guard budget >= 2, budget <= 10_000 else { throw ValidationError("--budget must be between 2 and 10000") }
+            guard maxWeight > 0, maxWeight <= 100 else { throw ValidationError("--max-weight must be in (0, 100]") }
+            guard adapters.count >= 2 else { throw ValidationError("--search needs at least two adapters") }
+        } else if data != nil {
+            throw ValidationError("--data is the held-out data of --search; add --search")
+        }
     }
 
     func run() throws {
@@ -137,6 +166,19 @@ struct Merge: ParsableCommand {
             options.weights = options.weights.map { w in keep.map { w[$0] } }
             if flagged.isEmpty { Terminal.note("no outliers among the \(inputs.count) adapters") }
         }
+        var searched: JSONObject?
+        if search, let data {
+            let found = try runSearch(inputs, options: options, data: data, source: source)
+            options.weights = found.best.weights
+            if let d = found.best.density { options.density = d }
+            for i in parents.indices {
+                if case .object(var o) = parents[i] {
+                    o["weight"] = .number(found.best.weights[i])
+                    parents[i] = .object(o)
+                }
+            }
+            searched = found.record
+        }
         let merged: LoRAAdapter
         let report: MergeReport
         let progress = ProgressLine("merge", total: nil)
@@ -153,7 +195,8 @@ struct Merge: ParsableCommand {
         provenance.baseModelName = (source.path as NSString).lastPathComponent
         var lineage: JSONObject = ["method": .string(method), "parents": .array(parents)]
         if !dropped.isEmpty { lineage["dropped"] = .array(dropped) }
-        if options.method.isEntrywise { lineage["density"] = .number(density) }
+        if options.method.isEntrywise { lineage["density"] = .number(options.density) }
+        if let searched { lineage["search"] = .object(searched) }
         if options.method == .dareLinear || options.method == .dareTies { lineage["seed"] = .integer(Int64(seed)) }
         if let rank { lineage["rank"] = .integer(Int64(rank)) }
         provenance.lineage = .object(lineage)
@@ -164,14 +207,14 @@ struct Merge: ParsableCommand {
             }
         } catch { throw CLIError(error.description) }
         if json {
-            Terminal.printJSON(
-                .array(
-                    report.modules.map {
-                        [
-                            "layer": .integer(Int64($0.layer)), "target": .string($0.target.rawValue),
-                            "rank": .integer(Int64($0.rank)), "energy_kept": .number($0.energyKept),
-                        ]
-                    }))
+            let modules = JSONValue.array(
+                report.modules.map {
+                    [
+                        "layer": .integer(Int64($0.layer)), "target": .string($0.target.rawValue),
+                        "rank": .integer(Int64($0.rank)), "energy_kept": .number($0.energyKept),
+                    ]
+                })
+            Terminal.printJSON(searched.map { ["search": .object($0), "modules": modules] } ?? modules)
         }
         let energies = report.modules.map(\.energyKept)
         let mean = energies.reduce(0, +) / Double(max(1, energies.count))
@@ -180,6 +223,72 @@ struct Merge: ParsableCommand {
                 format:
                     "merged %d adapters (%@) into %d modules; spectral energy kept: mean %.2f%%, lowest %.2f%%; wrote %@",
                 adapters.count, method, report.modules.count, 100 * mean, 100 * report.minimumEnergyKept, output))
+    }
+}
+
+extension Merge {
+    /// What a search found: the best candidate, and its record for the lineage and --json.
+    struct Found {
+        var best: MergeCandidate
+        var record: JSONObject
+    }
+
+    /// Scores the inputs alone and the candidates of a Nelder–Mead search on the held-out data.
+    func runSearch(_ inputs: [MergeInput], options: MergeOptions, data: String, source: ModelSource) throws -> Found {
+        let lm: LanguageModel
+        let scorer: HeldOutScorer
+        do {
+            lm = try LanguageModel.load(source)
+            scorer = try HeldOutScorer(model: lm, path: data)
+        } catch { throw CLIError("\(error)") }
+        func loss(_ adapter: LoRAAdapter) -> Double { scorer.loss(adapter).mean }
+        Terminal.note(
+            "search: \(scorer.rows) held-out examples in \(data); \(options.method.rawValue), budget \(budget)")
+        var alone: [JSONValue] = []
+        for input in inputs {
+            let l = loss(input.adapter)
+            Terminal.note(String(format: "  alone      %@: loss %.4f", input.name, l))
+            alone.append(["name": .string(input.name), "loss": .number(l)])
+        }
+        let started = Date()
+        let search = MergeSearchOptions(
+            inputs: inputs.count, searchDensity: options.method.isEntrywise, density: options.density, budget: budget,
+            maxWeight: maxWeight)
+        var index = 0
+        let result = try MergeSearch.run(search) { weights, density in
+            var o = options
+            o.weights = weights
+            if let density { o.density = density }
+            let candidate: LoRAAdapter
+            do { candidate = try AdapterMerge.merge(inputs, options: o).0 } catch { throw CLIError("\(error)") }
+            let l = loss(candidate)
+            index += 1
+            let point = weights.map { String(format: "%.3f", $0) }.joined(separator: ",")
+            Terminal.note(
+                String(format: "  candidate %2d: weights %@", index, point)
+                    + (density.map { String(format: " density %.3f", $0) } ?? "") + String(format: " → loss %.4f", l))
+            return l
+        }
+        let best = result.best
+        Terminal.note(
+            String(
+                format:
+                    "search: best loss %.4f after %d candidates in %.1f s (uniform merge %.4f; best input alone %.4f)",
+                best.loss, result.candidates.count, Date().timeIntervalSince(started), result.uniform.loss,
+                alone.compactMap { $0.objectValue?["loss"]?.doubleValue }.min() ?? .nan))
+        func json(_ c: MergeCandidate) -> JSONValue {
+            var o: JSONObject = ["weights": .array(c.weights.map(JSONValue.number)), "loss": .number(c.loss)]
+            o["density"] = c.density.map(JSONValue.number)
+            return .object(o)
+        }
+        let record: JSONObject = [
+            "method": "nelder-mead", "data": .string((data as NSString).lastPathComponent),
+            "data_sha256": .string(scorer.dataHash), "examples": .integer(Int64(scorer.rows)),
+            "evaluations": .integer(Int64(result.candidates.count)), "loss": .number(best.loss),
+            "uniform_loss": .number(result.uniform.loss), "inputs_alone": .array(alone),
+            "candidates": .array(result.candidates.map(json)),
+        ]
+        return Found(best: best, record: record)
     }
 }
 

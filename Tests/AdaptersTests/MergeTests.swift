@@ -285,3 +285,30 @@ import Testing
         #expect(try LoRAAdapter.load(path: gguf, model: MergeTests.config).0.contentHash == first)
     }
 }
+
+@Suite struct MergeSearchTests {
+    /// Nelder–Mead finds the minimum of a smooth bowl inside the box, starts from the uniform point, never
+    /// evaluates a point twice, stays within its budget and the box, and is deterministic.
+    @Test func findsTheMinimumOfABowlWithinTheBudget() {
+        let target = [0.9, 0.2, 0.55]
+        func bowl(_ w: [Double], _ d: Double?) -> Double {
+            zip(w, target).reduce(0) { $0 + ($1.0 - $1.1) * ($1.0 - $1.1) } + (d.map { ($0 - 0.4) * ($0 - 0.4) } ?? 0)
+        }
+        let options = MergeSearchOptions(inputs: 3, searchDensity: true, density: 0.8, budget: 120)
+        let result = MergeSearch.run(options, evaluate: bowl)
+        #expect(result.uniform.weights.allSatisfy { abs($0 - 1.0 / 3) < 1e-8 } && result.uniform.density == 0.8)
+        #expect(result.candidates.count <= 120)
+        #expect(result.best.loss < 1e-4, "\(result.best)")
+        #expect(result.best.loss <= result.uniform.loss)
+        let points = result.candidates.map { $0.weights + [$0.density!] }
+        #expect(Set(points).count == points.count, "no point evaluated twice")
+        #expect(points.allSatisfy { p in p.prefix(3).allSatisfy { $0 >= 0 && $0 <= 1.5 } && p[3] >= 0.05 && p[3] <= 1 })
+        let again = MergeSearch.run(options, evaluate: bowl)
+        #expect(again.candidates == result.candidates)
+        // A minimum outside the box: the search ends on its edge.
+        let edge = MergeSearch.run(MergeSearchOptions(inputs: 2, budget: 60)) { w, _ in
+            (w[0] - 3) * (w[0] - 3) + (w[1] - 0.5) * (w[1] - 0.5)
+        }
+        #expect(abs(edge.best.weights[0] - 1.5) < 1e-3 && abs(edge.best.weights[1] - 0.5) < 1e-2, "\(edge.best)")
+    }
+}

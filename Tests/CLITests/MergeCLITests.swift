@@ -34,6 +34,53 @@ import Testing
         #expect(run.status == 0, "\(run.stderr)")
     }
 
+    /// `merge --search`: the uniform merge first, every candidate's loss printed, the chosen point no worse than
+    /// the uniform merge, the search recorded in the lineage, and the written adapter scoring (by `cairn eval`,
+    /// merged into the weights) what the search measured (applied as LoRA).
+    @Test func searchedMergesBeatOrMatchTheUniformOneAndRecordTheSearch() throws {
+        let dir = Fixtures.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let held = dir.appendingPathComponent("held.jsonl").path
+        try Data(
+            ["the mat sat on the cat", "one two three four", "red green blue"].map {
+                JSONValue.object(["text": .string($0)]).serialized() + "\n"
+            }.joined().utf8
+        ).write(to: URL(fileURLWithPath: held))
+        let inputs = ["peft/final", "peft/mixed", "peft/init"].map { Fixtures.path($0) }
+        let out = dir.appendingPathComponent("searched").path
+        let r = try cairn(
+            ["merge"] + inputs + [
+                "--method", "ties", "--search", "--data", held, "--budget", "14", "--model", tinyModel, "-o", out,
+                "--json",
+            ])
+        #expect(r.status == 0, "\(r.stderr)")
+        let candidates = r.stderr.split(separator: "\n").filter { $0.contains("candidate") && $0.contains("→ loss") }
+        #expect(candidates.count >= 5 && candidates.count <= 14, "\(r.stderr)")
+        let search = try #require((try JSONValue.parse(r.stdout)).objectValue?["search"]?.objectValue, "\(r.stdout)")
+        let best = try #require(search["loss"]?.doubleValue)
+        let uniform = try #require(search["uniform_loss"]?.doubleValue)
+        #expect(best <= uniform && search["evaluations"]?.intValue == candidates.count)
+        #expect(search["data_sha256"]?.stringValue == (try FileHash.sha256(file: held)))
+        #expect(search["inputs_alone"]?.arrayValue?.count == 3)
+        // The lineage carries the search and the chosen weights.
+        let lineage = try cairn("lineage", out, "--model", tinyModel, "--json")
+        let tree = try JSONValue.parse(lineage.stdout).objectValue?["lineage"]?.objectValue
+        #expect(tree?["search"]?.objectValue?["method"] == "nelder-mead")
+        let chosen = (search["candidates"]?.arrayValue ?? []).compactMap(\.objectValue).min {
+            ($0["loss"]?.doubleValue ?? 0) < ($1["loss"]?.doubleValue ?? 0)
+        }
+        let weights = (tree?["parents"]?.arrayValue ?? []).compactMap { $0.objectValue?["weight"]?.doubleValue }
+        #expect(weights == (chosen?["weights"]?.arrayValue ?? []).compactMap(\.doubleValue), "\(weights)")
+        // The written adapter scores what the search measured.
+        let scored = try cairn("eval", "--model", tinyModel, "--adapter", out, "--data", held, "--json")
+        #expect(scored.status == 0, "\(scored.stderr)")
+        let evalLoss = try #require((try JSONValue.parse(scored.stdout)).objectValue?["loss"]?.doubleValue)
+        #expect(abs(evalLoss - best) < 1e-3 * best, "eval \(evalLoss) vs search \(best)")
+        // --search needs --data, and finds the weights itself.
+        let noData = try cairn(["merge"] + inputs + ["--method", "linear", "--search", "-o", out])
+        #expect(noData.status != 0 && noData.stderr.contains("--data"), "\(noData.stderr)")
+    }
+
     @Test func diffComparesModulesAndAnAdapterWithItselfHasCosineOne() throws {
         let a = Fixtures.path("peft/final")
         let r = try cairn("diff", a, a, "--model", tinyModel, "--json")
