@@ -473,6 +473,15 @@ struct Status: ParsableCommand {
             if let v = j.etaSeconds { facts.append("eta \(formatDuration(v))") }
             out += facts.joined(separator: "  ") + "\n"
             if let e = j.error { out += "  error: \(e)\n" }
+            // An evaluation job: each adapter's held-out loss, best first.
+            if let adapters = j.adapters {
+                let losses = Dictionary((j.evals ?? []).map { ($0.step, $0.loss) }, uniquingKeysWith: { a, _ in a })
+                let order = adapters.indices.sorted { (losses[$0 + 1] ?? .infinity) < (losses[$1 + 1] ?? .infinity) }
+                for i in order {
+                    let loss = losses[i + 1].map { String(format: "%.4f", $0) } ?? "pending"
+                    out += "  \(loss)  \(adapters[i].label)  (adapter \(adapters[i].sha256.prefix(12))…)\n"
+                }
+            }
             // Rounds in which a participant's update was left out or clipped.
             for step in j.steps ?? [] {
                 for (id, w) in step.workers.sorted(by: { $0.key < $1.key }) {

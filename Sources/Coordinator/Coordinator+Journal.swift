@@ -74,6 +74,10 @@ extension Coordinator {
 
     func journalEvaluation(_ evaluation: Evaluation, of job: any RunningJob) {
         let record = evaluation.record
+        if let scoring = job as? EvaluationJob {
+            journalScore(record, of: scoring)
+            return
+        }
         do { try store.journalEval(job: job.id, record) } catch {
             log(.error, "cannot journal the evaluation of \(job.id): \(error); stopping the job")
             try? store.setState(job.id, .failed, error: "cannot journal an evaluation: \(error)")
@@ -85,8 +89,34 @@ extension Coordinator {
                 + "\(record.tokens) held-out tokens")
     }
 
+    /// An evaluation job's adapter scored: its loss, the job's progress and the adapter's score, together.
+    func journalScore(_ record: EvalRecord, of job: EvaluationJob) {
+        let k = record.step
+        guard k >= 1, k <= job.candidates.candidates.count else { return }
+        let candidate = job.candidates.candidates[k - 1]
+        let score = AdapterScore(
+            dataHash: job.record.dataBlob, dataName: job.record.dataName, loss: record.loss, tokens: record.tokens,
+            job: job.id, created: Self.now)
+        do { try store.journalCandidate(job: job.id, record, score: (candidate.sha256, score)) } catch {
+            log(.error, "cannot journal the score of \(candidate.label) in \(job.id): \(error); stopping the job")
+            try? store.setState(job.id, .failed, error: "cannot journal a score: \(error)")
+            stopJob()
+            return
+        }
+        job.scored(k)
+        log(
+            "\(job.id) adapter \(k)/\(job.units) \(candidate.label): held-out loss \(String(format: "%.4f", record.loss)) "
+                + "over \(record.tokens) tokens")
+    }
+
     /// Every unit journaled: exports the adapter (PEFT and GGUF) into the blob store and marks the job done.
     func complete(_ job: any RunningJob) {
+        if job is EvaluationJob {
+            do { try store.setState(job.id, .done) } catch { log(.error, "cannot mark \(job.id) done: \(error)") }
+            log("\(job.id) done: \(job.units) adapters scored; `cairn status \(job.id)` lists them")
+            stopJob()
+            return
+        }
         let tmp = (options.stateDirectory as NSString).appendingPathComponent("export-\(job.id)")
         defer { try? FileManager.default.removeItem(atPath: tmp) }
         do {

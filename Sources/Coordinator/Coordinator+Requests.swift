@@ -132,21 +132,36 @@ extension Coordinator {
                     return
                 }
             }
+            var candidates: CandidateSet?
+            if config.mode == .evaluate {
+                // The adapters to score, resolved and merged here (merges take a moment on large bases).
+                candidates = try CandidateSet.prepare(
+                    config.candidates, model: try ModelSource.gguf(blobs.path(modelBlob)).config(),
+                    modelBlob: modelBlob, registry: registry, blobs: blobs)
+            }
             let prepared = try PreparedJob.prepare(
                 spec: s.spec, source: "job file", modelPath: blobs.path(modelBlob), dataPath: blobs.path(dataBlob),
                 dataName: s.dataName, validation: validation.map { (blobs.path($0.blob), $0.name) },
-                initial: initial.map { ($0, blobs) })
+                initial: initial.map { ($0, blobs) },
+                evaluation: candidates.map { ($0.lora, $0.candidates.count) })
             let id = try store.addJob(
                 spec: s.spec, mode: prepared.config.mode.rawValue, modelBlob: modelBlob, dataBlob: dataBlob,
-                dataName: s.dataName, validation: validation, initAdapter: initial, totalSteps: prepared.units)
+                dataName: s.dataName, validation: validation, initAdapter: initial, candidates: candidates,
+                totalSteps: prepared.units)
             let job = prepared.config
             if let e = initial { log("\(id) starts from \(e.reference) (adapter \(e.sha256.prefix(12))…)") }
-            log(
-                job.mode == .sync
-                    ? "\(id) submitted: sync, \(prepared.totalSteps) steps of \(prepared.rowsPerStep) rows × \(job.sequenceLength) tokens"
-                    : "\(id) submitted: \(job.mode.rawValue), \(prepared.units) rounds of \(job.innerSteps) local steps × "
-                        + "\(prepared.rowsPerStep) rows × \(job.sequenceLength) tokens, compression \(job.compression.rawValue)"
-            )
+            if let candidates {
+                log(
+                    "\(id) submitted: evaluate \(candidates.candidates.count) adapters on "
+                        + "\(prepared.validationPlan?.rowCount(epoch: 0) ?? 0) held-out rows")
+            } else {
+                log(
+                    job.mode == .sync
+                        ? "\(id) submitted: sync, \(prepared.totalSteps) steps of \(prepared.rowsPerStep) rows × \(job.sequenceLength) tokens"
+                        : "\(id) submitted: \(job.mode.rawValue), \(prepared.units) rounds of \(job.innerSteps) local steps × "
+                            + "\(prepared.rowsPerStep) rows × \(job.sequenceLength) tokens, compression \(job.compression.rawValue)"
+                )
+            }
             send(c, JobRequest(.submitted, job: id).message)
         } catch let e as JobError {
             fail(c, "bad_job", e.message)

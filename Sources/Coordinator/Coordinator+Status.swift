@@ -64,6 +64,7 @@ extension Coordinator {
         var names: [String: String] = [:]
         for w in (try? store.workers()) ?? [] { names[w.id] = w.name }
         o.workerNames = names
+        o.adapters = r.candidates?.candidates.map { ($0.label, $0.sha256) }
         return o
     }
 

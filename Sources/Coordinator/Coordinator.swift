@@ -210,6 +210,7 @@ public final class Coordinator: @unchecked Sendable {
         case .begin(.step, _): (job as? SyncJob)?.startStep(now: now)
         case .begin(.round, _): (job as? RoundJob)?.startRound(now: now)
         case .begin(.evaluation, let after):
+            (job as? EvaluationJob)?.select(after)
             if let plan = job.prepared.validationPlan {
                 job.evaluation = Evaluation(step: after, plan: plan, length: job.prepared.config.sequenceLength)
             }

@@ -370,7 +370,9 @@ public struct CoordinatorCore: Sendable {
     }
 
     private mutating func roundResult(_ c: Connection, _ r: RoundResult) {
-        guard let job, job.plan.mode != .sync, r.job == job.id, let worker = peers[c]?.worker else { return }
+        guard let job, job.plan.mode == .diloco || job.plan.mode == .federated, r.job == job.id,
+            let worker = peers[c]?.worker
+        else { return }
         guard let delta = job.compression.decode(r.delta, name: "delta", count: job.parameterCount),
             delta.allSatisfy(\.isFinite)
         else {

@@ -11,7 +11,8 @@
 
 /// The shape of a job, as far as scheduling goes.
 public struct JobPlan: Sendable, Equatable {
-    public enum Mode: String, Sendable { case sync, diloco, federated }
+    /// `evaluate`: no training; unit k is the evaluation of the job's k-th adapter over all its rows.
+    public enum Mode: String, Sendable { case sync, diloco, federated, evaluate }
 
     public var mode: Mode
     /// Optimizer steps (sync), or local steps per worker (rounds).
@@ -30,13 +31,15 @@ public struct JobPlan: Sendable, Equatable {
         self.mode = mode
         self.totalSteps = totalSteps
         self.rowsPerStep = rowsPerStep
-        self.innerSteps = mode == .sync ? 1 : max(1, innerSteps)
+        self.innerSteps = mode == .sync || mode == .evaluate ? 1 : max(1, innerSteps)
         self.evaluationRows = evaluationRows
         self.evalEvery = evalEvery
     }
 
-    /// Units journaled: steps (sync) or rounds.
-    public var units: Int { mode == .sync ? totalSteps : (totalSteps + innerSteps - 1) / innerSteps }
+    /// Units journaled: steps (sync), rounds, or adapters evaluated (evaluate: `totalSteps` counts the adapters).
+    public var units: Int {
+        mode == .sync || mode == .evaluate ? totalSteps : (totalSteps + innerSteps - 1) / innerSteps
+    }
 
     /// Local steps in the round after `done` rounds (the last round may be shorter).
     public func stepsInRound(after done: Int) -> Int { min(innerSteps, totalSteps - done * innerSteps) }
@@ -44,7 +47,7 @@ public struct JobPlan: Sendable, Equatable {
     /// Whether `cairn train` would evaluate after this unit (every `evalEvery` optimizer or local steps, and after
     /// the last).
     public func evaluationDue(after unit: Int) -> Bool {
-        guard evaluationRows > 0 else { return false }
+        guard evaluationRows > 0, mode != .evaluate else { return false }
         let local = min(totalSteps, unit * innerSteps)
         let previous = min(totalSteps, (unit - 1) * innerSteps)
         return local >= totalSteps || (evalEvery > 0 && local / evalEvery > previous / evalEvery)
@@ -306,7 +309,11 @@ public struct JobSchedule: Sendable {
                     }
                     return out
                 }
-                if plan.mode == .sync {
+                if plan.mode == .evaluate {
+                    // The next adapter's evaluation: unit k scores adapter k.
+                    guard !workers.isEmpty else { return out }
+                    startEvaluation(after: unit + 1, &out)
+                } else if plan.mode == .sync {
                     guard !workers.isEmpty else { return out }
                     phase = .step(StepWork(rows: plan.rowsPerStep, firstAssignment: nextAssignment))
                     out.append(.begin(.step, unit: unit + 1))
@@ -332,6 +339,7 @@ public struct JobSchedule: Sendable {
                     return out
                 }
                 phase = .idle
+                if plan.mode == .evaluate { unit = after }
                 out.append(.finish(.evaluation, unit: after, rows: w.completedRows))
             case .round(var r):
                 out += tickRound(&r, now: now)

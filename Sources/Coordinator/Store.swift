@@ -45,6 +45,8 @@ public struct JobRecord: Sendable, Equatable {
     /// The registry entry the job's adapter starts from (as it was when the job was submitted); nil: a fresh
     /// adapter.
     public var initAdapter: RegistryEntry?
+    /// An evaluation job's adapters, as prepared at submit time.
+    public var candidates: CandidateSet?
 }
 
 /// What one worker did in a step or round.
@@ -210,6 +212,7 @@ public final class Store: @unchecked Sendable {
                             loss REAL NOT NULL, tokens INTEGER NOT NULL, job TEXT, created REAL NOT NULL,
                             PRIMARY KEY (sha256, data_sha256));
                         ALTER TABLE jobs ADD COLUMN init_adapter TEXT;
+                        ALTER TABLE jobs ADD COLUMN candidates TEXT;
                         """)
             }
             try migrator.migrate(db)
@@ -311,7 +314,8 @@ public final class Store: @unchecked Sendable {
     /// Adds a queued job and returns its id (job-1, job-2, …).
     public func addJob(
         spec: String, mode: String, modelBlob: String, dataBlob: String, dataName: String,
-        validation: (blob: String, name: String)? = nil, initAdapter: RegistryEntry? = nil, totalSteps: Int
+        validation: (blob: String, name: String)? = nil, initAdapter: RegistryEntry? = nil,
+        candidates: CandidateSet? = nil, totalSteps: Int
     ) throws(StoreError) -> String {
         try write { db in
             let seq = (try Int.fetchOne(db, sql: "SELECT MAX(seq) FROM jobs") ?? 0) + 1
@@ -319,12 +323,12 @@ public final class Store: @unchecked Sendable {
             try db.execute(
                 sql: """
                     INSERT INTO jobs (id, seq, spec, mode, state, created, model_blob, data_blob, data_name,
-                        validation_blob, validation_name, total_steps, init_adapter)
-                    VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?)
+                        validation_blob, validation_name, total_steps, init_adapter, candidates)
+                    VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?)
                     """,
                 arguments: [
                     id, seq, spec, mode, Self.now, modelBlob, dataBlob, dataName, validation?.blob, validation?.name,
-                    totalSteps, initAdapter?.json.serialized(),
+                    totalSteps, initAdapter?.json.serialized(), candidates?.json.serialized(),
                 ])
             return id
         }
@@ -343,7 +347,8 @@ public final class Store: @unchecked Sendable {
             error: row["error"], outputs: files,
             initAdapter: (row["init_adapter"] as String?).flatMap { try? JSONValue.parse($0) }.flatMap {
                 try? RegistryEntry(json: $0)
-            })
+            },
+            candidates: (row["candidates"] as String?).flatMap { try? JSONValue.parse($0) }.flatMap(CandidateSet.init))
     }
 
     /// All jobs, oldest first.
@@ -477,6 +482,28 @@ public final class Store: @unchecked Sendable {
                 out[row["job"]] = (row["n"], row["t"] ?? 0)
             }
             return out
+        }
+    }
+
+    /// Records the evaluation of an evaluation job's adapter `k` (and the job's progress, k adapters scored) in one
+    /// transaction, with the adapter's score.
+    public func journalCandidate(job: String, _ eval: EvalRecord, score: (sha256: String, AdapterScore)?)
+        throws(StoreError)
+    {
+        try write { db in
+            try db.execute(
+                sql: "INSERT OR REPLACE INTO evals (job, step, loss, tokens) VALUES (?, ?, ?, ?)",
+                arguments: [job, eval.step, eval.loss, eval.tokens])
+            try db.execute(
+                sql: "UPDATE jobs SET step = ?, state = 'running' WHERE id = ?", arguments: [eval.step, job])
+            if let (sha, s) = score {
+                try db.execute(
+                    sql: """
+                        INSERT OR REPLACE INTO scores (sha256, data_sha256, data_name, loss, tokens, job, created)
+                        VALUES (?, ?, ?, ?, ?, ?, ?)
+                        """,
+                    arguments: [sha, s.dataHash, s.dataName, s.loss, s.tokens, s.job, s.created])
+            }
         }
     }
 

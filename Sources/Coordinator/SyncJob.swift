@@ -50,7 +50,8 @@ public struct PreparedJob: Sendable {
     ///   - validation: the held-out data sent with the job (its path here, and the client's file name).
     public static func prepare(
         spec: String, source: String, modelPath: String, dataPath: String, dataName: String,
-        validation: (path: String, name: String)? = nil, initial: (entry: RegistryEntry, blobs: BlobStore)? = nil
+        validation: (path: String, name: String)? = nil, initial: (entry: RegistryEntry, blobs: BlobStore)? = nil,
+        evaluation: (layout: LoRAConfig, count: Int)? = nil
     ) throws(JobError) -> PreparedJob {
         var config = TrainingConfig()
         do { try config.apply(yaml: spec, source: source) } catch { throw JobError(error.description) }
@@ -67,6 +68,18 @@ public struct PreparedJob: Sendable {
             throw JobError(
                 "\(source): validation_split: a federated job's data stays on the workers; hold out data with "
                     + "validation_data (a file sent with the job) instead")
+        }
+        if config.mode == .evaluate {
+            if config.validationData != nil || config.validationSplit > 0 || config.initAdapter != nil {
+                throw JobError(
+                    "\(source): an evaluation job scores its adapters on its data, which is the held-out set; "
+                        + "remove validation_data, validation_split and init_adapter")
+            }
+            guard config.candidates.isEmpty == false || evaluation != nil else {
+                throw JobError("\(source): adapters: an evaluation job needs adapters to score")
+            }
+        } else if !config.candidates.isEmpty {
+            throw JobError("\(source): adapters: only evaluation jobs (mode: evaluate) take a list of adapters")
         }
         if config.initAdapter != nil, initial == nil {
             throw JobError(
@@ -127,6 +140,16 @@ public struct PreparedJob: Sendable {
                 throw JobError(text)
             }
         }
+        if config.mode == .evaluate {
+            guard let evaluation else {
+                throw JobError("\(source): the evaluation job's adapters were not prepared")
+            }
+            config.lora = evaluation.layout
+            let rows = try load(config, shuffled: false)
+            return PreparedJob(
+                config: config, modelConfig: modelConfig, plan: nil, validationPlan: rows.train,
+                dataHash: rows.dataHash, totalSteps: evaluation.count, rowsPerStep: 1)
+        }
         if config.mode == .federated {
             var validationPlan: RowPlan?
             if let path = config.validationData {
@@ -166,7 +189,8 @@ extension PreparedJob {
             spec: record.spec, source: "\(record.id) job file", modelPath: blobs.path(record.modelBlob),
             dataPath: blobs.path(record.dataBlob), dataName: record.dataName,
             validation: record.validationBlob.map { (blobs.path($0), record.validationName ?? "validation_data") },
-            initial: record.initAdapter.map { ($0, blobs) })
+            initial: record.initAdapter.map { ($0, blobs) },
+            evaluation: record.candidates.map { ($0.lora, $0.candidates.count) })
     }
 }
 
@@ -189,7 +213,7 @@ protocol RunningJob: AnyObject {
 
 extension RunningJob {
     /// What the job journals: "step" (sync) or "round" (diloco, federated).
-    var unitName: String { self is SyncJob ? "step" : "round" }
+    var unitName: String { self is SyncJob ? "step" : self is EvaluationJob ? "adapter" : "round" }
 
     /// The job's shape, for its schedule.
     var plan: JobPlan {
@@ -224,8 +248,11 @@ extension JobRecord {
 
 /// Loads a job of any mode, fresh or from its last journaled checkpoint.
 func loadJob(record: JobRecord, blobs: BlobStore) throws(JobError) -> any RunningJob {
-    record.mode == DistributionMode.sync.rawValue
-        ? try SyncJob(record: record, blobs: blobs) : try RoundJob(record: record, blobs: blobs)
+    switch DistributionMode(rawValue: record.mode) {
+    case .sync: try SyncJob(record: record, blobs: blobs)
+    case .evaluate: try EvaluationJob(record: record, blobs: blobs)
+    default: try RoundJob(record: record, blobs: blobs)
+    }
 }
 
 /// A running sync job.

@@ -56,6 +56,7 @@ extension TrainingConfig {
         ("trim_fraction", "trimmed_mean: fraction of participants dropped at each end of each entry (default 0.2)"),
         ("clip_update_norm", "diloco/federated: clip each participant's update norm to this (default 0: off)"),
         ("score_updates", "diloco/federated: leave out updates that worsen the held-out loss (default false)"),
+        ("adapters", "mode: evaluate: the adapters to score: registry names, or {merge: METHOD, inputs: {NAME: W}}"),
     ]
 
     /// Reads a YAML job file over the current values.
@@ -200,9 +201,51 @@ extension TrainingConfig {
             case "trim_fraction": trimFraction = try double()
             case "clip_update_norm": clipUpdateNorm = try double()
             case "score_updates": scoreUpdates = try bool()
+            case "adapters":
+                guard let items = value.sequence else { throw fail("expected a list of adapters") }
+                candidates = try items.map { item throws(InputError) in
+                    try Self.candidate(
+                        item, fail: { InputError(path: source, line: item.mark.map { $0.line }, field: key, $0) })
+                }
             default: throw fail("unknown key")
             }
         }
+    }
+
+    /// One entry of `adapters`: a name, or a mapping `merge: METHOD, inputs: {NAME: WEIGHT, …}` with optional
+    /// `density` and `rank`.
+    static func candidate(_ node: Node, fail: (String) -> InputError) throws(InputError) -> EvaluationCandidate {
+        if let name = node.scalar?.string, node.mapping == nil { return EvaluationCandidate(reference: name) }
+        guard let m = node.mapping else { throw fail("an adapter is a registry name or a {merge: …} mapping") }
+        var method: String?
+        var inputs: [(name: String, weight: Double)] = []
+        var density: Double?
+        var rank: Int?
+        for (k, v) in m {
+            switch k.string {
+            case "merge": method = v.string
+            case "density":
+                guard let d = v.string.flatMap(Double.init), d > 0, d <= 1 else {
+                    throw fail("density: a number in (0, 1]")
+                }
+                density = d
+            case "rank":
+                guard let r = v.string.flatMap(Int.init), r >= 1, r <= 4096 else { throw fail("rank: 1 to 4096") }
+                rank = r
+            case "inputs":
+                guard let pairs = v.mapping else { throw fail("inputs: a mapping of adapter name to weight") }
+                for (name, weight) in pairs {
+                    guard let n = name.string, let w = weight.string.flatMap(Double.init), w.isFinite else {
+                        throw fail("inputs: each entry is NAME: WEIGHT")
+                    }
+                    inputs.append((n, w))
+                }
+            default: throw fail("unknown key \(k.string ?? "?") in a merge (merge, inputs, density, rank)")
+            }
+        }
+        guard let method else { throw fail("a merge needs merge: METHOD (linear, cat, ties, …)") }
+        guard !inputs.isEmpty else { throw fail("a merge needs inputs: {NAME: WEIGHT, …}") }
+        return EvaluationCandidate(method: method, inputs: inputs, density: density, rank: rank)
     }
 
     /// "0-3,8,10-11" → [0, 1, 2, 3, 8, 10, 11], or nil when malformed.

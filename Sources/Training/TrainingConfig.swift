@@ -51,11 +51,46 @@ public enum DistributionMode: String, Sendable, Codable, CaseIterable {
     case diloco
     /// Like diloco, on each worker's own data (`cairn worker join --data`), which never leaves it.
     case federated
+    /// No training: each of the job's `adapters` is scored on its data (held-out rows split across the workers).
+    case evaluate
 }
 
 /// How round results and adapters travel in diloco and federated jobs.
 public enum RoundCompression: String, Sendable, Codable, CaseIterable {
     case none, bf16, int8
+}
+
+/// An adapter an evaluation job scores: a registry name (NAME or NAME@V), or a merge of registry adapters
+/// described inline.
+public struct EvaluationCandidate: Sendable, Equatable {
+    /// A registry name, when it is not a merge.
+    public var reference: String?
+    /// A merge: the method (as `cairn merge --method`), its inputs with their weights, and its density and rank.
+    public var method: String?
+    public var inputs: [(name: String, weight: Double)] = []
+    public var density: Double?
+    public var rank: Int?
+
+    public init(reference: String) { self.reference = reference }
+
+    public init(method: String, inputs: [(name: String, weight: Double)], density: Double? = nil, rank: Int? = nil) {
+        self.method = method
+        self.inputs = inputs
+        self.density = density
+        self.rank = rank
+    }
+
+    /// How it is named in the job's status: the reference, or `method(a×0.6, b×0.4)`.
+    public var label: String {
+        if let reference { return reference }
+        let parts = inputs.map { "\($0.name)×\($0.weight)" }.joined(separator: ", ")
+        return "\(method ?? "merge")(\(parts)\(density.map { ", density \($0)" } ?? ""))"
+    }
+
+    public static func == (a: EvaluationCandidate, b: EvaluationCandidate) -> Bool {
+        a.reference == b.reference && a.method == b.method && a.inputs.map(\.name) == b.inputs.map(\.name)
+            && a.inputs.map(\.weight) == b.inputs.map(\.weight) && a.density == b.density && a.rank == b.rank
+    }
 }
 
 /// diloco/federated: how a round combines its participants' updates (`Adapters.Aggregation`).
@@ -136,6 +171,8 @@ public struct TrainingConfig: Sendable, Equatable {
     public var trimFraction = 0.2
     /// diloco/federated: each participant's update norm (ΔW space, all modules) is clipped to this; 0: no clipping.
     public var clipUpdateNorm = 0.0
+    /// evaluate: the adapters to score.
+    public var candidates: [EvaluationCandidate] = []
     /// diloco/federated: score each participant's update on the held-out data (on the coordinator) and leave out
     /// those that make the held-out loss worse.
     public var scoreUpdates = false

@@ -42,6 +42,8 @@ public struct JobStatus: Sendable, Equatable {
     public var lineage: JSONObject?
     /// Names of the workers that took part, by id.
     public var workerNames: [String: String]?
+    /// An evaluation job's adapters, in order (evaluation k scores adapter k), with their content hashes.
+    public var adapters: [(label: String, sha256: String)]?
 
     public init(id: String, state: String, mode: String, step: Int, totalSteps: Int, data: String) {
         self.id = id
@@ -78,6 +80,9 @@ public struct JobStatus: Sendable, Equatable {
         o["worker_names"] = workerNames.map { names in
             .object(JSONObject(names.keys.sorted().map { ($0, .string(names[$0]!)) }))
         }
+        o["adapters"] = adapters.map { list in
+            .array(list.map { ["label": .string($0.label), "sha256": .string($0.sha256)] })
+        }
         return .object(o)
     }
 
@@ -111,6 +116,13 @@ public struct JobStatus: Sendable, Equatable {
         lineage = o["lineage"]?.objectValue
         workerNames = o["worker_names"]?.objectValue.map { n in
             Dictionary(n.members.compactMap { k, v in v.stringValue.map { (k, $0) } }, uniquingKeysWith: { a, _ in a })
+        }
+        adapters = o["adapters"]?.arrayValue.map { list in
+            list.compactMap { v in
+                v.objectValue.flatMap { a in
+                    a["label"]?.stringValue.flatMap { l in a["sha256"]?.stringValue.map { (l, $0) } }
+                }
+            }
         }
     }
 }

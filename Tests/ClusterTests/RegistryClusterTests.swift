@@ -22,6 +22,67 @@ import Wire
         return try list.map { try RegistryEntry(json: $0) }
     }
 
+    /// An evaluation job: registry adapters and an inline merge scored on held-out rows split across two workers;
+    /// each score equals `cairn eval` of the same adapter on one machine, is journaled, and shows in `cairn adapters`.
+    @Test func anEvaluationJobScoresRegistryAdaptersAndMergesAcrossWorkers() throws {
+        let c = ClusterHarness("evaluate")
+        try c.startCluster(workers: ["w1", "w2"])
+        let first = try c.submit(try c.writeJob(steps: 3))
+        #expect(c.waitForJob(first)?["state"] == "done", "\(c.logs)")
+        #expect(try c.cairn("publish", first, "--name", "one").status == 0)
+        let more = try c.writeJob(
+            data: "more", job: "more", lines: Array(Self.lines.reversed()), steps: 3, batch: 4, seqLen: 24,
+            learningRate: 0.02)
+        let second = try c.submit(more)
+        #expect(c.waitForJob(second)?["state"] == "done", "\(c.logs)")
+        #expect(try c.cairn("publish", second, "--name", "two").status == 0)
+
+        let heldLines = ["the mat sat on the cat", "three two one", "green blue red", "a park in the dog"]
+        let job = try c.writeJob(
+            data: "scored", job: "evaluate", lines: heldLines, steps: 1, batch: 2, seqLen: 24, learningRate: 0.01,
+            extra: """
+                mode: evaluate
+                adapters:
+                  - one
+                  - two@1
+                  - merge: linear
+                    inputs: {one: 0.5, two: 0.5}
+                """)
+        let id = try c.submit(job)
+        let final = c.waitForJob(id)
+        #expect(final?["state"] == "done", "\(c.logs)")
+        let evals = ClusterHarness.evals(final)
+        #expect(evals.map(\.step) == [1, 2, 3], "\(String(describing: final))")
+        let labels = (final?["adapters"]?.arrayValue ?? []).compactMap { $0.objectValue?["label"]?.stringValue }
+        #expect(labels.count == 3 && labels[0] == "one" && labels[1] == "two@1" && labels[2].hasPrefix("linear("))
+        // Each registry adapter's score is what one machine measures (cairn eval scores the data the same way).
+        for (k, name) in ["one", "two"].enumerated() {
+            let dir = c.dir.appendingPathComponent("fetched-\(name)").path
+            #expect(try c.cairn("fetch", name, "-o", dir).status == 0)
+            let local = try runCommand(
+                cairnExecutable,
+                [
+                    "eval", "--model", tinyModel, "--adapter", dir, "--data",
+                    c.dir.appendingPathComponent("scored.jsonl").path, "--json",
+                ])
+            let loss = (try? JSONValue.parse(local.stdout))?.objectValue?["loss"]?.doubleValue
+            #expect(
+                loss != nil && abs(loss! - evals[k].loss) < 1e-3 * loss!,
+                "\(name): \(String(describing: loss)) vs \(evals[k].loss)")
+        }
+        // The scores are the adapters' in the registry.
+        let one = try #require(try adapters(c, "--name", "one").first)
+        #expect(one.scores.contains { $0.dataName == "scored.jsonl" && abs($0.loss - evals[0].loss) < 1e-12 })
+        let status = try c.cairn("status", id)
+        #expect(status.stdout.contains("two@1") && status.stdout.contains("linear("), "\(status.stdout)")
+        // A name that is not in the registry is refused at submit, with the near match.
+        let wrong = try c.writeJob(
+            data: "scored", job: "wrong", lines: heldLines, steps: 1, batch: 2, seqLen: 24, learningRate: 0.01,
+            extra: "mode: evaluate\nadapters: [onw]")
+        let refused = try c.cairn("submit", wrong)
+        #expect(refused.status != 0 && refused.stderr.contains("did you mean one"), "\(refused.stderr)")
+    }
+
     @Test func publishFindFetchAndTrainFurtherAcrossACoordinatorKill() throws {
         let c = ClusterHarness("registry")
         try c.startCluster(workers: ["w1"])

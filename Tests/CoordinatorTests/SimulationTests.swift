@@ -39,7 +39,7 @@ import Testing
         #expect(
             failed.isEmpty,
             "\(summary)\n\(firstViolations)\n\(failed.prefix(3).map(\.description).joined(separator: "\n"))")
-        #expect(modes.count == 3, "every mode was simulated")
+        #expect(modes.count == 4, "every mode was simulated: sync, diloco, federated and evaluate")
     }
 
     /// Seeds that found defects, kept. Before the simulation drove the coordinator's core (it drove the schedule

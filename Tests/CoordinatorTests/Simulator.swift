@@ -152,8 +152,9 @@ struct Simulation {
         let workerCount = [1, 1, 2, 3, 4, 6][Int.random(in: 0..<6, using: &rng)]
         let jobCount = Int.random(in: 1...3, using: &rng)
         for j in 0..<jobCount {
-            let mode = [JobPlan.Mode.sync, .diloco, .federated][Int.random(in: 0..<3, using: &rng)]
-            let evaluate = Bool.random(using: &rng)
+            let mode = [JobPlan.Mode.sync, .diloco, .federated, .evaluate][Int.random(in: 0..<4, using: &rng)]
+            // Evaluation jobs always have held-out rows (each unit is their evaluation).
+            let evaluate = Bool.random(using: &rng) || mode == .evaluate
             let plan = JobPlan(
                 mode: mode, totalSteps: Int.random(in: 3...24, using: &rng),
                 rowsPerStep: Int.random(in: 1...9, using: &rng),
@@ -586,6 +587,13 @@ struct Simulation {
                 violation("the evaluation after \(unit) of job \(job) was journaled twice")
             }
             jobs[job].evaluations[unit] = unitSum
+            if plan.mode == .evaluate {
+                // An evaluation job's unit k is its k-th adapter's evaluation, journaled in order.
+                if unit != jobs[job].journal.count + 1 {
+                    violation("adapter \(unit) of job \(job) journaled after \(jobs[job].journal.count) adapters")
+                }
+                jobs[job].journal.append(unitSum)
+            }
         } else {
             if unit != jobs[job].journal.count + 1 {
                 violation("\(kind) \(unit) of job \(job) journaled after \(jobs[job].journal.count) units")
