@@ -57,6 +57,16 @@ public enum MergeSearch {
     public static func run(
         _ options: MergeSearchOptions, evaluate: ([Double], Double?) throws -> Double
     ) rethrows -> MergeSearchResult {
+        try run(options, evaluateAll: { points in try points.map { try evaluate($0.weights, $0.density) } })
+    }
+
+    /// The same search, handing over the points it needs at once (the first simplex, a shrink) together, so a
+    /// caller can evaluate them in parallel (one evaluation job on a cluster).
+    ///
+    /// - Parameter evaluateAll: the losses of the candidates, in order.
+    public static func run(
+        _ options: MergeSearchOptions, evaluateAll: ([(weights: [Double], density: Double?)]) throws -> [Double]
+    ) rethrows -> MergeSearchResult {
         let n = options.inputs
         let dims = n + (options.searchDensity ? 1 : 0)
         let lower = [Double](repeating: options.minWeight, count: n) + (options.searchDensity ? [0.05] : [])
@@ -65,28 +75,38 @@ public enum MergeSearch {
 
         var candidates: [MergeCandidate] = []
         var seen: [[Double]: Double] = [:]
-        func f(_ x: [Double]) throws -> Double {
-            let p = clamp(x).map { ($0 * 1e9).rounded() / 1e9 }
-            if let known = seen[p] { return known }
-            guard candidates.count < options.budget else { return .infinity }
-            let weights = Array(p[0..<n])
-            let density = options.searchDensity ? p[n] : nil
-            var loss = try evaluate(weights, density)
-            if !loss.isFinite { loss = .infinity }
-            seen[p] = loss
-            candidates.append(MergeCandidate(weights: weights, density: density, loss: loss))
-            return loss
+        /// Losses of points, evaluating (together) those not seen yet, within the budget.
+        func fAll(_ xs: [[Double]]) throws -> [Double] {
+            let ps = xs.map { clamp($0).map { ($0 * 1e9).rounded() / 1e9 } }
+            var fresh: [[Double]] = []
+            for p in ps where seen[p] == nil && !fresh.contains(p) && candidates.count + fresh.count < options.budget {
+                fresh.append(p)
+            }
+            if !fresh.isEmpty {
+                let losses = try evaluateAll(fresh.map { (Array($0[0..<n]), options.searchDensity ? $0[n] : nil) })
+                for (p, l) in zip(fresh, losses) {
+                    let loss = l.isFinite ? l : .infinity
+                    seen[p] = loss
+                    candidates.append(
+                        MergeCandidate(
+                            weights: Array(p[0..<n]), density: options.searchDensity ? p[n] : nil, loss: loss))
+                }
+            }
+            return ps.map { seen[$0] ?? .infinity }
         }
+        func f(_ x: [Double]) throws -> Double { try fAll([x])[0] }
 
         // The uniform merge, and a simplex around it: each weight (and the density) moved in turn.
         let start = [Double](repeating: 1 / Double(n), count: n) + (options.searchDensity ? [options.density] : [])
-        var simplex: [(x: [Double], f: Double)] = [(start, try f(start))]
+        var vertices = [start]
         for d in 0..<dims {
             var x = start
             let step = d < n ? max(0.25, 0.5 / Double(n)) : (options.density > 0.5 ? -0.3 : 0.3)
             x[d] = x[d] + step <= upper[d] ? x[d] + step : x[d] - step
-            simplex.append((clamp(x), try f(x)))
+            vertices.append(clamp(x))
         }
+        let first = try fAll(vertices)
+        var simplex: [(x: [Double], f: Double)] = Array(zip(vertices, first))
         // Standard coefficients: reflection 1, expansion 2, contraction 0.5, shrink 0.5.
         // Bounded: points already evaluated cost nothing, so iterations are capped as well as evaluations.
         var iterations = 0
@@ -114,10 +134,10 @@ public enum MergeSearch {
                     simplex[dims] = (c, fc)
                 } else {
                     let best = simplex[0].x
-                    for i in 1...dims {
-                        let x = clamp((0..<dims).map { best[$0] + 0.5 * (simplex[i].x[$0] - best[$0]) })
-                        simplex[i] = (x, try f(x))
+                    let shrunk = (1...dims).map { i in
+                        clamp((0..<dims).map { best[$0] + 0.5 * (simplex[i].x[$0] - best[$0]) })
                     }
+                    for (i, (x, fx)) in zip(shrunk, try fAll(shrunk)).enumerated() { simplex[i + 1] = (x, fx) }
                 }
             }
             // Converged: every vertex at one point (nothing new can be evaluated).

@@ -6,6 +6,7 @@ import Foundation
 import Llama
 import ModelFormats
 import Training
+import Wire
 
 /// One adapter in a lineage tree, named after its file or directory.
 func lineageNode(path: String, provenance: AdapterProvenance, hash: String?) -> JSONObject {
@@ -90,6 +91,12 @@ struct Merge: ParsableCommand {
     @Option(help: "With --search: the largest weight tried (weights are searched in [0, this]).")
     var maxWeight = 1.5
 
+    @OptionGroup(title: "Searching on a cluster (--search with a coordinator)")
+    var cluster: ClientOptions
+
+    /// Candidates are scored by a coordinator's workers (evaluation jobs) when one is named.
+    var onCluster: Bool { cluster.state != nil || cluster.credentials != nil }
+
     @Flag(help: "Print the per-module report as JSON.")
     var json = false
 
@@ -135,7 +142,13 @@ struct Merge: ParsableCommand {
         var inputs: [MergeInput] = []
         var parents: [JSONValue] = []
         var problems: [String] = []
-        for (i, path) in adapters.enumerated() {
+        // On a cluster the inputs are registry names: fetched once into this machine's adapter cache, for the
+        // final merge here.
+        var paths = adapters
+        if search, onCluster {
+            paths = try adapters.map { try FetchCommand.cached($0, client: cluster) }
+        }
+        for (i, path) in paths.enumerated() {
             do {
                 let (adapter, provenance) = try LoRAAdapter.load(path: path, model: config)
                 if let h = provenance.baseModelHash, h != baseHash, !force {
@@ -241,12 +254,17 @@ extension Merge {
             lm = try LanguageModel.load(source)
             scorer = try HeldOutScorer(model: lm, path: data)
         } catch { throw CLIError("\(error)") }
+        let remote =
+            onCluster
+            ? try ClusterScorer(client: cluster.connect(), model: model, data: data, length: scorer.plan.length) : nil
         func loss(_ adapter: LoRAAdapter) -> Double { scorer.loss(adapter).mean }
         Terminal.note(
-            "search: \(scorer.rows) held-out examples in \(data); \(options.method.rawValue), budget \(budget)")
+            "search: \(scorer.rows) held-out examples in \(data); \(options.method.rawValue), budget \(budget)"
+                + (remote.map { " on the workers of \($0.client.endpoint)" } ?? ""))
         var alone: [JSONValue] = []
-        for input in inputs {
-            let l = loss(input.adapter)
+        let aloneLosses =
+            try remote?.losses(adapters.map { EvaluationCandidate(reference: $0) }) ?? inputs.map { loss($0.adapter) }
+        for (input, l) in zip(inputs, aloneLosses) {
             Terminal.note(String(format: "  alone      %@: loss %.4f", input.name, l))
             alone.append(["name": .string(input.name), "loss": .number(l)])
         }
@@ -255,19 +273,35 @@ extension Merge {
             inputs: inputs.count, searchDensity: options.method.isEntrywise, density: options.density, budget: budget,
             maxWeight: maxWeight)
         var index = 0
-        let result = try MergeSearch.run(search) { weights, density in
-            var o = options
-            o.weights = weights
-            if let density { o.density = density }
-            let candidate: LoRAAdapter
-            do { candidate = try AdapterMerge.merge(inputs, options: o).0 } catch { throw CLIError("\(error)") }
-            let l = loss(candidate)
-            index += 1
-            let point = weights.map { String(format: "%.3f", $0) }.joined(separator: ",")
-            Terminal.note(
-                String(format: "  candidate %2d: weights %@", index, point)
-                    + (density.map { String(format: " density %.3f", $0) } ?? "") + String(format: " → loss %.4f", l))
-            return l
+        let result = try MergeSearch.run(search) { points in
+            let losses: [Double]
+            if let remote {
+                losses = try remote.losses(
+                    points.map { p in
+                        EvaluationCandidate(
+                            method: options.method.rawValue, inputs: Array(zip(adapters, p.weights)),
+                            density: p.density,
+                            rank: options.rank)
+                    })
+            } else {
+                losses = try points.map { p in
+                    var o = options
+                    o.weights = p.weights
+                    if let density = p.density { o.density = density }
+                    do { return loss(try AdapterMerge.merge(inputs, options: o).0) } catch {
+                        throw CLIError("\(error)")
+                    }
+                }
+            }
+            for (p, l) in zip(points, losses) {
+                index += 1
+                let point = p.weights.map { String(format: "%.3f", $0) }.joined(separator: ",")
+                Terminal.note(
+                    String(format: "  candidate %2d: weights %@", index, point)
+                        + (p.density.map { String(format: " density %.3f", $0) } ?? "")
+                        + String(format: " → loss %.4f", l))
+            }
+            return losses
         }
         let best = result.best
         Terminal.note(
@@ -281,14 +315,80 @@ extension Merge {
             o["density"] = c.density.map(JSONValue.number)
             return .object(o)
         }
-        let record: JSONObject = [
+        var record: JSONObject = [
             "method": "nelder-mead", "data": .string((data as NSString).lastPathComponent),
             "data_sha256": .string(scorer.dataHash), "examples": .integer(Int64(scorer.rows)),
             "evaluations": .integer(Int64(result.candidates.count)), "loss": .number(best.loss),
             "uniform_loss": .number(result.uniform.loss), "inputs_alone": .array(alone),
             "candidates": .array(result.candidates.map(json)),
         ]
+        if let remote {
+            record["coordinator"] = .string(remote.client.endpoint)
+            record["jobs"] = .array(remote.jobs.map(JSONValue.string))
+        }
         return Found(best: best, record: record)
+    }
+}
+
+/// Scores candidates on a coordinator's workers: one evaluation job per batch of candidates.
+final class ClusterScorer {
+    let client: ClusterClient
+    let model: String
+    let dataName: String
+    let data: [UInt8]
+    private(set) var jobs: [String] = []
+
+    /// Tokens per row of the jobs (the longest held-out example, within the model's context).
+    let length: Int
+
+    init(client: ClusterClient, model: String, data path: String, length: Int) throws {
+        self.client = client
+        self.model = model
+        self.length = length
+        dataName = (path as NSString).lastPathComponent
+        guard let bytes = FileManager.default.contents(atPath: path) else { throw CLIError("cannot read \(path)") }
+        data = Array(bytes)
+    }
+
+    /// The held-out loss of each candidate, from one evaluation job.
+    func losses(_ candidates: [EvaluationCandidate]) throws -> [Double] {
+        func q(_ s: String) -> String { JSONValue.string(s).serialized() }
+        var yaml =
+            "model: \(q(model))\nmode: evaluate\ndata: \(q(dataName))\nseq_len: \(length)\nbatch_size: 4\nadapters:\n"
+        for c in candidates {
+            if let reference = c.reference {
+                yaml += "  - \(q(reference))\n"
+                continue
+            }
+            let inputs = c.inputs.map { "\(q($0.name)): \($0.weight)" }.joined(separator: ", ")
+            yaml += "  - {merge: \(q(c.method ?? "linear")), inputs: {\(inputs)}"
+            if let d = c.density { yaml += ", density: \(d)" }
+            if let r = c.rank { yaml += ", rank: \(r)" }
+            yaml += "}\n"
+        }
+        let submitted = try client.request(
+            JobSubmission(spec: yaml, dataName: dataName, data: data).message, expect: .submitted, timeout: 300)
+        let id = try submitted.decodeJobRequest().job
+        jobs.append(id)
+        let deadline = Date().addingTimeInterval(24 * 3600)
+        while Date() < deadline {
+            let reply = try client.request(StatusRequest(job: id).message, expect: .statusReply)
+            let body: StatusBody
+            do { body = try StatusBody(json: reply.metadata["body"] ?? .null) } catch {
+                throw CLIError("bad status from the coordinator: \(error)")
+            }
+            guard let job = body.jobs.first else { throw CLIError("the coordinator lost \(id)") }
+            if job.state == "done" {
+                let losses = Dictionary((job.evals ?? []).map { ($0.step, $0.loss) }, uniquingKeysWith: { a, _ in a })
+                return try (1...candidates.count).map { k in
+                    guard let l = losses[k] else { throw CLIError("\(id) finished without a score for adapter \(k)") }
+                    return l
+                }
+            }
+            if job.isFinished { throw CLIError("\(id) \(job.state): \(job.error ?? "")") }
+            Thread.sleep(forTimeInterval: 0.2)
+        }
+        throw CLIError("\(id) did not finish within a day")
     }
 }
 

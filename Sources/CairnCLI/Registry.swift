@@ -219,7 +219,7 @@ struct FetchCommand: ParsableCommand {
             try download(entry, to: path, client: c)
         }
         Terminal.note(
-            "init adapter: \(entry.reference) (adapter \(entry.sha256.prefix(12))…) from \(c.endpoint), at \(path)")
+            "registry adapter \(entry.reference) (adapter \(entry.sha256.prefix(12))…) from \(c.endpoint), at \(path)")
         return path
     }
 }

@@ -305,6 +305,14 @@ import Testing
         #expect(points.allSatisfy { p in p.prefix(3).allSatisfy { $0 >= 0 && $0 <= 1.5 } && p[3] >= 0.05 && p[3] <= 1 })
         let again = MergeSearch.run(options, evaluate: bowl)
         #expect(again.candidates == result.candidates)
+        // Handed over in batches (a cluster scores a batch in one job), the search is the same.
+        var batches: [Int] = []
+        let batched = MergeSearch.run(options) { points in
+            batches.append(points.count)
+            return points.map { bowl($0.weights, $0.density) }
+        }
+        #expect(batched.candidates == result.candidates)
+        #expect(batches.first == 5, "the first simplex at once: \(batches)")
         // A minimum outside the box: the search ends on its edge.
         let edge = MergeSearch.run(MergeSearchOptions(inputs: 2, budget: 60)) { w, _ in
             (w[0] - 3) * (w[0] - 3) + (w[1] - 0.5) * (w[1] - 0.5)

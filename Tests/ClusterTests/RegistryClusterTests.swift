@@ -75,6 +75,31 @@ import Wire
         #expect(one.scores.contains { $0.dataName == "scored.jsonl" && abs($0.loss - evals[0].loss) < 1e-12 })
         let status = try c.cairn("status", id)
         #expect(status.stdout.contains("two@1") && status.stdout.contains("linear("), "\(status.stdout)")
+        // A merge search whose candidates the workers score (evaluation jobs); the written merge scores on one
+        // machine what the cluster measured.
+        let searched = c.dir.appendingPathComponent("searched").path
+        let search = try runCommand(
+            cairnExecutable,
+            [
+                "merge", "one", "two", "--method", "linear", "--search", "--data",
+                c.dir.appendingPathComponent("scored.jsonl").path, "--budget", "6", "--model", tinyModel, "-o",
+                searched, "--json", "--state", c.state,
+            ], environment: ["CAIRN_HOME": c.dir.appendingPathComponent("home").path])
+        #expect(search.status == 0, "\(search.stderr)\n\(c.logs)")
+        let record = (try? JSONValue.parse(search.stdout))?.objectValue?["search"]?.objectValue
+        let jobs = record?["jobs"]?.arrayValue ?? []
+        #expect(jobs.count >= 2 && record?["evaluations"]?.intValue == 6, "\(search.stdout)")
+        let best = record?["loss"]?.doubleValue ?? .nan
+        #expect(best <= (record?["uniform_loss"]?.doubleValue ?? .nan))
+        let rescored = try runCommand(
+            cairnExecutable,
+            [
+                "eval", "--model", tinyModel, "--adapter", searched, "--data",
+                c.dir.appendingPathComponent("scored.jsonl").path, "--json",
+            ])
+        let local = (try? JSONValue.parse(rescored.stdout))?.objectValue?["loss"]?.doubleValue ?? .nan
+        #expect(abs(local - best) < 2e-3 * best, "one machine \(local) vs the cluster's \(best)")
+
         // A name that is not in the registry is refused at submit, with the near match.
         let wrong = try c.writeJob(
             data: "scored", job: "wrong", lines: heldLines, steps: 1, batch: 2, seqLen: 24, learningRate: 0.01,
