@@ -82,13 +82,13 @@ struct Merge: ParsableCommand {
     @Flag(help: "Search the weights (and density) that minimise the loss on --data.")
     var search = false
 
-    @Option(help: "With --search: held-out JSONL to minimise the loss on.")
+    @Option(help: "Held-out JSONL to minimise the loss on (with --search).")
     var data: String?
 
-    @Option(help: "With --search: candidates evaluated at most (the uniform merge is the first).")
+    @Option(help: "Candidates evaluated at most, the uniform merge first (with --search).")
     var budget = 30
 
-    @Option(help: "With --search: the largest weight tried (weights are searched in [0, this]).")
+    @Option(help: "The largest weight tried; weights are searched in [0, this] (with --search).")
     var maxWeight = 1.5
 
     @OptionGroup(title: "Searching on a cluster (--search with a coordinator)")
