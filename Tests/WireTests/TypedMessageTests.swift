@@ -14,6 +14,18 @@ import Wire
         try Message.decode(value.message.encode()).decode(as: T.self)
     }
 
+    /// A publish carries a PEFT pair, one GGUF file or nothing (a job's adapter); other files do not decode.
+    @Test func publishCarriesOnlyAdapterFiles() throws {
+        let odd = Publish(name: "x", description: "", files: [("notes.txt", [1])])
+        #expect(throws: WireError.self) { try Message.decode(odd.message.encode()) }
+        let named = Publish(name: String(repeating: "a", count: 101), description: "")
+        #expect(throws: WireError.self) { try Message.decode(named.message.encode()) }
+        let entry = RegistryEntry(
+            name: "x", version: 2, sha256: "ab", baseHash: "cd", baseName: "m.gguf", description: "d", publisher: "p",
+            created: 1, format: "peft", files: [.init(name: "adapter_config.json", blob: "ef", bytes: 3)])
+        #expect(try RegistryEntry(json: entry.json) == entry)
+    }
+
     @Test func everyMessageRoundTripsThroughFrames() throws {
         let hello = Hello(
             name: "w1", cores: 8, memory: 1 << 34, gflops: 120.5, threads: 8, localExamples: 40, host: "h")
@@ -46,6 +58,13 @@ import Wire
             JobSubmission(spec: "steps: 1\n", dataName: "d.jsonl", data: [1]),
             StatusRequest(job: "job-1", after: 5), StatusRequest(),
             PullReply(job: "job-1", files: [.init(name: "adapter.gguf", blob: "ab", bytes: 9)]),
+            Publish(
+                name: "alice/capitals", description: "d", base: "smollm2-135m",
+                files: [("adapter_config.json", [1]), ("adapter_model.safetensors", [2, 3])]),
+            Publish(name: "x", description: "", job: "job-2"),
+            Publish(name: "x", description: "", files: [("adapter.gguf", [9])]),
+            Published(name: "x", version: 3, sha256: "ab", created: false), AdapterListRequest(base: "ab12cd34"),
+            AdapterListRequest(), Resolve("x@2"),
         ]
         for value in values {
             let back = try Message.decode(value.message.encode())
