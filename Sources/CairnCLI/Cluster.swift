@@ -406,9 +406,50 @@ struct Submit: ParsableCommand {
             submit.validation = Array(v)
             submit.validationName = (path as NSString).lastPathComponent
         }
+        if config.mode == .evaluate { submit.adapters = try Self.localAdapters(config, job: job) }
         let c = try client.connect()
         let reply = try c.request(submit.message, expect: .submitted, timeout: 300)
         Terminal.write(try reply.decodeJobRequest().job + "\n")
+    }
+}
+
+extension Submit {
+    /// The files of an evaluation job's adapters that are paths here (beside the job file, or absolute), bundled for
+    /// the coordinator; nil when every adapter is a registry name.
+    static func localAdapters(_ config: TrainingConfig, job: String) throws -> [UInt8]? {
+        let base = (job as NSString).deletingLastPathComponent
+        var names: [String] = []
+        for c in config.candidates {
+            for n in c.reference.map({ [$0] }) ?? c.inputs.map(\.name) where !names.contains(n) { names.append(n) }
+        }
+        var writer = SafetensorsWriter()
+        var uploads = JSONObject()
+        var index = 0
+        var total = 0
+        for name in names {
+            let path = name.hasPrefix("/") ? name : (base as NSString).appendingPathComponent(name)
+            var isDirectory: ObjCBool = false
+            guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else { continue }
+            let files = isDirectory.boolValue ? Publish.peftFiles : [Publish.ggufFile]
+            for f in files {
+                let file = isDirectory.boolValue ? (path as NSString).appendingPathComponent(f) : path
+                guard let data = FileManager.default.contents(atPath: file) else {
+                    throw CLIError("\(job): adapters: cannot read \(file)")
+                }
+                total += data.count
+                writer.add("\(index)/\(f)", dtype: .U8, shape: [data.count], bytes: Array(data))
+            }
+            uploads[name] = .integer(Int64(index))
+            index += 1
+        }
+        guard index > 0 else { return nil }
+        guard index <= CandidateSet.maxUploads, total < Wire.maxTensorBytes - (1 << 20) else {
+            throw CLIError(
+                "\(job): adapters: at most \(CandidateSet.maxUploads) adapters and \(Wire.maxTensorBytes >> 20) MiB may be "
+                    + "sent with a job; publish them (cairn publish) and name them instead")
+        }
+        writer.metadata["uploads"] = JSONValue.object(uploads).serialized()
+        return writer.serialized()
     }
 }
 

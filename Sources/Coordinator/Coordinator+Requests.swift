@@ -135,9 +135,10 @@ extension Coordinator {
             var candidates: CandidateSet?
             if config.mode == .evaluate {
                 // The adapters to score, resolved and merged here (merges take a moment on large bases).
+                let uploads = try s.adapters.map { b throws(JobError) in try CandidateSet.uploads(b, blobs: blobs) }
                 candidates = try CandidateSet.prepare(
                     config.candidates, model: try ModelSource.gguf(blobs.path(modelBlob)).config(),
-                    modelBlob: modelBlob, registry: registry, blobs: blobs)
+                    modelBlob: modelBlob, registry: registry, blobs: blobs, uploads: uploads ?? [:])
             }
             let prepared = try PreparedJob.prepare(
                 spec: s.spec, source: "job file", modelPath: blobs.path(modelBlob), dataPath: blobs.path(dataBlob),

@@ -68,10 +68,54 @@ public struct CandidateSet: Sendable, Equatable {
     /// Most adapters one evaluation job scores.
     public static let maxCandidates = 256
 
+    /// Most adapters a client sends with an evaluation job, and most bytes of them.
+    public static let maxUploads = 64
+
+    /// The adapters a client sent with an evaluation job (`JobSubmission.adapters`), by the path the job file
+    /// names, stored as blobs: each a PEFT pair or one GGUF file, as entries that load like registry ones.
+    static func uploads(_ bundle: [UInt8], blobs: BlobStore) throws(JobError) -> [String: RegistryEntry] {
+        let file: SafetensorsFile
+        do { file = try SafetensorsFile(file: MappedFile(copying: bundle, path: "adapters sent with the job")) } catch {
+            throw JobError("the adapters sent with the job cannot be read: \(error)")
+        }
+        guard let text = file.metadata["uploads"], let map = (try? JSONValue.parse(Array(text.utf8)))?.objectValue,
+            map.members.count <= maxUploads
+        else { throw JobError("the adapters sent with the job have no valid `uploads` map (at most \(maxUploads))") }
+        var out: [String: RegistryEntry] = [:]
+        for (name, v) in map.members {
+            guard let index = v.intValue, index >= 0, index < maxUploads, name.utf8.count <= 4096 else {
+                throw JobError("the adapters sent with the job: a bad entry for \(name)")
+            }
+            var files: [PullReply.File] = []
+            for f in Publish.peftFiles + [Publish.ggufFile] {
+                guard let info = file.tensor(named: "\(index)/\(f)") else { continue }
+                guard info.dtype == .U8 else {
+                    throw JobError("the adapters sent with the job: \(info.name) is not bytes")
+                }
+                let bytes = Array(file.data(for: info))
+                do { files.append(PullReply.File(name: f, blob: try blobs.add(bytes), bytes: bytes.count)) } catch {
+                    throw JobError("cannot store the adapters sent with the job: \(error)")
+                }
+            }
+            let names = files.map(\.name)
+            guard names == Publish.peftFiles || names == [Publish.ggufFile] else {
+                throw JobError(
+                    "\(name): send a PEFT directory (adapter_config.json and adapter_model.safetensors) or one GGUF LoRA file"
+                )
+            }
+            out[name] = RegistryEntry(
+                name: name, version: 0, sha256: "", baseHash: "", baseName: "", description: "", publisher: "",
+                created: 0, format: names == [Publish.ggufFile] ? "gguf" : "peft", files: files)
+        }
+        return out
+    }
+
     /// Resolves and builds the job's adapters for a base: registry adapters are loaded (each checked to belong to
-    /// the base), merges computed, and all written in the common layout into a blob.
+    /// the base), adapters sent with the job (`uploads`, by path) checked against the base they record, merges
+    /// computed, and all written in the common layout into a blob.
     static func prepare(
-        _ specs: [EvaluationCandidate], model: LlamaConfig, modelBlob: String, registry: Registry, blobs: BlobStore
+        _ specs: [EvaluationCandidate], model: LlamaConfig, modelBlob: String, registry: Registry, blobs: BlobStore,
+        uploads: [String: RegistryEntry] = [:]
     ) throws(JobError) -> CandidateSet {
         guard !specs.isEmpty else { throw JobError("job file: adapters: an evaluation job needs adapters to score") }
         guard specs.count <= maxCandidates else {
@@ -80,6 +124,19 @@ public struct CandidateSet: Sendable, Equatable {
         var loaded: [String: (adapter: LoRAAdapter, provenance: AdapterProvenance)] = [:]
         func adapter(_ reference: String) throws(JobError) -> (adapter: LoRAAdapter, provenance: AdapterProvenance) {
             if let a = loaded[reference] { return a }
+            if let upload = uploads[reference] {
+                let a: (LoRAAdapter, AdapterProvenance)
+                do { a = try upload.loadAdapter(model: model, blobs: blobs) } catch {
+                    throw JobError("job file: adapters: \(reference) does not fit the job's model: \(error)")
+                }
+                if let recorded = a.1.baseModelHash, recorded != modelBlob {
+                    throw JobError(
+                        "job file: adapters: \(reference) was trained on base \(recorded.prefix(12))…, not on the "
+                            + "job's model (\(modelBlob.prefix(12))…)")
+                }
+                loaded[reference] = a
+                return a
+            }
             let entry: RegistryEntry
             do { entry = try registry.resolve(reference) } catch {
                 throw JobError("job file: adapters: \(error.message)")

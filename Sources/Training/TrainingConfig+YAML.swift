@@ -56,7 +56,7 @@ extension TrainingConfig {
         ("trim_fraction", "trimmed_mean: fraction of participants dropped at each end of each entry (default 0.2)"),
         ("clip_update_norm", "diloco/federated: clip each participant's update norm to this (default 0: off)"),
         ("score_updates", "diloco/federated: leave out updates that worsen the held-out loss (default false)"),
-        ("adapters", "mode: evaluate: the adapters to score: registry names, or {merge: METHOD, inputs: {NAME: W}}"),
+        ("adapters", "mode: evaluate: adapters to score: registry names, paths, or {merge: METHOD, inputs: {NAME: W}}"),
     ]
 
     /// Reads a YAML job file over the current values.

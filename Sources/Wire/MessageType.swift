@@ -160,7 +160,9 @@ public enum MessageType: UInt8, Sendable, CaseIterable, CustomStringConvertible 
             return Schema(
                 ["spec": .string(maxBytes: 64 << 10), "data_name": .string(maxBytes: 1024)],
                 optional: ["validation_name": .string(maxBytes: 1024)],
-                tensorChoices: [["data"], ["data", "validation"]])
+                tensorChoices: [
+                    ["data"], ["data", "validation"], ["data", "adapters"], ["data", "validation", "adapters"],
+                ])
         case .submitted, .cancel, .cancelled, .pull, .ready:
             return Schema(["job": id])
         case .status:

@@ -538,21 +538,27 @@ public struct JobSubmission: WireMessage, Equatable {
     public var data: [UInt8]
     public var validationName: String?
     public var validation: [UInt8]?
+    /// An evaluation job's adapters given as paths on the client: their files, as a safetensors file of u8 tensors
+    /// named `N/FILE`, whose metadata `uploads` maps each path as the job file names it to N.
+    public var adapters: [UInt8]?
 
     public init(
-        spec: String, dataName: String, data: [UInt8], validationName: String? = nil, validation: [UInt8]? = nil
+        spec: String, dataName: String, data: [UInt8], validationName: String? = nil, validation: [UInt8]? = nil,
+        adapters: [UInt8]? = nil
     ) {
         self.spec = spec
         self.dataName = dataName
         self.data = data
         self.validationName = validationName
         self.validation = validation
+        self.adapters = adapters
     }
 
     public init(validated m: Message) {
         self.init(
             spec: m.string("spec"), dataName: m.string("data_name"), data: m.tensor("data")!.bytes,
-            validationName: m.optionalString("validation_name"), validation: m.tensor("validation")?.bytes)
+            validationName: m.optionalString("validation_name"), validation: m.tensor("validation")?.bytes,
+            adapters: m.tensor("adapters")?.bytes)
     }
 
     public var message: Message {
@@ -561,6 +567,9 @@ public struct JobSubmission: WireMessage, Equatable {
         var tensors = [Tensor(name: "data", dtype: .u8, shape: [data.count], bytes: data)]
         if let validation {
             tensors.append(Tensor(name: "validation", dtype: .u8, shape: [validation.count], bytes: validation))
+        }
+        if let adapters {
+            tensors.append(Tensor(name: "adapters", dtype: .u8, shape: [adapters.count], bytes: adapters))
         }
         return Message(.submit, o, tensors: tensors)
     }

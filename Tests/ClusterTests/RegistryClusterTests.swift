@@ -37,6 +37,8 @@ import Wire
         #expect(c.waitForJob(second)?["state"] == "done", "\(c.logs)")
         #expect(try c.cairn("publish", second, "--name", "two").status == 0)
 
+        // An adapter on this machine, named by its path beside the job file, is sent with the job.
+        #expect(try c.cairn("pull", first, "-o", c.dir.appendingPathComponent("pulled-one").path).status == 0)
         let heldLines = ["the mat sat on the cat", "three two one", "green blue red", "a park in the dog"]
         let job = try c.writeJob(
             data: "scored", job: "evaluate", lines: heldLines, steps: 1, batch: 2, seqLen: 24, learningRate: 0.01,
@@ -47,14 +49,17 @@ import Wire
                   - two@1
                   - merge: linear
                     inputs: {one: 0.5, two: 0.5}
+                  - pulled-one
                 """)
         let id = try c.submit(job)
         let final = c.waitForJob(id)
         #expect(final?["state"] == "done", "\(c.logs)")
         let evals = ClusterHarness.evals(final)
-        #expect(evals.map(\.step) == [1, 2, 3], "\(String(describing: final))")
+        #expect(evals.map(\.step) == [1, 2, 3, 4], "\(String(describing: final))")
         let labels = (final?["adapters"]?.arrayValue ?? []).compactMap { $0.objectValue?["label"]?.stringValue }
-        #expect(labels.count == 3 && labels[0] == "one" && labels[1] == "two@1" && labels[2].hasPrefix("linear("))
+        #expect(labels.count == 4 && labels[0] == "one" && labels[1] == "two@1" && labels[2].hasPrefix("linear("))
+        // The copy sent from this machine is the same adapter as `one`: the same score.
+        #expect(labels.last == "pulled-one" && abs(evals[3].loss - evals[0].loss) < 1e-6 * evals[0].loss)
         // Each registry adapter's score is what one machine measures (cairn eval scores the data the same way).
         for (k, name) in ["one", "two"].enumerated() {
             let dir = c.dir.appendingPathComponent("fetched-\(name)").path

@@ -56,6 +56,7 @@ import Wire
             Enrol(publicKey: "k", role: "worker", name: "w"), Enrolled(id: "k"),
             JobSubmission(spec: "steps: 1\n", dataName: "d.jsonl", data: [1], validationName: "v", validation: [2]),
             JobSubmission(spec: "steps: 1\n", dataName: "d.jsonl", data: [1]),
+            JobSubmission(spec: "mode: evaluate\n", dataName: "d.jsonl", data: [1], adapters: [4, 5]),
             StatusRequest(job: "job-1", after: 5), StatusRequest(),
             PullReply(job: "job-1", files: [.init(name: "adapter.gguf", blob: "ab", bytes: 9)]),
             Publish(
