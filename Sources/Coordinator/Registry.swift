@@ -123,6 +123,9 @@ public struct Registry: Sendable {
     /// A finished job's PEFT files, and its last evaluation on held-out data sent with it.
     private func jobFiles(_ id: String, now: Double) throws(RegistryError) -> ([PullReply.File], AdapterScore?) {
         guard let record = try? store.job(id) else { throw RegistryError("no_job", "no job \(id)") }
+        guard record.candidates == nil else {
+            throw RegistryError("no_adapter", "\(id) is an evaluation job: it scored adapters and made none")
+        }
         guard record.state == .done else {
             throw RegistryError("not_done", "\(id) is \(record.state.rawValue); publish it when it is done")
         }
