@@ -215,12 +215,7 @@ public final class OuterOptimizer: @unchecked Sendable {
                         dense: update, rows: m.outFeatures, columns: m.inFeatures,
                         rank: min(m.rank * momentumRankFactor, m.outFeatures, m.inFeatures)
                     ).0
-                    var mom = momentumState[index] ?? LowRankDelta(rows: m.outFeatures, columns: m.inFeatures)
-                    var next = LowRankDelta(rows: m.outFeatures, columns: m.inFeatures)
-                    next.add(mom, weight: momentum)
-                    next.add(g, weight: 1)
-                    mom = next.truncated(rank: m.rank * momentumRankFactor)
-                    momentumState[index] = mom
+                    let mom = advanceMomentum(index, m, gradient: g)
                     for (i, x) in mom.dense().enumerated() { update[i] += momentum * x }
                 }
                 let next = zip(before, update).map { $0 - learningRate * $1 }
@@ -244,20 +239,25 @@ public final class OuterOptimizer: @unchecked Sendable {
                 gradient = gradient.truncated(rank: m.rank * (workers.count + 1))
             }
             var update = gradient
-            if momentum > 0 {
-                var mom = momentumState[index] ?? LowRankDelta(rows: m.outFeatures, columns: m.inFeatures)
-                var next = LowRankDelta(rows: m.outFeatures, columns: m.inFeatures)
-                next.add(mom, weight: momentum)
-                next.add(gradient, weight: 1)
-                mom = next.truncated(rank: m.rank * momentumRankFactor)
-                momentumState[index] = mom
-                update.add(mom, weight: momentum)
-            }
+            if momentum > 0 { update.add(advanceMomentum(index, m, gradient: gradient), weight: momentum) }
             var next = current
             next.add(update, weight: -learningRate)
             refactor(next, into: m, parameters: g)
         }
         return participants
+    }
+}
+
+extension OuterOptimizer {
+    /// Nesterov's momentum of module `index`: M ← μ·M + G, kept as a low-rank product truncated to
+    /// `momentumRankFactor` × r; returns the new M.
+    fileprivate func advanceMomentum(_ index: Int, _ m: LoRAModule, gradient: LowRankDelta) -> LowRankDelta {
+        var next = LowRankDelta(rows: m.outFeatures, columns: m.inFeatures)
+        if let mom = momentumState[index] { next.add(mom, weight: momentum) }
+        next.add(gradient, weight: 1)
+        let mom = next.truncated(rank: m.rank * momentumRankFactor)
+        momentumState[index] = mom
+        return mom
     }
 }
 
