@@ -155,15 +155,9 @@ public struct Registry: Sendable {
 
     /// The files as a directory the adapter loaders read (links to the blobs).
     private func unpack(_ files: [PullReply.File]) throws(RegistryError) -> String {
-        let dir = path(scratch, "publish-\(UUID().uuidString.prefix(8))")
-        do {
-            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-            for f in files {
-                try FileManager.default.createSymbolicLink(
-                    atPath: path(dir, f.name), withDestinationPath: blobs.path(f.blob))
-            }
-        } catch { throw RegistryError("internal", "cannot unpack the adapter in \(scratch): \(error)") }
-        return dir
+        do { return try linkAdapterFiles(files, blobs: blobs, under: scratch, label: "publish") } catch {
+            throw RegistryError("internal", "cannot unpack the adapter in \(scratch): \(error)")
+        }
     }
 
     /// The base's file, identity and readable name: the model `named` on the coordinator (checked against the
@@ -337,15 +331,27 @@ extension RegistryEntry {
         if format == "gguf", let f = files.first(where: { $0.name == Publish.ggufFile }) {
             return try LoRAAdapter.loadGGUF(path: blobs.path(f.blob), model: model)
         }
-        let dir = (NSTemporaryDirectory() as NSString).appendingPathComponent("cairn-adapter-\(UUID().uuidString)")
-        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let dir: String
         do {
-            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-            for f in files where BlobStore.isHash(f.blob) && !f.name.contains("/") {
-                try FileManager.default.createSymbolicLink(
-                    atPath: (dir as NSString).appendingPathComponent(f.name), withDestinationPath: blobs.path(f.blob))
-            }
-        } catch { throw FormatError(.notFound, path: dir, "cannot unpack \(reference): \(error)") }
+            dir = try linkAdapterFiles(files, blobs: blobs, under: NSTemporaryDirectory(), label: "cairn-adapter")
+        } catch {
+            throw FormatError(.notFound, path: NSTemporaryDirectory(), "cannot unpack \(reference): \(error)")
+        }
+        defer { try? FileManager.default.removeItem(atPath: dir) }
         return try LoRAAdapter.loadPEFT(directory: dir, model: model)
     }
+}
+
+/// A fresh directory under `parent` with a link to each file's blob, named as the file: what the adapter loaders
+/// read (a PEFT directory). Files with a bad blob name or a path in their name are left out.
+func linkAdapterFiles(_ files: [PullReply.File], blobs: BlobStore, under parent: String, label: String) throws
+    -> String
+{
+    let dir = (parent as NSString).appendingPathComponent("\(label)-\(UUID().uuidString)")
+    try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    for f in files where BlobStore.isHash(f.blob) && !f.name.contains("/") {
+        try FileManager.default.createSymbolicLink(
+            atPath: (dir as NSString).appendingPathComponent(f.name), withDestinationPath: blobs.path(f.blob))
+    }
+    return dir
 }
