@@ -11,7 +11,7 @@ import Wire
 
 @Suite(.serialized) struct ClusterTests {
     /// sync: 2 workers × 2 rows ≡ `cairn train` with batch 4 (the same global batch): the loss curves agree to
-    /// floating-point reordering, and both workers took shares.
+    /// floating-point reordering, and some step's rows came from both workers.
     @Test func syncWithTwoWorkersReproducesSingleMachineTraining() throws {
         let c = ClusterHarness("sync")
         try c.startCluster(workers: ["w1", "w2"])
@@ -30,9 +30,14 @@ import Wire
         #expect(evals.map(\.step) == [4, 8, 10] && reference.evals.map(\.step) == [4, 8, 10])
         let evalDiff = maxRelativeDifference(evals.map(\.loss), reference.evals.map(\.loss))
         #expect(evalDiff != nil && evalDiff! < 1e-4, "cluster \(evals) vs one machine \(reference.evals)")
+        // The split follows the workers' measured speeds (2 + 2, 3 + 1, …, with the load on this machine); what
+        // must hold is that some step's rows came from both.
         let shared = (final?["steps"]?.arrayValue ?? []).compactMap { $0.objectValue?["shares"]?.objectValue }
-            .filter { $0.count == 2 && $0.members.allSatisfy { $0.value == .integer(2) } }
-        #expect(!shared.isEmpty, "some step was split 2 + 2 across the workers: \(c.logs)")
+            .filter { shares in
+                shares.count == 2 && shares.members.allSatisfy { ($0.value.intValue ?? 0) > 0 }
+                    && shares.members.reduce(0) { $0 + ($1.value.intValue ?? 0) } == 4
+            }
+        #expect(!shared.isEmpty, "some step was split across both workers: \(c.logs)")
         // The adapter comes back in both formats.
         let peft = c.dir.appendingPathComponent("pulled").path
         #expect(try c.cairn("pull", id, "-o", peft).status == 0)
