@@ -175,6 +175,86 @@ static void dequantize_q4_1_portable(const unsigned char *src, float *dst, size_
     }
 }
 
+// K-quants: super-blocks of 256 with 6-bit sub-block scales (Docs/FORMATS.md §2). Each product is d·scale·q
+// (and minus dmin·min for Q4_K/Q5_K), rounded as the Swift reference rounds it: the scale products first, then
+// the multiply, then the subtraction, never fused.
+
+// Sub-block j's 6-bit scale and min from the 12 packed bytes (ggml's get_scale_min_k4).
+static inline void scale_min_k4(int j, const unsigned char *q, unsigned char *sc, unsigned char *m) {
+    if (j < 4) {
+        *sc = q[j] & 63;
+        *m = q[j + 4] & 63;
+    } else {
+        *sc = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
+        *m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+    }
+}
+
+static void dequantize_q4_k_portable(const unsigned char *src, float *dst, size_t blocks) {
+    for (size_t b = 0; b < blocks; b++, src += 144, dst += 256) {
+        float d = half_to_float(load_u16(src)), dmin = half_to_float(load_u16(src + 2));
+        const unsigned char *scales = src + 4, *qs = src + 16;
+        for (int c = 0; c < 4; c++) {
+            unsigned char sc1, m1, sc2, m2;
+            scale_min_k4(2 * c, scales, &sc1, &m1);
+            scale_min_k4(2 * c + 1, scales, &sc2, &m2);
+            float d1 = d * (float)sc1, o1 = dmin * (float)m1, d2 = d * (float)sc2, o2 = dmin * (float)m2;
+            const unsigned char *q = qs + 32 * c;
+            float *y = dst + 64 * c;
+            for (int l = 0; l < 32; l++) {
+                float lo = d1 * (float)(q[l] & 0xF), hi = d2 * (float)(q[l] >> 4);
+                y[l] = lo - o1;
+                y[l + 32] = hi - o2;
+            }
+        }
+    }
+}
+
+static void dequantize_q5_k_portable(const unsigned char *src, float *dst, size_t blocks) {
+    for (size_t b = 0; b < blocks; b++, src += 176, dst += 256) {
+        float d = half_to_float(load_u16(src)), dmin = half_to_float(load_u16(src + 2));
+        const unsigned char *scales = src + 4, *qh = src + 16, *qs = src + 48;
+        for (int c = 0; c < 4; c++) {
+            unsigned char sc1, m1, sc2, m2;
+            scale_min_k4(2 * c, scales, &sc1, &m1);
+            scale_min_k4(2 * c + 1, scales, &sc2, &m2);
+            float d1 = d * (float)sc1, o1 = dmin * (float)m1, d2 = d * (float)sc2, o2 = dmin * (float)m2;
+            unsigned char bit_lo = (unsigned char)(1u << (2 * c)), bit_hi = (unsigned char)(2u << (2 * c));
+            const unsigned char *q = qs + 32 * c;
+            float *y = dst + 64 * c;
+            for (int l = 0; l < 32; l++) {
+                int lo_q = (q[l] & 0xF) + ((qh[l] & bit_lo) ? 16 : 0);
+                int hi_q = (q[l] >> 4) + ((qh[l] & bit_hi) ? 16 : 0);
+                float lo = d1 * (float)lo_q, hi = d2 * (float)hi_q;
+                y[l] = lo - o1;
+                y[l + 32] = hi - o2;
+            }
+        }
+    }
+}
+
+static void dequantize_q6_k_portable(const unsigned char *src, float *dst, size_t blocks) {
+    for (size_t b = 0; b < blocks; b++, src += 210, dst += 256) {
+        float d = half_to_float(load_u16(src + 208));
+        for (int half = 0; half < 2; half++) {
+            const unsigned char *L = src + 64 * half, *H = src + 128 + 32 * half;
+            const signed char *S = (const signed char *)(src + 192 + 8 * half);
+            float *y = dst + 128 * half;
+            for (int l = 0; l < 32; l++) {
+                int s = l / 16;
+                int q1 = (int)((L[l] & 0xF) | ((H[l] & 3) << 4)) - 32;
+                int q2 = (int)((L[l + 32] & 0xF) | (((H[l] >> 2) & 3) << 4)) - 32;
+                int q3 = (int)((L[l] >> 4) | (((H[l] >> 4) & 3) << 4)) - 32;
+                int q4 = (int)((L[l + 32] >> 4) | (((H[l] >> 6) & 3) << 4)) - 32;
+                y[l] = d * (float)S[s] * (float)q1;
+                y[l + 32] = d * (float)S[s + 2] * (float)q2;
+                y[l + 64] = d * (float)S[s + 4] * (float)q3;
+                y[l + 96] = d * (float)S[s + 6] * (float)q4;
+            }
+        }
+    }
+}
+
 // MARK: AVX2 + FMA versions
 
 #if defined(__x86_64__) && (defined(__clang__) || defined(__GNUC__))
@@ -371,6 +451,95 @@ WIDE static void dequantize_q4_1_wide(const unsigned char *src, float *dst, size
         }
     }
 }
+// Eight bytes widened to eight float lanes.
+WIDE static inline __m256 u8x8_to_ps(__m128i bytes) { return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes)); }
+
+WIDE static void dequantize_q4_k_wide(const unsigned char *src, float *dst, size_t blocks) {
+    const __m128i low4 = _mm_set1_epi8(0x0F);
+    for (size_t b = 0; b < blocks; b++, src += 144, dst += 256) {
+        float d = half_to_float(load_u16(src)), dmin = half_to_float(load_u16(src + 2));
+        const unsigned char *scales = src + 4, *qs = src + 16;
+        for (int c = 0; c < 4; c++) {
+            unsigned char sc1, m1, sc2, m2;
+            scale_min_k4(2 * c, scales, &sc1, &m1);
+            scale_min_k4(2 * c + 1, scales, &sc2, &m2);
+            __m256 d1 = _mm256_set1_ps(d * (float)sc1), o1 = _mm256_set1_ps(dmin * (float)m1);
+            __m256 d2 = _mm256_set1_ps(d * (float)sc2), o2 = _mm256_set1_ps(dmin * (float)m2);
+            const unsigned char *q = qs + 32 * c;
+            float *y = dst + 64 * c;
+            for (int k = 0; k < 4; k++) {
+                __m128i bytes = _mm_loadl_epi64((const __m128i *)(q + 8 * k));
+                __m128i lo = _mm_and_si128(bytes, low4), hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), low4);
+                _mm256_storeu_ps(y + 8 * k, _mm256_sub_ps(_mm256_mul_ps(d1, u8x8_to_ps(lo)), o1));
+                _mm256_storeu_ps(y + 32 + 8 * k, _mm256_sub_ps(_mm256_mul_ps(d2, u8x8_to_ps(hi)), o2));
+            }
+        }
+    }
+}
+
+WIDE static void dequantize_q5_k_wide(const unsigned char *src, float *dst, size_t blocks) {
+    const __m128i low4 = _mm_set1_epi8(0x0F), sixteen = _mm_set1_epi8(16);
+    for (size_t b = 0; b < blocks; b++, src += 176, dst += 256) {
+        float d = half_to_float(load_u16(src)), dmin = half_to_float(load_u16(src + 2));
+        const unsigned char *scales = src + 4, *qh = src + 16, *qs = src + 48;
+        for (int c = 0; c < 4; c++) {
+            unsigned char sc1, m1, sc2, m2;
+            scale_min_k4(2 * c, scales, &sc1, &m1);
+            scale_min_k4(2 * c + 1, scales, &sc2, &m2);
+            __m256 d1 = _mm256_set1_ps(d * (float)sc1), o1 = _mm256_set1_ps(dmin * (float)m1);
+            __m256 d2 = _mm256_set1_ps(d * (float)sc2), o2 = _mm256_set1_ps(dmin * (float)m2);
+            const __m128i bit_lo = _mm_set1_epi8((char)(1u << (2 * c))), bit_hi = _mm_set1_epi8((char)(2u << (2 * c)));
+            const unsigned char *q = qs + 32 * c;
+            float *y = dst + 64 * c;
+            for (int k = 0; k < 4; k++) {
+                __m128i bytes = _mm_loadl_epi64((const __m128i *)(q + 8 * k));
+                __m128i high = _mm_loadl_epi64((const __m128i *)(qh + 8 * k));
+                // 16 where the sub-block's bit is set: (high & bit) == bit gives 0xFF, masked down to 16.
+                __m128i add_lo = _mm_and_si128(_mm_cmpeq_epi8(_mm_and_si128(high, bit_lo), bit_lo), sixteen);
+                __m128i add_hi = _mm_and_si128(_mm_cmpeq_epi8(_mm_and_si128(high, bit_hi), bit_hi), sixteen);
+                __m128i lo = _mm_add_epi8(_mm_and_si128(bytes, low4), add_lo);
+                __m128i hi = _mm_add_epi8(_mm_and_si128(_mm_srli_epi16(bytes, 4), low4), add_hi);
+                _mm256_storeu_ps(y + 8 * k, _mm256_sub_ps(_mm256_mul_ps(d1, u8x8_to_ps(lo)), o1));
+                _mm256_storeu_ps(y + 32 + 8 * k, _mm256_sub_ps(_mm256_mul_ps(d2, u8x8_to_ps(hi)), o2));
+            }
+        }
+    }
+}
+
+WIDE static void dequantize_q6_k_wide(const unsigned char *src, float *dst, size_t blocks) {
+    const __m128i low4 = _mm_set1_epi8(0x0F), three = _mm_set1_epi8(3);
+    const __m256i bias = _mm256_set1_epi32(32);
+    for (size_t b = 0; b < blocks; b++, src += 210, dst += 256) {
+        float d = half_to_float(load_u16(src + 208));
+        for (int half = 0; half < 2; half++) {
+            const unsigned char *L = src + 64 * half, *H = src + 128 + 32 * half;
+            const signed char *S = (const signed char *)(src + 192 + 8 * half);
+            float *y = dst + 128 * half;
+            for (int k = 0; k < 4; k++) {
+                int s = k / 2;  // l = 8k .. 8k+7 lies in sub-block l/16
+                __m128i a = _mm_loadl_epi64((const __m128i *)(L + 8 * k));
+                __m128i bb = _mm_loadl_epi64((const __m128i *)(L + 32 + 8 * k));
+                __m128i h = _mm_loadl_epi64((const __m128i *)(H + 8 * k));
+                __m128i q[4] = {
+                    _mm_or_si128(_mm_and_si128(a, low4), _mm_slli_epi16(_mm_and_si128(h, three), 4)),
+                    _mm_or_si128(
+                        _mm_and_si128(bb, low4), _mm_slli_epi16(_mm_and_si128(_mm_srli_epi16(h, 2), three), 4)),
+                    _mm_or_si128(
+                        _mm_and_si128(_mm_srli_epi16(a, 4), low4),
+                        _mm_slli_epi16(_mm_and_si128(_mm_srli_epi16(h, 4), three), 4)),
+                    _mm_or_si128(
+                        _mm_and_si128(_mm_srli_epi16(bb, 4), low4),
+                        _mm_slli_epi16(_mm_and_si128(_mm_srli_epi16(h, 6), three), 4)),
+                };
+                for (int part = 0; part < 4; part++) {
+                    __m256 scale = _mm256_set1_ps(d * (float)S[s + 2 * part]);
+                    __m256 v = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_cvtepu8_epi32(q[part]), bias));
+                    _mm256_storeu_ps(y + 32 * part + 8 * k, _mm256_mul_ps(scale, v));
+                }
+            }
+        }
+    }
+}
 #endif
 
 // MARK: dispatch
@@ -450,4 +619,16 @@ void cairn_dequantize_q4_0(const void *src, float *dst, size_t blocks) {
 
 void cairn_dequantize_q4_1(const void *src, float *dst, size_t blocks) {
     RUN(dequantize_q4_1_wide(src, dst, blocks), dequantize_q4_1_portable(src, dst, blocks))
+}
+
+void cairn_dequantize_q4_k(const void *src, float *dst, size_t blocks) {
+    RUN(dequantize_q4_k_wide(src, dst, blocks), dequantize_q4_k_portable(src, dst, blocks))
+}
+
+void cairn_dequantize_q5_k(const void *src, float *dst, size_t blocks) {
+    RUN(dequantize_q5_k_wide(src, dst, blocks), dequantize_q5_k_portable(src, dst, blocks))
+}
+
+void cairn_dequantize_q6_k(const void *src, float *dst, size_t blocks) {
+    RUN(dequantize_q6_k_wide(src, dst, blocks), dequantize_q6_k_portable(src, dst, blocks))
 }

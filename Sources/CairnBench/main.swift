@@ -8,15 +8,18 @@
 //   train     LoRA training steps (r 8 on all seven projections) on batch × sequence tokens: tokens/s,
 //             GFLOP per token counted from the shapes (LlamaModel.trainingFLOPs), the ratio to the ceiling, the
 //             mean loss of the timed steps, and the process's peak RSS. Run it in its own process so the RSS is
-//             training's alone. --base-precision q keeps the base quantised (activations then recomputed, as
-//             cairn train does; --recompute overrides); --model synthetic-360m|synthetic-1.1b|
-//             synthetic-qwen2.5-0.5b|synthetic-llama3.2-1b trains random Q4_1 weights of those shapes (dequantised
-//             to fp32 with --base-precision f32).
+//             training's alone. --base-precision q keeps the base quantised. Activations are kept for as many
+//             layers as fit in --memory-limit (default: 80 % of the memory available), as cairn train does;
+//             --recompute always|never overrides. --model synthetic-135m|synthetic-360m|synthetic-1.1b|
+//             synthetic-qwen2.5-0.5b|synthetic-llama3.2-1b|synthetic-llama3.1-8b trains random weights of those
+//             shapes in --quant's blocks (default q4_1; dequantised to fp32 with --base-precision f32).
 //   merge     TIES-merge 8 random rank-16 adapters on all seven projections of the model's shapes to rank 16:
 //             seconds and peak RSS (the issue's target: under 5 s and 300 MiB), with the sgemm ceiling for scale;
 //             CAIRN_BENCH_PHASES=1 first times each phase on the largest module
 // Usage: cairn-bench [forward|train|merge] [--model NAME|PATH] [--batch 4] [--sequence 256] [--repeats 3] [--rank 8]
-//                    [--threads N] [--base-precision f32|q] [--recompute auto|always|never] [--json]
+//                    [--threads N] [--base-precision f32|q] [--recompute auto|always|never]
+//                    [--memory-limit SIZE] [--quant q4_0|q4_1|q8_0|q4_k|q5_k|q6_k] [--single] [--json]
+//             --single: one step, no warm-up (the peak memory of shapes whose step takes minutes).
 
 import Adapters
 import Foundation
@@ -38,6 +41,10 @@ struct Arguments {
     /// Whether --base-precision was given (synthetic shapes default to q, files to f32).
     var precisionGiven = false
     var recompute = RecomputeMode.auto
+    var memoryLimit: Int?
+    /// One step without a warm-up (for the peak memory of shapes whose step takes minutes).
+    var single = false
+    var quant = GGMLType.q4_1
 
     init(_ argv: [String]) throws {
         var i = 1
@@ -59,12 +66,25 @@ struct Arguments {
             case "--threads": threads = Int(try value())
             case "--rank": rank = Int(try value()) ?? 0
             case "--json": json = true
+            case "--single": single = true
             case "--recompute":
                 let v = try value()
                 guard let r = RecomputeMode(rawValue: v) else {
                     throw BenchError("--recompute is auto, always or never")
                 }
                 recompute = r
+            case "--memory-limit":
+                let v = try value()
+                guard let bytes = parseByteSize(v), bytes > 0 else {
+                    throw BenchError("--memory-limit: not a size: \(v)")
+                }
+                memoryLimit = bytes
+            case "--quant":
+                let v = try value()
+                guard let t = GGMLType(name: v), LlamaWeights.syntheticTypes.contains(t) else {
+                    throw BenchError("--quant is one of \(LlamaWeights.syntheticTypes.map(\.description)), not \(v)")
+                }
+                quant = t
             case "--base-precision":
                 let v = try value()
                 guard let p = BasePrecision(rawValue: v) else {
@@ -74,7 +94,7 @@ struct Arguments {
                 precisionGiven = true
             case "--help", "-h":
                 print(
-                    "usage: cairn-bench [forward|train|merge] [--model NAME|PATH|synthetic-360m|synthetic-1.1b|synthetic-qwen2.5-0.5b|synthetic-llama3.2-1b] [--batch 4] [--sequence 256] [--repeats 3] [--rank 8] [--threads N] [--base-precision f32|q] [--recompute auto|always|never] [--json]"
+                    "usage: cairn-bench [forward|train|merge] [--model NAME|PATH|synthetic-360m|synthetic-1.1b|synthetic-qwen2.5-0.5b|synthetic-llama3.2-1b] [--batch 4] [--sequence 256] [--repeats 3] [--rank 8] [--threads N] [--base-precision f32|q] [--recompute auto|always|never] [--memory-limit SIZE] [--quant TYPE] [--single] [--json]"
                 )
                 exit(0)
             default: throw BenchError("unknown argument \(argv[i]); see --help")
@@ -94,9 +114,9 @@ struct BenchError: Error, CustomStringConvertible {
 
 let clock = ContinuousClock()
 
-/// Best wall time of `repeats` runs after one warm-up.
-func best(_ repeats: Int, _ body: () -> Void) -> Double {
-    body()
+/// Best wall time of `repeats` runs after one warm-up (none with `warmUp` false).
+func best(_ repeats: Int, warmUp: Bool = true, _ body: () -> Void) -> Double {
+    if warmUp { body() }
     var fastest = Double.infinity
     for _ in 0..<repeats {
         let start = clock.now
@@ -131,16 +151,24 @@ func runTrain(_ args: Arguments, ceiling: (square: Double, projection: Double), 
     settings.batchSize = args.batch
     settings.sequenceLength = args.sequence
     settings.recompute = args.recompute
-    let recompute = settings.recomputes(model: c, adapter: adapter, precision: model.weights.precision)
+    settings.memoryLimit = args.memoryLimit
+    let plan = settings.activationPlan(model: c, adapter: adapter, baseBytes: model.weights.residentBytes)
+    if !args.json {
+        print(
+            "activations: \(plan.summary); the step needs about \(plan.stepBytes >> 20) MiB"
+                + (plan.limitBytes.map { " of \($0 >> 20) MiB" } ?? ""))
+    }
     let session = TrainingSession(
         model: model, adapter: adapter,
         schedule: LearningRateSchedule(peak: 1e-4, warmupSteps: 0, totalSteps: 1000, kind: .constant),
-        recompute: recompute)
+        keptLayers: plan.keptLayers)
     var rng = SeededGenerator(seed: 3)
     let rows = (0..<args.batch).map { _ in (0..<args.sequence).map { _ in Int32(rng.next() % UInt64(c.vocabSize)) } }
     let batch = TrainingBatch(rows: rows)
     var losses: [Double] = []
-    let seconds = best(args.repeats) { losses.append(session.step([batch]).loss.mean) }
+    let seconds = best(args.single ? 1 : args.repeats, warmUp: !args.single) {
+        losses.append(session.step([batch]).loss.mean)
+    }
     let tokens = args.batch * args.sequence
     let flops = Double(args.batch) * model.trainingFLOPs(tokens: args.sequence, adapter: adapter)
     let achieved = flops / seconds / 1e9
@@ -152,7 +180,9 @@ func runTrain(_ args: Arguments, ceiling: (square: Double, projection: Double), 
             "model": .string(name), "batch": .integer(Int64(args.batch)),
             "sequence": .integer(Int64(args.sequence)), "parameters": .integer(Int64(c.parameterCount)),
             "base_precision": .string(model.weights.precision.rawValue),
-            "base_bytes": .integer(Int64(model.weights.residentBytes)), "recompute": .bool(recompute),
+            "base_bytes": .integer(Int64(model.weights.residentBytes)), "recompute": .bool(plan.recomputes),
+            "kept_layers": .integer(Int64(plan.keptLayers)), "layers": .integer(Int64(c.layers)),
+            "estimated_step_bytes": .integer(Int64(plan.stepBytes)),
             "losses": .array(losses.map { .number($0) }),
             "rank": .integer(Int64(args.rank)), "trainable_parameters": .integer(Int64(adapter.parameterCount)),
             "step_seconds": .number(seconds), "tokens_per_second": .number(Double(tokens) / seconds),
@@ -168,7 +198,7 @@ func runTrain(_ args: Arguments, ceiling: (square: Double, projection: Double), 
                 "train: %@ (%dM parameters), LoRA r=%d on all seven projections (%d parameters), %d×%d tokens per step",
             name, c.parameterCount / 1_000_000, args.rank, adapter.parameterCount, args.batch, args.sequence))
     print(
-        "base: \(model.weights.precision == .q ? "kept quantised" : "fp32"), \(model.weights.residentBytes >> 20) MiB; activations \(recompute ? "recomputed" : "kept")"
+        "base: \(model.weights.precision == .q ? "kept quantised" : "fp32"), \(model.weights.residentBytes >> 20) MiB; activations \(plan.summary)"
     )
     print("losses: " + losses.map { String(format: "%.6f", $0) }.joined(separator: " "))
     print(
@@ -262,7 +292,7 @@ func run() throws {
     let name: String
     if let shape = LlamaWeights.syntheticShapes[args.model] {
         guard args.mode == "train" else { throw BenchError("\(args.model) is for train only") }
-        let weights = LlamaWeights.synthetic(config: shape)
+        let weights = LlamaWeights.synthetic(config: shape, type: args.quant)
         let f32 = args.precisionGiven && args.precision == .f32
         model = LlamaModel(weights: f32 ? weights.dequantizedToF32() : weights)
         name = args.model

@@ -70,17 +70,28 @@ struct Train: ParsableCommand {
     @Flag(help: "Skip and count malformed records instead of stopping at the first.") var skipBadRecords = false
     @Option(help: "chatml, smollm2, llama3, mistral, gemma or phi3 instead of the model's template.")
     var chatTemplate: String?
-    @Option(help: "auto (default), always or never: recompute activations in the backward to save memory.")
+    @Option(
+        help: ArgumentHelp(
+            "auto (default), always or never: recompute activations in the backward to save memory.",
+            discussion:
+                "auto keeps as many layers' activations as fit in --memory-limit and recomputes the others, layer by "
+                + "layer; the plan is printed when training starts."))
     var recompute: String?
+    @Option(
+        help: ArgumentHelp(
+            "Memory the training step may use, such as 7GiB or 512MiB.",
+            discussion:
+                "Counts the base's weights, the adapter's state and the activations. Default: the base plus 80 % of "
+                + "the memory available once it is loaded."))
+    var memoryLimit: String?
 
     @Option(
         help: ArgumentHelp(
             "auto (default), f32 or q: dequantise the base to fp32, or keep its matrices in the GGUF file's own quantisation.",
             discussion:
-                "q holds Q4_1/Q8_0/Q6_K/… matrices as stored and dequantises them tile by tile inside each product: "
-                + "4-8x less memory for the base, products a few percent slower, and (by default) activations "
-                + "recomputed, so a step takes about 1.5x as long as with f32 (--recompute never keeps them). "
-                + "auto picks f32 when the fp32 weights fit in 80 % of the available memory."))
+                "q holds Q4_K/Q6_K/Q8_0/… matrices as stored and dequantises them tile by tile inside each product: "
+                + "4-8x less memory for the base and products a few percent slower. auto picks f32 when the fp32 "
+                + "weights and every layer's activations fit in --memory-limit (or 80 % of the available memory)."))
     var basePrecision: String?
     @Option(help: "Kernel threads (default all cores).") var threads: Int?
     @Flag(help: "Report progress as JSON lines on stdout.") var json = false
@@ -181,6 +192,12 @@ struct Train: ParsableCommand {
         if skipBadRecords { c.skipBadRecords = true }
         if let chatTemplate { c.chatTemplate = chatTemplate }
         if let r: RecomputeMode = try choice(recompute, "recompute") { c.recompute = r }
+        if let memoryLimit {
+            guard let bytes = parseByteSize(memoryLimit), bytes > 0 else {
+                throw ValidationError("--memory-limit: expected a size such as 7GiB, 512MiB or a number of bytes")
+            }
+            c.memoryLimit = bytes
+        }
         if let p: BasePrecisionChoice = try choice(basePrecision, "base-precision") { c.basePrecision = p }
         if let threads { c.threads = threads }
         let problems = c.problems() + (c.output.isEmpty ? ["output: required (--output DIR)"] : [])
@@ -263,7 +280,11 @@ final class TrainingDisplay {
                     "total_steps": .integer(Int64(p.totalSteps)),
                     "start_step": .integer(Int64(p.startStep)),
                     "trainable_parameters": .integer(Int64(p.trainableParameters)),
-                    "recompute": .bool(p.recompute), "gflop_per_step": .number(p.flopsPerStep / 1e9),
+                    "recompute": .bool(p.activations.recomputes),
+                    "kept_layers": .integer(Int64(p.activations.keptLayers)),
+                    "recomputed_layers": .integer(Int64(p.activations.recomputedLayers)),
+                    "step_bytes": .integer(Int64(p.activations.stepBytes)),
+                    "gflop_per_step": .number(p.flopsPerStep / 1e9),
                     "base_precision": .string(p.basePrecision.rawValue), "base_bytes": .integer(Int64(p.baseBytes)),
                 ])
                 return
@@ -275,7 +296,7 @@ final class TrainingDisplay {
             if p.validationExamples > 0 { text += ", \(p.validationExamples) held out" }
             text += "; \(p.rowsPerEpoch) rows per epoch, \(p.totalSteps) steps of \(p.tokensPerStep) tokens"
             text +=
-                "; \(p.trainableParameters) trainable parameters; base \(p.basePrecision == .q ? "kept quantised" : "in fp32") (\(formatBytes(p.baseBytes))); activations \(p.recompute ? "recomputed" : "kept") (\(formatBytes(p.workspaceBytes)))"
+                "; \(p.trainableParameters) trainable parameters; base \(p.basePrecision == .q ? "kept quantised" : "in fp32") (\(formatBytes(p.baseBytes))); activations \(p.activations.summary) (\(formatBytes(p.activations.workspaceBytes)); the step needs about \(formatBytes(p.activations.stepBytes))\(p.activations.limitBytes.map { " of \(formatBytes($0))" } ?? ""))"
             if p.startStep > 0 { text += "; resuming at step \(p.startStep)" }
             Terminal.note(text)
             progress = ProgressLine("training", total: p.totalSteps)

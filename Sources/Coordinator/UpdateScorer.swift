@@ -25,9 +25,10 @@ final class UpdateScorer {
             let lm = try LanguageModel.load(source, precision: c.resolvedBasePrecision(model: try source.config()))
             let scratch = LoRAAdapter(
                 model: lm.model.config, modules: adapter.modules.map { ($0.layer, $0.target, $0.rank, $0.scale) })
-            let recompute = c.recomputes(
-                model: lm.model.config, adapter: scratch, precision: lm.model.weights.precision)
-            session = TrainingSession(model: lm.model, adapter: scratch, config: c, totalSteps: 1, recompute: recompute)
+            let activations = c.activationPlan(
+                model: lm.model.config, adapter: scratch, baseBytes: lm.model.weights.residentBytes)
+            session = TrainingSession(
+                model: lm.model, adapter: scratch, config: c, totalSteps: 1, keptLayers: activations.keptLayers)
         } catch { throw JobError("score_updates: cannot load the base on the coordinator: \(error)") }
         let rows = (0..<plan.rowCount(epoch: 0)).map { plan.row(at: $0).row }
         let size = c.batchSize

@@ -150,11 +150,10 @@ extension LlamaModel {
             rstd: ws.rstdFinal.pointer, rows: N, dim: c.dim)
         for l in stride(from: c.layers - 1, through: 0, by: -1) {
             let input = x0 + l * N * c.dim
-            if ws.recompute {
+            if ws.recomputes(layer: l) {
                 blockForward(
                     l, input: input, output: ws.blockOutput.pointer, buffers: ws.block(l), batch: batch,
-                    adapter: adapter,
-                    dropout: dropout, ws: ws)
+                    adapter: adapter, dropout: dropout, ws: ws, forBackward: true)
             }
             blockBackward(
                 l, input: input, buffers: ws.block(l), batch: batch, adapter: adapter, gradients: gradients,
@@ -353,7 +352,8 @@ extension LlamaModel {
 
     private func blockForward(
         _ l: Int, input x: UnsafePointer<Float>, output: UnsafeMutablePointer<Float>, buffers s: BlockBuffers,
-        batch: TrainingBatch, adapter: LoRAAdapter, dropout: DropoutPlan?, ws: TrainingWorkspace
+        batch: TrainingBatch, adapter: LoRAAdapter, dropout: DropoutPlan?, ws: TrainingWorkspace,
+        forBackward: Bool = false
     ) {
         let c = config
         let w = weights.layers[l]
@@ -404,6 +404,17 @@ extension LlamaModel {
             fused: c.fusedProjections ? .gateUp : nil, layer: l, input: h, buffers: s, rows: N, adapter: adapter,
             dropout: dropout, ws: ws)
         let m = ws.hidden.pointer
+        // Re-run for the backward, the block's output is not needed: without a post-norm (whose input the backward
+        // reads), down's product is skipped, and only its LoRA module's A·drop(m) is saved.
+        if forBackward && w.postFFNNorm == nil {
+            if let module = adapter.module(layer: l, target: .down) {
+                gatedForward(c.activation, out: m, gate: s.gate.pointer, up: s.up.pointer, count: N * c.ffnDim)
+                loraForward(
+                    module, adapter: adapter, input: m, parts: [], saved: s.lora.pointer + s.loraOffsets[.down]!,
+                    rows: N, dropout: dropout, ws: ws)
+            }
+            return
+        }
         gatedForward(c.activation, out: m, gate: s.gate.pointer, up: s.up.pointer, count: N * c.ffnDim)
         // x' = x2 + down(m), or x2 + PostNorm(down(m))
         if let post = w.postFFNNorm {

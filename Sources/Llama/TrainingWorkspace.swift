@@ -1,12 +1,16 @@
 // TrainingWorkspace: the activations a training step keeps for its backward pass, and the gradient scratch.
 //
-// Per layer l (N = B·T rows): the block input x_l (always kept), and unless `recompute` is set: rstd of both
-// norms, q and k after RoPE, v, the attention's log-sum-exp, the residual after attention x2, the gate and up
-// projections, and each LoRA module's A·x. The attention output is not kept: the attention backward needs only
-// its log-sum-exp, and recomputes the output for the o projection's LoRA gradient when there is one. With `recompute`, one set of those buffers serves every
-// layer and the backward re-runs each block's forward from x_l first: memory falls from O(layers) sets to one,
-// for one extra forward pass. Normalised inputs and silu(gate)⊙up are recomputed in either mode (cheap,
-// elementwise).
+// Per layer l (N = B·T rows): the block input x_l (always kept), and for the layers that keep their
+// activations: rstd of both norms, q and k after RoPE, v, the attention's log-sum-exp, the residual after
+// attention x2, the gate and up projections, and each LoRA module's A·x. The attention output is not kept: the
+// attention backward needs only its log-sum-exp, and recomputes the output for the o projection's LoRA gradient
+// when there is one.
+//
+// Layers 0..<keptLayers keep theirs; the others share one set of those buffers, and the backward re-runs each
+// such block's forward from x_l before its backward (without the down projection's product, whose output the
+// backward does not need). The last layer is never re-run: the shared set still holds it when the backward
+// starts. Memory falls by one set per recomputed layer, for about 3/4 of a block's forward each. Normalised
+// inputs and silu(gate)⊙up are recomputed in either case (cheap, elementwise).
 
 import TensorKernels
 
@@ -78,8 +82,12 @@ public final class TrainingWorkspace: @unchecked Sendable {
     public let batch: Int
     /// Tokens per row.
     public let length: Int
-    /// Whether blocks are recomputed in the backward instead of keeping every layer's activations.
-    public let recompute: Bool
+    /// Layers 0..<keptLayers keep their activations; the rest share one set and are recomputed (all but the last).
+    public let keptLayers: Int
+    /// The model's layers.
+    public let layers: Int
+    /// Whether some block is re-run in the backward.
+    public var recompute: Bool { keptLayers < layers - 1 }
     /// Rows of the vocabulary projection computed at once (bounds the logits buffer).
     public let logitChunk: Int
 
@@ -93,7 +101,7 @@ public final class TrainingWorkspace: @unchecked Sendable {
 
     let rows: Int
     let residuals: FloatBuffer  // (layers + 1, N, dim): x_0 ... x_L
-    let blocks: [BlockBuffers]  // layers entries, or one when recomputing
+    let blocks: [BlockBuffers]  // one per kept layer, then one shared by the others
     let rstdFinal: FloatBuffer
     let normedFinal: FloatBuffer  // (logitChunk, dim): the final norm's output, one chunk of rows at a time
     let losses: FloatBuffer
@@ -120,19 +128,34 @@ public final class TrainingWorkspace: @unchecked Sendable {
     /// (logitChunk, vocab) 1 − tanh² of the capped logits, when the model soft-caps them (Gemma 2).
     let logitCapDerivative: FloatBuffer
 
+    /// Allocates everything a step of `batch × length` needs for `adapter` on `model`, keeping every layer's
+    /// activations or (`recompute`) none.
+    public convenience init(
+        model c: LlamaConfig, adapter: LoRAAdapter, batch: Int, length: Int, recompute: Bool, dropout: Bool = false,
+        logitChunk: Int? = nil
+    ) {
+        self.init(
+            model: c, adapter: adapter, batch: batch, length: length, keptLayers: recompute ? 0 : c.layers,
+            dropout: dropout, logitChunk: logitChunk)
+    }
+
     /// Allocates everything a step of `batch × length` needs for `adapter` on `model`.
     ///
     /// - Parameters:
-    ///   - recompute: Keep only block inputs and recompute blocks in the backward.
+    ///   - keptLayers: Layers (from the first) whose activations are kept; the others are recomputed in the
+    ///     backward. Clamped to 0...layers; layers − 1 is the same as all.
     ///   - dropout: Whether LoRA dropout will be used (allocates its scratch).
     public init(
-        model c: LlamaConfig, adapter: LoRAAdapter, batch: Int, length: Int, recompute: Bool, dropout: Bool = false,
+        model c: LlamaConfig, adapter: LoRAAdapter, batch: Int, length: Int, keptLayers: Int, dropout: Bool = false,
         logitChunk: Int? = nil
     ) {
         precondition(batch > 0 && length > 0, "TrainingWorkspace: empty batch")
         self.batch = batch
         self.length = length
-        self.recompute = recompute
+        let kept = Self.normalised(keptLayers: keptLayers, layers: c.layers)
+        self.keptLayers = kept
+        layers = c.layers
+        let recompute = kept < c.layers
         let N = batch * length
         rows = N
         let sizes = Self.scratchSizes(model: c, adapter: adapter, rows: N, recompute: recompute, dropout: dropout)
@@ -141,11 +164,15 @@ public final class TrainingWorkspace: @unchecked Sendable {
             ?? Self.defaultLogitChunk(scratch: sizes.reduce(0, +), vocabulary: c.vocabSize, rows: N)
         self.logitChunk = chunk
         residuals = FloatBuffer(count: (c.layers + 1) * N * c.dim)
-        let layersKept = recompute ? 1 : c.layers
-        blocks = (0..<layersKept).map { l in
-            let modules = recompute ? Self.widestModules(adapter) : adapter.modules.filter { $0.layer == l }
-            return BlockBuffers(config: c, rows: N, batch: batch, length: length, modules: modules)
-        }
+        let shared = adapter.modules.filter { $0.layer >= kept }
+        blocks =
+            (0..<kept).map { l in
+                BlockBuffers(
+                    config: c, rows: N, batch: batch, length: length, modules: adapter.modules.filter { $0.layer == l })
+            }
+            + (recompute
+                ? [BlockBuffers(config: c, rows: N, batch: batch, length: length, modules: Self.widestModules(shared))]
+                : [])
         rstdFinal = FloatBuffer(count: N)
         normedFinal = FloatBuffer(count: chunk * c.dim)
         losses = FloatBuffer(count: chunk)
@@ -190,25 +217,56 @@ public final class TrainingWorkspace: @unchecked Sendable {
         ]
     }
 
-    /// One module per target with the largest rank used by that target: the shared buffers of recompute mode.
-    static func widestModules(_ adapter: LoRAAdapter) -> [LoRAModule] {
+    /// One module per target with the largest rank used by that target: the buffers the recomputed layers share.
+    static func widestModules(_ modules: [LoRAModule]) -> [LoRAModule] {
         var widest: [LoRATarget: LoRAModule] = [:]
-        for m in adapter.modules where m.rank > (widest[m.target]?.rank ?? 0) { widest[m.target] = m }
+        for m in modules where m.rank > (widest[m.target]?.rank ?? 0) { widest[m.target] = m }
         return widest.values.sorted { $0.target < $1.target }
     }
 
-    func block(_ layer: Int) -> BlockBuffers { blocks[recompute ? 0 : layer] }
+    /// `keptLayers` clamped to 0...layers, with layers − 1 made all: the shared set holds the last layer anyway.
+    static func normalised(keptLayers: Int, layers: Int) -> Int {
+        let k = min(max(keptLayers, 0), layers)
+        return k >= layers - 1 ? layers : k
+    }
 
-    /// Bytes a workspace would hold, to choose between keeping and recomputing activations.
+    /// The buffers of layer `layer`'s activations: its own, or the shared set.
+    func block(_ layer: Int) -> BlockBuffers { blocks[min(layer, keptLayers)] }
+
+    /// Sets of activation buffers held: one per kept layer, plus the shared one when some layer is recomputed.
+    public var activationSets: Int { blocks.count }
+
+    /// Whether the backward re-runs layer `layer`'s forward first: a layer past the kept ones, except the last,
+    /// whose activations the shared set still holds from the forward.
+    public func recomputes(layer: Int) -> Bool { layer >= keptLayers && layer < layers - 1 }
+
+    /// Bytes a workspace would hold, keeping every layer's activations or (`recompute`) none.
     public static func estimatedBytes(
         model c: LlamaConfig, adapter: LoRAAdapter, batch: Int, length: Int, recompute: Bool
     ) -> Int {
+        estimatedBytes(model: c, adapter: adapter, batch: batch, length: length, keptLayers: recompute ? 0 : c.layers)
+    }
+
+    /// Bytes of one layer's kept activations (what each kept layer adds).
+    public static func bytesPerKeptLayer(model c: LlamaConfig, adapter: LoRAAdapter, batch: Int, length: Int) -> Int {
         let N = batch * length
         var perBlock = N * (2 + c.qDim + 2 * c.kvDim + c.dim + 2 * c.ffnDim) + batch * c.heads * length
         if c.qkNorm { perBlock += N * (c.qDim + c.kvDim + c.heads + c.kvHeads) }
         if c.postNorms { perBlock += N * (2 * c.dim + 2) }
         let loraPerLayer = N * adapter.modules.map(\.rank).reduce(0, +) / max(1, c.layers)
-        let blocks = (recompute ? 1 : c.layers) * (perBlock + loraPerLayer)
+        return 4 * (perBlock + loraPerLayer)
+    }
+
+    /// Bytes a workspace would hold with `keptLayers` layers' activations kept.
+    public static func estimatedBytes(
+        model c: LlamaConfig, adapter: LoRAAdapter, batch: Int, length: Int, keptLayers: Int
+    ) -> Int {
+        let N = batch * length
+        let kept = normalised(keptLayers: keptLayers, layers: c.layers)
+        let recompute = kept < c.layers
+        let blocks =
+            (kept + (recompute ? 1 : 0)) * bytesPerKeptLayer(model: c, adapter: adapter, batch: batch, length: length)
+            / 4
         let scratchTotal = scratchSizes(model: c, adapter: adapter, rows: N, recompute: recompute, dropout: false)
             .reduce(0, +)
         let arena = max(

@@ -47,8 +47,8 @@ public struct TrainingPlan: Sendable {
     public var startStep: Int
     public var tokensPerStep: Int
     public var trainableParameters: Int
-    public var recompute: Bool
-    public var workspaceBytes: Int
+    /// Which layers keep their activations, and the workspace's bytes.
+    public var activations: ActivationPlan
     /// How the base's matrices are held, and the bytes its weights take.
     public var basePrecision: BasePrecision
     public var baseBytes: Int
@@ -151,10 +151,10 @@ public final class Trainer {
         } else {
             adapter = LoRAAdapter(model: model.config, config: config.lora, seed: config.seed)
         }
-        let recompute = config.recomputes(
-            model: model.config, adapter: adapter, precision: model.weights.precision)
+        let activations = config.activationPlan(
+            model: model.config, adapter: adapter, baseBytes: model.weights.residentBytes)
         let session = TrainingSession(
-            model: model, adapter: adapter, config: config, totalSteps: totalSteps, recompute: recompute)
+            model: model, adapter: adapter, config: config, totalSteps: totalSteps, keptLayers: activations.keptLayers)
         var cursor = 0
         if resuming {
             let c: Checkpoint
@@ -168,9 +168,6 @@ public final class Trainer {
         // Everything loaded: only now does the run directory come into being, so a bad setting or record
         // leaves nothing behind to clear up.
         if !resuming { try createDirectory(dir) }
-        let workspaceBytes = TrainingWorkspace.estimatedBytes(
-            model: model.config, adapter: adapter, batch: config.batchSize, length: config.sequenceLength,
-            recompute: recompute)
         let flops = model.trainingFLOPs(tokens: config.sequenceLength, adapter: adapter) * Double(rowsPerStep)
         _ = onEvent(
             .planned(
@@ -181,7 +178,7 @@ public final class Trainer {
                     trainedTokensPerEpoch: plan.trainedTokensPerEpoch,
                     totalSteps: totalSteps, startStep: session.stepCount,
                     tokensPerStep: rowsPerStep * config.sequenceLength,
-                    trainableParameters: adapter.parameterCount, recompute: recompute, workspaceBytes: workspaceBytes,
+                    trainableParameters: adapter.parameterCount, activations: activations,
                     basePrecision: model.weights.precision, baseBytes: model.weights.residentBytes,
                     flopsPerStep: flops)))
 

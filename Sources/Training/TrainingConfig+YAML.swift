@@ -35,7 +35,16 @@ extension TrainingConfig {
         ("save_every", "checkpoint every N steps (default 50)"), ("seed", "default 0"),
         ("skip_bad_records", "skip and count malformed records (default false)"),
         ("chat_template", "chatml, smollm2, llama3, mistral, gemma or phi3 instead of the model's"),
-        ("recompute", "auto (default), always or never: recompute activations in the backward"),
+        (
+            "recompute",
+            "auto (default: keep as many layers' activations as fit in memory_limit, recompute the rest), always "
+                + "or never"
+        ),
+        (
+            "memory_limit",
+            "memory a training step may use (on each worker), such as 7GiB (default: the base plus 80 % of what "
+                + "is available once it is loaded)"
+        ),
         (
             "base_precision",
             "auto (default), f32 or q: dequantise the base to fp32, or keep its matrices in the file's "
@@ -191,6 +200,11 @@ extension TrainingConfig {
             case "chat_template": chatTemplate = try string()
             case "recompute": recompute = try choice(RecomputeMode.self)
             case "base_precision": basePrecision = try choice(BasePrecisionChoice.self)
+            case "memory_limit":
+                guard let text = value.scalar?.string, let bytes = parseByteSize(text), bytes > 0 else {
+                    throw fail("expected a size such as 7GiB, 512MiB or a number of bytes")
+                }
+                memoryLimit = bytes
             case "threads": threads = try int()
             case "mode": mode = try choice(DistributionMode.self)
             case "inner_steps": innerSteps = try int()
@@ -311,6 +325,7 @@ extension TrainingConfig {
             "save_every: \(saveEvery)", "seed: \(seed)", "skip_bad_records: \(skipBadRecords)",
             "recompute: \(recompute.rawValue)", "base_precision: \(basePrecision.rawValue)",
         ]
+        if let m = memoryLimit { lines.append("memory_limit: \(m)") }
         if let t = chatTemplate { lines.append("chat_template: \(q(t))") }
         if let t = threads { lines.append("threads: \(t)") }
         lines.append("mode: \(mode.rawValue)")

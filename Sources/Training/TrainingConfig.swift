@@ -29,7 +29,7 @@ public enum ScheduleKind: String, Sendable, Codable, CaseIterable {
 
 /// Whether to keep every layer's activations or recompute blocks in the backward.
 public enum RecomputeMode: String, Sendable, Codable, CaseIterable {
-    /// Recompute when keeping would exceed `TrainingConfig.activationBudgetBytes`.
+    /// Keep as many layers' activations as fit in the memory limit, recompute the others (`ActivationPlan`).
     case auto
     case always, never
 }
@@ -149,6 +149,9 @@ public struct TrainingConfig: Sendable, Equatable {
     /// A chat template name overriding the model's.
     public var chatTemplate: String?
     public var recompute = RecomputeMode.auto
+    /// The memory a training step may use, in bytes (weights, adapter state and activations); nil: the base plus
+    /// 80 % of the memory available once it is loaded.
+    public var memoryLimit: Int?
     /// `--base-precision`: fp32 weights, or matrices kept in the file's quantisation.
     public var basePrecision = BasePrecisionChoice.auto
     /// Kernel threads (nil: all cores).
@@ -177,42 +180,25 @@ public struct TrainingConfig: Sendable, Equatable {
     /// those that make the held-out loss worse.
     public var scoreUpdates = false
 
-    /// Activations above this trigger recomputation in `auto` mode.
-    public static let activationBudgetBytes = 1 << 30
-
     /// Defaults.
     public init() {}
 
-    /// Whether to recompute activations for an adapter on a model at this batch shape (`recompute: auto` keeps
-    /// them while they fit `activationBudgetBytes`).
-    public func recomputes(model: LlamaConfig, adapter: LoRAAdapter, precision: BasePrecision = .f32) -> Bool {
-        switch recompute {
-        case .always: return true
-        case .never: return false
-        case .auto:
-            // A quantised base asks for the smallest footprint: activations are recomputed too.
-            return precision == .q
-                || TrainingWorkspace.estimatedBytes(
-                    model: model, adapter: adapter, batch: batchSize, length: sequenceLength, recompute: false)
-                    > Self.activationBudgetBytes
-        }
-    }
-
-    /// The precision to load the base in: the chosen one, or for `auto` fp32 when the fp32 weights and the
-    /// kept activations fit in 80 % of `availableBytes` (default: MemAvailable now), else q.
+    /// The precision to load the base in: the chosen one, or for `auto` fp32 when the fp32 weights and every
+    /// layer's activations fit in `memory_limit` or 80 % of `availableBytes` (default: MemAvailable now), else q.
+    /// (A q base that keeps its activations trains nearly as fast as fp32; an fp32 base that recomputes them
+    /// does not.)
     public func resolvedBasePrecision(model: LlamaConfig, availableBytes: Int? = nil) -> BasePrecision {
         switch basePrecision {
         case .f32: return .f32
         case .q: return .q
         case .auto:
-            guard let available = availableBytes ?? Self.availableMemory() else { return .f32 }
+            let limit = memoryLimit ?? (availableBytes ?? Self.availableMemory()).map { Int(0.8 * Double($0)) }
+            guard let limit else { return .f32 }
             let probe = LoRAAdapter(model: model, config: lora, seed: 0)
-            let needed =
-                4 * model.parameterCount
-                + TrainingWorkspace.estimatedBytes(
-                    model: model, adapter: probe, batch: batchSize, length: sequenceLength,
-                    recompute: recomputes(model: model, adapter: probe))
-            return Double(needed) <= 0.8 * Double(available) ? .f32 : .q
+            var keepAll = self
+            keepAll.recompute = .never
+            let needed = keepAll.activationPlan(model: model, adapter: probe, baseBytes: 4 * model.parameterCount)
+            return needed.stepBytes <= limit ? .f32 : .q
         }
     }
 

@@ -32,8 +32,8 @@ public final class TrainingSession: @unchecked Sendable {
     public let dropout: Double
     /// Seed of the dropout masks.
     public let seed: UInt64
-    /// Keep or recompute activations.
-    public let recompute: Bool
+    /// Layers whose activations the training workspaces keep (the others are recomputed; `Int.max`: all).
+    public let keptLayers: Int
     private var workspaces: [String: TrainingWorkspace] = [:]
 
     /// A session with fresh optimizer state.
@@ -41,7 +41,7 @@ public final class TrainingSession: @unchecked Sendable {
         model: LlamaModel, adapter: LoRAAdapter, schedule: LearningRateSchedule, weightDecay: Double = 0,
         beta1: Double = 0.9, beta2: Double = 0.999, epsilon: Double = 1e-8, maxGradNorm: Double = 1,
         dropout: Double = 0,
-        seed: UInt64 = 0, recompute: Bool = false
+        seed: UInt64 = 0, keptLayers: Int = .max
     ) {
         self.model = model
         self.adapter = adapter
@@ -51,17 +51,17 @@ public final class TrainingSession: @unchecked Sendable {
             epsilon: epsilon, maxGradNorm: maxGradNorm)
         self.dropout = dropout
         self.seed = seed
-        self.recompute = recompute
+        self.keptLayers = keptLayers
     }
 
     /// The session a job's settings describe, for a job of `totalSteps` optimizer steps.
     public convenience init(
-        model: LlamaModel, adapter: LoRAAdapter, config c: TrainingConfig, totalSteps: Int, recompute: Bool
+        model: LlamaModel, adapter: LoRAAdapter, config c: TrainingConfig, totalSteps: Int, keptLayers: Int
     ) {
         self.init(
             model: model, adapter: adapter, schedule: c.learningRateSchedule(totalSteps: totalSteps),
             weightDecay: c.weightDecay, beta1: c.beta1, beta2: c.beta2, epsilon: c.epsilon,
-            maxGradNorm: c.maxGradNorm, dropout: c.lora.dropout, seed: c.seed, recompute: recompute)
+            maxGradNorm: c.maxGradNorm, dropout: c.lora.dropout, seed: c.seed, keptLayers: keptLayers)
     }
 
     /// Optimizer steps taken so far.
@@ -73,7 +73,7 @@ public final class TrainingSession: @unchecked Sendable {
         let key = "\(batch.batch)x\(batch.length)"
         if let ws = workspaces[key] { return ws }
         let ws = TrainingWorkspace(
-            model: model.config, adapter: adapter, batch: batch.batch, length: batch.length, recompute: recompute,
+            model: model.config, adapter: adapter, batch: batch.batch, length: batch.length, keptLayers: keptLayers,
             dropout: dropout > 0)
         workspaces[key] = ws
         return ws

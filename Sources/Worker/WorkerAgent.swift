@@ -202,12 +202,12 @@ public final class WorkerAgent: @unchecked Sendable {
                 let lm = try LanguageModel.load(
                     source, precision: config.resolvedBasePrecision(model: try source.config()))
                 let adapter = LoRAAdapter(model: lm.model.config, config: config.lora, seed: config.seed)
-                let recompute = config.recomputes(
-                    model: lm.model.config, adapter: adapter, precision: lm.model.weights.precision)
+                let activations = config.activationPlan(
+                    model: lm.model.config, adapter: adapter, baseBytes: lm.model.weights.residentBytes)
                 // The job's own optimizer settings: diloco and federated rounds take local AdamW steps.
                 let session = TrainingSession(
                     model: lm.model, adapter: adapter, config: config, totalSteps: spec.totalSteps,
-                    recompute: recompute)
+                    keptLayers: activations.keptLayers)
                 var plan: RowPlan?
                 if config.mode == .federated {
                     guard let localData else {
@@ -224,7 +224,7 @@ public final class WorkerAgent: @unchecked Sendable {
                 let weights = lm.model.weights
                 let base = weights.precision == .q ? "kept quantised" : "in fp32"
                 logger.info(
-                    "loaded \(id): base \(base) (\(weights.residentBytes >> 20) MiB), activations \(recompute ? "recomputed" : "kept")"
+                    "loaded \(id): base \(base) (\(weights.residentBytes >> 20) MiB), activations \(activations.summary)"
                 )
                 let engine = Engine(id: id, session: session, config: config, plan: plan)
                 lock.withLock { self.engine = engine }

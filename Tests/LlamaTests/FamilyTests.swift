@@ -56,10 +56,11 @@ import Llama
             path: Fixtures.path("families/\(family)/peft"), model: lm.model.config)
         let batch = TrainingBatch(rows: [Array(ref.tokens[0..<12]), Array(ref.tokens[12..<24])])
         let gradients = FloatBuffer(count: adapter.parameters.count)
-        for recompute in [false, true] {
+        // Every layer kept, none kept, and (where there are more than two layers) only the first.
+        for kept in [lm.model.config.layers, 0, 1] {
             gradients.zero()
             let ws = TrainingWorkspace(
-                model: lm.model.config, adapter: adapter, batch: 2, length: 12, recompute: recompute)
+                model: lm.model.config, adapter: adapter, batch: 2, length: 12, keptLayers: kept)
             let loss = lm.model.trainingStep(
                 batch: batch, adapter: adapter, gradients: gradients, lossScale: 1 / Float(batch.targetCount),
                 workspace: ws)

@@ -65,6 +65,43 @@ enum TinyTraining {
         #expect(kept.array == recomputed.array)
     }
 
+    /// Keeping any number of layers' activations (the others recomputed, the down projection's product skipped
+    /// in the re-run) gives the same loss and gradients, bit for bit, with and without dropout; the workspace
+    /// holds one set per kept layer plus one shared, and re-runs every other layer but the last.
+    @Test(arguments: [false, true]) func keepingSomeLayersGivesIdenticalGradients(withDropout: Bool) {
+        let config = LlamaConfig(
+            dim: 32, layers: 5, heads: 4, kvHeads: 2, ffnDim: 64, vocabSize: 64, contextLength: 64)
+        let model = LlamaModel(weights: LlamaWeights.synthetic(config: config, type: .q8_0, seed: 3))
+        let adapter = LoRAAdapter(model: config, config: LoRAConfig(rank: 2, alpha: 4), seed: 9)
+        var rng = SeededGenerator(seed: 10)
+        for m in adapter.modules {
+            for i in 0..<m.outFeatures * m.rank {
+                adapter.parameters[m.bOffset + i] = (rng.nextUnitFloat() - 0.5) * 0.5
+            }
+        }
+        let dropout = withDropout ? DropoutPlan(probability: 0.25, seed: 4) : nil
+        func run(kept: Int) -> (StepLoss, [Float], TrainingWorkspace) {
+            let ws = TrainingWorkspace(
+                model: config, adapter: adapter, batch: 2, length: 12, keptLayers: kept, dropout: withDropout)
+            let gradients = FloatBuffer(count: adapter.parameters.count)
+            let loss = model.trainingStep(
+                batch: TinyTraining.packed, adapter: adapter, gradients: gradients, dropout: dropout, workspace: ws)
+            return (loss, gradients.array, ws)
+        }
+        let (reference, referenceGradients, all) = run(kept: 5)
+        #expect(!all.recompute && all.keptLayers == 5)
+        #expect(referenceGradients.contains { $0 != 0 })
+        for kept in 0..<5 {
+            let (loss, gradients, ws) = run(kept: kept)
+            #expect(loss == reference, "kept \(kept)")
+            #expect(gradients == referenceGradients, "kept \(kept): gradients differ")
+            let expectedKept = kept >= 4 ? 5 : kept
+            #expect(ws.keptLayers == expectedKept && ws.recompute == (expectedKept < 5))
+            #expect((0..<5).filter { ws.recomputes(layer: $0) } == Array(min(expectedKept, 4)..<4), "kept \(kept)")
+            #expect(ws.activationSets == (expectedKept < 5 ? expectedKept + 1 : 5))
+        }
+    }
+
     /// A fresh adapter (B = 0) leaves the model unchanged: the training forward's loss is the base loss.
     @Test func freshAdapterIsANoOp() {
         let model = TinyTraining.model

@@ -22,7 +22,7 @@ func randomBlocks(_ type: GGMLType, rows: Int, columns: Int, seed: UInt64) -> [U
         case .f16:
             half(base, 2 * rng.nextUnitFloat() - 1)
         case .q8_0, .q4_0: half(base, scale)
-        case .q4_1, .q4_K:
+        case .q4_1, .q4_K, .q5_K:
             half(base, scale)
             half(base + 2, scale)
         case .q6_K: half(base + 208, scale)
@@ -33,7 +33,7 @@ func randomBlocks(_ type: GGMLType, rows: Int, columns: Int, seed: UInt64) -> [U
 }
 
 @Suite struct FrozenMatrixTests {
-    static let types: [GGMLType] = [.q8_0, .q4_0, .q4_1, .q4_K, .q6_K, .f16]
+    static let types: [GGMLType] = [.q8_0, .q4_0, .q4_1, .q4_K, .q5_K, .q6_K, .f16]
 
     /// Both products over a quantised matrix equal the naive products over its dequantised values, across
     /// several panels with a partial last one, with strides, alpha and beta.
@@ -139,6 +139,9 @@ func randomBlocks(_ type: GGMLType, rows: Int, columns: Int, seed: UInt64) -> [U
         #expect(out[4].isNaN)
     }
 
+    /// The block types dequantised in CKernels.
+    static let quantised: [GGMLType] = [.q8_0, .q4_0, .q4_1, .q4_K, .q5_K, .q6_K]
+
     /// SwiGLU and the fused cross-entropy give the same results with either build, and dequantisation the same
     /// bits.
     @Test func bothBuildsAgree() {
@@ -162,9 +165,9 @@ func randomBlocks(_ type: GGMLType, rows: Int, columns: Int, seed: UInt64) -> [U
                 losses: losses.pointer, logits: logits.pointer, targets: [3, -1, 210], dLoss: 0.5, rows: N,
                 vocabSize: V)
             var results = [out.array, dGate.array, dUp.array, logits.array, losses.array]
-            for type in [GGMLType.q8_0, .q4_0, .q4_1] {
-                let bytes = randomBlocks(type, rows: 7, columns: 64, seed: 5)
-                var values = [Float](repeating: 0, count: 7 * 64)
+            for type in Self.quantised {
+                let bytes = randomBlocks(type, rows: 7, columns: 256, seed: 5)
+                var values = [Float](repeating: 0, count: 7 * 256)
                 dequantize(type, from: bytes, to: &values, count: values.count)
                 results.append(values)
             }
@@ -176,7 +179,11 @@ func randomBlocks(_ type: GGMLType, rows: Int, columns: Int, seed: UInt64) -> [U
         #expect(!elementwiseKernelsAreWide)
         let portable = run()
         for (a, b) in zip(wide, portable).prefix(5) { expectClose(a, b, tolerance: 1e-6) }
-        #expect(Array(wide.suffix(3)) == Array(portable.suffix(3)), "dequantised values are bit-identical")
+        for (type, (a, b)) in zip(
+            Self.quantised, zip(wide.suffix(Self.quantised.count), portable.suffix(Self.quantised.count)))
+        {
+            #expect(a.map(\.bitPattern) == b.map(\.bitPattern), "\(type): dequantised values are bit-identical")
+        }
     }
 }
 

@@ -200,8 +200,8 @@ func jsonl(_ lines: [String]) throws -> String {
         }
     }
 
-    /// auto keeps an fp32 base when it fits in 80 % of the available memory, else the quantised one; a
-    /// quantised base recomputes activations under recompute: auto.
+    /// auto keeps an fp32 base when it and every layer's activations fit in 80 % of the available memory (or the
+    /// memory limit), else the quantised one.
     @Test func basePrecisionAutoFollowsTheMemory() {
         let model = LlamaConfig(
             dim: 576, layers: 30, heads: 9, kvHeads: 3, ffnDim: 1536, vocabSize: 49152, contextLength: 8192)
@@ -211,12 +211,74 @@ func jsonl(_ lines: [String]) throws -> String {
         #expect(c.resolvedBasePrecision(model: model, availableBytes: 1 << 30) == .q)
         c.basePrecision = .f32
         #expect(c.resolvedBasePrecision(model: model, availableBytes: 1 << 30) == .f32, "an explicit choice stands")
-        let adapter = LoRAAdapter(model: model, config: c.lora, seed: 0)
-        #expect(!c.recomputes(model: model, adapter: adapter, precision: .f32))
-        #expect(c.recomputes(model: model, adapter: adapter, precision: .q))
-        c.recompute = .never
-        #expect(!c.recomputes(model: model, adapter: adapter, precision: .q))
+        c.basePrecision = .auto
+        c.memoryLimit = 1 << 30
+        #expect(c.resolvedBasePrecision(model: model, availableBytes: 16 << 30) == .q, "the limit wins")
         #expect((TrainingConfig.availableMemory() ?? 0) > 0, "MemAvailable is read on Linux")
+    }
+
+    /// recompute: auto keeps as many layers' activations as fit in the limit, one layer at a time: the plan's
+    /// estimate never passes the limit unless nothing fits, it grows with the limit, and always/never ignore it.
+    @Test func activationPlanKeepsAsManyLayersAsFit() {
+        let model = LlamaConfig(
+            dim: 576, layers: 30, heads: 9, kvHeads: 3, ffnDim: 1536, vocabSize: 49152, contextLength: 8192)
+        var c = TrainingConfig()
+        let adapter = LoRAAdapter(model: model, config: c.lora, seed: 0)
+        let base = 92 << 20
+        let perLayer = TrainingWorkspace.bytesPerKeptLayer(
+            model: model, adapter: adapter, batch: c.batchSize, length: c.sequenceLength)
+        #expect(
+            c.activationPlan(model: model, adapter: adapter, baseBytes: base, availableBytes: 16 << 30).keptLayers == 30
+        )
+        c.recompute = .always
+        let none = c.activationPlan(model: model, adapter: adapter, baseBytes: base, availableBytes: 16 << 30)
+        #expect(none.keptLayers == 0 && none.recomputedLayers == 29 && none.summary == "recomputed for 29 of 30 layers")
+        c.recompute = .never
+        let all = c.activationPlan(model: model, adapter: adapter, baseBytes: base, availableBytes: 1 << 20)
+        #expect(all.keptLayers == 30 && !all.recomputes && all.summary == "kept for all 30 layers")
+        #expect(all.stepBytes > none.stepBytes + 28 * perLayer, "each kept layer adds a set")
+        c.recompute = .auto
+        var previous = -1
+        for limit in stride(from: none.stepBytes - perLayer, through: all.stepBytes + perLayer, by: perLayer / 2) {
+            c.memoryLimit = limit
+            let plan = c.activationPlan(model: model, adapter: adapter, baseBytes: base, availableBytes: 1 << 20)
+            #expect(plan.keptLayers >= previous, "more memory never keeps fewer layers")
+            #expect(plan.stepBytes <= limit || plan.keptLayers == 0, "\(plan) over \(limit)")
+            #expect(plan.keptLayers != 29, "keeping all but one is keeping all")
+            if plan.keptLayers > 0 && plan.keptLayers < 30 {
+                #expect(plan.summary == "kept for \(plan.keptLayers) of 30 layers, \(29 - plan.keptLayers) recomputed")
+                #expect(plan.stepBytes + perLayer > limit, "one more layer would not fit")
+            }
+            previous = plan.keptLayers
+        }
+        #expect(previous == 30)
+        // Without a limit, 80 % of what is available once the base is loaded.
+        c.memoryLimit = nil
+        let half = c.activationPlan(
+            model: model, adapter: adapter, baseBytes: base,
+            availableBytes: Int((Double(none.stepBytes - base + 10 * perLayer) + 1000) / 0.8))
+        #expect(half.keptLayers == 10 && half.limitBytes != nil, "\(half)")
+    }
+
+    /// memory_limit takes sizes with units; anything else is refused with the field named.
+    @Test func memoryLimitTakesSizes() throws {
+        #expect(
+            parseByteSize("7GiB") == 7 << 30 && parseByteSize("7G") == 7 << 30 && parseByteSize("512 MiB") == 512 << 20)
+        #expect(parseByteSize("1.5g") == 3 << 29 && parseByteSize("1000") == 1000 && parseByteSize("64KB") == 64 << 10)
+        #expect(parseByteSize("seven") == nil && parseByteSize("7XB") == nil && parseByteSize("-1G") == nil)
+        var c = TrainingConfig()
+        try c.apply(yaml: "data: d.jsonl\nmemory_limit: 6GiB\n", source: "job.yaml")
+        #expect(c.memoryLimit == 6 << 30)
+        #expect(c.yaml().contains("memory_limit: \(6 << 30)"))
+        var again = TrainingConfig()
+        try again.apply(yaml: c.yaml(), source: "again.yaml")
+        #expect(again.memoryLimit == 6 << 30, "the limit travels with a job")
+        do {
+            try c.apply(yaml: "data: d.jsonl\nmemory_limit: lots\n", source: "job.yaml")
+            Issue.record("expected an error")
+        } catch {
+            #expect(error.field == "memory_limit" && error.line == 2, "\(error)")
+        }
     }
 
     @Test func validationListsEveryProblem() {

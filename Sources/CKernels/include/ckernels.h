@@ -42,11 +42,15 @@ void cairn_swiglu_backward(
 /// with D = the sum of p[i] * dp[i] (which equals the row's dO . O).
 void cairn_softmax_backward_row(float *p, float *dp, size_t n, float lse);
 
-/// Dequantises `blocks` GGUF blocks of 32 values each (Docs/FORMATS.md §2) from `src` (any alignment) into `dst`:
-/// Q8_0 (d·q), Q4_0 (d·(q − 8)) and Q4_1 (d·q + m), rounding exactly as a scalar loop does (no fused
+/// Dequantises `blocks` GGUF blocks (Docs/FORMATS.md §2) from `src` (any alignment) into `dst`: blocks of 32
+/// values for Q8_0 (d·q), Q4_0 (d·(q − 8)) and Q4_1 (d·q + m), super-blocks of 256 for Q4_K and Q5_K
+/// ((d·sc)·q − dmin·m) and Q6_K ((d·sc)·(q − 32)). Each rounds exactly as a scalar loop does (no fused
 /// multiply-add), so every build gives the same floats.
 void cairn_dequantize_q8_0(const void *src, float *dst, size_t blocks);
 void cairn_dequantize_q4_0(const void *src, float *dst, size_t blocks);
 void cairn_dequantize_q4_1(const void *src, float *dst, size_t blocks);
+void cairn_dequantize_q4_k(const void *src, float *dst, size_t blocks);
+void cairn_dequantize_q5_k(const void *src, float *dst, size_t blocks);
+void cairn_dequantize_q6_k(const void *src, float *dst, size_t blocks);
 
 #endif
