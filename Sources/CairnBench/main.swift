@@ -13,10 +13,12 @@
 //             --recompute always|never overrides. --model synthetic-135m|synthetic-360m|synthetic-1.1b|
 //             synthetic-qwen2.5-0.5b|synthetic-llama3.2-1b|synthetic-llama3.1-8b trains random weights of those
 //             shapes in --quant's blocks (default q4_1; dequantised to fp32 with --base-precision f32).
+//   dequantize  fp32 values per second from each block type's dequantisation (a 4096 × 4096 matrix, every core),
+//             beside the sgemm that a panel of such values feeds
 //   merge     TIES-merge 8 random rank-16 adapters on all seven projections of the model's shapes to rank 16:
 //             seconds and peak RSS (the target: under 5 s and 300 MiB), with the sgemm ceiling for scale;
 //             CAIRN_BENCH_PHASES=1 first times each phase on the largest module
-// Usage: cairn-bench [forward|train|merge] [--model NAME|PATH] [--batch 4] [--sequence 256] [--repeats 3] [--rank 8]
+// Usage: cairn-bench [forward|train|merge|dequantize] [--model NAME|PATH] [--batch 4] [--sequence 256] [--repeats 3] [--rank 8]
 //                    [--threads N] [--base-precision f32|q] [--recompute auto|always|never]
 //                    [--memory-limit SIZE] [--quant q4_0|q4_1|q8_0|q4_k|q5_k|q6_k] [--single] [--json]
 //             --single: one step, no warm-up (the peak memory of shapes whose step takes minutes).
@@ -48,7 +50,7 @@ struct Arguments {
 
     init(_ argv: [String]) throws {
         var i = 1
-        if argv.count > 1, ["forward", "train", "merge"].contains(argv[1]) {
+        if argv.count > 1, ["forward", "train", "merge", "dequantize"].contains(argv[1]) {
             mode = argv[1]
             i = 2
         }
@@ -94,7 +96,7 @@ struct Arguments {
                 precisionGiven = true
             case "--help", "-h":
                 print(
-                    "usage: cairn-bench [forward|train|merge] [--model NAME|PATH|synthetic-360m|synthetic-1.1b|synthetic-qwen2.5-0.5b|synthetic-llama3.2-1b] [--batch 4] [--sequence 256] [--repeats 3] [--rank 8] [--threads N] [--base-precision f32|q] [--recompute auto|always|never] [--memory-limit SIZE] [--quant TYPE] [--single] [--json]"
+                    "usage: cairn-bench [forward|train|merge|dequantize] [--model NAME|PATH|synthetic-360m|synthetic-1.1b|synthetic-qwen2.5-0.5b|synthetic-llama3.2-1b] [--batch 4] [--sequence 256] [--repeats 3] [--rank 8] [--threads N] [--base-precision f32|q] [--recompute auto|always|never] [--memory-limit SIZE] [--quant TYPE] [--single] [--json]"
                 )
                 exit(0)
             default: throw BenchError("unknown argument \(argv[i]); see --help")
@@ -278,11 +280,45 @@ func runMerge(_ args: Arguments, ceiling: Double) throws {
     }
 }
 
+/// Dequantisation throughput per block type: 16M values (a 4096 × 4096 matrix) into fp32 on every core, and the
+/// same values multiplied (1024 × 4096 · 4096 × 4096, the product a panel feeds) for scale.
+func runDequantize(_ args: Arguments) {
+    let (rows, columns) = (4096, 4096)
+    let out = FloatBuffer(count: rows * columns)
+    let x = FloatBuffer(count: 1024 * columns)
+    let y = FloatBuffer(count: 1024 * rows)
+    let product = best(args.repeats) {
+        matmul(y.pointer, x.pointer, out.pointer, M: 1024, N: rows, K: columns, transB: true)
+    }
+    print(
+        String(
+            format: "sgemm 1024×4096×4096: %.1f ms (%.1f GFLOP/s), %d threads", 1000 * product,
+            2 * 1024 * Double(rows * columns) / product / 1e9, Parallel.threadCount))
+    for type in LlamaWeights.syntheticTypes {
+        let config = LlamaConfig(
+            dim: columns, layers: 1, heads: 32, kvHeads: 32, ffnDim: columns, vocabSize: rows, contextLength: 64,
+            tiedEmbeddings: true)
+        let weights = LlamaWeights.synthetic(config: config, type: type)
+        let matrix = weights.embedding
+        guard case .blocks(let t, let bytes) = matrix.storage else { continue }
+        let seconds = best(args.repeats) { dequantize(t, from: bytes, to: out.pointer, count: rows * columns) }
+        print(
+            String(
+                format: "%@: %.2f ms for 16M values, %.2f Gvalues/s, %.1f GB/s of blocks read; %.1f %% of that product",
+                t.description, 1000 * seconds, Double(rows * columns) / seconds / 1e9,
+                Double(matrix.byteCount) / seconds / 1e9, 100 * seconds / product))
+    }
+}
+
 func run() throws {
     let args = try Arguments(CommandLine.arguments)
     if let threads = args.threads { Parallel.threadCount = threads }
     let threads = Parallel.threadCount
 
+    if args.mode == "dequantize" {
+        runDequantize(args)
+        return
+    }
     let square = sgemmGFLOPs(M: 2048, N: 2048, K: 2048, repeats: max(3, args.repeats))
     if args.mode == "merge" {
         try runMerge(args, ceiling: square)
