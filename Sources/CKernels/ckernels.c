@@ -175,6 +175,39 @@ static void dequantize_q4_1_portable(const unsigned char *src, float *dst, size_
     }
 }
 
+static inline uint32_t load_u32(const unsigned char *p) {
+    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
+}
+
+// Q5_0 and Q5_1: a fifth bit per value in a 32-bit word, bit j for value j.
+static void dequantize_q5_0_portable(const unsigned char *src, float *dst, size_t blocks) {
+    for (size_t b = 0; b < blocks; b++, src += 22, dst += 32) {
+        float d = half_to_float(load_u16(src));
+        uint32_t qh = load_u32(src + 2);
+        const unsigned char *q = src + 6;
+        for (int j = 0; j < 16; j++) {
+            int lo = (int)((q[j] & 0xF) | (((qh >> j) & 1) << 4)) - 16;
+            int hi = (int)((q[j] >> 4) | (((qh >> (j + 16)) & 1) << 4)) - 16;
+            dst[j] = (float)lo * d;
+            dst[j + 16] = (float)hi * d;
+        }
+    }
+}
+
+static void dequantize_q5_1_portable(const unsigned char *src, float *dst, size_t blocks) {
+    for (size_t b = 0; b < blocks; b++, src += 24, dst += 32) {
+        float d = half_to_float(load_u16(src)), m = half_to_float(load_u16(src + 2));
+        uint32_t qh = load_u32(src + 4);
+        const unsigned char *q = src + 8;
+        for (int j = 0; j < 16; j++) {
+            float lo = (float)((q[j] & 0xF) | (((qh >> j) & 1) << 4)) * d;
+            float hi = (float)((q[j] >> 4) | (((qh >> (j + 16)) & 1) << 4)) * d;
+            dst[j] = lo + m;
+            dst[j + 16] = hi + m;
+        }
+    }
+}
+
 // K-quants: super-blocks of 256 with 6-bit sub-block scales (Docs/FORMATS.md §2). Each product is d·scale·q
 // (and minus dmin·min for Q4_K/Q5_K), rounded as the Swift reference rounds it: the scale products first, then
 // the multiply, then the subtraction, never fused.
@@ -451,6 +484,45 @@ WIDE static void dequantize_q4_1_wide(const unsigned char *src, float *dst, size
         }
     }
 }
+// The fifth bits of Q5_0/Q5_1 for the four lane groups that `nibbles` returns (values 0..7, 8..15, 16..23,
+// 24..31), as 16 or 0 per lane.
+WIDE static inline void fifth_bits(uint32_t qh, __m256i out[4]) {
+    const __m256i word = _mm256_set1_epi32((int)qh), one = _mm256_set1_epi32(1);
+    for (int k = 0; k < 4; k++) {
+        __m256i shifts = _mm256_setr_epi32(8 * k, 8 * k + 1, 8 * k + 2, 8 * k + 3, 8 * k + 4, 8 * k + 5, 8 * k + 6,
+                                           8 * k + 7);
+        out[k] = _mm256_slli_epi32(_mm256_and_si256(_mm256_srlv_epi32(word, shifts), one), 4);
+    }
+}
+
+WIDE static void dequantize_q5_0_wide(const unsigned char *src, float *dst, size_t blocks) {
+    const __m256i sixteen = _mm256_set1_epi32(16);
+    for (size_t b = 0; b < blocks; b++, src += 22, dst += 32) {
+        __m256 d = _mm256_set1_ps(half_to_float(load_u16(src)));
+        __m256i q[4], h[4];
+        nibbles(src + 6, q);
+        fifth_bits(load_u32(src + 2), h);
+        for (int k = 0; k < 4; k++) {
+            __m256i v = _mm256_sub_epi32(_mm256_or_si256(q[k], h[k]), sixteen);
+            _mm256_storeu_ps(dst + 8 * k, _mm256_mul_ps(_mm256_cvtepi32_ps(v), d));
+        }
+    }
+}
+
+WIDE static void dequantize_q5_1_wide(const unsigned char *src, float *dst, size_t blocks) {
+    for (size_t b = 0; b < blocks; b++, src += 24, dst += 32) {
+        __m256 d = _mm256_set1_ps(half_to_float(load_u16(src)));
+        __m256 m = _mm256_set1_ps(half_to_float(load_u16(src + 2)));
+        __m256i q[4], h[4];
+        nibbles(src + 8, q);
+        fifth_bits(load_u32(src + 4), h);
+        for (int k = 0; k < 4; k++) {
+            __m256 v = _mm256_cvtepi32_ps(_mm256_or_si256(q[k], h[k]));
+            _mm256_storeu_ps(dst + 8 * k, _mm256_add_ps(_mm256_mul_ps(v, d), m));
+        }
+    }
+}
+
 // Eight bytes widened to eight float lanes.
 WIDE static inline __m256 u8x8_to_ps(__m128i bytes) { return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes)); }
 
@@ -631,4 +703,12 @@ void cairn_dequantize_q5_k(const void *src, float *dst, size_t blocks) {
 
 void cairn_dequantize_q6_k(const void *src, float *dst, size_t blocks) {
     RUN(dequantize_q6_k_wide(src, dst, blocks), dequantize_q6_k_portable(src, dst, blocks))
+}
+
+void cairn_dequantize_q5_0(const void *src, float *dst, size_t blocks) {
+    RUN(dequantize_q5_0_wide(src, dst, blocks), dequantize_q5_0_portable(src, dst, blocks))
+}
+
+void cairn_dequantize_q5_1(const void *src, float *dst, size_t blocks) {
+    RUN(dequantize_q5_1_wide(src, dst, blocks), dequantize_q5_1_portable(src, dst, blocks))
 }

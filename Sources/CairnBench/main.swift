@@ -20,7 +20,7 @@
 //             CAIRN_BENCH_PHASES=1 first times each phase on the largest module
 // Usage: cairn-bench [forward|train|merge|dequantize] [--model NAME|PATH] [--batch 4] [--sequence 256] [--repeats 3] [--rank 8]
 //                    [--threads N] [--base-precision f32|q] [--recompute auto|always|never]
-//                    [--memory-limit SIZE] [--quant q4_0|q4_1|q8_0|q4_k|q5_k|q6_k] [--single] [--json]
+//                    [--memory-limit SIZE] [--quant q4_0|q4_1|q5_0|q5_1|q8_0|q4_k|q5_k|q6_k] [--single] [--json]
 //             --single: one step, no warm-up (the peak memory of shapes whose step takes minutes).
 
 import Adapters

@@ -55,16 +55,25 @@ extension LlamaWeights {
     }
 
     /// The block types `synthetic` fills.
-    public static let syntheticTypes: [GGMLType] = [.q4_0, .q4_1, .q8_0, .q4_K, .q5_K, .q6_K]
+    public static let syntheticTypes: [GGMLType] = [.q4_0, .q4_1, .q5_0, .q5_1, .q8_0, .q4_K, .q5_K, .q6_K]
+
+    /// The type llama.cpp's quantiser uses for a matrix whose rows are not whole 256-value super-blocks.
+    static func fallback(_ type: GGMLType) -> GGMLType {
+        switch type {
+        case .q4_K: .q5_0
+        case .q5_K: .q5_1
+        default: .q8_0
+        }
+    }
 
     /// Random weights of `config` with every matrix kept in `type` (one of `syntheticTypes`) and every vector 1.
     /// As llama.cpp's quantiser does, a matrix whose rows are not whole 256-value super-blocks (SmolLM2's 576-wide
-    /// ones) falls back from a K-quant to Q8_0.
+    /// ones, Qwen2.5-0.5B's 896-wide ones) falls back from Q4_K to Q5_0, from Q5_K to Q5_1 and from Q6_K to Q8_0.
     public static func synthetic(config: LlamaConfig, type: GGMLType = .q4_1, seed: UInt64 = 1) -> LlamaWeights {
         precondition(syntheticTypes.contains(type), "synthetic: \(type) is not offered")
         var types: [String: GGMLType] = [:]
         for spec in tensorTable(config) where spec.shape.count == 2 {
-            types[spec.name] = spec.shape[1] % type.blockSize == 0 ? type : .q8_0
+            types[spec.name] = spec.shape[1] % type.blockSize == 0 ? type : fallback(type)
         }
         let weights = LlamaWeights(config: config, blockTypes: types)
         weights.storage.buffer.update(repeating: 1)
@@ -73,12 +82,14 @@ extension LlamaWeights {
             let type = matrix.type
             let blockBytes = type.blockBytes
             // Random bytes, then each block's f16 scale fields set so the values stay within about ±0.04 and
-            // centred: Q8_0 d·q (q ±127); Q4_0 d·(q − 8); Q4_1 d·q + m; Q4_K/Q5_K (d·sc)·q − dmin·m with 6-bit sc
-            // and m; Q6_K (d·sc)·(q − 32) with int8 sc.
+            // centred: Q8_0 d·q (q ±127); Q4_0 d·(q − 8); Q4_1 d·q + m; Q5_0 d·(q − 16); Q5_1 d·q + m; Q4_K/Q5_K
+            // (d·sc)·q − dmin·m with 6-bit sc and m; Q6_K (d·sc)·(q − 32) with int8 sc.
             let scales: [(offset: Int, value: Float)] =
                 switch type {
                 case .q4_0: [(0, 0.005)]
                 case .q4_1: [(0, 0.005), (2, -0.0375)]
+                case .q5_0: [(0, 0.0025)]
+                case .q5_1: [(0, 0.0025), (2, -0.04)]
                 case .q4_K: [(0, 0.04 / (63 * 15)), (2, 0.02 / 63)]
                 case .q5_K: [(0, 0.04 / (63 * 31)), (2, 0.02 / 63)]
                 case .q6_K: [(208, 0.04 / (127 * 32))]

@@ -40,6 +40,8 @@ public func dequantize(
         case .q8_0: cairn_dequantize_q8_0(from, to, range.count)
         case .q4_0: cairn_dequantize_q4_0(from, to, range.count)
         case .q4_1: cairn_dequantize_q4_1(from, to, range.count)
+        case .q5_0: cairn_dequantize_q5_0(from, to, range.count)
+        case .q5_1: cairn_dequantize_q5_1(from, to, range.count)
         case .q4_K: cairn_dequantize_q4_k(from, to, range.count)
         case .q5_K: cairn_dequantize_q5_k(from, to, range.count)
         case .q6_K: cairn_dequantize_q6_k(from, to, range.count)

@@ -21,8 +21,8 @@ func randomBlocks(_ type: GGMLType, rows: Int, columns: Int, seed: UInt64) -> [U
         switch type {
         case .f16:
             half(base, 2 * rng.nextUnitFloat() - 1)
-        case .q8_0, .q4_0: half(base, scale)
-        case .q4_1, .q4_K, .q5_K:
+        case .q8_0, .q4_0, .q5_0: half(base, scale)
+        case .q4_1, .q5_1, .q4_K, .q5_K:
             half(base, scale)
             half(base + 2, scale)
         case .q6_K: half(base + 208, scale)
@@ -33,7 +33,7 @@ func randomBlocks(_ type: GGMLType, rows: Int, columns: Int, seed: UInt64) -> [U
 }
 
 @Suite struct FrozenMatrixTests {
-    static let types: [GGMLType] = [.q8_0, .q4_0, .q4_1, .q4_K, .q5_K, .q6_K, .f16]
+    static let types: [GGMLType] = [.q8_0, .q4_0, .q4_1, .q5_0, .q5_1, .q4_K, .q5_K, .q6_K, .f16]
 
     /// Both products over a quantised matrix equal the naive products over its dequantised values, across
     /// several panels with a partial last one, with strides, alpha and beta.
@@ -140,7 +140,7 @@ func randomBlocks(_ type: GGMLType, rows: Int, columns: Int, seed: UInt64) -> [U
     }
 
     /// The block types dequantised in CKernels.
-    static let quantised: [GGMLType] = [.q8_0, .q4_0, .q4_1, .q4_K, .q5_K, .q6_K]
+    static let quantised: [GGMLType] = [.q8_0, .q4_0, .q4_1, .q5_0, .q5_1, .q4_K, .q5_K, .q6_K]
 
     /// SwiGLU and the fused cross-entropy give the same results with either build, and dequantisation the same
     /// bits.

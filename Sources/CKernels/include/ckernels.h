@@ -43,12 +43,14 @@ void cairn_swiglu_backward(
 void cairn_softmax_backward_row(float *p, float *dp, size_t n, float lse);
 
 /// Dequantises `blocks` GGUF blocks (Docs/FORMATS.md §2) from `src` (any alignment) into `dst`: blocks of 32
-/// values for Q8_0 (d·q), Q4_0 (d·(q − 8)) and Q4_1 (d·q + m), super-blocks of 256 for Q4_K and Q5_K
-/// ((d·sc)·q − dmin·m) and Q6_K ((d·sc)·(q − 32)). Each rounds exactly as a scalar loop does (no fused
-/// multiply-add), so every build gives the same floats.
+/// values for Q8_0 (d·q), Q4_0 (d·(q − 8)), Q4_1 (d·q + m), Q5_0 (d·(q − 16)) and Q5_1 (d·q + m), super-blocks
+/// of 256 for Q4_K and Q5_K ((d·sc)·q − dmin·m) and Q6_K ((d·sc)·(q − 32)). Each rounds exactly as a scalar loop
+/// does (no fused multiply-add), so every build gives the same floats.
 void cairn_dequantize_q8_0(const void *src, float *dst, size_t blocks);
 void cairn_dequantize_q4_0(const void *src, float *dst, size_t blocks);
 void cairn_dequantize_q4_1(const void *src, float *dst, size_t blocks);
+void cairn_dequantize_q5_0(const void *src, float *dst, size_t blocks);
+void cairn_dequantize_q5_1(const void *src, float *dst, size_t blocks);
 void cairn_dequantize_q4_k(const void *src, float *dst, size_t blocks);
 void cairn_dequantize_q5_k(const void *src, float *dst, size_t blocks);
 void cairn_dequantize_q6_k(const void *src, float *dst, size_t blocks);
