@@ -297,6 +297,11 @@ final class TrainingDisplay {
             text += "; \(p.rowsPerEpoch) rows per epoch, \(p.totalSteps) steps of \(p.tokensPerStep) tokens"
             text +=
                 "; \(p.trainableParameters) trainable parameters; base \(p.basePrecision == .q ? "kept quantised" : "in fp32") (\(formatBytes(p.baseBytes))); activations \(p.activations.summary) (\(formatBytes(p.activations.workspaceBytes)); the step needs about \(formatBytes(p.activations.stepBytes))\(p.activations.limitBytes.map { " of \(formatBytes($0))" } ?? ""))"
+            if let limit = p.activations.limitBytes, p.activations.stepBytes > limit {
+                text +=
+                    "; that is more than the limit even with every layer recomputed: a smaller --batch, --seq-len "
+                    + "or --rank, or --base-precision q, brings it down"
+            }
             if p.startStep > 0 { text += "; resuming at step \(p.startStep)" }
             Terminal.note(text)
             progress = ProgressLine("training", total: p.totalSteps)

@@ -225,7 +225,7 @@ public final class TrainingWorkspace: @unchecked Sendable {
     }
 
     /// `keptLayers` clamped to 0...layers, with layers − 1 made all: the shared set holds the last layer anyway.
-    static func normalised(keptLayers: Int, layers: Int) -> Int {
+    public static func normalised(keptLayers: Int, layers: Int) -> Int {
         let k = min(max(keptLayers, 0), layers)
         return k >= layers - 1 ? layers : k
     }

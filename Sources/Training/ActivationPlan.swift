@@ -54,9 +54,9 @@ extension TrainingConfig {
         func plan(_ kept: Int, limit: Int?) -> ActivationPlan {
             let workspace = TrainingWorkspace.estimatedBytes(
                 model: c, adapter: adapter, batch: batchSize, length: sequenceLength, keptLayers: kept)
-            let normalised = kept >= c.layers - 1 ? c.layers : max(0, kept)
             return ActivationPlan(
-                keptLayers: normalised, layers: c.layers, workspaceBytes: workspace, stepBytes: fixed + workspace,
+                keptLayers: TrainingWorkspace.normalised(keptLayers: kept, layers: c.layers), layers: c.layers,
+                workspaceBytes: workspace, stepBytes: fixed + workspace,
                 limitBytes: limit)
         }
         switch recompute {

@@ -63,6 +63,38 @@ enum TrainData {
         #expect(tuned < base, "training lowered the loss on its data: \(tuned) vs \(base)")
     }
 
+    /// --memory-limit decides which layers keep their activations, and the plan is printed: all of them under a
+    /// generous limit, none (with a warning that says how to get under it) under one the step cannot meet; a
+    /// limit that is not a size is refused.
+    @Test func theMemoryLimitChoosesWhichLayersKeepTheirActivations() throws {
+        let dir = Fixtures.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let data = try TrainData.write(dir)
+        func plan(_ limit: String, _ name: String) throws -> (text: String, json: JSONObject?) {
+            let common = ["train", "--model", tinyModel, "--data", data, "--steps", "1", "--seq-len", "24"]
+            let text = try cairn(common + ["--output", dir.appendingPathComponent(name).path, "--memory-limit", limit])
+            #expect(text.status == 0, "\(text.stderr)")
+            let json = try cairn(
+                common + [
+                    "--output", dir.appendingPathComponent(name + "-json").path, "--memory-limit", limit, "--json",
+                ])
+            let planned = json.stdout.split(separator: "\n").compactMap { try? JSONValue.parse(String($0)).objectValue }
+                .first { $0["event"] == "planned" }
+            return (text.stderr, planned)
+        }
+        let roomy = try plan("8GiB", "roomy")
+        #expect(roomy.text.contains("activations kept for all 2 layers"), "\(roomy.text)")
+        #expect(roomy.json?["kept_layers"] == 2 && roomy.json?["recompute"] == false)
+        let tight = try plan("1MiB", "tight")
+        #expect(tight.text.contains("activations recomputed for 1 of 2 layers"), "\(tight.text)")
+        #expect(tight.text.contains("more than the limit even with every layer recomputed"), "\(tight.text)")
+        #expect(tight.json?["kept_layers"] == 0 && tight.json?["recomputed_layers"] == 1)
+        let bad = try cairn(
+            "train", "--model", tinyModel, "--data", data, "--output", dir.appendingPathComponent("bad").path,
+            "--memory-limit", "lots")
+        #expect(bad.status == 64 && bad.stderr.contains("--memory-limit: expected a size"), "\(bad.stderr)")
+    }
+
     /// SIGTERM mid-run: the step finishes, a checkpoint is written, the exit is clean; --resume completes it.
     @Test func stopsCleanlyOnSIGTERMAndResumes() throws {
         let dir = Fixtures.temporaryDirectory()
