@@ -223,44 +223,38 @@ static inline void scale_min_k4(int j, const unsigned char *q, unsigned char *sc
     }
 }
 
-static void dequantize_q4_k_portable(const unsigned char *src, float *dst, size_t blocks) {
-    for (size_t b = 0; b < blocks; b++, src += 144, dst += 256) {
-        float d = half_to_float(load_u16(src)), dmin = half_to_float(load_u16(src + 2));
-        const unsigned char *scales = src + 4, *qs = src + 16;
-        for (int c = 0; c < 4; c++) {
-            unsigned char sc1, m1, sc2, m2;
-            scale_min_k4(2 * c, scales, &sc1, &m1);
-            scale_min_k4(2 * c + 1, scales, &sc2, &m2);
-            float d1 = d * (float)sc1, o1 = dmin * (float)m1, d2 = d * (float)sc2, o2 = dmin * (float)m2;
-            const unsigned char *q = qs + 32 * c;
-            float *y = dst + 64 * c;
-            for (int l = 0; l < 32; l++) {
-                float lo = d1 * (float)(q[l] & 0xF), hi = d2 * (float)(q[l] >> 4);
-                y[l] = lo - o1;
-                y[l + 32] = hi - o2;
-            }
-        }
-    }
+// The four sub-block factors of 64-value chunk c: (d·sc, dmin·m) of sub-blocks 2c and 2c + 1.
+static inline void chunk_factors(float d, float dmin, const unsigned char *scales, int c, float f[4]) {
+    unsigned char sc1, m1, sc2, m2;
+    scale_min_k4(2 * c, scales, &sc1, &m1);
+    scale_min_k4(2 * c + 1, scales, &sc2, &m2);
+    f[0] = d * (float)sc1;
+    f[1] = dmin * (float)m1;
+    f[2] = d * (float)sc2;
+    f[3] = dmin * (float)m2;
 }
 
-static void dequantize_q5_k_portable(const unsigned char *src, float *dst, size_t blocks) {
-    for (size_t b = 0; b < blocks; b++, src += 176, dst += 256) {
+// Q4_K (144-byte blocks) and, with `fifth` set, Q5_K (176 bytes: a 32-byte plane of fifth bits before the quants,
+// bit 2c of byte l for value l of chunk c's first half, bit 2c + 1 for its second).
+static void dequantize_k4_portable(const unsigned char *src, float *dst, size_t blocks, int fifth) {
+    const size_t size = fifth ? 176 : 144;
+    for (size_t b = 0; b < blocks; b++, src += size, dst += 256) {
         float d = half_to_float(load_u16(src)), dmin = half_to_float(load_u16(src + 2));
-        const unsigned char *scales = src + 4, *qh = src + 16, *qs = src + 48;
+        const unsigned char *scales = src + 4, *qh = src + 16, *qs = src + (fifth ? 48 : 16);
         for (int c = 0; c < 4; c++) {
-            unsigned char sc1, m1, sc2, m2;
-            scale_min_k4(2 * c, scales, &sc1, &m1);
-            scale_min_k4(2 * c + 1, scales, &sc2, &m2);
-            float d1 = d * (float)sc1, o1 = dmin * (float)m1, d2 = d * (float)sc2, o2 = dmin * (float)m2;
-            unsigned char bit_lo = (unsigned char)(1u << (2 * c)), bit_hi = (unsigned char)(2u << (2 * c));
+            float f[4];
+            chunk_factors(d, dmin, scales, c, f);
             const unsigned char *q = qs + 32 * c;
             float *y = dst + 64 * c;
             for (int l = 0; l < 32; l++) {
-                int lo_q = (q[l] & 0xF) + ((qh[l] & bit_lo) ? 16 : 0);
-                int hi_q = (q[l] >> 4) + ((qh[l] & bit_hi) ? 16 : 0);
-                float lo = d1 * (float)lo_q, hi = d2 * (float)hi_q;
-                y[l] = lo - o1;
-                y[l + 32] = hi - o2;
+                int lo_q = q[l] & 0xF, hi_q = q[l] >> 4;
+                if (fifth) {
+                    lo_q += ((qh[l] >> (2 * c)) & 1) << 4;
+                    hi_q += ((qh[l] >> (2 * c + 1)) & 1) << 4;
+                }
+                float lo = f[0] * (float)lo_q, hi = f[2] * (float)hi_q;
+                y[l] = lo - f[1];
+                y[l + 32] = hi - f[3];
             }
         }
     }
@@ -526,51 +520,29 @@ WIDE static void dequantize_q5_1_wide(const unsigned char *src, float *dst, size
 // Eight bytes widened to eight float lanes.
 WIDE static inline __m256 u8x8_to_ps(__m128i bytes) { return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes)); }
 
-WIDE static void dequantize_q4_k_wide(const unsigned char *src, float *dst, size_t blocks) {
-    const __m128i low4 = _mm_set1_epi8(0x0F);
-    for (size_t b = 0; b < blocks; b++, src += 144, dst += 256) {
-        float d = half_to_float(load_u16(src)), dmin = half_to_float(load_u16(src + 2));
-        const unsigned char *scales = src + 4, *qs = src + 16;
-        for (int c = 0; c < 4; c++) {
-            unsigned char sc1, m1, sc2, m2;
-            scale_min_k4(2 * c, scales, &sc1, &m1);
-            scale_min_k4(2 * c + 1, scales, &sc2, &m2);
-            __m256 d1 = _mm256_set1_ps(d * (float)sc1), o1 = _mm256_set1_ps(dmin * (float)m1);
-            __m256 d2 = _mm256_set1_ps(d * (float)sc2), o2 = _mm256_set1_ps(dmin * (float)m2);
-            const unsigned char *q = qs + 32 * c;
-            float *y = dst + 64 * c;
-            for (int k = 0; k < 4; k++) {
-                __m128i bytes = _mm_loadl_epi64((const __m128i *)(q + 8 * k));
-                __m128i lo = _mm_and_si128(bytes, low4), hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), low4);
-                _mm256_storeu_ps(y + 8 * k, _mm256_sub_ps(_mm256_mul_ps(d1, u8x8_to_ps(lo)), o1));
-                _mm256_storeu_ps(y + 32 + 8 * k, _mm256_sub_ps(_mm256_mul_ps(d2, u8x8_to_ps(hi)), o2));
-            }
-        }
-    }
-}
-
-WIDE static void dequantize_q5_k_wide(const unsigned char *src, float *dst, size_t blocks) {
+WIDE static void dequantize_k4_wide(const unsigned char *src, float *dst, size_t blocks, int fifth) {
     const __m128i low4 = _mm_set1_epi8(0x0F), sixteen = _mm_set1_epi8(16);
-    for (size_t b = 0; b < blocks; b++, src += 176, dst += 256) {
+    const size_t size = fifth ? 176 : 144;
+    for (size_t b = 0; b < blocks; b++, src += size, dst += 256) {
         float d = half_to_float(load_u16(src)), dmin = half_to_float(load_u16(src + 2));
-        const unsigned char *scales = src + 4, *qh = src + 16, *qs = src + 48;
+        const unsigned char *scales = src + 4, *qh = src + 16, *qs = src + (fifth ? 48 : 16);
         for (int c = 0; c < 4; c++) {
-            unsigned char sc1, m1, sc2, m2;
-            scale_min_k4(2 * c, scales, &sc1, &m1);
-            scale_min_k4(2 * c + 1, scales, &sc2, &m2);
-            __m256 d1 = _mm256_set1_ps(d * (float)sc1), o1 = _mm256_set1_ps(dmin * (float)m1);
-            __m256 d2 = _mm256_set1_ps(d * (float)sc2), o2 = _mm256_set1_ps(dmin * (float)m2);
+            float f[4];
+            chunk_factors(d, dmin, scales, c, f);
+            __m256 d1 = _mm256_set1_ps(f[0]), o1 = _mm256_set1_ps(f[1]);
+            __m256 d2 = _mm256_set1_ps(f[2]), o2 = _mm256_set1_ps(f[3]);
             const __m128i bit_lo = _mm_set1_epi8((char)(1u << (2 * c))), bit_hi = _mm_set1_epi8((char)(2u << (2 * c)));
             const unsigned char *q = qs + 32 * c;
             float *y = dst + 64 * c;
             for (int k = 0; k < 4; k++) {
                 __m128i bytes = _mm_loadl_epi64((const __m128i *)(q + 8 * k));
-                __m128i high = _mm_loadl_epi64((const __m128i *)(qh + 8 * k));
-                // 16 where the sub-block's bit is set: (high & bit) == bit gives 0xFF, masked down to 16.
-                __m128i add_lo = _mm_and_si128(_mm_cmpeq_epi8(_mm_and_si128(high, bit_lo), bit_lo), sixteen);
-                __m128i add_hi = _mm_and_si128(_mm_cmpeq_epi8(_mm_and_si128(high, bit_hi), bit_hi), sixteen);
-                __m128i lo = _mm_add_epi8(_mm_and_si128(bytes, low4), add_lo);
-                __m128i hi = _mm_add_epi8(_mm_and_si128(_mm_srli_epi16(bytes, 4), low4), add_hi);
+                __m128i lo = _mm_and_si128(bytes, low4), hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), low4);
+                if (fifth) {
+                    // 16 where the sub-block's bit is set: (high & bit) == bit gives 0xFF, masked down to 16.
+                    __m128i high = _mm_loadl_epi64((const __m128i *)(qh + 8 * k));
+                    lo = _mm_add_epi8(lo, _mm_and_si128(_mm_cmpeq_epi8(_mm_and_si128(high, bit_lo), bit_lo), sixteen));
+                    hi = _mm_add_epi8(hi, _mm_and_si128(_mm_cmpeq_epi8(_mm_and_si128(high, bit_hi), bit_hi), sixteen));
+                }
                 _mm256_storeu_ps(y + 8 * k, _mm256_sub_ps(_mm256_mul_ps(d1, u8x8_to_ps(lo)), o1));
                 _mm256_storeu_ps(y + 32 + 8 * k, _mm256_sub_ps(_mm256_mul_ps(d2, u8x8_to_ps(hi)), o2));
             }
@@ -694,11 +666,11 @@ void cairn_dequantize_q4_1(const void *src, float *dst, size_t blocks) {
 }
 
 void cairn_dequantize_q4_k(const void *src, float *dst, size_t blocks) {
-    RUN(dequantize_q4_k_wide(src, dst, blocks), dequantize_q4_k_portable(src, dst, blocks))
+    RUN(dequantize_k4_wide(src, dst, blocks, 0), dequantize_k4_portable(src, dst, blocks, 0))
 }
 
 void cairn_dequantize_q5_k(const void *src, float *dst, size_t blocks) {
-    RUN(dequantize_q5_k_wide(src, dst, blocks), dequantize_q5_k_portable(src, dst, blocks))
+    RUN(dequantize_k4_wide(src, dst, blocks, 1), dequantize_k4_portable(src, dst, blocks, 1))
 }
 
 void cairn_dequantize_q6_k(const void *src, float *dst, size_t blocks) {
