@@ -96,7 +96,7 @@ struct Arguments {
                 precisionGiven = true
             case "--help", "-h":
                 print(
-                    "usage: cairn-bench [forward|train|merge|dequantize] [--model NAME|PATH|synthetic-360m|synthetic-1.1b|synthetic-qwen2.5-0.5b|synthetic-llama3.2-1b] [--batch 4] [--sequence 256] [--repeats 3] [--rank 8] [--threads N] [--base-precision f32|q] [--recompute auto|always|never] [--memory-limit SIZE] [--quant TYPE] [--single] [--json]"
+                    "usage: cairn-bench [forward|train|merge|dequantize] [--model NAME|PATH|synthetic-135m|synthetic-360m|synthetic-1.1b|synthetic-qwen2.5-0.5b|synthetic-llama3.2-1b|synthetic-llama3.1-8b] [--batch 4] [--sequence 256] [--repeats 3] [--rank 8] [--threads N] [--base-precision f32|q] [--recompute auto|always|never] [--memory-limit SIZE] [--quant TYPE] [--single] [--json]"
                 )
                 exit(0)
             default: throw BenchError("unknown argument \(argv[i]); see --help")
