@@ -96,7 +96,7 @@ struct Arguments {
                 precisionGiven = true
             case "--help", "-h":
                 print(
-                    "usage: cairn-bench [forward|train|merge|dequantize] [--model NAME|PATH|synthetic-135m|synthetic-360m|synthetic-1.1b|synthetic-qwen2.5-0.5b|synthetic-llama3.2-1b|synthetic-llama3.1-8b] [--batch 4] [--sequence 256] [--repeats 3] [--rank 8] [--threads N] [--base-precision f32|q] [--recompute auto|always|never] [--memory-limit SIZE] [--quant TYPE] [--single] [--json]"
+                    "usage: cairn-bench [forward|train|shared|merge|dequantize] [--model NAME|PATH|synthetic-135m|synthetic-360m|synthetic-1.1b|synthetic-qwen2.5-0.5b|synthetic-llama3.2-1b|synthetic-llama3.1-8b] [--batch 4] [--sequence 256] [--repeats 3] [--rank 8] [--threads N] [--base-precision f32|q] [--recompute auto|always|never] [--memory-limit SIZE] [--quant TYPE] [--single] [--json]"
                 )
                 exit(0)
             default: throw BenchError("unknown argument \(argv[i]); see --help")
@@ -214,6 +214,70 @@ func runTrain(_ args: Arguments, ceiling: (square: Double, projection: Double), 
             Double(rss) / Double(1 << 30)))
 }
 
+/// Two adapters' training steps on one base (rank r and 2r, `--batch` rows each): one after the other, then in
+/// one shared pass (SharedPass), alternating, best of `--repeats` each; the ratio is the shared pass's gain.
+func runShared(_ args: Arguments, ceiling: Double, model: LlamaModel, name: String) {
+    let c = model.config
+    let kept = args.recompute == .always ? 0 : Int.max
+    func sessions() -> [TrainingSession] {
+        [args.rank, 2 * args.rank].enumerated().map { k, rank in
+            TrainingSession(
+                model: model,
+                adapter: LoRAAdapter(
+                    model: c, config: LoRAConfig(rank: rank, alpha: Double(2 * rank)), seed: UInt64(k)),
+                schedule: LearningRateSchedule(peak: 1e-4, warmupSteps: 0, totalSteps: 1000, kind: .constant),
+                keptLayers: kept)
+        }
+    }
+    var rng = SeededGenerator(seed: 3)
+    let batches = (0..<2).map { _ in
+        TrainingBatch(
+            rows: (0..<args.batch).map { _ in (0..<args.sequence).map { _ in Int32(rng.next() % UInt64(c.vocabSize)) } }
+        )
+    }
+    let alone = sessions()
+    let shared = SharedPass(sessions())
+    var (sequential, together) = (Double.infinity, Double.infinity)
+    for round in 0...args.repeats {
+        let s = best(1, warmUp: false) { for k in 0..<2 { alone[k].step([batches[k]]) } }
+        let t = best(1, warmUp: false) { shared.step(batches) }
+        if round > 0 {  // the first round warms up
+            sequential = min(sequential, s)
+            together = min(together, t)
+        }
+    }
+    let flops = alone.reduce(0.0) {
+        $0 + Double(args.batch) * model.trainingFLOPs(tokens: args.sequence, adapter: $1.adapter)
+    }
+    let tokens = 2 * args.batch * args.sequence
+    if args.json {
+        let report: JSONValue = [
+            "mode": "shared", "threads": .integer(Int64(Parallel.threadCount)), "ceiling_gflops": .number(ceiling),
+            "model": .string(name), "batch": .integer(Int64(args.batch)), "sequence": .integer(Int64(args.sequence)),
+            "ranks": .array([.integer(Int64(args.rank)), .integer(Int64(2 * args.rank))]),
+            "base_precision": .string(model.weights.precision.rawValue),
+            "base_bytes": .integer(Int64(model.weights.residentBytes)),
+            "sequential_seconds": .number(sequential), "shared_seconds": .number(together),
+            "speedup": .number(sequential / together),
+            "shared_ratio_to_ceiling": .number(flops / together / 1e9 / ceiling),
+            "peak_rss_bytes": .integer(Int64(peakRSS())),
+        ]
+        print(report.serialized())
+        return
+    }
+    print(
+        "shared: \(name), two adapters (r=\(args.rank) and r=\(2 * args.rank), all seven projections), \(args.batch)×\(args.sequence) tokens each; base \(model.weights.precision == .q ? "kept quantised" : "fp32"), \(model.weights.residentBytes >> 20) MiB, held once"
+    )
+    print(
+        String(
+            format: "one after the other: %.3f s (%.0f tokens/s, %.1f%% of the ceiling)", sequential,
+            Double(tokens) / sequential, 100 * flops / sequential / 1e9 / ceiling))
+    print(
+        String(
+            format: "one shared pass:     %.3f s (%.0f tokens/s, %.1f%% of the ceiling): %.2f× the throughput",
+            together, Double(tokens) / together, 100 * flops / together / 1e9 / ceiling, sequential / together))
+}
+
 /// TIES-merges 8 random rank-16 adapters (all seven projections) to rank 16, reading only the model's shapes.
 func runMerge(_ args: Arguments, ceiling: Double) throws {
     let config = try ModelSource.resolve(args.model).config()
@@ -327,7 +391,9 @@ func run() throws {
     let model: LlamaModel
     let name: String
     if let shape = LlamaWeights.syntheticShapes[args.model] {
-        guard args.mode == "train" else { throw BenchError("\(args.model) is for train only") }
+        guard args.mode == "train" || args.mode == "shared" else {
+            throw BenchError("\(args.model) is for train and shared only")
+        }
         let weights = LlamaWeights.synthetic(config: shape, type: args.quant)
         let f32 = args.precisionGiven && args.precision == .f32
         model = LlamaModel(weights: f32 ? weights.dequantizedToF32() : weights)
@@ -341,6 +407,10 @@ func run() throws {
     let rows = args.batch * args.sequence
     let projection = sgemmGFLOPs(M: rows, N: c.ffnDim, K: c.dim, repeats: max(3, args.repeats))
     let ceiling = max(square, projection)
+    if args.mode == "shared" {
+        runShared(args, ceiling: ceiling, model: model, name: name)
+        return
+    }
     if args.mode == "train" {
         if !args.json {
             print("machine: \(threads) threads")

@@ -11,6 +11,10 @@
 // (with dropout, x is the dropped input and the last term is masked and rescaled the same way).
 // The residual stream's gradient lives in one (N, dim) buffer that each block turns from the gradient of its
 // output into the gradient of its input.
+//
+// Several adapters of one base can share a pass (`trainingStep(batch:adapters:workspace:)`): each owns a range of
+// the batch's rows, the frozen products run once over all the rows, and each LoRA module's products run over its
+// adapter's rows only. Every row's arithmetic is the same as in a pass of its adapter alone.
 
 import Foundation
 import TensorKernels
@@ -61,6 +65,38 @@ public struct StepLoss: Sendable, Equatable {
     }
 }
 
+/// One adapter's share of a training pass over several adapters: its rows of the batch, the buffer its gradients
+/// are added to, the scale of its loss, and its dropout.
+public struct AdapterRows {
+    public var adapter: LoRAAdapter
+    /// Rows (sequences) of the batch.
+    public var rows: Range<Int>
+    /// Shaped like `adapter.parameters`, accumulated into; nil for a forward-only pass.
+    public var gradients: FloatBuffer?
+    public var lossScale: Float
+    public var dropout: DropoutPlan?
+
+    public init(
+        adapter: LoRAAdapter, rows: Range<Int>, gradients: FloatBuffer?, lossScale: Float = 1,
+        dropout: DropoutPlan? = nil
+    ) {
+        self.adapter = adapter
+        self.rows = rows
+        self.gradients = gradients
+        self.lossScale = lossScale
+        self.dropout = dropout
+    }
+}
+
+/// An adapter's token rows in a pass (rows × length of the batch).
+struct LoRASegment {
+    let adapter: LoRAAdapter
+    let rows: Range<Int>
+    let gradients: FloatBuffer?
+    let lossScale: Float
+    let dropout: DropoutPlan?
+}
+
 extension LlamaModel {
     /// Runs a training batch through the model with an adapter; with `gradients`, also backpropagates and adds
     /// the gradient of `lossScale · Σ loss` to them.
@@ -79,33 +115,73 @@ extension LlamaModel {
         batch: TrainingBatch, adapter: LoRAAdapter, gradients: FloatBuffer?, lossScale: Float = 1,
         dropout: DropoutPlan? = nil, workspace ws: TrainingWorkspace
     ) -> StepLoss {
+        let whole = AdapterRows(
+            adapter: adapter, rows: 0..<batch.batch, gradients: gradients, lossScale: lossScale, dropout: dropout)
+        return trainingStep(batch: batch, adapters: [whole], workspace: ws)[0]
+    }
+
+    /// Runs a training batch through the model, each adapter on its own rows, in one pass over the frozen
+    /// weights; with gradients, also backpropagates, adding to each adapter's buffer the gradient of its
+    /// `lossScale · Σ loss` over its rows. Each adapter's loss and gradients are those of a pass of its rows alone.
+    ///
+    /// - Parameters:
+    ///   - adapters: Consecutive row ranges that cover the batch, either all with gradients or all without.
+    ///   - workspace: Made for these adapters (`TrainingWorkspace(model:adapters:…)`) and this batch shape.
+    /// - Returns: Each adapter's summed loss and number of targets, in order.
+    @discardableResult
+    public func trainingStep(batch: TrainingBatch, adapters: [AdapterRows], workspace ws: TrainingWorkspace)
+        -> [StepLoss]
+    {
         let c = config
         let N = batch.batch * batch.length
         precondition(
             batch.batch == ws.batch && batch.length == ws.length, "trainingStep: batch shape differs from the workspace"
         )
-        precondition(gradients == nil || gradients!.count == adapter.parameters.count, "trainingStep: gradient size")
         precondition(batch.length <= maxPositions, "trainingStep: rows longer than the usable context")
+        var next = 0
+        for a in adapters {
+            precondition(a.rows.lowerBound == next && !a.rows.isEmpty, "trainingStep: adapters' rows must follow on")
+            next = a.rows.upperBound
+            precondition(
+                a.gradients == nil || a.gradients!.count == a.adapter.parameters.count, "trainingStep: gradient size")
+            precondition((a.gradients == nil) == (adapters[0].gradients == nil), "trainingStep: gradients for some")
+            precondition(a.dropout == nil || ws.dropped.count > 0, "trainingStep: workspace without dropout scratch")
+            for m in a.adapter.modules {
+                precondition(
+                    (ws.block(m.layer).loraRanks[m.target] ?? 0) >= m.rank,
+                    "trainingStep: the workspace was made for other adapters")
+            }
+        }
+        precondition(next == batch.batch, "trainingStep: adapters' rows must cover the batch")
+        let segments = adapters.map {
+            LoRASegment(
+                adapter: $0.adapter, rows: $0.rows.lowerBound * batch.length..<$0.rows.upperBound * batch.length,
+                gradients: $0.gradients, lossScale: $0.lossScale,
+                dropout: $0.dropout.flatMap { $0.probability > 0 ? $0 : nil })
+        }
+        let training = segments[0].gradients != nil
         for i in 0..<N {
             precondition(
                 batch.tokens[i] >= 0 && Int(batch.tokens[i]) < c.vocabSize, "trainingStep: token id out of range")
             precondition(Int(batch.targets[i]) < c.vocabSize, "trainingStep: target id out of range")
         }
-        let dropout = dropout.flatMap { $0.probability > 0 ? $0 : nil }
         let x0 = ws.residuals.pointer
         embeddingForward(out: x0, tokens: batch.tokens, table: weights.embedding, count: N)
         if let scale = c.embeddingScale { scaleInPlace(x0, N * c.dim, by: scale) }
         for l in 0..<c.layers {
             blockForward(
                 l, input: x0 + l * N * c.dim, output: x0 + (l + 1) * N * c.dim, buffers: ws.block(l), batch: batch,
-                adapter: adapter, dropout: dropout, ws: ws)
+                segments: segments, ws: ws)
         }
         let xL = x0 + c.layers * N * c.dim
-        var loss = StepLoss(sum: 0, tokens: 0)
+        var losses = [StepLoss](repeating: StepLoss(sum: 0, tokens: 0), count: segments.count)
         batch.targets.withUnsafeBufferPointer { targets in
+            // Chunks of rows within one adapter's rows, for its loss scale and its total.
             var r0 = 0
+            var k = 0
             while r0 < N {
-                let rows = min(ws.logitChunk, N - r0)
+                if r0 == segments[k].rows.upperBound { k += 1 }
+                let rows = min(ws.logitChunk, segments[k].rows.upperBound - r0)
                 // The final norm, a chunk at a time (its rstd is kept for the backward).
                 rmsNormForward(
                     out: ws.normedFinal.pointer, rstd: ws.rstdFinal.pointer + r0, input: xL + r0 * c.dim,
@@ -114,13 +190,13 @@ extension LlamaModel {
                 if let cap = c.finalSoftCap {
                     softCap(
                         ws.logits.pointer, count: rows * c.vocabSize, cap: cap,
-                        derivative: gradients == nil ? nil : ws.logitCapDerivative.pointer)
+                        derivative: training ? ws.logitCapDerivative.pointer : nil)
                 }
-                if gradients != nil {
+                if training {
                     // Losses, and the logits turned into their gradients in place.
                     crossEntropyForwardBackward(
                         losses: ws.losses.pointer, logits: ws.logits.pointer, targets: targets.baseAddress! + r0,
-                        dLoss: lossScale, rows: rows, vocabSize: c.vocabSize)
+                        dLoss: segments[k].lossScale, rows: rows, vocabSize: c.vocabSize)
                     if c.finalSoftCap != nil {
                         // Through the cap: d(raw logit) = d(capped logit) · (1 − tanh²).
                         let (g, d) = (ws.logits.pointer, ws.logitCapDerivative.pointer)
@@ -136,13 +212,13 @@ extension LlamaModel {
                         targets: targets.baseAddress! + r0, rows: rows, vocabSize: c.vocabSize)
                 }
                 for i in 0..<rows where targets[r0 + i] >= 0 {
-                    loss.sum += Double(ws.losses[i])
-                    loss.tokens += 1
+                    losses[k].sum += Double(ws.losses[i])
+                    losses[k].tokens += 1
                 }
                 r0 += rows
             }
         }
-        guard let gradients else { return loss }
+        guard training else { return losses }
 
         ws.dx.zero()
         rmsNormBackward(
@@ -153,13 +229,11 @@ extension LlamaModel {
             if ws.recomputes(layer: l) {
                 blockForward(
                     l, input: input, output: ws.blockOutput.pointer, buffers: ws.block(l), batch: batch,
-                    adapter: adapter, dropout: dropout, ws: ws, forBackward: true)
+                    segments: segments, ws: ws, forBackward: true)
             }
-            blockBackward(
-                l, input: input, buffers: ws.block(l), batch: batch, adapter: adapter, gradients: gradients,
-                dropout: dropout, ws: ws)
+            blockBackward(l, input: input, buffers: ws.block(l), batch: batch, segments: segments, ws: ws)
         }
-        return loss
+        return losses
     }
 
     private func attentionShape(_ batch: TrainingBatch, layer l: Int) -> AttentionShape {
@@ -213,31 +287,18 @@ extension LlamaModel {
         return UnsafePointer(out)
     }
 
-    /// Backward of one LoRA module: accumulates dA, dB and the gradient of its input.
-    private func loraBackward(
-        _ m: LoRAModule, adapter: LoRAAdapter, gradients: FloatBuffer, input x: UnsafePointer<Float>,
-        saved: UnsafePointer<Float>, parts: [LoRAPart], dInput dx: UnsafeMutablePointer<Float>, rows N: Int,
-        dropout: DropoutPlan?, ws: TrainingWorkspace
-    ) {
-        loraBackwardWithoutDA(
-            m, adapter: adapter, gradients: gradients, saved: saved, parts: parts, dInput: dx, rows: N,
-            dropout: dropout, ws: ws)
-        loraBackwardDA(m, gradients: gradients, input: x, rows: N, dropout: dropout, ws: ws)
-    }
-
     /// The part of a LoRA module's backward that does not read its input: dB += s·dyᵀ·(A·x) from the saved A·x,
-    /// t = dy·B (left in `ws.loraScratch` for `loraBackwardDA`), and dx += s·t·A, masked like the input when
-    /// dropout is on. With parts, dy is the parts' gradients side by side: each part's rows of dB, and t sums
-    /// over the parts.
+    /// t = dy·B (left in `t` for `loraBackwardDA`), and dx += s·t·A, masked like the input when dropout is on.
+    /// With parts, dy is the parts' gradients side by side: each part's rows of dB, and t sums over the parts.
     private func loraBackwardWithoutDA(
         _ m: LoRAModule, adapter: LoRAAdapter, gradients: FloatBuffer, saved: UnsafePointer<Float>,
         parts: [LoRAPart], dInput dx: UnsafeMutablePointer<Float>, rows N: Int, dropout: DropoutPlan?,
-        ws: TrainingWorkspace
+        scratch t: UnsafeMutablePointer<Float>, ws: TrainingWorkspace
     ) {
         let a = adapter.parameters.pointer + m.aOffset
         let b = adapter.parameters.pointer + m.bOffset
         let dB = gradients.pointer + m.bOffset
-        let t = ws.loraScratch.pointer  // (N, r) = dy·B
+        // t: (N, r) = dy·B
         for (i, part) in parts.enumerated() {
             let rows = part.rows
             matmul(
@@ -262,26 +323,79 @@ extension LlamaModel {
     /// dA += s · tᵀ · drop(x), with t = dy·B as `loraBackwardWithoutDA` left it.
     private func loraBackwardDA(
         _ m: LoRAModule, gradients: FloatBuffer, input x: UnsafePointer<Float>, rows N: Int, dropout: DropoutPlan?,
-        ws: TrainingWorkspace
+        scratch t: UnsafePointer<Float>, ws: TrainingWorkspace
     ) {
         let source = droppedInput(m, x, rows: N, dropout: dropout, ws: ws)
         matmul(
-            gradients.pointer + m.aOffset, ws.loraScratch.pointer, source, M: m.rank, N: m.inFeatures, K: N,
-            transA: true, alpha: m.scale, beta: 1)
+            gradients.pointer + m.aOffset, t, source, M: m.rank, N: m.inFeatures, K: N, transA: true, alpha: m.scale,
+            beta: 1)
+    }
+
+    // Each adapter's module of (layer, target) over its own rows: the inputs, outputs, saved A·x and t = dy·B
+    // of its rows start at its first row.
+
+    /// y += s·B·(A·drop(x)) for each adapter's module; saves A·drop(x) (`parts` empty: only saves it).
+    private func loraForward(
+        _ target: LoRATarget, layer: Int, segments: [LoRASegment], input x: UnsafePointer<Float>, parts: [LoRAPart],
+        buffers s: BlockBuffers, ws: TrainingWorkspace
+    ) {
+        for seg in segments {
+            guard let m = seg.adapter.module(layer: layer, target: target) else { continue }
+            let r0 = seg.rows.lowerBound
+            loraForward(
+                m, adapter: seg.adapter, input: x + r0 * m.inFeatures, parts: parts.map { $0.from(row: r0) },
+                saved: s.saved(target, row: r0), rows: seg.rows.count, dropout: seg.dropout, ws: ws)
+        }
+    }
+
+    /// The backward of each adapter's module, without dA (left for `loraBackwardDA`).
+    private func loraBackwardWithoutDA(
+        _ target: LoRATarget, layer: Int, segments: [LoRASegment], parts: [LoRAPart],
+        dInput dx: UnsafeMutablePointer<Float>, buffers s: BlockBuffers, ws: TrainingWorkspace
+    ) {
+        for seg in segments {
+            guard let m = seg.adapter.module(layer: layer, target: target), let g = seg.gradients else { continue }
+            let r0 = seg.rows.lowerBound
+            loraBackwardWithoutDA(
+                m, adapter: seg.adapter, gradients: g, saved: s.saved(target, row: r0),
+                parts: parts.map { $0.from(row: r0) }, dInput: dx + r0 * m.inFeatures, rows: seg.rows.count,
+                dropout: seg.dropout, scratch: ws.loraScratch.pointer + r0 * ws.loraScratchRank, ws: ws)
+        }
+    }
+
+    /// dA of each adapter's module, from the t its `loraBackwardWithoutDA` left.
+    private func loraBackwardDA(
+        _ target: LoRATarget, layer: Int, segments: [LoRASegment], input x: UnsafePointer<Float>,
+        ws: TrainingWorkspace
+    ) {
+        for seg in segments {
+            guard let m = seg.adapter.module(layer: layer, target: target), let g = seg.gradients else { continue }
+            let r0 = seg.rows.lowerBound
+            loraBackwardDA(
+                m, gradients: g, input: x + r0 * m.inFeatures, rows: seg.rows.count, dropout: seg.dropout,
+                scratch: ws.loraScratch.pointer + r0 * ws.loraScratchRank, ws: ws)
+        }
+    }
+
+    /// The whole backward of each adapter's module: dB, dA and its input's gradient.
+    private func loraBackward(
+        _ target: LoRATarget, layer: Int, segments: [LoRASegment], input x: UnsafePointer<Float>, parts: [LoRAPart],
+        dInput dx: UnsafeMutablePointer<Float>, buffers s: BlockBuffers, ws: TrainingWorkspace
+    ) {
+        loraBackwardWithoutDA(target, layer: layer, segments: segments, parts: parts, dInput: dx, buffers: s, ws: ws)
+        loraBackwardDA(target, layer: layer, segments: segments, input: x, ws: ws)
     }
 
     /// y = x·Wᵀ (+ bias) + LoRA, for one projection.
     private func project(
         _ target: LoRATarget, layer: Int, weight: FrozenMatrix, bias: UnsafePointer<Float>?,
         input x: UnsafePointer<Float>, output y: UnsafeMutablePointer<Float>, buffers: BlockBuffers, rows N: Int,
-        adapter: LoRAAdapter, dropout: DropoutPlan?, ws: TrainingWorkspace
+        segments: [LoRASegment], ws: TrainingWorkspace
     ) {
         linearForward(out: y, input: x, weight: weight, bias: bias, rows: N)
-        if let m = adapter.module(layer: layer, target: target) {
-            loraForward(
-                m, adapter: adapter, input: x, parts: [LoRAPart(y: y, rows: 0..<m.outFeatures)],
-                saved: buffers.lora.pointer + buffers.loraOffsets[target]!, rows: N, dropout: dropout, ws: ws)
-        }
+        loraForward(
+            target, layer: layer, segments: segments, input: x, parts: [LoRAPart(y: y, rows: 0..<weight.rows)],
+            buffers: buffers, ws: ws)
     }
 
     /// Several projections of one input whose LoRA may be one fused module (Phi-3's qkv and gate_up): each
@@ -291,69 +405,59 @@ extension LlamaModel {
             target: LoRATarget, weight: FrozenMatrix, bias: UnsafeMutablePointer<Float>?, y: UnsafeMutablePointer<Float>
         )],
         fused: LoRATarget?, layer: Int, input x: UnsafePointer<Float>, buffers: BlockBuffers, rows N: Int,
-        adapter: LoRAAdapter, dropout: DropoutPlan?, ws: TrainingWorkspace
+        segments: [LoRASegment], ws: TrainingWorkspace
     ) {
         guard let fused else {
             for p in group {
                 project(
                     p.target, layer: layer, weight: p.weight, bias: p.bias, input: x, output: p.y, buffers: buffers,
-                    rows: N, adapter: adapter, dropout: dropout, ws: ws)
+                    rows: N, segments: segments, ws: ws)
             }
             return
         }
         for p in group { linearForward(out: p.y, input: x, weight: p.weight, bias: p.bias, rows: N) }
-        if let m = adapter.module(layer: layer, target: fused) {
-            let parts = LoRAPart.split(group.map { ($0.y, $0.weight.rows) })
-            loraForward(
-                m, adapter: adapter, input: x, parts: parts, saved: buffers.lora.pointer + buffers.loraOffsets[fused]!,
-                rows: N, dropout: dropout, ws: ws)
-        }
+        loraForward(
+            fused, layer: layer, segments: segments, input: x,
+            parts: LoRAPart.split(group.map { ($0.y, $0.weight.rows) }),
+            buffers: buffers, ws: ws)
     }
 
     /// dx (+)= dy·W and the LoRA module's part, for one projection. `accumulate` false overwrites dx first.
     private func projectBackward(
         _ target: LoRATarget, layer: Int, weight: FrozenMatrix, input x: UnsafePointer<Float>,
         dOut dy: UnsafePointer<Float>, dInput dx: UnsafeMutablePointer<Float>, accumulate: Bool, buffers: BlockBuffers,
-        rows N: Int, adapter: LoRAAdapter, gradients: FloatBuffer, dropout: DropoutPlan?, ws: TrainingWorkspace
+        rows N: Int, segments: [LoRASegment], ws: TrainingWorkspace
     ) {
         weight.multiply(dx, dy, n: N, beta: accumulate ? 1 : 0)
-        if let m = adapter.module(layer: layer, target: target) {
-            loraBackward(
-                m, adapter: adapter, gradients: gradients, input: x,
-                saved: buffers.lora.pointer + buffers.loraOffsets[target]!,
-                parts: [LoRAPart(y: UnsafeMutablePointer(mutating: dy), rows: 0..<m.outFeatures)], dInput: dx, rows: N,
-                dropout: dropout, ws: ws)
-        }
+        loraBackward(
+            target, layer: layer, segments: segments, input: x,
+            parts: [LoRAPart(y: UnsafeMutablePointer(mutating: dy), rows: 0..<weight.rows)], dInput: dx,
+            buffers: buffers, ws: ws)
     }
 
     /// The backward of `projectGroup`: dx = Σ dy_i·W_i plus the LoRA parts (overwriting dx first).
     private func projectGroupBackward(
         _ group: [(target: LoRATarget, weight: FrozenMatrix, dy: UnsafeMutablePointer<Float>)], fused: LoRATarget?,
         layer: Int, input x: UnsafePointer<Float>, dInput dx: UnsafeMutablePointer<Float>, buffers: BlockBuffers,
-        rows N: Int, adapter: LoRAAdapter, gradients: FloatBuffer, dropout: DropoutPlan?, ws: TrainingWorkspace
+        rows N: Int, segments: [LoRASegment], ws: TrainingWorkspace
     ) {
         guard let fused else {
             for (i, p) in group.enumerated() {
                 projectBackward(
                     p.target, layer: layer, weight: p.weight, input: x, dOut: p.dy, dInput: dx, accumulate: i > 0,
-                    buffers: buffers, rows: N, adapter: adapter, gradients: gradients, dropout: dropout, ws: ws)
+                    buffers: buffers, rows: N, segments: segments, ws: ws)
             }
             return
         }
         for (i, p) in group.enumerated() { p.weight.multiply(dx, p.dy, n: N, beta: i > 0 ? 1 : 0) }
-        if let m = adapter.module(layer: layer, target: fused) {
-            let parts = LoRAPart.split(group.map { ($0.dy, $0.weight.rows) })
-            loraBackward(
-                m, adapter: adapter, gradients: gradients, input: x,
-                saved: buffers.lora.pointer + buffers.loraOffsets[fused]!, parts: parts, dInput: dx, rows: N,
-                dropout: dropout, ws: ws)
-        }
+        loraBackward(
+            fused, layer: layer, segments: segments, input: x,
+            parts: LoRAPart.split(group.map { ($0.dy, $0.weight.rows) }), dInput: dx, buffers: buffers, ws: ws)
     }
 
     private func blockForward(
         _ l: Int, input x: UnsafePointer<Float>, output: UnsafeMutablePointer<Float>, buffers s: BlockBuffers,
-        batch: TrainingBatch, adapter: LoRAAdapter, dropout: DropoutPlan?, ws: TrainingWorkspace,
-        forBackward: Bool = false
+        batch: TrainingBatch, segments: [LoRASegment], ws: TrainingWorkspace, forBackward: Bool = false
     ) {
         let c = config
         let w = weights.layers[l]
@@ -368,8 +472,8 @@ extension LlamaModel {
         let kOut = c.qkNorm ? s.kRaw.pointer : s.k.pointer
         projectGroup(
             [(.q, w.q, w.qBias, qOut), (.k, w.k, w.kBias, kOut), (.v, w.v, w.vBias, s.v.pointer)],
-            fused: c.fusedProjections ? .qkv : nil, layer: l, input: h, buffers: s, rows: N, adapter: adapter,
-            dropout: dropout, ws: ws)
+            fused: c.fusedProjections ? .qkv : nil, layer: l, input: h, buffers: s, rows: N, segments: segments,
+            ws: ws)
         if let qNorm = w.qNorm, let kNorm = w.kNorm {
             rmsNormForward(
                 out: s.q.pointer, rstd: s.qRstd.pointer, input: qOut, weight: qNorm, rows: N * c.heads,
@@ -387,31 +491,29 @@ extension LlamaModel {
         if let post = w.postAttentionNorm {
             project(
                 .o, layer: l, weight: w.o, bias: w.oBias, input: ws.attentionOut.pointer,
-                output: s.attentionProjection.pointer, buffers: s, rows: N, adapter: adapter, dropout: dropout, ws: ws)
+                output: s.attentionProjection.pointer, buffers: s, rows: N, segments: segments, ws: ws)
             rmsNormForward(
                 out: s.x2.pointer, rstd: s.rstdPostAttention.pointer, input: s.attentionProjection.pointer,
                 weight: post, rows: N, dim: c.dim, eps: c.rmsEps)
         } else {
             project(
                 .o, layer: l, weight: w.o, bias: w.oBias, input: ws.attentionOut.pointer, output: s.x2.pointer,
-                buffers: s, rows: N, adapter: adapter, dropout: dropout, ws: ws)
+                buffers: s, rows: N, segments: segments, ws: ws)
         }
         addInPlace(s.x2.pointer, x, count: N * c.dim)
         rmsNormForward(
             out: h, rstd: s.rstd2.pointer, input: s.x2.pointer, weight: w.ffnNorm, rows: N, dim: c.dim, eps: c.rmsEps)
         projectGroup(
             [(.gate, w.gate, nil, s.gate.pointer), (.up, w.up, nil, s.up.pointer)],
-            fused: c.fusedProjections ? .gateUp : nil, layer: l, input: h, buffers: s, rows: N, adapter: adapter,
-            dropout: dropout, ws: ws)
+            fused: c.fusedProjections ? .gateUp : nil, layer: l, input: h, buffers: s, rows: N, segments: segments,
+            ws: ws)
         let m = ws.hidden.pointer
         // Re-run for the backward, the block's output is not needed: without a post-norm (whose input the backward
         // reads), down's product is skipped, and only its LoRA module's A·drop(m) is saved.
         if forBackward && w.postFFNNorm == nil {
-            if let module = adapter.module(layer: l, target: .down) {
+            if segments.contains(where: { $0.adapter.module(layer: l, target: .down) != nil }) {
                 gatedForward(c.activation, out: m, gate: s.gate.pointer, up: s.up.pointer, count: N * c.ffnDim)
-                loraForward(
-                    module, adapter: adapter, input: m, parts: [], saved: s.lora.pointer + s.loraOffsets[.down]!,
-                    rows: N, dropout: dropout, ws: ws)
+                loraForward(.down, layer: l, segments: segments, input: m, parts: [], buffers: s, ws: ws)
             }
             return
         }
@@ -420,14 +522,14 @@ extension LlamaModel {
         if let post = w.postFFNNorm {
             project(
                 .down, layer: l, weight: w.down, bias: nil, input: m, output: s.ffnOutput.pointer, buffers: s,
-                rows: N, adapter: adapter, dropout: dropout, ws: ws)
+                rows: N, segments: segments, ws: ws)
             rmsNormForward(
                 out: output, rstd: s.rstdPostFFN.pointer, input: s.ffnOutput.pointer, weight: post, rows: N,
                 dim: c.dim, eps: c.rmsEps)
         } else {
             project(
                 .down, layer: l, weight: w.down, bias: nil, input: m, output: output, buffers: s, rows: N,
-                adapter: adapter, dropout: dropout, ws: ws)
+                segments: segments, ws: ws)
         }
         addInPlace(output, s.x2.pointer, count: N * c.dim)
     }
@@ -446,8 +548,8 @@ extension LlamaModel {
     }
 
     private func blockBackward(
-        _ l: Int, input x: UnsafePointer<Float>, buffers s: BlockBuffers, batch: TrainingBatch, adapter: LoRAAdapter,
-        gradients: FloatBuffer, dropout: DropoutPlan?, ws: TrainingWorkspace
+        _ l: Int, input x: UnsafePointer<Float>, buffers s: BlockBuffers, batch: TrainingBatch,
+        segments: [LoRASegment], ws: TrainingWorkspace
     ) {
         let c = config
         let w = weights.layers[l]
@@ -464,7 +566,7 @@ extension LlamaModel {
             w.postFFNNorm, dOut: dx, input: s.ffnOutput.pointer, rstd: s.rstdPostFFN.pointer, ws: ws)
         projectBackward(
             .down, layer: l, weight: w.down, input: ws.hidden.pointer, dOut: dDown, dInput: ws.dHidden.pointer,
-            accumulate: false, buffers: s, rows: N, adapter: adapter, gradients: gradients, dropout: dropout, ws: ws)
+            accumulate: false, buffers: s, rows: N, segments: segments, ws: ws)
         // The saved gate and up activations become their gradients in place (this layer needs them no more).
         let dGate = s.gate.pointer
         let dUp = s.up.pointer
@@ -473,7 +575,7 @@ extension LlamaModel {
             count: N * c.ffnDim, accumulate: false)
         projectGroupBackward(
             [(.gate, w.gate, dGate), (.up, w.up, dUp)], fused: c.fusedProjections ? .gateUp : nil, layer: l, input: h,
-            dInput: dh, buffers: s, rows: N, adapter: adapter, gradients: gradients, dropout: dropout, ws: ws)
+            dInput: dh, buffers: s, rows: N, segments: segments, ws: ws)
         rmsNormBackward(
             dInput: dx, dWeight: nil, dOut: dh, input: s.x2.pointer, weight: w.ffnNorm, rstd: s.rstd2.pointer, rows: N,
             dim: c.dim)
@@ -485,23 +587,19 @@ extension LlamaModel {
             ws: ws)
         let dAtt = ws.dAttention.pointer
         w.o.multiply(dAtt, dO, n: N)
-        let oModule = adapter.module(layer: l, target: .o)
-        if let m = oModule {
-            loraBackwardWithoutDA(
-                m, adapter: adapter, gradients: gradients, saved: s.lora.pointer + s.loraOffsets[.o]!,
-                parts: [LoRAPart(y: UnsafeMutablePointer(mutating: dO), rows: 0..<m.outFeatures)], dInput: dAtt,
-                rows: N, dropout: dropout, ws: ws)
-        }
+        let hasO = segments.contains { $0.adapter.module(layer: l, target: .o) != nil }
+        loraBackwardWithoutDA(
+            .o, layer: l, segments: segments,
+            parts: [LoRAPart(y: UnsafeMutablePointer(mutating: dO), rows: 0..<w.o.rows)],
+            dInput: dAtt, buffers: s, ws: ws)
         ws.dq.zero()
         ws.dk.zero()
         ws.dv.zero()
         attentionBackward(
             dQ: ws.dq.pointer, dK: ws.dk.pointer, dV: ws.dv.pointer, dOut: dAtt, q: s.q.pointer, k: s.k.pointer,
-            v: s.v.pointer, lse: s.lse.pointer, recomputedOut: oModule == nil ? nil : ws.attentionOut.pointer,
+            v: s.v.pointer, lse: s.lse.pointer, recomputedOut: hasO ? ws.attentionOut.pointer : nil,
             shape: attentionShape(batch, layer: l), keyStarts: batch.documentStarts)
-        if let m = oModule {
-            loraBackwardDA(m, gradients: gradients, input: ws.attentionOut.pointer, rows: N, dropout: dropout, ws: ws)
-        }
+        loraBackwardDA(.o, layer: l, segments: segments, input: ws.attentionOut.pointer, ws: ws)
         ropeBackward(
             ws.dq.pointer, positions: batch.positions, rows: N, heads: c.heads, table: table, style: .halfSplit)
         ropeBackward(
@@ -524,7 +622,7 @@ extension LlamaModel {
         projectGroupBackward(
             [(.q, w.q, dQ), (.k, w.k, dK), (.v, w.v, ws.dv.pointer)],
             fused: c.fusedProjections ? .qkv : nil, layer: l, input: h, dInput: dh, buffers: s, rows: N,
-            adapter: adapter, gradients: gradients, dropout: dropout, ws: ws)
+            segments: segments, ws: ws)
         rmsNormBackward(
             dInput: dx, dWeight: nil, dOut: dh, input: x, weight: w.attentionNorm, rstd: s.rstd1.pointer, rows: N,
             dim: c.dim)
@@ -558,6 +656,9 @@ struct LoRAPart {
     var y: UnsafeMutablePointer<Float>
     /// Rows of B.
     var rows: Range<Int>
+
+    /// The same part from token row `row` on (each row of y holds `rows.count` values).
+    func from(row: Int) -> LoRAPart { LoRAPart(y: y + row * rows.count, rows: rows) }
 
     /// Consecutive parts, one per output of `rows` rows, in order (a fused module's q, k, v).
     static func split(_ outputs: [(UnsafeMutablePointer<Float>, Int)]) -> [LoRAPart] {

@@ -75,6 +75,29 @@ public struct TrainingBatch: Sendable, Equatable {
             documentStarts: documentStarts + [Int32](repeating: 0, count: extra))
     }
 
+    /// Each row extended to `length` tokens with positions that train nothing. Causal attention keeps them from
+    /// the real positions, which compute exactly what they did; each padding position is a document of its own at
+    /// position 0, so it changes neither the documents nor the furthest position (LongRoPE's choice of factors).
+    public func padded(toLength newLength: Int) -> TrainingBatch {
+        precondition(newLength >= length, "TrainingBatch: cannot pad to a shorter length")
+        guard newLength > length else { return self }
+        var out = TrainingBatch(
+            batch: batch, length: newLength, tokens: [Int32](repeating: 0, count: batch * newLength),
+            targets: [Int32](repeating: -1, count: batch * newLength),
+            positions: [Int32](repeating: 0, count: batch * newLength),
+            documentStarts: (0..<batch * newLength).map { Int32($0 % newLength) })
+        for r in 0..<batch {
+            for t in 0..<length {
+                let (from, to) = (r * length + t, r * newLength + t)
+                out.tokens[to] = tokens[from]
+                out.targets[to] = targets[from]
+                out.positions[to] = positions[from]
+                out.documentStarts[to] = documentStarts[from]
+            }
+        }
+        return out
+    }
+
     /// The rows in micro-batches of at most `maxRows` (gradient accumulation over them sums the same loss).
     public func split(maxRows: Int) -> [TrainingBatch] {
         stride(from: 0, to: batch, by: max(1, maxRows)).map { rows($0..<min(batch, $0 + max(1, maxRows))) }

@@ -35,6 +35,8 @@ struct BlockBuffers {
     let up: FloatBuffer  // (N, ffnDim)
     let lora: FloatBuffer  // A·x of each module of the layer, (N, rank) each, at loraOffsets
     let loraOffsets: [LoRATarget: Int]
+    /// Each target's row stride in `lora`: the widest rank of the adapters the workspace serves.
+    let loraRanks: [LoRATarget: Int]
     // q/k norms (Qwen3, Gemma 3): the projections before the norm and each head's rstd.
     let qRaw: FloatBuffer  // (N, qDim)
     let kRaw: FloatBuffer  // (N, kvDim)
@@ -46,6 +48,7 @@ struct BlockBuffers {
     let ffnOutput: FloatBuffer  // (N, dim)
     let rstdPostFFN: FloatBuffer  // (N)
 
+    /// Buffers for `modules`: at most one per target (the widest, when several adapters share the workspace).
     init(config c: LlamaConfig, rows N: Int, batch B: Int, length T: Int, modules: [LoRAModule]) {
         rstd1 = FloatBuffer(count: N)
         q = FloatBuffer(count: N * c.qDim)
@@ -57,12 +60,15 @@ struct BlockBuffers {
         gate = FloatBuffer(count: N * c.ffnDim)
         up = FloatBuffer(count: N * c.ffnDim)
         var offsets: [LoRATarget: Int] = [:]
+        var ranks: [LoRATarget: Int] = [:]
         var total = 0
         for m in modules {
             offsets[m.target] = total
+            ranks[m.target] = m.rank
             total += N * m.rank
         }
         loraOffsets = offsets
+        loraRanks = ranks
         lora = FloatBuffer(count: total)
         let (qk, post) = (c.qkNorm ? 1 : 0, c.postNorms ? 1 : 0)
         qRaw = FloatBuffer(count: qk * N * c.qDim)
@@ -73,6 +79,11 @@ struct BlockBuffers {
         rstdPostAttention = FloatBuffer(count: post * N)
         ffnOutput = FloatBuffer(count: post * N * c.dim)
         rstdPostFFN = FloatBuffer(count: post * N)
+    }
+
+    /// Where `target`'s saved A·x of token row `row` starts.
+    func saved(_ target: LoRATarget, row: Int) -> UnsafeMutablePointer<Float> {
+        lora.pointer + loraOffsets[target]! + row * loraRanks[target]!
     }
 }
 
@@ -120,6 +131,8 @@ public final class TrainingWorkspace: @unchecked Sendable {
     let hidden: Region  // (N, ffnDim): silu(gate) ⊙ up
     let dHidden: Region
     let loraScratch: Region  // (N, max rank)
+    /// The row stride of `loraScratch`: the largest rank of any module.
+    let loraScratchRank: Int
     let dropped: Region  // (N, max in) the dropped-out LoRA input, when dropout is on
     let blockOutput: Region  // (N, dim) where recomputed blocks write their unused output
     let dPost: Region  // (N, dim) the gradient before a post-norm (Gemma)
@@ -145,9 +158,29 @@ public final class TrainingWorkspace: @unchecked Sendable {
     ///   - keptLayers: Layers (from the first) whose activations are kept; the others are recomputed in the
     ///     backward. Clamped to 0...layers; layers − 1 is the same as all.
     ///   - dropout: Whether LoRA dropout will be used (allocates its scratch).
-    public init(
+    public convenience init(
         model c: LlamaConfig, adapter: LoRAAdapter, batch: Int, length: Int, keptLayers: Int, dropout: Bool = false,
         logitChunk: Int? = nil
+    ) {
+        self.init(
+            model: c, modules: adapter.modules, batch: batch, length: length, keptLayers: keptLayers, dropout: dropout,
+            logitChunk: logitChunk)
+    }
+
+    /// Allocates a step of `batch × length` rows shared by several adapters (`LlamaModel.trainingStep(batch:
+    /// adapters:workspace:)`): each layer's buffers hold, per target, the widest rank any of them uses there.
+    public convenience init(
+        model c: LlamaConfig, adapters: [LoRAAdapter], batch: Int, length: Int, keptLayers: Int,
+        dropout: Bool = false, logitChunk: Int? = nil
+    ) {
+        self.init(
+            model: c, modules: adapters.flatMap(\.modules), batch: batch, length: length, keptLayers: keptLayers,
+            dropout: dropout, logitChunk: logitChunk)
+    }
+
+    init(
+        model c: LlamaConfig, modules: [LoRAModule], batch: Int, length: Int, keptLayers: Int, dropout: Bool,
+        logitChunk: Int?
     ) {
         precondition(batch > 0 && length > 0, "TrainingWorkspace: empty batch")
         self.batch = batch
@@ -158,17 +191,18 @@ public final class TrainingWorkspace: @unchecked Sendable {
         let recompute = kept < c.layers
         let N = batch * length
         rows = N
-        let sizes = Self.scratchSizes(model: c, adapter: adapter, rows: N, recompute: recompute, dropout: dropout)
+        let sizes = Self.scratchSizes(model: c, modules: modules, rows: N, recompute: recompute, dropout: dropout)
         let chunk =
             logitChunk.map { min($0, N) }
             ?? Self.defaultLogitChunk(scratch: sizes.reduce(0, +), vocabulary: c.vocabSize, rows: N)
         self.logitChunk = chunk
         residuals = FloatBuffer(count: (c.layers + 1) * N * c.dim)
-        let shared = adapter.modules.filter { $0.layer >= kept }
+        let shared = modules.filter { $0.layer >= kept }
         blocks =
             (0..<kept).map { l in
                 BlockBuffers(
-                    config: c, rows: N, batch: batch, length: length, modules: adapter.modules.filter { $0.layer == l })
+                    config: c, rows: N, batch: batch, length: length,
+                    modules: Self.widestModules(modules.filter { $0.layer == l }))
             }
             + (recompute
                 ? [BlockBuffers(config: c, rows: N, batch: batch, length: length, modules: Self.widestModules(shared))]
@@ -197,6 +231,7 @@ public final class TrainingWorkspace: @unchecked Sendable {
         hidden = region(7)
         dHidden = region(8)
         loraScratch = region(9)
+        loraScratchRank = Self.largestRank(modules)
         dropped = region(10)
         blockOutput = region(11)
         dPost = region(12)
@@ -206,18 +241,21 @@ public final class TrainingWorkspace: @unchecked Sendable {
     }
 
     /// Sizes of the arena's scratch regions, in the order `init` assigns them.
-    static func scratchSizes(model c: LlamaConfig, adapter: LoRAAdapter, rows N: Int, recompute: Bool, dropout: Bool)
-        -> [Int]
-    {
+    static func scratchSizes(
+        model c: LlamaConfig, modules: [LoRAModule], rows N: Int, recompute: Bool, dropout: Bool
+    ) -> [Int] {
         [
             N * c.dim, N * max(c.dim, c.qDim), N * c.qDim, N * c.kvDim, N * c.kvDim, N * c.qDim, N * c.qDim,
-            N * c.ffnDim, N * c.ffnDim, N * max(1, adapter.modules.map(\.rank).max() ?? 1),
+            N * c.ffnDim, N * c.ffnDim, N * largestRank(modules),
             dropout ? N * max(c.dim, c.qDim, c.ffnDim) : 0, recompute ? N * c.dim : 0,
             c.postNorms ? N * c.dim : 0, c.qkNorm ? N * c.qDim : 0, c.qkNorm ? N * c.kvDim : 0,
         ]
     }
 
-    /// One module per target with the largest rank used by that target: the buffers the recomputed layers share.
+    static func largestRank(_ modules: [LoRAModule]) -> Int { max(1, modules.map(\.rank).max() ?? 1) }
+
+    /// One module per target with the largest rank used by that target: the buffers the recomputed layers share,
+    /// and a layer's buffers when several adapters share the workspace.
     static func widestModules(_ modules: [LoRAModule]) -> [LoRAModule] {
         var widest: [LoRATarget: LoRAModule] = [:]
         for m in modules where m.rank > (widest[m.target]?.rank ?? 0) { widest[m.target] = m }
@@ -267,8 +305,10 @@ public final class TrainingWorkspace: @unchecked Sendable {
         let blocks =
             (kept + (recompute ? 1 : 0)) * bytesPerKeptLayer(model: c, adapter: adapter, batch: batch, length: length)
             / 4
-        let scratchTotal = scratchSizes(model: c, adapter: adapter, rows: N, recompute: recompute, dropout: false)
-            .reduce(0, +)
+        let scratchTotal = scratchSizes(
+            model: c, modules: adapter.modules, rows: N, recompute: recompute, dropout: false
+        )
+        .reduce(0, +)
         let arena = max(
             scratchTotal, defaultLogitChunk(scratch: scratchTotal, vocabulary: c.vocabSize, rows: N) * c.vocabSize)
         let capDerivative = c.finalSoftCap == nil ? 0 : 256 * c.vocabSize

@@ -89,16 +89,19 @@ public final class TrainingSession: @unchecked Sendable {
         let scale = normalize ? Float(1) / Float(max(1, targets)) : 1
         var total = StepLoss(sum: 0, tokens: 0)
         for (i, batch) in microBatches.enumerated() {
-            let plan =
-                dropout > 0
-                ? DropoutPlan(probability: Float(dropout), seed: seed &+ UInt64(stepCount) &* 1_000_003 &+ UInt64(i))
-                : nil
             let loss = model.trainingStep(
-                batch: batch, adapter: adapter, gradients: gradients, lossScale: scale, dropout: plan,
+                batch: batch, adapter: adapter, gradients: gradients, lossScale: scale,
+                dropout: dropoutPlan(microBatch: i),
                 workspace: workspace(for: batch))
             total += loss
         }
         return total
+    }
+
+    /// The dropout masks of micro-batch `i` of the next step (nil without dropout).
+    func dropoutPlan(microBatch i: Int) -> DropoutPlan? {
+        guard dropout > 0 else { return nil }
+        return DropoutPlan(probability: Float(dropout), seed: seed &+ UInt64(stepCount) &* 1_000_003 &+ UInt64(i))
     }
 
     /// One optimizer step over the micro-batches of a step (`scheduleStep`: see `AdapterOptimizer.step`).

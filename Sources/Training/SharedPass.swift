@@ -1,0 +1,71 @@
+// SharedPass: several adapters' training on one base, their rows computed in one pass over the frozen weights
+// (the idea of mLoRA and LoRAFusion). The rows of each session's micro-batch follow one another in one batch;
+// the base's products run once over all of them and each adapter's LoRA products over its own rows. Each
+// session's gradients and loss are those its own `computeGradients` gives for the same micro-batch.
+//
+// What it saves: the base weights are read (and, quantised, dequantised) once per product instead of once per
+// adapter, and the products run on more rows, where sgemm is more efficient. The arithmetic is the same.
+
+import Llama
+import TensorKernels
+
+/// Training sessions on one model whose steps are computed together.
+public final class SharedPass: @unchecked Sendable {
+    /// The sessions, in the order their rows take in the shared batch.
+    public let sessions: [TrainingSession]
+    private var workspaces: [String: TrainingWorkspace] = [:]
+
+    /// Sessions that share a model: the same `LlamaModel` instance, hence one copy of its weights.
+    public init(_ sessions: [TrainingSession]) {
+        precondition(!sessions.isEmpty, "SharedPass: no sessions")
+        precondition(sessions.allSatisfy { $0.model === sessions[0].model }, "SharedPass: sessions on different models")
+        self.sessions = sessions
+    }
+
+    /// The workspace of a shared batch's shape: for every session's adapter, keeping the layers that the most
+    /// frugal session keeps.
+    private func workspace(batch: Int, length: Int) -> TrainingWorkspace {
+        let key = "\(batch)x\(length)"
+        if let ws = workspaces[key] { return ws }
+        let ws = TrainingWorkspace(
+            model: sessions[0].model.config, adapters: sessions.map(\.adapter), batch: batch, length: length,
+            keptLayers: sessions.map(\.keptLayers).min()!, dropout: sessions.contains { $0.dropout > 0 })
+        workspaces[key] = ws
+        return ws
+    }
+
+    /// Sets each session's `gradients` from its own micro-batch, as its `computeGradients([batch], normalize:)`
+    /// would (dropout masks included), in one pass. Batches of different lengths are padded to the longest with
+    /// positions that train nothing.
+    ///
+    /// - Returns: Each session's summed loss and trained tokens.
+    @discardableResult
+    public func computeGradients(_ batches: [TrainingBatch], normalize: Bool = true) -> [StepLoss] {
+        precondition(batches.count == sessions.count, "SharedPass: one batch per session")
+        let length = batches.map(\.length).max()!
+        let padded = batches.map { $0.padded(toLength: length) }
+        var rows: [AdapterRows] = []
+        var first = 0
+        for (session, batch) in zip(sessions, padded) {
+            session.gradients.zero()
+            let targets = batch.targetCount
+            rows.append(
+                AdapterRows(
+                    adapter: session.adapter, rows: first..<first + batch.batch, gradients: session.gradients,
+                    lossScale: normalize ? 1 / Float(max(1, targets)) : 1,
+                    dropout: session.dropoutPlan(microBatch: 0)))
+            first += batch.batch
+        }
+        let model = sessions[0].model
+        return model.trainingStep(
+            batch: TrainingBatch(concatenating: padded, length: length), adapters: rows,
+            workspace: workspace(batch: first, length: length))
+    }
+
+    /// One optimizer step of every session, each on its own micro-batch, computed in one pass.
+    @discardableResult
+    public func step(_ batches: [TrainingBatch]) -> [StepResult] {
+        let losses = computeGradients(batches)
+        return zip(sessions, losses).map { session, loss in session.optimizer.step(session.gradients, loss: loss) }
+    }
+}
