@@ -50,7 +50,7 @@ struct Arguments {
 
     init(_ argv: [String]) throws {
         var i = 1
-        if argv.count > 1, ["forward", "train", "merge", "dequantize"].contains(argv[1]) {
+        if argv.count > 1, ["forward", "train", "shared", "merge", "dequantize"].contains(argv[1]) {
             mode = argv[1]
             i = 2
         }
