@@ -145,7 +145,9 @@ extension LlamaModel {
             precondition(
                 a.gradients == nil || a.gradients!.count == a.adapter.parameters.count, "trainingStep: gradient size")
             precondition((a.gradients == nil) == (adapters[0].gradients == nil), "trainingStep: gradients for some")
-            precondition(a.dropout == nil || ws.dropped.count > 0, "trainingStep: workspace without dropout scratch")
+            precondition(
+                (a.dropout?.probability ?? 0) <= 0 || ws.dropped.count > 0,
+                "trainingStep: workspace without dropout scratch")
             for m in a.adapter.modules {
                 precondition(
                     (ws.block(m.layer).loraRanks[m.target] ?? 0) >= m.rank,
