@@ -64,10 +64,11 @@ import Wire
 
         let clean = try run(.none)
         let cleanLoss = heldOutLoss(clean)
-        // A worker still loading the job when a round's others finish misses that round (it joins the next one):
-        // on a loaded machine that can be the first round, so three of the four rounds must have all three.
+        // Which rounds a worker takes part in depends on time: one still loading the job when the others finish a
+        // round misses it, and one slower than a round's deadline is left out of it (on a loaded machine, either
+        // can happen to w3). So the checks below hold for the rounds w3 took part in, and ask for at least two.
         let honest = norms(clean, of: "w3")
-        #expect(honest.count >= 3 && honest.allSatisfy { $0.others > 0 }, "every participant's norm every round")
+        #expect(honest.count >= 2 && honest.allSatisfy { $0.others > 0 }, "every participant's norm every round")
         let plain = try run(.flipped)
         let median = try run(.flipped, "aggregate: median")
         let trimmed = try run(.flipped, "aggregate: trimmed_mean")
@@ -84,10 +85,16 @@ import Wire
         for name in ["median", "trimmed", "clipped", "scored"] {
             #expect(losses[name]! < 1.05 * cleanLoss, "\(name): \(losses)")
         }
-        #expect(losses["plain"]! > 1.2 * cleanLoss, "\(losses)")
+        // The plain mean is hurt by the adversary and the robust ones are not. How much it is hurt varies from run
+        // to run (1.08× to 1.8× the clean loss here): each update is weighed by the tokens its worker trained, and
+        // how many local steps each worker takes before a round's deadline depends on time.
+        let poisonedRounds = norms(plain, of: "w3").count
+        #expect(poisonedRounds >= 2, "the adversary took part in \(poisonedRounds) rounds")
+        let robust = ["median", "trimmed", "clipped", "scored"].map { losses[$0]! }
+        #expect(losses["plain"]! > max(1.05 * cleanLoss, robust.max()!), "\(losses), \(poisonedRounds) rounds")
         // The status shows what the adversary sent: several times the others' norm, every round.
         let seen = norms(median, of: "w3")
-        #expect(seen.count >= 3 && seen.allSatisfy { $0.worker > 3 * $0.others }, "\(seen)")
+        #expect(seen.count >= 2 && seen.allSatisfy { $0.worker > 3 * $0.others }, "\(seen)")
         // Clipping: exactly the updates above the limit were scaled to it, and the status says by how much.
         var clips = 0
         for step in clipped?["steps"]?.arrayValue ?? [] {
@@ -115,7 +122,7 @@ import Wire
             else { return nil }
             return .some(w3.value.objectValue?["left_out"]?.stringValue)
         }
-        #expect(leftOut.count >= 3 && leftOut.allSatisfy { $0 != nil }, "\(leftOut)")
+        #expect(leftOut.count >= 2 && leftOut.allSatisfy { $0 != nil }, "\(leftOut)")
         #expect(leftOut.first??.contains("held-out loss") == true, "\(leftOut)")
     }
 }
