@@ -48,11 +48,10 @@ public final class SharedPass: @unchecked Sendable {
         var first = 0
         for (session, batch) in zip(sessions, padded) {
             session.gradients.zero()
-            let targets = batch.targetCount
             rows.append(
                 AdapterRows(
                     adapter: session.adapter, rows: first..<first + batch.batch, gradients: session.gradients,
-                    lossScale: normalize ? 1 / Float(max(1, targets)) : 1,
+                    lossScale: TrainingSession.lossScale(targets: batch.targetCount, normalize: normalize),
                     dropout: session.dropoutPlan(microBatch: 0)))
             first += batch.batch
         }

@@ -86,7 +86,7 @@ public final class TrainingSession: @unchecked Sendable {
     public func computeGradients(_ microBatches: [TrainingBatch], normalize: Bool = true) -> StepLoss {
         gradients.zero()
         let targets = microBatches.reduce(0) { $0 + $1.targetCount }
-        let scale = normalize ? Float(1) / Float(max(1, targets)) : 1
+        let scale = Self.lossScale(targets: targets, normalize: normalize)
         var total = StepLoss(sum: 0, tokens: 0)
         for (i, batch) in microBatches.enumerated() {
             let loss = model.trainingStep(
@@ -96,6 +96,12 @@ public final class TrainingSession: @unchecked Sendable {
             total += loss
         }
         return total
+    }
+
+    /// The gradient of the objective with respect to each target's loss: 1/targets for the mean over a step's
+    /// trained tokens, 1 for their sum (a cluster worker's share).
+    static func lossScale(targets: Int, normalize: Bool) -> Float {
+        normalize ? 1 / Float(max(1, targets)) : 1
     }
 
     /// The dropout masks of micro-batch `i` of the next step (nil without dropout).
