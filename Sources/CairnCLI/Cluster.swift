@@ -56,6 +56,11 @@ struct CoordinatorCommand: ParsableCommand {
         @Flag(help: "No encryption and no keys. Only for demos on loopback (tcp://127.0.0.1:PORT).")
         var insecure = false
         @OptionGroup var dashboard: DashboardOptions
+        @Option(
+            help: ArgumentHelp(
+                "Jobs that run at once, sharing the workers by rows (a job file's `priority` weighs its share); "
+                    + "the rest wait in the queue.", valueName: "N"))
+        var maxJobs = 4
         @Option(help: .hidden)
         var heartbeatMs: Int?
 
@@ -74,6 +79,8 @@ struct CoordinatorCommand: ParsableCommand {
             var options = CoordinatorOptions(stateDirectory: dir, listen: listen)
             dashboard.apply(to: &options)
             options.insecure = insecure
+            guard (1...64).contains(maxJobs) else { throw CLIError("--max-jobs: must be between 1 and 64") }
+            options.maxRunningJobs = maxJobs
             if let h = heartbeatMs { options.heartbeatMilliseconds = max(10, h) }
             options.journalProbe = Self.crashProbe()
             if insecure {

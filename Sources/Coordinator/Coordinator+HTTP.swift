@@ -202,7 +202,7 @@ extension Coordinator {
             "cairn_job_tokens_total", .counter, help: "Tokens trained on, per job.",
             samples: records.map { (jobLabels($0), Double(totals[$0.id]?.tokens ?? 0)) })
         m.family(
-            "cairn_job_running", .gauge, help: "1 for the job running now.",
+            "cairn_job_running", .gauge, help: "1 for each job running now.",
             samples: records.map { (jobLabels($0), $0.state == .running ? 1 : 0) })
         var losses: [(MetricsText.Labels, Double)] = []
         var evalLosses: [(MetricsText.Labels, Double)] = []

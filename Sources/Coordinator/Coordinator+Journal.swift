@@ -1,6 +1,6 @@
-// Coordinator+Journal: the running job's life in the store: loading the next job, journaling each finished step or
-// round (checkpoint blob, then one transaction, then the old checkpoint dropped), evaluations, and the export of the
-// finished adapter. A failure to journal fails the job; nothing half-written is ever read back as a step.
+// Coordinator+Journal: the running jobs' life in the store: loading the jobs to run, journaling each finished step
+// or round (checkpoint blob, then one transaction, then the old checkpoint dropped), evaluations, and the export of
+// the finished adapter. A failure to journal fails that job alone; nothing half-written is ever read back as a step.
 
 import Foundation
 import Llama
@@ -9,15 +9,25 @@ import Training
 import Wire
 
 extension Coordinator {
-    /// Loads the first runnable job from the store and tells the core it runs.
-    func activateNextJob() {
+    /// Loads runnable jobs from the store, up to `options.maxRunningJobs` at once (those that were running first,
+    /// then the queue in submission order), and tells the core each runs.
+    func activateJobs() {
+        guard jobs.count < options.maxRunningJobs, Self.now >= nextActivation else { return }
+        // The store is asked again after a submission, or every second (a job another process changed).
+        nextActivation = Self.now + 1
         guard let records = try? store.jobs() else { return }
-        let runnable = records.filter { ($0.state == .running || $0.state == .queued) && !failedToLoad.contains($0.id) }
-        guard let record = runnable.first(where: { $0.state == .running }) ?? runnable.first else { return }
+        let runnable = records.filter {
+            ($0.state == .running || $0.state == .queued) && !failedToLoad.contains($0.id) && jobs[$0.id] == nil
+        }
+        let order = runnable.filter { $0.state == .running } + runnable.filter { $0.state != .running }
+        for record in order.prefix(options.maxRunningJobs - jobs.count) { activate(record) }
+    }
+
+    private func activate(_ record: JobRecord) {
         do {
             let j = try loadJob(record: record, blobs: blobs)
             try store.setState(record.id, .running)
-            job = j as any RunningJob
+            jobs[j.id] = j as any RunningJob
             lastCheckpoint[j.id] = record.checkpointBlob
             log("\(j.id) running from \(j.unitName) \(j.step) of \(j.units)")
             let announcement = JobAnnouncement(
@@ -27,7 +37,7 @@ extension Coordinator {
                 announcement: announcement, plan: j.plan, unit: j.step,
                 evaluationPending: j.step > 0 && (try? store.lastEval(job: j.id))?.step != j.step,
                 parameterCount: j.adapter.parameters.count, compression: (j as? RoundJob)?.compression ?? .none,
-                firstAssignment: Int.random(in: 1...(1 << 31)) << 20)
+                firstAssignment: Int.random(in: 1...(1 << 31)) << 20, priority: j.prepared.config.priority)
             perform(core.handle(.started(active), now: Self.now))
         } catch {
             failedToLoad.insert(record.id)
@@ -36,10 +46,11 @@ extension Coordinator {
         }
     }
 
-    /// Drops the running job (cancelled, failed or done); with `revoke` its busy workers are told to stop.
-    func stopJob(revoke: Bool = false) {
-        job = nil
-        perform(core.handle(.stopped(revoke: revoke), now: Self.now))
+    /// Drops a running job (cancelled, failed or done); the workers that hold it drop its work and unload it.
+    func stopJob(_ id: String) {
+        guard jobs.removeValue(forKey: id) != nil else { return }
+        perform(core.handle(.stopped(job: id), now: Self.now))
+        nextActivation = 0
     }
 
     /// Journals a completed step or round: checkpoint blob first, then the step's row and the job's pointer in one
@@ -59,7 +70,7 @@ extension Coordinator {
         } catch {
             log(.error, "cannot journal \(job.unitName) \(record.step) of \(job.id): \(error); stopping the job")
             try? store.setState(job.id, .failed, error: "cannot journal \(job.unitName) \(record.step): \(error)")
-            stopJob()
+            stopJob(job.id)
             return
         }
         metrics.observeStep(mode: job.record.mode, seconds: record.seconds)
@@ -81,7 +92,7 @@ extension Coordinator {
         do { try store.journalEval(job: job.id, record) } catch {
             log(.error, "cannot journal the evaluation of \(job.id): \(error); stopping the job")
             try? store.setState(job.id, .failed, error: "cannot journal an evaluation: \(error)")
-            stopJob()
+            stopJob(job.id)
             return
         }
         log(
@@ -100,7 +111,7 @@ extension Coordinator {
         do { try store.journalCandidate(job: job.id, record, score: (candidate.sha256, score)) } catch {
             log(.error, "cannot journal the score of \(candidate.label) in \(job.id): \(error); stopping the job")
             try? store.setState(job.id, .failed, error: "cannot journal a score: \(error)")
-            stopJob()
+            stopJob(job.id)
             return
         }
         job.scored(k)
@@ -114,7 +125,7 @@ extension Coordinator {
         if job is EvaluationJob {
             do { try store.setState(job.id, .done) } catch { log(.error, "cannot mark \(job.id) done: \(error)") }
             log("\(job.id) done: \(job.units) adapters scored; `cairn status \(job.id)` lists them")
-            stopJob()
+            stopJob(job.id)
             return
         }
         let tmp = (options.stateDirectory as NSString).appendingPathComponent("export-\(job.id)")
@@ -141,6 +152,6 @@ extension Coordinator {
             log(.error, "\(job.id) finished training but its adapter cannot be written: \(error)")
             try? store.setState(job.id, .failed, error: "cannot write the adapter: \(error)")
         }
-        stopJob()
+        stopJob(job.id)
     }
 }

@@ -164,6 +164,7 @@ extension Coordinator {
                 )
             }
             send(c, JobRequest(.submitted, job: id).message)
+            nextActivation = 0
         } catch let e as JobError {
             fail(c, "bad_job", e.message)
         } catch {
@@ -180,7 +181,7 @@ extension Coordinator {
             fail(c, "finished", "\(id) already \(record.state.rawValue)")
             return
         }
-        if let job, job.id == id { stopJob(revoke: true) }
+        stopJob(id)
         try? store.setState(id, .cancelled)
         log("\(id) cancelled")
         send(c, JobRequest(.cancelled, job: id).message)

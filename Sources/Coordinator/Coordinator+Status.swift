@@ -117,7 +117,7 @@ extension Coordinator {
             let recorded = AdapterProvenance.recorded(inPEFTFile: blobs.path(blob))
         {
             provenance = recorded
-        } else if let job, job.id == r.id {
+        } else if let job = jobs[r.id] {
             provenance = job.provenance()
         }
         provenance.baseModelHash = provenance.baseModelHash ?? r.modelBlob
@@ -133,7 +133,7 @@ extension Coordinator {
         var record: WorkerRecord
         /// What its connection said and was measured, when connected.
         var info: WorkerInfo?
-        /// computing, ready, loading, idle, failed (for the running job), or gone.
+        /// computing, ready, loading, idle, failed (for every running job), or gone.
         var state = "gone"
         var error: String?
         var lastHeard: Double?
@@ -149,24 +149,33 @@ extension Coordinator {
         let now = Self.now
         let connected = Dictionary(
             core.peers.values.compactMap { p in p.worker.map { ($0.id, ($0, p)) } }, uniquingKeysWith: { a, _ in a })
-        let schedule = core.schedule
-        let running = core.job?.id
+        let running = core.runningJobIds
+        let schedules = running.compactMap { core.schedule(of: $0) }
         return ((try? store.workers()) ?? []).map { r in
             var v = WorkerView(
                 record: r, traffic: metrics.workers[r.id] ?? Traffic(), transfer: metrics.transfers[r.id])
             guard let (w, p) = connected[r.id] else { return v }
             v.info = w
-            // The running job's schedule holds the speeds it measures; a worker's own is the last job's.
-            v.info?.rowsPerSecond = schedule?.workers[w.id]?.rowsPerSecond ?? w.rowsPerSecond
-            if let running, let fault = w.fault, fault.job == running {
+            // The running jobs' schedules hold the speeds they measure (the first job's is shown); a worker's own
+            // is the last job's.
+            v.info?.rowsPerSecond =
+                schedules.lazy.compactMap { $0.workers[w.id]?.rowsPerSecond }.first ?? w.rowsPerSecond
+            let failed = running.filter { w.faults[$0] != nil }
+            if !running.isEmpty, failed.count == running.count {
                 v.state = "failed"
-                v.error = fault.message
+                v.error = failed.compactMap { w.faults[$0] }.joined(separator: "; ")
             } else {
-                let busy = schedule?.busyWorkers.contains(w.id) ?? false
-                v.state = busy ? "computing" : running == nil ? "idle" : w.readyJob == running ? "ready" : "loading"
+                let busy = schedules.contains { $0.busyWorkers.contains(w.id) }
+                v.state =
+                    busy
+                    ? "computing"
+                    : running.isEmpty ? "idle" : running.contains { w.readyJobs.contains($0) } ? "ready" : "loading"
+                if !failed.isEmpty {
+                    v.error = failed.compactMap { w.faults[$0].map { "\($0)" } }.joined(separator: "; ")
+                }
             }
             v.lastHeard = max(0, now - p.lastSeen)
-            if running != nil { v.share = metrics.shares[w.id] ?? 0 }
+            if !running.isEmpty { v.share = metrics.shares[w.id] ?? 0 }
             return v
         }
     }
@@ -182,7 +191,10 @@ extension Coordinator {
             // How its last connection ended (left, silent, unreachable, reconnected), while it is away.
             w.departure = v.connected ? nil : core.departures[r.id]?.name
             w.rowsPerSecond = v.info?.rowsPerSecond
-            w.job = v.info?.readyJob
+            w.job = v.info.map { info in
+                core.runningJobIds.filter { info.readyJobs.contains($0) }.joined(separator: ",")
+            }
+            .flatMap { $0.isEmpty ? nil : $0 }
             w.host = v.info?.host
             w.threads = v.info?.threads
             w.lastHeardSeconds = v.lastHeard

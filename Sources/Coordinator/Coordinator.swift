@@ -34,8 +34,8 @@ public final class Coordinator: @unchecked Sendable {
     private var router: RouterEndpoint?
     /// Every decision about peers, liveness and the running job's schedule.
     var core: CoordinatorCore
-    /// The running job's parameters and sums (the core holds its schedule).
-    var job: (any RunningJob)?
+    /// The running jobs' parameters and sums, by id (the core holds their schedules).
+    var jobs: [String: any RunningJob] = [:]
     /// What this process has counted (traffic, step times, transfers, shares).
     var metrics = CoordinatorMetrics()
     /// The dashboard, JSON API and /metrics; requests wait in the mailbox for this thread to answer them.
@@ -44,6 +44,8 @@ public final class Coordinator: @unchecked Sendable {
     /// Where the dashboard is served (HOST:PORT), when it is.
     public internal(set) var dashboardAddress: String?
     var failedToLoad: Set<String> = []
+    /// When the store is next asked for jobs to run (0: at once, after a submission or a job's end).
+    var nextActivation = 0.0
     var lastCheckpoint: [String: String] = [:]
     /// The coordinator's log (swift-log: the CLI prints it; tests collect it). Nothing decides on its wording.
     let logger: Logger
@@ -142,7 +144,7 @@ public final class Coordinator: @unchecked Sendable {
                     receive(m)
                     handled += 1
                 }
-                if job == nil { activateNextJob() }
+                activateJobs()
                 perform(core.handle(.tick, now: Self.now))
                 answerHTTPRequests()
             } catch {
@@ -184,19 +186,19 @@ public final class Coordinator: @unchecked Sendable {
                 .received(rid, userId: received.userId, frames: Array(received.frames.dropFirst())), now: Self.now))
     }
 
-    /// Performs the core's actions in order. Actions about the running job are skipped once it has stopped (a
-    /// journal that failed stops it midway through a list).
+    /// Performs the core's actions in order. Actions about a job are skipped once it has stopped (a journal that
+    /// failed stops it midway through a list).
     func perform(_ actions: [CoordinatorCore.Action]) {
-        let running = job
         for action in actions {
             switch action {
             case .send(let c, let m): send(c, m)
             case .serve(let c, let request): serve(c, request)
             case .saw(let record): try? store.saw(worker: record)
             case .log(let level, let text, let metadata): log(level, text, metadata)
-            default:
-                guard let running, job === running else { continue }
-                performJobAction(action, job: running)
+            case .jobTraffic(_, let id), .begin(_, _, let id), .assign(_, _, _, _, let id), .accept(_, _, _, let id),
+                .finish(_, _, _, let id), .complete(let id):
+                guard let job = jobs[id] else { continue }
+                performJobAction(action, job: job)
             }
         }
     }
@@ -204,36 +206,36 @@ public final class Coordinator: @unchecked Sendable {
     private func performJobAction(_ action: CoordinatorCore.Action, job: any RunningJob) {
         let now = Self.now
         switch action {
-        case .jobTraffic(let bytes):
+        case .jobTraffic(let bytes, _):
             metrics.received(bytes, worker: nil, mode: job.record.mode)
             job.countBytes(bytes)
-        case .begin(.step, _): (job as? SyncJob)?.startStep(now: now)
-        case .begin(.round, _): (job as? RoundJob)?.startRound(now: now)
-        case .begin(.evaluation, let after):
+        case .begin(.step, _, _): (job as? SyncJob)?.startStep(now: now)
+        case .begin(.round, _, _): (job as? RoundJob)?.startRound(now: now)
+        case .begin(.evaluation, let after, _):
             (job as? EvaluationJob)?.select(after)
             if let plan = job.prepared.validationPlan {
                 job.evaluation = Evaluation(step: after, plan: plan, length: job.prepared.config.sequenceLength)
             }
-        case .assign(let c, let a, let kind, let unit):
+        case .assign(let c, let a, let kind, let unit, _):
             guard let m = assignment(a, kind, unit: unit, of: job) else { return }
-            job.countBytes(send(c, m))
-        case .accept(_, .step, let r):
+            job.countBytes(send(c, m, mode: job.record.mode))
+        case .accept(_, .step, let r, _):
             (job as? SyncJob)?.add(
                 gradient: r.values, loss: r.loss, tokens: r.tokens, seconds: r.seconds, worker: r.worker)
-        case .accept(let a, .round, let r):
+        case .accept(let a, .round, let r, _):
             (job as? RoundJob)?.add(
                 delta: r.values, loss: r.loss, tokens: r.tokens, seconds: r.seconds, rows: a.rows.count,
                 worker: r.worker)
-        case .accept(_, .evaluation, let r): job.evaluation?.add(loss: r.loss, tokens: r.tokens)
-        case .finish(.step, _, let rows):
+        case .accept(_, .evaluation, let r, _): job.evaluation?.add(loss: r.loss, tokens: r.tokens)
+        case .finish(.step, _, let rows, _):
             guard let sync = job as? SyncJob else { return }
             let (record, checkpoint) = sync.finishStep(now: now, rows: rows)
             journal(job, record: record, checkpoint: checkpoint)
-        case .finish(.round, _, _):
+        case .finish(.round, _, _, _):
             guard let rounds = job as? RoundJob else { return }
             let (record, checkpoint) = rounds.finishRound(now: now)
             journal(job, record: record, checkpoint: checkpoint)
-        case .finish(.evaluation, _, _):
+        case .finish(.evaluation, _, _, _):
             guard let evaluation = job.evaluation else { return }
             job.evaluation = nil
             journalEvaluation(evaluation, of: job)
@@ -242,17 +244,15 @@ public final class Coordinator: @unchecked Sendable {
         }
     }
 
+    /// Sends a message; `mode` is the job's when it carries a job's training work (for the traffic counters).
     @discardableResult
-    func send(_ c: CoordinatorCore.Connection, _ message: Message) -> Int {
+    func send(_ c: CoordinatorCore.Connection, _ message: Message, mode: String? = nil) -> Int {
         guard let router else { return 0 }
         let frames = message.encode()
         do {
             try router.send([c] + frames)
             let bytes = frames.reduce(0) { $0 + $1.count }
-            let training = [MessageType.assign, .roundAssign, .evaluate].contains(message.type)
-            metrics.sent(
-                bytes, worker: core.peers[c]?.worker?.id, mode: training ? job?.record.mode : nil,
-                blob: message.type == .chunk)
+            metrics.sent(bytes, worker: core.peers[c]?.worker?.id, mode: mode, blob: message.type == .chunk)
             return bytes
         } catch {
             if error.kind == .unreachable {

@@ -1,14 +1,20 @@
 // CoordinatorCore: the coordinator's decisions as a pure state machine. It owns the connections (peers), their
 // roles and rate limits, liveness (heartbeats out, silence in), the workers' hellos, readiness and faults, the
-// running job's announcement and its schedule (which rows go to whom, deadlines, rounds, evaluations), and it
-// checks every result against the job before the schedule sees it. It takes events (frames received, a tick, a
-// send that failed, a job started or stopped) with the time, and returns actions (send, assign, accept a result,
-// journal a finished unit, serve a request with the store, log). It has no sockets, no SQLite, no clock and no
-// threads: `Coordinator` turns those into events and performs the actions, and the simulator in the tests drives
-// the same core on a virtual clock and network.
+// running jobs' announcements and schedules (which rows go to whom, deadlines, rounds, evaluations), the share
+// policy between running jobs, and it checks every result against its job before that job's schedule sees it. It
+// takes events (frames received, a tick, a send that failed, a job started or stopped) with the time, and returns
+// actions (send, assign, accept a result, journal a finished unit, serve a request with the store, log). It has no
+// sockets, no SQLite, no clock and no threads: `Coordinator` turns those into events and performs the actions, and
+// the simulator in the tests drives the same core on a virtual clock and network.
 //
 // What stays outside, because it is storage or numerics: the store (jobs, tokens, keys, the journal), the blob
-// store, and the running job's parameters and optimizer (SyncJob, RoundJob), which the actions feed.
+// store, and each running job's parameters and optimizer (SyncJob, RoundJob), which the actions feed.
+//
+// Several jobs run at once. Each has its own schedule over the workers ready for it, so a worker may hold one
+// assignment of each (a worker computes assignments of two jobs on one base in one pass). The share policy is
+// weighted fair share of rows: a job begins its next unit only while the rows it has been served, over its
+// priority, are no more than any other running job's; a job that starts, or comes back after a time without ready
+// workers, starts level with the others instead of owed the rows it missed.
 
 import Logging
 import Support
@@ -51,10 +57,12 @@ public struct CoordinatorCore: Sendable {
         /// The first assignment id of this run: drawn at random by the runner, so a result computed for an
         /// assignment of an earlier run (before a restart) never matches one of this run.
         public var firstAssignment: Int
+        /// Its weight in the share of rows between running jobs (the job file's `priority`; 1 by default).
+        public var priority: Double
 
         public init(
             announcement: JobAnnouncement, plan: JobPlan, unit: Int, evaluationPending: Bool, parameterCount: Int,
-            compression: Compression, firstAssignment: Int
+            compression: Compression, firstAssignment: Int, priority: Double = 1
         ) {
             self.announcement = announcement
             self.plan = plan
@@ -63,6 +71,7 @@ public struct CoordinatorCore: Sendable {
             self.parameterCount = parameterCount
             self.compression = compression
             self.firstAssignment = firstAssignment
+            self.priority = priority.isFinite && priority > 0 ? priority : 1
         }
 
         public var id: String { announcement.job }
@@ -76,11 +85,11 @@ public struct CoordinatorCore: Sendable {
         case tick
         /// A send to this connection failed because the peer is gone.
         case unreachable(Connection)
-        /// A job is running (loaded by the runner from the store).
+        /// A job runs (loaded by the runner from the store), beside those running already.
         case started(ActiveJob)
-        /// The running job ended outside its schedule (cancelled, failed to journal, exported); `revoke` tells its
-        /// busy workers to drop their assignments.
-        case stopped(revoke: Bool)
+        /// A running job ended (done, cancelled, failed to journal): every worker that holds it is told to drop its
+        /// assignments and unload it (a revoke of assignment 0).
+        case stopped(job: String)
     }
 
     /// A checked result, ready to be added to the job.
@@ -110,18 +119,18 @@ public struct CoordinatorCore: Sendable {
 
     public enum Action: Sendable {
         case send(Connection, Message)
-        /// Send assignment `Assignment` of `unit` to this connection (the runner adds parameters and rows).
-        case assign(Connection, Assignment, WorkKind, unit: Int)
-        /// A unit starts: reset the job's sums (or build the evaluation).
-        case begin(WorkKind, unit: Int)
+        /// Send assignment `Assignment` of `job`'s `unit` to this connection (the runner adds parameters and rows).
+        case assign(Connection, Assignment, WorkKind, unit: Int, job: String)
+        /// A unit of `job` starts: reset its sums (or build the evaluation).
+        case begin(WorkKind, unit: Int, job: String)
         /// Add a result to the job's sums.
-        case accept(Assignment, WorkKind, Contribution)
+        case accept(Assignment, WorkKind, Contribution, job: String)
         /// The unit is complete: apply it and journal it (checkpoint, then the step's row).
-        case finish(WorkKind, unit: Int, rows: [String: Int])
-        /// Every unit is journaled: export the adapter and mark the job done.
-        case complete
-        /// Bytes of a result of the running job (the job's traffic, journaled with its step).
-        case jobTraffic(Int)
+        case finish(WorkKind, unit: Int, rows: [String: Int], job: String)
+        /// Every unit of `job` is journaled: export the adapter and mark the job done.
+        case complete(job: String)
+        /// Bytes of a result of a running job (the job's traffic, journaled with its step).
+        case jobTraffic(Int, job: String)
         /// A worker said hello: record it.
         case saw(WorkerRecord)
         case serve(Connection, Request)
@@ -130,8 +139,14 @@ public struct CoordinatorCore: Sendable {
 
     public let settings: Settings
     public private(set) var peers: [Connection: Peer] = [:]
-    public private(set) var job: ActiveJob?
-    public private(set) var schedule: JobSchedule?
+    /// The running jobs, in the order they started.
+    public private(set) var jobs: [ActiveJob] = []
+    /// Their schedules, by job id.
+    public private(set) var schedules: [String: JobSchedule] = [:]
+    /// Rows credited to a job beyond those it was served: the level it started at (or came back at) in the share.
+    private var shareOffset: [String: Double] = [:]
+    /// Jobs that could use the pool when the share was last looked at.
+    private var wanting: Set<String> = []
     /// How each worker's last connection ended (by worker id), for `cairn workers`.
     public private(set) var departures: [String: Departure] = [:]
     /// Gaps between consecutive messages from workers, and workers declared gone for silence.
@@ -147,6 +162,15 @@ public struct CoordinatorCore: Sendable {
 
     public init(settings: Settings) { self.settings = settings }
 
+    /// A running job, by id.
+    public func job(_ id: String) -> ActiveJob? { jobs.first { $0.id == id } }
+
+    /// A running job's schedule.
+    public func schedule(of job: String) -> JobSchedule? { schedules[job] }
+
+    /// The running job's (the first's, when several run) id: what a single-job view shows.
+    public var runningJobIds: [String] { jobs.map(\.id) }
+
     /// Takes one event at time `now` (seconds); returns what to do, in order.
     public mutating func handle(_ event: Event, now: Double) -> [Action] {
         self.now = now
@@ -156,14 +180,14 @@ public struct CoordinatorCore: Sendable {
         case .tick: tick()
         case .unreachable(let c): lose(c, .unreachable)
         case .started(let active): start(active)
-        case .stopped(let revoke): stop(revoke: revoke)
+        case .stopped(let job): stop(job)
         }
         // A connection dropped later in the same event (a tick that finds two workers silent, a reconnect) gets
         // nothing: its work is back in the pool already.
         out.removeAll {
             switch $0 {
             case .send(let c, _): peers[c] == nil
-            case .assign(let c, let a, _, _): peers[c]?.worker?.id != a.worker
+            case .assign(let c, let a, _, _, _): peers[c]?.worker?.id != a.worker
             default: false
             }
         }
@@ -238,9 +262,7 @@ public struct CoordinatorCore: Sendable {
             refuse(c, "hello_first", "unknown worker; send hello")
             return
         }
-        if job != nil, [MessageType.result, .roundResult, .evalResult].contains(message.type) {
-            out.append(.jobTraffic(frames.reduce(0) { $0 + $1.count }))
-        }
+        let bytes = frames.reduce(0) { $0 + $1.count }
         // Decoding into the typed form cannot fail after `Message.decode` checked the schema.
         do {
             switch message.type {
@@ -250,9 +272,9 @@ public struct CoordinatorCore: Sendable {
             case .hello: hello(c, try message.decode())
             case .heartbeat: break
             case .ready: ready(c, try message.decode())
-            case .result: result(c, try message.decode())
-            case .roundResult: roundResult(c, try message.decode())
-            case .evalResult: evalResult(c, try message.decode())
+            case .result: result(c, try message.decode(), bytes: bytes)
+            case .roundResult: roundResult(c, try message.decode(), bytes: bytes)
+            case .evalResult: evalResult(c, try message.decode(), bytes: bytes)
             case .fetch: out.append(.serve(c, .fetch(try message.decode(), worker: peer.worker?.id)))
             case .bye: lose(c, .left(reason: try message.decode(as: Bye.self).reason))
             case .error: fault(c, try message.decode())
@@ -293,8 +315,8 @@ public struct CoordinatorCore: Sendable {
         // A hello again on the same connection (it was asked twice to say hello, after a restart of this
         // coordinator) is the same session: what it has loaded and said stays, as it does in the schedule.
         if let same = peer.worker, same.id == id {
-            info.readyJob = same.readyJob
-            info.fault = same.fault
+            info.readyJobs = same.readyJobs
+            info.faults = same.faults
             info.jobSentAt = same.jobSentAt
             info.rowsPerSecond = same.rowsPerSecond
         }
@@ -309,31 +331,32 @@ public struct CoordinatorCore: Sendable {
             c,
             Welcome(worker: id, heartbeatMilliseconds: settings.heartbeatMilliseconds, liveness: settings.liveness)
                 .message)
-        if let job, info.readyJob != job.id { announce(to: c) }
+        for job in jobs where !info.readyJobs.contains(job.id) { announce(job, to: c) }
     }
 
-    private mutating func announce(to c: Connection) {
-        guard let job else { return }
-        peers[c]?.worker?.jobSentAt = now
+    private mutating func announce(_ job: ActiveJob, to c: Connection) {
+        peers[c]?.worker?.jobSentAt[job.id] = now
         send(c, job.announcement.message)
     }
 
     /// A worker that cannot take part in a job (its cache is full, the model does not load, the spec is too new):
     /// excluded from it, its rows handed to others, the reason shown by `cairn workers`.
     private mutating func fault(_ c: Connection, _ e: ErrorReport) {
-        guard let worker = peers[c]?.worker, let job, e.job == job.id else { return }
+        guard let worker = peers[c]?.worker, let id = e.job, let job = job(id) else { return }
         let text = String(e.text.prefix(500))
-        peers[c]?.worker?.fault = WorkerInfo.Fault(job: job.id, message: "\(e.code): \(text)")
-        peers[c]?.worker?.readyJob = nil
+        peers[c]?.worker?.faults[job.id] = "\(e.code): \(text)"
+        peers[c]?.worker?.readyJobs.remove(job.id)
         note(.warning, "worker \(peers[c]!.label) cannot take part in \(job.id) and is left out of it: \(text)")
-        scheduled(.gone(worker: worker.id))
+        scheduled(job.id, .gone(worker: worker.id))
     }
 
     private mutating func ready(_ c: Connection, _ r: Ready) {
-        guard let job, r.job == job.id, let w = peers[c]?.worker else { return }
-        peers[c]?.worker?.readyJob = job.id
-        note(.info, "worker \(peers[c]!.label) is ready for \(job.id)")
+        guard let job = job(r.job), let w = peers[c]?.worker, w.faults[job.id] == nil else { return }
+        let again = w.readyJobs.contains(job.id)
+        peers[c]?.worker?.readyJobs.insert(job.id)
+        if !again { note(.info, "worker \(peers[c]!.label) is ready for \(job.id)") }
         scheduled(
+            job.id,
             .ready(worker: w.id, gflops: w.gflops, rowsPerSecond: w.rowsPerSecond, localExamples: w.localExamples))
     }
 
@@ -342,9 +365,12 @@ public struct CoordinatorCore: Sendable {
         guard let peer = peers.removeValue(forKey: c), let worker = peer.worker else { return }
         departures[worker.id] = why
         if case .silent = why { workersDeclaredSilent += 1 }
-        let released = scheduled(.gone(worker: worker.id)).reduce(0) {
-            if case .released(let a, _) = $1 { return $0 + a.rows.count }
-            return $0
+        var released = 0
+        for job in jobs {
+            released += scheduled(job.id, .gone(worker: worker.id)).reduce(0) {
+                if case .released(let a, _) = $1 { return $0 + a.rows.count }
+                return $0
+            }
         }
         note(
             .notice, "worker \(peer.label) \(why)" + (released == 0 ? "" : "; its \(released) rows go to others"),
@@ -353,48 +379,57 @@ public struct CoordinatorCore: Sendable {
 
     // MARK: Results
 
-    private mutating func result(_ c: Connection, _ r: StepResult) {
-        guard let job, job.plan.mode == .sync, r.job == job.id, let worker = peers[c]?.worker else { return }
+    private mutating func result(_ c: Connection, _ r: StepResult, bytes: Int) {
+        guard let job = job(r.job), job.plan.mode == .sync, let worker = peers[c]?.worker else { return }
+        out.append(.jobTraffic(bytes, job: job.id))
         guard r.gradient.dtype == .f32, r.gradient.count == job.parameterCount else {
-            malformed(c, worker, r.assignment, "a gradient that does not fit the job; its rows go to others")
+            malformed(c, worker, job.id, r.assignment, "a gradient that does not fit the job; its rows go to others")
             return
         }
         let values = r.gradient.floats()
         guard values.allSatisfy(\.isFinite) else {
-            malformed(c, worker, r.assignment, "a gradient that is not finite; its rows go to others")
+            malformed(c, worker, job.id, r.assignment, "a gradient that is not finite; its rows go to others")
             return
         }
         scheduled(
+            job.id,
             .result(worker: worker.id, assignment: r.assignment, kind: .step, unit: r.step, seconds: r.seconds),
             Contribution(worker: worker.id, loss: r.loss, tokens: r.tokens, seconds: r.seconds, values: values))
     }
 
-    private mutating func roundResult(_ c: Connection, _ r: RoundResult) {
-        guard let job, job.plan.mode == .diloco || job.plan.mode == .federated, r.job == job.id,
+    private mutating func roundResult(_ c: Connection, _ r: RoundResult, bytes: Int) {
+        guard let job = job(r.job), job.plan.mode == .diloco || job.plan.mode == .federated,
             let worker = peers[c]?.worker
         else { return }
+        out.append(.jobTraffic(bytes, job: job.id))
         guard let delta = job.compression.decode(r.delta, name: "delta", count: job.parameterCount),
             delta.allSatisfy(\.isFinite)
         else {
-            malformed(c, worker, r.assignment, "a round result whose tensors do not fit the job; the round goes on")
+            malformed(
+                c, worker, job.id, r.assignment, "a round result whose tensors do not fit the job; the round goes on")
             return
         }
         scheduled(
+            job.id,
             .result(worker: worker.id, assignment: r.assignment, kind: .round, unit: r.round, seconds: r.seconds),
             Contribution(worker: worker.id, loss: r.loss, tokens: r.tokens, seconds: r.seconds, values: delta))
     }
 
-    private mutating func evalResult(_ c: Connection, _ r: EvalResult) {
-        guard let job, r.job == job.id, let worker = peers[c]?.worker else { return }
+    private mutating func evalResult(_ c: Connection, _ r: EvalResult, bytes: Int) {
+        guard let job = job(r.job), let worker = peers[c]?.worker else { return }
+        out.append(.jobTraffic(bytes, job: job.id))
         scheduled(
+            job.id,
             .result(worker: worker.id, assignment: r.assignment, kind: .evaluation, unit: r.step, seconds: r.seconds),
             Contribution(worker: worker.id, loss: r.loss, tokens: r.tokens, seconds: r.seconds, values: []))
     }
 
-    private mutating func malformed(_ c: Connection, _ worker: WorkerInfo, _ assignment: Int, _ what: String) {
+    private mutating func malformed(
+        _ c: Connection, _ worker: WorkerInfo, _ job: String, _ assignment: Int, _ what: String
+    ) {
         note(.warning, "dropped \(what) from \(worker.name)")
         peers[c]?.bad += 1
-        scheduled(.malformed(worker: worker.id, assignment: assignment))
+        scheduled(job, .malformed(worker: worker.id, assignment: assignment))
     }
 
     // MARK: Time
@@ -411,62 +446,104 @@ public struct CoordinatorCore: Sendable {
         }
         // A worker not ready for the running job long after it was told (the `job` or its `ready` was lost): tell
         // it again. Workers treat a repeated `job` as a no-op, or answer `ready` again.
-        if let job {
+        for job in jobs {
             for c in connections {
-                guard let w = peers[c]?.worker, w.readyJob != job.id, w.fault?.job != job.id,
-                    now - w.jobSentAt > max(2, 5 * interval)
+                guard let w = peers[c]?.worker, !w.readyJobs.contains(job.id), w.faults[job.id] == nil,
+                    now - (w.jobSentAt[job.id] ?? 0) > max(2, 5 * interval)
                 else { continue }
-                announce(to: c)
+                announce(job, to: c)
             }
         }
-        scheduled(.tick)
+        for job in jobs { scheduled(job.id, .tick) }
     }
 
     // MARK: The job
 
     private mutating func start(_ active: ActiveJob) {
-        job = active
-        schedule = JobSchedule(
+        if let i = jobs.firstIndex(where: { $0.id == active.id }) {
+            jobs[i] = active
+        } else {
+            jobs.append(active)
+        }
+        schedules[active.id] = JobSchedule(
             plan: active.plan, unit: active.unit, evaluationPending: active.evaluationPending,
             firstAssignment: active.firstAssignment, deadlines: settings.deadlines)
-        for c in connections where peers[c]?.worker != nil { announce(to: c) }
+        shareOffset[active.id] = 0
+        wanting.remove(active.id)
+        for c in connections where peers[c]?.worker != nil {
+            peers[c]?.worker?.readyJobs.remove(active.id)
+            peers[c]?.worker?.faults[active.id] = nil
+            announce(active, to: c)
+        }
     }
 
-    /// Drops the running job and its schedule, keeping the speeds it measured for the next job.
-    private mutating func stop(revoke: Bool) {
-        guard let job, let schedule else { return }
-        if revoke {
-            for c in connections {
-                if let w = peers[c]?.worker, schedule.busyWorkers.contains(w.id) {
-                    send(c, Revoke(job: job.id, assignment: 0).message)
-                }
+    /// Drops a running job and its schedule, keeping the speeds it measured for the next job.
+    private mutating func stop(_ id: String) {
+        guard let schedule = schedules[id] else { return }
+        for c in connections {
+            if let w = peers[c]?.worker, schedule.busyWorkers.contains(w.id) || w.readyJobs.contains(id) {
+                send(c, Revoke(job: id, assignment: 0).message)
             }
         }
         for (c, p) in peers {
-            if let id = p.worker?.id, let speed = schedule.workers[id]?.rowsPerSecond {
+            if let w = p.worker, let speed = schedule.workers[w.id]?.rowsPerSecond {
                 peers[c]?.worker?.rowsPerSecond = speed
             }
+            peers[c]?.worker?.readyJobs.remove(id)
+            peers[c]?.worker?.faults[id] = nil
+            peers[c]?.worker?.jobSentAt[id] = nil
         }
-        self.job = nil
-        self.schedule = nil
+        jobs.removeAll { $0.id == id }
+        schedules[id] = nil
+        shareOffset[id] = nil
+        wanting.remove(id)
     }
 
-    /// Hands an event to the schedule and turns its actions into the core's (an accepted result with its
+    // MARK: The share between running jobs
+
+    /// A job's place in the share: rows served (and credited), over its priority.
+    private func level(_ id: String) -> Double {
+        guard let s = schedules[id], let job = job(id) else { return 0 }
+        return (Double(s.servedRows) + (shareOffset[id] ?? 0)) / job.priority
+    }
+
+    /// The rows job `id` may have been served and still begin a unit: its priority times the lowest level of the
+    /// other jobs that want the pool (nil when none does: it may run freely). A job that comes to want the pool is
+    /// first lifted to that level, so a job never starves the others to catch up on time it could not use.
+    private mutating func shareLimit(_ id: String) -> Double? {
+        let now = jobs.filter { schedules[$0.id]?.wantsWork == true }.map(\.id)
+        if let floor = now.filter({ wanting.contains($0) }).map(level).min() {
+            for newcomer in now where !wanting.contains(newcomer) {
+                guard let job = job(newcomer), let s = schedules[newcomer] else { continue }
+                shareOffset[newcomer] = max(shareOffset[newcomer] ?? 0, floor * job.priority - Double(s.servedRows))
+            }
+        }
+        wanting = Set(now)
+        guard let job = job(id),
+            let floor = jobs.filter({ $0.id != id && wanting.contains($0.id) }).map({ level($0.id) }).min()
+        else { return nil }
+        return floor * job.priority - (shareOffset[id] ?? 0)
+    }
+
+    /// Hands an event to a job's schedule and turns its actions into the core's (an accepted result with its
     /// contribution); returns the schedule's actions.
     @discardableResult
-    private mutating func scheduled(_ event: JobSchedule.Event, _ contribution: Contribution? = nil)
-        -> [JobSchedule.Action]
-    {
-        guard let job, var s = schedule else { return [] }
+    private mutating func scheduled(
+        _ id: String, _ event: JobSchedule.Event, _ contribution: Contribution? = nil
+    ) -> [JobSchedule.Action] {
+        guard schedules[id] != nil else { return [] }
+        let limit = shareLimit(id)
+        guard var s = schedules[id] else { return [] }
+        s.beginLimit = limit
         let actions = s.handle(event, now: now)
-        schedule = s
+        schedules[id] = s
         for action in actions {
             switch action {
-            case .begin(let kind, let unit): out.append(.begin(kind, unit: unit))
+            case .begin(let kind, let unit): out.append(.begin(kind, unit: unit, job: id))
             case .assign(let a, let kind, let unit):
                 guard let c = connection(of: a.worker) else { continue }
                 peers[c]?.lastSent = now
-                out.append(.assign(c, a, kind, unit: unit))
+                out.append(.assign(c, a, kind, unit: unit, job: id))
             case .revoke(let a, let kind):
                 note(
                     .info,
@@ -474,21 +551,31 @@ public struct CoordinatorCore: Sendable {
                         ? "\(name(of: a.worker)) missed the deadline of round \(s.unit + 1); the round goes on without it"
                         : "assignment \(a.id) of \(kind == .step ? "step \(s.unit + 1)" : "the evaluation") missed its "
                             + "deadline; its \(a.rows.count) rows go to others")
-                if let c = connection(of: a.worker) { send(c, Revoke(job: job.id, assignment: a.id).message) }
+                if let c = connection(of: a.worker) { send(c, Revoke(job: id, assignment: a.id).message) }
             case .released: break
             case .accept(let a, let kind):
-                if let contribution { out.append(.accept(a, kind, contribution)) }
+                if let contribution { out.append(.accept(a, kind, contribution, job: id)) }
             case .ignore(let worker, let assignment, let kind):
                 note(
                     .info,
                     "ignored a \(kind.rawValue) result for assignment \(assignment) from \(name(of: worker)) (not outstanding)"
                 )
-            case .finish(let kind, let unit, let rows): out.append(.finish(kind, unit: unit, rows: rows))
-            case .complete: out.append(.complete)
+            case .finish(let kind, let unit, let rows): out.append(.finish(kind, unit: unit, rows: rows, job: id))
+            case .complete: out.append(.complete(job: id))
             }
+        }
+        // A unit finished: the jobs the share held back may begin theirs now, beside this job's next, so a worker
+        // gets both jobs' assignments together (and computes them in one pass where they share a base).
+        if !nudging, actions.contains(where: { if case .finish = $0 { true } else { false } }) {
+            nudging = true
+            for other in jobs where other.id != id { scheduled(other.id, .tick) }
+            nudging = false
         }
         return actions
     }
+
+    /// Set while the other jobs are nudged after a finished unit (they do not nudge in turn).
+    private var nudging = false
 
     private mutating func note(_ level: Logger.Level, _ text: String, _ metadata: Logger.Metadata? = nil) {
         out.append(.log(level, text, metadata))
@@ -502,11 +589,6 @@ public struct CoordinatorCore: Sendable {
 
 /// What the coordinator knows of a connected worker.
 public struct WorkerInfo: Sendable {
-    public struct Fault: Sendable {
-        public var job: String
-        public var message: String
-    }
-
     public var id: String
     public var name: String
     public var cores: Int
@@ -517,15 +599,15 @@ public struct WorkerInfo: Sendable {
     public var localExamples: Int?
     /// The machine's host name, as it says.
     public var host: String?
-    /// The job whose model and data it has loaded.
-    public var readyJob: String?
-    /// Measured rows per second (moving average) when the last job ended; the running job's schedule holds the
-    /// current figure.
+    /// The running jobs whose model and data it has loaded.
+    public var readyJobs: Set<String> = []
+    /// Measured rows per second (moving average) when the last job ended; the running jobs' schedules hold the
+    /// current figures.
     public var rowsPerSecond: Double?
-    /// When the running job was last announced to it.
-    public var jobSentAt = 0.0
-    /// A job it said it cannot take part in, and why.
-    public var fault: Fault?
+    /// When each running job was last announced to it.
+    public var jobSentAt: [String: Double] = [:]
+    /// Running jobs it said it cannot take part in, and why.
+    public var faults: [String: String] = [:]
 }
 
 /// A connection to the coordinator's ROUTER socket.

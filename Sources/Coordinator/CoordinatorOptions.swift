@@ -33,6 +33,9 @@ public struct CoordinatorOptions: Sendable {
     /// need (heartbeats, blob chunk requests, results); beyond it messages are dropped before decoding, so a
     /// flooding peer costs little and the others are served.
     public var messagesPerSecond = 500.0
+    /// Jobs that run at once, sharing the workers (the rest wait in the queue). Workers load every running job's
+    /// model; jobs on one base share one copy of it.
+    public var maxRunningJobs = 4
     /// Where to serve the dashboard, JSON API and /metrics (HOST:PORT; port 0 picks one); nil: nowhere. Bound beyond
     /// loopback, the data routes need the bearer token in STATE/http-token.
     public var http: String?

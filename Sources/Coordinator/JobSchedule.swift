@@ -140,6 +140,12 @@ public struct JobSchedule: Sendable {
     private var phase = Phase.idle
     private var nextAssignment: Int
     private var completed = false
+    /// Rows of accepted results (steps, rounds and evaluations): what the pool has spent on this job so far, for
+    /// the share policy between running jobs.
+    public private(set) var servedRows = 0
+    /// The share policy's say: a new unit begins only while `servedRows` is at most this (nil: no limit). Set by the
+    /// runner before each event; a unit in progress always runs to its end.
+    public var beginLimit: Double?
 
     /// A schedule starting after `unit` journaled units; `evaluationPending`: the evaluation after that unit is due
     /// and not journaled (a coordinator stopped between the two). Assignment ids start at `firstAssignment`: a
@@ -158,6 +164,12 @@ public struct JobSchedule: Sendable {
     private var owedEvaluation: Int?
 
     public var isFinished: Bool { unit >= plan.units }
+
+    /// Whether the job can use the pool now: units are left and a worker is ready to take one.
+    public var wantsWork: Bool {
+        if case .idle = phase, owedEvaluation == nil, isFinished { return false }
+        return plan.mode == .diloco || plan.mode == .federated ? !eligibleForRounds.isEmpty : !workers.isEmpty
+    }
 
     /// Workers with an assignment outstanding.
     public var busyWorkers: Set<String> {
@@ -256,10 +268,12 @@ public struct JobSchedule: Sendable {
             // Speed from the turnaround (sent to received), not the compute time the worker reports: a worker on a
             // slow link is slower to the job however fast it computes, and gets fewer rows.
             measure(id, rows: a.rows.count, seconds: max(1e-3, now - a.started, seconds))
+            servedRows += a.rows.count
             return [.accept(a, .step)]
         case .evaluation(var w, let after):
             guard let a = w.complete(assignment, worker: id) else { return ignored }
             phase = .evaluation(w, after: after)
+            servedRows += a.rows.count
             return [.accept(a, .evaluation)]
         case .round(var r):
             guard let a = r.outstanding[assignment], a.worker == id else { return ignored }
@@ -267,6 +281,7 @@ public struct JobSchedule: Sendable {
             r.results += 1
             phase = .round(r)
             measure(id, rows: a.rows.count, seconds: max(1e-3, seconds))
+            servedRows += a.rows.count
             return [.accept(a, .round)]
         }
     }
@@ -309,6 +324,8 @@ public struct JobSchedule: Sendable {
                     }
                     return out
                 }
+                // Held back by the share policy: another running job has had less than its share so far.
+                if let limit = beginLimit, Double(servedRows) > limit { return out }
                 if plan.mode == .evaluate {
                     // The next adapter's evaluation: unit k scores adapter k.
                     guard !workers.isEmpty else { return out }

@@ -19,8 +19,10 @@
 import Foundation
 import TensorKernels
 
-/// LoRA dropout for one step: which inputs are dropped is a pure function of (seed, layer, module, element),
-/// so the backward regenerates the same mask instead of storing it.
+/// LoRA dropout for one step: which inputs are dropped is a pure function of (seed, layer, module, element), so
+/// the backward regenerates the same mask instead of storing it. An element is named by its sequence, position and
+/// feature, not by its offset in the batch: a sequence padded to a longer length (in a pass shared with another
+/// adapter's longer rows) keeps the mask it has alone.
 public struct DropoutPlan: Sendable, Equatable {
     /// Probability of dropping an input.
     public var probability: Float
@@ -34,8 +36,8 @@ public struct DropoutPlan: Sendable, Equatable {
     }
 
     @inline(__always)
-    func keeps(_ stream: UInt64, _ i: Int) -> Bool {
-        var z = seed &+ stream &* 0x9E37_79B9_7F4A_7C15 &+ UInt64(i) &* 0xD1B5_4A32_D192_ED03
+    func keeps(_ stream: UInt64, _ element: UInt64) -> Bool {
+        var z = seed &+ stream &* 0x9E37_79B9_7F4A_7C15 &+ element &* 0xD1B5_4A32_D192_ED03
         z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
         z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
         z ^= z >> 31
@@ -280,13 +282,30 @@ extension LlamaModel {
     ) -> UnsafePointer<Float> {
         guard let dropout else { return x }
         let out = ws.dropped.pointer
-        let count = N * m.inFeatures
-        let stream = UInt64(m.layer) << 8 | UInt64(LoRATarget.allCases.firstIndex(of: m.target)!)
         let keepScale = 1 / (1 - dropout.probability)
-        Parallel.forRanges(count, grain: 1 << 14) { range in
-            for i in range { out[i] = dropout.keeps(stream, i) ? x[i] * keepScale : 0 }
+        Self.forEachMaskElement(m, rows: N, length: ws.length, dropout: dropout) { i, keep in
+            out[i] = keep ? x[i] * keepScale : 0
         }
         return UnsafePointer(out)
+    }
+
+    /// Calls `body(i, keeps)` for every element i of an (N, inFeatures) input of module `m` whose token rows are
+    /// sequences of `length` positions, in parallel: `keeps` is the element's mask, named by (sequence, position,
+    /// feature).
+    private static func forEachMaskElement(
+        _ m: LoRAModule, rows N: Int, length: Int, dropout: DropoutPlan, _ body: (Int, Bool) -> Void
+    ) {
+        let stream = UInt64(m.layer) << 8 | UInt64(LoRATarget.allCases.firstIndex(of: m.target)!)
+        let width = m.inFeatures
+        let length = max(1, length)
+        withoutActuallyEscaping(body) { body in
+            Parallel.forRanges(N, grain: max(1, (1 << 14) / max(1, width))) { rows in
+                for j in rows {
+                    let token = UInt64(j / length) << 40 | UInt64(j % length) << 20
+                    for f in 0..<width { body(j * width + f, dropout.keeps(stream, token | UInt64(f))) }
+                }
+            }
+        }
     }
 
     /// The part of a LoRA module's backward that does not read its input: dB += s·dyᵀ·(A·x) from the saved A·x,
@@ -314,11 +333,9 @@ extension LlamaModel {
         }
         let scratch = ws.dropped.pointer
         matmul(scratch, t, a, M: N, N: m.inFeatures, K: m.rank, alpha: m.scale)
-        let count = N * m.inFeatures
-        let stream = UInt64(m.layer) << 8 | UInt64(LoRATarget.allCases.firstIndex(of: m.target)!)
         let keepScale = 1 / (1 - dropout.probability)
-        Parallel.forRanges(count, grain: 1 << 14) { range in
-            for i in range where dropout.keeps(stream, i) { dx[i] += scratch[i] * keepScale }
+        Self.forEachMaskElement(m, rows: N, length: ws.length, dropout: dropout) { i, keep in
+            if keep { dx[i] += scratch[i] * keepScale }
         }
     }
 

@@ -41,24 +41,45 @@ public final class SharedPass: @unchecked Sendable {
     /// - Returns: Each session's summed loss and trained tokens.
     @discardableResult
     public func computeGradients(_ batches: [TrainingBatch], normalize: Bool = true) -> [StepLoss] {
-        precondition(batches.count == sessions.count, "SharedPass: one batch per session")
-        let length = batches.map(\.length).max()!
-        let padded = batches.map { $0.padded(toLength: length) }
-        var rows: [AdapterRows] = []
-        var first = 0
-        for (session, batch) in zip(sessions, padded) {
-            session.gradients.zero()
-            rows.append(
-                AdapterRows(
-                    adapter: session.adapter, rows: first..<first + batch.batch, gradients: session.gradients,
-                    lossScale: TrainingSession.lossScale(targets: batch.targetCount, normalize: normalize),
-                    dropout: session.dropoutPlan(microBatch: 0)))
-            first += batch.batch
+        computeGradients(microBatches: batches.map { [$0] }, normalize: normalize)
+    }
+
+    /// Sets each session's `gradients` from its own micro-batches, as its `computeGradients(microBatches,
+    /// normalize:)` would: pass k computes the k-th micro-batch of every session that has one, and a session's
+    /// gradients sum over its micro-batches, each with its own dropout masks, scaled by its own step's tokens.
+    ///
+    /// - Returns: Each session's summed loss and trained tokens (zero for a session given no micro-batch).
+    @discardableResult
+    public func computeGradients(microBatches: [[TrainingBatch]], normalize: Bool = true) -> [StepLoss] {
+        precondition(microBatches.count == sessions.count, "SharedPass: micro-batches for each session")
+        let scales = microBatches.map {
+            TrainingSession.lossScale(targets: $0.reduce(0) { $0 + $1.targetCount }, normalize: normalize)
         }
-        let model = sessions[0].model
-        return model.trainingStep(
-            batch: TrainingBatch(concatenating: padded, length: length), adapters: rows,
-            workspace: workspace(batch: first, length: length))
+        for session in sessions { session.gradients.zero() }
+        var totals = sessions.map { _ in StepLoss(sum: 0, tokens: 0) }
+        let passes = microBatches.map(\.count).max() ?? 0
+        for k in 0..<passes {
+            let taking = sessions.indices.filter { k < microBatches[$0].count }
+            let length = taking.map { microBatches[$0][k].length }.max()!
+            var batches: [TrainingBatch] = []
+            var rows: [AdapterRows] = []
+            var first = 0
+            for i in taking {
+                let session = sessions[i]
+                let batch = microBatches[i][k].padded(toLength: length)
+                rows.append(
+                    AdapterRows(
+                        adapter: session.adapter, rows: first..<first + batch.batch, gradients: session.gradients,
+                        lossScale: scales[i], dropout: session.dropoutPlan(microBatch: k)))
+                batches.append(batch)
+                first += batch.batch
+            }
+            let losses = sessions[0].model.trainingStep(
+                batch: TrainingBatch(concatenating: batches, length: length), adapters: rows,
+                workspace: workspace(batch: first, length: length))
+            for (i, loss) in zip(taking, losses) { totals[i] += loss }
+        }
+        return totals
     }
 
     /// One optimizer step of every session, each on its own micro-batch, computed in one pass.

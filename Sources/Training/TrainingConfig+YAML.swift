@@ -65,6 +65,7 @@ extension TrainingConfig {
         ("trim_fraction", "trimmed_mean: fraction of participants dropped at each end of each entry (default 0.2)"),
         ("clip_update_norm", "diloco/federated: clip each participant's update norm to this (default 0: off)"),
         ("score_updates", "diloco/federated: leave out updates that worsen the held-out loss (default false)"),
+        ("priority", "cluster jobs: weight in the share of the pool's rows between running jobs (default 1)"),
         ("adapters", "mode: evaluate: adapters to score: registry names, paths, or {merge: METHOD, inputs: {NAME: W}}"),
     ]
 
@@ -215,6 +216,7 @@ extension TrainingConfig {
             case "trim_fraction": trimFraction = try double()
             case "clip_update_norm": clipUpdateNorm = try double()
             case "score_updates": scoreUpdates = try bool()
+            case "priority": priority = try double()
             case "adapters":
                 guard let items = value.sequence else { throw fail("expected a list of adapters") }
                 candidates = try items.map { item throws(InputError) in
@@ -329,6 +331,8 @@ extension TrainingConfig {
         if let t = chatTemplate { lines.append("chat_template: \(q(t))") }
         if let t = threads { lines.append("threads: \(t)") }
         lines.append("mode: \(mode.rawValue)")
+        // Only when set: the coordinator applies it, and workers of earlier releases need not know it.
+        if priority != 1 { lines.append("priority: \(priority)") }
         if mode != .sync {
             lines += [
                 "inner_steps: \(innerSteps)", "outer_learning_rate: \(outerLearningRate)",

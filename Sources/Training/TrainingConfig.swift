@@ -174,6 +174,9 @@ public struct TrainingConfig: Sendable, Equatable {
     public var trimFraction = 0.2
     /// diloco/federated: each participant's update norm (ΔW space, all modules) is clipped to this; 0: no clipping.
     public var clipUpdateNorm = 0.0
+    /// Cluster jobs: the job's weight in the share of the pool's rows between jobs running at once (2: twice the rows
+    /// of a job of priority 1).
+    public var priority = 1.0
     /// evaluate: the adapters to score.
     public var candidates: [EvaluationCandidate] = []
     /// diloco/federated: score each participant's update on the held-out data (on the coordinator) and leave out
@@ -247,6 +250,7 @@ public struct TrainingConfig: Sendable, Equatable {
         if !(outerLearningRate > 0 && outerLearningRate <= 10) { p.append("outer_learning_rate: must be in (0, 10]") }
         if !(outerMomentum >= 0 && outerMomentum < 1) { p.append("outer_momentum: must be in [0, 1)") }
         if !(trimFraction > 0 && trimFraction < 0.5) { p.append("trim_fraction: must be in (0, 0.5)") }
+        if !(priority > 0 && priority <= 1000) { p.append("priority: must be in (0, 1000]") }
         if !(clipUpdateNorm >= 0 && clipUpdateNorm.isFinite) {
             p.append("clip_update_norm: must be 0 (off) or positive")
         }

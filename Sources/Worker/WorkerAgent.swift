@@ -3,7 +3,9 @@
 // the wall clock into the session's events, and performs its actions: one loop thread owns the socket; loading a
 // model and computing an assignment run on their own threads and report back through an inbox. Computing runs
 // the training engine (Training: TrainingSession, its `localRound` for the round modes) on the coordinator's rows
-// and parameters. `stop()` finishes the assignment in hand, returns it, says bye and leaves.
+// and parameters. Every job held has its own engine; jobs on one base share one loaded model, and their step
+// assignments handed over together run as one `SharedPass`. `stop()` finishes the assignment in hand, returns it,
+// says bye and leaves.
 
 import Foundation
 import Llama
@@ -53,8 +55,14 @@ public final class WorkerAgent: @unchecked Sendable {
     private var stopRequested = false
     /// Events from the load and compute threads, for the loop thread.
     private var inbox: [WorkerSession.Event] = []
-    /// The loaded job's model and training session (one at a time).
-    private var engine: Engine?
+    /// The loaded jobs' engines, by job id.
+    private var engines: [String: Engine] = [:]
+    /// Loaded bases, by file and precision: one copy for every job on it.
+    private var models: [String: LanguageModel] = [:]
+    /// Passes shared by jobs on one base, by their job ids (they keep their workspaces from step to step).
+    private var sharedPasses: [[String]: SharedPass] = [:]
+    /// Loads run one at a time, so a second job on a base finds it loaded.
+    private let loadLock = NSLock()
     private var localExamples = 0
 
     /// A job's model and training session, once loaded.
@@ -147,6 +155,7 @@ public final class WorkerAgent: @unchecked Sendable {
                 if let first = try socket.receive(timeoutMilliseconds: 20) {
                     if try feed(.received(first.frames)) { return }
                     while let r = try socket.receiveNow() { if try feed(.received(r.frames)) { return } }
+                    if try feed(.drained) { return }
                 }
             } catch let e as WorkerError {
                 throw e
@@ -174,7 +183,8 @@ public final class WorkerAgent: @unchecked Sendable {
             // A bye is the last thing sent: give it a moment to leave before the socket closes.
             if m.type == .bye { Thread.sleep(forTimeInterval: 0.05) }
         case .load(let spec): load(spec)
-        case .compute(let work): compute(work)
+        case .unload(let job): unload(job)
+        case .compute(let works): compute(works)
         case .log(let level, let text): logger.log(level: level, "\(text)")
         case .leave: close()
         case .fail(let error):
@@ -199,8 +209,14 @@ public final class WorkerAgent: @unchecked Sendable {
             let config = spec.config
             do {
                 let source = ModelSource.gguf(spec.modelPath)
-                let lm = try LanguageModel.load(
-                    source, precision: config.resolvedBasePrecision(model: try source.config()))
+                let precision = config.resolvedBasePrecision(model: try source.config())
+                let baseKey = "\(spec.modelPath)|\(precision)"
+                let lm: LanguageModel = try loadLock.withLock {
+                    if let shared = lock.withLock({ models[baseKey] }) { return shared }
+                    let lm = try LanguageModel.load(source, precision: precision)
+                    lock.withLock { models[baseKey] = lm }
+                    return lm
+                }
                 let adapter = LoRAAdapter(model: lm.model.config, config: config.lora, seed: config.seed)
                 let activations = config.activationPlan(
                     model: lm.model.config, adapter: adapter, baseBytes: lm.model.weights.residentBytes)
@@ -227,26 +243,86 @@ public final class WorkerAgent: @unchecked Sendable {
                     "loaded \(id): base \(base) (\(weights.residentBytes >> 20) MiB), activations \(activations.summary)"
                 )
                 let engine = Engine(id: id, session: session, config: config, plan: plan)
-                lock.withLock { self.engine = engine }
+                lock.withLock { engines[id] = engine }
                 post(
                     .loaded(
                         WorkerSession.LoadedJob(
                             id: id, parameterCount: adapter.parameters.count, vocabularySize: lm.model.config.vocabSize,
-                            sequenceLength: config.sequenceLength, federated: plan != nil)))
+                            sequenceLength: config.sequenceLength, federated: plan != nil, base: baseKey)))
             } catch {
                 post(.loadFailed(job: id, message: "cannot load the model for \(id): \(error)"))
             }
         }
     }
 
-    /// Runs an assignment on a background thread; posts its result.
-    private func compute(_ work: WorkerSession.Work) {
-        // The session checked the job against what it knows is loaded, but a newer job's model may have replaced it
-        // since (its `loaded` event still on the way).
-        guard let engine = lock.withLock({ self.engine }), engine.id == work.job else {
-            post(.computeFailed(assignment: work.assignment, why: "\(work.job)'s model is no longer loaded here"))
+    /// Forgets a job's engine, its shared passes, and its base when no other job uses it.
+    private func unload(_ job: String) {
+        lock.withLock {
+            guard engines.removeValue(forKey: job) != nil else { return }
+            sharedPasses = sharedPasses.filter { !$0.key.contains(job) }
+            let used = Set(engines.values.map { ObjectIdentifier($0.session.model) })
+            models = models.filter { used.contains(ObjectIdentifier($0.value.model)) }
+        }
+        logger.info("unloaded \(job)")
+    }
+
+    /// Runs assignments on a background thread (several: step assignments of jobs on one base, in one pass); posts
+    /// each result.
+    private func compute(_ works: [WorkerSession.Work]) {
+        // The session checked each job against what it knows is loaded, but a job may have been unloaded since.
+        let found = lock.withLock { works.map { engines[$0.job] } }
+        var ready: [(WorkerSession.Work, Engine)] = []
+        for (work, engine) in zip(works, found) {
+            if let engine {
+                ready.append((work, engine))
+            } else {
+                post(.computeFailed(assignment: work.assignment, why: "\(work.job) is no longer loaded here"))
+            }
+        }
+        if ready.count > 1, let pass = sharedPass(ready.map(\.1)) {
+            let together = ready
+            Thread.detachNewThread { [self] in computeShared(together, pass: pass) }
             return
         }
+        for (work, engine) in ready { computeAlone(work, engine: engine) }
+    }
+
+    /// The shared pass of these engines' sessions (nil unless they train on one model).
+    private func sharedPass(_ engines: [Engine]) -> SharedPass? {
+        let sessions = engines.map(\.session)
+        guard sessions.allSatisfy({ $0.model === sessions[0].model }) else { return nil }
+        let key = engines.map(\.id)
+        return lock.withLock {
+            if let pass = sharedPasses[key] { return pass }
+            let pass = SharedPass(sessions)
+            sharedPasses[key] = pass
+            return pass
+        }
+    }
+
+    /// Sync step assignments of several jobs on one base: each job's gradient over its rows, as `computeAlone`
+    /// gives it, with the base's products run once over all of them.
+    private func computeShared(_ works: [(WorkerSession.Work, Engine)], pass: SharedPass) {
+        let started = Self.now
+        var batches: [[TrainingBatch]] = []
+        for (work, engine) in works {
+            engine.session.adapter.parameters.pointer.update(from: work.parameters, count: work.parameters.count)
+            batches.append(work.rows!.split(maxRows: engine.config.batchSize))
+        }
+        let losses = pass.computeGradients(microBatches: batches, normalize: false)
+        let seconds = Self.now - started
+        for ((work, engine), loss) in zip(works, losses) {
+            let result = StepResult(
+                job: work.job, assignment: work.assignment, step: work.step, loss: loss.sum, tokens: loss.tokens,
+                seconds: seconds,
+                gradient: Tensor(name: "gradient", floats: UnsafeBufferPointer(engine.session.gradients.buffer))
+            ).message
+            post(.computed(assignment: work.assignment, result: result))
+        }
+    }
+
+    /// Runs one assignment on a background thread; posts its result.
+    private func computeAlone(_ work: WorkerSession.Work, engine: Engine) {
         Thread.detachNewThread { [self] in
             let started = Self.now
             let session = engine.session

@@ -1,8 +1,10 @@
 // WorkerSession: a cluster worker's decisions as a state machine. It takes events (time passed, a connection
 // opened, frames from the coordinator, a model loaded, an assignment computed, a stop asked for) and returns
 // actions (connect, send, load a model, compute, log, leave). It owns the connection's liveness (heartbeats,
-// silence, reconnecting with backoff), the job in hand, the model transfer (credit-based, resumable, shared with
-// the other workers of a cache), and the assignments: one computing, the others queued, revoked ones dropped.
+// silence, reconnecting with backoff), the jobs it holds (every job the coordinator runs, loaded one after another),
+// the model transfer (credit-based, resumable, shared with the other workers of a cache), and the assignments: one
+// pass computing, the others queued, revoked ones dropped. Step assignments of several jobs on one base that are
+// queued together are computed in one pass over the base.
 //
 // No sockets, threads or clock inside: `WorkerAgent` turns its socket, its threads and the wall clock into
 // events and performs the actions, and tests drive the session directly. The one outside thing it touches is the
@@ -90,13 +92,19 @@ public struct WorkerSession {
         public var vocabularySize: Int
         public var sequenceLength: Int
         public var federated: Bool
+        /// The loaded base (file and precision): jobs with the same one share it, and their steps can share a pass.
+        public var base: String
 
-        public init(id: String, parameterCount: Int, vocabularySize: Int, sequenceLength: Int, federated: Bool) {
+        public init(
+            id: String, parameterCount: Int, vocabularySize: Int, sequenceLength: Int, federated: Bool,
+            base: String = ""
+        ) {
             self.id = id
             self.parameterCount = parameterCount
             self.vocabularySize = vocabularySize
             self.sequenceLength = sequenceLength
             self.federated = federated
+            self.base = base
         }
     }
 
@@ -130,13 +138,16 @@ public struct WorkerSession {
         case connected
         case connectFailed(String)
         case received([[UInt8]])
+        /// Every message waiting on the connection has been received: queued assignments start now (those of
+        /// several jobs on one base, together).
+        case drained
         /// The coordinator refused this worker's key.
         case refused
         case loaded(LoadedJob)
         case loadFailed(job: String, message: String)
         /// A `result`, `round_result` or `eval_result` of the work in hand.
         case computed(assignment: Int, result: Message)
-        /// The work in hand could not run (its job's model was replaced by another job's meanwhile).
+        /// The work in hand could not run (its job was unloaded meanwhile).
         case computeFailed(assignment: Int, why: String)
     }
 
@@ -145,7 +156,10 @@ public struct WorkerSession {
         case disconnect
         case send(Message)
         case load(JobSpec)
-        case compute(Work)
+        /// Forget a job's model and session (the coordinator ended it, or too many are held).
+        case unload(job: String)
+        /// Compute these assignments, in one pass where there are several (step assignments of jobs on one base).
+        case compute([Work])
         case log(Logger.Level, String)
         /// Stop running: the worker has left.
         case leave
@@ -169,7 +183,7 @@ public struct WorkerSession {
     public private(set) var leaving = false
     public private(set) var finished = false
 
-    // The job in hand and its model transfer.
+    // The jobs held, and the model transfer of the one being fetched or loaded.
     private struct JobState {
         var id: String
         var config: TrainingConfig
@@ -185,7 +199,18 @@ public struct WorkerSession {
         /// This worker cannot take part (reported to the coordinator); nothing more is tried for the job.
         var failed = false
     }
-    private var job: JobState?
+    /// Jobs announced and not ended, by id; `order` is the order they were last announced in.
+    private var jobs: [String: JobState] = [:]
+    private var order: [String] = []
+    /// The job whose model is being fetched or loaded (one at a time); the others wait in `order`.
+    private var focus: String?
+    /// The job in focus.
+    private var job: JobState? {
+        get { focus.flatMap { jobs[$0] } }
+        set { if let id = focus { jobs[id] = newValue } }
+    }
+    /// Jobs held at most (the oldest idle one is unloaded beyond it; a coordinator runs 4 by default).
+    static let maxJobs = 8
     private var lastChunk = 0.0
     /// When the transfer in progress started (and from how many bytes), and when its progress was last logged.
     private var transferStarted = (time: 0.0, bytes: 0)
@@ -193,8 +218,9 @@ public struct WorkerSession {
     private var failedFetches = 0
 
     // Assignments.
-    public private(set) var loaded: LoadedJob?
-    public private(set) var computing: Int?
+    public private(set) var loaded: [String: LoadedJob] = [:]
+    /// The assignments of the pass in hand.
+    public private(set) var computing: [Int] = []
     private var revoked: Set<Int> = []
     private var queued: [Incoming] = []
 
@@ -236,7 +262,7 @@ public struct WorkerSession {
         case .stop:
             if !leaving {
                 leaving = true
-                if computing != nil { log("stopping: finishing the assignment in hand first") }
+                if !computing.isEmpty { log("stopping: finishing the assignment in hand first") }
             }
         case .connected:
             connected = true
@@ -247,6 +273,7 @@ public struct WorkerSession {
             log(.warning, "cannot connect to \(machine.endpoint): \(why)")
             disconnect(retry: true)
         case .received(let frames): receive(frames)
+        case .drained: startNext()
         case .refused:
             disconnect(retry: false)
             out.append(
@@ -256,32 +283,35 @@ public struct WorkerSession {
                             + "token")))
             finished = true
         case .loaded(let info):
-            loaded = info
-            if job?.id == info.id {
-                job?.ready = true
-                job?.loading = false
+            if jobs[info.id] == nil {
+                // Ended while it loaded.
+                out.append(.unload(job: info.id))
+            } else {
+                loaded[info.id] = info
+                jobs[info.id]?.ready = true
+                jobs[info.id]?.loading = false
                 send(Ready(job: info.id).message)
             }
+            nextFocus()
         case .loadFailed(let id, let message):
             // Logged here and reported, so the coordinator leaves this worker out of the job and says why.
             log(.error, message)
-            if job?.id == id {
-                job?.loading = false
-                job?.failed = true
-            }
+            jobs[id]?.loading = false
+            jobs[id]?.failed = true
             send(ErrorReport(code: "load", text: message, job: id).message)
+            nextFocus()
         case .computed(let assignment, let result):
-            computing = nil
+            computing.removeAll { $0 == assignment }
             if revoked.remove(assignment) == nil { send(result) }
-            if !leaving, !queued.isEmpty { start(queued.removeFirst()) }
+            startNext()
         case .computeFailed(let assignment, let why):
             // Nothing goes back: the coordinator gives the work to another worker when its deadline passes.
-            computing = nil
+            computing.removeAll { $0 == assignment }
             revoked.remove(assignment)
             log(.warning, "assignment \(assignment) not computed: \(why)")
-            if !leaving, !queued.isEmpty { start(queued.removeFirst()) }
+            startNext()
         }
-        if leaving, computing == nil, !finished { leave() }
+        if leaving, computing.isEmpty, !finished { leave() }
         return out
     }
 
@@ -384,12 +414,20 @@ public struct WorkerSession {
                     m.type == .roundAssign
                     ? .round(try m.decode(as: RoundAssignment.self)) : .step(try m.decodeStepAssignment())
             } catch { return }
-            if computing == nil, !leaving { start(a) } else { queued.append(a) }
+            // Started once every waiting message is in (`drained`), so assignments of two jobs sent together share
+            // a pass.
+            queued.append(a)
         case .revoke:
             guard let r = try? m.decode(as: Revoke.self) else { return }
-            // Assignment 0: every assignment of the job (it was cancelled).
-            if let c = computing, r.assignment == 0 || c == r.assignment { revoked.insert(c) }
-            queued.removeAll { r.assignment == 0 ? $0.job == r.job : $0.assignment == r.assignment }
+            if r.assignment == 0 {
+                // Assignment 0: the job ended (cancelled, done or failed): its work is dropped and it is unloaded.
+                revoked.formUnion(computing.filter { c in computingJobs[c] == r.job })
+                queued.removeAll { $0.job == r.job }
+                drop(r.job)
+            } else {
+                if computing.contains(r.assignment) { revoked.insert(r.assignment) }
+                queued.removeAll { $0.assignment == r.assignment }
+            }
         case .error:
             guard let e = try? m.decode(as: ErrorReport.self) else { return }
             if e.code == "hello_first" {
@@ -403,13 +441,25 @@ public struct WorkerSession {
 
     private mutating func receiveJob(_ m: JobAnnouncement) {
         let id = m.job
-        if let job, job.id == id, !job.failed {
-            if job.ready { send(Ready(job: id).message) }
+        if let held = jobs[id], !held.failed {
+            if held.ready { send(Ready(job: id).message) }
             return
         }
         let blob = m.modelBlob
         guard BlobStore.isHash(blob) else { return }
-        job?.claim?.release()
+        if focus == id {
+            job?.claim?.release()
+            focus = nil
+        }
+        order.removeAll { $0 == id }
+        order.append(id)
+        jobs[id] = nil
+        evictIfFull()
+        // The job in focus (its model in transfer or loading) goes on; this one waits for it.
+        let previous = focus
+        let waits = previous != nil
+        focus = id
+        defer { if waits { focus = previous } }
         // A job this worker cannot run is said to the coordinator (it leaves the worker out and shows why), not
         // guessed at or silently ignored.
         let version = m.specVersion
@@ -429,12 +479,42 @@ public struct WorkerSession {
         // Coordinators before `total_steps` was sent: the spec's steps.
         let totalSteps = m.totalSteps ?? max(1, config.steps)
         job = JobState(id: id, config: config, totalSteps: totalSteps, modelBlob: blob, modelBytes: m.modelBytes)
-        if loaded?.id == id {
+        if loaded[id] != nil {
             job?.ready = true
             send(Ready(job: id).message)
             return
         }
+        if !waits { startFetch() }
+    }
+
+    /// The next held job whose model is neither loaded nor failed gets the focus, and its fetch starts.
+    private mutating func nextFocus() {
+        if let f = focus, let j = jobs[f], j.download != nil || j.loading || j.waitingForPeer { return }
+        focus = order.first { id in jobs[id].map { !$0.ready && !$0.failed } ?? false }
         startFetch()
+    }
+
+    /// Forgets a job: its transfer stops, and its model and session are unloaded.
+    private mutating func drop(_ id: String) {
+        guard let j = jobs.removeValue(forKey: id) else { return }
+        j.claim?.release()
+        order.removeAll { $0 == id }
+        if loaded.removeValue(forKey: id) != nil { out.append(.unload(job: id)) }
+        if focus == id {
+            focus = nil
+            nextFocus()
+        }
+    }
+
+    /// Beyond `maxJobs` held, the oldest announced that has no work here and is not in transfer is dropped (a job
+    /// a coordinator ended while this worker was away is never revoked).
+    private mutating func evictIfFull() {
+        while jobs.count >= Self.maxJobs {
+            let busy = Set(queued.map(\.job)).union(computingJobs.values)
+            guard let oldest = order.first(where: { $0 != focus && !busy.contains($0) }) else { return }
+            log("unloading \(oldest): \(Self.maxJobs) jobs are held")
+            drop(oldest)
+        }
     }
 
     // MARK: The model
@@ -442,7 +522,10 @@ public struct WorkerSession {
     /// Loads the job's model if cached; otherwise fetches it, unless another worker sharing this cache already
     /// is (then the tick checks back until the blob appears or the other's claim lapses).
     private mutating func startFetch() {
-        guard let job, job.download == nil, !job.loading, !job.ready, !job.failed else { return }
+        guard let job, job.download == nil, !job.loading, !job.ready, !job.failed else {
+            if job?.ready == true || job?.failed == true { nextFocus() }
+            return
+        }
         let blob = job.modelBlob
         if cache.contains(blob) {
             load()
@@ -485,6 +568,7 @@ public struct WorkerSession {
         log(.error, "cannot take part in \(id): \(message)")
         job?.failed = true
         send(ErrorReport(code: code, text: message, job: id).message)
+        nextFocus()
     }
 
     private mutating func releaseClaim() {
@@ -562,17 +646,50 @@ public struct WorkerSession {
 
     // MARK: Assignments
 
-    private mutating func start(_ a: Incoming) {
-        guard let loaded, loaded.id == a.job else {
+    /// The job of each assignment in the pass in hand.
+    private var computingJobs: [Int: String] = [:]
+
+    /// Starts the next queued assignment, with the step assignments of other jobs on the same base queued now (one
+    /// per job): they are computed in one pass over the base.
+    private mutating func startNext() {
+        guard !leaving, computing.isEmpty else { return }
+        while !queued.isEmpty {
+            let a = queued.removeFirst()
+            guard let first = check(a) else { continue }
+            var works = [first]
+            if first.kind == .gradient, let base = loaded[first.job]?.base, !base.isEmpty {
+                var jobsInPass: Set<String> = [first.job]
+                var rest: [Incoming] = []
+                for b in queued {
+                    if case .step(let m) = b, !m.evaluation, !jobsInPass.contains(m.job), loaded[m.job]?.base == base {
+                        if let w = check(b) {
+                            works.append(w)
+                            jobsInPass.insert(m.job)
+                        }
+                    } else {
+                        rest.append(b)
+                    }
+                }
+                queued = rest
+            }
+            computing = works.map(\.assignment)
+            computingJobs = Dictionary(uniqueKeysWithValues: works.map { ($0.assignment, $0.job) })
+            out.append(.compute(works))
+            return
+        }
+    }
+
+    /// The work of an assignment, or nil (logged) when its job is not loaded here or it does not fit the job.
+    private mutating func check(_ a: Incoming) -> Work? {
+        guard let job = loaded[a.job] else {
             log(.warning, "assignment for \(a.job), which is not loaded here; ignored")
-            return
+            return nil
         }
-        guard let work = Self.work(of: a, loaded: loaded) else {
+        guard let work = Self.work(of: a, loaded: job) else {
             log(.warning, "dropped a malformed assignment (tensor sizes, or ids out of range)")
-            return
+            return nil
         }
-        computing = work.assignment
-        out.append(.compute(work))
+        return work
     }
 
     /// An assignment checked against the loaded job, or nil when its tensors do not fit it (untrusted input: it

@@ -37,21 +37,24 @@ import Wire
         }
 
         @discardableResult
-        mutating func start(_ plan: JobPlan, parameters: Int = 2) -> [CoordinatorCore.Action] {
+        mutating func start(
+            _ plan: JobPlan, parameters: Int = 2, id: String = "job-1", priority: Double = 1,
+            firstAssignment: Int = 1 << 20
+        ) -> [CoordinatorCore.Action] {
             let job = CoordinatorCore.ActiveJob(
                 announcement: JobAnnouncement(
-                    job: "job-1", spec: "", modelBlob: "ff", modelBytes: 1, mode: plan.mode.rawValue,
+                    job: id, spec: "", modelBlob: "ff", modelBytes: 1, mode: plan.mode.rawValue,
                     totalSteps: plan.totalSteps),
                 plan: plan, unit: 0, evaluationPending: false, parameterCount: parameters, compression: .none,
-                firstAssignment: 1 << 20)
+                firstAssignment: firstAssignment, priority: priority)
             return core.handle(.started(job), now: now)
         }
 
-        /// A worker that says hello and is ready for job-1.
-        mutating func join(_ name: String) -> [CoordinatorCore.Action] {
+        /// A worker that says hello and is ready for `jobs`.
+        mutating func join(_ name: String, jobs: [String] = ["job-1"]) -> [CoordinatorCore.Action] {
             receive(
                 name, as: "worker key-\(name)", Hello(name: name, cores: 2, memory: 1, gflops: 10, threads: 2).message)
-            return receive(name, as: "worker key-\(name)", Ready(job: "job-1").message)
+            return jobs.flatMap { receive(name, as: "worker key-\(name)", Ready(job: $0).message) }
         }
     }
 
@@ -63,7 +66,7 @@ import Wire
 
     static func assigned(_ actions: [CoordinatorCore.Action]) -> [(to: String, Assignment)] {
         actions.compactMap {
-            if case .assign(let c, let a, _, _) = $0 { (String(decoding: c, as: UTF8.self), a) } else { nil }
+            if case .assign(let c, let a, _, _, _) = $0 { (String(decoding: c, as: UTF8.self), a) } else { nil }
         }
     }
 
@@ -134,10 +137,10 @@ import Wire
         #expect(h.core.peers[Harness.connection("b")] == nil && h.core.workersDeclaredSilent == 1)
         #expect(h.core.departures.values.contains { $0.name == "silent" })
         let bRows = split.filter { $0.to == "b" }.reduce(0) { $0 + $1.1.rows.count }
-        #expect(h.core.schedule?.pendingRows.count == bRows, "b's rows wait for a: \(lost)")
+        #expect(h.core.schedule(of: "job-1")?.pendingRows.count == bRows, "b's rows wait for a: \(lost)")
         let aId = h.core.peers[Harness.connection("a")]?.worker?.id
-        #expect(h.core.schedule?.outstanding.values.allSatisfy { $0.worker == aId } == true)
-        let outstanding = h.core.schedule?.outstanding.values.reduce(0) { $0 + $1.rows.count } ?? 0
+        #expect(h.core.schedule(of: "job-1")?.outstanding.values.allSatisfy { $0.worker == aId } == true)
+        let outstanding = h.core.schedule(of: "job-1")?.outstanding.values.reduce(0) { $0 + $1.rows.count } ?? 0
         #expect(outstanding + bRows == 4, "every row of step 2 is a's or pending")
     }
 
@@ -155,14 +158,14 @@ import Wire
             #expect(!actions.contains { if case .accept = $0 { true } else { false } })
         }
         // The rows were released and handed out again; a good result for the new assignment is accepted.
-        let again = try #require(h.core.schedule?.outstanding.values.first)
+        let again = try #require(h.core.schedule(of: "job-1")?.outstanding.values.first)
         #expect(again.id != a.id)
         let good = StepResult(
             job: "job-1", assignment: again.id, step: 1, loss: 1, tokens: 4, seconds: 1,
             gradient: Tensor(name: "gradient", floats: [1, 2]))
         let accepted = h.receive("a", as: "worker key-a", good.message)
-        #expect(accepted.contains { if case .accept(_, .step, let c) = $0 { c.values == [1, 2] } else { false } })
-        #expect(accepted.contains { if case .finish(.step, 1, _) = $0 { true } else { false } })
+        #expect(accepted.contains { if case .accept(_, .step, let c, _) = $0 { c.values == [1, 2] } else { false } })
+        #expect(accepted.contains { if case .finish(.step, 1, _, _) = $0 { true } else { false } })
     }
 
     /// A second hello on the same connection (asked twice after a restart) keeps what the worker said: still
@@ -174,7 +177,7 @@ import Wire
         let again = h.receive(
             "a", as: "worker key-a", Hello(name: "a", cores: 2, memory: 1, gflops: 10, threads: 2).message)
         #expect(Self.sent(again).map(\.1.type) == [.welcome])
-        #expect(h.core.peers[Harness.connection("a")]?.worker?.readyJob == "job-1")
+        #expect(h.core.peers[Harness.connection("a")]?.worker?.readyJobs == ["job-1"])
         // A new connection of the same worker is a new session: the old one is dropped, the job announced.
         let reconnect = h.receive(
             "a2", as: "worker key-a", Hello(name: "a", cores: 2, memory: 1, gflops: 10, threads: 2).message)
@@ -183,17 +186,127 @@ import Wire
         #expect(h.core.departures.values.contains { $0.name == "reconnected" })
     }
 
-    /// A cancelled job: its busy workers are told to drop everything of it (assignment 0); the speeds measured stay.
-    @Test func stoppingWithRevokeTellsTheBusyWorkers() {
+    /// A job that ends: the workers that hold it are told to drop everything of it and unload it (assignment 0).
+    @Test func stoppingAJobTellsItsWorkers() {
         var h = Harness()
         h.start(Self.plan)
         _ = h.join("a")
-        let actions = h.core.handle(.stopped(revoke: true), now: h.now)
+        let actions = h.core.handle(.stopped(job: "job-1"), now: h.now)
         let revokes = Self.sent(actions).compactMap { try? $0.1.decode(as: Revoke.self) }
         #expect(revokes == [Revoke(job: "job-1", assignment: 0)])
-        #expect(h.core.job == nil && h.core.schedule == nil)
+        #expect(h.core.jobs.isEmpty && h.core.schedule(of: "job-1") == nil)
         // Nothing of the old job is taken any more.
         let late = h.receive("a", as: "worker key-a", Ready(job: "job-1").message)
         #expect(late.isEmpty)
+    }
+
+    // MARK: Several jobs
+
+    /// An assignment handed out, as the pool sees it.
+    struct Handed {
+        var to: String
+        var job: String
+        var assignment: Assignment
+        var unit: Int
+    }
+
+    static func handed(_ actions: [CoordinatorCore.Action]) -> [Handed] {
+        actions.compactMap {
+            if case .assign(let c, let a, _, let unit, let job) = $0 {
+                Handed(to: String(decoding: c, as: UTF8.self), job: job, assignment: a, unit: unit)
+            } else {
+                nil
+            }
+        }
+    }
+
+    /// Answers the oldest outstanding assignment, `count` times (a pool that works through what it was given in
+    /// order, a second per row); returns the rows accepted per job.
+    static func work(_ h: inout Harness, _ pending: inout [Handed], results count: Int) -> [String: Int] {
+        var rows: [String: Int] = [:]
+        for _ in 0..<count {
+            guard !pending.isEmpty else { break }
+            let next = pending.removeFirst()
+            let r = StepResult(
+                job: next.job, assignment: next.assignment.id, step: next.unit, loss: 1,
+                tokens: next.assignment.rows.count, seconds: Double(next.assignment.rows.count),
+                gradient: Tensor(name: "gradient", floats: [1, 1]))
+            let actions =
+                h.receive(next.to, as: "worker key-\(next.to)", r.message, after: Double(next.assignment.rows.count))
+                + h.tick(after: 0.01)
+            for case .accept(let a, _, _, let job) in actions { rows[job, default: 0] += a.rows.count }
+            pending += handed(actions)
+        }
+        return rows
+    }
+
+    /// Two jobs on one pool run at once: every worker ready for both holds an assignment of each, and by default
+    /// each job gets the same rows (a job ahead waits to begin its next step until the other has caught up).
+    @Test func twoJobsShareThePoolFairlyByRows() {
+        var h = Harness()
+        let plan = JobPlan(mode: .sync, totalSteps: 1000, rowsPerStep: 4)
+        h.start(plan, id: "job-1")
+        h.start(JobPlan(mode: .sync, totalSteps: 1000, rowsPerStep: 8), id: "job-2", firstAssignment: 1 << 30)
+        var pending = Self.handed(h.join("a", jobs: ["job-1", "job-2"]) + h.join("b", jobs: ["job-1", "job-2"]))
+        #expect(
+            Set(pending.map(\.job)) == ["job-1", "job-2"], "both jobs have work out at once: \(pending.map(\.job))")
+        let rows = Self.work(&h, &pending, results: 200)
+        let one = rows["job-1", default: 0]
+        let two = rows["job-2", default: 0]
+        #expect(one > 0 && two > 0)
+        // Level within a step of the larger job (8 rows) plus the steps in flight.
+        #expect(abs(one - two) <= 16, "job-1 \(one) rows, job-2 \(two)")
+    }
+
+    /// A job's `priority` weighs its share: priority 2 gets twice the rows of priority 1.
+    @Test func priorityWeighsTheShare() {
+        var h = Harness()
+        let plan = JobPlan(mode: .sync, totalSteps: 1000, rowsPerStep: 4)
+        h.start(plan, id: "job-1")
+        h.start(plan, id: "job-2", priority: 2, firstAssignment: 1 << 30)
+        var pending = Self.handed(h.join("a", jobs: ["job-1", "job-2"]) + h.join("b", jobs: ["job-1", "job-2"]))
+        let rows = Self.work(&h, &pending, results: 300)
+        let ratio = Double(rows["job-2", default: 0]) / Double(max(1, rows["job-1", default: 0]))
+        #expect(ratio > 1.8 && ratio < 2.2, "job-2 (priority 2) got \(ratio)× job-1's rows: \(rows)")
+    }
+
+    /// A job that starts while another has run a long time starts level with it: the first job is not held back
+    /// until the newcomer has caught up on the rows it was never there for.
+    @Test func aNewJobStartsLevelWithTheRunningOnes() {
+        var h = Harness()
+        let plan = JobPlan(mode: .sync, totalSteps: 1000, rowsPerStep: 4)
+        h.start(plan, id: "job-1")
+        var pending = Self.handed(h.join("a"))
+        let alone = Self.work(&h, &pending, results: 40)
+        #expect(alone["job-1", default: 0] == 160)
+        pending += Self.handed(h.start(plan, id: "job-2", firstAssignment: 1 << 30))
+        pending += Self.handed(h.receive("a", as: "worker key-a", Ready(job: "job-2").message))
+        let after = Self.work(&h, &pending, results: 40)
+        #expect(after["job-1", default: 0] >= 60, "job-1 keeps about half the pool: \(after)")
+        #expect(after["job-2", default: 0] >= 60, "job-2 gets about half the pool: \(after)")
+    }
+
+    /// The job the share held back begins its step as soon as the other finishes, in the same breath as the other's
+    /// next: the worker gets both jobs' assignments together (what lets it compute them in one pass).
+    @Test func heldJobsBeginTogetherWithTheOthers() throws {
+        var h = Harness()
+        let plan = JobPlan(mode: .sync, totalSteps: 10, rowsPerStep: 4)
+        h.start(plan, id: "job-1")
+        h.start(plan, id: "job-2", firstAssignment: 1 << 30)
+        let first = Self.handed(h.join("a", jobs: ["job-1", "job-2"]))
+        #expect(first.map(\.job) == ["job-1", "job-2"])
+        func answer(_ x: Handed) -> [CoordinatorCore.Action] {
+            h.receive(
+                "a", as: "worker key-a",
+                StepResult(
+                    job: x.job, assignment: x.assignment.id, step: x.unit, loss: 1, tokens: 4, seconds: 1,
+                    gradient: Tensor(name: "gradient", floats: [1, 1])
+                ).message)
+        }
+        // job-1 is a step ahead once its first is in: it waits.
+        #expect(Self.handed(answer(first[0])).isEmpty)
+        // job-2's result finishes its step: both begin their next at once.
+        let both = Self.handed(answer(first[1]))
+        #expect(Set(both.map(\.job)) == ["job-1", "job-2"] && both.allSatisfy { $0.unit == 2 }, "\(both)")
     }
 }

@@ -75,6 +75,8 @@ struct Simulation {
         var evaluations: [Int: Int] = [:]
         var done = false
         var doneAt: Double?
+        /// When it was last activated or journaled a unit.
+        var progressAt = 0.0
     }
 
     struct Work {
@@ -113,16 +115,22 @@ struct Simulation {
     private var workers: [String: Worker] = [:]
     private var cut: Set<String> = []
     private var report: SimulationReport
-    // The coordinator's process: its core, and the running job's sums (what SyncJob and RoundJob hold).
+    // The coordinator's process: its core, and the running jobs' sums (what SyncJob and RoundJob hold).
     private var coordinatorUp = true
     private var coordinatorRun = 0
     private var core: CoordinatorCore
-    private var running: Int?
+    /// Jobs running at once (the coordinator's `--max-jobs`), and those running now.
+    private var maxRunning = 1
+    private var running: Set<Int> = []
+    /// The sums of each running job's unit in progress.
+    private struct Sums {
+        var unitSum = 0
+        var unitRows: [Int] = []
+        var roundResults = 0
+        var roundContributors: Set<String> = []
+    }
+    private var sums: [Int: Sums] = [:]
     /// Sums accepted for the unit in progress, and the rows they covered.
-    private var unitSum = 0
-    private var unitRows: [Int] = []
-    private var roundResults = 0
-    private var roundContributors: Set<String> = []
     // The world's settings.
     private let faultWindow: Double
     private let lossRate: Double
@@ -176,7 +184,14 @@ struct Simulation {
             workers[id] = w
         }
         planFaults(workerCount: workerCount)
+        // Drawn last, so the jobs, workers and faults of a seed are those it had when jobs ran one at a time.
+        maxRunning = Int.random(in: 1...3, using: &rng)
+        priorities = jobs.indices.map { _ in [1.0, 1, 2, 0.5][Int.random(in: 0..<4, using: &rng)] }
+        report.jobs[0] += " (\(maxRunning) at once)"
     }
+
+    /// Each job's `priority`.
+    private var priorities: [Double] = []
 
     private mutating func planFaults(workerCount: Int) {
         let ids = workers.keys.sorted()
@@ -224,6 +239,14 @@ struct Simulation {
                         now - max(faultWindow, lastProgress)))
                 break
             }
+            // And none of them starves while others run.
+            if let j = running.sorted().first(where: { now > max(faultWindow, jobs[$0].progressAt) + patience }) {
+                violation(
+                    String(
+                        format: "job %d starved: nothing of it journaled for %.0f s after the faults ended", j,
+                        now - max(faultWindow, jobs[j].progressAt)))
+                break
+            }
             if report.violations.count > 20 { break }
         }
         report.virtualSeconds = now
@@ -244,11 +267,12 @@ struct Simulation {
     }
 
     private var stateSummary: String {
-        let s =
-            core.schedule.map {
-                " [schedule: unit \($0.unit)/\($0.plan.units) \($0.current.map { "\($0.kind) \($0.unit)" } ?? "idle"), ready \($0.workers.keys.sorted()), outstanding \($0.outstanding.count)]"
-            } ?? ""
-        return " (job \(running.map(String.init) ?? "none")\(s))"
+        let s = running.sorted().map { j in
+            core.schedule(of: "job-\(j)").map {
+                " [job \(j): unit \($0.unit)/\($0.plan.units) \($0.current.map { "\($0.kind) \($0.unit)" } ?? "idle"), ready \($0.workers.keys.sorted()), outstanding \($0.outstanding.count), served \($0.servedRows)]"
+            } ?? " [job \(j): no schedule]"
+        }
+        return " (running \(running.sorted())\(s.joined()))"
     }
 
     /// Sends over the network: lost, duplicated, delayed and reordered while faults last; cut links drop it.
@@ -300,7 +324,7 @@ struct Simulation {
             workers[id] = w
         case .coordinatorTick:
             if coordinatorUp {
-                if core.job == nil { activateNextJob() }
+                activateJobs()
                 coordinator(.tick)
             }
             at(now + tickEvery, .coordinatorTick)
@@ -395,6 +419,8 @@ struct Simulation {
                 guard let r = try? m.decode(as: Revoke.self) else { return }
                 let dropped = w.queue.filter { r.assignment == 0 ? $0.job == r.job : $0.assignment.id == r.assignment }
                 w.queue.removeAll { r.assignment == 0 ? $0.job == r.job : $0.assignment.id == r.assignment }
+                // Assignment 0: the job ended; its model is unloaded.
+                if r.assignment == 0, let job = Self.index(of: r.job) { w.loaded.remove(job) }
                 if let c = w.computing, dropped.contains(where: { $0.assignment.id == c }) {
                     w.computing = nil
                     startNext(&w)
@@ -468,58 +494,65 @@ struct Simulation {
 
     /// Hands an event to the core, performs its actions, checks the invariants.
     private mutating func coordinator(_ event: CoordinatorCore.Event) {
-        let before = core.schedule?.unit
-        let job = running
+        let before = running.reduce(into: [Int: Int]()) { $0[$1] = core.schedule(of: "job-\($1)")?.unit }
         perform(core.handle(event, now: now))
-        if let s = core.schedule, job == running, let before { checkInvariants(s, before: before) }
+        for (j, unit) in before.sorted(by: { $0.key < $1.key }) {
+            if let s = core.schedule(of: "job-\(j)") { checkInvariants(s, before: unit) }
+        }
+        if core.jobs.count > maxRunning { violation("\(core.jobs.count) jobs run at once, over \(maxRunning)") }
     }
 
     private mutating func perform(_ actions: [CoordinatorCore.Action]) {
         for action in actions {
             switch action {
             case .send(let c, let m): send(.wire(m), to: c)
-            case .assign(let c, let a, let kind, let unit):
-                guard let job = running else {
-                    violation("assigned \(a.id) with no job running")
+            case .assign(let c, let a, let kind, let unit, let id):
+                guard let job = Self.index(of: id), running.contains(job) else {
+                    violation("assigned \(a.id) of \(id), which is not running")
                     continue
                 }
                 guard let peer = core.peers[c], peer.worker?.id == a.worker else {
                     violation("assigned \(a.id) to \(a.worker) on a connection that is not its own")
                     continue
                 }
-                if peer.worker?.readyJob != "job-\(job)" {
-                    violation("assigned \(a.id) to \(a.worker), who is not ready")
+                if peer.worker?.readyJobs.contains(id) != true {
+                    violation("assigned \(a.id) of \(id) to \(a.worker), who is not ready for it")
                 }
-                send(.assign(job: "job-\(job)", a, kind, unit: unit), to: c)
-            case .begin:
-                unitSum = 0
-                unitRows = []
-                roundResults = 0
-                roundContributors = []
-            case .accept(let a, let kind, let r):
+                send(.assign(job: id, a, kind, unit: unit), to: c)
+            case .begin(_, _, let id):
+                guard let job = Self.index(of: id) else { continue }
+                sums[job] = Sums()
+            case .accept(let a, let kind, let r, let id):
+                guard let job = Self.index(of: id), running.contains(job) else {
+                    violation("accepted a result of \(id), which is not running")
+                    continue
+                }
                 if r.seconds == Self.forgedSeconds {
                     violation("a forged \(kind) result for assignment \(a.id) was accepted")
                     continue
                 }
                 if r.worker != a.worker { violation("accepted \(a.worker)'s assignment \(a.id) from \(r.worker)") }
+                var u = sums[job] ?? Sums()
                 switch kind {
                 case .round:
-                    roundResults += 1
-                    if !roundContributors.insert(r.worker).inserted {
-                        violation("\(r.worker) added a second result to round \(jobs[running!].journal.count + 1)")
+                    u.roundResults += 1
+                    if !u.roundContributors.insert(r.worker).inserted {
+                        violation(
+                            "\(r.worker) added a second result to round \(jobs[job].journal.count + 1) of job \(job)")
                     }
                 case .step:
-                    unitSum += Int(r.values.first ?? 0)
-                    unitRows += a.rows
+                    u.unitSum += Int(r.values.first ?? 0)
+                    u.unitRows += a.rows
                 case .evaluation:
-                    unitSum += Int(r.loss)
-                    unitRows += a.rows
+                    u.unitSum += Int(r.loss)
+                    u.unitRows += a.rows
                 }
-            case .finish(let kind, let unit, let rows):
-                guard let job = running else { continue }
+                sums[job] = u
+            case .finish(let kind, let unit, let rows, let id):
+                guard let job = Self.index(of: id), running.contains(job) else { continue }
                 finish(kind, unit: unit, rows: rows, job: job)
-            case .complete:
-                guard let job = running else { continue }
+            case .complete(let id):
+                guard let job = Self.index(of: id), running.contains(job) else { continue }
                 let units = jobs[job].plan.units
                 if jobs[job].journal.count != units {
                     violation("job \(job) completed with \(jobs[job].journal.count) of \(units) units journaled")
@@ -527,8 +560,9 @@ struct Simulation {
                 jobs[job].done = true
                 jobs[job].doneAt = now
                 lastProgress = now
-                running = nil
-                perform(core.handle(.stopped(revoke: false), now: now))
+                running.remove(job)
+                sums[job] = nil
+                perform(core.handle(.stopped(job: id), now: now))
             case .serve(_, let request):
                 if case .status = request { continue }
                 violation("a request the simulation never makes reached the store: \(request)")
@@ -537,35 +571,42 @@ struct Simulation {
         }
     }
 
-    /// Loads the first unfinished job from the journal, as Coordinator does from its store.
-    private mutating func activateNextJob() {
-        guard let next = jobs.indices.first(where: { !jobs[$0].done }) else { return }
-        running = next
-        let job = jobs[next]
-        let unit = job.journal.count
-        unitSum = 0
-        unitRows = []
-        roundResults = 0
-        roundContributors = []
-        let active = CoordinatorCore.ActiveJob(
-            announcement: JobAnnouncement(
-                job: "job-\(next)", spec: "", modelBlob: "model-\(next)", modelBytes: 0, mode: job.plan.mode.rawValue,
-                totalSteps: job.plan.totalSteps),
-            plan: job.plan, unit: unit, evaluationPending: unit > 0 && job.evaluations[unit] == nil,
-            parameterCount: 1, compression: .none, firstAssignment: Int.random(in: 1...(1 << 31), using: &rng) << 20)
-        perform(core.handle(.started(active), now: now))
+    /// Loads unfinished jobs from the journal, up to `maxRunning` at once, as Coordinator does from its store.
+    private mutating func activateJobs() {
+        for next in jobs.indices where !jobs[next].done && !running.contains(next) {
+            guard running.count < maxRunning else { return }
+            running.insert(next)
+            let job = jobs[next]
+            let unit = job.journal.count
+            sums[next] = Sums()
+            jobs[next].progressAt = now
+            let active = CoordinatorCore.ActiveJob(
+                announcement: JobAnnouncement(
+                    job: "job-\(next)", spec: "", modelBlob: "model-\(next)", modelBytes: 0,
+                    mode: job.plan.mode.rawValue, totalSteps: job.plan.totalSteps),
+                plan: job.plan, unit: unit, evaluationPending: unit > 0 && job.evaluations[unit] == nil,
+                parameterCount: 1, compression: .none,
+                firstAssignment: Int.random(in: 1...(1 << 31), using: &rng) << 20, priority: priorities[next])
+            perform(core.handle(.started(active), now: now))
+        }
     }
 
     private mutating func restartCoordinator() {
         coordinatorUp = true
         coordinatorRun += 1
         core = CoordinatorCore(settings: Self.settings)
-        running = nil
+        running = []
+        sums = [:]
     }
 
     private mutating func finish(_ kind: WorkKind, unit: Int, rows: [String: Int], job: Int) {
         lastProgress = now
+        jobs[job].progressAt = now
         let plan = jobs[job].plan
+        let u = sums[job] ?? Sums()
+        let unitSum = u.unitSum
+        let unitRows = u.unitRows
+        let roundResults = u.roundResults
         switch kind {
         case .step, .evaluation:
             let count = kind == .step ? plan.rowsPerStep : plan.evaluationRows
@@ -600,10 +641,7 @@ struct Simulation {
             }
             jobs[job].journal.append(kind == .round ? roundResults : unitSum)
         }
-        unitSum = 0
-        unitRows = []
-        roundResults = 0
-        roundContributors = []
+        sums[job] = Sums()
     }
 
     // MARK: Forgeries
@@ -611,7 +649,10 @@ struct Simulation {
     /// A result for an assignment its sender does not hold (another worker's outstanding one, or a made-up id):
     /// from an enrolled worker, from a worker key that never said hello on its connection, or from a client.
     private mutating func forge() {
-        guard let job = running, let s = core.schedule else { return }
+        let live = running.sorted()
+        guard !live.isEmpty else { return }
+        let job = live[Int.random(in: 0..<live.count, using: &rng)]
+        guard let s = core.schedule(of: "job-\(job)") else { return }
         let outstanding = s.outstanding.values.sorted { $0.id < $1.id }
         let forger = [Forger.worker, .stranger, .client][Int.random(in: 0..<3, using: &rng)]
         let ids = workers.keys.sorted()
@@ -635,11 +676,17 @@ struct Simulation {
     /// Delivers a forged result. Nothing from a peer that is not a worker the core met on that connection may change
     /// the schedule; from a worker, the result must be ignored (the accept check in `perform` catches the rest).
     private mutating func forged(connection: [UInt8], userId: String, frames: [[UInt8]], by forger: Forger) {
-        let before = core.schedule.map { ($0.unit, $0.outstanding.keys.sorted(), $0.workers.keys.sorted()) }
+        let snapshot = { (core: CoordinatorCore) in
+            core.runningJobIds.map { id in
+                core.schedule(of: id).map {
+                    "\(id) \($0.unit) \($0.outstanding.keys.sorted()) \($0.workers.keys.sorted())"
+                }
+            }
+        }
+        let before = snapshot(core)
         let actions = core.handle(.received(connection, userId: userId, frames: frames), now: now)
         if forger != .worker {
-            let after = core.schedule.map { ($0.unit, $0.outstanding.keys.sorted(), $0.workers.keys.sorted()) }
-            if before?.0 != after?.0 || before?.1 != after?.1 || before?.2 != after?.2 {
+            if before != snapshot(core) {
                 violation("a result from a \(forger.rawValue) (\(userId)) changed the schedule")
             }
             if core.peers[connection]?.worker != nil { violation("a \(forger.rawValue) became a worker without hello") }

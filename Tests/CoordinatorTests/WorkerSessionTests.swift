@@ -79,8 +79,9 @@ import Worker
             return all
         }
 
+        /// A message, and then the end of what the connection holds (`drained`), as the agent's loop feeds them.
         mutating func receive(_ m: Message, after seconds: Double = 0) -> [WorkerSession.Action] {
-            feed(.received(m.encode()), after: seconds)
+            feed(.received(m.encode()), after: seconds) + feed(.drained)
         }
 
         /// Connected and welcomed.
@@ -100,18 +101,20 @@ import Worker
         }
     }
 
-    static func job(totalSteps: Int? = 40) -> Message {
+    static func job(totalSteps: Int? = 40, id: String = "job-1", blob: String = blob) -> Message {
         var fields: JSONObject = [
-            "job": "job-1", "spec": "steps: 0\nepochs: 2\nseq_len: 2\nbatch_size: 1", "model_blob": .string(blob),
+            "job": .string(id), "spec": "steps: 0\nepochs: 2\nseq_len: 2\nbatch_size: 1", "model_blob": .string(blob),
             "model_bytes": .integer(Int64(model.count)), "mode": "sync",
         ]
         if let totalSteps { fields["total_steps"] = .integer(Int64(totalSteps)) }
         return Message(.job, fields)
     }
 
-    static func assign(_ id: Int, parameters: Int = 4, token: Int32 = 3, type: MessageType = .assign) -> Message {
+    static func assign(
+        _ id: Int, parameters: Int = 4, token: Int32 = 3, type: MessageType = .assign, job: String = "job-1"
+    ) -> Message {
         Message(
-            type, ["job": "job-1", "assignment": .integer(Int64(id)), "step": 1, "rows": 1],
+            type, ["job": .string(job), "assignment": .integer(Int64(id)), "step": 1, "rows": 1],
             tensors: [
                 Tensor(name: "parameters", floats: [Float](repeating: 0.5, count: parameters)),
                 Tensor(name: "tokens", ints: [token, 1]), Tensor(name: "targets", ints: [1, -1]),
@@ -124,7 +127,10 @@ import Worker
     }
 
     static func work(_ actions: [WorkerSession.Action]) -> [WorkerSession.Work] {
-        actions.compactMap { if case .compute(let w) = $0 { w } else { nil } }
+        actions.flatMap { a -> [WorkerSession.Work] in
+            if case .compute(let w) = a { return w }
+            return []
+        }
     }
 
     static func result(_ id: Int) -> Message {
@@ -292,7 +298,7 @@ import Worker
             var m = bad
             if m.int("assignment") == 5 { m.metadata["job"] = "job-2" }
             #expect(Self.work(h.receive(m)).isEmpty)
-            #expect(h.session.computing == nil)
+            #expect(h.session.computing.isEmpty)
         }
         #expect(Self.work(h.receive(Self.assign(6, type: .evaluate))).first?.kind == .evaluation)
         // Work that could not run (its model replaced meanwhile) frees the worker for the next, and sends nothing.
@@ -327,5 +333,78 @@ import Worker
         let failure = end.compactMap { if case .fail(let e) = $0 { e } else { nil } }.first
         #expect(failure?.message.contains("join again with a new token") == true)
         #expect(h.session.finished)
+    }
+
+    // MARK: Several jobs
+
+    static func loaded(_ id: String, base: String) -> WorkerSession.LoadedJob {
+        WorkerSession.LoadedJob(
+            id: id, parameterCount: 4, vocabularySize: 10, sequenceLength: 2, federated: false, base: base)
+    }
+
+    static func unloads(_ actions: [WorkerSession.Action]) -> [String] {
+        actions.compactMap { if case .unload(let job) = $0 { job } else { nil } }
+    }
+
+    /// Every job the coordinator announces is held: their models load one after another, each is said ready, and an
+    /// announcement again of a held job is answered at once.
+    @Test func holdsSeveralJobsLoadingOneAtATime() {
+        var h = Harness()
+        h.cache.blobs[Self.blob] = Self.model
+        h.join()
+        #expect(Self.loads(h.receive(Self.job(id: "job-1"))).map(\.id) == ["job-1"])
+        #expect(Self.loads(h.receive(Self.job(id: "job-2"))).isEmpty, "job-2 waits for job-1's load")
+        #expect(Self.loads(h.feed(.loaded(Self.loaded("job-1", base: "b")))).map(\.id) == ["job-2"])
+        h.feed(.loaded(Self.loaded("job-2", base: "b")))
+        #expect(h.sent.filter { $0.type == .ready }.map { $0.string("job") } == ["job-1", "job-2"])
+        #expect(Set(h.session.loaded.keys) == ["job-1", "job-2"])
+        _ = h.receive(Self.job(id: "job-1"))
+        #expect(h.sent.last?.type == .ready && h.sent.last?.string("job") == "job-1")
+    }
+
+    /// Step assignments of two jobs on one base that arrive together are computed in one pass; an evaluation, or a
+    /// job on another base, is computed on its own.
+    @Test func stepsOfJobsOnOneBaseShareAPass() {
+        var h = Harness()
+        h.cache.blobs[Self.blob] = Self.model
+        h.join()
+        for (id, base) in [("job-1", "b"), ("job-2", "b"), ("job-3", "other")] {
+            _ = h.receive(Self.job(id: id))
+            h.feed(.loaded(Self.loaded(id, base: base)))
+        }
+        // Received one after another, started once the connection is drained.
+        var actions = h.feed(.received(Self.assign(1, job: "job-1").encode()))
+        actions += h.feed(.received(Self.assign(2, job: "job-3").encode()))
+        actions += h.feed(.received(Self.assign(3, job: "job-2").encode()))
+        actions += h.feed(.received(Self.assign(4, type: .evaluate, job: "job-2").encode()))
+        #expect(Self.work(actions).isEmpty)
+        let passes = { (a: [WorkerSession.Action]) in
+            a.compactMap { if case .compute(let w) = $0 { w.map(\.assignment) } else { nil } }
+        }
+        #expect(passes(h.feed(.drained)) == [[1, 3]])
+        #expect(h.session.computing == [1, 3])
+        #expect(passes(h.feed(.computed(assignment: 3, result: Self.result(3)))).isEmpty, "the pass is not over")
+        #expect(passes(h.feed(.computed(assignment: 1, result: Self.result(1)))) == [[2]])
+        #expect(passes(h.feed(.computed(assignment: 2, result: Self.result(2)))) == [[4]])
+        #expect(h.sent.filter { $0.type == .result }.map { $0.int("assignment") } == [3, 1, 2])
+    }
+
+    /// A job the coordinator ends (revoke of assignment 0) is dropped: its queued work, its result in hand, and its
+    /// model (unloaded); announced again, it loads again.
+    @Test func anEndedJobIsUnloaded() {
+        var h = Harness()
+        h.cache.blobs[Self.blob] = Self.model
+        h.join()
+        for id in ["job-1", "job-2"] {
+            _ = h.receive(Self.job(id: id))
+            h.feed(.loaded(Self.loaded(id, base: "b")))
+        }
+        _ = h.receive(Self.assign(1, job: "job-1"))
+        _ = h.receive(Self.assign(2, job: "job-1"))
+        let revoked = h.receive(Message(.revoke, ["job": "job-1", "assignment": 0]))
+        #expect(Self.unloads(revoked) == ["job-1"] && Array(h.session.loaded.keys) == ["job-2"])
+        let after = h.feed(.computed(assignment: 1, result: Self.result(1)))
+        #expect(Self.work(after).isEmpty && !h.sent.contains { $0.type == .result }, "nothing of job-1 goes back")
+        #expect(Self.loads(h.receive(Self.job(id: "job-1"))).map(\.id) == ["job-1"])
     }
 }
