@@ -311,6 +311,7 @@ public final class WorkerAgent: @unchecked Sendable {
         }
         let losses = pass.computeGradients(microBatches: batches, normalize: false)
         let seconds = Self.now - started
+        logger.debug("steps of \(works.map(\.0.job).joined(separator: ", ")) computed in one pass over the base")
         for ((work, engine), loss) in zip(works, losses) {
             let result = StepResult(
                 job: work.job, assignment: work.assignment, step: work.step, loss: loss.sum, tokens: loss.tokens,

@@ -170,18 +170,31 @@ import Wire
     }
 
     /// The coordinator SIGKILLed mid-job and restarted on the same state directory: the job resumes from its last
-    /// journaled step, the workers come back by themselves, and the result equals an uninterrupted run.
+    /// journaled step, the workers come back by themselves, and the result equals an uninterrupted run. A second job
+    /// runs on the pool at the same time (on the same base, so the workers compute both in shared passes); it too
+    /// resumes and ends as its uninterrupted run does.
     @Test func aCoordinatorKilledAndRestartedResumesAndFinishesTheSame() throws {
         let c = ClusterHarness("restart")
         try c.startCluster(workers: ["w1", "w2"])
         let steps = 40
         let job = try c.writeJob(steps: steps, batch: 8, seqLen: 48, learningRate: 0.005)
+        let other = try c.writeJob(
+            data: "other", job: "other", lines: ["a quiet harbour", "boats at dawn", "gulls over the pier", "nets"],
+            steps: 24, batch: 4, seqLen: 24, learningRate: 0.01, extra: "priority: 2")
         let id = try c.submit(job)
+        let otherId = try c.submit(other)
         #expect(c.waitUntil(120) { (c.status(id)?["step"]?.intValue ?? 0) >= 5 }, "\(c.logs)")
+        #expect((c.status(otherId)?["step"]?.intValue ?? 0) >= 1, "both jobs run at once: \(c.logs)")
         c.killCoordinator()
         try c.startCoordinator()
         // Before any new step, the restarted coordinator reports the journaled progress: it resumed, not restarted.
         #expect((c.status(id)?["step"]?.intValue ?? 0) >= 5, "it resumed from the journal")
+        let otherFinal = c.waitForJob(otherId)
+        #expect(otherFinal?["state"] == "done", "\(c.logs)")
+        let otherCurve = ClusterHarness.losses(otherFinal)
+        #expect(otherCurve.map(\.step) == Array(1...24))
+        let otherDiff = maxRelativeDifference(otherCurve.map(\.loss), try c.referenceLosses(other))
+        #expect(otherDiff != nil && otherDiff! < 1e-4, "the second job: \(String(describing: otherDiff))")
         let final = c.waitForJob(id)
         #expect(final?["state"] == "done", "\(c.logs)")
         let curve = ClusterHarness.losses(final)

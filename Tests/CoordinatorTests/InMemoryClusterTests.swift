@@ -169,7 +169,10 @@ final class MemoryCluster {
 
     /// Submits the tiny job (with `heldOut` lines as its validation data, evaluated every `evalEvery` steps, and
     /// `extra` lines in its job file); returns its id and the job file (for the one-machine reference).
-    func submit(steps: Int, heldOut: [String] = [], evalEvery: Int = 0, extra: String = "") throws -> (String, String) {
+    func submit(
+        steps: Int, heldOut: [String] = [], evalEvery: Int = 0, extra: String = "", file: String = "job.yaml",
+        rank: Int = 4, seed: Int = 3
+    ) throws -> (String, String) {
         let lines = [
             "the cat sat on the mat", "a dog ran in the park", "bread and butter", "one two three", "hello world",
             "pebbles in a pile", "north south east west", "red green blue", "stones on stones", "the river runs",
@@ -179,15 +182,15 @@ final class MemoryCluster {
         let spec = """
             model: \(Fixtures.path("tiny-llama/a.gguf"))
             data: data.jsonl
-            rank: 4
+            rank: \(rank)
             steps: \(steps)
             seq_len: 24
             batch_size: 4
             learning_rate: 0.01
-            seed: 3
+            seed: \(seed)
             eval_every: \(evalEvery)
             """ + (heldOut.isEmpty ? "" : "\nvalidation_data: held.jsonl") + (extra.isEmpty ? "" : "\n" + extra)
-        let jobFile = dir.appendingPathComponent("job.yaml").path
+        let jobFile = dir.appendingPathComponent(file).path
         try Data(spec.utf8).write(to: URL(fileURLWithPath: jobFile))
         var tensors = [Tensor(name: "data", dtype: .u8, shape: [data.count], bytes: data)]
         var meta: JSONObject = ["spec": .string(spec), "data_name": "data.jsonl"]
@@ -309,5 +312,29 @@ func curve(_ status: JSONObject?) -> [(Int, Double)] {
         let worstEval = zip(evals.map(\.1), referenceEvals.map(\.1)).map { abs($0 - $1) / $1 }.max() ?? 1
         #expect(worstEval < 1e-4, "held-out loss \(evals) vs one machine \(referenceEvals)")
         #expect(c.network.dropped > 0, "messages were dropped")
+    }
+
+    /// Two jobs on one pool at once, on the same base: both run to their end, each journals every step once and
+    /// equals its own one-machine run (their steps computed in shared passes on the workers), and the pool was
+    /// shared: each job had both workers' rows while the other ran.
+    @Test func twoJobsAtOnceEachEqualOneMachine() throws {
+        let c = try MemoryCluster(seed: 7)
+        defer { c.shutdown() }
+        try c.startWorker("w1")
+        try c.startWorker("w2")
+        let (first, firstFile) = try c.submit(steps: 20, file: "first.yaml")
+        let (second, secondFile) = try c.submit(
+            steps: 12, file: "second.yaml", rank: 2, seed: 5)
+        #expect(
+            c.waitUntil(120) { c.status(first)?["state"] == "done" && c.status(second)?["state"] == "done" },
+            "\(c.sink.text)")
+        for (id, file, steps) in [(first, firstFile, 20), (second, secondFile, 12)] {
+            let final = c.status(id)
+            #expect(curve(final).map(\.0) == Array(1...steps), "\(id): every step journaled once")
+            let reference = try referenceCurve(file, c.dir)
+            let worst = zip(curve(final).map(\.1), reference).map { abs($0 - $1) / $1 }.max() ?? 1
+            #expect(reference.count == steps && worst < 1e-4, "\(id): worst relative difference \(worst)")
+        }
+        #expect(c.sink.text.contains("in one pass"), "a worker computed both jobs' steps in one pass")
     }
 }
