@@ -147,6 +147,15 @@ public struct CoordinatorCore: Sendable {
     private var shareOffset: [String: Double] = [:]
     /// Jobs that could use the pool when the share was last looked at.
     private var wanting: Set<String> = []
+    /// A worker's step assignments in flight, of every job: it computes them together (in one pass where they share
+    /// a base), so with several jobs running its speed is measured over each time it is busy, from the first
+    /// assignment handed to it to the last result in.
+    private struct Busy {
+        var since: Double
+        var open: [Int: Int] = [:]
+        var rowsDone = 0
+    }
+    private var busy: [String: Busy] = [:]
     /// How each worker's last connection ended (by worker id), for `cairn workers`.
     public private(set) var departures: [String: Departure] = [:]
     /// Gaps between consecutive messages from workers, and workers declared gone for silence.
@@ -493,6 +502,10 @@ public struct CoordinatorCore: Sendable {
             peers[c]?.worker?.faults[id] = nil
             peers[c]?.worker?.jobSentAt[id] = nil
         }
+        // Its assignments in flight no longer keep their workers busy.
+        for a in schedule.outstanding.values.sorted(by: { $0.id < $1.id }) {
+            settle(worker: a.worker, assignment: a.id, done: false)
+        }
         jobs.removeAll { $0.id == id }
         schedules[id] = nil
         shareOffset[id] = nil
@@ -535,8 +548,12 @@ public struct CoordinatorCore: Sendable {
         let limit = shareLimit(id)
         guard var s = schedules[id] else { return [] }
         s.beginLimit = limit
+        s.measuresSpeed = jobs.count == 1
+        s.rowsInFlight = jobs.count == 1 ? [:] : busy.mapValues { $0.open.values.reduce(0, +) }
         let actions = s.handle(event, now: now)
         schedules[id] = s
+        if case .gone(let worker) = event { busy[worker] = nil }
+        trackBusy(actions)
         for action in actions {
             switch action {
             case .begin(let kind, let unit): out.append(.begin(kind, unit: unit, job: id))
@@ -576,6 +593,33 @@ public struct CoordinatorCore: Sendable {
 
     /// Set while the other jobs are nudged after a finished unit (they do not nudge in turn).
     private var nudging = false
+
+    /// Follows each worker's step assignments across jobs; when the last one in flight is done, the rows it computed
+    /// over the time it was busy are its speed for every job (while several jobs run).
+    private mutating func trackBusy(_ actions: [JobSchedule.Action]) {
+        for action in actions {
+            switch action {
+            case .assign(let a, .step, _):
+                busy[a.worker, default: Busy(since: now)].open[a.id] = a.rows.count
+            case .accept(let a, .step): settle(worker: a.worker, assignment: a.id, done: true)
+            case .revoke(let a, .step), .released(let a, .step): settle(worker: a.worker, assignment: a.id, done: false)
+            default: break
+            }
+        }
+    }
+
+    private mutating func settle(worker: String, assignment: Int, done: Bool) {
+        guard var b = busy[worker], let rows = b.open.removeValue(forKey: assignment) else { return }
+        if done { b.rowsDone += rows }
+        guard b.open.isEmpty else {
+            busy[worker] = b
+            return
+        }
+        busy[worker] = nil
+        guard jobs.count > 1, b.rowsDone > 0 else { return }
+        let speed = Double(b.rowsDone) / max(1e-3, now - b.since)
+        for id in schedules.keys { schedules[id]?.observe(worker: worker, rowsPerSecond: speed) }
+    }
 
     private mutating func note(_ level: Logger.Level, _ text: String, _ metadata: Logger.Metadata? = nil) {
         out.append(.log(level, text, metadata))

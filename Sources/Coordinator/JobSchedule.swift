@@ -146,6 +146,13 @@ public struct JobSchedule: Sendable {
     /// The share policy's say: a new unit begins only while `servedRows` is at most this (nil: no limit). Set by the
     /// runner before each event; a unit in progress always runs to its end.
     public var beginLimit: Double?
+    /// Whether a step's result measures its worker's speed (rows over turnaround). With several jobs on the pool a
+    /// worker's turnaround holds other jobs' rows too, so the runner measures whole passes instead and hands the
+    /// speed in (`observe`).
+    public var measuresSpeed = true
+    /// Rows other jobs have in flight on each worker (set by the runner while several jobs run): an assignment's
+    /// deadline allows for them, as the worker computes them first or in the same pass.
+    public var rowsInFlight: [String: Int] = [:]
 
     /// A schedule starting after `unit` journaled units; `evaluationPending`: the evaluation after that unit is due
     /// and not journaled (a coordinator stopped between the two). Assignment ids start at `firstAssignment`: a
@@ -267,7 +274,11 @@ public struct JobSchedule: Sendable {
             phase = .step(w)
             // Speed from the turnaround (sent to received), not the compute time the worker reports: a worker on a
             // slow link is slower to the job however fast it computes, and gets fewer rows.
-            measure(id, rows: a.rows.count, seconds: max(1e-3, now - a.started, seconds))
+            if measuresSpeed {
+                measure(id, rows: a.rows.count, seconds: max(1e-3, now - a.started, seconds))
+            } else {
+                workers[id]?.missedDeadlines = 0
+            }
             servedRows += a.rows.count
             return [.accept(a, .step)]
         case .evaluation(var w, let after):
@@ -293,6 +304,13 @@ public struct JobSchedule: Sendable {
 
     private mutating func missed(_ id: String) {
         workers[id]?.missedDeadlines += 1
+    }
+
+    /// A worker's speed measured by the runner over a whole pass (rows of every job in it over its turnaround).
+    public mutating func observe(worker id: String, rowsPerSecond speed: Double) {
+        guard workers[id] != nil, speed.isFinite, speed > 0 else { return }
+        let previous = workers[id]?.rowsPerSecond
+        workers[id]?.rowsPerSecond = previous.map { 0.5 * $0 + 0.5 * speed } ?? speed
     }
 
     private mutating func measure(_ id: String, rows: Int, seconds: Double) {
@@ -409,10 +427,12 @@ public struct JobSchedule: Sendable {
         }
         let deadlines = self.deadlines
         let known = workers
+        let inFlight = rowsInFlight
         let assignments = w.distribute(idle: speeds, now: now) { id, rows in
             let patience = known[id]?.patience ?? 1
             guard let rps = known[id]?.rowsPerSecond else { return deadlines.first * patience }
-            return max(deadlines.floor, 3 * Double(rows) / rps + deadlines.floor / 2) * patience
+            let queued = Double(rows + (inFlight[id] ?? 0))
+            return max(deadlines.floor, 3 * queued / rps + deadlines.floor / 2) * patience
         }
         // A ready worker left without rows (too slow for a share, e.g. behind a slow link) has its speed estimate
         // raised a little each time, so every few dozen steps it is tried again with a row and re-measured: a link

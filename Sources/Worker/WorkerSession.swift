@@ -258,7 +258,9 @@ public struct WorkerSession {
         self.now = now
         out = []
         switch event {
-        case .tick: tick()
+        case .tick:
+            tick()
+            startNext()
         case .stop:
             if !leaving {
                 leaving = true
@@ -302,6 +304,7 @@ public struct WorkerSession {
             nextFocus()
         case .computed(let assignment, let result):
             computing.removeAll { $0 == assignment }
+            if computing.isEmpty { lastPassSeconds = now - passStarted }
             if revoked.remove(assignment) == nil { send(result) }
             startNext()
         case .computeFailed(let assignment, let why):
@@ -416,6 +419,7 @@ public struct WorkerSession {
             } catch { return }
             // Started once every waiting message is in (`drained`), so assignments of two jobs sent together share
             // a pass.
+            if case .step(let m) = a, !m.evaluation { lastStep[m.job] = now }
             queued.append(a)
         case .revoke:
             guard let r = try? m.decode(as: Revoke.self) else { return }
@@ -649,10 +653,47 @@ public struct WorkerSession {
     /// The job of each assignment in the pass in hand.
     private var computingJobs: [Int: String] = [:]
 
+    /// When a step assignment of each job last arrived, and how long the last pass took.
+    private var lastStep: [String: Double] = [:]
+    private var passStarted = 0.0
+    private var lastPassSeconds: Double?
+    /// Since when the next step assignment has waited for a companion.
+    private var holdingSince: Double?
+
+    /// Whether the next queued assignment should wait a moment for another job's: it is a step, nothing queued can
+    /// share its pass, and another loaded job on its base had steps lately (the coordinator sends two jobs' steps
+    /// together, but the second may still be on the wire). The wait is at most a tenth of the last pass, and never
+    /// over 0.25 s.
+    private mutating func waitsForCompanion() -> Bool {
+        guard case .step(let m)? = queued.first, !m.evaluation, let base = loaded[m.job]?.base, !base.isEmpty else {
+            return false
+        }
+        let companionQueued = queued.dropFirst().contains {
+            if case .step(let o) = $0, !o.evaluation, o.job != m.job, loaded[o.job]?.base == base {
+                true
+            } else {
+                false
+            }
+        }
+        let companionActive = loaded.values.contains {
+            $0.id != m.job && $0.base == base && now - (lastStep[$0.id] ?? -.infinity) < 30
+        }
+        guard !companionQueued, companionActive else {
+            holdingSince = nil
+            return false
+        }
+        let since = holdingSince ?? now
+        holdingSince = since
+        let limit = min(0.25, max(0.02, 0.1 * (lastPassSeconds ?? 0.5)))
+        if now - since < limit { return true }
+        holdingSince = nil
+        return false
+    }
+
     /// Starts the next queued assignment, with the step assignments of other jobs on the same base queued now (one
     /// per job): they are computed in one pass over the base.
     private mutating func startNext() {
-        guard !leaving, computing.isEmpty else { return }
+        guard !leaving, computing.isEmpty, !waitsForCompanion() else { return }
         while !queued.isEmpty {
             let a = queued.removeFirst()
             guard let first = check(a) else { continue }
@@ -674,6 +715,7 @@ public struct WorkerSession {
             }
             computing = works.map(\.assignment)
             computingJobs = Dictionary(uniqueKeysWithValues: works.map { ($0.assignment, $0.job) })
+            passStarted = now
             out.append(.compute(works))
             return
         }

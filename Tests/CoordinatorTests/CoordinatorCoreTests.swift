@@ -3,6 +3,7 @@
 
 import Coordinator
 import Support
+import TensorKernels
 import Testing
 import Wire
 
@@ -308,5 +309,35 @@ import Wire
         // job-2's result finishes its step: both begin their next at once.
         let both = Self.handed(answer(first[1]))
         #expect(Set(both.map(\.job)) == ["job-1", "job-2"] && both.allSatisfy { $0.unit == 2 }, "\(both)")
+    }
+
+    static func answer(_ h: inout Harness, _ x: Handed, after seconds: Double) -> [CoordinatorCore.Action] {
+        let r = StepResult(
+            job: x.job, assignment: x.assignment.id, step: x.unit, loss: 1, tokens: x.assignment.rows.count,
+            seconds: seconds, gradient: Tensor(name: "gradient", floats: [1, 1]))
+        return h.receive(x.to, as: "worker key-\(x.to)", r.message, after: seconds)
+    }
+
+    /// With two jobs, a worker computes both jobs' rows in each pass, so its turnaround for one job holds the other's
+    /// rows too: speeds are measured over whole passes, and every job sees the worker's speed over all its rows
+    /// (measured per job, a worker's speed for a job depended on how many rows of the other job it also held, and
+    /// on a real pool the split of a job between two equal workers settled at 3 rows to 1).
+    @Test func aWorkersSpeedIsMeasuredOverItsWholePass() throws {
+        var h = Harness()
+        let plan = JobPlan(mode: .sync, totalSteps: 10, rowsPerStep: 4)
+        h.start(plan, id: "job-1")
+        h.start(JobPlan(mode: .sync, totalSteps: 10, rowsPerStep: 2), id: "job-2", firstAssignment: 1 << 30)
+        let pass = Self.handed(h.join("a", jobs: ["job-1", "job-2"]))
+        #expect(pass.map(\.assignment.rows.count) == [4, 2])
+        let started = try #require(pass.first?.assignment.started)
+        _ = Self.answer(&h, pass[0], after: 5)
+        _ = Self.answer(&h, pass[1], after: 1)
+        // 6 rows in 6 s: one row a second, for both jobs.
+        let id = try #require(h.core.peers[Harness.connection("a")]?.worker?.id)
+        #expect(abs(h.now - started - 6) < 0.1)
+        for job in ["job-1", "job-2"] {
+            let speed = try #require(h.core.schedule(of: job)?.workers[id]?.rowsPerSecond)
+            #expect(abs(speed - 6 / (h.now - started)) < 1e-9, "\(job): \(speed) rows/s")
+        }
     }
 }

@@ -407,4 +407,36 @@ import Worker
         #expect(Self.work(after).isEmpty && !h.sent.contains { $0.type == .result }, "nothing of job-1 goes back")
         #expect(Self.loads(h.receive(Self.job(id: "job-1"))).map(\.id) == ["job-1"])
     }
+
+    /// A step assignment that arrives alone, while another job on its base has been sending steps, waits a moment
+    /// for that job's (still on the wire) and goes into one pass with it; if none comes, it starts alone after at
+    /// most a tenth of the last pass.
+    @Test func aLoneStepWaitsBrieflyForItsCompanion() {
+        var h = Harness()
+        h.cache.blobs[Self.blob] = Self.model
+        h.join()
+        for id in ["job-1", "job-2"] {
+            _ = h.receive(Self.job(id: id))
+            h.feed(.loaded(Self.loaded(id, base: "b")))
+        }
+        let passes = { (a: [WorkerSession.Action]) in
+            a.compactMap { if case .compute(let w) = $0 { w.map(\.assignment) } else { nil } }
+        }
+        var actions = h.feed(.received(Self.assign(1, job: "job-1").encode()))
+        actions += h.feed(.received(Self.assign(2, job: "job-2").encode()))
+        #expect(passes(actions + h.feed(.drained)) == [[1, 2]])
+        h.feed(.computed(assignment: 1, result: Self.result(1)))
+        h.feed(.computed(assignment: 2, result: Self.result(2)), after: 1)
+        // The last pass took 1 s: a lone step waits up to 0.1 s.
+        #expect(passes(h.receive(Self.assign(3, job: "job-1"))).isEmpty)
+        #expect(passes(h.feed(.tick, after: 0.05)).isEmpty)
+        #expect(passes(h.receive(Self.assign(4, job: "job-2"), after: 0.01)) == [[3, 4]])
+        h.feed(.computed(assignment: 3, result: Self.result(3)))
+        h.feed(.computed(assignment: 4, result: Self.result(4)), after: 1)
+        #expect(passes(h.receive(Self.assign(5, job: "job-1"))).isEmpty)
+        #expect(passes(h.feed(.tick, after: 0.11)) == [[5]], "no companion came: it runs alone")
+        // An evaluation never waits.
+        h.feed(.computed(assignment: 5, result: Self.result(5)))
+        #expect(passes(h.receive(Self.assign(6, type: .evaluate, job: "job-1"))) == [[6]])
+    }
 }
