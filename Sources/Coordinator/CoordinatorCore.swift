@@ -147,9 +147,10 @@ public struct CoordinatorCore: Sendable {
     private var shareOffset: [String: Double] = [:]
     /// Jobs that could use the pool when the share was last looked at.
     private var wanting: Set<String> = []
-    /// A worker's step assignments in flight, of every job: it computes them together (in one pass where they share
-    /// a base), so with several jobs running its speed is measured over each time it is busy, from the first
-    /// assignment handed to it to the last result in.
+    /// A worker's assignments in flight (steps, rounds, evaluations), of every job: it computes them one pass after
+    /// another (steps of jobs on one base in the same pass), so with several jobs running its speed is measured over
+    /// each time it is busy, from the first assignment handed to it to the last result in, and each new assignment's
+    /// deadline allows for the rows ahead of it.
     private struct Busy {
         var since: Double
         var open: [Int: Int] = [:]
@@ -594,15 +595,14 @@ public struct CoordinatorCore: Sendable {
     /// Set while the other jobs are nudged after a finished unit (they do not nudge in turn).
     private var nudging = false
 
-    /// Follows each worker's step assignments across jobs; when the last one in flight is done, the rows it computed
-    /// over the time it was busy are its speed for every job (while several jobs run).
+    /// Follows each worker's assignments across jobs; when the last one in flight is done, the rows it computed over
+    /// the time it was busy are its speed for every job (while several jobs run).
     private mutating func trackBusy(_ actions: [JobSchedule.Action]) {
         for action in actions {
             switch action {
-            case .assign(let a, .step, _):
-                busy[a.worker, default: Busy(since: now)].open[a.id] = a.rows.count
-            case .accept(let a, .step): settle(worker: a.worker, assignment: a.id, done: true)
-            case .revoke(let a, .step), .released(let a, .step): settle(worker: a.worker, assignment: a.id, done: false)
+            case .assign(let a, _, _): busy[a.worker, default: Busy(since: now)].open[a.id] = a.rows.count
+            case .accept(let a, _): settle(worker: a.worker, assignment: a.id, done: true)
+            case .revoke(let a, _), .released(let a, _): settle(worker: a.worker, assignment: a.id, done: false)
             default: break
             }
         }

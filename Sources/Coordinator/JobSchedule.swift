@@ -458,8 +458,9 @@ public struct JobSchedule: Sendable {
         let steps = plan.stepsInRound(after: unit)
         let rows = steps * plan.rowsPerStep
         for (id, w) in eligibleForRounds where !r.participants.contains(id) {
+            let queued = Double(rows + (rowsInFlight[id] ?? 0))
             let deadline =
-                (w.rowsPerSecond.map { max(deadlines.floor, 3 * Double(rows) / $0 + deadlines.floor) }
+                (w.rowsPerSecond.map { max(deadlines.floor, 3 * queued / $0 + deadlines.floor) }
                     ?? deadlines.first * 3) * w.patience
             let a = Assignment(
                 id: nextAssignment, worker: id, rows: Array(0..<rows), deadline: now + deadline, started: now)
