@@ -178,7 +178,7 @@ public struct CoordinatorCore: Sendable {
     /// A running job's schedule.
     public func schedule(of job: String) -> JobSchedule? { schedules[job] }
 
-    /// The running job's (the first's, when several run) id: what a single-job view shows.
+    /// The running jobs' ids, in the order they started.
     public var runningJobIds: [String] { jobs.map(\.id) }
 
     /// Takes one event at time `now` (seconds); returns what to do, in order.
@@ -553,7 +553,6 @@ public struct CoordinatorCore: Sendable {
         s.rowsInFlight = jobs.count == 1 ? [:] : busy.mapValues { $0.open.values.reduce(0, +) }
         let actions = s.handle(event, now: now)
         schedules[id] = s
-        if case .gone(let worker) = event { busy[worker] = nil }
         trackBusy(actions)
         for action in actions {
             switch action {

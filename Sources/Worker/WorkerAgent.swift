@@ -279,12 +279,16 @@ public final class WorkerAgent: @unchecked Sendable {
                 post(.computeFailed(assignment: work.assignment, why: "\(work.job) is no longer loaded here"))
             }
         }
-        if ready.count > 1, let pass = sharedPass(ready.map(\.1)) {
-            let together = ready
-            Thread.detachNewThread { [self] in computeShared(together, pass: pass) }
-            return
+        let together = ready
+        let pass = ready.count > 1 ? sharedPass(ready.map(\.1)) : nil
+        // One thread, one pass at a time: the kernels use every thread the worker was given.
+        Thread.detachNewThread { [self] in
+            if let pass {
+                computeShared(together, pass: pass)
+            } else {
+                for (work, engine) in together { computeAlone(work, engine: engine) }
+            }
         }
-        for (work, engine) in ready { computeAlone(work, engine: engine) }
     }
 
     /// The shared pass of these engines' sessions (nil unless they train on one model).
@@ -322,9 +326,9 @@ public final class WorkerAgent: @unchecked Sendable {
         }
     }
 
-    /// Runs one assignment on a background thread; posts its result.
+    /// Runs one assignment (on the compute thread); posts its result.
     private func computeAlone(_ work: WorkerSession.Work, engine: Engine) {
-        Thread.detachNewThread { [self] in
+        do {
             let started = Self.now
             let session = engine.session
             let size = engine.config.batchSize

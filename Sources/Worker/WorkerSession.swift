@@ -503,6 +503,7 @@ public struct WorkerSession {
         guard let j = jobs.removeValue(forKey: id) else { return }
         j.claim?.release()
         order.removeAll { $0 == id }
+        lastStep[id] = nil
         if loaded.removeValue(forKey: id) != nil { out.append(.unload(job: id)) }
         if focus == id {
             focus = nil
@@ -714,7 +715,7 @@ public struct WorkerSession {
                 queued = rest
             }
             computing = works.map(\.assignment)
-            computingJobs = Dictionary(uniqueKeysWithValues: works.map { ($0.assignment, $0.job) })
+            computingJobs = Dictionary(works.map { ($0.assignment, $0.job) }, uniquingKeysWith: { first, _ in first })
             passStarted = now
             out.append(.compute(works))
             return
