@@ -103,8 +103,9 @@ enum ChaosMode: String, CaseIterable, CustomTestStringConvertible, Sendable {
     @Test(arguments: ChaosMode.allCases)
     func linkCutFor20Seconds(mode: ChaosMode) throws {
         let c = try NetnsCluster("link-\(mode)", workers: 2, workerData: mode.workerData(2))
-        // Long enough to outlast the cut and the rejoin: a round of 5 local steps on w2 alone takes ~0.05 s here.
-        let units = mode == .sync ? 1000 : 800
+        // Long enough to outlast the cut and the rejoin: a round of 5 local steps on w2 alone takes 0.02-0.055 s
+        // here (800 rounds once ended within the cut, before w1's reconnect, whose backoff had grown to 8 s).
+        let units = mode == .sync ? 1000 : 2400
         let job = try mode.writeJob(c, units: units)
         let id = try c.submit(job)
         #expect(c.waitUntil(60) { c.step(id) >= mode.units(20) && c.rowsDone("w1") > 0 }, "\(c.logs)")
