@@ -161,18 +161,15 @@ extension Coordinator {
             v.info?.rowsPerSecond =
                 schedules.lazy.compactMap { $0.workers[w.id]?.rowsPerSecond }.first ?? w.rowsPerSecond
             let failed = running.filter { w.faults[$0] != nil }
+            if !failed.isEmpty { v.error = failed.compactMap { w.faults[$0] }.joined(separator: "; ") }
             if !running.isEmpty, failed.count == running.count {
                 v.state = "failed"
-                v.error = failed.compactMap { w.faults[$0] }.joined(separator: "; ")
             } else {
                 let busy = schedules.contains { $0.busyWorkers.contains(w.id) }
                 v.state =
                     busy
                     ? "computing"
                     : running.isEmpty ? "idle" : running.contains { w.readyJobs.contains($0) } ? "ready" : "loading"
-                if !failed.isEmpty {
-                    v.error = failed.compactMap { w.faults[$0].map { "\($0)" } }.joined(separator: "; ")
-                }
             }
             v.lastHeard = max(0, now - p.lastSeen)
             if !running.isEmpty { v.share = metrics.shares[w.id] ?? 0 }

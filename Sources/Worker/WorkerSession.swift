@@ -219,8 +219,8 @@ public struct WorkerSession {
 
     // Assignments.
     public private(set) var loaded: [String: LoadedJob] = [:]
-    /// The assignments of the pass in hand.
-    public private(set) var computing: [Int] = []
+    /// The assignments of the pass in hand, in ascending order.
+    public var computing: [Int] { computingJobs.keys.sorted() }
     private var revoked: Set<Int> = []
     private var queued: [Incoming] = []
 
@@ -264,7 +264,7 @@ public struct WorkerSession {
         case .stop:
             if !leaving {
                 leaving = true
-                if !computing.isEmpty { log("stopping: finishing the assignment in hand first") }
+                if !computingJobs.isEmpty { log("stopping: finishing the assignment in hand first") }
             }
         case .connected:
             connected = true
@@ -303,18 +303,18 @@ public struct WorkerSession {
             send(ErrorReport(code: "load", text: message, job: id).message)
             nextFocus()
         case .computed(let assignment, let result):
-            computing.removeAll { $0 == assignment }
-            if computing.isEmpty { lastPassSeconds = now - passStarted }
+            computingJobs[assignment] = nil
+            if computingJobs.isEmpty { lastPassSeconds = now - passStarted }
             if revoked.remove(assignment) == nil { send(result) }
             startNext()
         case .computeFailed(let assignment, let why):
             // Nothing goes back: the coordinator gives the work to another worker when its deadline passes.
-            computing.removeAll { $0 == assignment }
+            computingJobs[assignment] = nil
             revoked.remove(assignment)
             log(.warning, "assignment \(assignment) not computed: \(why)")
             startNext()
         }
-        if leaving, computing.isEmpty, !finished { leave() }
+        if leaving, computingJobs.isEmpty, !finished { leave() }
         return out
     }
 
@@ -425,11 +425,11 @@ public struct WorkerSession {
             guard let r = try? m.decode(as: Revoke.self) else { return }
             if r.assignment == 0 {
                 // Assignment 0: the job ended (cancelled, done or failed): its work is dropped and it is unloaded.
-                revoked.formUnion(computing.filter { c in computingJobs[c] == r.job })
+                revoked.formUnion(computingJobs.filter { $0.value == r.job }.keys)
                 queued.removeAll { $0.job == r.job }
                 drop(r.job)
             } else {
-                if computing.contains(r.assignment) { revoked.insert(r.assignment) }
+                if computingJobs[r.assignment] != nil { revoked.insert(r.assignment) }
                 queued.removeAll { $0.assignment == r.assignment }
             }
         case .error:
@@ -651,7 +651,7 @@ public struct WorkerSession {
 
     // MARK: Assignments
 
-    /// The job of each assignment in the pass in hand.
+    /// The pass in hand: the job of each of its assignments still computing.
     private var computingJobs: [Int: String] = [:]
 
     /// When a step assignment of each job last arrived, and how long the last pass took.
@@ -694,7 +694,7 @@ public struct WorkerSession {
     /// Starts the next queued assignment, with the step assignments of other jobs on the same base queued now (one
     /// per job): they are computed in one pass over the base.
     private mutating func startNext() {
-        guard !leaving, computing.isEmpty, !waitsForCompanion() else { return }
+        guard !leaving, computingJobs.isEmpty, !waitsForCompanion() else { return }
         while !queued.isEmpty {
             let a = queued.removeFirst()
             guard let first = check(a) else { continue }
@@ -714,7 +714,6 @@ public struct WorkerSession {
                 }
                 queued = rest
             }
-            computing = works.map(\.assignment)
             computingJobs = Dictionary(works.map { ($0.assignment, $0.job) }, uniquingKeysWith: { first, _ in first })
             passStarted = now
             out.append(.compute(works))

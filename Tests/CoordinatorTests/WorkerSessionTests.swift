@@ -342,6 +342,23 @@ import Worker
             id: id, parameterCount: 4, vocabularySize: 10, sequenceLength: 2, federated: false, base: base)
     }
 
+    /// The assignments of each pass started, in order.
+    static func passes(_ actions: [WorkerSession.Action]) -> [[Int]] {
+        actions.compactMap { if case .compute(let w) = $0 { w.map(\.assignment) } else { nil } }
+    }
+
+    /// A session, connected and welcomed, holding these jobs (id, base) loaded.
+    static func holding(_ jobs: [(id: String, base: String)]) -> Harness {
+        var h = Harness()
+        h.cache.blobs[Self.blob] = Self.model
+        h.join()
+        for (id, base) in jobs {
+            _ = h.receive(Self.job(id: id))
+            h.feed(.loaded(Self.loaded(id, base: base)))
+        }
+        return h
+    }
+
     static func unloads(_ actions: [WorkerSession.Action]) -> [String] {
         actions.compactMap { if case .unload(let job) = $0 { job } else { nil } }
     }
@@ -365,40 +382,25 @@ import Worker
     /// Step assignments of two jobs on one base that arrive together are computed in one pass; an evaluation, or a
     /// job on another base, is computed on its own.
     @Test func stepsOfJobsOnOneBaseShareAPass() {
-        var h = Harness()
-        h.cache.blobs[Self.blob] = Self.model
-        h.join()
-        for (id, base) in [("job-1", "b"), ("job-2", "b"), ("job-3", "other")] {
-            _ = h.receive(Self.job(id: id))
-            h.feed(.loaded(Self.loaded(id, base: base)))
-        }
+        var h = Self.holding([("job-1", "b"), ("job-2", "b"), ("job-3", "other")])
         // Received one after another, started once the connection is drained.
         var actions = h.feed(.received(Self.assign(1, job: "job-1").encode()))
         actions += h.feed(.received(Self.assign(2, job: "job-3").encode()))
         actions += h.feed(.received(Self.assign(3, job: "job-2").encode()))
         actions += h.feed(.received(Self.assign(4, type: .evaluate, job: "job-2").encode()))
         #expect(Self.work(actions).isEmpty)
-        let passes = { (a: [WorkerSession.Action]) in
-            a.compactMap { if case .compute(let w) = $0 { w.map(\.assignment) } else { nil } }
-        }
-        #expect(passes(h.feed(.drained)) == [[1, 3]])
+        #expect(Self.passes(h.feed(.drained)) == [[1, 3]])
         #expect(h.session.computing == [1, 3])
-        #expect(passes(h.feed(.computed(assignment: 3, result: Self.result(3)))).isEmpty, "the pass is not over")
-        #expect(passes(h.feed(.computed(assignment: 1, result: Self.result(1)))) == [[2]])
-        #expect(passes(h.feed(.computed(assignment: 2, result: Self.result(2)))) == [[4]])
+        #expect(Self.passes(h.feed(.computed(assignment: 3, result: Self.result(3)))).isEmpty, "the pass is not over")
+        #expect(Self.passes(h.feed(.computed(assignment: 1, result: Self.result(1)))) == [[2]])
+        #expect(Self.passes(h.feed(.computed(assignment: 2, result: Self.result(2)))) == [[4]])
         #expect(h.sent.filter { $0.type == .result }.map { $0.int("assignment") } == [3, 1, 2])
     }
 
     /// A job the coordinator ends (revoke of assignment 0) is dropped: its queued work, its result in hand, and its
     /// model (unloaded); announced again, it loads again.
     @Test func anEndedJobIsUnloaded() {
-        var h = Harness()
-        h.cache.blobs[Self.blob] = Self.model
-        h.join()
-        for id in ["job-1", "job-2"] {
-            _ = h.receive(Self.job(id: id))
-            h.feed(.loaded(Self.loaded(id, base: "b")))
-        }
+        var h = Self.holding([("job-1", "b"), ("job-2", "b")])
         _ = h.receive(Self.assign(1, job: "job-1"))
         _ = h.receive(Self.assign(2, job: "job-1"))
         let revoked = h.receive(Message(.revoke, ["job": "job-1", "assignment": 0]))
@@ -412,31 +414,22 @@ import Worker
     /// for that job's (still on the wire) and goes into one pass with it; if none comes, it starts alone after at
     /// most a tenth of the last pass.
     @Test func aLoneStepWaitsBrieflyForItsCompanion() {
-        var h = Harness()
-        h.cache.blobs[Self.blob] = Self.model
-        h.join()
-        for id in ["job-1", "job-2"] {
-            _ = h.receive(Self.job(id: id))
-            h.feed(.loaded(Self.loaded(id, base: "b")))
-        }
-        let passes = { (a: [WorkerSession.Action]) in
-            a.compactMap { if case .compute(let w) = $0 { w.map(\.assignment) } else { nil } }
-        }
+        var h = Self.holding([("job-1", "b"), ("job-2", "b")])
         var actions = h.feed(.received(Self.assign(1, job: "job-1").encode()))
         actions += h.feed(.received(Self.assign(2, job: "job-2").encode()))
-        #expect(passes(actions + h.feed(.drained)) == [[1, 2]])
+        #expect(Self.passes(actions + h.feed(.drained)) == [[1, 2]])
         h.feed(.computed(assignment: 1, result: Self.result(1)))
         h.feed(.computed(assignment: 2, result: Self.result(2)), after: 1)
         // The last pass took 1 s: a lone step waits up to 0.1 s.
-        #expect(passes(h.receive(Self.assign(3, job: "job-1"))).isEmpty)
-        #expect(passes(h.feed(.tick, after: 0.05)).isEmpty)
-        #expect(passes(h.receive(Self.assign(4, job: "job-2"), after: 0.01)) == [[3, 4]])
+        #expect(Self.passes(h.receive(Self.assign(3, job: "job-1"))).isEmpty)
+        #expect(Self.passes(h.feed(.tick, after: 0.05)).isEmpty)
+        #expect(Self.passes(h.receive(Self.assign(4, job: "job-2"), after: 0.01)) == [[3, 4]])
         h.feed(.computed(assignment: 3, result: Self.result(3)))
         h.feed(.computed(assignment: 4, result: Self.result(4)), after: 1)
-        #expect(passes(h.receive(Self.assign(5, job: "job-1"))).isEmpty)
-        #expect(passes(h.feed(.tick, after: 0.11)) == [[5]], "no companion came: it runs alone")
+        #expect(Self.passes(h.receive(Self.assign(5, job: "job-1"))).isEmpty)
+        #expect(Self.passes(h.feed(.tick, after: 0.11)) == [[5]], "no companion came: it runs alone")
         // An evaluation never waits.
         h.feed(.computed(assignment: 5, result: Self.result(5)))
-        #expect(passes(h.receive(Self.assign(6, type: .evaluate, job: "job-1"))) == [[6]])
+        #expect(Self.passes(h.receive(Self.assign(6, type: .evaluate, job: "job-1"))) == [[6]])
     }
 }
