@@ -28,7 +28,7 @@ extension Coordinator {
             let j = try loadJob(record: record, blobs: blobs)
             try store.setState(record.id, .running)
             jobs[j.id] = j as any RunningJob
-            lastCheckpoint[j.id] = record.checkpointBlob
+            journalWriter.setCheckpoint(record.checkpointBlob, of: j.id)
             log("\(j.id) running from \(j.unitName) \(j.step) of \(j.units)")
             let announcement = JobAnnouncement(
                 job: j.id, spec: j.prepared.config.yaml(), modelBlob: record.modelBlob,
@@ -47,40 +47,51 @@ extension Coordinator {
     }
 
     /// Drops a running job (cancelled, failed or done); the workers that hold it drop its work and unload it.
+    /// Its journal entries are written first, so none lands after the state the caller sets next.
     func stopJob(_ id: String) {
         guard jobs.removeValue(forKey: id) != nil else { return }
+        journalWriter.drain()
         perform(core.handle(.stopped(job: id), now: Self.now))
         nextActivation = 0
     }
 
-    /// Journals a completed step or round: checkpoint blob first, then the step's row and the job's pointer in one
-    /// transaction, then the previous checkpoint dropped.
+    /// Journals a completed step or round: hands it to the journal writer (checkpoint blob first, then the
+    /// step's row and the job's pointer in one transaction, then the previous checkpoint dropped) and goes on; the
+    /// step is reported once it is written (`journaled`).
     func journal(_ job: any RunningJob, record: StepRecord, checkpoint: Checkpoint) {
-        let previous = job.record.checkpointBlob
-        do {
-            let tmp = (options.stateDirectory as NSString).appendingPathComponent("checkpoint.tmp")
-            try checkpoint.write(to: tmp)
-            let blob = try blobs.adopt(file: tmp)
-            let probe = options.journalProbe
-            probe?("checkpoint", record.step)
-            try store.journal(job: job.id, step: record, checkpointBlob: blob) { probe?("transaction", record.step) }
-            probe?("cleanup", record.step)
-            if let old = lastCheckpoint[job.id] ?? previous, old != blob { blobs.remove(old) }
-            lastCheckpoint[job.id] = blob
-        } catch {
-            log(.error, "cannot journal \(job.unitName) \(record.step) of \(job.id): \(error); stopping the job")
-            try? store.setState(job.id, .failed, error: "cannot journal \(job.unitName) \(record.step): \(error)")
-            stopJob(job.id)
-            return
+        journalWriter.submit(
+            JournalWriter.Entry(
+                job: job.id, records: [record], checkpoint: checkpoint, mode: job.record.mode,
+                unitName: job.unitName, units: job.units))
+    }
+
+    /// Reports what the journal writer has written since last asked, and stops a job it could not journal.
+    func reportJournaled() {
+        for outcome in journalWriter.take() {
+            switch outcome {
+            case .journaled(let e):
+                for record in e.records {
+                    metrics.observeStep(mode: e.mode, seconds: record.seconds)
+                    metrics.step(rows: record.shares)
+                    let shares = record.shares.sorted { $0.key < $1.key }.map { "\(core.name(of: $0.key))=\($0.value)" }
+                        .joined(separator: " ")
+                    log(
+                        "\(e.job) \(e.unitName) \(record.step)/\(e.units) loss \(String(format: "%.4f", record.loss)) "
+                            + "\(record.tokens) tok \(String(format: "%.2f", record.seconds)) s \(record.bytes >> 10) KiB "
+                            + "[\(shares)]")
+                }
+            case .finished(let id, let message, let failed):
+                log(failed ? .error : .info, message)
+                stopJob(id)
+            case .failed(let e, let message):
+                let step = e.records.first?.step ?? 0
+                log(.error, "cannot journal \(e.unitName) \(step) of \(e.job): \(message); stopping the job")
+                // (A job cancelled meanwhile stays cancelled.)
+                guard jobs[e.job] != nil else { continue }
+                stopJob(e.job)
+                try? store.setState(e.job, .failed, error: "cannot journal \(e.unitName) \(step): \(message)")
+            }
         }
-        metrics.observeStep(mode: job.record.mode, seconds: record.seconds)
-        metrics.step(rows: record.shares)
-        let shares = record.shares.sorted { $0.key < $1.key }.map { "\(core.name(of: $0.key))=\($0.value)" }.joined(
-            separator: " ")
-        log(
-            "\(job.id) \(job.unitName) \(record.step)/\(job.units) loss \(String(format: "%.4f", record.loss)) "
-                + "\(record.tokens) tok \(String(format: "%.2f", record.seconds)) s \(record.bytes >> 10) KiB [\(shares)]"
-        )
     }
 
     func journalEvaluation(_ evaluation: Evaluation, of job: any RunningJob) {
@@ -120,7 +131,9 @@ extension Coordinator {
                 + "over \(record.tokens) tokens")
     }
 
-    /// Every unit journaled: exports the adapter (PEFT and GGUF) into the blob store and marks the job done.
+    /// Every unit journaled: exports the adapter (PEFT and GGUF) into the blob store and marks the job done, on the
+    /// journal writer's thread after the job's last entry (the loop goes on meanwhile); the job is dropped when
+    /// that is done (`finished`).
     func complete(_ job: any RunningJob) {
         if job is EvaluationJob {
             do { try store.setState(job.id, .done) } catch { log(.error, "cannot mark \(job.id) done: \(error)") }
@@ -128,30 +141,36 @@ extension Coordinator {
             stopJob(job.id)
             return
         }
-        let tmp = (options.stateDirectory as NSString).appendingPathComponent("export-\(job.id)")
-        defer { try? FileManager.default.removeItem(atPath: tmp) }
-        do {
-            try? FileManager.default.removeItem(atPath: tmp)
-            try FileManager.default.createDirectory(atPath: tmp, withIntermediateDirectories: true)
-            let provenance = job.provenance()
-            try job.adapter.savePEFT(directory: tmp, provenance: provenance, recipe: job.prepared.config.lora)
-            try job.adapter.saveGGUF(
-                path: (tmp as NSString).appendingPathComponent("adapter.gguf"), provenance: provenance, name: job.id)
-            var outputs: [String: String] = [:]
-            for name in ["adapter_config.json", "adapter_model.safetensors", "adapter.gguf"] {
-                outputs[name] = try blobs.add(file: (tmp as NSString).appendingPathComponent(name))
+        let (id, adapter, provenance, recipe) = (job.id, job.adapter, job.provenance(), job.prepared.config.lora)
+        let (record, step, unitName) = (job.record, job.step, job.unitName)
+        let (store, blobs, writer) = (self.store, self.blobs, journalWriter)
+        let tmp = (options.stateDirectory as NSString).appendingPathComponent("export-\(id)")
+        journalWriter.submit(job: id) {
+            defer { try? FileManager.default.removeItem(atPath: tmp) }
+            do {
+                try? FileManager.default.removeItem(atPath: tmp)
+                try FileManager.default.createDirectory(atPath: tmp, withIntermediateDirectories: true)
+                try adapter.savePEFT(directory: tmp, provenance: provenance, recipe: recipe)
+                try adapter.saveGGUF(
+                    path: (tmp as NSString).appendingPathComponent("adapter.gguf"), provenance: provenance, name: id)
+                var outputs: [String: String] = [:]
+                for name in ["adapter_config.json", "adapter_model.safetensors", "adapter.gguf"] {
+                    outputs[name] = try blobs.add(file: (tmp as NSString).appendingPathComponent(name))
+                }
+                if let c = writer.checkpoint(of: id) { outputs["checkpoint.safetensors"] = c }
+                try store.finish(
+                    job: id, outputs: outputs, adapterBlob: outputs["adapter_model.safetensors"]!,
+                    baseBlob: record.modelBlob, dataBlob: record.dataBlob, steps: provenance.steps ?? step,
+                    parents: record.initAdapter.map { [$0.sha256] } ?? [])
+                return .finished(
+                    job: id, message: "\(id) done after \(step) \(unitName)s; `cairn pull \(id)` fetches the adapter",
+                    failed: false)
+            } catch {
+                try? store.setState(id, .failed, error: "cannot write the adapter: \(error)")
+                return .finished(
+                    job: id, message: "\(id) finished training but its adapter cannot be written: \(error)",
+                    failed: true)
             }
-            if let c = lastCheckpoint[job.id] { outputs["checkpoint.safetensors"] = c }
-            try store.finish(
-                job: job.id, outputs: outputs, adapterBlob: outputs["adapter_model.safetensors"]!,
-                baseBlob: job.record.modelBlob, dataBlob: job.record.dataBlob,
-                steps: job.provenance().steps ?? job.step,
-                parents: job.record.initAdapter.map { [$0.sha256] } ?? [])
-            log("\(job.id) done after \(job.step) \(job.unitName)s; `cairn pull \(job.id)` fetches the adapter")
-        } catch {
-            log(.error, "\(job.id) finished training but its adapter cannot be written: \(error)")
-            try? store.setState(job.id, .failed, error: "cannot write the adapter: \(error)")
         }
-        stopJob(job.id)
     }
 }

@@ -181,7 +181,12 @@ extension Coordinator {
             fail(c, "finished", "\(id) already \(record.state.rawValue)")
             return
         }
+        // Its writes in flight land first: a job that finished meanwhile stays done.
         stopJob(id)
+        if let now = try? store.job(id), now.state.isFinished {
+            fail(c, "finished", "\(id) already \(now.state.rawValue)")
+            return
+        }
         try? store.setState(id, .cancelled)
         log("\(id) cancelled")
         send(c, JobRequest(.cancelled, job: id).message)

@@ -46,7 +46,8 @@ public final class Coordinator: @unchecked Sendable {
     var failedToLoad: Set<String> = []
     /// When the store is next asked for jobs to run (0: at once, after a submission or a job's end).
     var nextActivation = 0.0
-    var lastCheckpoint: [String: String] = [:]
+    /// Writes finished steps and rounds (checkpoints) off this thread, in order.
+    let journalWriter: JournalWriter
     /// The coordinator's log (swift-log: the CLI prints it; tests collect it). Nothing decides on its wording.
     let logger: Logger
 
@@ -88,6 +89,9 @@ public final class Coordinator: @unchecked Sendable {
             store = try Store(directory: dir)
             blobs = try BlobStore(root: StateFiles.blobs(dir))
         } catch { throw CoordinatorError("\(error)") }
+        journalWriter = JournalWriter(
+            store: store, blobs: blobs, scratch: (dir as NSString).appendingPathComponent("checkpoint.tmp"),
+            probe: options.journalProbe)
         serverKeys = options.insecure ? nil : try StateFiles.serverKeys(dir, listen: options.listen)
         try startHTTP()
         if let transport {
@@ -144,6 +148,7 @@ public final class Coordinator: @unchecked Sendable {
                     receive(m)
                     handled += 1
                 }
+                reportJournaled()
                 activateJobs()
                 perform(core.handle(.tick, now: Self.now))
                 answerHTTPRequests()
@@ -152,6 +157,9 @@ public final class Coordinator: @unchecked Sendable {
                 log(.warning, "transport error: \(error)")
             }
         }
+        // What was journaled in memory is written before the process may exit.
+        journalWriter.close()
+        reportJournaled()
         httpServer?.stop()
         mailbox.close()
         router.close()

@@ -373,39 +373,48 @@ public final class Store: @unchecked Sendable {
     public func journal(job: String, step: StepRecord, checkpointBlob: String, midway: () -> Void = {})
         throws(StoreError)
     {
-        let shares = JSONValue.object(
-            JSONObject(step.shares.sorted { $0.key < $1.key }.map { ($0.key, .integer(Int64($0.value))) }))
-        let workers = JSONValue.object(
-            JSONObject(
-                step.workers.sorted { $0.key < $1.key }.map { id, w in
-                    {
-                        var o: JSONObject = [
-                            "rows": .integer(Int64(w.rows)), "tokens": .integer(Int64(w.tokens)),
-                            "seconds": .number(w.seconds),
-                        ]
-                        o["update_norm"] = w.updateNorm.map(JSONValue.number)
-                        o["clipped_by"] = w.clipScale.map(JSONValue.number)
-                        o["left_out"] = w.leftOut.map(JSONValue.string)
-                        return (id, JSONValue.object(o))
-                    }()
-                }))
+        try journal(job: job, steps: [step], checkpointBlob: checkpointBlob, midway: midway)
+    }
+
+    /// Journals completed steps, in order, and the checkpoint after the last: their rows and the job's pointer, in
+    /// one transaction (`midway` runs between the rows and the pointer, for crash tests).
+    public func journal(job: String, steps: [StepRecord], checkpointBlob: String, midway: () -> Void = {})
+        throws(StoreError)
+    {
+        guard let last = steps.last else { return }
         try write { db in
-            try db.execute(
-                sql: """
-                    INSERT OR REPLACE INTO steps (job, step, loss, tokens, seconds, bytes, shares, compute, workers)
-                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-                    """,
-                arguments: [
-                    job, step.step, step.loss, step.tokens, step.seconds, step.bytes, shares.serialized(),
-                    step.computeSeconds, workers.serialized(),
-                ])
+            for step in steps {
+                let shares = JSONValue.object(
+                    JSONObject(step.shares.sorted { $0.key < $1.key }.map { ($0.key, .integer(Int64($0.value))) }))
+                let workers = JSONValue.object(
+                    JSONObject(
+                        step.workers.sorted { $0.key < $1.key }.map { id, w in
+                            var o: JSONObject = [
+                                "rows": .integer(Int64(w.rows)), "tokens": .integer(Int64(w.tokens)),
+                                "seconds": .number(w.seconds),
+                            ]
+                            o["update_norm"] = w.updateNorm.map(JSONValue.number)
+                            o["clipped_by"] = w.clipScale.map(JSONValue.number)
+                            o["left_out"] = w.leftOut.map(JSONValue.string)
+                            return (id, JSONValue.object(o))
+                        }))
+                try db.execute(
+                    sql: """
+                        INSERT OR REPLACE INTO steps (job, step, loss, tokens, seconds, bytes, shares, compute, workers)
+                        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+                        """,
+                    arguments: [
+                        job, step.step, step.loss, step.tokens, step.seconds, step.bytes, shares.serialized(),
+                        step.computeSeconds, workers.serialized(),
+                    ])
+                for (worker, rows) in step.shares {
+                    try db.execute(sql: "UPDATE workers SET rows = rows + ? WHERE id = ?", arguments: [rows, worker])
+                }
+            }
             midway()
             try db.execute(
                 sql: "UPDATE jobs SET step = ?, checkpoint_blob = ?, state = 'running' WHERE id = ?",
-                arguments: [step.step, checkpointBlob, job])
-            for (worker, rows) in step.shares {
-                try db.execute(sql: "UPDATE workers SET rows = rows + ? WHERE id = ?", arguments: [rows, worker])
-            }
+                arguments: [last.step, checkpointBlob, job])
         }
     }
 

@@ -146,8 +146,8 @@ public final class WorkerAgent: @unchecked Sendable {
                 stopSent = true
                 if try feed(.stop) { return }
             }
-            if try feed(.tick) { return }
             guard let socket else {
+                if try feed(.tick) { return }
                 Thread.sleep(forTimeInterval: 0.02)
                 continue
             }
@@ -163,6 +163,9 @@ public final class WorkerAgent: @unchecked Sendable {
                 logger.warning("transport error: \(error)")
             }
             if socket.refused(), try feed(.refused) { return }
+            // After reading what has arrived: a loop that was held up (a large result sent, a busy machine) does
+            // not take the messages waiting for it for the coordinator's silence.
+            if try feed(.tick) { return }
         }
     }
 

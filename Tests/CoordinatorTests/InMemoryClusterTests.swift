@@ -22,7 +22,9 @@ final class MemoryCluster {
     let logLock = NSLock()
     var lines: [String] = []
 
-    init(seed: UInt64, heartbeatMs: Int = 50) throws {
+    init(
+        seed: UInt64, heartbeatMs: Int = 50, journalProbe: (@Sendable (_ point: String, _ step: Int) -> Void)? = nil
+    ) throws {
         network = InMemoryNetwork(seed: seed)
         var options = CoordinatorOptions(
             stateDirectory: dir.appendingPathComponent("state").path, listen: "inproc://memory")
@@ -30,6 +32,7 @@ final class MemoryCluster {
         options.heartbeatMilliseconds = heartbeatMs
         options.deadlineFloor = 0.5
         options.firstDeadline = 5
+        options.journalProbe = journalProbe
         let sink = LogSink()
         coordinator = try Coordinator(
             options: options, transport: network.router(), logger: sink.logger("coordinator"))
@@ -337,4 +340,73 @@ func curve(_ status: JSONObject?) -> [(Int, Double)] {
         }
         #expect(c.sink.text.contains("in one pass"), "a worker computed both jobs' steps in one pass")
     }
+
+    /// A checkpoint write that hangs (a slow disk) holds up neither the coordinator's answers nor the job: while
+    /// step 2's write waits, status is answered and the workers get and return later steps. Released, the writer
+    /// journals the steps that piled up behind it (in one entry), and the job equals its one-machine run.
+    @Test func aHangingCheckpointWriteHoldsNothingUp() throws {
+        let gate = Gate()
+        let c = try MemoryCluster(seed: 3) { point, step in
+            if point == "checkpoint", step == 2 { gate.hold() }
+        }
+        defer {
+            gate.open()
+            c.shutdown()
+        }
+        let results = Counter()
+        // Counts the step results the workers send: each answers an assignment the coordinator's loop handed out.
+        let counting: @Sendable ([[UInt8]]) -> [[UInt8]] = { frames in
+            if (try? Message.decode(frames))?.type == .result { results.add() }
+            return frames
+        }
+        try c.startWorker("w1", tamper: counting)
+        try c.startWorker("w2", tamper: counting)
+        let (id, jobFile) = try c.submit(steps: 40)
+        #expect(c.waitUntil(60) { gate.held }, "step 2's checkpoint write began: \(c.sink.text)")
+        let status = c.status(id)
+        #expect(status?["state"] == "running" && (status?["step"]?.intValue ?? 9) <= 1, "\(String(describing: status))")
+        let before = results.value
+        #expect(
+            c.waitUntil(60) { results.value >= before + 6 },
+            "later steps were handed out and returned while the write hung: \(c.sink.text)")
+        gate.open()
+        #expect(c.waitUntil(120) { c.status(id)?["state"] == "done" }, "\(c.sink.text)")
+        let final = c.status(id)
+        #expect(curve(final).map(\.0) == Array(1...40), "every step journaled once")
+        let reference = try referenceCurve(jobFile, c.dir)
+        let worst = zip(curve(final).map(\.1), reference).map { abs($0 - $1) / $1 }.max() ?? 1
+        #expect(reference.count == 40 && worst < 1e-4, "worst relative difference \(worst)")
+    }
+}
+
+/// Holds a thread (`hold`) until another opens it; says whether one is held.
+final class Gate: @unchecked Sendable {
+    private let condition = NSCondition()
+    private var isOpen = false
+    private var holding = false
+
+    var held: Bool { condition.withLock { holding } }
+
+    func hold() {
+        condition.withLock {
+            holding = true
+            while !isOpen { condition.wait() }
+            holding = false
+        }
+    }
+
+    func open() {
+        condition.withLock {
+            isOpen = true
+            condition.broadcast()
+        }
+    }
+}
+
+/// A count shared between threads.
+final class Counter: @unchecked Sendable {
+    private let lock = NSLock()
+    private var n = 0
+    var value: Int { lock.withLock { n } }
+    func add() { lock.withLock { n += 1 } }
 }
