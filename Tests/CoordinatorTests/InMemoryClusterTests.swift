@@ -245,6 +245,20 @@ func referenceEvents(_ jobFile: String, _ dir: URL, event: String, key: String) 
     }
 }
 
+/// A finished job's status against its one-machine run: every step journaled once, each loss within 1e-4 of it.
+func expectEqualsOneMachine(
+    _ final: JSONObject?, steps: Int, jobFile: String, dir: URL, _ label: String = "",
+    sourceLocation: SourceLocation = #_sourceLocation
+) throws {
+    #expect(
+        curve(final).map(\.0) == Array(1...steps), "\(label)every step journaled once", sourceLocation: sourceLocation)
+    let reference = try referenceCurve(jobFile, dir)
+    let worst = zip(curve(final).map(\.1), reference).map { abs($0 - $1) / $1 }.max() ?? 1
+    #expect(
+        reference.count == steps && worst < 1e-4, "\(label)worst relative difference \(worst)",
+        sourceLocation: sourceLocation)
+}
+
 func curve(_ status: JSONObject?) -> [(Int, Double)] {
     (status?["steps"]?.arrayValue ?? []).compactMap(\.objectValue).compactMap { s in
         guard let step = s["step"]?.intValue, let loss = s["loss"]?.doubleValue else { return nil }
@@ -275,11 +289,7 @@ func curve(_ status: JSONObject?) -> [(Int, Double)] {
         #expect(c.waitUntil(60) { (c.status(id)?["step"]?.intValue ?? 0) >= cutAt + 5 }, "the job went on without w2")
         c.cut("w2", false)
         #expect(c.waitUntil(60) { c.status(id)?["state"] == "done" }, "\(c.sink.text)")
-        let final = c.status(id)
-        #expect(curve(final).map(\.0) == Array(1...60), "every step journaled once")
-        let reference = try referenceCurve(jobFile, c.dir)
-        let worst = zip(curve(final).map(\.1), reference).map { abs($0 - $1) / $1 }.max() ?? 1
-        #expect(reference.count == 60 && worst < 1e-4, "worst relative difference \(worst)")
+        try expectEqualsOneMachine(c.status(id), steps: 60, jobFile: jobFile, dir: c.dir)
         #expect(
             c.sink.text.components(separatedBy: "worker w2").count > 2
                 && c.sink.text.contains("[w2] the coordinator is silent"),
@@ -303,10 +313,7 @@ func curve(_ status: JSONObject?) -> [(Int, Double)] {
         #expect(c.waitUntil(120) { c.status(id)?["state"] == "done" }, "\(c.sink.text)")
         c.changeWorkerLinks { $0.dropRate = 0 }
         let final = c.status(id)
-        #expect(curve(final).map(\.0) == Array(1...30))
-        let reference = try referenceCurve(jobFile, c.dir)
-        let worst = zip(curve(final).map(\.1), reference).map { abs($0 - $1) / $1 }.max() ?? 1
-        #expect(worst < 1e-4, "worst relative difference \(worst)")
+        try expectEqualsOneMachine(final, steps: 30, jobFile: jobFile, dir: c.dir)
         let evals = (final?["evals"]?.arrayValue ?? []).compactMap(\.objectValue).compactMap { e in
             e["step"]?.intValue.flatMap { s in e["loss"]?.doubleValue.map { (s, $0) } }
         }
@@ -332,11 +339,7 @@ func curve(_ status: JSONObject?) -> [(Int, Double)] {
             c.waitUntil(120) { c.status(first)?["state"] == "done" && c.status(second)?["state"] == "done" },
             "\(c.sink.text)")
         for (id, file, steps) in [(first, firstFile, 20), (second, secondFile, 12)] {
-            let final = c.status(id)
-            #expect(curve(final).map(\.0) == Array(1...steps), "\(id): every step journaled once")
-            let reference = try referenceCurve(file, c.dir)
-            let worst = zip(curve(final).map(\.1), reference).map { abs($0 - $1) / $1 }.max() ?? 1
-            #expect(reference.count == steps && worst < 1e-4, "\(id): worst relative difference \(worst)")
+            try expectEqualsOneMachine(c.status(id), steps: steps, jobFile: file, dir: c.dir, "\(id): ")
         }
         #expect(c.sink.text.contains("in one pass"), "a worker computed both jobs' steps in one pass")
     }
@@ -371,11 +374,7 @@ func curve(_ status: JSONObject?) -> [(Int, Double)] {
             "later steps were handed out and returned while the write hung: \(c.sink.text)")
         gate.open()
         #expect(c.waitUntil(120) { c.status(id)?["state"] == "done" }, "\(c.sink.text)")
-        let final = c.status(id)
-        #expect(curve(final).map(\.0) == Array(1...40), "every step journaled once")
-        let reference = try referenceCurve(jobFile, c.dir)
-        let worst = zip(curve(final).map(\.1), reference).map { abs($0 - $1) / $1 }.max() ?? 1
-        #expect(reference.count == 40 && worst < 1e-4, "worst relative difference \(worst)")
+        try expectEqualsOneMachine(c.status(id), steps: 40, jobFile: jobFile, dir: c.dir)
     }
 }
 
