@@ -153,14 +153,32 @@ extension CoordinatorCommand {
         static let configuration = CommandConfiguration(
             commandName: "revoke-key",
             abstract:
-                "Revoke an enrolled worker's or client's key (by its name or public key); it is refused from its next connection."
+                "Revoke an enrolled worker's or client's key (by its name or public key); it is refused from its next connection.",
+            usage: "cairn coordinator revoke-key [--state <state>] <key>"
         )
         @Option(help: "State directory of the coordinator.")
         var state: String?
-        @Argument(help: "The name it enrolled with (see `cairn workers`), or its public key.")
-        var key: String
+        // A public key is Z85 text, which may begin with "-": taken as it is, not as an option.
+        @Argument(
+            parsing: .allUnrecognized,
+            help: "The name it enrolled with (see `cairn workers`), or its public key (it may begin with a dash).")
+        var key: [String] = []
+
+        /// The one key given ("--" before it is allowed, and dropped).
+        private var given: String? {
+            let words = key.filter { $0 != "--" }
+            return words.count == 1 ? words[0] : nil
+        }
+
+        func validate() throws {
+            guard given != nil else {
+                throw ValidationError(
+                    "give one key: the name it enrolled with (see `cairn workers`), or its public key")
+            }
+        }
 
         func run() throws {
+            let key = given!
             let store = try Store(directory: state ?? CredentialPaths.defaultState)
             let n = try store.revokeKey(key)
             guard n > 0 else { throw CLIError("no enrolled key named \(key)") }

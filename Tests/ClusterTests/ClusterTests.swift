@@ -2,6 +2,7 @@
 // killed mid-job, a worker joining mid-job, the coordinator killed and restarted, and the security perimeter.
 // Serialized: each test runs a coordinator and workers that share this machine's cores.
 
+import Coordinator
 import Foundation
 import ModelFormats
 import TestSupport
@@ -650,6 +651,24 @@ func runClusterUp(
         let asClient = try runCommand(
             cairnExecutable, ["status", "--credentials", c.dir.appendingPathComponent("w1.json").path])
         #expect(asClient.status != 0 && asClient.stderr.contains("not allowed"), "\(asClient.stderr)")
+    }
+
+    /// A public key is Z85 text, and one in 85 begins with "-": `revoke-key` takes it as the key, not as an
+    /// option (it was refused as an unknown option, so the key stayed enrolled; the test above failed that way).
+    @Test func aKeyBeginningWithADashCanBeRevoked() throws {
+        let dir = Fixtures.temporaryDirectory("cairn-dash-key")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let state = dir.appendingPathComponent("state").path
+        let store = try Store(directory: state)
+        let keys = ["-h" + String(repeating: "a", count: 38), "-" + String(repeating: "b", count: 39)]
+        for (i, key) in keys.enumerated() { try store.addKey(key, role: "client", name: "laptop-\(i)") }
+        let first = try runCommand(cairnExecutable, ["coordinator", "revoke-key", keys[0], "--state", state])
+        #expect(first.status == 0, "\(first.stderr)")
+        let second = try runCommand(cairnExecutable, ["coordinator", "revoke-key", "--state", state, "--", keys[1]])
+        #expect(second.status == 0, "\(second.stderr)")
+        for key in keys { #expect(try store.role(ofKey: key) == nil, "\(key) is revoked") }
+        let none = try runCommand(cairnExecutable, ["coordinator", "revoke-key", "--state", state])
+        #expect(none.status != 0 && none.stderr.contains("give one key"), "\(none.stderr)")
     }
 }
 
