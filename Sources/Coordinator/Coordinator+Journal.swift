@@ -50,7 +50,7 @@ extension Coordinator {
     /// Its journal entries are written first, so none lands after the state the caller sets next.
     func stopJob(_ id: String) {
         guard jobs.removeValue(forKey: id) != nil else { return }
-        journalWriter.drain()
+        journalWriter.drain(job: id)
         perform(core.handle(.stopped(job: id), now: Self.now))
         nextActivation = 0
     }

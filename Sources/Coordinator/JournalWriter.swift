@@ -4,8 +4,9 @@
 // heard no heartbeat, reconnected, and the rounds they were computing were handed out again. Here the loop hands
 // the work over and goes on. The writer keeps the order of each job's items; an entry that waits behind a slow
 // write is merged with the job's next one (both rows journaled, only the newer checkpoint written), so at most two
-// checkpoints per job are ever in memory. A job's state changes (failed, cancelled) and the coordinator's exit wait
-// for its writes first (`drain`), so a late entry never marks a finished job running again.
+// checkpoints per job are ever in memory. A job's state changes (failed, cancelled) wait for that job's writes
+// first (`drain(job:)`), and the coordinator's exit for all (`drain`), so a late entry never marks a finished job
+// running again.
 
 import Foundation
 import Support
@@ -49,7 +50,8 @@ final class JournalWriter: @unchecked Sendable {
     private let probe: (@Sendable (_ point: String, _ step: Int) -> Void)?
     private let condition = NSCondition()
     private var queue: [Item] = []
-    private var writing = false
+    /// The job whose item is being done, if any.
+    private var writing: String?
     private var started = false
     private var closed = false
     private var outcomes: [Outcome] = []
@@ -91,7 +93,14 @@ final class JournalWriter: @unchecked Sendable {
     /// Waits until every queued item is done.
     func drain() {
         condition.withLock {
-            while !queue.isEmpty || writing { condition.wait() }
+            while !queue.isEmpty || writing != nil { condition.wait() }
+        }
+    }
+
+    /// Waits until the job's queued items are done (not other jobs', which may be slow to write).
+    func drain(job: String) {
+        condition.withLock {
+            while writing == job || queue.contains(where: { $0.job == job }) { condition.wait() }
         }
     }
 
@@ -143,14 +152,15 @@ final class JournalWriter: @unchecked Sendable {
             let next: Item? = condition.withLock {
                 while queue.isEmpty, !closed { condition.wait() }
                 guard !queue.isEmpty else { return nil }
-                writing = true
-                return queue.removeFirst()
+                let item = queue.removeFirst()
+                writing = item.job
+                return item
             }
             guard let item = next else { return }
             let outcome = perform(item)
             condition.withLock {
                 outcomes.append(outcome)
-                writing = false
+                writing = nil
                 condition.broadcast()
             }
         }
